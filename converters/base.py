@@ -1,0 +1,66 @@
+"""The converter contract and its registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from edgekit.errors import InputError
+
+if TYPE_CHECKING:
+    from edgekit.converters.source import SourceModel
+
+Advance = Callable[[int], None]
+"""Called with the number of calibration samples consumed since the last call."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    format: str
+    precision: str
+    content: bytes
+    seconds: float
+    calibration_samples: int = 0
+
+
+class Converter(ABC):
+    """Turns a loaded source model into one artifact of ``format`` at a precision."""
+
+    format: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]
+    calibrated_precisions: ClassVar[frozenset[str]] = frozenset()
+    registry: ClassVar[dict[str, type[Converter]]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        key = cls.__dict__.get("format")
+        if key is None:
+            raise TypeError(f"{cls.__name__} must set a 'format' class attribute")
+        if key in Converter.registry:
+            raise TypeError(f"two converters claim format '{key}'")
+        Converter.registry[key] = cls
+
+    @abstractmethod
+    def convert(
+        self,
+        source: SourceModel,
+        precision: str,
+        calibration: np.ndarray | None,
+        advance: Advance,
+    ) -> Artifact: ...
+
+    @classmethod
+    def tool_versions(cls) -> dict[str, str]:
+        return {}
+
+
+def converter_for(fmt: str) -> Converter:
+    try:
+        return Converter.registry[fmt]()
+    except KeyError:
+        known = ", ".join(sorted(Converter.registry))
+        raise InputError(f"no converter for format '{fmt}'; known formats: {known}") from None

@@ -1,0 +1,1 @@
+"""Shipped device profiles, one TOML file each. See docs/profiles.md for the schema."""

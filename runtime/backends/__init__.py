@@ -1,0 +1,8 @@
+"""Inference backends, one per artifact format, registered under that format's key."""
+
+from __future__ import annotations
+
+from edgekit.runtime.backends.base import Backend, TensorInfo, backend_for
+from edgekit.runtime.backends.tflite import TFLiteBackend
+
+__all__ = ["Backend", "TFLiteBackend", "TensorInfo", "backend_for"]

@@ -1,0 +1,88 @@
+"""What every backend offers: load from bytes, describe tensors, run float arrays."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from edgekit.errors import RuntimeBackendError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output as the device sees it. ``None`` in ``shape`` is a free dim."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale is not None
+
+
+class Backend(ABC):
+    """Runs one artifact held in memory. Subclasses register under ``format``."""
+
+    format: ClassVar[str]
+    registry: ClassVar[dict[str, type[Backend]]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        key = cls.__dict__.get("format")
+        if key is None:
+            raise TypeError(f"{cls.__name__} must set a 'format' class attribute")
+        if key in Backend.registry:
+            raise TypeError(f"two backends claim format '{key}'")
+        Backend.registry[key] = cls
+
+    @classmethod
+    def import_engine(cls) -> None:
+        """Import the library that runs this format, so later loads measure only the model."""
+        return None
+
+    @abstractmethod
+    def __init__(self, content: bytes, threads: int | None = None) -> None: ...
+
+    @property
+    @abstractmethod
+    def inputs(self) -> tuple[TensorInfo, ...]: ...
+
+    @property
+    @abstractmethod
+    def outputs(self) -> tuple[TensorInfo, ...]: ...
+
+    @property
+    @abstractmethod
+    def engine(self) -> str:
+        """Which library runs the artifact, e.g. 'ai_edge_litert 2.3.0'."""
+
+    @abstractmethod
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        """Run a float batch through the single-input model; return float outputs."""
+
+
+def backend_for(fmt: str) -> type[Backend]:
+    try:
+        return Backend.registry[fmt]
+    except KeyError:
+        known = ", ".join(sorted(Backend.registry))
+        raise RuntimeBackendError(f"no runtime backend for format '{fmt}' (known: {known})") from None
+
+
+def quantize(x: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """Float to the tensor's integer type with its scale and zero point, saturating."""
+    assert info.scale is not None and info.zero_point is not None
+    limits = np.iinfo(np.dtype(info.dtype))
+    q = np.round(x / info.scale) + info.zero_point
+    return np.clip(q, limits.min, limits.max).astype(info.dtype)
+
+
+def dequantize(q: np.ndarray, info: TensorInfo) -> np.ndarray:
+    assert info.scale is not None and info.zero_point is not None
+    return ((q.astype(np.float32) - info.zero_point) * info.scale).astype(np.float32)

@@ -1,0 +1,3 @@
+"""edgekit: convert, sign, run and monitor ML models on edge devices."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,214 @@
+"""The ``.ekb`` bundle: one zip holding ``manifest.json``, the artifacts, and later ``manifest.sig``.
+
+The manifest records every artifact's sha256 and size, so one signature over the manifest
+bytes covers the whole bundle. Readers check every hash before an artifact is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekit.errors import BundleError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+_ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Quantization(_Strict):
+    scale: float
+    zero_point: int
+
+
+class Tensor(_Strict):
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+    quantization: Quantization | None = None
+
+
+class Accuracy(_Strict):
+    """Float model against the artifact on the same evaluation data."""
+
+    metric: Literal["top1", "agreement"]
+    samples: int
+    float_model: float = Field(description="float model: top-1 % (labels) or 100")
+    artifact: float = Field(description="artifact: top-1 % (labels) or agreement %")
+    drop: float = Field(description="percentage points lost")
+    max_drop: float
+    agreement: float
+    cosine: float
+    max_abs_error: float
+    gate: Literal["passed", "overridden"]
+
+
+class Metrics(_Strict):
+    size_bytes: int
+    float_parameter_bytes: int
+    size_ratio: float = Field(description="artifact bytes / float32 parameter bytes")
+    peak_memory_bytes: int = Field(description="measured: peak RSS added by load + invoke")
+    host_latency_ms: float = Field(description="median batch-1 latency on the converting host")
+    conversion_seconds: float
+    calibration_samples: int
+    accuracy: Accuracy | None = None
+    within_budget: bool
+
+
+class ArtifactEntry(_Strict):
+    path: str = Field(pattern=_ARTIFACT_NAME)
+    format: str
+    precision: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    metrics: Metrics
+
+
+class Source(_Strict):
+    file: str
+    kind: str
+    sha256: str
+    size_bytes: int
+
+
+class Preprocessing(_Strict):
+    layout: str | None = Field(description="NHWC for images from TensorFlow, None otherwise")
+    input_range: tuple[float, float] | None = Field(
+        description="min and max of the calibration data, the range the model was quantized for"
+    )
+
+
+class Manifest(_Strict):
+    format_version: int
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    version: int = Field(ge=1)
+    created: str
+    source: Source
+    profile: dict[str, Any]
+    artifacts: tuple[ArtifactEntry, ...] = Field(min_length=1)
+    preprocessing: Preprocessing
+    labels: tuple[str, ...] | None = None
+    tools: dict[str, str]
+
+    def canonical_bytes(self) -> bytes:
+        """The exact bytes stored as manifest.json, and later signed."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=2).encode() + b"\n"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_bundle(path: Path, manifest: Manifest, artifacts: dict[str, bytes]) -> None:
+    """Write the bundle atomically: a temp file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                archive.writestr(MANIFEST, manifest.canonical_bytes())
+                for entry in manifest.artifacts:
+                    archive.writestr(entry.path, artifacts[entry.path])
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def read_manifest(path: Path) -> tuple[Manifest, zipfile.ZipFile]:
+    """Open a bundle and parse its manifest; the caller closes the returned archive."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no such bundle") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BundleError(f"{path}: not an edgekit bundle ({exc}); convert the model again") from exc
+    try:
+        raw = json.loads(archive.read(MANIFEST))
+    except KeyError:
+        archive.close()
+        raise BundleError(f"{path}: not an edgekit bundle (no {MANIFEST})") from None
+    except (ValueError, zipfile.BadZipFile, OSError) as exc:
+        archive.close()
+        raise BundleError(f"{path}: {MANIFEST} is unreadable ({exc}); the bundle is corrupt") from exc
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        archive.close()
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise BundleError(
+                f"{path}: bundle format {version} is newer than this edgekit reads "
+                f"({FORMAT_VERSION}); upgrade edgekit"
+            )
+        raise BundleError(f"{path}: unknown bundle format {version!r}")
+    try:
+        return Manifest.model_validate(raw), archive
+    except ValidationError as exc:
+        archive.close()
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"{path}: invalid manifest at '{key}': {first['msg']}") from exc
+
+
+def read_bundle(path: Path) -> tuple[Manifest, dict[str, bytes]]:
+    """Read a bundle and every artifact, checking entries, sizes and hashes."""
+    manifest, archive = read_manifest(path)
+    with archive:
+        _check_entries(path, manifest, archive)
+        contents = {}
+        for entry in manifest.artifacts:
+            info = archive.getinfo(entry.path)
+            # Compare the declared size before reading, so a zip bomb is never inflated.
+            if info.file_size != entry.size:
+                raise BundleError(
+                    f"{path}: {entry.path} is {info.file_size} bytes, the manifest says "
+                    f"{entry.size}; the bundle is corrupt or tampered with"
+                )
+            try:
+                data = archive.read(entry.path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise BundleError(f"{path}: {entry.path} is unreadable ({exc})") from exc
+            if sha256(data) != entry.sha256:
+                raise BundleError(
+                    f"{path}: {entry.path} does not match its sha256 in the manifest; "
+                    "the bundle is corrupt or tampered with"
+                )
+            contents[entry.path] = data
+    return manifest, contents
+
+
+def _check_entries(path: Path, manifest: Manifest, archive: zipfile.ZipFile) -> None:
+    names = archive.namelist()
+    if len(names) != len(set(names)):
+        raise BundleError(f"{path}: duplicate entries in the archive; the bundle is tampered with")
+    expected = {MANIFEST} | {entry.path for entry in manifest.artifacts}
+    extra = set(names) - expected - {SIGNATURE}
+    missing = expected - set(names)
+    if extra:
+        raise BundleError(f"{path}: unexpected entries {sorted(extra)}; the bundle is tampered with")
+    if missing:
+        raise BundleError(f"{path}: missing entries {sorted(missing)}; the bundle is incomplete")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

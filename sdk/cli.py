@@ -1,0 +1,259 @@
+"""The ``edgekit`` command line. Each command parses options, calls one sdk function, prints.
+
+Heavy libraries (TensorFlow, ONNX Runtime) load only inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+import edgekit
+from edgekit.converters import Converter
+from edgekit.errors import EdgekitError
+from edgekit.profiles import DeviceProfile, load_all_profiles, load_profile
+
+PRECISIONS = ("auto", "fp32", "fp16", "dynamic", "int8")
+
+
+class ProfileType(click.ParamType):
+    """``--target``: a shipped profile id, or a path to your own profile TOML."""
+
+    name = "profile"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> DeviceProfile:
+        if isinstance(value, DeviceProfile):
+            return value
+        try:
+            return load_profile(value)
+        except EdgekitError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class EdgekitGroup(click.Group):
+    """Turns edgekit errors into one line and an exit code; tracebacks only with --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgekitError as exc:
+            if _debug(ctx):
+                raise
+            _error_line(str(exc))
+            sys.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            _error_line("interrupted")
+            sys.exit(130)
+        except Exception as exc:
+            if _debug(ctx):
+                raise
+            _error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
+            sys.exit(1)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool((ctx.obj or {}).get("debug")) or os.environ.get("EDGEKIT_DEBUG") == "1"
+
+
+def _error_line(message: str) -> None:
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+
+
+@click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(edgekit.__version__, prog_name="edgekit")
+@click.option("--debug", is_flag=True, help="Show tracebacks and the converters' native logs.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Ship trained models to edge devices.
+
+    \b
+    Typical flow:
+      edgekit targets                      which device profiles exist
+      edgekit convert model.keras --target raspberry-pi-5 --precision int8 \\
+          --calibration calib.npz --eval eval.npz -o model.ekb
+      edgekit inspect model.ekb            what is in a bundle, hashes checked
+    """
+    ctx.obj = {"debug": debug}
+
+
+@main.command()
+@json_option
+def targets(as_json: bool) -> None:
+    """List the shipped device profiles (use --target ID or --target my.toml)."""
+    from edgekit import views
+
+    profiles = load_all_profiles()
+    if as_json:
+        _print_json([p.model_dump(mode="json") for p in profiles])
+    else:
+        Console().print(views.profiles_table(profiles))
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--target",
+    "-t",
+    "profile",
+    type=ProfileType(),
+    required=True,
+    help="Device profile id (see 'edgekit targets') or a path to a profile .toml.",
+)
+@click.option(
+    "--precision",
+    "-p",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="auto tries the profile's precisions in order and keeps the first that passes "
+    "the accuracy gate and the budgets.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(Converter.registry)),
+    default=None,
+    help="Artifact format. Default: the profile's first format that edgekit can produce.",
+)
+@click.option(
+    "--calibration",
+    "-c",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Representative inputs for int8: .npz with array x (100-500 samples) or .npy.",
+)
+@click.option(
+    "--eval",
+    "evaluation",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Held-out .npz with x and labels y (top-1 accuracy) or x alone (agreement).",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=click.FloatRange(min=0, max=100),
+    default=None,
+    help="Largest allowed loss in percentage points. Default: the profile's, else 1.0.",
+)
+@click.option(
+    "--allow-accuracy-drop",
+    is_flag=True,
+    help="Write the bundle even if the accuracy gate fails (recorded in the manifest).",
+)
+@click.option(
+    "--allow-over-budget",
+    is_flag=True,
+    help="Write the bundle even if it breaks the profile's memory or storage budget.",
+)
+@click.option("--force", is_flag=True, help="Accept fewer than 10 calibration or evaluation samples.")
+@click.option("--name", default=None, help="Model name in the manifest. Default: the file name.")
+@click.option(
+    "--model-version",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Increasing model version recorded in the manifest.",
+)
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Text file with one class name per line, stored in the manifest.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Bundle to write. Default: MODEL's name with .ekb in the current folder.",
+)
+@json_option
+@click.pass_context
+def convert(
+    ctx: click.Context,
+    model: Path,
+    profile: DeviceProfile,
+    precision: str,
+    fmt: str | None,
+    calibration: Path | None,
+    evaluation: Path | None,
+    max_accuracy_drop: float | None,
+    allow_accuracy_drop: bool,
+    allow_over_budget: bool,
+    force: bool,
+    name: str | None,
+    model_version: int,
+    labels: Path | None,
+    output: Path | None,
+    as_json: bool,
+) -> None:
+    """Convert a trained model into a bundle sized and checked for a device.
+
+    MODEL is a Keras .keras file, a legacy .h5 file or a TensorFlow SavedModel folder.
+    Nothing is written unless the result passes the accuracy gate and fits the budgets
+    of the --target profile, or you explicitly allow the breach.
+
+    \b
+    Examples:
+      edgekit convert digits.keras --target raspberry-pi-5 --precision int8 \\
+          --calibration calib.npz --eval eval.npz -o digits.ekb
+      edgekit convert model.keras --target x86-gateway --eval eval.npz   # precision auto
+    """
+    from edgekit import views
+    from edgekit.console import RichReporter, quiet_native_output, ui_stream
+    from edgekit.convert import ConvertOptions
+    from edgekit.convert import convert as run_convert
+
+    options = ConvertOptions(
+        model=model,
+        profile=profile,
+        output=output or Path(f"{model.stem or model.name}.ekb"),
+        precision=precision,
+        format=fmt,
+        calibration=calibration,
+        evaluation=evaluation,
+        max_accuracy_drop=max_accuracy_drop,
+        allow_accuracy_drop=allow_accuracy_drop,
+        allow_over_budget=allow_over_budget,
+        force=force,
+        name=name,
+        version=model_version,
+        labels=labels,
+    )
+    ui = Console(file=ui_stream(), stderr=True)
+    with quiet_native_output(enabled=not ctx.obj["debug"]):
+        result = run_convert(options, RichReporter(ui))
+    if as_json:
+        _print_json(views.convert_json(result))
+    else:
+        views.print_convert_summary(ui, Console(), result)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@json_option
+def inspect(bundle: Path, as_json: bool) -> None:
+    """Show what a bundle holds, after checking every artifact's hash."""
+    from edgekit import views
+    from edgekit.bundle import read_bundle
+
+    manifest, _ = read_bundle(bundle)
+    if as_json:
+        _print_json(manifest.model_dump(mode="json"))
+    else:
+        views.print_manifest(Console(), bundle, manifest)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))

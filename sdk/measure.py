@@ -1,0 +1,88 @@
+"""Measurements of an artifact on this host: accuracy against float, latency, peak memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ConversionError
+from edgekit.runtime.backends import Backend
+
+EVAL_BATCH = 256
+
+
+def run_batched(
+    predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, advance: Callable[[int], None]
+) -> np.ndarray:
+    parts = []
+    for start in range(0, len(x), EVAL_BATCH):
+        chunk = x[start : start + EVAL_BATCH]
+        parts.append(np.asarray(predict(chunk), dtype=np.float32))
+        advance(len(chunk))
+    return np.concatenate(parts)
+
+
+def host_latency_ms(backend: Backend, budget_s: float = 0.5, max_runs: int = 200) -> float:
+    """Median batch-1 latency after a warm-up, within a small time budget."""
+    info = backend.inputs[0]
+    sample = np.zeros(tuple(1 if d is None else d for d in info.shape), dtype=np.float32)
+    for _ in range(3):
+        backend.run(sample)
+    timings = []
+    deadline = time.perf_counter() + budget_s
+    while len(timings) < max_runs and (len(timings) < 5 or time.perf_counter() < deadline):
+        started = time.perf_counter()
+        backend.run(sample)
+        timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
+
+
+def peak_memory_bytes(fmt: str, content: bytes) -> int:
+    """Peak resident memory that loading and invoking the artifact adds, in a fresh process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit.runtime.probe", fmt],
+        input=content,
+        capture_output=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
+        raise ConversionError(f"measuring the artifact's memory failed: {lines[-1]}")
+    return int(json.loads(proc.stdout.decode().strip().splitlines()[-1])["peak_bytes"])
+
+
+def compare_outputs(
+    float_out: np.ndarray, artifact_out: np.ndarray, labels: np.ndarray | None
+) -> dict[str, Any]:
+    """Top-1 accuracy of both (with labels) or agreement, plus cosine and max abs error."""
+    f = float_out.reshape(len(float_out), -1)
+    a = artifact_out.reshape(len(artifact_out), -1)
+    agreement = float(np.mean(f.argmax(axis=1) == a.argmax(axis=1)) * 100)
+    norms = np.linalg.norm(f, axis=1) * np.linalg.norm(a, axis=1)
+    cosine = float(np.mean(np.sum(f * a, axis=1) / np.maximum(norms, 1e-12)))
+    result = {
+        "agreement": agreement,
+        "cosine": cosine,
+        "max_abs_error": float(np.max(np.abs(f - a))),
+    }
+    if labels is None:
+        result.update(metric="agreement", float_model=100.0, artifact=agreement)
+    else:
+        result.update(
+            metric="top1",
+            float_model=float(np.mean(f.argmax(axis=1) == labels) * 100),
+            artifact=float(np.mean(a.argmax(axis=1) == labels) * 100),
+        )
+    result["drop"] = result["float_model"] - result["artifact"]
+    return result

@@ -1,0 +1,165 @@
+"""How results look: rich tables for people, plain dicts for ``--json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from edgekit.bundle import ArtifactEntry, Manifest
+from edgekit.convert import ConvertResult
+from edgekit.profiles import DeviceProfile
+
+MB = 1024 * 1024
+
+
+def size(n: float) -> str:
+    for unit, scale in (("GB", 1024**3), ("MB", MB), ("KB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def profiles_table(profiles: list[DeviceProfile]) -> Table:
+    table = Table(title="Device profiles (--target ID)", title_justify="left")
+    table.add_column("id", no_wrap=True, style="bold")
+    table.add_column("cpu", no_wrap=True)
+    table.add_column("RAM", no_wrap=True, justify="right")
+    table.add_column("accelerator")
+    table.add_column("formats")
+    table.add_column("budget mem/disk", no_wrap=True, justify="right")
+    for p in profiles:
+        acc = p.accelerator
+        accel = "-"
+        if acc.kind == "cuda":
+            accel = f"CUDA {acc.cuda_compute_capability}"
+            if acc.tensorrt_version:
+                accel += f", TRT {acc.tensorrt_version}"
+        table.add_row(
+            p.id,
+            f"{p.hardware.cpu_arch} ×{p.hardware.cpu_cores}",
+            size(p.hardware.ram_mb * MB),
+            accel,
+            " ".join(p.runtime.formats),
+            f"{p.budget.model_memory_mb:g}/{p.budget.model_storage_mb:g} MB",
+        )
+    return table
+
+
+def convert_json(result: ConvertResult) -> dict[str, Any]:
+    return {
+        "output": str(result.output),
+        "manifest": result.manifest.model_dump(mode="json"),
+        "tried": [{"precision": c.entry.precision, "problems": list(c.problems)} for c in result.tried],
+        "warnings": list(result.warnings),
+    }
+
+
+def _mark(ok: bool) -> str:
+    return "[green]✓[/]" if ok else "[red bold]✗[/]"
+
+
+def print_convert_summary(ui: Console, out: Console, result: ConvertResult) -> None:
+    manifest = result.manifest
+    entry = manifest.artifacts[0]
+    chosen = next(c for c in result.tried if c.entry.path == entry.path)
+    if chosen.problems:
+        ui.print(
+            Panel(
+                "\n".join(chosen.problems),
+                title="[red bold]SHIPPING A MODEL THAT BREAKS ITS LIMITS (explicitly allowed)",
+                border_style="red",
+            )
+        )
+    profile = manifest.profile
+    out.print(
+        f"[green bold]✓[/] wrote [bold]{result.output}[/]: {entry.format} {entry.precision} "
+        f"for {profile['id']}",
+        highlight=False,
+    )
+    out.print(_artifact_table(entry, profile), highlight=False)
+    if len(result.tried) > 1:
+        for c in result.tried:
+            why = "; ".join(c.problems) or "passed"
+            out.print(f"  tried {c.entry.precision}: {why}", highlight=False)
+
+
+def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any]) -> Table:
+    m = entry.metrics
+    budget = profile["budget"]
+    table = Table(box=None, show_header=False, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_column()
+    storage_ok = m.size_bytes <= budget["model_storage_mb"] * MB
+    memory_ok = m.peak_memory_bytes <= budget["model_memory_mb"] * MB
+    table.add_row(
+        "size",
+        f"{size(m.float_parameter_bytes)} float32 weights → {size(m.size_bytes)} ({m.size_ratio:.2f}×)",
+        f"{_mark(storage_ok)} storage budget {budget['model_storage_mb']:g} MB",
+    )
+    table.add_row(
+        "peak memory",
+        f"{size(m.peak_memory_bytes)} measured (load + invoke)",
+        f"{_mark(memory_ok)} memory budget {budget['model_memory_mb']:g} MB",
+    )
+    a = m.accuracy
+    if a is None:
+        table.add_row("accuracy", "[yellow]not checked (no --eval)[/]", "")
+    else:
+        what = "top-1" if a.metric == "top1" else "agreement with float"
+        table.add_row(
+            "accuracy",
+            f"{what}: float {a.float_model:.2f}% → {a.artifact:.2f}% (drop {a.drop:.2f} pp, n={a.samples})",
+            f"{_mark(a.drop <= a.max_drop)} max drop {a.max_drop:g} pp",
+        )
+    table.add_row("host latency", f"{m.host_latency_ms:.3f} ms median, batch 1, this machine", "")
+    return table
+
+
+def print_manifest(out: Console, path: Path, manifest: Manifest) -> None:
+    out.print(
+        f"[bold]{manifest.name}[/] v{manifest.version}  [dim]{path}[/]  [green]✓ hashes verified[/]",
+        highlight=False,
+    )
+    info = Table(box=None, show_header=False, padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    info.add_row("target", f"{manifest.profile['id']}: {manifest.profile['description']}")
+    info.add_row(
+        "source",
+        f"{manifest.source.file} ({manifest.source.kind}, {size(manifest.source.size_bytes)}, "
+        f"sha256 {manifest.source.sha256[:16]}…)",
+    )
+    info.add_row("created", manifest.created)
+    info.add_row("tools", ", ".join(f"{k} {v}" for k, v in sorted(manifest.tools.items())))
+    pre = manifest.preprocessing
+    info.add_row(
+        "preprocessing", f"layout {pre.layout or '-'}, calibrated input range {pre.input_range or '-'}"
+    )
+    if manifest.labels:
+        info.add_row("labels", ", ".join(manifest.labels))
+    out.print(info)
+    for entry in manifest.artifacts:
+        out.print(
+            f"\n[bold]{entry.path}[/]  {entry.format} {entry.precision}, {size(entry.size)}, "
+            f"sha256 {entry.sha256[:16]}…",
+            highlight=False,
+        )
+        tensors = Table("", "name", "shape", "dtype", "scale", "zero point", box=None, padding=(0, 2))
+        for role, group in (("input", entry.inputs), ("output", entry.outputs)):
+            for t in group:
+                q = t.quantization
+                tensors.add_row(
+                    role,
+                    t.name,
+                    str(list(t.shape)).replace("None", "?"),
+                    t.dtype,
+                    f"{q.scale:.6g}" if q else "",
+                    str(q.zero_point) if q else "",
+                )
+        out.print(tensors)
+        out.print(_artifact_table(entry, manifest.profile))
