@@ -45,13 +45,16 @@ class RichReporter:
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        columns = [SpinnerColumn(), TextColumn("{task.description}")]
-        if total:
-            columns += [BarColumn(), MofNCompleteColumn()]
         started = time.perf_counter()
-        with Progress(*columns, TimeElapsedColumn(), console=self.console, transient=True) as bar:
-            task = bar.add_task(description, total=total or None)
-            yield lambda n: bar.advance(task, n)
+        if not self.console.is_terminal:  # logs and pipes get the closing line only
+            yield lambda n: None
+        else:
+            columns = [SpinnerColumn(), TextColumn("{task.description}")]
+            if total:
+                columns += [BarColumn(), MofNCompleteColumn()]
+            with Progress(*columns, TimeElapsedColumn(), console=self.console, transient=True) as bar:
+                task = bar.add_task(description, total=total or None)
+                yield lambda n: bar.advance(task, n)
         elapsed = time.perf_counter() - started
         self.console.print(f"[green]✓[/] {description} [dim]({elapsed:.1f}s)[/]", highlight=False)
 

@@ -90,33 +90,35 @@ def print_convert_summary(ui: Console, out: Console, result: ConvertResult) -> N
 def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any]) -> Table:
     m = entry.metrics
     budget = profile["budget"]
-    table = Table(box=None, show_header=False, padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
+    table = Table(box=None, show_header=False, padding=(0, 1, 0, 2))
+    table.add_column(style="bold", no_wrap=True)
     table.add_column()
     storage_ok = m.size_bytes <= budget["model_storage_mb"] * MB
     memory_ok = m.peak_memory_bytes <= budget["model_memory_mb"] * MB
     table.add_row(
         "size",
         f"{size(m.float_parameter_bytes)} float32 weights → {size(m.size_bytes)} ({m.size_ratio:.2f}×)",
-        f"{_mark(storage_ok)} storage budget {budget['model_storage_mb']:g} MB",
     )
     table.add_row(
-        "peak memory",
-        f"{size(m.peak_memory_bytes)} measured (load + invoke)",
-        f"{_mark(memory_ok)} memory budget {budget['model_memory_mb']:g} MB",
+        "storage", f"{_mark(storage_ok)} {size(m.size_bytes)} of {budget['model_storage_mb']:g} MB budget"
+    )
+    table.add_row(
+        "memory",
+        f"{_mark(memory_ok)} {size(m.peak_memory_bytes)} peak, measured (load + invoke), "
+        f"of {budget['model_memory_mb']:g} MB budget",
     )
     a = m.accuracy
     if a is None:
-        table.add_row("accuracy", "[yellow]not checked (no --eval)[/]", "")
+        table.add_row("accuracy", "[yellow]not checked (no --eval)[/]")
     else:
-        what = "top-1" if a.metric == "top1" else "agreement with float"
+        what = "top-1" if a.metric == "top1" else "top-1 agreement"
         table.add_row(
             "accuracy",
-            f"{what}: float {a.float_model:.2f}% → {a.artifact:.2f}% (drop {a.drop:.2f} pp, n={a.samples})",
-            f"{_mark(a.drop <= a.max_drop)} max drop {a.max_drop:g} pp",
+            f"{_mark(a.drop <= a.max_drop)} {what} {a.float_model:.2f}% float → "
+            f"{a.artifact:.2f}% {entry.precision}: drop {a.drop:+.2f} pp (max {a.max_drop:g}, "
+            f"n={a.samples})",
         )
-    table.add_row("host latency", f"{m.host_latency_ms:.3f} ms median, batch 1, this machine", "")
+    table.add_row("latency", f"{m.host_latency_ms:.3f} ms median, batch 1, on this host")
     return table
 
 
@@ -149,7 +151,9 @@ def print_manifest(out: Console, path: Path, manifest: Manifest) -> None:
             f"sha256 {entry.sha256[:16]}…",
             highlight=False,
         )
-        tensors = Table("", "name", "shape", "dtype", "scale", "zero point", box=None, padding=(0, 2))
+        tensors = Table(box=None, padding=(0, 1, 0, 2))
+        for column in ("", "name", "shape", "dtype", "scale", "zero point"):
+            tensors.add_column(column, no_wrap=column != "name", overflow="fold")
         for role, group in (("input", entry.inputs), ("output", entry.outputs)):
             for t in group:
                 q = t.quantization

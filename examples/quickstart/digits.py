@@ -19,9 +19,7 @@ def digits_splits(seed: int = 0) -> dict[str, np.ndarray]:
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[..., np.newaxis]
     y = digits.target.astype(np.int64)
-    x_train, x_eval, y_train, y_eval = train_test_split(
-        x, y, test_size=0.25, random_state=seed, stratify=y
-    )
+    x_train, x_eval, y_train, y_eval = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
     return {"x_train": x_train, "y_train": y_train, "x_eval": x_eval, "y_eval": y_eval}
 
 

@@ -31,9 +31,19 @@ def main() -> None:
     for command in (
         ["edgekit", "targets"],
         [
-            "edgekit", "convert", str(paths["model"]), "--target", args.target,
-            "--precision", "int8", "--calibration", str(paths["calibration"]),
-            "--eval", str(paths["evaluation"]), "-o", str(bundle),
+            "edgekit",
+            "convert",
+            str(paths["model"]),
+            "--target",
+            args.target,
+            "--precision",
+            "int8",
+            "--calibration",
+            str(paths["calibration"]),
+            "--eval",
+            str(paths["evaluation"]),
+            "-o",
+            str(bundle),
         ],
         ["edgekit", "inspect", str(bundle)],
     ):

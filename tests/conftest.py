@@ -1,0 +1,86 @@
+"""Shared fixtures: a digits CNN trained once per session, and its data, made on the spot."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow (CI does)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def _load_example_module(name: str, path: Path):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+digits = _load_example_module("quickstart_digits", ROOT / "examples" / "quickstart" / "digits.py")
+
+
+@pytest.fixture(scope="session")
+def digits_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """digits.keras, calib.npz and eval.npz, trained on scikit-learn's digits."""
+    return digits.train_digits(tmp_path_factory.mktemp("digits"), epochs=20)
+
+
+@pytest.fixture(scope="session")
+def digits_eval(digits_files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(digits_files["evaluation"]) as data:
+        return data["x"], data["y"]
+
+
+@pytest.fixture(scope="session")
+def digits_h5(digits_files: dict[str, Path]) -> Path:
+    import keras
+
+    path = digits_files["model"].with_suffix(".h5")
+    keras.models.load_model(digits_files["model"]).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_saved_model(digits_files: dict[str, Path]) -> Path:
+    import keras
+
+    path = digits_files["model"].parent / "saved_model"
+    keras.models.load_model(digits_files["model"]).export(str(path), verbose=False)
+    return path
+
+
+@pytest.fixture
+def write_profile(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Write a user profile TOML derived from a shipped one, with some values replaced."""
+    import tomllib
+
+    import tomli_w
+
+    def write(base: str = "raspberry-pi-5", **budget: float) -> Path:
+        data = tomllib.loads((ROOT / "device_configs" / f"{base}.toml").read_text())
+        data["id"] = "custom"
+        data["budget"].update(budget)
+        path = tmp_path / "custom.toml"
+        path.write_text(tomli_w.dumps(data))
+        return path
+
+    return write

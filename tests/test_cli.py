@@ -1,0 +1,85 @@
+"""CLI behaviour that needs no model: help, version, listing, light imports, bundle errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import edgekit
+from edgekit.cli import main
+from edgekit.profiles import shipped_profile_ids
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [prefix]
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += _commands(command, (*prefix, name))
+        else:
+            found.append((*prefix, name))
+    return found
+
+
+@pytest.mark.parametrize("path", _commands(main), ids=lambda p: " ".join(p) or "edgekit")
+def test_every_command_has_help_with_an_example_or_usage(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(main, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Usage: ")
+    assert len(result.output.splitlines()) > 3
+
+
+def test_every_command_takes_json() -> None:
+    for path in _commands(main)[1:]:
+        command = main
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        assert "--json" in {o for p in command.params for o in p.opts}, path
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.output.strip() == f"edgekit, version {edgekit.__version__}"
+
+
+def test_targets_lists_every_shipped_profile() -> None:
+    table = CliRunner().invoke(main, ["targets"])
+    assert table.exit_code == 0
+    as_json = CliRunner().invoke(main, ["targets", "--json"])
+    profiles = json.loads(as_json.output)
+    assert [p["id"] for p in profiles] == shipped_profile_ids()
+    for profile_id in shipped_profile_ids():
+        assert profile_id in table.output
+
+
+def test_listing_and_the_runtime_import_no_heavy_libraries() -> None:
+    code = (
+        "import sys, edgekit.cli, edgekit.converters, edgekit.runtime.backends, edgekit.runtime.probe;"
+        "from click.testing import CliRunner; CliRunner().invoke(edgekit.cli.main, ['targets']);"
+        "heavy = [m for m in ('tensorflow', 'keras', 'onnxruntime', 'tf2onnx') if m in sys.modules];"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such bundle"),
+        (b"hello", "not an edgekit bundle"),
+    ],
+)
+def test_inspect_bad_bundles_one_line_exit_1(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "m.ekb"
+    if content is not None:
+        path.write_bytes(content)
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,315 @@
+"""Real TensorFlow conversions of a digits CNN trained in the session."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+from click.testing import CliRunner
+
+from edgekit.bundle import read_bundle
+from edgekit.cli import main
+from edgekit.convert import ConvertOptions, ConvertResult, convert
+from edgekit.converters import Converter
+from edgekit.profiles import load_profile
+from edgekit.runtime.backends import TFLiteBackend
+
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+TESTED_FORMATS = {"tflite"}
+Convert = Callable[..., ConvertResult]
+
+
+@pytest.fixture(scope="session")
+def converted(digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Convert:
+    """Convert the digits CNN once per (precision, profile) for the whole session."""
+    cache: dict[tuple[str, str], ConvertResult] = {}
+
+    def get(precision: str, profile: str = "raspberry-pi-5") -> ConvertResult:
+        if (precision, profile) not in cache:
+            out = tmp_path_factory.mktemp("bundles") / f"digits-{precision}-{profile}.ekb"
+            options = ConvertOptions(
+                model=digits_files["model"], profile=load_profile(profile), output=out,
+                precision=precision, calibration=digits_files["calibration"],
+                evaluation=digits_files["evaluation"], name="digits", version=2,
+            )  # fmt: skip
+            cache[precision, profile] = convert(options)
+        return cache[precision, profile]
+
+    return get
+
+
+def _artifact(result: ConvertResult) -> bytes:
+    manifest, contents = read_bundle(result.output)
+    return contents[manifest.artifacts[0].path]
+
+
+def _tensor_dtypes(content: bytes) -> set[str]:
+    interpreter = Interpreter(model_content=content)
+    return {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+
+
+def test_every_registered_converter_is_tested() -> None:
+    assert set(Converter.registry) <= TESTED_FORMATS
+
+
+@pytest.mark.parametrize("profile", ["raspberry-pi-5", pytest.param("x86-gateway", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_each_precision_makes_a_complete_verified_bundle(
+    converted: Convert, digits_files: dict[str, Path], precision: str, profile: str
+) -> None:
+    result = converted(precision, profile)
+    manifest, contents = read_bundle(result.output)  # checks every hash and size
+    entry = manifest.artifacts[0]
+    assert (entry.format, entry.precision) == ("tflite", precision)
+    assert contents[entry.path][4:8] == b"TFL3"
+    assert manifest.name == "digits" and manifest.version == 2
+    assert manifest.profile["id"] == profile
+    model_bytes = digits_files["model"].read_bytes()
+    assert manifest.source.sha256 == hashlib.sha256(model_bytes).hexdigest()
+    assert manifest.tools["tensorflow"] and manifest.tools["edgekit"]
+    assert manifest.preprocessing.layout == "NHWC"
+    assert entry.inputs[0].shape == (None, 8, 8, 1) and entry.outputs[0].shape == (None, 10)
+    metrics = entry.metrics
+    assert metrics.size_bytes == entry.size == len(contents[entry.path])
+    assert metrics.peak_memory_bytes > entry.size  # the weights alone must be resident
+    assert metrics.within_budget
+    assert metrics.accuracy is not None and metrics.accuracy.metric == "top1"
+    assert metrics.accuracy.samples == 450 and metrics.accuracy.gate == "passed"
+    assert metrics.calibration_samples == (200 if precision == "int8" else 0)
+
+
+def test_int8_is_full_integer(converted: Convert) -> None:
+    result = converted("int8")
+    entry = result.manifest.artifacts[0]
+    for tensor in (*entry.inputs, *entry.outputs):
+        assert tensor.dtype == "int8" and tensor.quantization is not None
+    content = _artifact(result)
+    assert _tensor_dtypes(content) <= {"int8", "int32"}  # int32 holds biases only
+    interpreter = Interpreter(model_content=content)
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert {"CONV_2D", "FULLY_CONNECTED"} <= ops
+    kernels = [t for t in interpreter.get_tensor_details() if len(t["shape"]) == 4 and t["shape"][0] == 32]
+    assert kernels and all(np.dtype(k["dtype"]) == np.int8 for k in kernels)
+
+
+def test_int8_is_at_most_030_of_fp32(converted: Convert) -> None:
+    int8, fp32 = len(_artifact(converted("int8"))), len(_artifact(converted("fp32")))
+    assert int8 <= 0.30 * fp32, (int8, fp32)
+
+
+def test_int8_accuracy_within_one_point_of_float(
+    converted: Convert, digits_files: dict[str, Path], digits_eval: tuple[np.ndarray, np.ndarray]
+) -> None:
+    import keras
+
+    x, y = digits_eval
+    float_top1 = np.mean(keras.models.load_model(digits_files["model"]).predict(x, verbose=0).argmax(1) == y)
+    backend = TFLiteBackend(_artifact(converted("int8")))
+    int8_top1 = np.mean(backend.run(x)[0].argmax(1) == y)
+    assert float_top1 > 0.9
+    assert abs(float_top1 - int8_top1) * 100 <= 1.0
+    accuracy = converted("int8").manifest.artifacts[0].metrics.accuracy
+    assert accuracy is not None
+    assert accuracy.float_model == pytest.approx(float_top1 * 100, abs=1e-6)
+    assert accuracy.artifact == pytest.approx(int8_top1 * 100, abs=1e-6)
+
+
+def test_fp16_and_dynamic_keep_float_io_with_smaller_weights(converted: Convert) -> None:
+    assert "float16" in _tensor_dtypes(_artifact(converted("fp16")))
+    dynamic = converted("dynamic")
+    assert "int8" in _tensor_dtypes(_artifact(dynamic))
+    assert dynamic.manifest.artifacts[0].inputs[0].dtype == "float32"
+    assert dynamic.manifest.artifacts[0].inputs[0].quantization is None
+    assert len(_artifact(dynamic)) < 0.5 * len(_artifact(converted("fp32")))
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _error_line(stderr: str) -> str:
+    """The one error line; progress lines may precede it, nothing else may say 'error'."""
+    errors = [line for line in stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr
+    return errors[0]
+
+
+def test_auto_takes_the_profiles_order(digits_files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "auto.ekb"
+    code, stdout, _ = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-4",
+                           "--eval", str(digits_files["evaluation"]), "-o", str(out), "--json")  # fmt: skip
+    assert code == 0
+    report = json.loads(stdout)
+    assert [t["precision"] for t in report["tried"]] == ["dynamic"]  # int8 needs calibration
+    code, stdout, _ = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-4",
+                           "-c", str(digits_files["calibration"]), "-o", str(out), "--json")  # fmt: skip
+    report = json.loads(stdout)
+    assert report["manifest"]["artifacts"][0]["precision"] == "int8"
+    assert any("accuracy of the converted model is not checked" in w for w in report["warnings"])
+    assert report["manifest"]["artifacts"][0]["metrics"]["accuracy"] is None
+
+
+@pytest.fixture(scope="session")
+def bad_calibration(digits_files: dict[str, Path]) -> Path:
+    """Calibration data at 2% of the real range: int8 then saturates and loses ~70 points."""
+    with np.load(digits_files["calibration"]) as data:
+        path = digits_files["calibration"].with_name("bad_calib.npz")
+        np.savez(path, x=data["x"] * 0.02)
+    return path
+
+
+def test_auto_falls_back_when_int8_fails_the_gate(
+    digits_files: dict[str, Path], bad_calibration: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "auto.ekb"
+    code, stdout, _ = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-4", "-c",
+                           str(bad_calibration), "--eval", str(digits_files["evaluation"]),
+                           "-o", str(out), "--json")  # fmt: skip
+    assert code == 0
+    tried = json.loads(stdout)["tried"]
+    assert [t["precision"] for t in tried] == ["int8", "dynamic"]
+    assert "drop" in tried[0]["problems"][0] and tried[1]["problems"] == []
+    assert read_bundle(out)[0].artifacts[0].precision == "dynamic"
+
+
+def test_accuracy_gate_fails_unless_allowed(
+    digits_files: dict[str, Path], bad_calibration: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "gate.ekb"
+    args = ["convert", str(digits_files["model"]), "-t", "raspberry-pi-5", "-p", "int8",
+            "-c", str(bad_calibration), "--eval", str(digits_files["evaluation"]), "-o", str(out)]  # fmt: skip
+    code, _, stderr = _cli(*args)
+    assert code == 1 and not out.exists()
+    error = _error_line(stderr)
+    assert error.startswith("error: the converted model loses too much accuracy: int8: top-1 accuracy")
+    assert "> allowed 1.00 pp" in error and "--allow-accuracy-drop" in error
+    code, _, stderr = _cli(*args, "--max-accuracy-drop", "100")
+    assert code == 0
+    code, _, stderr = _cli(*args, "--allow-accuracy-drop")
+    assert code == 0 and "SHIPPING A MODEL THAT BREAKS ITS LIMITS" in stderr
+    accuracy = read_bundle(out)[0].artifacts[0].metrics.accuracy
+    assert accuracy is not None and accuracy.gate == "overridden" and accuracy.drop > 10
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        ({"model_storage_mb": 0.01}, "storage budget 0.01 MB of custom"),
+        ({"model_memory_mb": 0.5}, "peak memory"),
+    ],
+)
+def test_blown_budget_fails_unless_allowed(
+    digits_files: dict[str, Path],
+    write_profile,
+    tmp_path: Path,
+    budget: dict,
+    message: str,  # type: ignore[no-untyped-def]
+) -> None:
+    out = tmp_path / "big.ekb"
+    args = [
+        "convert",
+        str(digits_files["model"]),
+        "-t",
+        str(write_profile(**budget)),
+        "-p",
+        "fp32",
+        "-o",
+        str(out),
+    ]
+    code, _, stderr = _cli(*args)
+    assert code == 1 and not out.exists()
+    error = _error_line(stderr)
+    assert error.startswith("error: the model does not fit custom") and message in error
+    assert "try a smaller precision (int8)" in error
+    code, _, stderr = _cli(*args, "--allow-over-budget")
+    assert code == 0 and "SHIPPING A MODEL" in stderr
+    assert read_bundle(out)[0].artifacts[0].metrics.within_budget is False
+
+
+def test_h5_and_saved_model_inputs_convert_to_the_same_function(
+    converted: Convert, digits_h5: Path, digits_saved_model: Path, tmp_path: Path,
+    digits_eval: tuple[np.ndarray, np.ndarray],
+) -> None:  # fmt: skip
+    x, _ = digits_eval
+    reference = TFLiteBackend(_artifact(converted("fp32"))).run(x)[0]
+    for source in (digits_h5, digits_saved_model):
+        result = convert(ConvertOptions(model=source, profile=load_profile("generic-arm64"),
+                                        output=tmp_path / f"{source.name}.ekb", precision="fp32"))  # fmt: skip
+        assert result.manifest.source.kind == ("h5" if source == digits_h5 else "saved_model")
+        np.testing.assert_allclose(TFLiteBackend(_artifact(result)).run(x)[0], reference, atol=1e-5)
+
+
+def _bad_inputs(digits_files: dict[str, Path], tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    model, calib = str(digits_files["model"]), str(digits_files["calibration"])
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a keras archive")
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"\x08\x07")
+    x = np.load(digits_files["calibration"])["x"]
+    np.savez(tmp_path / "shape.npz", x=x[..., 0])
+    nan = x.copy()
+    nan[3, 2, 2, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=nan)
+    np.savez(tmp_path / "few.npz", x=x[:5])
+    (tmp_path / "labels.txt").write_text("zero\none\n")
+    return {
+        "missing model": ([str(tmp_path / "nope.keras"), "-t", "raspberry-pi-5"], "no such file or directory"),
+        "unsupported": ([str(onnx), "-t", "raspberry-pi-5"], "unsupported model file '.onnx'; expected a Keras .keras"),
+        "corrupt model": ([str(corrupt), "-t", "raspberry-pi-5"], "cannot be loaded as a Keras model"),
+        "shape": ([model, "-t", "raspberry-pi-5", "-p", "int8", "-c", str(tmp_path / "shape.npz")],
+                  "x has shape (200, 8, 8), the model takes (batch, 8, 8, 1) float32; add the channel axis"),
+        "nan": ([model, "-t", "raspberry-pi-5", "-p", "int8", "-c", str(tmp_path / "nan.npz")], "1 NaN"),
+        "few": ([model, "-t", "raspberry-pi-5", "-p", "int8", "-c", str(tmp_path / "few.npz")],
+                "only 5 samples; at least 10"),
+        "no calibration": ([model, "-t", "raspberry-pi-5", "-p", "int8"], "--precision int8 needs calibration data"),
+        "labels": ([model, "-t", "raspberry-pi-5", "--labels", str(tmp_path / "labels.txt")], "2 labels for 10 model outputs"),
+        "unknown profile": ([model, "-t", "raspberry-pi-9", "-c", calib], "unknown device profile"),
+        "malformed profile": ([model, "-t", str(tmp_path / "labels.txt")], "not valid TOML"),
+    }  # fmt: skip
+
+
+def test_bad_input_gets_one_line_exit_2_and_no_output(digits_files: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "labels.txt").touch()
+    for case, (args, message) in _bad_inputs(digits_files, tmp_path).items():
+        if case == "malformed profile":
+            args[-1] = str(tmp_path / "broken.toml")
+            (tmp_path / "broken.toml").write_text("[budget\n")
+        out = tmp_path / f"{case}.ekb"
+        code, stdout, stderr = _cli("convert", *args, "-o", str(out))
+        assert code == 2, (case, stderr)
+        assert message in _error_line(stderr), (case, stderr)
+        assert stdout == "", case
+        assert not out.exists(), case
+    assert sorted(p.name for p in tmp_path.glob("*.ekb")) == []
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_labels_are_stored(digits_files: dict[str, Path], tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"digit {i}" for i in range(10)))
+    out = tmp_path / "m.ekb"
+    code, _, stderr = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-5", "-p", "dynamic",
+                           "--labels", str(labels), "-o", str(out))  # fmt: skip
+    assert code == 0, stderr
+    assert read_bundle(out)[0].labels == tuple(f"digit {i}" for i in range(10))
+    inspected = CliRunner().invoke(main, ["inspect", str(out)], env={"COLUMNS": "200"})
+    assert "digit 9" in inspected.stdout and "hashes verified" in inspected.stdout
+    as_json = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).stdout)
+    assert as_json["artifacts"][0]["precision"] == "dynamic"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", sorted(__import__("edgekit.profiles").profiles.shipped_profile_ids()))
+def test_every_shipped_profile_converts(digits_files: dict[str, Path], tmp_path: Path, profile: str) -> None:
+    result = convert(ConvertOptions(model=digits_files["model"], profile=load_profile(profile),
+                                    output=tmp_path / "m.ekb", calibration=digits_files["calibration"]))  # fmt: skip
+    entry = result.manifest.artifacts[0]
+    expected = load_profile(profile).runtime.precisions_for("tflite")[0]
+    assert (entry.format, entry.precision) == ("tflite", expected)

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.converters.source import TensorSpec
+from edgekit.data import check_dataset, load_dataset
+from edgekit.errors import DataError, ShapeError
+
+SPEC = TensorSpec("image", (None, 8, 8, 1), "float32")
+
+
+def _npz(tmp_path: Path, **arrays: np.ndarray) -> Path:
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def _check(tmp_path: Path, x: np.ndarray, y: np.ndarray | None = None, force: bool = False):  # type: ignore[no-untyped-def]
+    arrays = {"x": x} if y is None else {"x": x, "y": y}
+    return check_dataset(load_dataset(_npz(tmp_path, **arrays), "calibration"), SPEC, "calibration", force)
+
+
+def test_good_data_is_cast_to_the_input_dtype(tmp_path: Path) -> None:
+    data, warnings = _check(tmp_path, np.zeros((120, 8, 8, 1), np.float64), np.arange(120) % 10)
+    assert data.x.dtype == np.float32 and data.y is not None and data.y.dtype == np.int64
+    assert warnings == []
+
+
+def test_npy_holds_x_only(tmp_path: Path) -> None:
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((12, 8, 8, 1), np.float32))
+    data = load_dataset(path, "calibration")
+    assert data.y is None and data.x.shape == (12, 8, 8, 1)
+
+
+def test_shape_mismatch_says_what_the_model_takes_and_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ShapeError) as err:
+        _check(tmp_path, np.zeros((50, 8, 8), np.float32))
+    assert "(50, 8, 8)" in str(err.value) and "(batch, 8, 8, 1)" in str(err.value)
+    assert "x[..., None]" in str(err.value)
+    with pytest.raises(ShapeError, match="takes"):
+        _check(tmp_path, np.zeros((50, 9, 8, 1), np.float32))
+
+
+def test_nan_and_inf_are_counted_and_located(tmp_path: Path) -> None:
+    x = np.zeros((50, 8, 8, 1), np.float32)
+    x[7, 0, 0, 0] = np.nan
+    x[9, 1, 1, 0] = np.inf
+    with pytest.raises(DataError, match=r"1 NaN and 1 Inf values in 2 samples \(first: sample 7\)"):
+        _check(tmp_path, x)
+
+
+def test_sample_count_thresholds(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="only 5 samples; at least 10"):
+        _check(tmp_path, np.zeros((5, 8, 8, 1), np.float32))
+    _, warnings = _check(tmp_path, np.zeros((5, 8, 8, 1), np.float32), force=True)
+    assert "only 5 samples" in warnings[0]
+    _, warnings = _check(tmp_path, np.zeros((50, 8, 8, 1), np.float32))
+    assert "100+" in warnings[0]
+
+
+def test_bad_files_and_arrays(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset(tmp_path / "missing.npz", "calibration")
+    with pytest.raises(DataError, match="no array 'x' \\(found images\\)"):
+        load_dataset(_npz(tmp_path, images=np.zeros(3)), "calibration")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable numpy file"):
+        load_dataset(bad, "calibration")
+    csv = tmp_path / "data.csv"
+    csv.write_text("1,2")
+    with pytest.raises(DataError, match="expected a .npz"):
+        load_dataset(csv, "calibration")
+    with pytest.raises(ShapeError, match="dtype"):
+        _check(tmp_path, np.array([["a"] * 8] * 8))
+
+
+def test_labels_are_checked(tmp_path: Path) -> None:
+    x = np.zeros((20, 8, 8, 1), np.float32)
+    with pytest.raises(DataError, match="19 labels for 20 samples"):
+        _check(tmp_path, x, np.zeros(19, np.int64))
+    with pytest.raises(DataError, match="integer class labels"):
+        _check(tmp_path, x, np.full(20, 0.5))
+    one_hot = np.eye(10)[np.arange(20) % 10]
+    data, _ = _check(tmp_path, x, one_hot)
+    assert data.y is not None and list(data.y[:3]) == [0, 1, 2]
