@@ -71,9 +71,8 @@ def digits_saved_model(digits_files: dict[str, Path]) -> Path:
 @pytest.fixture
 def write_profile(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Write a user profile TOML derived from a shipped one, with some values replaced."""
-    import tomllib
-
     import tomli_w
+    import tomllib
 
     def write(base: str = "raspberry-pi-5", **budget: float) -> Path:
         data = tomllib.loads((ROOT / "device_configs" / f"{base}.toml").read_text())

@@ -85,7 +85,7 @@ def test_malformed_profile_names_the_file_and_key(
 def test_cuda_profile_without_capability_is_rejected(tmp_path: Path) -> None:
     text = (ROOT / "device_configs" / "jetson-orin-nano.toml").read_text()
     path = tmp_path / "gpu.toml"
-    path.write_text("\n".join(l for l in text.splitlines() if not l.startswith("cuda_compute")))
+    path.write_text("\n".join(line for line in text.splitlines() if not line.startswith("cuda_compute")))
     with pytest.raises(ProfileError, match="cuda_compute_capability"):
         load_profile(path)
 
