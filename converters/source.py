@@ -167,7 +167,7 @@ def _from_saved_model(tf: Any, path: Path) -> SourceModel:
 def _spec(tensor: Any, name: str | None = None) -> TensorSpec:
     shape = tuple(None if d is None else int(d) for d in tensor.shape)
     dtype = getattr(tensor.dtype, "name", str(tensor.dtype))
-    return TensorSpec(name=name or getattr(tensor, "name", "input"), shape=shape, dtype=dtype)
+    return TensorSpec(name=name or str(getattr(tensor, "name", None) or "input"), shape=shape, dtype=dtype)
 
 
 def _hash_path(path: Path) -> str:

@@ -115,8 +115,11 @@ def sha256(data: bytes) -> str:
 
 def write_bundle(path: Path, manifest: Manifest, artifacts: dict[str, bytes]) -> None:
     """Write the bundle atomically: a temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise BundleError(f"cannot write {path}: {exc.strerror}; choose another -o") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -126,10 +129,16 @@ def write_bundle(path: Path, manifest: Manifest, artifacts: dict[str, bytes]) ->
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise BundleError(
+            f"cannot write {path}: {exc.strerror}; free some disk space or choose another -o "
+            "(any earlier bundle there is unchanged)"
+        ) from exc
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
 
 
 def read_manifest(path: Path) -> tuple[Manifest, zipfile.ZipFile]:

@@ -179,7 +179,7 @@ def _check_data(
     options: ConvertOptions,
     warnings: list[str],
 ) -> tuple[Dataset | None, Dataset | None]:
-    checked = []
+    checked: list[Dataset | None] = []
     for data, role in ((calibration, "calibration"), (evaluation, "evaluation")):
         if data is None:
             checked.append(None)

@@ -36,7 +36,7 @@ def host_latency_ms(backend: Backend, budget_s: float = 0.5, max_runs: int = 200
     sample = np.zeros(tuple(1 if d is None else d for d in info.shape), dtype=np.float32)
     for _ in range(3):
         backend.run(sample)
-    timings = []
+    timings: list[float] = []
     deadline = time.perf_counter() + budget_s
     while len(timings) < max_runs and (len(timings) < 5 or time.perf_counter() < deadline):
         started = time.perf_counter()
@@ -66,12 +66,15 @@ def compare_outputs(
     float_out: np.ndarray, artifact_out: np.ndarray, labels: np.ndarray | None
 ) -> dict[str, Any]:
     """Top-1 accuracy of both (with labels) or agreement, plus cosine and max abs error."""
-    f = float_out.reshape(len(float_out), -1)
-    a = artifact_out.reshape(len(artifact_out), -1)
+    f = float_out.reshape(len(float_out), -1).astype(np.float64)
+    a = artifact_out.reshape(len(artifact_out), -1).astype(np.float64)
     agreement = float(np.mean(f.argmax(axis=1) == a.argmax(axis=1)) * 100)
     norms = np.linalg.norm(f, axis=1) * np.linalg.norm(a, axis=1)
-    cosine = float(np.mean(np.sum(f * a, axis=1) / np.maximum(norms, 1e-12)))
-    result = {
+    both_zero = (norms == 0) & ~f.any(axis=1) & ~a.any(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_sample = np.where(both_zero, 1.0, np.sum(f * a, axis=1) / norms)
+    cosine = float(np.mean(np.nan_to_num(per_sample, nan=0.0)))
+    result: dict[str, Any] = {
         "agreement": agreement,
         "cosine": cosine,
         "max_abs_error": float(np.max(np.abs(f - a))),
