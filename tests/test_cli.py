@@ -83,3 +83,15 @@ def test_inspect_bad_bundles_one_line_exit_1(tmp_path: Path, content: bytes | No
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unexpected_failure_is_one_line_unless_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("edgekit.cli.load_all_profiles", boom)
+    result = CliRunner().invoke(main, ["targets"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: internal error: RuntimeError: boom (rerun with --debug for details)\n"
+    debug = CliRunner().invoke(main, ["--debug", "targets"])
+    assert isinstance(debug.exception, RuntimeError)

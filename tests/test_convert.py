@@ -147,7 +147,7 @@ def test_auto_takes_the_profiles_order(digits_files: dict[str, Path], tmp_path: 
                            "--eval", str(digits_files["evaluation"]), "-o", str(out), "--json")  # fmt: skip
     assert code == 0
     report = json.loads(stdout)
-    assert [t["precision"] for t in report["tried"]] == ["dynamic"]  # int8 needs calibration
+    assert [t["precision"] for t in report["tried"]] == ["fp16"]  # int8 needs calibration
     code, stdout, _ = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-4",
                            "-c", str(digits_files["calibration"]), "-o", str(out), "--json")  # fmt: skip
     report = json.loads(stdout)
@@ -174,9 +174,9 @@ def test_auto_falls_back_when_int8_fails_the_gate(
                            "-o", str(out), "--json")  # fmt: skip
     assert code == 0
     tried = json.loads(stdout)["tried"]
-    assert [t["precision"] for t in tried] == ["int8", "dynamic"]
+    assert [t["precision"] for t in tried] == ["int8", "fp16"]
     assert "drop" in tried[0]["problems"][0] and tried[1]["problems"] == []
-    assert read_bundle(out)[0].artifacts[0].precision == "dynamic"
+    assert read_bundle(out)[0].artifacts[0].precision == "fp16"
 
 
 def test_accuracy_gate_fails_unless_allowed(

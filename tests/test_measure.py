@@ -8,7 +8,7 @@ from edgekit.measure import compare_outputs
 
 def test_top1_with_labels() -> None:
     float_out = np.eye(4)[[0, 1, 2, 3]]
-    artifact_out = np.eye(4)[[0, 1, 2, 0]]
+    artifact_out = np.eye(4)[[0, 1, 0, 3]]
     result = compare_outputs(float_out, artifact_out, np.array([0, 1, 2, 2]))
     assert result["metric"] == "top1"
     assert result["float_model"] == 75.0 and result["artifact"] == 50.0 and result["drop"] == 25.0

@@ -85,7 +85,7 @@ def test_kill_9_mid_write_keeps_the_old_bundle(tmp_path: Path) -> None:
 
 
 _FULL_DISK = """
-import resource, signal, sys
+import os, resource, signal, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_bundle import _manifest
@@ -93,7 +93,7 @@ from edgekit.bundle import write_bundle
 from edgekit.errors import BundleError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-content = bytes(range(256)) * 1024
+content = os.urandom(256 * 1024)  # incompressible, so the zip outgrows the limit
 try:
     write_bundle(Path({target!r}), _manifest(content), {{"model.int8.tflite": content}})
 except BundleError as exc:
