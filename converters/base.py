@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -13,9 +13,22 @@ from edgekit.errors import InputError
 
 if TYPE_CHECKING:
     from edgekit.converters.source import SourceModel
+    from edgekit.profiles import DeviceProfile
 
 Advance = Callable[[int], None]
 """Called with the number of calibration samples consumed since the last call."""
+
+
+@dataclass(frozen=True)
+class ConversionSettings:
+    """What a conversion needs beyond the model and the precision."""
+
+    profile: DeviceProfile
+    calibration_method: str = "minmax"
+    keep_float: tuple[str, ...] = ()
+    """Node-name patterns (fnmatch) the user keeps in float."""
+    float_nodes: tuple[str, ...] = ()
+    """Node names the accuracy fallback keeps in float."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +38,10 @@ class Artifact:
     content: bytes
     seconds: float
     calibration_samples: int = 0
+    opset: int | None = None
+    quantization: dict[str, Any] | None = None
+    """How it was quantized: scheme, symmetry, per-channel, calibration method, float nodes."""
+    notes: tuple[str, ...] = field(default=())
 
 
 class Converter(ABC):
@@ -33,6 +50,8 @@ class Converter(ABC):
     format: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]
     calibrated_precisions: ClassVar[frozenset[str]] = frozenset()
+    source_kinds: ClassVar[frozenset[str]]
+    """Which source model kinds (keras, h5, saved_model, onnx) this converter takes."""
     registry: ClassVar[dict[str, type[Converter]]] = {}
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -51,7 +70,14 @@ class Converter(ABC):
         precision: str,
         calibration: np.ndarray | None,
         advance: Advance,
+        settings: ConversionSettings,
     ) -> Artifact: ...
+
+    def rank_sensitive_nodes(
+        self, source: SourceModel, artifact: Artifact, calibration: np.ndarray, settings: ConversionSettings
+    ) -> list[tuple[str, ...]]:
+        """Groups of nodes to keep in float, the costliest in accuracy first; [] if unknown."""
+        return []
 
     @classmethod
     def tool_versions(cls) -> dict[str, str]:

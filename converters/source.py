@@ -1,7 +1,9 @@
-"""Load the model a user trained: Keras 3 ``.keras``, legacy ``.h5``, or a SavedModel dir.
+"""Load the model a user trained: Keras 3 ``.keras``, legacy ``.h5``, a SavedModel dir, or ONNX.
 
-Every source is exported to a SavedModel, the one input the TFLite converter handles
-for Keras 3 (``from_keras_model`` breaks on Keras 3 models).
+Keras sources are exported to a SavedModel, the one input the TFLite converter and tf2onnx
+both handle for Keras 3 (``from_keras_model`` breaks on Keras 3 models). ONNX sources are
+checked, loaded with their external data, and run in ONNX Runtime; they never import
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from edgekit.errors import MissingDependencyError, ModelFormatError
 
-ACCEPTED = "a Keras .keras file, a legacy Keras .h5 file, or a TensorFlow SavedModel directory"
+ACCEPTED = "a Keras .keras file, a legacy Keras .h5 file, a TensorFlow SavedModel directory, or an .onnx file"
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,11 @@ class SourceModel:
     input: TensorSpec
     outputs: tuple[TensorSpec, ...]
     parameter_bytes: int
-    saved_model_dir: Path
-    tensorflow_version: str
     _predict: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    saved_model_dir: Path | None = None
+    """TensorFlow sources: the exported SavedModel the converters read."""
+    onnx_model: Any = field(default=None, repr=False)
+    """ONNX sources: the checked float ModelProto, external data loaded."""
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float outputs of the first output for a batch ``x``."""
@@ -78,13 +82,25 @@ def detect_kind(path: Path) -> str:
         return "keras"
     if suffix in (".h5", ".hdf5"):
         return "h5"
+    if suffix == ".onnx":
+        return "onnx"
     raise ModelFormatError(f"{path}: unsupported model file '{suffix or path.name}'; expected {ACCEPTED}")
 
 
 @contextmanager
-def load_source(path: Path) -> Iterator[SourceModel]:
-    """Load ``path`` and export it to a temporary SavedModel, removed on exit."""
+def load_source(path: Path, input_shape: tuple[int | None, ...] | None = None) -> Iterator[SourceModel]:
+    """Load ``path``; Keras models are exported to a temporary SavedModel, removed on exit.
+
+    ``input_shape`` fixes an ONNX model's dynamic input dims (``None`` keeps one dynamic).
+    """
     kind = detect_kind(path)
+    if kind == "onnx":
+        from edgekit.converters.onnx_source import load_onnx_source
+
+        yield load_onnx_source(path, input_shape)
+        return
+    if input_shape is not None:
+        raise ModelFormatError("--input-shape applies to ONNX models; Keras and SavedModel inputs are fixed")
     tf = import_tensorflow()
     with tempfile.TemporaryDirectory(prefix="edgekit-savedmodel-") as tmp:
         if kind == "saved_model":
@@ -100,7 +116,7 @@ def _from_keras(tf: Any, path: Path, kind: str, export_dir: Path) -> SourceModel
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file; all mean "cannot load".
         raise ModelFormatError(
-            f"{path}: cannot be loaded as a Keras model ({_first_line(exc)}); "
+            f"{path}: cannot be loaded as a Keras model ({first_line(exc)}); "
             "check that the file is complete, or save it again with model.save()"
         ) from exc
     if len(model.inputs) != 1:
@@ -116,13 +132,12 @@ def _from_keras(tf: Any, path: Path, kind: str, export_dir: Path) -> SourceModel
     return SourceModel(
         path=path,
         kind=kind,
-        sha256=_hash_path(path),
+        sha256=hash_path(path),
         size_bytes=path.stat().st_size,
         input=_spec(model.inputs[0]),
         outputs=tuple(_spec(t) for t in model.outputs),
         parameter_bytes=sum(int(np.prod(w.shape)) * 4 for w in model.weights),
         saved_model_dir=export_dir,
-        tensorflow_version=tf.__version__,
         _predict=predict,
     )
 
@@ -131,7 +146,7 @@ def _from_saved_model(tf: Any, path: Path) -> SourceModel:
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # TensorFlow raises several types for a bad SavedModel.
-        raise ModelFormatError(f"{path}: cannot be loaded as a SavedModel ({_first_line(exc)})") from exc
+        raise ModelFormatError(f"{path}: cannot be loaded as a SavedModel ({first_line(exc)})") from exc
     signature = loaded.signatures.get("serving_default")
     if signature is None:
         raise ModelFormatError(
@@ -153,13 +168,12 @@ def _from_saved_model(tf: Any, path: Path) -> SourceModel:
     return SourceModel(
         path=path,
         kind="saved_model",
-        sha256=_hash_path(path),
+        sha256=hash_path(path),
         size_bytes=sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
         input=_spec(input_spec, input_name),
         outputs=tuple(_spec(signature.structured_outputs[n], n) for n in output_names),
         parameter_bytes=sum(int(np.prod(v.shape)) * 4 for v in variables),
         saved_model_dir=path,
-        tensorflow_version=tf.__version__,
         _predict=predict,
     )
 
@@ -170,7 +184,7 @@ def _spec(tensor: Any, name: str | None = None) -> TensorSpec:
     return TensorSpec(name=name or str(getattr(tensor, "name", None) or "input"), shape=shape, dtype=dtype)
 
 
-def _hash_path(path: Path) -> str:
+def hash_path(path: Path) -> str:
     """sha256 of a file, or of a directory's relative names and contents in sorted order."""
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -183,6 +197,6 @@ def _hash_path(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from edgekit.converters.base import Advance, Artifact, Converter
+from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter
 from edgekit.converters.source import import_tensorflow
 from edgekit.errors import ConversionError, DataError
 
@@ -27,6 +27,7 @@ class TFLiteConverter(Converter):
     format = "tflite"
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "dynamic", "int8")
     calibrated_precisions: ClassVar[frozenset[str]] = frozenset({"int8"})
+    source_kinds: ClassVar[frozenset[str]] = frozenset({"keras", "h5", "saved_model"})
 
     def convert(
         self,
@@ -34,6 +35,7 @@ class TFLiteConverter(Converter):
         precision: str,
         calibration: np.ndarray | None,
         advance: Advance,
+        settings: ConversionSettings,
     ) -> Artifact:
         tf = import_tensorflow()
         converter = tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model_dir))
@@ -64,11 +66,19 @@ class TFLiteConverter(Converter):
             content=bytes(content),
             seconds=time.perf_counter() - started,
             calibration_samples=samples,
+            quantization=_SCHEMES.get(precision),
         )
 
     @classmethod
     def tool_versions(cls) -> dict[str, str]:
         return {"tensorflow": import_tensorflow().__version__}
+
+
+_SCHEMES = {
+    "fp16": {"scheme": "tflite-float16-weights"},
+    "dynamic": {"scheme": "tflite-dynamic-range", "weights": "int8"},
+    "int8": {"scheme": "tflite-full-integer", "weights": "int8", "activations": "int8", "per_channel": True},
+}
 
 
 def _samples(calibration: np.ndarray, advance: Advance) -> Iterator[list[Any]]:

@@ -67,6 +67,35 @@ class Metrics(_Strict):
     within_budget: bool
 
 
+class QuantizationScheme(_Strict):
+    """How an artifact was made smaller; recorded so a device and a person know what runs."""
+
+    scheme: str
+    weights: str | None = None
+    activations: str | None = None
+    per_channel: bool | None = None
+    calibration_method: str | None = None
+    target: Literal["tensorrt", "cpu"] | None = None
+    io: str | None = None
+    float_nodes: tuple[str, ...] = Field(default=(), description="nodes kept in float")
+
+
+class CandidateRecord(_Strict):
+    precision: str
+    size_bytes: int
+    host_latency_ms: float
+    accuracy_drop: float | None
+    problems: tuple[str, ...]
+
+
+class Selection(_Strict):
+    """Why this precision: given, first in the profile's order to pass, or fastest measured."""
+
+    method: Literal["explicit", "profile-order", "measured-fastest"]
+    reason: str
+    candidates: tuple[CandidateRecord, ...]
+
+
 class ArtifactEntry(_Strict):
     path: str = Field(pattern=_ARTIFACT_NAME)
     format: str
@@ -76,6 +105,9 @@ class ArtifactEntry(_Strict):
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     metrics: Metrics
+    opset: int | None = None
+    quantization: QuantizationScheme | None = None
+    selection: Selection | None = None
 
 
 class Source(_Strict):

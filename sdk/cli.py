@@ -16,6 +16,7 @@ from rich.console import Console
 
 import edgekit
 from edgekit.converters import Converter
+from edgekit.converters.onnx import CALIBRATION_METHODS
 from edgekit.errors import EdgekitError
 from edgekit.profiles import DeviceProfile, load_all_profiles, load_profile
 
@@ -34,6 +35,26 @@ class ProfileType(click.ParamType):
             return load_profile(value)
         except EdgekitError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class ShapeType(click.ParamType):
+    """``--input-shape``: comma-separated dims; N, ? or -1 for a dim left dynamic."""
+
+    name = "shape"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int | None, ...]:
+        if isinstance(value, tuple):
+            return value
+        dims: list[int | None] = []
+        for part in str(value).replace("x", ",").split(","):
+            part = part.strip()
+            if part in ("N", "n", "?", "-1"):
+                dims.append(None)
+            elif part.isdigit() and int(part) > 0:
+                dims.append(int(part))
+            else:
+                self.fail(f"'{value}' is not a shape like 1,3,224,224 (N for a dynamic batch)", param, ctx)
+        return tuple(dims)
 
 
 class EdgekitGroup(click.Group):
@@ -117,14 +138,16 @@ def targets(as_json: bool) -> None:
     default="auto",
     show_default=True,
     help="auto tries the profile's precisions in order and keeps the first that passes "
-    "the accuracy gate and the budgets.",
+    "the accuracy gate and the budgets; for ONNX on a CPU-only profile it keeps the fastest "
+    "that passes, measured on this host.",
 )
 @click.option(
     "--format",
-    "fmt",
-    type=click.Choice(sorted(Converter.registry)),
+    "format",
+    type=click.Choice([*sorted(Converter.registry), "both"]),
     default=None,
-    help="Artifact format. Default: the profile's first format that edgekit can produce.",
+    help="Artifact format; 'both' ships TFLite and ONNX in one bundle. "
+    "Default: the profile's first format that can be made from MODEL.",
 )
 @click.option(
     "--calibration",
@@ -139,6 +162,26 @@ def targets(as_json: bool) -> None:
     type=click.Path(path_type=Path),
     default=None,
     help="Held-out .npz with x and labels y (top-1 accuracy) or x alone (agreement).",
+)
+@click.option(
+    "--calibration-method",
+    type=click.Choice(CALIBRATION_METHODS),
+    default="minmax",
+    show_default=True,
+    help="How ONNX int8 chooses activation ranges from the calibration data.",
+)
+@click.option(
+    "--keep-float",
+    multiple=True,
+    metavar="PATTERN",
+    help="Keep ONNX nodes whose name matches PATTERN (fnmatch; repeatable) in float.",
+)
+@click.option(
+    "--input-shape",
+    type=ShapeType(),
+    default=None,
+    help="Fix an ONNX model's dynamic input dims, e.g. 1,3,224,224 (N keeps a dim dynamic). "
+    "Default: from the calibration data.",
 )
 @click.option(
     "--max-accuracy-drop",
@@ -160,6 +203,7 @@ def targets(as_json: bool) -> None:
 @click.option("--name", default=None, help="Model name in the manifest. Default: the file name.")
 @click.option(
     "--model-version",
+    "version",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
@@ -180,57 +224,29 @@ def targets(as_json: bool) -> None:
 )
 @json_option
 @click.pass_context
-def convert(
-    ctx: click.Context,
-    model: Path,
-    profile: DeviceProfile,
-    precision: str,
-    fmt: str | None,
-    calibration: Path | None,
-    evaluation: Path | None,
-    max_accuracy_drop: float | None,
-    allow_accuracy_drop: bool,
-    allow_over_budget: bool,
-    force: bool,
-    name: str | None,
-    model_version: int,
-    labels: Path | None,
-    output: Path | None,
-    as_json: bool,
-) -> None:
+def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool, **fields: Any) -> None:
     """Convert a trained model into a bundle sized and checked for a device.
 
-    MODEL is a Keras .keras file, a legacy .h5 file or a TensorFlow SavedModel folder.
-    Nothing is written unless the result passes the accuracy gate and fits the budgets
-    of the --target profile, or you explicitly allow the breach.
+    MODEL is a Keras .keras file, a legacy .h5 file, a TensorFlow SavedModel folder or an
+    .onnx file. Nothing is written unless the result passes the accuracy gate and fits the
+    budgets of the --target profile, or you explicitly allow the breach. When ONNX int8
+    misses the accuracy gate, the nodes that lose the most are kept in float and int8 is
+    tried again.
 
     \b
     Examples:
       edgekit convert digits.keras --target raspberry-pi-5 --precision int8 \\
           --calibration calib.npz --eval eval.npz -o digits.ekb
-      edgekit convert model.keras --target x86-gateway --eval eval.npz   # precision auto
+      edgekit convert model.keras --target jetson-orin-nano --calibration calib.npz -o m.ekb
+      edgekit convert model.onnx --target x86-gateway --calibration calib.npz --eval eval.npz
     """
     from edgekit import views
     from edgekit.console import RichReporter, quiet_native_output, ui_stream
     from edgekit.convert import ConvertOptions
     from edgekit.convert import convert as run_convert
 
-    options = ConvertOptions(
-        model=model,
-        profile=profile,
-        output=output or Path(f"{model.stem or model.name}.ekb"),
-        precision=precision,
-        format=fmt,
-        calibration=calibration,
-        evaluation=evaluation,
-        max_accuracy_drop=max_accuracy_drop,
-        allow_accuracy_drop=allow_accuracy_drop,
-        allow_over_budget=allow_over_budget,
-        force=force,
-        name=name,
-        version=model_version,
-        labels=labels,
-    )
+    output = output or Path(f"{model.stem or model.name}.ekb")
+    options = ConvertOptions(model=model, output=output, **fields)
     ui = Console(file=ui_stream(), stderr=True)
     with quiet_native_output(enabled=not ctx.obj["debug"]):
         result = run_convert(options, RichReporter(ui))

@@ -8,9 +8,10 @@ Nothing is written when nothing passes, unless the user explicitly allows the br
 
 from __future__ import annotations
 
+import os
 import platform
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,17 +22,20 @@ from edgekit.bundle import (
     FORMAT_VERSION,
     Accuracy,
     ArtifactEntry,
+    CandidateRecord,
     Manifest,
     Metrics,
     Preprocessing,
     Quantization,
+    QuantizationScheme,
+    Selection,
     Source,
     Tensor,
     sha256,
     write_bundle,
 )
-from edgekit.converters import Converter, converter_for
-from edgekit.converters.source import SourceModel, load_source
+from edgekit.converters import Artifact, ConversionSettings, Converter, converter_for
+from edgekit.converters.source import SourceModel, detect_kind, load_source
 from edgekit.data import Dataset, check_dataset, load_dataset
 from edgekit.errors import AccuracyBudgetError, BudgetError, DataError, InputError
 from edgekit.measure import compare_outputs, host_latency_ms, peak_memory_bytes, run_batched
@@ -49,6 +53,7 @@ class ConvertOptions:
     output: Path
     precision: str = "auto"
     format: str | None = None
+    """A registered format, "both", or None for the profile's first format that fits the model."""
     calibration: Path | None = None
     evaluation: Path | None = None
     max_accuracy_drop: float | None = None
@@ -58,6 +63,9 @@ class ConvertOptions:
     name: str | None = None
     version: int = 1
     labels: Path | None = None
+    calibration_method: str = "minmax"
+    keep_float: tuple[str, ...] = ()
+    input_shape: tuple[int | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -82,17 +90,31 @@ class ConvertResult:
     warnings: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What every candidate of one convert run shares."""
+
+    options: ConvertOptions
+    source: SourceModel
+    settings: ConversionSettings
+    calibration: Dataset | None
+    evaluation: Dataset | None
+    float_out: np.ndarray | None
+    reporter: Reporter
+
+
 def convert(options: ConvertOptions, reporter: Reporter | None = None) -> ConvertResult:
     """Convert ``options.model`` for ``options.profile`` and write the bundle."""
     reporter = reporter or SilentReporter()
-    fmt = _choose_format(options, reporter)
-    converter = converter_for(fmt)
-    precisions = _choose_precisions(options, converter, fmt, reporter)
+    converters = [
+        converter_for(fmt) for fmt in _choose_formats(options, detect_kind(options.model), reporter)
+    ]
+    plans = [_choose_precisions(options, converter, reporter) for converter in converters]
     labels = _read_labels(options.labels)
     calibration = load_dataset(options.calibration, "calibration") if options.calibration else None
     evaluation = load_dataset(options.evaluation, "evaluation") if options.evaluation else None
     warnings: list[str] = []
-    with load_source(options.model) as source:
+    with load_source(options.model, options.input_shape) as source:
         calibration, evaluation = _check_data(source, calibration, evaluation, labels, options, warnings)
         if evaluation is None:
             warnings.append("no --eval data: the accuracy of the converted model is not checked")
@@ -100,41 +122,49 @@ def convert(options: ConvertOptions, reporter: Reporter | None = None) -> Conver
         if evaluation is not None:
             with reporter.progress("Evaluating float model", len(evaluation)) as advance:
                 float_out = run_batched(source.predict, evaluation.x, advance)
-        tried = []
-        for precision in precisions:
-            candidate = _build_candidate(
-                source, converter, precision, calibration, evaluation, float_out, options, reporter
-            )
-            tried.append(candidate)
-            if not candidate.problems:
-                break
-        chosen = _choose(tried, options)
+        settings = ConversionSettings(options.profile, options.calibration_method, options.keep_float)
+        job = _Job(options, source, settings, calibration, evaluation, float_out, reporter)
+        chosen, tried = [], []
+        for converter, precisions in zip(converters, plans, strict=True):
+            best, candidates = _select(job, converter, precisions)
+            chosen.append(best)
+            tried += candidates
         for message in warnings:
             reporter.warn(message)
-        manifest = _manifest(options, source, converter, chosen, calibration, labels)
-        write_bundle(options.output, manifest, {chosen.entry.path: chosen.content})
+        manifest = _manifest(options, source, converters, chosen, calibration, labels)
+        write_bundle(options.output, manifest, {c.entry.path: c.content for c in chosen})
     return ConvertResult(options.output, manifest, tuple(tried), tuple(warnings))
 
 
-def _choose_format(options: ConvertOptions, reporter: Reporter) -> str:
-    if options.format:
-        if options.format not in Converter.registry:
-            known = ", ".join(sorted(Converter.registry))
-            raise InputError(f"unknown format '{options.format}'; known formats: {known}")
-        return options.format
-    for fmt in options.profile.runtime.formats:
-        if fmt in Converter.registry:
-            return fmt
-        reporter.note(f"profile prefers {fmt}, which this edgekit cannot produce yet; trying the next")
-    raise InputError(
-        f"profile {options.profile.id} lists formats {list(options.profile.runtime.formats)}, "
-        "none of which this edgekit can produce; pass --format"
-    )
+def _choose_formats(options: ConvertOptions, kind: str, reporter: Reporter) -> list[str]:
+    registry = Converter.registry
+    if options.format == "both":
+        wanted = ["tflite", "onnx"]
+    elif options.format:
+        if options.format not in registry:
+            raise InputError(
+                f"unknown format '{options.format}'; known formats: {', '.join(sorted(registry))}"
+            )
+        wanted = [options.format]
+    else:
+        for fmt in options.profile.runtime.formats:
+            if fmt in registry and kind in registry[fmt].source_kinds:
+                return [fmt]
+            reporter.note(f"profile prefers {fmt}, which cannot be made from a {kind} model; trying the next")
+        raise InputError(
+            f"profile {options.profile.id} lists formats {list(options.profile.runtime.formats)}, "
+            f"none of which can be made from a {kind} model; pass --format"
+        )
+    for fmt in wanted:
+        if kind not in registry[fmt].source_kinds:
+            raise InputError(
+                f"--format {fmt} cannot be made from a {kind} model; an ONNX model converts to --format onnx"
+            )
+    return wanted
 
 
-def _choose_precisions(
-    options: ConvertOptions, converter: Converter, fmt: str, reporter: Reporter
-) -> list[str]:
+def _choose_precisions(options: ConvertOptions, converter: Converter, reporter: Reporter) -> list[str]:
+    fmt = converter.format
     if options.precision != "auto":
         if options.precision not in converter.precisions:
             raise InputError(
@@ -151,11 +181,65 @@ def _choose_precisions(
     if options.calibration is None:
         skipped = [p for p in order if p in converter.calibrated_precisions]
         if skipped:
-            reporter.note(f"skipping {', '.join(skipped)}: no --calibration data given")
+            reporter.note(f"{fmt}: skipping {', '.join(skipped)}: no --calibration data given")
         order = [p for p in order if p not in converter.calibrated_precisions]
     if not order:
         raise DataError(f"every {fmt} precision of profile {options.profile.id} needs --calibration data")
     return order
+
+
+def _select(job: _Job, converter: Converter, precisions: list[str]) -> tuple[Candidate, list[Candidate]]:
+    """Build candidates in order; keep the first that passes, or on a CPU ONNX profile the fastest."""
+    options = job.options
+    measured = (
+        options.precision == "auto"
+        and converter.format == "onnx"
+        and options.profile.accelerator.kind == "none"
+    )
+    tried: list[Candidate] = []
+    for precision in precisions:
+        tried.append(_build_candidate(job, converter, precision))
+        if not tried[-1].problems and not measured:
+            break
+    chosen = _choose(tried, options)
+    passing = [c for c in tried if not c.problems]
+    if measured and passing:
+        chosen = min(passing, key=lambda c: c.entry.metrics.host_latency_ms)
+    selection = _selection(options, converter.format, tried, chosen, measured and bool(passing))
+    return replace(chosen, entry=chosen.entry.model_copy(update={"selection": selection})), tried
+
+
+def _selection(
+    options: ConvertOptions, fmt: str, tried: list[Candidate], chosen: Candidate, measured: bool
+) -> Selection:
+    profile = options.profile
+    if options.precision != "auto":
+        method, reason = "explicit", f"--precision {options.precision}"
+    elif measured:
+        method = "measured-fastest"
+        reason = (
+            f"fastest of the precisions that passed, measured in ONNX Runtime on this host "
+            f"({platform.machine()}) as a proxy for {profile.id}"
+        )
+    else:
+        method = "profile-order"
+        reason = f"first precision in {profile.id}'s {fmt} order that passed"
+        if profile.accelerator.kind != "none":
+            reason += (
+                f"; not measured: this host cannot run {profile.runtime.execution_providers[0]} "
+                f"on a {profile.accelerator.name or profile.accelerator.kind} GPU"
+            )
+    records = tuple(
+        CandidateRecord(
+            precision=c.entry.precision,
+            size_bytes=c.entry.size,
+            host_latency_ms=c.entry.metrics.host_latency_ms,
+            accuracy_drop=c.entry.metrics.accuracy.drop if c.entry.metrics.accuracy else None,
+            problems=c.problems,
+        )
+        for c in tried
+    )
+    return Selection(method=method, reason=reason, candidates=records)  # type: ignore[arg-type]
 
 
 def _read_labels(path: Path | None) -> tuple[str, ...] | None:
@@ -195,34 +279,76 @@ def _check_data(
     return checked[0], checked[1]
 
 
-def _build_candidate(
-    source: SourceModel,
-    converter: Converter,
-    precision: str,
-    calibration: Dataset | None,
-    evaluation: Dataset | None,
-    float_out: np.ndarray | None,
-    options: ConvertOptions,
-    reporter: Reporter,
-) -> Candidate:
-    calib_x = calibration.x if calibration is not None else None
+MAX_FALLBACK_ROUNDS = 6
+"""Rounds that keep more int8 tensors out of int8: 1, 2, 4, ... tensors, 63 in all."""
+
+
+def _build_candidate(job: _Job, converter: Converter, precision: str) -> Candidate:
+    artifact = _convert(job, converter, precision, job.settings)
+    candidate = _measure(job, artifact)
+    if candidate.accuracy_problem and precision in converter.calibrated_precisions:
+        candidate = _keep_sensitive_nodes_in_float(job, converter, artifact, candidate)
+    return candidate
+
+
+def _convert(job: _Job, converter: Converter, precision: str, settings: ConversionSettings) -> Artifact:
+    calib_x = job.calibration.x if job.calibration is not None else None
     total = len(calib_x) if calib_x is not None and precision in converter.calibrated_precisions else 0
-    with reporter.progress(f"Converting to {converter.format} {precision}", total) as advance:
-        artifact = converter.convert(source, precision, calib_x, advance)
-    backend = backend_for(artifact.format)(artifact.content)
+    with job.reporter.progress(f"Converting to {converter.format} {precision}", total) as advance:
+        artifact = converter.convert(job.source, precision, calib_x, advance, settings)
+    for note in artifact.notes:
+        job.reporter.note(note)
+    return artifact
+
+
+def _keep_sensitive_nodes_in_float(
+    job: _Job, converter: Converter, artifact: Artifact, candidate: Candidate
+) -> Candidate:
+    """Retry int8 with the nodes that lose the most kept in float, until the gate passes."""
+    assert job.calibration is not None  # calibrated precisions never run without it
+    kept: list[str] = []
+    step = 1
+    for _ in range(MAX_FALLBACK_ROUNDS):
+        groups = converter.rank_sensitive_nodes(job.source, artifact, job.calibration.x, job.settings)
+        fresh_groups = [g for g in groups if any(node not in kept for node in g)][:step]
+        fresh = list(dict.fromkeys(n for g in fresh_groups for n in g if n not in kept))
+        if not fresh:
+            break
+        kept += fresh
+        step *= 2
+        job.reporter.note(
+            f"{artifact.precision} missed the accuracy budget ({candidate.accuracy_problem}); "
+            f"keeping {', '.join(fresh)} in float and retrying"
+        )
+        settings = replace(job.settings, float_nodes=tuple(kept))
+        artifact = _convert(job, converter, artifact.precision, settings)
+        candidate = _measure(job, artifact)
+        if not candidate.accuracy_problem:
+            break
+    return candidate
+
+
+def _measure(job: _Job, artifact: Artifact) -> Candidate:
+    """Evaluate, time and size one artifact against the profile."""
+    profile = job.options.profile
+    threads = min(profile.runtime.threads, os.cpu_count() or 1)
+    backend = backend_for(artifact.format)(artifact.content, threads)
     accuracy = None
     accuracy_problem = None
-    if evaluation is not None and float_out is not None:
-        with reporter.progress(f"Evaluating {precision}", len(evaluation)) as advance:
-            artifact_out = run_batched(lambda x: backend.run(x)[0], evaluation.x, advance)
-        result = compare_outputs(float_out, artifact_out, evaluation.y)
-        accuracy, accuracy_problem = _gate(result, len(evaluation), options)
+    if job.evaluation is not None and job.float_out is not None:
+        with job.reporter.progress(
+            f"Evaluating {artifact.format} {artifact.precision}", len(job.evaluation)
+        ) as advance:
+            artifact_out = run_batched(lambda x: backend.run(x)[0], job.evaluation.x, advance)
+        result = compare_outputs(job.float_out, artifact_out, job.evaluation.y)
+        accuracy, accuracy_problem = _gate(result, len(job.evaluation), job.options)
+    size = len(artifact.content)
     peak = peak_memory_bytes(artifact.format, artifact.content)
-    budget_problems = _budget_problems(len(artifact.content), peak, options.profile, precision)
+    budget_problems = _budget_problems(size, peak, profile)
     metrics = Metrics(
-        size_bytes=len(artifact.content),
-        float_parameter_bytes=source.parameter_bytes,
-        size_ratio=len(artifact.content) / max(source.parameter_bytes, 1),
+        size_bytes=size,
+        float_parameter_bytes=job.source.parameter_bytes,
+        size_ratio=size / max(job.source.parameter_bytes, 1),
         peak_memory_bytes=peak,
         host_latency_ms=host_latency_ms(backend),
         conversion_seconds=artifact.seconds,
@@ -231,14 +357,16 @@ def _build_candidate(
         within_budget=not budget_problems,
     )
     entry = ArtifactEntry(
-        path=f"model.{precision}.{artifact.format}",
+        path=f"model.{artifact.precision}.{artifact.format}",
         format=artifact.format,
-        precision=precision,
+        precision=artifact.precision,
         sha256=sha256(artifact.content),
-        size=len(artifact.content),
+        size=size,
         inputs=tuple(_tensor(t) for t in backend.inputs),
         outputs=tuple(_tensor(t) for t in backend.outputs),
         metrics=metrics,
+        opset=artifact.opset,
+        quantization=QuantizationScheme(**artifact.quantization) if artifact.quantization else None,
     )
     return Candidate(entry, artifact.content, accuracy_problem, budget_problems)
 
@@ -260,7 +388,7 @@ def _gate(result: dict, samples: int, options: ConvertOptions) -> tuple[Accuracy
     return Accuracy(**result, samples=samples, max_drop=max_drop, gate=gate), problem
 
 
-def _budget_problems(size: int, peak: int, profile: DeviceProfile, precision: str) -> tuple[str, ...]:
+def _budget_problems(size: int, peak: int, profile: DeviceProfile) -> tuple[str, ...]:
     budget = profile.budget
     problems = []
     if size > budget.model_storage_mb * MB:
@@ -310,8 +438,8 @@ def _tensor(info: TensorInfo) -> Tensor:
 def _manifest(
     options: ConvertOptions,
     source: SourceModel,
-    converter: Converter,
-    chosen: Candidate,
+    converters: list[Converter],
+    chosen: list[Candidate],
     calibration: Dataset | None,
     labels: tuple[str, ...] | None,
 ) -> Manifest:
@@ -327,18 +455,29 @@ def _manifest(
             file=source.path.name, kind=source.kind, sha256=source.sha256, size_bytes=source.size_bytes
         ),
         profile=options.profile.model_dump(mode="json"),
-        artifacts=(chosen.entry,),
-        preprocessing=Preprocessing(
-            layout="NHWC" if len(source.input.shape) == 4 else None, input_range=input_range
-        ),
+        artifacts=tuple(c.entry for c in chosen),
+        preprocessing=Preprocessing(layout=_layout(source), input_range=input_range),
         labels=labels,
         tools={
             "edgekit": edgekit.__version__,
             "python": platform.python_version(),
             "numpy": np.__version__,
-            **converter.tool_versions(),
+            **{k: v for converter in converters for k, v in converter.tool_versions().items()},
         },
     )
+
+
+def _layout(source: SourceModel) -> str | None:
+    shape = source.input.shape
+    if len(shape) != 4:
+        return None
+    if source.kind != "onnx":
+        return "NHWC"  # TensorFlow's convention
+    if shape[1] in (1, 3) and shape[3] not in (1, 3):
+        return "NCHW"
+    if shape[3] in (1, 3) and shape[1] not in (1, 3):
+        return "NHWC"
+    return None
 
 
 def _default_name(model: Path) -> str:

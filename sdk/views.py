@@ -64,27 +64,39 @@ def _mark(ok: bool) -> str:
 
 def print_convert_summary(ui: Console, out: Console, result: ConvertResult) -> None:
     manifest = result.manifest
-    entry = manifest.artifacts[0]
-    chosen = next(c for c in result.tried if c.entry.path == entry.path)
-    if chosen.problems:
-        ui.print(
-            Panel(
-                "\n".join(chosen.problems),
-                title="[red bold]SHIPPING A MODEL THAT BREAKS ITS LIMITS (explicitly allowed)",
-                border_style="red",
+    for entry in manifest.artifacts:
+        chosen = next(c for c in result.tried if c.entry.path == entry.path)
+        if chosen.problems:
+            ui.print(
+                Panel(
+                    "\n".join(chosen.problems),
+                    title="[red bold]SHIPPING A MODEL THAT BREAKS ITS LIMITS (explicitly allowed)",
+                    border_style="red",
+                )
             )
-        )
-    profile = manifest.profile
+    names = ", ".join(f"{e.format} {e.precision}" for e in manifest.artifacts)
     out.print(
-        f"[green bold]✓[/] wrote [bold]{result.output}[/]: {entry.format} {entry.precision} "
-        f"for {profile['id']}",
+        f"[green bold]✓[/] wrote [bold]{result.output}[/]: {names} for {manifest.profile['id']}",
         highlight=False,
     )
-    out.print(_artifact_table(entry, profile), highlight=False)
-    if len(result.tried) > 1:
-        for c in result.tried:
-            why = "; ".join(c.problems) or "passed"
-            out.print(f"  tried {c.entry.precision}: {why}", highlight=False)
+    for entry in manifest.artifacts:
+        if len(manifest.artifacts) > 1:
+            out.print(f"[bold]{entry.path}[/]", highlight=False)
+        out.print(_artifact_table(entry, manifest.profile), highlight=False)
+        _print_selection(out, entry)
+
+
+def _print_selection(out: Console, entry: ArtifactEntry) -> None:
+    selection = entry.selection
+    if selection is None or len(selection.candidates) < 2 and selection.method != "measured-fastest":
+        return
+    out.print(f"  [bold]chosen[/]     {entry.precision}: {selection.reason}", highlight=False)
+    for c in selection.candidates:
+        why = "; ".join(c.problems) or "passed"
+        out.print(
+            f"             {c.precision}: {size(c.size_bytes)}, {c.host_latency_ms:.3f} ms, {why}",
+            highlight=False,
+        )
 
 
 def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any]) -> Table:
@@ -119,6 +131,19 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any]) -> Table:
             f"n={a.samples})",
         )
     table.add_row("latency", f"{m.host_latency_ms:.3f} ms median, batch 1, on this host")
+    q = entry.quantization
+    if q is not None:
+        details = [q.scheme] + [
+            f"{label} {value}"
+            for label, value in (("weights", q.weights), ("activations", q.activations),
+                                 ("calibration", q.calibration_method), ("for", q.target))
+            if value
+        ]  # fmt: skip
+        if q.float_nodes:
+            details.append(f"kept in float: {', '.join(q.float_nodes)}")
+        table.add_row("quantized", ", ".join(details))
+    if entry.opset:
+        table.add_row("opset", str(entry.opset))
     return table
 
 

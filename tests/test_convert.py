@@ -20,7 +20,7 @@ from edgekit.profiles import load_profile
 from edgekit.runtime.backends import TFLiteBackend
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
-TESTED_FORMATS = {"tflite"}
+TESTED_FORMATS = {"tflite": "test_convert.py", "onnx": "test_onnx.py"}
 Convert = Callable[..., ConvertResult]
 
 
@@ -54,7 +54,8 @@ def _tensor_dtypes(content: bytes) -> set[str]:
 
 
 def test_every_registered_converter_is_tested() -> None:
-    assert set(Converter.registry) <= TESTED_FORMATS
+    for fmt in Converter.registry:
+        assert (Path(__file__).parent / TESTED_FORMATS[fmt]).is_file(), fmt
 
 
 @pytest.mark.parametrize("profile", ["raspberry-pi-5", pytest.param("x86-gateway", marks=pytest.mark.slow)])
@@ -250,8 +251,8 @@ def _bad_inputs(digits_files: dict[str, Path], tmp_path: Path) -> dict[str, tupl
     model, calib = str(digits_files["model"]), str(digits_files["calibration"])
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"PK\x03\x04 this is not a keras archive")
-    onnx = tmp_path / "model.onnx"
-    onnx.write_bytes(b"\x08\x07")
+    torch = tmp_path / "model.pt"
+    torch.write_bytes(b"\x08\x07")
     x = np.load(digits_files["calibration"])["x"]
     np.savez(tmp_path / "shape.npz", x=x[..., 0])
     nan = x.copy()
@@ -261,7 +262,7 @@ def _bad_inputs(digits_files: dict[str, Path], tmp_path: Path) -> dict[str, tupl
     (tmp_path / "labels.txt").write_text("zero\none\n")
     return {
         "missing model": ([str(tmp_path / "nope.keras"), "-t", "raspberry-pi-5"], "no such file or directory"),
-        "unsupported": ([str(onnx), "-t", "raspberry-pi-5"], "unsupported model file '.onnx'; expected a Keras .keras"),
+        "unsupported": ([str(torch), "-t", "raspberry-pi-5"], "unsupported model file '.pt'; expected a Keras .keras"),
         "corrupt model": ([str(corrupt), "-t", "raspberry-pi-5"], "cannot be loaded as a Keras model"),
         "shape": ([model, "-t", "raspberry-pi-5", "-p", "int8", "-c", str(tmp_path / "shape.npz")],
                   "x has shape (200, 8, 8), the model takes (batch, 8, 8, 1) float32; add the channel axis"),

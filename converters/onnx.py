@@ -1,0 +1,419 @@
+"""ONNX artifacts for ONNX Runtime on CPUs and for TensorRT on Jetson GPUs.
+
+- TensorFlow sources go through tf2onnx from the exported SavedModel's serving function
+  (tf2onnx's ``from_keras`` breaks on Keras 3 with ``KeyError: 'keras_tensor_N'``).
+- ``fp16``: onnxconverter-common's float16 converter; inputs and outputs stay float32.
+- ``dynamic``: ONNX Runtime ``quantize_dynamic``, int8 weights, activations quantized at run
+  time (the right choice for transformer encoders).
+- ``int8``: ONNX Runtime ``quantize_static`` in QDQ format with per-channel weights,
+  calibrated with minmax, entropy or percentile. Per-channel DequantizeLinear needs opset 13,
+  so older models are upgraded with ``onnx.version_converter`` first.
+
+TensorRT profiles get symmetric int8 activations and weights (every zero point 0), because
+TensorRT's explicit quantization accepts only symmetric INT8 Q/DQ and quantizes weights
+per output channel. CPU profiles get uint8 asymmetric activations with int8 symmetric
+weights (U8S8), ONNX Runtime's fast CPU path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter
+from edgekit.converters.onnx_source import dynamic_dims, fix_input_dims, graph_inputs, import_onnx
+from edgekit.converters.source import first_line, import_tensorflow
+from edgekit.errors import ConversionError, DataError, InputError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from edgekit.converters.source import SourceModel
+    from edgekit.profiles import DeviceProfile
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+MIN_QDQ_OPSET = 13
+MAX_PROTOBUF_BYTES = 2**31 - 1
+_CALIBRATION_BATCH = 32
+
+
+def target_opset(profile: DeviceProfile) -> int:
+    """The opset to export at: TensorRT before 8.5 (JetPack 4.6) parses up to opset 13."""
+    trt = profile.accelerator.tensorrt_version
+    if trt and tuple(int(p) for p in trt.split(".")[:2]) < (8, 5):
+        return 13
+    return 17
+
+
+def for_tensorrt(profile: DeviceProfile) -> bool:
+    return (
+        profile.accelerator.tensorrt_version is not None
+        and "TensorrtExecutionProvider" in profile.runtime.execution_providers
+    )
+
+
+class ONNXConverter(Converter):
+    format = "onnx"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "dynamic", "int8")
+    calibrated_precisions: ClassVar[frozenset[str]] = frozenset({"int8"})
+    source_kinds: ClassVar[frozenset[str]] = frozenset({"keras", "h5", "saved_model", "onnx"})
+
+    def __init__(self) -> None:
+        self._float: dict[tuple[int, int], Any] = {}
+        self._prepared: dict[tuple[int, int, tuple[int, ...]], bytes] = {}
+
+    def convert(
+        self,
+        source: SourceModel,
+        precision: str,
+        calibration: np.ndarray | None,
+        advance: Advance,
+        settings: ConversionSettings,
+    ) -> Artifact:
+        notes: list[str] = []
+        started = time.perf_counter()
+        model = self._float_model(source, target_opset(settings.profile), notes)
+        quantization: dict[str, Any] | None = None
+        samples = 0
+        if precision == "fp16":
+            model = _to_float16(model)
+            quantization = {"scheme": "onnx-float16", "io": "float32"}
+        elif precision in ("dynamic", "int8"):
+            if precision == "int8" and calibration is None:
+                raise DataError("int8 needs calibration data: pass --calibration FILE.npz")
+            prepared = self._prepared_model(source, model, calibration, notes)
+            float_nodes = resolve_nodes(prepared, settings)
+            model, quantization = _quantize(prepared, precision, calibration, advance, settings, float_nodes)
+            samples = len(calibration) if precision == "int8" and calibration is not None else 0
+        return Artifact(
+            format=self.format,
+            precision=precision,
+            content=_serialize(model),
+            seconds=time.perf_counter() - started,
+            calibration_samples=samples,
+            opset=_opset(model),
+            quantization=quantization,
+            notes=tuple(notes),
+        )
+
+    def rank_sensitive_nodes(
+        self, source: SourceModel, artifact: Artifact, calibration: np.ndarray, settings: ConversionSettings
+    ) -> list[tuple[str, ...]]:
+        """Per tensor, the nodes that produce or consume it, the costliest tensor first.
+
+        A tensor's cost is how much signal-to-noise it loses against the float model
+        relative to the tensors it is computed from, so errors are charged where they
+        arise, not everywhere downstream of it.
+        """
+        from onnxruntime.quantization import qdq_loss_debug as debug
+
+        onnx = import_onnx()
+        prepared = self._prepared_model(source, self._float_model(source, target_opset(settings.profile), []),
+                                        calibration, [])  # fmt: skip
+        sample = calibration[: min(len(calibration), 64)]
+        with tempfile.TemporaryDirectory(prefix="edgekit-qdq-debug-") as tmp, _cwd(tmp):
+            activations = {}
+            for name, content in (("float", prepared.SerializeToString()), ("qdq", artifact.content)):
+                onnx.save(onnx.load_from_string(content), f"{name}.onnx")
+                debug.modify_model_output_intermediate_tensors(f"{name}.onnx", f"{name}_aug.onnx")
+                reader = _Reader(graph_inputs(prepared)[0].name, sample, lambda n: None)
+                activations[name] = debug.collect_activations(f"{name}_aug.onnx", reader)
+        matched = debug.create_activation_matching(activations["qdq"], activations["float"])
+        shapes = _static_shapes(prepared)
+        sqnr = {
+            tensor: channel_robust_sqnr(pair["float"], pair["post_qdq"], shapes.get(tensor))
+            for tensor, pair in matched.items()
+            if "float" in pair and "post_qdq" in pair
+        }
+        ranked = sorted(sqnr, key=lambda tensor: _sqnr_drop(prepared, sqnr, tensor), reverse=True)
+        touching: dict[str, list[str]] = {}
+        for node in prepared.graph.node:
+            for tensor in (*node.input, *node.output):
+                touching.setdefault(tensor, []).append(node.name)
+        # Keeping a tensor out of int8 means keeping every node that would quantize it.
+        return [tuple(touching[tensor]) for tensor in ranked if tensor in touching]
+
+    @classmethod
+    def tool_versions(cls) -> dict[str, str]:
+        import onnxruntime
+
+        return {"onnx": import_onnx().__version__, "onnxruntime": onnxruntime.__version__}
+
+    def _float_model(self, source: SourceModel, opset: int, notes: list[str]) -> Any:
+        key = (id(source), opset)
+        if key not in self._float:
+            if source.onnx_model is not None:
+                self._float[key] = source.onnx_model
+            else:
+                self._float[key] = _from_tensorflow(source, opset)
+        return self._float[key]
+
+    def _prepared_model(
+        self, source: SourceModel, model: Any, calibration: np.ndarray | None, notes: list[str]
+    ) -> Any:
+        """Opset 13+, dynamic dims fixed from the data, ORT's quantization pre-processing."""
+        onnx = import_onnx()
+        shape = tuple(calibration.shape[1:]) if calibration is not None else ()
+        key = (id(source), _opset(model), shape)
+        if key not in self._prepared:
+            model = _with_min_opset(model, MIN_QDQ_OPSET, notes)
+            if dynamic_dims(model) and calibration is not None:
+                model = _copy(model)
+                fix_input_dims(model, (None, *calibration.shape[1:]), "model")
+                notes.append(f"fixed the input's dynamic dims from the calibration data: {shape}")
+            self._prepared[key] = _pre_process(model, notes)
+        return onnx.load_from_string(self._prepared[key])
+
+
+def _from_tensorflow(source: SourceModel, opset: int) -> Any:
+    tf = import_tensorflow()
+    try:
+        import tf2onnx
+    except ImportError as exc:
+        raise MissingDependencyError("tf2onnx", "convert", "converting TensorFlow models to ONNX") from exc
+    loaded = tf.saved_model.load(str(source.saved_model_dir))
+    signature = loaded.signatures["serving_default"]
+    ((name, spec),) = signature.structured_input_signature[1].items()
+    output = sorted(signature.structured_outputs)[0]
+    input_signature = [tf.TensorSpec(spec.shape, spec.dtype, name=name)]
+
+    @tf.autograph.experimental.do_not_convert
+    def serve(x: Any) -> dict[str, Any]:
+        return {output: signature(**{name: x})[output]}
+
+    function = tf.function(serve, input_signature=input_signature)
+    try:
+        model, _ = tf2onnx.convert.from_function(function, input_signature=input_signature, opset=opset)
+    except Exception as exc:  # tf2onnx raises many types for unsupported graphs
+        raise ConversionError(
+            f"tf2onnx could not convert the model at opset {opset}: {first_line(exc)}"
+        ) from exc
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if dims and dims[0].HasField("dim_param"):
+        _rename_dim_param(model, dims[0].dim_param, "batch")
+    return model
+
+
+def _rename_dim_param(model: Any, old: str, new: str) -> None:
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == old:
+                dim.dim_param = new
+
+
+def _to_float16(model: Any) -> Any:
+    try:
+        from onnxconverter_common import float16
+    except ImportError as exc:
+        raise MissingDependencyError("onnxconverter-common", "convert", "fp16 ONNX conversion") from exc
+    return float16.convert_float_to_float16(model, keep_io_types=True)
+
+
+def _with_min_opset(model: Any, opset: int, notes: list[str]) -> Any:
+    current = _opset(model)
+    if current >= opset:
+        return model
+    onnx = import_onnx()
+    try:
+        upgraded = onnx.version_converter.convert_version(model, opset)
+        onnx.checker.check_model(upgraded)
+    except Exception as exc:  # the version converter fails on ops it cannot adapt
+        raise ConversionError(
+            f"the model is opset {current} and quantization needs {opset}; upgrading failed "
+            f"({first_line(exc)}); export the model at opset {opset} or later"
+        ) from exc
+    notes.append(f"upgraded the model from opset {current} to {opset}: per-channel QDQ needs it")
+    return upgraded
+
+
+def _pre_process(model: Any, notes: list[str]) -> bytes:
+    """ONNX Runtime's quantization pre-processing; without symbolic shapes if that fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    onnx = import_onnx()
+    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-pre-") as tmp, _cwd(tmp):
+        onnx.save(model, "float.onnx")
+        try:
+            quant_pre_process("float.onnx", "prepared.onnx")
+        except Exception as exc:  # symbolic shape inference raises AssertionError and others
+            notes.append(
+                f"ONNX Runtime's symbolic shape inference failed ({type(exc).__name__}: "
+                f"{first_line(exc)}); fell back to ONNX shape inference"
+            )
+            quant_pre_process("float.onnx", "prepared.onnx", skip_symbolic_shape=True)
+        return Path("prepared.onnx").read_bytes()
+
+
+def resolve_nodes(model: Any, settings: ConversionSettings) -> list[str]:
+    """Node names matching ``--keep-float`` patterns, plus those the accuracy fallback chose."""
+    names = [node.name for node in model.graph.node]
+    chosen = list(settings.float_nodes)
+    for pattern in settings.keep_float:
+        matches = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not matches:
+            raise InputError(
+                f"--keep-float '{pattern}' matches no node; some node names: {', '.join(names[:8])}"
+            )
+        chosen += [m for m in matches if m not in chosen]
+    return chosen
+
+
+def _quantize(
+    prepared: Any,
+    precision: str,
+    calibration: np.ndarray | None,
+    advance: Advance,
+    settings: ConversionSettings,
+    float_nodes: list[str],
+) -> tuple[Any, dict[str, Any]]:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    onnx = import_onnx()
+    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-quant-") as tmp, _cwd(tmp):
+        onnx.save(prepared, "prepared.onnx")
+        if precision == "dynamic":
+            quantize_dynamic("prepared.onnx", "quantized.onnx", weight_type=QuantType.QInt8,
+                             nodes_to_exclude=float_nodes)  # fmt: skip
+            return onnx.load("quantized.onnx"), {
+                "scheme": "onnx-dynamic", "weights": "int8", "float_nodes": float_nodes,
+            }  # fmt: skip
+        assert calibration is not None
+        symmetric = for_tensorrt(settings.profile)
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[settings.calibration_method]  # fmt: skip
+        # The histogram calibrators stack per-batch arrays, so they need equal batches.
+        batch = _CALIBRATION_BATCH if settings.calibration_method == "minmax" else 1
+        reader = _Reader(graph_inputs(prepared)[0].name, calibration, advance, batch)
+        try:
+            quantize_static(
+                "prepared.onnx", "quantized.onnx", reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=float_nodes,
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                               "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
+            )  # fmt: skip
+        except Exception as exc:  # ORT raises plain exceptions from calibration and quantization
+            raise ConversionError(f"ONNX int8 quantization failed: {first_line(exc)}") from exc
+        return onnx.load("quantized.onnx"), {
+            "scheme": "onnx-qdq", "weights": "int8 symmetric",
+            "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
+            "per_channel": True, "calibration_method": settings.calibration_method,
+            "target": "tensorrt" if symmetric else "cpu", "float_nodes": float_nodes,
+        }  # fmt: skip
+
+
+def channel_robust_sqnr(
+    reference: Sequence[np.ndarray], noisy: Sequence[np.ndarray], shape: tuple[int, ...] | None
+) -> float:
+    """Signal-to-quantization-noise ratio in dB, robust to outlier and dead channels.
+
+    Signal is the median channel's power, noise the mean channel noise power. A plain
+    whole-tensor SQNR is dominated by the largest channel: one outlier channel that stretches
+    the int8 range hides that every other channel was rounded to noise. A median of
+    per-channel SQNRs is dragged down by dead ReLU channels that carry no signal at all.
+    The debug tool saves tensors flattened, so ``shape`` (without batch) restores channels.
+    """
+    ref = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in reference])
+    err = ref - np.concatenate([np.asarray(n, dtype=np.float64).ravel() for n in noisy])
+    if shape and ref.size % int(np.prod(shape)) == 0:
+        per_channel = int(np.prod(shape[1:], dtype=np.int64))
+        signal = np.mean(ref.reshape(-1, shape[0], per_channel) ** 2, axis=(0, 2))
+        noise = np.mean(err.reshape(-1, shape[0], per_channel) ** 2, axis=(0, 2))
+    else:
+        signal, noise = np.mean(ref**2, keepdims=True), np.mean(err**2, keepdims=True)
+    if not noise.any():
+        return float("inf")
+    return float(10 * np.log10(max(float(np.median(signal)), 1e-30) / float(np.mean(noise))))
+
+
+IDEAL_SQNR_DB = 50.0
+"""About what int8 rounding alone leaves of a well-scaled signal (6 dB per bit, plus ~2)."""
+
+
+def _sqnr_drop(model: Any, sqnr: dict[str, float], tensor: str) -> float:
+    """SQNR of the tensors ``tensor`` is computed from, minus its own."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    upstream: list[float] = []
+    pending, seen = [tensor], {tensor}
+    while pending:
+        node = producers.get(pending.pop())
+        for name in node.input if node is not None else ():
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in sqnr:
+                upstream.append(sqnr[name])
+            else:
+                pending.append(name)  # an unquantized tensor: look further up
+    return min(upstream, default=IDEAL_SQNR_DB) - sqnr[tensor]
+
+
+def _static_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    """Per tensor, its dims after the batch dim, where shape inference knows them all."""
+    onnx = import_onnx()
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    graph = inferred.graph
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        dims = value.type.tensor_type.shape.dim[1:]
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value for d in dims)
+    return shapes
+
+
+class _Reader:
+    """Feeds calibration data to ONNX Runtime in batches, advancing the progress bar."""
+
+    def __init__(
+        self, input_name: str, x: np.ndarray, advance: Advance, batch: int = _CALIBRATION_BATCH
+    ) -> None:
+        self._batches = (x[i : i + batch] for i in range(0, len(x), batch))
+        self._name = input_name
+        self._advance = advance
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self.get_next, None)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        self._advance(len(batch))
+        return {self._name: batch}
+
+
+def _serialize(model: Any) -> bytes:
+    if model.ByteSize() > MAX_PROTOBUF_BYTES:
+        raise ConversionError("the ONNX model is over 2 GB, which one protobuf cannot hold")
+    return model.SerializeToString()
+
+
+def _opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _copy(model: Any) -> Any:
+    return import_onnx().load_from_string(model.SerializeToString())
+
+
+@contextlib.contextmanager
+def _cwd(folder: str) -> Iterator[None]:
+    """ONNX Runtime's tools write scratch files to the working directory; keep them out of the user's."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)

@@ -1,0 +1,124 @@
+"""ONNX models as input: checked, loaded with external data, dims fixed, run for reference."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.converters.source import SourceModel, TensorSpec, first_line, hash_path
+from edgekit.errors import MissingDependencyError, ModelFormatError, RuntimeBackendError
+
+
+def import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise MissingDependencyError("onnx", "convert", "converting ONNX models") from exc
+    return onnx
+
+
+def load_onnx_source(path: Path, input_shape: tuple[int | None, ...] | None) -> SourceModel:
+    onnx = import_onnx()
+    try:
+        onnx.checker.check_model(str(path))  # by path: large models and external data work
+        model = onnx.load(str(path), load_external_data=False)
+        files = _model_files(path, model)
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # DecodeError, ValidationError, OSError: all mean "not usable"
+        raise ModelFormatError(
+            f"{path}: not a valid ONNX model ({first_line(exc)}); export it again"
+        ) from exc
+    inputs = graph_inputs(model)
+    if len(inputs) != 1:
+        raise ModelFormatError(
+            f"{path}: the model has {len(inputs)} inputs; edgekit converts single-input models"
+        )
+    if input_shape is not None:
+        fix_input_dims(model, input_shape, str(path))
+    from edgekit.runtime.backends import ONNXBackend
+
+    try:
+        session = ONNXBackend(model.SerializeToString())
+    except RuntimeBackendError as exc:
+        raise ModelFormatError(f"{path}: {exc}") from exc
+    return SourceModel(
+        path=path,
+        kind="onnx",
+        sha256=_hash_files(path, files),
+        size_bytes=sum(f.stat().st_size for f in files),
+        input=_spec(inputs[0]),
+        outputs=tuple(_spec(o) for o in model.graph.output),
+        parameter_bytes=sum(_float32_bytes(t) for t in model.graph.initializer),
+        _predict=lambda x: session.run(x)[0],
+        onnx_model=model,
+    )
+
+
+def graph_inputs(model: Any) -> list[Any]:
+    """Real inputs: old exporters also list every initializer as a graph input."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def fix_input_dims(model: Any, shape: tuple[int | None, ...], where: str) -> None:
+    """Give each dynamic input dim the value in ``shape``; ``None`` leaves that dim alone."""
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
+    dims = graph_inputs(model)[0].type.tensor_type.shape.dim
+    if len(dims) != len(shape):
+        raise ModelFormatError(
+            f"{where}: --input-shape has {len(shape)} dims, the model input has {len(dims)}"
+        )
+    for dim, value in zip(dims, shape, strict=True):
+        if value is None:
+            continue
+        if dim.HasField("dim_value") and dim.dim_value != value:
+            raise ModelFormatError(
+                f"{where}: --input-shape gives {value} for a dim the model fixes at {dim.dim_value}"
+            )
+        if dim.HasField("dim_param"):
+            make_dim_param_fixed(model.graph, dim.dim_param, value)
+        else:
+            dim.dim_value = value
+
+
+def dynamic_dims(model: Any) -> list[int]:
+    """Indices of dynamic input dims other than the batch dim."""
+    dims = graph_inputs(model)[0].type.tensor_type.shape.dim
+    return [i for i, d in enumerate(dims) if i > 0 and not d.HasField("dim_value")]
+
+
+def _spec(value_info: Any) -> TensorSpec:
+    onnx = import_onnx()
+    tensor_type = value_info.type.tensor_type
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+    return TensorSpec(name=value_info.name, shape=shape, dtype=dtype)
+
+
+def _float32_bytes(tensor: Any) -> int:
+    count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+    return count * 4
+
+
+def _model_files(path: Path, model: Any) -> list[Path]:
+    """The .onnx file, then its external data files in name order."""
+    data = {
+        path.parent / entry.value
+        for tensor in model.graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return [path, *sorted(f for f in data if f.is_file())]
+
+
+def _hash_files(path: Path, files: list[Path]) -> str:
+    if len(files) == 1:
+        return hash_path(path)
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0" + bytes.fromhex(hash_path(file)))
+    return digest.hexdigest()

@@ -1,0 +1,102 @@
+"""Small ONNX graphs built with onnx.helper, each shaped like a trap real models set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+RNG = np.random.default_rng(7)
+
+
+def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(array.astype(np.float32), name)
+
+
+def _model(
+    nodes: list, inputs: list, outputs: list, inits: list, opset: int, extra_opsets: tuple = ()
+) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    opsets = [helper.make_opsetid("", opset), *extra_opsets]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="edgekit-tests")
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    return model
+
+
+def conv_classifier(opset: int = 11, batch: str | int = "N", spatial: tuple = (8, 8)) -> onnx.ModelProto:
+    """NCHW Conv → Relu → GlobalAveragePool → Flatten → Gemm: a PaddleOCR-style CNN head."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, *spatial])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 5])
+    inits = [
+        _init("conv_w", RNG.normal(0, 0.3, (16, 3, 3, 3))),
+        _init("conv_b", RNG.normal(0, 0.1, (16,))),
+        _init("fc_w", RNG.normal(0, 0.3, (5, 16))),
+        _init("fc_b", RNG.normal(0, 0.1, (5,))),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], name="fc", transB=1),
+    ]
+    return _model(nodes, [x], [y], inits, opset)
+
+
+def concat_bias_mlp() -> onnx.ModelProto:
+    """A bias built by Concat of two 1-D constants with axis=-1, as exporters write it. ORT's
+    symbolic shape inference asserts axis == 0 for constant Concats and fails."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])
+    inits = [
+        _init("w", RNG.normal(0, 0.3, (16, 8))),
+        _init("b_left", RNG.normal(0, 0.1, (4,))),
+        _init("b_right", RNG.normal(0, 0.1, (4,))),
+    ]
+    nodes = [
+        helper.make_node("Concat", ["b_left", "b_right"], ["b"], name="concat_bias", axis=-1),
+        helper.make_node("MatMul", ["x", "w"], ["m"], name="matmul"),
+        helper.make_node("Add", ["m", "b"], ["y"], name="add_bias"),
+    ]
+    return _model(nodes, [x], [y], inits, 13)
+
+
+def outlier_mlp() -> onnx.ModelProto:
+    """Three layers. layer2 adds a huge constant to one unit that layer3 ignores: its int8
+    range swamps every other unit of that tensor, so quantizing it ruins the output."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])
+    b2 = RNG.normal(0, 0.05, (32,))
+    b2[0] = 400.0
+    w3 = RNG.normal(0, 0.5, (32, 10))
+    w3[0] = 0.0
+    inits = [
+        _init("w1", RNG.normal(0, 0.25, (16, 32))), _init("b1", RNG.normal(0, 0.05, (32,))),
+        _init("w2", RNG.normal(0, 0.25, (32, 32))), _init("b2", b2), _init("w3", w3),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h1"], name="layer1"),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+        helper.make_node("Gemm", ["r1", "w2", "b2"], ["h2"], name="layer2"),
+        helper.make_node("MatMul", ["h2", "w3"], ["y"], name="layer3"),
+    ]
+    return _model(nodes, [x], [y], inits, 13)
+
+
+def custom_op_model() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    node = helper.make_node("Frobnicate", ["x"], ["y"], name="frob", domain="com.example")
+    return _model([node], [x], [y], [], 13, (helper.make_opsetid("com.example", 1),))
+
+
+def save(model: onnx.ModelProto, path: Path, external: bool = False) -> Path:
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.stem + ".weights", size_threshold=0)  # fmt: skip
+    else:
+        onnx.save_model(model, str(path))
+    return path
