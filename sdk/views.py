@@ -192,3 +192,4 @@ def print_manifest(out: Console, path: Path, manifest: Manifest) -> None:
                 )
         out.print(tensors)
         out.print(_artifact_table(entry, manifest.profile))
+        _print_selection(out, entry)
