@@ -49,18 +49,22 @@ class Backend(ABC):
     @abstractmethod
     def __init__(self, content: bytes, threads: int | None = None) -> None: ...
 
-    @property
-    @abstractmethod
-    def inputs(self) -> tuple[TensorInfo, ...]: ...
+    _inputs: tuple[TensorInfo, ...]
+    _outputs: tuple[TensorInfo, ...]
+    _engine: str
 
     @property
-    @abstractmethod
-    def outputs(self) -> tuple[TensorInfo, ...]: ...
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._inputs
 
     @property
-    @abstractmethod
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self._outputs
+
+    @property
     def engine(self) -> str:
-        """Which library runs the artifact, e.g. 'ai_edge_litert 2.3.0'."""
+        """Which library runs the artifact, e.g. 'ai-edge-litert 2.3.0'."""
+        return self._engine
 
     @abstractmethod
     def run(self, x: np.ndarray) -> list[np.ndarray]:

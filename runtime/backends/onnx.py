@@ -64,18 +64,6 @@ class ONNXBackend(Backend):
                 f"the model has {len(self._inputs)} inputs; this runtime runs single-input models"
             )
 
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._outputs
-
-    @property
-    def engine(self) -> str:
-        return self._engine
-
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         info = self._inputs[0]
         feed = {info.name: x.astype(info.dtype, copy=False)}

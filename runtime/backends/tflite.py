@@ -67,18 +67,6 @@ class TFLiteBackend(Backend):
         self._output_indices = [d["index"] for d in self._interpreter.get_output_details()]
         self._batch = int(details[0]["shape"][0]) if len(details[0]["shape"]) else 0
 
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._outputs
-
-    @property
-    def engine(self) -> str:
-        return self._engine
-
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         info = self._inputs[0]
         if info.shape and info.shape[0] is None:
