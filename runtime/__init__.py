@@ -1,1 +1,5 @@
-"""The on-device side of edgekit. Imports stay light: never TensorFlow, and backends lazily."""
+"""The on-device side of edgekit. Imports stay light: never TensorFlow, and engines lazily."""
+
+from edgekit.runtime.model import Model, ModelInfo
+
+__all__ = ["Model", "ModelInfo"]

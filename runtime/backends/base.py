@@ -52,6 +52,10 @@ class Backend(ABC):
     _inputs: tuple[TensorInfo, ...]
     _outputs: tuple[TensorInfo, ...]
     _engine: str
+    provider: str | None = None
+    """The ONNX Runtime execution provider actually in use; None for other engines."""
+    fallbacks: list[str]
+    """One line per preferred provider that was missing or failed."""
 
     @property
     def inputs(self) -> tuple[TensorInfo, ...]:

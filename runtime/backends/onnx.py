@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,8 @@ _ONNX_DTYPES = {
     "tensor(int64)": "int64",
     "tensor(bool)": "bool",
 }
+CPU = "CPUExecutionProvider"
+log = logging.getLogger("edgekit.runtime")
 _MISSING_OP = re.compile(
     r"(?:Could not find an implementation for |not a registered function/op.*?|Fatal error: )([\w.:]+)\("
 )
@@ -34,6 +39,37 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
+@dataclass(frozen=True)
+class ProviderSettings:
+    """How to configure the GPU providers for one artifact."""
+
+    precision: str | None = None
+    """The artifact's precision: fp16 and int8 turn on TensorRT's fp16 and int8 kernels."""
+    trt_cache_dir: Path | None = None
+    """Where TensorRT keeps built engines; building one on a Jetson takes minutes."""
+    trt_workspace_bytes: int = 1 << 30
+
+
+def provider_options(provider: str, settings: ProviderSettings) -> dict[str, str]:
+    """The options ONNX Runtime takes for ``provider``, as strings, as its C API wants them."""
+    if provider == "TensorrtExecutionProvider":
+        options = {
+            "trt_max_workspace_size": str(settings.trt_workspace_bytes),
+            "trt_fp16_enable": str(settings.precision in ("fp16", "int8")),
+            "trt_int8_enable": str(settings.precision == "int8"),  # scales come from the QDQ nodes
+        }
+        if settings.trt_cache_dir is not None:
+            options |= {
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(settings.trt_cache_dir),
+                "trt_timing_cache_enable": "True",
+            }
+        return options
+    if provider == "CUDAExecutionProvider":
+        return {"device_id": "0"}
+    return {}
+
+
 class ONNXBackend(Backend):
     format = "onnx"
 
@@ -42,27 +78,69 @@ class ONNXBackend(Backend):
         import_onnxruntime()
 
     def __init__(
-        self, content: bytes, threads: int | None = None, providers: Sequence[str] | None = None
+        self,
+        content: bytes,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        settings: ProviderSettings | None = None,
+        available: Sequence[str] | None = None,
+        session_factory: Callable[..., Any] | None = None,
     ) -> None:
+        """Open a session on the first of ``providers`` that works, falling back in order.
+
+        ``available`` and ``session_factory`` default to ONNX Runtime's; tests substitute them
+        to exercise the GPU selection and fallback on a machine without a GPU.
+        """
         ort = import_onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0
         options.log_severity_level = 3
-        available = set(ort.get_available_providers())
-        wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available]
-        try:
-            self._session = ort.InferenceSession(
-                content, sess_options=options, providers=wanted or ["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
-            raise RuntimeBackendError(describe_load_failure(exc)) from exc
-        self._engine = f"onnxruntime {ort.__version__} ({self._session.get_providers()[0]})"
+        self.fallbacks: list[str] = []
+        self._session = self._open(
+            content,
+            options,
+            list(providers or ["CPUExecutionProvider"]),
+            list(ort.get_available_providers() if available is None else available),
+            settings or ProviderSettings(),
+            session_factory or ort.InferenceSession,
+        )
+        self.provider = self._session.get_providers()[0]
+        self._engine = f"onnxruntime {ort.__version__} ({self.provider})"
         self._inputs = tuple(_tensor_info(t) for t in self._session.get_inputs())
         self._outputs = tuple(_tensor_info(t) for t in self._session.get_outputs())
         if len(self._inputs) != 1:
             raise RuntimeBackendError(
                 f"the model has {len(self._inputs)} inputs; this runtime runs single-input models"
             )
+
+    def _open(
+        self,
+        content: bytes,
+        options: Any,
+        wanted: list[str],
+        available: list[str],
+        settings: ProviderSettings,
+        factory: Callable[..., Any],
+    ) -> Any:
+        self.fallbacks += [f"{p} is not in this onnxruntime build" for p in wanted if p not in available]
+        chain = [p for p in wanted if p in available and p != CPU] + [CPU]
+        for index, provider in enumerate(chain):
+            rest = chain[index:]
+            try:
+                session = factory(
+                    content,
+                    sess_options=options,
+                    providers=[(p, provider_options(p, settings)) for p in rest],
+                )
+            except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+                if provider == CPU:
+                    raise RuntimeBackendError(describe_load_failure(exc)) from exc
+                self.fallbacks.append(f"{provider} failed to start ({_first_line(exc)})")
+                continue
+            if self.fallbacks:
+                log.warning("edgekit: running on %s: %s", provider, "; ".join(self.fallbacks))
+            return session
+        raise AssertionError("unreachable: the CPU provider either opens or raises")
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         info = self._inputs[0]
@@ -73,6 +151,10 @@ class ONNXBackend(Backend):
 def _tensor_info(arg: Any) -> TensorInfo:
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)
     return TensorInfo(name=arg.name, shape=shape, dtype=_ONNX_DTYPES.get(arg.type, arg.type))
+
+
+def _first_line(exc: Exception) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:200]
 
 
 def describe_load_failure(exc: Exception) -> str:

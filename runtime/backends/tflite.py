@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import threading
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -51,6 +52,9 @@ class TFLiteBackend(Backend):
 
     def __init__(self, content: bytes, threads: int | None = None) -> None:
         interpreter_class, self._engine = import_interpreter()
+        self.fallbacks: list[str] = []
+        # One interpreter per model: it is not thread-safe, so calls take turns.
+        self._lock = threading.Lock()
         try:
             self._interpreter = interpreter_class(model_content=content, num_threads=threads)
             self._interpreter.allocate_tensors()
@@ -69,11 +73,12 @@ class TFLiteBackend(Backend):
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         info = self._inputs[0]
-        if info.shape and info.shape[0] is None:
-            return self._run_batch(x)
-        # A fixed batch size: feed one batch of that size at a time.
-        step = info.shape[0] or 1
-        parts = [self._run_batch(x[i : i + step]) for i in range(0, len(x), step)]
+        with self._lock:
+            if info.shape and info.shape[0] is None:
+                return self._run_batch(x)
+            # A fixed batch size: feed one batch of that size at a time.
+            step = info.shape[0] or 1
+            parts = [self._run_batch(x[i : i + step]) for i in range(0, len(x), step)]
         return [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
 
     def _run_batch(self, x: np.ndarray) -> list[np.ndarray]:

@@ -1,0 +1,180 @@
+"""``Model``: load a bundle, pick the artifact this device runs best, predict float in, float out."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.bundle import ArtifactEntry, Manifest, read_bundle
+from edgekit.errors import EdgekitError, RuntimeBackendError, ShapeError
+from edgekit.runtime.backends import Backend, ONNXBackend, TensorInfo, backend_for
+from edgekit.runtime.backends.onnx import ProviderSettings, import_onnxruntime
+from edgekit.runtime.backends.tflite import import_interpreter
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int
+    path: str
+    format: str
+    precision: str
+    engine: str
+    provider: str | None
+    threads: int
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    load_ms: float
+    fallbacks: tuple[str, ...]
+
+
+class Model:
+    """A loaded bundle. ``predict`` is safe to call from several threads."""
+
+    def __init__(self, manifest: Manifest, entry: ArtifactEntry, backend: Backend, info: ModelInfo) -> None:
+        self.manifest = manifest
+        self.entry = entry
+        self._backend = backend
+        self.info = info
+        spec = backend.inputs[0]
+        self._input = spec
+        self._expects = "(" + ", ".join("batch" if d is None else str(d) for d in spec.shape) + ")"
+
+    @classmethod
+    def load(
+        cls,
+        source: str | Path,
+        *,
+        threads: int | None = None,
+        format: str | None = None,
+        providers: tuple[str, ...] | None = None,
+        trt_cache_dir: Path | None = None,
+        warmup: bool = False,
+    ) -> Model:
+        """Verify and load a ``.ekb`` bundle; the artifact bytes never touch the disk.
+
+        ``threads`` defaults to the profile's (at most this machine's cores); ``providers``
+        to the profile's ONNX Runtime order; ``format`` to the best this device can run.
+        """
+        started = time.perf_counter()
+        path = Path(source)
+        if path.suffix != ".ekb" and not path.exists():
+            raise EdgekitError(
+                f"no bundle at '{source}'; pass the path of a .ekb file (loading by model name "
+                "comes with the encrypted model store)"
+            )
+        manifest, contents = read_bundle(path)
+        entry = choose_artifact(manifest, format)
+        runtime = manifest.profile.get("runtime", {})
+        threads = threads or min(int(runtime.get("threads", 1)), os.cpu_count() or 1)
+        if entry.format == "onnx":
+            backend: Backend = ONNXBackend(
+                contents[entry.path],
+                threads,
+                providers=providers or tuple(runtime.get("execution_providers", ())),
+                settings=ProviderSettings(precision=entry.precision, trt_cache_dir=trt_cache_dir),
+            )
+        else:
+            backend = backend_for(entry.format)(contents[entry.path], threads)
+        info = ModelInfo(
+            name=manifest.name,
+            version=manifest.version,
+            path=str(path),
+            format=entry.format,
+            precision=entry.precision,
+            engine=backend.engine,
+            provider=backend.provider,
+            threads=threads,
+            inputs=backend.inputs,
+            outputs=backend.outputs,
+            load_ms=0.0,
+            fallbacks=tuple(backend.fallbacks),
+        )
+        model = cls(manifest, entry, backend, info)
+        if warmup:
+            model.predict(np.zeros(tuple(1 if d is None else d for d in backend.inputs[0].shape), np.float32))
+        model.info = ModelInfo(**{**info.__dict__, "load_ms": (time.perf_counter() - started) * 1000})
+        return model
+
+    def predict(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+        """Float inputs in (an array, or a dict by input name), float outputs out.
+
+        int8 inputs are quantized and int8 outputs dequantized inside. One output comes
+        back as an array, several as a dict by output name.
+        """
+        outputs = self._backend.run(self._check(x))
+        if len(outputs) == 1:
+            return outputs[0]
+        return {info.name: out for info, out in zip(self._backend.outputs, outputs, strict=True)}
+
+    def _check(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        spec = self._input
+        if isinstance(x, dict):
+            if set(x) != {spec.name}:
+                raise ShapeError(f"the model takes one input named '{spec.name}', got {sorted(x)}")
+            x = x[spec.name]
+        array = np.asarray(x)
+        if array.dtype.kind not in "fiu":
+            raise ShapeError(f"input '{spec.name}' takes numbers {self._expects}, got dtype {array.dtype}")
+        if array.ndim != len(spec.shape):
+            hint = "; add the batch axis with x[None]" if array.ndim == len(spec.shape) - 1 else ""
+            raise ShapeError(
+                f"input '{spec.name}' takes rank {len(spec.shape)} {self._expects}, "
+                f"got shape {array.shape}{hint}"
+            )
+        if any(
+            want is not None and want != got
+            for want, got in zip(spec.shape[1:], array.shape[1:], strict=True)
+        ):
+            raise ShapeError(f"input '{spec.name}' takes {self._expects}, got shape {array.shape}")
+        if len(array) == 0:
+            raise ShapeError(f"input '{spec.name}' is an empty batch")
+        return array.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self._backend = None  # type: ignore[assignment]
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def choose_artifact(manifest: Manifest, fmt: str | None = None) -> ArtifactEntry:
+    """The artifact this device runs best: ONNX when a GPU provider is here, else the
+    profile's format order, among formats whose engine is installed."""
+    artifacts = [a for a in manifest.artifacts if fmt is None or a.format == fmt]
+    if not artifacts:
+        have = ", ".join(a.format for a in manifest.artifacts)
+        raise RuntimeBackendError(f"the bundle holds no {fmt} artifact (it has {have})")
+    runnable = [a for a in artifacts if _engine_installed(a.format)]
+    if not runnable:
+        raise RuntimeBackendError(
+            f"no engine for {', '.join(a.format for a in artifacts)} is installed: "
+            "pip install 'edgekit[tflite]' or 'edgekit[onnx]'"
+        )
+    order = list(manifest.profile.get("runtime", {}).get("formats", ()))
+    if any(a.format == "onnx" for a in runnable) and _gpu_provider_available():
+        order = ["onnx", *order]
+    return min(runnable, key=lambda a: order.index(a.format) if a.format in order else len(order))
+
+
+def _engine_installed(fmt: str) -> bool:
+    try:
+        (import_onnxruntime if fmt == "onnx" else import_interpreter)()
+    except EdgekitError:
+        return False
+    return True
+
+
+def _gpu_provider_available() -> bool:
+    available: list[Any] = import_onnxruntime().get_available_providers()
+    return any(p in available for p in GPU_PROVIDERS)
