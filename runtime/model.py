@@ -38,9 +38,13 @@ class ModelInfo:
 class Model:
     """A loaded bundle. ``predict`` is safe to call from several threads."""
 
-    def __init__(self, manifest: Manifest, entry: ArtifactEntry, backend: Backend, info: ModelInfo) -> None:
+    def __init__(
+        self, manifest: Manifest, entry: ArtifactEntry, content: bytes, backend: Backend, info: ModelInfo
+    ) -> None:
         self.manifest = manifest
         self.entry = entry
+        self.artifact_bytes = content
+        """The verified artifact, in memory only."""
         self._backend = backend
         self.info = info
         spec = backend.inputs[0]
@@ -97,7 +101,7 @@ class Model:
             load_ms=0.0,
             fallbacks=tuple(backend.fallbacks),
         )
-        model = cls(manifest, entry, backend, info)
+        model = cls(manifest, entry, contents[entry.path], backend, info)
         if warmup:
             model.predict(np.zeros(tuple(1 if d is None else d for d in backend.inputs[0].shape), np.float32))
         model.info = ModelInfo(**{**info.__dict__, "load_ms": (time.perf_counter() - started) * 1000})

@@ -258,6 +258,110 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--input",
+    "-i",
+    "input_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Input batch: .npy, or .npz with array x.",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Print the k best classes per sample (names from the bundle's labels).",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Default: the profile's.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(Converter.registry)),
+    default=None,
+    help="Which artifact of a two-format bundle. Default: the best this device runs.",
+)
+@json_option
+def run(
+    bundle: Path, input_path: Path, top_k: int | None, threads: int | None, fmt: str | None, as_json: bool
+) -> None:
+    """Run a bundle on an input batch and print the outputs or the top-k labels.
+
+    \b
+    Example:
+      edgekit run digits.ekb --input sample.npy --top-k 3
+    """
+    from edgekit import views
+    from edgekit.data import load_dataset
+    from edgekit.runtime import Model
+
+    x = load_dataset(input_path, "input").x
+    model = Model.load(bundle, threads=threads, format=fmt)
+    outputs = model.predict(x)
+    result = views.run_result(model, outputs, top_k)
+    if as_json:
+        _print_json(result)
+    else:
+        views.print_run(Console(), model, result)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--runs", type=click.IntRange(min=10), default=500, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Default: the profile's.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(Converter.registry)),
+    default=None,
+    help="Which artifact of a two-format bundle. Default: the best this device runs.",
+)
+@click.option(
+    "--compare-bare",
+    is_flag=True,
+    help="Also time the bare interpreter or session on the same artifact and input, "
+    "interleaved, and print edgekit's overhead.",
+)
+@json_option
+@click.pass_context
+def bench(
+    ctx: click.Context,
+    bundle: Path,
+    runs: int,
+    warmup: int,
+    threads: int | None,
+    fmt: str | None,
+    compare_bare: bool,
+    as_json: bool,
+) -> None:
+    """Measure latency percentiles, throughput, load time and peak memory on this device.
+
+    Exits 1 when p90 latency breaks the profile's latency budget.
+
+    \b
+    Example:
+      edgekit bench digits.ekb --runs 1000 --compare-bare
+    """
+    from edgekit import views
+    from edgekit.runtime import Model
+    from edgekit.runtime.bench import bench as run_bench
+
+    model = Model.load(bundle, threads=threads, format=fmt)
+    result = run_bench(model, runs=runs, warmup=warmup, compare_bare=compare_bare)
+    if as_json:
+        _print_json({"model": views.model_info(model), **result.as_dict()})
+    else:
+        views.print_bench(Console(), model, result)
+    if result.within_latency_budget is False:
+        _error_line(
+            f"p90 latency {result.edgekit.p90_ms:.3f} ms breaks the profile's "
+            f"{result.latency_budget_ms:g} ms budget"
+        )
+        ctx.exit(1)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
 @json_option
 def inspect(bundle: Path, as_json: bool) -> None:
     """Show what a bundle holds, after checking every artifact's hash."""
