@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import MissingDependencyError, ModelFormatError
+from edgekit.errors import EdgekitError, MissingDependencyError, ModelFormatError
 
 ACCEPTED = "a Keras .keras file, a legacy Keras .h5 file, a TensorFlow SavedModel directory, or an .onnx file"
 
@@ -51,6 +51,8 @@ class SourceModel:
     """TensorFlow sources: the exported SavedModel the converters read."""
     onnx_model: Any = field(default=None, repr=False)
     """ONNX sources: the checked float ModelProto, external data loaded."""
+    tflite_content: bytes | None = field(default=None, repr=False)
+    """Ready-made TFLite sources: shipped as they are, with no float model to compare."""
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float outputs of the first output for a batch ``x``."""
@@ -84,6 +86,8 @@ def detect_kind(path: Path) -> str:
         return "h5"
     if suffix == ".onnx":
         return "onnx"
+    if suffix == ".tflite":
+        return "tflite"
     raise ModelFormatError(f"{path}: unsupported model file '{suffix or path.name}'; expected {ACCEPTED}")
 
 
@@ -100,7 +104,10 @@ def load_source(path: Path, input_shape: tuple[int | None, ...] | None = None) -
         yield load_onnx_source(path, input_shape)
         return
     if input_shape is not None:
-        raise ModelFormatError("--input-shape applies to ONNX models; Keras and SavedModel inputs are fixed")
+        raise ModelFormatError("--input-shape applies to ONNX models; other inputs have fixed shapes")
+    if kind == "tflite":
+        yield _from_tflite(path)
+        return
     tf = import_tensorflow()
     with tempfile.TemporaryDirectory(prefix="edgekit-savedmodel-") as tmp:
         if kind == "saved_model":
@@ -175,6 +182,34 @@ def _from_saved_model(tf: Any, path: Path) -> SourceModel:
         parameter_bytes=sum(int(np.prod(v.shape)) * 4 for v in variables),
         saved_model_dir=path,
         _predict=predict,
+    )
+
+
+def _from_tflite(path: Path) -> SourceModel:
+    from edgekit.runtime.backends import TFLiteBackend
+
+    content = path.read_bytes()
+    try:
+        backend = TFLiteBackend(content)
+    except EdgekitError as exc:
+        raise ModelFormatError(f"{path}: {exc}") from exc
+
+    def no_float_model(x: np.ndarray) -> np.ndarray:
+        raise ModelFormatError(f"{path}: a ready-made TFLite file has no float model to compare with")
+
+    def spec(info: Any) -> TensorSpec:  # data is given as float; the runtime quantizes it
+        return TensorSpec(info.name, info.shape, "float32" if info.quantized else info.dtype)
+
+    return SourceModel(
+        path=path,
+        kind="tflite",
+        sha256=hash_path(path),
+        size_bytes=len(content),
+        input=spec(backend.inputs[0]),
+        outputs=tuple(spec(o) for o in backend.outputs),
+        parameter_bytes=len(content),
+        _predict=no_float_model,
+        tflite_content=content,
     )
 
 

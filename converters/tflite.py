@@ -27,7 +27,7 @@ class TFLiteConverter(Converter):
     format = "tflite"
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "dynamic", "int8")
     calibrated_precisions: ClassVar[frozenset[str]] = frozenset({"int8"})
-    source_kinds: ClassVar[frozenset[str]] = frozenset({"keras", "h5", "saved_model"})
+    source_kinds: ClassVar[frozenset[str]] = frozenset({"keras", "h5", "saved_model", "tflite"})
 
     def convert(
         self,
@@ -37,6 +37,9 @@ class TFLiteConverter(Converter):
         advance: Advance,
         settings: ConversionSettings,
     ) -> Artifact:
+        if source.tflite_content is not None:  # a ready-made file ships as it is
+            return Artifact(self.format, precision, source.tflite_content, 0.0,
+                            quantization=_SCHEMES.get(precision))  # fmt: skip
         tf = import_tensorflow()
         converter = tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model_dir))
         samples = 0
@@ -72,6 +75,21 @@ class TFLiteConverter(Converter):
     @classmethod
     def tool_versions(cls) -> dict[str, str]:
         return {"tensorflow": import_tensorflow().__version__}
+
+
+def detect_precision(content: bytes) -> str:
+    """The precision of a ready-made TFLite file, read from its tensor types."""
+    from edgekit.runtime.backends import TFLiteBackend
+
+    backend = TFLiteBackend(content)
+    if backend.inputs[0].quantized:
+        return "int8"
+    dtypes = backend.tensor_dtypes()
+    if "float16" in dtypes:
+        return "fp16"
+    if "int8" in dtypes:
+        return "dynamic"
+    return "fp32"
 
 
 _SCHEMES = {

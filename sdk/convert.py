@@ -37,7 +37,14 @@ from edgekit.bundle import (
 from edgekit.converters import Artifact, ConversionSettings, Converter, converter_for
 from edgekit.converters.source import SourceModel, detect_kind, load_source
 from edgekit.data import Dataset, check_dataset, load_dataset
-from edgekit.errors import AccuracyBudgetError, BudgetError, DataError, InputError
+from edgekit.errors import (
+    AccuracyBudgetError,
+    BudgetError,
+    DataError,
+    EdgekitError,
+    InputError,
+    ModelFormatError,
+)
 from edgekit.measure import compare_outputs, host_latency_ms, peak_memory_bytes, run_batched
 from edgekit.profiles import DEFAULT_MAX_ACCURACY_DROP, DeviceProfile
 from edgekit.report import Reporter, SilentReporter
@@ -106,17 +113,24 @@ class _Job:
 def convert(options: ConvertOptions, reporter: Reporter | None = None) -> ConvertResult:
     """Convert ``options.model`` for ``options.profile`` and write the bundle."""
     reporter = reporter or SilentReporter()
-    converters = [
-        converter_for(fmt) for fmt in _choose_formats(options, detect_kind(options.model), reporter)
-    ]
-    plans = [_choose_precisions(options, converter, reporter) for converter in converters]
+    kind = detect_kind(options.model)
+    converters = [converter_for(fmt) for fmt in _choose_formats(options, kind, reporter)]
+    if kind == "tflite":
+        plans = [[_ready_made_precision(options)]]
+    else:
+        plans = [_choose_precisions(options, converter, reporter) for converter in converters]
     labels = _read_labels(options.labels)
     calibration = load_dataset(options.calibration, "calibration") if options.calibration else None
     evaluation = load_dataset(options.evaluation, "evaluation") if options.evaluation else None
     warnings: list[str] = []
     with load_source(options.model, options.input_shape) as source:
         calibration, evaluation = _check_data(source, calibration, evaluation, labels, options, warnings)
-        if evaluation is None:
+        if kind == "tflite":
+            evaluation = None
+            warnings.append(
+                "a ready-made TFLite file ships as it is: no float model, so no accuracy gate was run"
+            )
+        elif evaluation is None:
             warnings.append("no --eval data: the accuracy of the converted model is not checked")
         float_out = None
         if evaluation is not None:
@@ -161,6 +175,21 @@ def _choose_formats(options: ConvertOptions, kind: str, reporter: Reporter) -> l
                 f"--format {fmt} cannot be made from a {kind} model; an ONNX model converts to --format onnx"
             )
     return wanted
+
+
+def _ready_made_precision(options: ConvertOptions) -> str:
+    from edgekit.converters.tflite import detect_precision
+
+    try:
+        precision = detect_precision(options.model.read_bytes())
+    except EdgekitError as exc:
+        raise ModelFormatError(f"{options.model}: {exc}") from exc
+    if options.precision not in ("auto", precision):
+        raise InputError(
+            f"{options.model} is already {precision}; a ready-made TFLite file ships as it is, "
+            "so use --precision auto or convert from the original model"
+        )
+    return precision
 
 
 def _choose_precisions(options: ConvertOptions, converter: Converter, reporter: Reporter) -> list[str]:

@@ -82,7 +82,7 @@ def print_convert_summary(ui: Console, out: Console, result: ConvertResult) -> N
     for entry in manifest.artifacts:
         if len(manifest.artifacts) > 1:
             out.print(f"[bold]{entry.path}[/]", highlight=False)
-        out.print(_artifact_table(entry, manifest.profile), highlight=False)
+        out.print(_artifact_table(entry, manifest.profile, manifest.source.kind == "tflite"), highlight=False)
         _print_selection(out, entry)
 
 
@@ -99,7 +99,7 @@ def _print_selection(out: Console, entry: ArtifactEntry) -> None:
         )
 
 
-def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any]) -> Table:
+def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: bool = False) -> Table:
     m = entry.metrics
     budget = profile["budget"]
     table = Table(box=None, show_header=False, padding=(0, 1, 0, 2))
@@ -107,10 +107,13 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any]) -> Table:
     table.add_column()
     storage_ok = m.size_bytes <= budget["model_storage_mb"] * MB
     memory_ok = m.peak_memory_bytes <= budget["model_memory_mb"] * MB
-    table.add_row(
-        "size",
-        f"{size(m.float_parameter_bytes)} float32 weights → {size(m.size_bytes)} ({m.size_ratio:.2f}×)",
-    )
+    if ready_made:
+        table.add_row("size", f"{size(m.size_bytes)}, shipped as it was given")
+    else:
+        table.add_row(
+            "size",
+            f"{size(m.float_parameter_bytes)} float32 weights → {size(m.size_bytes)} ({m.size_ratio:.2f}×)",
+        )
     table.add_row(
         "storage", f"{_mark(storage_ok)} {size(m.size_bytes)} of {budget['model_storage_mb']:g} MB budget"
     )
@@ -121,7 +124,8 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any]) -> Table:
     )
     a = m.accuracy
     if a is None:
-        table.add_row("accuracy", "[yellow]not checked (no --eval)[/]")
+        why = "no float model to compare" if ready_made else "no --eval"
+        table.add_row("accuracy", f"[yellow]not checked ({why})[/]")
     else:
         what = "top-1" if a.metric == "top1" else "top-1 agreement"
         table.add_row(
@@ -191,7 +195,7 @@ def print_manifest(out: Console, path: Path, manifest: Manifest) -> None:
                     str(q.zero_point) if q else "",
                 )
         out.print(tensors)
-        out.print(_artifact_table(entry, manifest.profile))
+        out.print(_artifact_table(entry, manifest.profile, manifest.source.kind == "tflite"))
         _print_selection(out, entry)
 
 

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+
+from edgekit.convert import ConvertOptions, convert
+from edgekit.profiles import load_profile
+
+if TYPE_CHECKING:
+    from edgekit.convert import ConvertResult
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -66,6 +74,46 @@ def digits_saved_model(digits_files: dict[str, Path]) -> Path:
     path = digits_files["model"].parent / "saved_model"
     keras.models.load_model(digits_files["model"]).export(str(path), verbose=False)
     return path
+
+
+Convert = Callable[..., "ConvertResult"]
+
+
+@pytest.fixture(scope="session")
+def converted(digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Convert:
+    """Convert the digits CNN once per (precision, profile) for the whole session."""
+    cache: dict[tuple[str, str], Any] = {}
+
+    def get(precision: str, profile: str = "raspberry-pi-5") -> Any:
+        if (precision, profile) not in cache:
+            out = tmp_path_factory.mktemp("bundles") / f"digits-{precision}-{profile}.ekb"
+            options = ConvertOptions(
+                model=digits_files["model"], profile=load_profile(profile), output=out, format="tflite",
+                precision=precision, calibration=digits_files["calibration"],
+                evaluation=digits_files["evaluation"], name="digits", version=2,
+            )  # fmt: skip
+            cache[precision, profile] = convert(options)
+        return cache[precision, profile]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def onnx_converted(digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Convert:
+    cache: dict[tuple[str, str, str], Any] = {}
+
+    def get(precision: str, method: str = "minmax", profile: str = "x86-gateway") -> Any:
+        key = (precision, method, profile)
+        if key not in cache:
+            out = tmp_path_factory.mktemp("onnx") / f"{precision}-{method}-{profile}.ekb"
+            cache[key] = convert(ConvertOptions(
+                model=digits_files["model"], profile=load_profile(profile), output=out, format="onnx",
+                precision=precision, calibration=digits_files["calibration"],
+                evaluation=digits_files["evaluation"], calibration_method=method,
+            ))  # fmt: skip
+        return cache[key]
+
+    return get
 
 
 @pytest.fixture

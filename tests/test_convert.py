@@ -24,25 +24,6 @@ TESTED_FORMATS = {"tflite": "test_convert.py", "onnx": "test_onnx.py"}
 Convert = Callable[..., ConvertResult]
 
 
-@pytest.fixture(scope="session")
-def converted(digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Convert:
-    """Convert the digits CNN once per (precision, profile) for the whole session."""
-    cache: dict[tuple[str, str], ConvertResult] = {}
-
-    def get(precision: str, profile: str = "raspberry-pi-5") -> ConvertResult:
-        if (precision, profile) not in cache:
-            out = tmp_path_factory.mktemp("bundles") / f"digits-{precision}-{profile}.ekb"
-            options = ConvertOptions(
-                model=digits_files["model"], profile=load_profile(profile), output=out, format="tflite",
-                precision=precision, calibration=digits_files["calibration"],
-                evaluation=digits_files["evaluation"], name="digits", version=2,
-            )  # fmt: skip
-            cache[precision, profile] = convert(options)
-        return cache[precision, profile]
-
-    return get
-
-
 def _artifact(result: ConvertResult) -> bytes:
     manifest, contents = read_bundle(result.output)
     return contents[manifest.artifacts[0].path]

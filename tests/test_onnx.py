@@ -24,24 +24,6 @@ from edgekit.report import SilentReporter
 Convert = Callable[..., ConvertResult]
 
 
-@pytest.fixture(scope="session")
-def onnx_converted(digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Convert:
-    cache: dict[tuple[str, str, str], ConvertResult] = {}
-
-    def get(precision: str, method: str = "minmax", profile: str = "x86-gateway") -> ConvertResult:
-        key = (precision, method, profile)
-        if key not in cache:
-            out = tmp_path_factory.mktemp("onnx") / f"{precision}-{method}-{profile}.ekb"
-            cache[key] = convert(ConvertOptions(
-                model=digits_files["model"], profile=load_profile(profile), output=out, format="onnx",
-                precision=precision, calibration=digits_files["calibration"],
-                evaluation=digits_files["evaluation"], calibration_method=method,
-            ))  # fmt: skip
-        return cache[key]
-
-    return get
-
-
 def _model(result: ConvertResult) -> tuple[onnx.ModelProto, bytes]:
     manifest, contents = read_bundle(result.output)
     content = contents[manifest.artifacts[0].path]

@@ -71,6 +71,9 @@ class TFLiteBackend(Backend):
         self._output_indices = [d["index"] for d in self._interpreter.get_output_details()]
         self._batch = int(details[0]["shape"][0]) if len(details[0]["shape"]) else 0
 
+    def tensor_dtypes(self) -> set[str]:
+        return {np.dtype(t["dtype"]).name for t in self._interpreter.get_tensor_details()}
+
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         info = self._inputs[0]
         with self._lock:
