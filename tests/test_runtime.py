@@ -295,3 +295,20 @@ def test_bundle_bytes_never_touch_the_disk(
     monkeypatch.setattr(zipfile.ZipFile, "extract", refuse)
     monkeypatch.setattr(zipfile.ZipFile, "extractall", refuse)
     assert Model.load(converted("int8").output).predict(np.zeros((1, 8, 8, 1), np.float32)).shape == (1, 10)
+
+
+LEGACY_BUNDLES = ROOT / "build" / "runtime-bundles"
+
+
+def test_export_bundles_for_the_legacy_runtime_leg(converted, onnx_converted, digits_eval) -> None:  # type: ignore[no-untyped-def]
+    """Bundles and their outputs here, for tests/legacy to run under tflite-runtime 2.14 and numpy<2."""
+    LEGACY_BUNDLES.mkdir(parents=True, exist_ok=True)
+    x, _ = digits_eval
+    expected = {"x": x[:32]}
+    sources = {f"tflite-{p}": converted(p).output for p in PRECISIONS}
+    sources["onnx-int8"] = onnx_converted("int8").output
+    for name, path in sources.items():
+        (LEGACY_BUNDLES / f"{name}.ekb").write_bytes(path.read_bytes())
+        expected[name] = Model.load(path).predict(x[:32])
+    np.savez(LEGACY_BUNDLES / "expected.npz", **expected)
+    assert len(list(LEGACY_BUNDLES.glob("*.ekb"))) == 5

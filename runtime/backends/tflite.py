@@ -24,6 +24,7 @@ _INTERPRETER_MODULES = (
     ("tensorflow.lite", "tensorflow"),
 )
 _CUSTOM_OP = re.compile(r"unresolved custom op:?\s*(\w+)", re.IGNORECASE)
+_NEWER_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'")
 
 
 @cache
@@ -121,6 +122,13 @@ def _describe_load_failure(exc: Exception) -> str:
         return (
             f"the TFLite model needs the custom op '{match.group(1)}', which this runtime "
             "does not provide; convert the model without custom ops"
+        )
+    match = _NEWER_OP.search(text)
+    if match:
+        return (
+            f"the model uses {match.group(1)} version {match.group(2)}, newer than "
+            f"{import_interpreter()[1]} runs; install ai-edge-litert (pip install 'edgekit[tflite]') "
+            "or ship a precision this runtime supports"
         )
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return f"the TFLite runtime could not load the model: {first}"
