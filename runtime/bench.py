@@ -63,8 +63,9 @@ def bench(model: Model, runs: int = 500, warmup: int = 20, compare_bare: bool = 
         for call in calls:
             call()
     timings: list[list[float]] = [[] for _ in calls]
-    for _ in range(runs):
-        for call, record in zip(calls, timings, strict=True):
+    for run in range(runs):
+        order = list(zip(calls, timings, strict=True))
+        for call, record in order if run % 2 == 0 else order[::-1]:  # no one always goes first
             started = time.perf_counter()
             call()
             record.append(time.perf_counter() - started)
