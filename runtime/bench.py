@@ -11,8 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.runtime.backends.onnx import import_onnxruntime
-from edgekit.runtime.backends.tflite import import_interpreter
 from edgekit.runtime.model import Model
 
 
@@ -86,32 +84,13 @@ def bench(model: Model, runs: int = 500, warmup: int = 20, compare_bare: bool = 
 
 
 def bare_call(model: Model, x: np.ndarray) -> Callable[[], Any]:
-    """The same artifact in the bare engine, doing only what the engine itself needs."""
-    content = model.artifact_bytes
-    if model.info.format == "onnx":
-        ort = import_onnxruntime()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = model.info.threads
-        session = ort.InferenceSession(content, sess_options=options, providers=[model.info.provider])
-        feed = {session.get_inputs()[0].name: x}
-        return lambda: session.run(None, feed)
-    interpreter_class, _ = import_interpreter()
-    interpreter = interpreter_class(model_content=content, num_threads=model.info.threads)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    scale, zero_point = detail["quantization"]
-    tensor = x if not scale else np.clip(np.round(x / scale) + zero_point, -128, 127).astype(detail["dtype"])
-    if list(detail["shape"]) != list(tensor.shape):
-        interpreter.resize_tensor_input(detail["index"], list(tensor.shape))
-        interpreter.allocate_tensors()
-    outputs = [d["index"] for d in interpreter.get_output_details()]
+    """The same engine object called directly, as a user of the bare engine would.
 
-    def run() -> list[Any]:
-        interpreter.set_tensor(detail["index"], tensor)
-        interpreter.invoke()
-        return [interpreter.get_tensor(i) for i in outputs]
-
-    return run
+    The same interpreter or session, so two thread pools do not compete and only the
+    wrapper differs. For int8 TFLite inputs it includes the plain numpy quantization a bare
+    user must write to feed float data, since ``predict`` takes floats.
+    """
+    return model.backend.bare_call(x)
 
 
 def _peak_rss_bytes() -> int:

@@ -142,6 +142,11 @@ class Model:
             raise ShapeError(f"input '{spec.name}' is an empty batch")
         return array.astype(np.float32, copy=False)
 
+    @property
+    def backend(self) -> Backend:
+        """The engine wrapper; for measurements, not for inference."""
+        return self._backend
+
     def close(self) -> None:
         self._backend = None  # type: ignore[assignment]
 

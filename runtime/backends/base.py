@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -69,6 +70,10 @@ class Backend(ABC):
     def engine(self) -> str:
         """Which library runs the artifact, e.g. 'ai-edge-litert 2.3.0'."""
         return self._engine
+
+    @abstractmethod
+    def bare_call(self, x: np.ndarray) -> Callable[[], object]:
+        """A closure that feeds ``x`` to the engine directly, for overhead measurements."""
 
     @abstractmethod
     def run(self, x: np.ndarray) -> list[np.ndarray]:

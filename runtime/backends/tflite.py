@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import re
 import threading
+from collections.abc import Callable
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -71,6 +72,26 @@ class TFLiteBackend(Backend):
         self._outputs = tuple(_tensor_info(d) for d in self._interpreter.get_output_details())
         self._output_indices = [d["index"] for d in self._interpreter.get_output_details()]
         self._batch = int(details[0]["shape"][0]) if len(details[0]["shape"]) else 0
+
+    def bare_call(self, x: np.ndarray) -> Callable[[], object]:
+        interpreter, index = self._interpreter, self._input_index
+        info, outputs = self._inputs[0], self._interpreter.get_output_details()
+        if list(interpreter.get_input_details()[0]["shape"]) != list(x.shape):
+            interpreter.resize_tensor_input(index, list(x.shape))
+            interpreter.allocate_tensors()
+            self._batch = x.shape[0]
+
+        def call() -> list[np.ndarray]:
+            feed = x
+            if info.quantized:  # what a bare user writes to feed floats to an int8 model
+                feed = np.clip(np.round(x / info.scale) + info.zero_point, -128, 127).astype(np.int8)
+            interpreter.set_tensor(index, feed)
+            interpreter.invoke()
+            values = [interpreter.get_tensor(o["index"]) for o in outputs]
+            return [(v.astype(np.float32) - o["quantization"][1]) * o["quantization"][0]
+                    if o["quantization"][0] else v for v, o in zip(values, outputs, strict=True)]  # fmt: skip
+
+        return call
 
     def tensor_dtypes(self) -> set[str]:
         return {np.dtype(t["dtype"]).name for t in self._interpreter.get_tensor_details()}
