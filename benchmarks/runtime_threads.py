@@ -4,15 +4,15 @@
 
 TFLite interpreters are not thread-safe, so a model used from several threads needs either
 one interpreter guarded by a lock, or one interpreter per thread. This script measures
-both on the digits CNN (int8 and fp32): throughput of N threads x M calls, and the resident
-memory each design adds, measured in the same run.
+both on the digits CNN (int8 and fp32): throughput of N threads x M calls, and the peak
+memory each design adds, measured in a fresh process (Linux).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -27,9 +27,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from convert_quality import make_digits  # noqa: E402
 from runtime_overhead import build  # noqa: E402
 
+_MEMORY_PROBE = """
+import sys, numpy as np
+from pathlib import Path
+from edgekit.runtime import Model
+from edgekit.runtime.backends.tflite import import_interpreter
+import_interpreter()
+x = np.zeros((1, 8, 8, 1), np.float32)
+Path("/proc/self/clear_refs").write_text("5")
+status = lambda key: int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(key)))
+base = status("VmRSS:")
+models = [Model.load(sys.argv[1]) for _ in range(int(sys.argv[2]))]
+for m in models:
+    m.predict(x)
+print((status("VmHWM:") - base) * 1024)
+"""
 
-def rss_bytes() -> int:
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+def memory_added(bundle: Path, interpreters: int) -> int:
+    """Peak memory that loading and running ``interpreters`` copies adds, in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(bundle), str(interpreters)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return int(out.stdout.strip())
 
 
 def throughput(predicts: list, x: np.ndarray, calls: int) -> float:  # type: ignore[type-arg]
@@ -60,28 +79,16 @@ def main() -> None:
         for precision in ("fp32", "int8"):
             bundle = build("digits", paths, Path(tmp), "tflite", precision)
             x = np.zeros((1, 8, 8, 1), np.float32)
-            before = rss_bytes()
             shared = Model.load(bundle)
-            shared.predict(x)
-            shared_mem = rss_bytes() - before
-            before = rss_bytes()
             own = [Model.load(bundle) for _ in range(args.threads)]  # one interpreter each
-            for m in own:
-                m.predict(x)
-            own_mem = rss_bytes() - before
             rows = (
-                (
-                    "one interpreter, lock",
-                    throughput([shared.predict] * args.threads, x, args.calls),
-                    shared_mem,
-                ),
-                ("interpreter per thread", throughput([m.predict for m in own], x, args.calls), own_mem),
-            )
+                ("one interpreter, lock", throughput([shared.predict] * args.threads, x, args.calls),
+                 memory_added(bundle, 1)),
+                ("interpreter per thread", throughput([m.predict for m in own], x, args.calls),
+                 memory_added(bundle, args.threads)),
+            )  # fmt: skip
             for design, rate, memory in rows:
                 print(f"| digits tflite {precision} | {design} | {rate:,.0f} | {memory / 2**20:.1f} MB |")
-    print(
-        f"\n(peak RSS of the whole run: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)"
-    )
 
 
 if __name__ == "__main__":
