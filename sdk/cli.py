@@ -287,15 +287,20 @@ def run(
     """Run a bundle on an input batch and print the outputs or the top-k labels.
 
     \b
-    Example:
+    Examples:
       edgekit run digits.ekb --input sample.npy --top-k 3
+      edgekit run digits.ekb --input meter-digit.png --top-k 1
     """
     from edgekit import views
     from edgekit.data import load_dataset
     from edgekit.runtime import Model
+    from edgekit.runtime.preprocess import IMAGE_SUFFIXES, load_image
 
-    x = load_dataset(input_path, "input").x
     model = Model.load(bundle, threads=threads, format=fmt)
+    if input_path.suffix.lower() in IMAGE_SUFFIXES:
+        x = load_image(input_path, model.manifest, model.info.inputs[0])
+    else:
+        x = load_dataset(input_path, "input").x
     outputs = model.predict(x)
     result = views.run_result(model, outputs, top_k)
     if as_json:

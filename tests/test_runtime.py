@@ -312,3 +312,18 @@ def test_export_bundles_for_the_legacy_runtime_leg(converted, onnx_converted, di
         expected[name] = Model.load(path).predict(x[:32])
     np.savez(LEGACY_BUNDLES / "expected.npz", **expected)
     assert len(list(LEGACY_BUNDLES.glob("*.ekb"))) == 5
+
+
+def test_run_takes_an_image_when_the_bundle_defines_preprocessing(converted, digits_eval, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    x, y = digits_eval
+    image = tmp_path / "digit.png"
+    Image.fromarray((x[0, :, :, 0] * 255).round().astype(np.uint8), mode="L").resize((32, 32)).save(image)
+    bundle = str(converted("int8").output)  # calibrated on [0, 1], NHWC
+    result = CliRunner().invoke(main, ["run", bundle, "-i", str(image), "--top-k", "1", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["top_k"][0][0]["class"] == y[0]
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    broken = CliRunner().invoke(main, ["run", bundle, "-i", str(tmp_path / "broken.png")])
+    assert broken.exit_code == 2 and "not a readable image" in broken.stderr
