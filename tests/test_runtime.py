@@ -314,7 +314,9 @@ def test_export_bundles_for_the_legacy_runtime_leg(converted, onnx_converted, di
     assert len(list(LEGACY_BUNDLES.glob("*.ekb"))) == 5
 
 
-def test_run_takes_an_image_when_the_bundle_defines_preprocessing(converted, digits_eval, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_run_takes_an_image_when_the_bundle_defines_preprocessing(
+    converted, digits_eval, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     from PIL import Image
 
     x, y = digits_eval
@@ -327,3 +329,23 @@ def test_run_takes_an_image_when_the_bundle_defines_preprocessing(converted, dig
     (tmp_path / "broken.png").write_bytes(b"not a png")
     broken = CliRunner().invoke(main, ["run", bundle, "-i", str(tmp_path / "broken.png")])
     assert broken.exit_code == 2 and "not a readable image" in broken.stderr
+
+
+def test_threads_default_from_the_profile_and_warmup_runs_at_load(
+    onnx_converted, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    calls: list[tuple[int, ...]] = []
+    original = ONNXBackend.run
+
+    def spy(self, x):  # type: ignore[no-untyped-def]
+        calls.append(x.shape)
+        return original(self, x)
+
+    monkeypatch.setattr(ONNXBackend, "run", spy)
+    path = onnx_converted("fp32").output  # x86-gateway: threads = 4, capped at this machine's cores
+    model = Model.load(path, warmup=True)
+    assert calls == [(1, 8, 8, 1)]
+    import os
+
+    assert model.info.threads == min(4, os.cpu_count() or 1)
+    assert Model.load(path).info.threads == model.info.threads and len(calls) == 1
