@@ -15,6 +15,7 @@ from edgekit.errors import EdgekitError, RuntimeBackendError, ShapeError
 from edgekit.runtime.backends import Backend, ONNXBackend, TensorInfo, backend_for
 from edgekit.runtime.backends.onnx import ProviderSettings, import_onnxruntime
 from edgekit.runtime.backends.tflite import import_interpreter
+from edgekit.signing import Trust
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -61,20 +62,32 @@ class Model:
         providers: tuple[str, ...] | None = None,
         trt_cache_dir: Path | None = None,
         warmup: bool = False,
+        allow_unsigned: bool = False,
+        trust: Trust | None = None,
     ) -> Model:
-        """Verify and load a ``.ekb`` bundle; the artifact bytes never touch the disk.
+        """Load a ``.ekb`` bundle, or by name the active version from the encrypted store.
 
+        Artifact bytes never touch the disk in plaintext.
+
+        The signature must come from a publisher in ``trust`` (default: the device's trust
+        store under EDGEKIT_HOME) and every hash must match, before any byte reaches an
+        interpreter. ``allow_unsigned`` accepts an unsigned bundle, with a loud warning.
         ``threads`` defaults to the profile's (at most this machine's cores); ``providers``
         to the profile's ONNX Runtime order; ``format`` to the best this device can run.
         """
         started = time.perf_counter()
         path = Path(source)
-        if path.suffix != ".ekb" and not path.exists():
-            raise EdgekitError(
-                f"no bundle at '{source}'; pass the path of a .ekb file (loading by model name "
-                "comes with the encrypted model store)"
-            )
-        manifest, contents = read_bundle(path)
+        if path.suffix == ".ekb" or path.exists():
+            verify = (trust or Trust()).verifier(allow_unsigned, str(path))
+            manifest, contents = read_bundle(path, verify)
+        else:  # a model name: the active version from the encrypted store, decrypted in memory
+            from edgekit.runtime.store import Store
+
+            manifest, contents = Store().load(str(source))
+            path = Path(f"store:{manifest.name}/{manifest.version}")
+            # ONNX Runtime writes TensorRT engines to the cache folder in plaintext, and an
+            # engine is the model: models from the encrypted store never get a cache.
+            trt_cache_dir = None
         entry = choose_artifact(manifest, format)
         runtime = manifest.profile.get("runtime", {})
         threads = threads or min(int(runtime.get("threads", 1)), os.cpu_count() or 1)

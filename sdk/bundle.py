@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from edgekit.errors import BundleError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
+MAX_MANIFEST_BYTES = 1 << 20
 _ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -145,7 +147,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_bundle(path: Path, manifest: Manifest, artifacts: dict[str, bytes]) -> None:
+def write_bundle(
+    path: Path, manifest: Manifest, artifacts: dict[str, bytes], signature: bytes | None = None
+) -> None:
     """Write the bundle atomically: a temp file in the same folder, fsync, rename."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +160,8 @@ def write_bundle(path: Path, manifest: Manifest, artifacts: dict[str, bytes]) ->
         with os.fdopen(fd, "wb") as handle:
             with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 archive.writestr(MANIFEST, manifest.canonical_bytes())
+                if signature is not None:
+                    archive.writestr(SIGNATURE, signature)
                 for entry in manifest.artifacts:
                     archive.writestr(entry.path, artifacts[entry.path])
             handle.flush()
@@ -173,8 +179,8 @@ def write_bundle(path: Path, manifest: Manifest, artifacts: dict[str, bytes]) ->
         raise
 
 
-def read_manifest(path: Path) -> tuple[Manifest, zipfile.ZipFile]:
-    """Open a bundle and parse its manifest; the caller closes the returned archive."""
+def read_manifest(path: Path) -> tuple[Manifest, bytes, zipfile.ZipFile]:
+    """Open a bundle, parse its manifest; return it, its exact bytes and the open archive."""
     try:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
@@ -182,7 +188,11 @@ def read_manifest(path: Path) -> tuple[Manifest, zipfile.ZipFile]:
     except (zipfile.BadZipFile, OSError) as exc:
         raise BundleError(f"{path}: not an edgekit bundle ({exc}); convert the model again") from exc
     try:
-        raw = json.loads(archive.read(MANIFEST))
+        if archive.getinfo(MANIFEST).file_size > MAX_MANIFEST_BYTES:
+            archive.close()
+            raise BundleError(f"{path}: {MANIFEST} is over {MAX_MANIFEST_BYTES} bytes; not a bundle")
+        manifest_bytes = archive.read(MANIFEST)
+        raw = json.loads(manifest_bytes)
     except KeyError:
         archive.close()
         raise BundleError(f"{path}: not an edgekit bundle (no {MANIFEST})") from None
@@ -199,7 +209,7 @@ def read_manifest(path: Path) -> tuple[Manifest, zipfile.ZipFile]:
             )
         raise BundleError(f"{path}: unknown bundle format {version!r}")
     try:
-        return Manifest.model_validate(raw), archive
+        return Manifest.model_validate(raw), manifest_bytes, archive
     except ValidationError as exc:
         archive.close()
         first = exc.errors()[0]
@@ -207,11 +217,23 @@ def read_manifest(path: Path) -> tuple[Manifest, zipfile.ZipFile]:
         raise BundleError(f"{path}: invalid manifest at '{key}': {first['msg']}") from exc
 
 
-def read_bundle(path: Path) -> tuple[Manifest, dict[str, bytes]]:
-    """Read a bundle and every artifact, checking entries, sizes and hashes."""
-    manifest, archive = read_manifest(path)
+Verifier = Callable[[bytes, "bytes | None"], None]
+"""Checks the exact manifest bytes against the signature entry (None when absent); raises."""
+
+
+def read_bundle(path: Path, verify: Verifier | None = None) -> tuple[Manifest, dict[str, bytes]]:
+    """Read a bundle, checking entries, then the signature (with ``verify``), then every
+    artifact's size and hash, all before any artifact byte is returned."""
+    manifest, manifest_bytes, archive = read_manifest(path)
     with archive:
         _check_entries(path, manifest, archive)
+        if verify is not None:
+            signature = None
+            if SIGNATURE in archive.namelist():
+                if archive.getinfo(SIGNATURE).file_size > MAX_MANIFEST_BYTES:
+                    raise BundleError(f"{path}: {SIGNATURE} is oversized; the bundle is tampered with")
+                signature = archive.read(SIGNATURE)
+            verify(manifest_bytes, signature)
         contents = {}
         for entry in manifest.artifacts:
             info = archive.getinfo(entry.path)
@@ -236,6 +258,11 @@ def read_bundle(path: Path) -> tuple[Manifest, dict[str, bytes]]:
 
 def _check_entries(path: Path, manifest: Manifest, archive: zipfile.ZipFile) -> None:
     names = archive.namelist()
+    for info in archive.infolist():
+        if info.external_attr >> 16 & 0o170000 == 0o120000:
+            raise BundleError(f"{path}: entry '{info.filename}' is a symlink; the bundle is tampered with")
+        if info.filename.startswith("/") or ".." in info.filename.split("/"):
+            raise BundleError(f"{path}: entry '{info.filename}' escapes the bundle; it is tampered with")
     if len(names) != len(set(names)):
         raise BundleError(f"{path}: duplicate entries in the archive; the bundle is tampered with")
     expected = {MANIFEST} | {entry.path for entry in manifest.artifacts}

@@ -216,6 +216,12 @@ def targets(as_json: bool) -> None:
     help="Text file with one class name per line, stored in the manifest.",
 )
 @click.option(
+    "--sign-key",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Sign the bundle with this Ed25519 key (edgekit keys init --publisher).",
+)
+@click.option(
     "--output",
     "-o",
     type=click.Path(path_type=Path),
@@ -280,9 +286,16 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
     default=None,
     help="Which artifact of a two-format bundle. Default: the best this device runs.",
 )
+@click.option("--allow-unsigned", is_flag=True, help="Accept a bundle no trusted publisher signed (loudly).")
 @json_option
 def run(
-    bundle: Path, input_path: Path, top_k: int | None, threads: int | None, fmt: str | None, as_json: bool
+    bundle: Path,
+    input_path: Path,
+    top_k: int | None,
+    threads: int | None,
+    fmt: str | None,
+    allow_unsigned: bool,
+    as_json: bool,
 ) -> None:
     """Run a bundle on an input batch and print the outputs or the top-k labels.
 
@@ -296,7 +309,7 @@ def run(
     from edgekit.runtime import Model
     from edgekit.runtime.preprocess import IMAGE_SUFFIXES, load_image
 
-    model = Model.load(bundle, threads=threads, format=fmt)
+    model = Model.load(bundle, threads=threads, format=fmt, allow_unsigned=allow_unsigned)
     if input_path.suffix.lower() in IMAGE_SUFFIXES:
         x = load_image(input_path, model.manifest, model.info.inputs[0])
     else:
@@ -327,6 +340,7 @@ def run(
     help="Also time the bare interpreter or session on the same artifact and input, "
     "interleaved, and print edgekit's overhead.",
 )
+@click.option("--allow-unsigned", is_flag=True, help="Accept a bundle no trusted publisher signed (loudly).")
 @json_option
 @click.pass_context
 def bench(
@@ -337,6 +351,7 @@ def bench(
     threads: int | None,
     fmt: str | None,
     compare_bare: bool,
+    allow_unsigned: bool,
     as_json: bool,
 ) -> None:
     """Measure latency percentiles, throughput, load time and peak memory on this device.
@@ -351,7 +366,7 @@ def bench(
     from edgekit.runtime import Model
     from edgekit.runtime.bench import bench as run_bench
 
-    model = Model.load(bundle, threads=threads, format=fmt)
+    model = Model.load(bundle, threads=threads, format=fmt, allow_unsigned=allow_unsigned)
     result = run_bench(model, runs=runs, warmup=warmup, compare_bare=compare_bare)
     if as_json:
         _print_json({"model": views.model_info(model), **result.as_dict()})
@@ -378,6 +393,197 @@ def inspect(bundle: Path, as_json: bool) -> None:
         _print_json(manifest.model_dump(mode="json"))
     else:
         views.print_manifest(Console(), bundle, manifest)
+
+
+@main.group()
+def keys() -> None:
+    """Create signing keys (publisher) and the device key that encrypts the model store."""
+
+
+@keys.command("init")
+@click.option("--publisher", "kind", flag_value="publisher", help="An Ed25519 signing key and its .pub.")
+@click.option("--device", "kind", flag_value="device", help="This device's store key, under EDGEKIT_HOME.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the publisher key goes (default: publisher.key).",
+)
+@json_option
+def keys_init(kind: str | None, output: Path | None, as_json: bool) -> None:
+    """Create a key; existing keys are never overwritten.
+
+    \b
+    Examples:
+      edgekit keys init --publisher -o publisher.key    # on the build machine
+      edgekit keys init --device                        # on each device
+    """
+    from edgekit.signing import create_publisher_key
+
+    if kind is None:
+        raise click.UsageError("say which key: --publisher or --device")
+    if kind == "publisher":
+        private = output or Path("publisher.key")
+        public, identifier = create_publisher_key(private)
+        result = {"private_key": str(private), "public_key": str(public), "key_id": identifier}
+        message = f"wrote {private} (keep it secret) and {public} (give it to devices); key id {identifier}"
+    else:
+        from edgekit.runtime.keys import create_device_key
+
+        path = create_device_key()
+        result = {"device_key": str(path)}
+        message = f"wrote {path} (mode 600)"
+    _print_json(result) if as_json else click.echo(message)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--key", "key_path", type=click.Path(path_type=Path), required=True, help="The publisher's private key."
+)
+@json_option
+def sign(bundle: Path, key_path: Path, as_json: bool) -> None:
+    """Sign a bundle in place: Ed25519 over its manifest, which holds every artifact's hash."""
+    from edgekit.signing import load_private_key, sign_bundle
+
+    identifier = sign_bundle(bundle, load_private_key(key_path))
+    _print_json({"bundle": str(bundle), "key_id": identifier}) if as_json else click.echo(
+        f"signed {bundle} with key {identifier}"
+    )
+
+
+@keys.command("rotate")
+@json_option
+def keys_rotate(as_json: bool) -> None:
+    """Replace the device key and re-wrap every stored model's data key; the old key stops working.
+
+    Crash-safe: an interrupted rotation finishes the next time the store opens.
+    """
+    from edgekit.runtime.store import Store
+
+    Store().rotate_device_key()
+    _print_json({"rotated": True}) if as_json else click.echo("device key rotated; every model re-wrapped")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--allow-unsigned", is_flag=True, help="Accept a bundle no trusted publisher signed (loudly).")
+@click.option(
+    "--allow-downgrade",
+    is_flag=True,
+    help="Accept a version older than the highest this device has installed.",
+)
+@json_option
+def install(bundle: Path, allow_unsigned: bool, allow_downgrade: bool, as_json: bool) -> None:
+    """Verify a bundle (signature, then every hash) and store it encrypted, as the active version.
+
+    \b
+    Example:
+      edgekit keys init --device && edgekit trust add publisher.pub
+      edgekit install digits.ekb
+    """
+    from edgekit.runtime.store import Store
+
+    done = Store().install(bundle, allow_unsigned=allow_unsigned, allow_downgrade=allow_downgrade)
+    if as_json:
+        _print_json(done.__dict__)
+    else:
+        who = f"signed by {done.signed_by}" if done.signed_by else "UNSIGNED"
+        click.echo(f"installed {done.name} v{done.version} ({who}), now active")
+
+
+@main.group()
+def models() -> None:
+    """The models in this device's encrypted store."""
+
+
+@models.command("list")
+@json_option
+def models_list(as_json: bool) -> None:
+    """Installed models and versions; * marks the active one."""
+    from edgekit.runtime.store import Store
+
+    found = Store().installed()
+    if as_json:
+        _print_json([m.__dict__ for m in found])
+        return
+    for m in found:
+        click.echo(f"{'*' if m.active else ' '} {m.name} v{m.version}  {m.signed_by or 'unsigned'}")
+    if not found:
+        click.echo("no models installed; install one with: edgekit install BUNDLE")
+
+
+@models.command("activate")
+@click.argument("name")
+@click.argument("version", type=int)
+@json_option
+def models_activate(name: str, version: int, as_json: bool) -> None:
+    """Make an installed VERSION the one Model.load(NAME) runs."""
+    from edgekit.runtime.store import Store
+
+    Store().activate(name, version)
+    _print_json({"name": name, "active": version}) if as_json else click.echo(f"{name} v{version} is active")
+
+
+@models.command("rollback")
+@click.argument("name")
+@json_option
+def models_rollback(name: str, as_json: bool) -> None:
+    """Activate the newest installed version older than the active one."""
+    from edgekit.runtime.store import Store
+
+    version = Store().rollback(name)
+    _print_json({"name": name, "active": version}) if as_json else click.echo(f"{name} v{version} is active")
+
+
+@models.command("remove")
+@click.argument("name")
+@click.argument("version", type=int)
+@json_option
+def models_remove(name: str, version: int, as_json: bool) -> None:
+    """Delete an installed version that is not active."""
+    from edgekit.runtime.store import Store
+
+    Store().remove(name, version)
+    _print_json({"name": name, "removed": version}) if as_json else click.echo(f"removed {name} v{version}")
+
+
+@main.group()
+def trust() -> None:
+    """The publishers whose bundles this device accepts (EDGEKIT_HOME/trust)."""
+
+
+@trust.command("add")
+@click.argument("public_key", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@json_option
+def trust_add(public_key: Path, as_json: bool) -> None:
+    """Trust the publisher whose public key is PUBLIC_KEY (a .pub from keys init --publisher)."""
+    from edgekit.signing import Trust
+
+    identifier = Trust().add(public_key)
+    _print_json({"key_id": identifier}) if as_json else click.echo(f"trusting key {identifier}")
+
+
+@trust.command("list")
+@json_option
+def trust_list(as_json: bool) -> None:
+    """List the trusted publisher keys."""
+    from edgekit.signing import Trust
+
+    identifiers = sorted(Trust().keys())
+    _print_json(identifiers) if as_json else click.echo("\n".join(identifiers) or "no trusted keys")
+
+
+@trust.command("remove")
+@click.argument("key_id")
+@json_option
+def trust_remove(key_id: str, as_json: bool) -> None:
+    """Stop trusting a publisher key."""
+    from edgekit.signing import Trust
+
+    Trust().remove(key_id)
+    _print_json({"removed": key_id}) if as_json else click.echo(f"no longer trusting {key_id}")
 
 
 def _print_json(data: Any) -> None:

@@ -49,6 +49,7 @@ from edgekit.measure import compare_outputs, host_latency_ms, peak_memory_bytes,
 from edgekit.profiles import DEFAULT_MAX_ACCURACY_DROP, DeviceProfile
 from edgekit.report import Reporter, SilentReporter
 from edgekit.runtime.backends import TensorInfo, backend_for
+from edgekit.signing import load_private_key, signature_entry
 
 MB = 1024 * 1024
 
@@ -73,6 +74,8 @@ class ConvertOptions:
     calibration_method: str = "minmax"
     keep_float: tuple[str, ...] = ()
     input_shape: tuple[int | None, ...] | None = None
+    sign_key: Path | None = None
+    """An Ed25519 private key (edgekit keys init --publisher) to sign the bundle with."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ def convert(options: ConvertOptions, reporter: Reporter | None = None) -> Conver
     else:
         plans = [_choose_precisions(options, converter, reporter) for converter in converters]
     labels = _read_labels(options.labels)
+    sign_key = load_private_key(options.sign_key) if options.sign_key else None
     calibration = load_dataset(options.calibration, "calibration") if options.calibration else None
     evaluation = load_dataset(options.evaluation, "evaluation") if options.evaluation else None
     warnings: list[str] = []
@@ -146,7 +150,8 @@ def convert(options: ConvertOptions, reporter: Reporter | None = None) -> Conver
         for message in warnings:
             reporter.warn(message)
         manifest = _manifest(options, source, converters, chosen, calibration, labels)
-        write_bundle(options.output, manifest, {c.entry.path: c.content for c in chosen})
+        signature = signature_entry(manifest.canonical_bytes(), sign_key) if sign_key else None
+        write_bundle(options.output, manifest, {c.entry.path: c.content for c in chosen}, signature)
     return ConvertResult(options.output, manifest, tuple(tried), tuple(warnings))
 
 

@@ -40,6 +40,18 @@ class BundleError(EdgekitError):
     """A bundle is corrupt, tampered with or of an unknown format."""
 
 
+class SignatureError(BundleError):
+    """A bundle is unsigned, signed by an untrusted key, or its signature does not verify."""
+
+
+class KeyProviderError(EdgekitError):
+    """A key is missing, malformed, wrongly protected or not the one the data was sealed with."""
+
+
+class StoreError(EdgekitError):
+    """The on-device model store cannot do what was asked, or found itself tampered with."""
+
+
 class ConversionError(EdgekitError):
     """The converter failed on a model it accepted."""
 

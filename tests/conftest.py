@@ -46,6 +46,19 @@ def _load_example_module(name: str, path: Path):  # type: ignore[no-untyped-def]
 digits = _load_example_module("quickstart_digits", ROOT / "examples" / "quickstart" / "digits.py")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def publisher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary EDGEKIT_HOME whose trust store accepts one publisher key; its private key."""
+    from edgekit.signing import Trust, create_publisher_key
+
+    home = tmp_path_factory.mktemp("edgekit-home")
+    os.environ["EDGEKIT_HOME"] = str(home)
+    key = tmp_path_factory.mktemp("keys") / "publisher.key"
+    public, _ = create_publisher_key(key)
+    Trust().add(public)
+    return key
+
+
 @pytest.fixture(scope="session")
 def digits_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """digits.keras, calib.npz and eval.npz, trained on scikit-learn's digits."""
@@ -80,7 +93,9 @@ Convert = Callable[..., "ConvertResult"]
 
 
 @pytest.fixture(scope="session")
-def converted(digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Convert:
+def converted(
+    digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, publisher: Path
+) -> Convert:
     """Convert the digits CNN once per (precision, profile) for the whole session."""
     cache: dict[tuple[str, str], Any] = {}
 
@@ -90,7 +105,7 @@ def converted(digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFa
             options = ConvertOptions(
                 model=digits_files["model"], profile=load_profile(profile), output=out, format="tflite",
                 precision=precision, calibration=digits_files["calibration"],
-                evaluation=digits_files["evaluation"], name="digits", version=2,
+                evaluation=digits_files["evaluation"], name="digits", version=2, sign_key=publisher,
             )  # fmt: skip
             cache[precision, profile] = convert(options)
         return cache[precision, profile]
@@ -99,7 +114,9 @@ def converted(digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="session")
-def onnx_converted(digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Convert:
+def onnx_converted(
+    digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, publisher: Path
+) -> Convert:
     cache: dict[tuple[str, str, str], Any] = {}
 
     def get(precision: str, method: str = "minmax", profile: str = "x86-gateway") -> Any:
@@ -109,7 +126,7 @@ def onnx_converted(digits_files: dict[str, Path], tmp_path_factory: pytest.TempP
             cache[key] = convert(ConvertOptions(
                 model=digits_files["model"], profile=load_profile(profile), output=out, format="onnx",
                 precision=precision, calibration=digits_files["calibration"],
-                evaluation=digits_files["evaluation"], calibration_method=method,
+                evaluation=digits_files["evaluation"], calibration_method=method, sign_key=publisher,
             ))  # fmt: skip
         return cache[key]
 

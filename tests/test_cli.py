@@ -39,7 +39,8 @@ def test_every_command_takes_json() -> None:
         command = main
         for name in path:
             command = command.commands[name]  # type: ignore[attr-defined]
-        assert "--json" in {o for p in command.params for o in p.opts}, path
+        if not isinstance(command, click.Group):
+            assert "--json" in {o for p in command.params for o in p.opts}, path
 
 
 def test_version() -> None:

@@ -135,8 +135,8 @@ def test_two_format_bundle_picks_what_this_device_runs(digits_files: dict[str, P
                                        "--format", "both", "-p", "fp32", "-o", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.stderr
     # jetson-orin-nano lists onnx first; without a GPU provider that order still holds.
-    assert Model.load(out).info.format == "onnx"
-    assert Model.load(out, format="tflite").info.format == "tflite"
+    assert Model.load(out, allow_unsigned=True).info.format == "onnx"
+    assert Model.load(out, format="tflite", allow_unsigned=True).info.format == "tflite"
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
@@ -189,7 +189,7 @@ def test_corrupt_artifact_and_custom_op_fail_at_load(converted, tmp_path: Path) 
     corrupt = tmp_path / "corrupt.ekb"
     write_bundle(corrupt, manifest.model_copy(update={"artifacts": (fake,)}), {entry.path: garbage})
     with pytest.raises(RuntimeBackendError, match="the TFLite runtime could not load the model"):
-        Model.load(corrupt)
+        Model.load(corrupt, allow_unsigned=True)
     custom = TEST_MODELS / "face_landmark_with_attention.tflite"
     if not custom.exists():
         pytest.skip("run .ci/fetch-test-models for the third-party TFLite models")
@@ -216,7 +216,7 @@ def test_ready_made_tflite_ships_as_it_is(tmp_path: Path) -> None:
     assert (entry.format, entry.precision, manifest.source.kind) == ("tflite", "fp16", "tflite")
     assert entry.inputs[0].shape == (1, 128, 128, 3) and len(entry.outputs) == 2
     assert entry.metrics.peak_memory_bytes > 0 and entry.metrics.accuracy is None
-    model = Model.load(out)
+    model = Model.load(out, allow_unsigned=True)
     outputs = model.predict(np.zeros((3, 128, 128, 3), np.float32))  # batch 3 on a batch-1 model
     assert isinstance(outputs, dict) and [v.shape for v in outputs.values()] == [(3, 896, 16), (3, 896, 1)]
     failing = CliRunner().invoke(
@@ -273,13 +273,19 @@ def test_bench_fails_a_blown_latency_budget(digits_files, write_profile, tmp_pat
     out = tmp_path / "slow.ekb"
     assert CliRunner().invoke(main, ["convert", str(digits_files["model"]), "-t", str(path), "-p", "fp32",
                                      "-o", str(out)]).exit_code == 0  # fmt: skip
-    result = CliRunner().invoke(main, ["bench", str(out), "--runs", "20"])
+    result = CliRunner().invoke(main, ["bench", str(out), "--runs", "20", "--allow-unsigned"])
     assert result.exit_code == 1 and "breaks the profile's 1e-06 ms budget" in result.stderr
 
 
-def test_loading_by_name_says_the_store_is_not_there_yet() -> None:
-    with pytest.raises(EdgekitError, match="no bundle at 'digits'"):
-        Model.load("digits")
+def test_unsigned_bundles_need_an_explicit_yes(digits_files, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "unsigned.ekb"
+    assert CliRunner().invoke(main, ["convert", str(digits_files["model"]), "-t", "raspberry-pi-5",
+                                     "-p", "fp32", "-o", str(out)]).exit_code == 0  # fmt: skip
+    with pytest.raises(EdgekitError, match="is not signed; sign it with: edgekit sign"):
+        Model.load(out)
+    caplog.set_level(logging.WARNING, "edgekit")
+    Model.load(out, allow_unsigned=True)
+    assert any("UNSIGNED" in r.getMessage() for r in caplog.records)
 
 
 def test_bundle_bytes_never_touch_the_disk(

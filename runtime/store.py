@@ -1,0 +1,388 @@
+"""The encrypted, crash-safe model store under ``EDGEKIT_HOME/models``.
+
+Layout, per model name::
+
+    models/NAME/state.json          active and highest version, MACed with the device key
+    models/NAME/VERSION/data.key    the version's random AES-256 data key, wrapped by the device key
+    models/NAME/VERSION/manifest.enc, <artifact>.enc    AES-256-GCM in 1 MiB chunks
+    models/NAME/VERSION/manifest.sig                     the publisher's signature, if any
+
+Every chunk's associated data binds the model name, version, file, chunk index, chunk count
+and total length, so a file cannot be swapped, reordered or truncated unnoticed. Nonces are
+random 96-bit values under a key used for one version only. A version is written to a temp
+folder, fsynced, renamed into place, and the parent fsynced; state.json is switched the same
+way. A file lock serializes writers, and opening the store removes leftovers of a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import struct
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from edgekit.bundle import MANIFEST, SIGNATURE, Manifest, read_bundle
+from edgekit.errors import KeyProviderError, StoreError
+from edgekit.paths import edgekit_home
+from edgekit.runtime.keys import FileKeyProvider, KeyProvider, default_provider, fingerprint
+from edgekit.signing import Trust
+
+CHUNK_BYTES = 1 << 20
+MAGIC = b"EKENC1\n\0"
+_HEADER = struct.Struct(">8sIIQ")  # magic, chunk size, chunk count, total length
+_NONCE = 12
+
+
+@dataclass(frozen=True)
+class Installed:
+    name: str
+    version: int
+    active: bool
+    signed_by: str | None
+
+
+class Store:
+    def __init__(self, home: Path | None = None, keys: KeyProvider | None = None) -> None:
+        self.home = home or edgekit_home()
+        self.root = self.home / "models"
+        self._keys = keys or default_provider()
+        self._recover()
+
+    # --- writing -------------------------------------------------------------------------
+
+    def install(
+        self, bundle: Path, *, allow_unsigned: bool = False, allow_downgrade: bool = False,
+        trust: Trust | None = None,
+    ) -> Installed:  # fmt: skip
+        """Verify ``bundle`` (signature, then every hash), then store it encrypted and active."""
+        signer: list[str | None] = [None]
+        verify = (trust or Trust(self.home / "trust")).verifier(allow_unsigned, str(bundle))
+
+        def verify_and_remember(manifest_bytes: bytes, signature: bytes | None) -> None:
+            verify(manifest_bytes, signature)
+            signer[0] = json.loads(signature)["key_id"] if signature else None
+            captured["signature"] = signature
+
+        captured: dict[str, bytes | None] = {}
+        manifest, contents = read_bundle(bundle, verify_and_remember)
+        with self._locked():
+            name, version = manifest.name, manifest.version
+            state = self._read_state(name)
+            final = self.root / name / str(version)
+            if final.exists():
+                raise StoreError(f"{name} v{version} is already installed; activate it with: "
+                                 f"edgekit models activate {name} {version}")  # fmt: skip
+            highest = state.get("highest", 0)
+            if version < highest and not allow_downgrade:
+                raise StoreError(
+                    f"{name} v{version} is older than v{highest}, the highest this device has installed; "
+                    "pass --allow-downgrade to install it anyway"
+                )
+            self._write_version(final, manifest, contents, captured.get("signature"))
+            self._write_state(name, {"active": version, "highest": max(highest, version)})
+        return Installed(name, version, True, signer[0])
+
+    def activate(self, name: str, version: int) -> None:
+        with self._locked():
+            state = self._read_state(name)
+            if not (self.root / name / str(version)).is_dir():
+                raise StoreError(f"{name} v{version} is not installed; see: edgekit models list")
+            self._write_state(name, {**state, "active": version})
+
+    def rollback(self, name: str) -> int:
+        """Activate the newest installed version older than the active one."""
+        with self._locked():
+            state = self._read_state(name)
+            older = [v for v in self._versions(name) if v < state.get("active", 0)]
+            if not older:
+                raise StoreError(f"{name} has no installed version older than v{state.get('active')}")
+            self._write_state(name, {**state, "active": max(older)})
+            return max(older)
+
+    def remove(self, name: str, version: int) -> None:
+        with self._locked():
+            state = self._read_state(name)
+            if state.get("active") == version:
+                raise StoreError(f"{name} v{version} is active; activate another version first")
+            target = self.root / name / str(version)
+            if not target.is_dir():
+                raise StoreError(f"{name} v{version} is not installed")
+            trash = self.root / name / f".tmp-removing-{uuid.uuid4().hex}"
+            os.replace(target, trash)  # atomic: a crash leaves a leftover that recovery deletes
+            _fsync_dir(target.parent)
+            shutil.rmtree(trash)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def installed(self) -> list[Installed]:
+        found = []
+        for folder in sorted(p for p in self.root.glob("*") if p.is_dir() and not p.name.startswith(".")):
+            state = self._read_state(folder.name)
+            for version in self._versions(folder.name):
+                sig = folder / str(version) / SIGNATURE
+                signer = json.loads(sig.read_bytes())["key_id"] if sig.exists() else None
+                found.append(Installed(folder.name, version, state.get("active") == version, signer))
+        return found
+
+    def load(self, name: str, version: int | None = None) -> tuple[Manifest, dict[str, bytes]]:
+        """Decrypt a version (default: the active one) into memory, checking every tag and hash."""
+        state = self._read_state(name)
+        if not state:
+            raise StoreError(f"no model '{name}' in the store; install one with: edgekit install BUNDLE")
+        version = version or state["active"]
+        folder = self.root / name / str(version)
+        if not folder.is_dir():
+            raise StoreError(f"{name} v{version} is not installed")
+        data_key = self._unwrap(folder, name, version)
+        manifest_bytes = _decrypt(folder / "manifest.enc", data_key, name, version, MANIFEST)
+        manifest = Manifest.model_validate_json(manifest_bytes)
+        contents = {}
+        for entry in manifest.artifacts:
+            data = _decrypt(folder / f"{entry.path}.enc", data_key, name, version, entry.path)
+            if hashlib.sha256(data).hexdigest() != entry.sha256:
+                raise StoreError(f"{name} v{version}: {entry.path} does not match its manifest hash")
+            contents[entry.path] = data
+        return manifest, contents
+
+    # --- device key rotation ---------------------------------------------------------------
+
+    def rotate_device_key(self) -> None:
+        """Re-wrap every data key (and re-MAC every state) under a new device key, crash-safely."""
+        if not isinstance(self._keys, FileKeyProvider):
+            raise KeyProviderError(
+                f"the device key comes from the '{self._keys.name}' provider; rotate it there"
+            )
+        with self._locked():
+            self._rotate(self._keys.path)
+
+    def _rotate(self, key_path: Path) -> None:
+        from edgekit.runtime.keys import create_device_key
+
+        next_path = key_path.with_name(key_path.name + ".next")
+        if not next_path.exists():
+            create_device_key(next_path)
+        old, new = FileKeyProvider(key_path).device_key(), FileKeyProvider(next_path).device_key()
+        for name in self._names():
+            state = self._read_state(name, keys=[new, old])
+            for version in self._versions(name):
+                folder = self.root / name / str(version)
+                data_key = self._unwrap(folder, name, version, keys=[new, old])
+                self._wrap(folder / "data.key", data_key, name, version, new, replace=True)
+            self._write_state(name, state, key=new)
+        os.replace(next_path, key_path)
+        _fsync_dir(key_path.parent)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _device_keys(self) -> list[bytes]:
+        keys = [self._keys.device_key()]
+        if isinstance(self._keys, FileKeyProvider):  # a rotation cut short: both keys are live
+            pending = self._keys.path.with_name(self._keys.path.name + ".next")
+            if pending.exists():
+                keys.append(FileKeyProvider(pending).device_key())
+        return keys
+
+    def _write_version(
+        self, final: Path, manifest: Manifest, contents: dict[str, bytes], signature: bytes | None
+    ) -> None:
+        tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex}"
+        tmp.mkdir(parents=True)
+        try:
+            data_key = AESGCM.generate_key(bit_length=256)
+            name, version = manifest.name, manifest.version
+            self._wrap(tmp / "data.key", data_key, name, version, self._device_keys()[0])
+            _write_file(
+                tmp / "manifest.enc", _encrypt(manifest.canonical_bytes(), data_key, name, version, MANIFEST)
+            )
+            for entry in manifest.artifacts:
+                sealed = _encrypt(contents[entry.path], data_key, name, version, entry.path)
+                _write_file(tmp / f"{entry.path}.enc", sealed)
+            if signature is not None:
+                _write_file(tmp / SIGNATURE, signature)
+            _fsync_dir(tmp)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(
+                f"could not write {final}: {exc.strerror or exc}; the store is unchanged"
+            ) from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _wrap(self, path: Path, data_key: bytes, name: str, version: int, device_key: bytes,
+              replace: bool = False) -> None:  # fmt: skip
+        nonce = os.urandom(_NONCE)
+        wrapped = AESGCM(device_key).encrypt(nonce, data_key, _key_aad(name, version))
+        record = {"device_key": fingerprint(device_key), "nonce": _b64(nonce), "wrapped": _b64(wrapped)}
+        body = json.dumps(record, sort_keys=True).encode()
+        if replace:
+            _atomic_write(path, body)
+        else:
+            _write_file(path, body)
+
+    def _unwrap(self, folder: Path, name: str, version: int, keys: list[bytes] | None = None) -> bytes:
+        record = json.loads((folder / "data.key").read_bytes())
+        by_id = {fingerprint(k): k for k in keys or self._device_keys()}
+        device_key = by_id.get(record["device_key"])
+        if device_key is None:
+            raise KeyProviderError(
+                f"{name} v{version} was sealed with device key {record['device_key']}, and this "
+                f"device's key is {', '.join(by_id)}: wrong {self._keys.name} key"
+            )
+        try:
+            return AESGCM(device_key).decrypt(
+                base64.b64decode(record["nonce"]),
+                base64.b64decode(record["wrapped"]),
+                _key_aad(name, version),
+            )
+        except InvalidTag:
+            raise StoreError(f"{name} v{version}: its data key was tampered with") from None
+
+    def _read_state(self, name: str, keys: list[bytes] | None = None) -> dict[str, int]:
+        path = self.root / name / "state.json"
+        if not path.exists():
+            if self._versions(name):
+                raise StoreError(f"{name}: state.json is missing; the store was tampered with")
+            return {}
+        record = json.loads(path.read_bytes())
+        body = json.dumps(record["state"], sort_keys=True).encode()
+        for key in keys or self._device_keys():
+            if hmac.compare_digest(record["mac"], _mac(key, name, body)):
+                return {k: int(v) for k, v in record["state"].items()}
+        raise StoreError(
+            f"{name}: state.json does not verify; it was tampered with or the device key is wrong"
+        )
+
+    def _write_state(self, name: str, state: dict[str, int], key: bytes | None = None) -> None:
+        body = json.dumps(state, sort_keys=True).encode()
+        record = {"state": state, "mac": _mac(key or self._device_keys()[0], name, body)}
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+        try:
+            _atomic_write(self.root / name / "state.json", json.dumps(record, sort_keys=True).encode())
+        except OSError as exc:
+            raise StoreError(f"could not switch {name}'s active version: {exc.strerror or exc}") from exc
+
+    def _names(self) -> list[str]:
+        return sorted(p.name for p in self.root.glob("*") if p.is_dir() and not p.name.startswith("."))
+
+    def _versions(self, name: str) -> list[int]:
+        folder = self.root / name
+        return sorted(int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit())
+
+    def _recover(self) -> None:
+        """Remove what a crash can leave: temp version folders and temp files."""
+        if not self.root.exists():
+            return
+        for leftover in (*self.root.glob("*/.tmp-*"), *self.root.glob("*/*.tmp")):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        if (
+            isinstance(self._keys, FileKeyProvider)
+            and self._keys.path.with_name(self._keys.path.name + ".next").exists()
+        ):
+            with self._locked():
+                self._rotate(self._keys.path)  # finish a rotation a crash cut short
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "store.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _encrypt(data: bytes, key: bytes, name: str, version: int, file: str) -> bytes:
+    aead, count = AESGCM(key), max(1, -(-len(data) // CHUNK_BYTES))
+    parts = [_HEADER.pack(MAGIC, CHUNK_BYTES, count, len(data))]
+    for index in range(count):
+        nonce = os.urandom(_NONCE)
+        chunk = data[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
+        parts += [nonce, aead.encrypt(nonce, chunk, _aad(name, version, file, index, count, len(data)))]
+    return b"".join(parts)
+
+
+def _decrypt(path: Path, key: bytes, name: str, version: int, file: str) -> bytes:
+    try:
+        sealed = path.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{name} v{version}: {file} is missing from the store") from None
+    if len(sealed) < _HEADER.size:
+        raise StoreError(f"{name} v{version}: {file} is truncated")
+    magic, chunk_bytes, count, total = _HEADER.unpack_from(sealed)
+    if magic != MAGIC:
+        raise StoreError(f"{name} v{version}: {file} is not an edgekit encrypted file")
+    aead, offset, out = AESGCM(key), _HEADER.size, []
+    for index in range(count):
+        size = min(chunk_bytes, total - index * chunk_bytes) + 16
+        nonce, body = sealed[offset : offset + _NONCE], sealed[offset + _NONCE : offset + _NONCE + size]
+        offset += _NONCE + size
+        try:
+            out.append(aead.decrypt(nonce, body, _aad(name, version, file, index, count, total)))
+        except (InvalidTag, ValueError):
+            raise StoreError(
+                f"{name} v{version}: {file} fails authentication at chunk {index}; it was tampered with"
+            ) from None
+    if offset != len(sealed):
+        raise StoreError(f"{name} v{version}: {file} has trailing bytes; it was tampered with")
+    return b"".join(out)
+
+
+def _aad(name: str, version: int, file: str, index: int, count: int, total: int) -> bytes:
+    return f"edgekit/v1|{name}|{version}|{file}|{index}|{count}|{total}".encode()
+
+
+def _key_aad(name: str, version: int) -> bytes:
+    return f"edgekit/v1|data-key|{name}|{version}".encode()
+
+
+def _mac(key: bytes, name: str, body: bytes) -> str:
+    return hmac.new(key, b"edgekit/v1|state|" + name.encode() + b"|" + body, hashlib.sha256).hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        _write_file(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
