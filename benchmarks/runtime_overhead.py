@@ -79,7 +79,7 @@ def main() -> None:
             folder.mkdir()
             paths = makers[name](folder)
             for fmt, precision in CASES:
-                model = Model.load(build(name, paths, folder, fmt, precision))
+                model = Model.load(build(name, paths, folder, fmt, precision), allow_unsigned=True)
                 result = bench(model, runs=args.runs, warmup=20, compare_bare=True)
                 assert result.bare is not None and result.overhead_ratio is not None
                 assert result.overhead_us is not None

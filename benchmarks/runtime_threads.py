@@ -37,7 +37,7 @@ x = np.zeros((1, 8, 8, 1), np.float32)
 Path("/proc/self/clear_refs").write_text("5")
 status = lambda key: int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(key)))
 base = status("VmRSS:")
-models = [Model.load(sys.argv[1]) for _ in range(int(sys.argv[2]))]
+models = [Model.load(sys.argv[1], allow_unsigned=True) for _ in range(int(sys.argv[2]))]
 for m in models:
     m.predict(x)
 print((status("VmHWM:") - base) * 1024)
@@ -79,8 +79,10 @@ def main() -> None:
         for precision in ("fp32", "int8"):
             bundle = build("digits", paths, Path(tmp), "tflite", precision)
             x = np.zeros((1, 8, 8, 1), np.float32)
-            shared = Model.load(bundle)
-            own = [Model.load(bundle) for _ in range(args.threads)]  # one interpreter each
+            shared = Model.load(bundle, allow_unsigned=True)
+            own = [
+                Model.load(bundle, allow_unsigned=True) for _ in range(args.threads)
+            ]  # one interpreter each
             rows = (
                 ("one interpreter, lock", throughput([shared.predict] * args.threads, x, args.calls),
                  memory_added(bundle, 1)),

@@ -21,6 +21,7 @@ from edgekit.errors import EdgekitError, RuntimeBackendError, ShapeError
 from edgekit.runtime import Model
 from edgekit.runtime.backends.onnx import ONNXBackend, ProviderSettings, provider_options
 from edgekit.runtime.bench import bare_call, bench
+from edgekit.signing import Trust
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_MODELS = ROOT / "build" / "test-models"
@@ -277,7 +278,9 @@ def test_bench_fails_a_blown_latency_budget(digits_files, write_profile, tmp_pat
     assert result.exit_code == 1 and "breaks the profile's 1e-06 ms budget" in result.stderr
 
 
-def test_unsigned_bundles_need_an_explicit_yes(digits_files, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+def test_unsigned_bundles_need_an_explicit_yes(
+    digits_files, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "unsigned.ekb"
     assert CliRunner().invoke(main, ["convert", str(digits_files["model"]), "-t", "raspberry-pi-5",
                                      "-p", "fp32", "-o", str(out)]).exit_code == 0  # fmt: skip
@@ -306,9 +309,14 @@ def test_bundle_bytes_never_touch_the_disk(
 LEGACY_BUNDLES = ROOT / "build" / "runtime-bundles"
 
 
-def test_export_bundles_for_the_legacy_runtime_leg(converted, onnx_converted, digits_eval) -> None:  # type: ignore[no-untyped-def]
-    """Bundles and their outputs here, for tests/legacy to run under tflite-runtime 2.14 and numpy<2."""
+def test_export_bundles_for_the_legacy_runtime_leg(converted, onnx_converted, digits_eval, publisher) -> None:  # type: ignore[no-untyped-def]
+    """Bundles, their publisher's key and their outputs, for tests/legacy to run under
+    tflite-runtime 2.14 and numpy<2."""
     LEGACY_BUNDLES.mkdir(parents=True, exist_ok=True)
+    (LEGACY_BUNDLES / "trust").mkdir(exist_ok=True)
+    for old in (LEGACY_BUNDLES / "trust").glob("*.pub"):
+        old.unlink()
+    Trust(LEGACY_BUNDLES / "trust").add(publisher.with_suffix(".pub"))
     x, _ = digits_eval
     expected = {"x": x[:32]}
     sources = {f"tflite-{p}": converted(p).output for p in PRECISIONS}

@@ -14,6 +14,7 @@ import pytest
 
 from edgekit.errors import RuntimeBackendError
 from edgekit.runtime import Model
+from edgekit.signing import Trust
 
 BUNDLES = Path(__file__).resolve().parents[2] / "build" / "runtime-bundles"
 pytestmark = pytest.mark.skipif(
@@ -33,7 +34,7 @@ def test_this_is_the_legacy_image() -> None:
 @pytest.mark.parametrize("name", ["tflite-fp32", "tflite-fp16", "tflite-int8", "onnx-int8"])
 def test_bundles_run_and_match_the_modern_runtime(name: str) -> None:
     expected = np.load(BUNDLES / "expected.npz")
-    model = Model.load(BUNDLES / f"{name}.ekb")
+    model = Model.load(BUNDLES / f"{name}.ekb", trust=Trust(BUNDLES / "trust"))
     if name.startswith("tflite"):
         assert model.info.engine.startswith("tflite-runtime 2.14")
     out = model.predict(expected["x"])
@@ -45,7 +46,7 @@ def test_bundles_run_and_match_the_modern_runtime(name: str) -> None:
 
 def test_newer_ops_get_a_clear_error() -> None:
     with pytest.raises(RuntimeBackendError) as err:
-        Model.load(BUNDLES / "tflite-dynamic.ekb")
+        Model.load(BUNDLES / "tflite-dynamic.ekb", trust=Trust(BUNDLES / "trust"))
     message = str(err.value)
     assert "the model uses FULLY_CONNECTED version" in message and "newer than tflite-runtime 2.14" in message
     assert "pip install 'edgekit[tflite]'" in message
