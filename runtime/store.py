@@ -236,13 +236,7 @@ class Store:
 
     def _unwrap(self, folder: Path, name: str, version: int, keys: list[bytes] | None = None) -> bytes:
         record = json.loads((folder / "data.key").read_bytes())
-        by_id = {fingerprint(k): k for k in keys or self._device_keys()}
-        device_key = by_id.get(record["device_key"])
-        if device_key is None:
-            raise KeyProviderError(
-                f"{name} v{version} was sealed with device key {record['device_key']}, and this "
-                f"device's key is {', '.join(by_id)}: wrong {self._keys.name} key"
-            )
+        device_key = self._key_for(record["device_key"], f"{name} v{version}", keys)
         try:
             return AESGCM(device_key).decrypt(
                 base64.b64decode(record["nonce"]),
@@ -259,22 +253,31 @@ class Store:
                 raise StoreError(f"{name}: state.json is missing; the store was tampered with")
             return {}
         record = json.loads(path.read_bytes())
+        key = self._key_for(record["device_key"], name, keys)
         body = json.dumps(record["state"], sort_keys=True).encode()
-        for key in keys or self._device_keys():
-            if hmac.compare_digest(record["mac"], _mac(key, name, body)):
-                return {k: int(v) for k, v in record["state"].items()}
-        raise StoreError(
-            f"{name}: state.json does not verify; it was tampered with or the device key is wrong"
-        )
+        if not hmac.compare_digest(record["mac"], _mac(key, name, body)):
+            raise StoreError(f"{name}: state.json does not verify; the store was tampered with")
+        return {k: int(v) for k, v in record["state"].items()}
 
     def _write_state(self, name: str, state: dict[str, int], key: bytes | None = None) -> None:
+        key = key or self._device_keys()[0]
         body = json.dumps(state, sort_keys=True).encode()
-        record = {"state": state, "mac": _mac(key or self._device_keys()[0], name, body)}
+        record = {"state": state, "device_key": fingerprint(key), "mac": _mac(key, name, body)}
         (self.root / name).mkdir(parents=True, exist_ok=True)
         try:
             _atomic_write(self.root / name / "state.json", json.dumps(record, sort_keys=True).encode())
         except OSError as exc:
             raise StoreError(f"could not switch {name}'s active version: {exc.strerror or exc}") from exc
+
+    def _key_for(self, sealed_with: str, what: str, keys: list[bytes] | None = None) -> bytes:
+        """The device key with this fingerprint, or a clear error naming both."""
+        by_id = {fingerprint(k): k for k in keys or self._device_keys()}
+        if sealed_with not in by_id:
+            raise KeyProviderError(
+                f"{what} was sealed with device key {sealed_with}, and this device's key is "
+                f"{', '.join(by_id)}: wrong {self._keys.name} key"
+            )
+        return by_id[sealed_with]
 
     def _names(self) -> list[str]:
         return sorted(p.name for p in self.root.glob("*") if p.is_dir() and not p.name.startswith("."))

@@ -1,0 +1,408 @@
+"""Signed bundles and the encrypted, crash-safe store: tampering, rollback, crashes, keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit.bundle import read_bundle, write_bundle
+from edgekit.cli import main
+from edgekit.errors import BundleError, KeyProviderError, SignatureError, StoreError
+from edgekit.runtime import Model
+from edgekit.runtime.backends import ONNXBackend, TFLiteBackend
+from edgekit.runtime.keys import EnvKeyProvider, FileKeyProvider, create_device_key
+from edgekit.runtime.store import Store
+from edgekit.signing import Trust, create_publisher_key, load_private_key, signature_entry
+
+
+@pytest.fixture
+def home(tmp_path: Path, publisher: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh device: EDGEKIT_HOME with a device key and the session's publisher trusted."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("EDGEKIT_HOME", str(home))
+    create_device_key(home / "device.key")
+    Trust(home / "trust").add(publisher.with_suffix(".pub"))
+    return home
+
+
+@pytest.fixture
+def forbid_parsers(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Call it once the test's bundles exist: from then on, reaching a model parser fails."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model parser was called on unverified bytes")
+
+    def arm() -> None:
+        monkeypatch.setattr(TFLiteBackend, "__init__", forbidden)
+        monkeypatch.setattr(ONNXBackend, "__init__", forbidden)
+
+    return arm
+
+
+def variant(bundle: Path, out: Path, publisher: Path, version: int) -> Path:
+    """The same bundle at another version, signed by the session's publisher."""
+    manifest, contents = read_bundle(bundle)
+    manifest = manifest.model_copy(update={"version": version})
+    write_bundle(
+        out, manifest, contents, signature_entry(manifest.canonical_bytes(), load_private_key(publisher))
+    )
+    return out
+
+
+def rewrite(
+    src: Path, dst: Path, change: dict[str, bytes | None], add: dict[str, bytes] | None = None
+) -> Path:
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst, "w") as new:
+        for info in old.infolist():
+            data = change.get(info.filename, old.read(info.filename))
+            if data is not None:
+                new.writestr(info.filename, data)
+        for name, data in (add or {}).items():
+            new.writestr(name, data)
+    return dst
+
+
+def flip(data: bytes, at: int) -> bytes:
+    out = bytearray(data)
+    out[at] ^= 0x01
+    return bytes(out)
+
+
+def test_tampered_bundles_are_refused_before_any_parser(
+    converted, home: Path, tmp_path: Path, forbid_parsers
+) -> None:  # type: ignore[no-untyped-def]
+    bundle = converted("int8").output
+    forbid_parsers()
+    with zipfile.ZipFile(bundle) as z:
+        manifest, sig, artifact = z.read("manifest.json"), z.read("manifest.sig"), z.read("model.int8.tflite")
+    created = manifest.index(b'"created"') + 15  # a digit of the timestamp: the JSON stays valid
+    entry = json.loads(sig)
+    entry["signature"] = (
+        entry["signature"][:10] + ("A" if entry["signature"][10] != "A" else "B") + entry["signature"][11:]
+    )
+    cases = {
+        "manifest": (
+            {"manifest.json": flip(manifest, created)},
+            None,
+            SignatureError,
+            "does not match the manifest",
+        ),
+        "signature": (
+            {"manifest.sig": json.dumps(entry).encode()},
+            None,
+            SignatureError,
+            "does not match the manifest",
+        ),
+        "artifact": (
+            {"model.int8.tflite": flip(artifact, 500)},
+            None,
+            BundleError,
+            "does not match its sha256",
+        ),
+        "added": ({}, {"extra.so": b"x"}, BundleError, "unexpected entries ['extra.so']"),
+        "removed": ({"model.int8.tflite": None}, None, BundleError, "missing entries ['model.int8.tflite']"),
+        "renamed": (
+            {"model.int8.tflite": None},
+            {"model.tflite": artifact},
+            BundleError,
+            "unexpected entries",
+        ),
+        "unsigned": ({"manifest.sig": None}, None, SignatureError, "is not signed"),
+    }
+    for case, (change, add, error, message) in cases.items():
+        bad = rewrite(bundle, tmp_path / f"{case}.ekb", change, add)
+        for attempt in (lambda bad=bad: Model.load(bad), lambda bad=bad: Store().install(bad)):
+            with pytest.raises(error) as err:
+                attempt()
+            assert message in str(err.value), (case, str(err.value))
+    assert Store().installed() == []
+
+
+def test_untrusted_publisher_is_refused(converted, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    stranger, _ = create_publisher_key(tmp_path / "stranger.key")
+    bundle = variant(converted("int8").output, tmp_path / "v.ekb", tmp_path / "stranger.key", 2)
+    with pytest.raises(SignatureError, match="which this device does not trust; add the publisher's key"):
+        Store().install(bundle)
+
+
+def test_install_load_and_the_model_store_commands(
+    converted, home: Path, tmp_path: Path, publisher: Path, digits_eval
+) -> None:  # type: ignore[no-untyped-def]
+    x, _ = digits_eval
+    v2 = variant(converted("int8").output, tmp_path / "v2.ekb", publisher, 2)
+    v3 = variant(converted("fp32").output, tmp_path / "v3.ekb", publisher, 3)
+    runner = CliRunner()
+    for bundle in (v2, v3):
+        result = runner.invoke(main, ["install", str(bundle)])
+        assert result.exit_code == 0 and "signed by" in result.stdout, result.stderr
+    listed = json.loads(runner.invoke(main, ["models", "list", "--json"]).stdout)
+    assert [(m["version"], m["active"]) for m in listed] == [(2, False), (3, True)]
+    assert Model.load("digits").info.precision == "fp32"
+    assert runner.invoke(main, ["models", "rollback", "digits"]).exit_code == 0
+    model = Model.load("digits")
+    assert (model.info.precision, model.info.version) == ("int8", 2)
+    np.testing.assert_array_equal(model.predict(x[:5]), Model.load(v2).predict(x[:5]))
+    refused = runner.invoke(main, ["models", "remove", "digits", "2"])
+    assert refused.exit_code == 1 and "is active; activate another version first" in refused.stderr
+    assert runner.invoke(main, ["models", "activate", "digits", "3"]).exit_code == 0
+    assert runner.invoke(main, ["models", "remove", "digits", "2"]).exit_code == 0
+    assert [m.version for m in Store().installed()] == [3]
+
+
+def test_rollback_protection_survives_a_restart(
+    converted, home: Path, tmp_path: Path, publisher: Path
+) -> None:  # type: ignore[no-untyped-def]
+    Store().install(variant(converted("int8").output, tmp_path / "v2.ekb", publisher, 2))
+    v1 = variant(converted("int8").output, tmp_path / "v1.ekb", publisher, 1)
+    for store in (Store(), Store()):  # the second object is a restart
+        with pytest.raises(StoreError, match="older than v2, the highest this device has installed"):
+            store.install(v1)
+    Store().install(v1, allow_downgrade=True)
+    state = home / "models" / "digits" / "state.json"
+    record = json.loads(state.read_text())
+    record["state"]["highest"] = 0  # an attacker resets the record
+    state.write_text(json.dumps(record))
+    with pytest.raises(StoreError, match="state.json does not verify"):
+        Store().install(variant(converted("int8").output, tmp_path / "v0.ekb", publisher, 1))
+
+
+def test_tampered_ciphertext_tag_and_nonce_are_detected(converted, home: Path, forbid_parsers) -> None:  # type: ignore[no-untyped-def]
+    Store().install(converted("int8").output)
+    forbid_parsers()
+    sealed = home / "models" / "digits" / "2" / "model.int8.tflite.enc"
+    original = sealed.read_bytes()
+    header = 24
+    for at in (header + 3, header + 12 + 100, len(original) - 5):  # nonce, ciphertext, tag
+        sealed.write_bytes(flip(original, at))
+        with pytest.raises(StoreError, match="fails authentication at chunk 0"):
+            Model.load("digits")
+    sealed.write_bytes(original[: len(original) - 40])
+    with pytest.raises(StoreError):
+        Model.load("digits")
+    other = home / "models" / "digits" / "2" / "manifest.enc"
+    sealed.write_bytes(other.read_bytes())  # a file swapped for another of the same version
+    with pytest.raises(StoreError, match="fails authentication"):
+        Model.load("digits")
+
+
+_INSTALLER = """
+import sys, time
+from pathlib import Path
+from edgekit.runtime.keys import FileKeyProvider
+from edgekit.runtime.store import Store
+from edgekit.signing import Trust
+home = Path(sys.argv[1])
+store = Store(home=home, keys=FileKeyProvider(home / "device.key"))
+print("ready", flush=True)
+started = time.perf_counter()
+store.install(Path(sys.argv[2]), trust=Trust(home / "trust"))
+print(f"done {time.perf_counter() - started}", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "runs", [pytest.param(12, id="fast"), pytest.param(200, id="slow", marks=pytest.mark.slow)]
+)
+def test_kill_9_during_install_leaves_old_or_new(
+    converted, home: Path, tmp_path: Path, publisher: Path, runs: int
+) -> None:  # type: ignore[no-untyped-def]
+    v1 = variant(converted("int8").output, tmp_path / "v1.ekb", publisher, 1)
+    v2 = variant(converted("fp32").output, tmp_path / "v2.ekb", publisher, 2)
+    Store().install(v1)
+    old, new = read_bundle(v1)[1], read_bundle(v2)[1]
+    pristine = tmp_path / "pristine"
+    shutil.copytree(home, pristine)
+
+    def attempt(run_home: Path, kill_after: float | None) -> str:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _INSTALLER, str(run_home), str(v2)], stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        if kill_after is None:
+            line = child.stdout.readline()
+            child.wait()
+            return line
+        time.sleep(kill_after)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        return ""
+
+    clean = tmp_path / "clean"
+    shutil.copytree(pristine, clean)
+    duration = float(attempt(clean, None).split()[1])
+    rng = random.Random(1234)
+    outcomes = set()
+    for run in range(runs):
+        run_home = tmp_path / f"run{run}"
+        shutil.copytree(pristine, run_home)
+        attempt(run_home, rng.uniform(0, duration * 1.3))
+        store = Store(home=run_home, keys=FileKeyProvider(run_home / "device.key"))  # recovery runs here
+        manifest, contents = store.load("digits")
+        assert contents in (old, new)
+        outcomes.add(manifest.version)
+        assert not [p for p in run_home.rglob("*") if ".tmp" in p.name], run
+        shutil.rmtree(run_home)
+    assert outcomes  # which outcomes occur depends on timing; every one must be whole
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_injected_io_failures_keep_the_old_version(
+    converted, home: Path, tmp_path: Path, publisher: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:  # type: ignore[no-untyped-def]
+    v1 = variant(converted("int8").output, tmp_path / "v1.ekb", publisher, 1)
+    v2 = variant(converted("fp32").output, tmp_path / "v2.ekb", publisher, 2)
+    Store().install(v1)
+    real = getattr(os, failing)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, failing, broken)
+    with pytest.raises(StoreError, match="No space left on device; the store is unchanged"):
+        Store().install(v2)
+    monkeypatch.setattr(os, failing, real)
+    assert Store().load("digits")[0].version == 1
+    assert not [p for p in home.rglob("*") if ".tmp" in p.name]
+
+
+_NO_PLAINTEXT = """
+import sys, numpy as np
+from pathlib import Path
+from edgekit.runtime import Model
+from edgekit.runtime.store import Store
+Store().install(Path(sys.argv[1]))
+print(Model.load("digits").predict(np.zeros((1, 8, 8, 1), np.float32)).shape)
+"""
+
+
+def test_plaintext_never_touches_the_disk(converted, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bundle = converted("int8").output
+    plaintext = read_bundle(bundle)[1]["model.int8.tflite"]
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "EDGEKIT_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_PLAINTEXT, str(bundle)], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    windows = [plaintext[i : i + 64] for i in range(0, len(plaintext) - 64, 64)]
+    files = [p for folder in (home, scratch) for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".enc") for p in files)
+    for file in files:
+        data = file.read_bytes()
+        assert not any(w in data for w in windows), file
+
+
+def test_key_file_permissions_wrong_keys_and_providers(
+    converted, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    Store().install(converted("int8").output)
+    key_file = home / "device.key"
+    key_file.chmod(0o644)
+    with pytest.raises(KeyProviderError, match="readable by group or others .* run: chmod 600"):
+        Model.load("digits")
+    key_file.chmod(0o600)
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    monkeypatch.setenv(
+        "EDGEKIT_DEVICE_KEY", "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="
+    )  # 32 bytes of "A"
+    assert isinstance(Store()._keys, EnvKeyProvider)
+    with pytest.raises(KeyProviderError, match="was sealed with device key .* wrong env key"):
+        Model.load("digits")
+    monkeypatch.setenv("EDGEKIT_DEVICE_KEY", key_file.read_text().strip())
+    assert Model.load("digits").info.version == 2
+    monkeypatch.setenv("EDGEKIT_KEY_PROVIDER", "tpm-that-is-not-installed")
+    with pytest.raises(KeyProviderError, match="no key provider plug-in 'tpm-that-is-not-installed'"):
+        Store()
+
+
+def test_rotation_rewraps_everything_and_survives_an_interruption(
+    converted, home: Path, tmp_path: Path, publisher: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    for version in (1, 2, 3):
+        Store().install(variant(converted("int8").output, tmp_path / f"v{version}.ekb", publisher, version))
+    old_key = tmp_path / "old.key"
+    shutil.copy(home / "device.key", old_key)
+    calls = {"n": 0}
+    real_wrap = Store._wrap
+
+    def crash_after_one(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("replace") and calls["n"] >= 1:
+            raise KeyboardInterrupt  # the power goes out halfway
+        calls["n"] += 1
+        return real_wrap(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "_wrap", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        Store().rotate_device_key()
+    monkeypatch.setattr(Store, "_wrap", real_wrap)
+    assert (home / "device.key.next").exists()
+    store = Store()  # opening finishes the rotation
+    assert not (home / "device.key.next").exists()
+    assert [store.load("digits", v)[0].version for v in (1, 2, 3)] == [1, 2, 3]
+    assert home.joinpath("device.key").read_bytes() != old_key.read_bytes()
+    old_key.chmod(0o600)
+    with pytest.raises(KeyProviderError, match="was sealed with device key"):
+        Store(keys=FileKeyProvider(old_key)).load("digits")
+    assert CliRunner().invoke(main, ["keys", "rotate"]).exit_code == 0
+    assert Model.load("digits").info.version == 3
+
+
+def test_bad_archives_get_clear_errors(converted, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bundle = converted("int8").output
+    traversal = rewrite(bundle, tmp_path / "traversal.ekb", {}, add={"../../etc/evil": b"x"})
+    symlink = tmp_path / "symlink.ekb"
+    shutil.copy(bundle, symlink)
+    with zipfile.ZipFile(symlink, "a") as z:
+        info = zipfile.ZipInfo("link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        z.writestr(info, "/etc/passwd")
+    bomb = rewrite(bundle, tmp_path / "bomb.ekb", {"model.int8.tflite": bytes(200_000_000)})
+    truncated = tmp_path / "truncated.ekb"
+    truncated.write_bytes(bundle.read_bytes()[:1000])
+    text = tmp_path / "text.ekb"
+    text.write_text("hello")
+    cases = {
+        traversal: "escapes the bundle", symlink: "is a symlink", bomb: "the manifest says",
+        truncated: "not an edgekit bundle", text: "not an edgekit bundle",
+    }  # fmt: skip
+    for path, message in cases.items():
+        result = CliRunner().invoke(main, ["install", str(path)])
+        assert result.exit_code == 1 and message in result.stderr, (path.name, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_keys_sign_and_trust_commands(converted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path / "device"))
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(main, ["keys", "init", "--publisher", "-o", "me.key"]).exit_code == 0
+    assert stat.S_IMODE((tmp_path / "me.key").stat().st_mode) == 0o600
+    again = runner.invoke(main, ["keys", "init", "--publisher", "-o", "me.key"])
+    assert again.exit_code == 1 and "already exists" in again.stderr
+    assert runner.invoke(main, ["keys", "init", "--device"]).exit_code == 0
+    bundle = tmp_path / "b.ekb"
+    shutil.copy(converted("fp32").output, bundle)
+    signed = json.loads(runner.invoke(main, ["sign", str(bundle), "--key", "me.key", "--json"]).stdout)
+    refused = runner.invoke(main, ["install", str(bundle)])
+    assert (
+        refused.exit_code == 1
+        and f"signed by key {signed['key_id']}, which this device does not trust" in refused.stderr
+    )
+    assert runner.invoke(main, ["trust", "add", "me.pub"]).exit_code == 0
+    assert json.loads(runner.invoke(main, ["trust", "list", "--json"]).stdout) == [signed["key_id"]]
+    assert runner.invoke(main, ["install", str(bundle)]).exit_code == 0
