@@ -256,7 +256,8 @@ def test_kill_9_during_install_leaves_old_or_new(
         outcomes.add(manifest.version)
         assert not [p for p in run_home.rglob("*") if ".tmp" in p.name], run
         shutil.rmtree(run_home)
-    assert outcomes  # which outcomes occur depends on timing; every one must be whole
+    if runs >= 100:  # kills land before and after the commit point, and each outcome is whole
+        assert outcomes == {1, 2}
 
 
 @pytest.mark.parametrize("failing", ["fsync", "replace"])
