@@ -407,3 +407,23 @@ def test_keys_sign_and_trust_commands(converted, tmp_path: Path, monkeypatch: py
     assert runner.invoke(main, ["trust", "add", "me.pub"]).exit_code == 0
     assert json.loads(runner.invoke(main, ["trust", "list", "--json"]).stdout) == [signed["key_id"]]
     assert runner.invoke(main, ["install", str(bundle)]).exit_code == 0
+
+
+def test_onnx_external_data_references_are_refused(tmp_path: Path) -> None:
+    import onnx
+    import onnx_graphs
+
+    from edgekit.errors import RuntimeBackendError
+
+    onnx.save_model(onnx_graphs.conv_classifier(opset=13), str(tmp_path / "m.onnx"), save_as_external_data=True,
+                    location="w.bin", size_threshold=0)  # fmt: skip
+    for location in ("w.bin", "../../../../etc/hostname"):  # beside the process, and outside it
+        model = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        with pytest.raises(
+            RuntimeBackendError, match="references external data files; a bundle must be self"
+        ):
+            ONNXBackend(model.SerializeToString())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -95,6 +96,11 @@ class ONNXBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0
         options.log_severity_level = 3
+        # A bundle must be self-contained: point external data at a folder that cannot exist
+        # (a path under /dev/null), so an artifact can never make the session read other files.
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", os.devnull + "/edgekit-no-external-data"
+        )
         self.fallbacks: list[str] = []
         self._session = self._open(
             content,
@@ -163,6 +169,11 @@ def _first_line(exc: Exception) -> str:
 
 def describe_load_failure(exc: Exception) -> str:
     text = str(exc)
+    if "External data path" in text or "model_path must not be empty" in text:
+        return (
+            "the ONNX model references external data files; a bundle must be self-contained "
+            "(edgekit convert inlines external weights)"
+        )
     match = _MISSING_OP.search(text)
     if match:
         return (
