@@ -427,3 +427,27 @@ def test_onnx_external_data_references_are_refused(tmp_path: Path) -> None:
             RuntimeBackendError, match="references external data files; a bundle must be self"
         ):
             ONNXBackend(model.SerializeToString())
+
+
+def test_concurrent_installs_are_serialized(converted, home: Path, tmp_path: Path, publisher: Path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    bundles = [variant(converted("int8").output, tmp_path / f"v{v}.ekb", publisher, v) for v in (1, 2, 3, 4)]
+    errors: list[BaseException] = []
+
+    def install(bundle: Path) -> None:
+        try:
+            Store().install(bundle, allow_downgrade=True)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=install, args=(b,)) for b in bundles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    store = Store()
+    assert sorted(m.version for m in store.installed()) == [1, 2, 3, 4]
+    assert store._read_state("digits")["highest"] == 4
+    assert [store.load("digits", v)[0].version for v in (1, 2, 3, 4)] == [1, 2, 3, 4]
