@@ -33,6 +33,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edgekit.atomic import atomic_write, fsync_dir, write_file
 from edgekit.bundle import MANIFEST, SIGNATURE, Manifest, read_bundle
 from edgekit.errors import KeyProviderError, StoreError
 from edgekit.paths import edgekit_home
@@ -121,7 +122,7 @@ class Store:
                 raise StoreError(f"{name} v{version} is not installed")
             trash = self.root / name / f".tmp-removing-{uuid.uuid4().hex}"
             os.replace(target, trash)  # atomic: a crash leaves a leftover that recovery deletes
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             shutil.rmtree(trash)
 
     # --- reading -------------------------------------------------------------------------
@@ -183,7 +184,7 @@ class Store:
                 self._wrap(folder / "data.key", data_key, name, version, new, replace=True)
             self._write_state(name, state, key=new)
         os.replace(next_path, key_path)
-        _fsync_dir(key_path.parent)
+        fsync_dir(key_path.parent)
 
     # --- internals -------------------------------------------------------------------------
 
@@ -204,17 +205,17 @@ class Store:
             data_key = AESGCM.generate_key(bit_length=256)
             name, version = manifest.name, manifest.version
             self._wrap(tmp / "data.key", data_key, name, version, self._device_keys()[0])
-            _write_file(
+            write_file(
                 tmp / "manifest.enc", _encrypt(manifest.canonical_bytes(), data_key, name, version, MANIFEST)
             )
             for entry in manifest.artifacts:
                 sealed = _encrypt(contents[entry.path], data_key, name, version, entry.path)
-                _write_file(tmp / f"{entry.path}.enc", sealed)
+                write_file(tmp / f"{entry.path}.enc", sealed)
             if signature is not None:
-                _write_file(tmp / SIGNATURE, signature)
-            _fsync_dir(tmp)
+                write_file(tmp / SIGNATURE, signature)
+            fsync_dir(tmp)
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(
@@ -231,9 +232,9 @@ class Store:
         record = {"device_key": fingerprint(device_key), "nonce": _b64(nonce), "wrapped": _b64(wrapped)}
         body = json.dumps(record, sort_keys=True).encode()
         if replace:
-            _atomic_write(path, body)
+            atomic_write(path, body)
         else:
-            _write_file(path, body)
+            write_file(path, body)
 
     def _unwrap(self, folder: Path, name: str, version: int, keys: list[bytes] | None = None) -> bytes:
         record = json.loads((folder / "data.key").read_bytes())
@@ -266,7 +267,7 @@ class Store:
         record = {"state": state, "device_key": fingerprint(key), "mac": _mac(key, name, body)}
         (self.root / name).mkdir(parents=True, exist_ok=True)
         try:
-            _atomic_write(self.root / name / "state.json", json.dumps(record, sort_keys=True).encode())
+            atomic_write(self.root / name / "state.json", json.dumps(record, sort_keys=True).encode())
         except OSError as exc:
             raise StoreError(f"could not switch {name}'s active version: {exc.strerror or exc}") from exc
 
@@ -364,29 +365,3 @@ def _mac(key: bytes, name: str, body: bytes) -> str:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        _write_file(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgekit.atomic import fsync_dir
 from edgekit.errors import BundleError
 
 FORMAT_VERSION = 1
@@ -167,7 +168,7 @@ def write_bundle(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         Path(tmp_name).unlink(missing_ok=True)
         raise BundleError(
@@ -272,11 +273,3 @@ def _check_entries(path: Path, manifest: Manifest, archive: zipfile.ZipFile) -> 
         raise BundleError(f"{path}: unexpected entries {sorted(extra)}; the bundle is tampered with")
     if missing:
         raise BundleError(f"{path}: missing entries {sorted(missing)}; the bundle is incomplete")
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

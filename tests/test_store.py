@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_bundle import _rewrite
 
 from edgekit.bundle import read_bundle, write_bundle
 from edgekit.cli import main
@@ -61,19 +62,6 @@ def variant(bundle: Path, out: Path, publisher: Path, version: int) -> Path:
         out, manifest, contents, signature_entry(manifest.canonical_bytes(), load_private_key(publisher))
     )
     return out
-
-
-def rewrite(
-    src: Path, dst: Path, change: dict[str, bytes | None], add: dict[str, bytes] | None = None
-) -> Path:
-    with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst, "w") as new:
-        for info in old.infolist():
-            data = change.get(info.filename, old.read(info.filename))
-            if data is not None:
-                new.writestr(info.filename, data)
-        for name, data in (add or {}).items():
-            new.writestr(name, data)
-    return dst
 
 
 def flip(data: bytes, at: int) -> bytes:
@@ -124,7 +112,7 @@ def test_tampered_bundles_are_refused_before_any_parser(
         "unsigned": ({"manifest.sig": None}, None, SignatureError, "is not signed"),
     }
     for case, (change, add, error, message) in cases.items():
-        bad = rewrite(bundle, tmp_path / f"{case}.ekb", change, add)
+        bad = _rewrite(bundle, tmp_path / f"{case}.ekb", change, add)
         for attempt in (lambda bad=bad: Model.load(bad), lambda bad=bad: Store().install(bad)):
             with pytest.raises(error) as err:
                 attempt()
@@ -365,14 +353,14 @@ def test_rotation_rewraps_everything_and_survives_an_interruption(
 
 def test_bad_archives_get_clear_errors(converted, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bundle = converted("int8").output
-    traversal = rewrite(bundle, tmp_path / "traversal.ekb", {}, add={"../../etc/evil": b"x"})
+    traversal = _rewrite(bundle, tmp_path / "traversal.ekb", {}, add={"../../etc/evil": b"x"})
     symlink = tmp_path / "symlink.ekb"
     shutil.copy(bundle, symlink)
     with zipfile.ZipFile(symlink, "a") as z:
         info = zipfile.ZipInfo("link")
         info.external_attr = (stat.S_IFLNK | 0o777) << 16
         z.writestr(info, "/etc/passwd")
-    bomb = rewrite(bundle, tmp_path / "bomb.ekb", {"model.int8.tflite": bytes(200_000_000)})
+    bomb = _rewrite(bundle, tmp_path / "bomb.ekb", {"model.int8.tflite": bytes(200_000_000)})
     truncated = tmp_path / "truncated.ekb"
     truncated.write_bytes(bundle.read_bytes()[:1000])
     text = tmp_path / "text.ekb"
