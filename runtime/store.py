@@ -289,20 +289,19 @@ class Store:
         return sorted(int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit())
 
     def _recover(self) -> None:
-        """Remove what a crash can leave: temp version folders and temp files."""
+        """Remove what a crash can leave (temp folders and files) and finish a cut-short
+        rotation. Under the lock: another process's install in progress is not a leftover."""
         if not self.root.exists():
             return
-        for leftover in (*self.root.glob("*/.tmp-*"), *self.root.glob("*/*.tmp")):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
-        if (
-            isinstance(self._keys, FileKeyProvider)
-            and self._keys.path.with_name(self._keys.path.name + ".next").exists()
-        ):
-            with self._locked():
-                self._rotate(self._keys.path)  # finish a rotation a crash cut short
+        with self._locked():
+            for leftover in (*self.root.glob("*/.tmp-*"), *self.root.glob("*/*.tmp")):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+            if isinstance(self._keys, FileKeyProvider):
+                if self._keys.path.with_name(self._keys.path.name + ".next").exists():
+                    self._rotate(self._keys.path)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
