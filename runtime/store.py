@@ -254,12 +254,16 @@ class Store:
             if self._versions(name):
                 raise StoreError(f"{name}: state.json is missing; the store was tampered with")
             return {}
-        record = json.loads(path.read_bytes())
-        key = self._key_for(record["device_key"], name, keys)
-        body = json.dumps(record["state"], sort_keys=True).encode()
-        if not hmac.compare_digest(record["mac"], _mac(key, name, body)):
+        try:
+            record = json.loads(path.read_bytes())
+            sealed_with, state, mac = record["device_key"], record["state"], record["mac"]
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"{name}: state.json is malformed; the store was tampered with") from None
+        key = self._key_for(sealed_with, name, keys)
+        body = json.dumps(state, sort_keys=True).encode()
+        if not hmac.compare_digest(mac, _mac(key, name, body)):
             raise StoreError(f"{name}: state.json does not verify; the store was tampered with")
-        return {k: int(v) for k, v in record["state"].items()}
+        return {k: int(v) for k, v in state.items()}
 
     def _write_state(self, name: str, state: dict[str, int], key: bytes | None = None) -> None:
         key = key or self._device_keys()[0]

@@ -99,11 +99,16 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Ship trained models to edge devices.
 
     \b
-    Typical flow:
-      edgekit targets                      which device profiles exist
-      edgekit convert model.keras --target raspberry-pi-5 --precision int8 \\
-          --calibration calib.npz --eval eval.npz -o model.ekb
-      edgekit inspect model.ekb            what is in a bundle, hashes checked
+    On the build machine:
+      edgekit targets                                which device profiles exist
+      edgekit keys init --publisher -o publisher.key
+      edgekit convert model.keras --target raspberry-pi-5 --calibration calib.npz \\
+          --eval eval.npz --sign-key publisher.key -o model.ekb
+      edgekit inspect model.ekb                      what is in it, hashes checked
+    On the device:
+      edgekit keys init --device && edgekit trust add publisher.pub
+      edgekit install model.ekb                      verified, stored encrypted
+      edgekit run model --input x.npy --top-k 3      by name, from the store
     """
     ctx.obj = {"debug": debug}
 

@@ -439,3 +439,17 @@ def test_concurrent_installs_are_serialized(converted, home: Path, tmp_path: Pat
     assert sorted(m.version for m in store.installed()) == [1, 2, 3, 4]
     assert store._read_state("digits")["highest"] == 4
     assert [store.load("digits", v)[0].version for v in (1, 2, 3, 4)] == [1, 2, 3, 4]
+
+
+def test_malformed_store_files_are_reported_not_crashed_on(converted, home: Path) -> None:  # type: ignore[no-untyped-def]
+    Store().install(converted("int8").output)
+    folder = home / "models" / "digits"
+    (folder / "2" / "data.key").write_text("{}")
+    with pytest.raises(StoreError, match="data.key is missing or malformed"):
+        Model.load("digits")
+    (folder / "state.json").write_text("not json")
+    result = CliRunner().invoke(main, ["run", "digits", "-i", "x.npy"])
+    assert (
+        result.exit_code == 1
+        and result.stderr == "error: digits: state.json is malformed; the store was tampered with\n"
+    )
