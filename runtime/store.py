@@ -237,15 +237,19 @@ class Store:
             write_file(path, body)
 
     def _unwrap(self, folder: Path, name: str, version: int, keys: list[bytes] | None = None) -> bytes:
-        record = json.loads((folder / "data.key").read_bytes())
-        device_key = self._key_for(record["device_key"], f"{name} v{version}", keys)
+        try:
+            record = json.loads((folder / "data.key").read_bytes())
+            sealed_with, nonce, wrapped = record["device_key"], record["nonce"], record["wrapped"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise StoreError(
+                f"{name} v{version}: data.key is missing or malformed; the store was tampered with"
+            ) from None
+        device_key = self._key_for(sealed_with, f"{name} v{version}", keys)
         try:
             return AESGCM(device_key).decrypt(
-                base64.b64decode(record["nonce"]),
-                base64.b64decode(record["wrapped"]),
-                _key_aad(name, version),
+                base64.b64decode(nonce), base64.b64decode(wrapped), _key_aad(name, version)
             )
-        except InvalidTag:
+        except (InvalidTag, ValueError):
             raise StoreError(f"{name} v{version}: its data key was tampered with") from None
 
     def _read_state(self, name: str, keys: list[bytes] | None = None) -> dict[str, int]:
