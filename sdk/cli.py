@@ -389,15 +389,21 @@ def bench(
 @click.argument("bundle", type=click.Path(path_type=Path))
 @json_option
 def inspect(bundle: Path, as_json: bool) -> None:
-    """Show what a bundle holds, after checking every artifact's hash."""
+    """Show what a bundle holds and who signed it, after checking every artifact's hash."""
     from edgekit import views
     from edgekit.bundle import read_bundle
+    from edgekit.signing import Trust, signature_status
 
-    manifest, _ = read_bundle(bundle)
+    seen: dict[str, dict[str, str] | None] = {}
+
+    def note_signature(manifest_bytes: bytes, signature: bytes | None) -> None:
+        seen["signature"] = signature_status(manifest_bytes, signature, Trust())
+
+    manifest, _ = read_bundle(bundle, note_signature)
     if as_json:
-        _print_json(manifest.model_dump(mode="json"))
+        _print_json({**manifest.model_dump(mode="json"), "signature": seen["signature"]})
     else:
-        views.print_manifest(Console(), bundle, manifest)
+        views.print_manifest(Console(), bundle, manifest, seen["signature"])
 
 
 @main.group()

@@ -178,3 +178,18 @@ class Trust:
                 f"{where}: the signature does not match the manifest; the bundle is tampered with"
             ) from None
         return identifier
+
+
+def signature_status(manifest_bytes: bytes, signature: bytes | None, trust: Trust) -> dict[str, str] | None:
+    """For display: who signed, and whether this machine's trust store accepts it."""
+    if signature is None:
+        return None
+    try:
+        return {"key_id": trust.check(manifest_bytes, signature, "bundle"), "status": "trusted here"}
+    except SignatureError as exc:
+        try:
+            key = json.loads(signature)["key_id"]
+        except (ValueError, KeyError, TypeError):
+            key = "?"
+        status = "not trusted here" if "does not trust" in str(exc) else "INVALID"
+        return {"key_id": str(key), "status": status}

@@ -151,11 +151,16 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: b
     return table
 
 
-def print_manifest(out: Console, path: Path, manifest: Manifest) -> None:
-    out.print(
-        f"[bold]{manifest.name}[/] v{manifest.version}  [dim]{path}[/]  [green]✓ hashes verified[/]",
-        highlight=False,
-    )
+def print_manifest(
+    out: Console, path: Path, manifest: Manifest, signature: dict[str, str] | None = None
+) -> None:
+    if signature is None:
+        signed = "[yellow]unsigned[/]"
+    else:
+        color = "green" if signature["status"] == "trusted here" else "red"
+        signed = f"[{color}]signed by {signature['key_id']} ({signature['status']})[/]"
+    title = f"[bold]{manifest.name}[/] v{manifest.version}  [dim]{path}[/]"
+    out.print(f"{title}  [green]✓ hashes verified[/]  {signed}", highlight=False)
     info = Table(box=None, show_header=False, padding=(0, 2))
     info.add_column(style="bold")
     info.add_column()

@@ -392,7 +392,11 @@ def test_keys_sign_and_trust_commands(converted, tmp_path: Path, monkeypatch: py
         refused.exit_code == 1
         and f"signed by key {signed['key_id']}, which this device does not trust" in refused.stderr
     )
+    before = json.loads(runner.invoke(main, ["inspect", str(bundle), "--json"]).stdout)["signature"]
+    assert before == {"key_id": signed["key_id"], "status": "not trusted here"}
     assert runner.invoke(main, ["trust", "add", "me.pub"]).exit_code == 0
+    after = json.loads(runner.invoke(main, ["inspect", str(bundle), "--json"]).stdout)["signature"]
+    assert after["status"] == "trusted here"
     assert json.loads(runner.invoke(main, ["trust", "list", "--json"]).stdout) == [signed["key_id"]]
     assert runner.invoke(main, ["install", str(bundle)]).exit_code == 0
 
