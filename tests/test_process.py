@@ -115,3 +115,14 @@ def test_full_disk_is_a_clear_error_and_keeps_the_old_bundle(tmp_path: Path) -> 
     assert proc.stdout.startswith(f"cannot write {target}: File too large; free some disk space")
     assert read_bundle(target)[1]["model.int8.tflite"] == CONTENT
     assert [p.name for p in tmp_path.iterdir()] == ["m.ekb"]  # the temp file is gone
+
+
+@pytest.mark.slow
+def test_the_readme_quickstart_runs_end_to_end(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "examples" / "quickstart" / "run.py"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--epochs", "8"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "installed digits v1 (signed by" in proc.stdout
+    assert "tflite int8" in proc.stdout and "hashes verified" in proc.stdout
+    assert "Traceback" not in proc.stderr
