@@ -110,7 +110,10 @@ def main(ctx: click.Context, debug: bool) -> None:
       edgekit install model.ekb                      verified, stored encrypted
       edgekit run model --input x.npy --top-k 3      by name, from the store
     """
-    ctx.obj = {"debug": debug}
+    from edgekit.console import route_warnings, ui_stream
+
+    ctx.obj = {"debug": debug, "ui": ui_stream()}
+    route_warnings(ctx.obj["ui"])
 
 
 @main.command()
@@ -252,13 +255,13 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
       edgekit convert model.onnx --target x86-gateway --calibration calib.npz --eval eval.npz
     """
     from edgekit import views
-    from edgekit.console import RichReporter, quiet_native_output, ui_stream
+    from edgekit.console import RichReporter, quiet_native_output
     from edgekit.convert import ConvertOptions
     from edgekit.convert import convert as run_convert
 
     output = output or Path(f"{model.stem or model.name}.ekb")
     options = ConvertOptions(model=model, output=output, **fields)
-    ui = Console(file=ui_stream(), stderr=True)
+    ui = Console(file=ctx.obj["ui"], stderr=True)
     with quiet_native_output(enabled=not ctx.obj["debug"]):
         result = run_convert(options, RichReporter(ui))
     if as_json:
@@ -293,7 +296,9 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
 )
 @click.option("--allow-unsigned", is_flag=True, help="Accept a bundle no trusted publisher signed (loudly).")
 @json_option
+@click.pass_context
 def run(
+    ctx: click.Context,
     bundle: Path,
     input_path: Path,
     top_k: int | None,
@@ -311,10 +316,9 @@ def run(
     """
     from edgekit import views
     from edgekit.data import load_dataset
-    from edgekit.runtime import Model
     from edgekit.runtime.preprocess import IMAGE_SUFFIXES, load_image
 
-    model = Model.load(bundle, threads=threads, format=fmt, allow_unsigned=allow_unsigned)
+    model = _load_model(ctx, bundle, threads=threads, format=fmt, allow_unsigned=allow_unsigned)
     if input_path.suffix.lower() in IMAGE_SUFFIXES:
         x = load_image(input_path, model.manifest, model.info.inputs[0])
     else:
@@ -368,10 +372,9 @@ def bench(
       edgekit bench digits.ekb --runs 1000 --compare-bare
     """
     from edgekit import views
-    from edgekit.runtime import Model
     from edgekit.runtime.bench import bench as run_bench
 
-    model = Model.load(bundle, threads=threads, format=fmt, allow_unsigned=allow_unsigned)
+    model = _load_model(ctx, bundle, threads=threads, format=fmt, allow_unsigned=allow_unsigned)
     result = run_bench(model, runs=runs, warmup=warmup, compare_bare=compare_bare)
     if as_json:
         _print_json({"model": views.model_info(model), **result.as_dict()})
@@ -595,6 +598,15 @@ def trust_remove(key_id: str, as_json: bool) -> None:
 
     Trust().remove(key_id)
     _print_json({"removed": key_id}) if as_json else click.echo(f"no longer trusting {key_id}")
+
+
+def _load_model(ctx: click.Context, source: Path, **options: Any) -> Any:
+    """Model.load with the engines' native chatter quieted (edgekit's warnings still show)."""
+    from edgekit.console import quiet_native_output
+    from edgekit.runtime import Model
+
+    with quiet_native_output(enabled=not ctx.obj["debug"]):
+        return Model.load(source, **options)
 
 
 def _print_json(data: Any) -> None:

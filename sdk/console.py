@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import sys
 import tempfile
@@ -29,6 +30,18 @@ def ui_stream() -> IO[str]:
     except (AttributeError, OSError, io.UnsupportedOperation):
         return sys.stderr  # an in-memory stream (tests): nothing native writes to it
     return os.fdopen(os.dup(fd), "w", buffering=1)
+
+
+def route_warnings(stream: IO[str]) -> None:
+    """Send edgekit's log warnings (provider fallbacks, unsigned bundles) to ``stream`` as
+    one plain line each, so they stay visible while native output is quieted."""
+    logger = logging.getLogger("edgekit")
+    for handler in [h for h in logger.handlers if getattr(h, "edgekit_cli", False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.edgekit_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
 
 
 class RichReporter:

@@ -126,3 +126,24 @@ def test_the_readme_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     assert "installed digits v1 (signed by" in proc.stdout
     assert "tflite int8" in proc.stdout and "hashes verified" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_run_prints_edgekit_warnings_but_no_engine_chatter(
+    converted, onnx_converted, digits_eval, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    x, _ = digits_eval
+    np.save(tmp_path / "x.npy", x[:2])
+    tflite = _edgekit("run", str(converted("int8").output), "-i", str(tmp_path / "x.npy"), "--top-k", "1")
+    assert (
+        tflite.returncode == 0 and tflite.stderr == ""
+    )  # no "INFO: Created TensorFlow Lite XNNPACK delegate"
+    gpu = _edgekit(
+        "run", str(onnx_converted("int8", profile="jetson-orin-nano").output), "-i", str(tmp_path / "x.npy")
+    )
+    assert gpu.returncode == 0
+    assert gpu.stderr.splitlines() == [
+        "edgekit: running on CPUExecutionProvider: TensorrtExecutionProvider is not in this onnxruntime build; "
+        "CUDAExecutionProvider is not in this onnxruntime build"
+    ]
