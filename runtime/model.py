@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ class Model:
         model = cls(manifest, entry, contents[entry.path], backend, info)
         if warmup:
             model.predict(np.zeros(tuple(1 if d is None else d for d in backend.inputs[0].shape), np.float32))
-        model.info = ModelInfo(**{**info.__dict__, "load_ms": (time.perf_counter() - started) * 1000})
+        model.info = replace(info, load_ms=(time.perf_counter() - started) * 1000)
         return model
 
     def predict(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:

@@ -68,15 +68,13 @@ class Store:
         trust: Trust | None = None,
     ) -> Installed:  # fmt: skip
         """Verify ``bundle`` (signature, then every hash), then store it encrypted and active."""
-        signer: list[str | None] = [None]
         verify = (trust or Trust(self.home / "trust")).verifier(allow_unsigned, str(bundle))
+        captured: list[bytes | None] = []
 
         def verify_and_remember(manifest_bytes: bytes, signature: bytes | None) -> None:
             verify(manifest_bytes, signature)
-            signer[0] = json.loads(signature)["key_id"] if signature else None
-            captured["signature"] = signature
+            captured.append(signature)
 
-        captured: dict[str, bytes | None] = {}
         manifest, contents = read_bundle(bundle, verify_and_remember)
         with self._locked():
             name, version = manifest.name, manifest.version
@@ -91,9 +89,9 @@ class Store:
                     f"{name} v{version} is older than v{highest}, the highest this device has installed; "
                     "pass --allow-downgrade to install it anyway"
                 )
-            self._write_version(final, manifest, contents, captured.get("signature"))
+            self._write_version(final, manifest, contents, captured[0])
             self._write_state(name, {"active": version, "highest": max(highest, version)})
-        return Installed(name, version, True, signer[0])
+        return Installed(name, version, True, json.loads(captured[0])["key_id"] if captured[0] else None)
 
     def activate(self, name: str, version: int) -> None:
         with self._locked():

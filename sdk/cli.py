@@ -448,7 +448,7 @@ def keys_init(kind: str | None, output: Path | None, as_json: bool) -> None:
         path = create_device_key()
         result = {"device_key": str(path)}
         message = f"wrote {path} (mode 600)"
-    _print_json(result) if as_json else click.echo(message)
+    _report(as_json, result, message)
 
 
 @main.command()
@@ -462,9 +462,7 @@ def sign(bundle: Path, key_path: Path, as_json: bool) -> None:
     from edgekit.signing import load_private_key, sign_bundle
 
     identifier = sign_bundle(bundle, load_private_key(key_path))
-    _print_json({"bundle": str(bundle), "key_id": identifier}) if as_json else click.echo(
-        f"signed {bundle} with key {identifier}"
-    )
+    _report(as_json, {"bundle": str(bundle), "key_id": identifier}, f"signed {bundle} with key {identifier}")
 
 
 @keys.command("rotate")
@@ -477,7 +475,7 @@ def keys_rotate(as_json: bool) -> None:
     from edgekit.runtime.store import Store
 
     Store().rotate_device_key()
-    _print_json({"rotated": True}) if as_json else click.echo("device key rotated; every model re-wrapped")
+    _report(as_json, {"rotated": True}, "device key rotated; every model re-wrapped")
 
 
 @main.command()
@@ -537,7 +535,7 @@ def models_activate(name: str, version: int, as_json: bool) -> None:
     from edgekit.runtime.store import Store
 
     Store().activate(name, version)
-    _print_json({"name": name, "active": version}) if as_json else click.echo(f"{name} v{version} is active")
+    _report(as_json, {"name": name, "active": version}, f"{name} v{version} is active")
 
 
 @models.command("rollback")
@@ -548,7 +546,7 @@ def models_rollback(name: str, as_json: bool) -> None:
     from edgekit.runtime.store import Store
 
     version = Store().rollback(name)
-    _print_json({"name": name, "active": version}) if as_json else click.echo(f"{name} v{version} is active")
+    _report(as_json, {"name": name, "active": version}, f"{name} v{version} is active")
 
 
 @models.command("remove")
@@ -560,7 +558,7 @@ def models_remove(name: str, version: int, as_json: bool) -> None:
     from edgekit.runtime.store import Store
 
     Store().remove(name, version)
-    _print_json({"name": name, "removed": version}) if as_json else click.echo(f"removed {name} v{version}")
+    _report(as_json, {"name": name, "removed": version}, f"removed {name} v{version}")
 
 
 @main.group()
@@ -576,7 +574,7 @@ def trust_add(public_key: Path, as_json: bool) -> None:
     from edgekit.signing import Trust
 
     identifier = Trust().add(public_key)
-    _print_json({"key_id": identifier}) if as_json else click.echo(f"trusting key {identifier}")
+    _report(as_json, {"key_id": identifier}, f"trusting key {identifier}")
 
 
 @trust.command("list")
@@ -586,7 +584,7 @@ def trust_list(as_json: bool) -> None:
     from edgekit.signing import Trust
 
     identifiers = sorted(Trust().keys())
-    _print_json(identifiers) if as_json else click.echo("\n".join(identifiers) or "no trusted keys")
+    _report(as_json, identifiers, "\n".join(identifiers) or "no trusted keys")
 
 
 @trust.command("remove")
@@ -597,7 +595,7 @@ def trust_remove(key_id: str, as_json: bool) -> None:
     from edgekit.signing import Trust
 
     Trust().remove(key_id)
-    _print_json({"removed": key_id}) if as_json else click.echo(f"no longer trusting {key_id}")
+    _report(as_json, {"removed": key_id}, f"no longer trusting {key_id}")
 
 
 def _load_model(ctx: click.Context, source: Path, **options: Any) -> Any:
@@ -607,6 +605,14 @@ def _load_model(ctx: click.Context, source: Path, **options: Any) -> Any:
 
     with quiet_native_output(enabled=not ctx.obj["debug"]):
         return Model.load(source, **options)
+
+
+def _report(as_json: bool, data: Any, message: str) -> None:
+    """JSON on stdout for scripts, or one sentence for people."""
+    if as_json:
+        _print_json(data)
+    else:
+        click.echo(message)
 
 
 def _print_json(data: Any) -> None:
