@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from edgekit.runtime.backends import Backend, ONNXBackend, TensorInfo, backend_f
 from edgekit.runtime.backends.onnx import ProviderSettings, import_onnxruntime
 from edgekit.runtime.backends.tflite import import_interpreter
 from edgekit.signing import Trust
+
+if TYPE_CHECKING:
+    from edgekit.runtime.telemetry import Telemetry
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -51,6 +54,7 @@ class Model:
         spec = backend.inputs[0]
         self._input = spec
         self._expects = "(" + ", ".join("batch" if d is None else str(d) for d in spec.shape) + ")"
+        self._telemetry: Telemetry | None = None
 
     @classmethod
     def load(
@@ -64,6 +68,7 @@ class Model:
         warmup: bool = False,
         allow_unsigned: bool = False,
         trust: Trust | None = None,
+        telemetry: Telemetry | None = None,
     ) -> Model:
         """Load a ``.ekb`` bundle, or by name the active version from the encrypted store.
 
@@ -74,6 +79,7 @@ class Model:
         interpreter. ``allow_unsigned`` accepts an unsigned bundle, with a loud warning.
         ``threads`` defaults to the profile's (at most this machine's cores); ``providers``
         to the profile's ONNX Runtime order; ``format`` to the best this device can run.
+        ``telemetry`` reports every ``predict`` (see ``edgekit.runtime.Telemetry``).
         """
         started = time.perf_counter()
         path = Path(source)
@@ -118,7 +124,16 @@ class Model:
         if warmup:
             model.predict(np.zeros(tuple(1 if d is None else d for d in backend.inputs[0].shape), np.float32))
         model.info = replace(info, load_ms=(time.perf_counter() - started) * 1000)
+        if telemetry is not None:
+            model._attach(telemetry)
         return model
+
+    def _attach(self, telemetry: Telemetry) -> None:
+        if len(self._backend.outputs) != 1:
+            raise RuntimeBackendError("telemetry reports single-output models only")
+        sample = tuple(1 if d is None else d for d in self._input.shape[1:])
+        telemetry.attach(self.manifest, sample, self._backend.outputs[0].shape)
+        self._telemetry = telemetry
 
     def predict(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         """Float inputs in (an array, or a dict by input name), float outputs out.
@@ -126,7 +141,18 @@ class Model:
         int8 inputs are quantized and int8 outputs dequantized inside. One output comes
         back as an array, several as a dict by output name.
         """
-        outputs = self._backend.run(self._check(x))
+        telemetry = self._telemetry
+        if telemetry is None:
+            outputs = self._backend.run(self._check(x))
+        else:
+            started = time.perf_counter()
+            try:
+                array = self._check(x)
+                outputs = self._backend.run(array)
+            except Exception:
+                telemetry.record_error()
+                raise
+            telemetry.record(array, outputs[0], time.perf_counter() - started)
         if len(outputs) == 1:
             return outputs[0]
         return {info.name: out for info, out in zip(self._backend.outputs, outputs, strict=True)}
@@ -161,6 +187,10 @@ class Model:
         return self._backend
 
     def close(self) -> None:
+        """Release the engine; with telemetry, report the open window and flush (see Telemetry.close)."""
+        telemetry, self._telemetry = self._telemetry, None
+        if telemetry is not None:
+            telemetry.close()
         self._backend = None  # type: ignore[assignment]
 
     def __enter__(self) -> Model:

@@ -127,6 +127,20 @@ class Preprocessing(_Strict):
     )
 
 
+class ReferenceStats(_Strict):
+    """Input and output distributions of the conversion data, the baseline for drift (PSI)."""
+
+    samples: int
+    features: Literal["values", "channels", "global"] = Field(
+        description="values: each input value; channels: per-channel mean then std; global: mean, std"
+    )
+    channel_axis: int | None = Field(description="per-sample axis of the channels, for 'channels'")
+    edges: tuple[tuple[float, ...], ...] = Field(description="per feature: inner edges of the decile bins")
+    expected: tuple[tuple[float, ...], ...] = Field(description="per feature: fraction of data per bin")
+    outputs: Literal["probabilities", "logits", "values"]
+    classes: tuple[float, ...] | None = Field(description="fraction of the data predicted as each class")
+
+
 class Manifest(_Strict):
     format_version: int
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -138,6 +152,7 @@ class Manifest(_Strict):
     preprocessing: Preprocessing
     labels: tuple[str, ...] | None = None
     tools: dict[str, str]
+    reference: ReferenceStats | None = None
 
     def canonical_bytes(self) -> bytes:
         """The exact bytes stored as manifest.json, and later signed."""

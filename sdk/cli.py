@@ -109,6 +109,11 @@ def main(ctx: click.Context, debug: bool) -> None:
       edgekit keys init --device && edgekit trust add publisher.pub
       edgekit install model.ekb                      verified, stored encrypted
       edgekit run model --input x.npy --top-k 3      by name, from the store
+      edgekit run model --input x.npy --telemetry mqtt://gateway:1883 --fleet factory-7
+    At the operator's desk:
+      edgekit fleet init factory-7                   fleet keys; devices get .pub and .secret
+      edgekit fleet watch --broker mqtt://broker:1883 --fleet factory-7
+      edgekit fleet collect --broker mqtt://broker:1883 --fleet factory-7 --out data/
     """
     from edgekit.console import route_warnings, ui_stream
 
@@ -295,6 +300,22 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
     help="Which artifact of a two-format bundle. Default: the best this device runs.",
 )
 @click.option("--allow-unsigned", is_flag=True, help="Accept a bundle no trusted publisher signed (loudly).")
+@click.option(
+    "--telemetry",
+    "telemetry_url",
+    metavar="URL",
+    default=None,
+    help="Report this run to an MQTT broker (mqtt://host:1883, mqtts://host:8883); needs --fleet.",
+)
+@click.option(
+    "--fleet", default=None, help="Fleet name for --telemetry (its keys from `edgekit fleet init`)."
+)
+@click.option(
+    "--telemetry-config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="TOML file with a [telemetry] table of Telemetry settings (see docs/telemetry.md).",
+)
 @json_option
 @click.pass_context
 def run(
@@ -305,6 +326,9 @@ def run(
     threads: int | None,
     fmt: str | None,
     allow_unsigned: bool,
+    telemetry_url: str | None,
+    fleet: str | None,
+    telemetry_config: Path | None,
     as_json: bool,
 ) -> None:
     """Run a bundle on an input batch and print the outputs or the top-k labels.
@@ -313,18 +337,25 @@ def run(
     Examples:
       edgekit run digits.ekb --input sample.npy --top-k 3
       edgekit run digits.ekb --input meter-digit.png --top-k 1
+      edgekit run digits --input x.npy --telemetry mqtt://gateway:1883 --fleet factory-7
     """
     from edgekit import views
     from edgekit.data import load_dataset
     from edgekit.runtime.preprocess import IMAGE_SUFFIXES, load_image
 
-    model = _load_model(ctx, bundle, threads=threads, format=fmt, allow_unsigned=allow_unsigned)
+    telemetry = _telemetry(telemetry_url, fleet, telemetry_config)
+    model = _load_model(
+        ctx, bundle, threads=threads, format=fmt, allow_unsigned=allow_unsigned, telemetry=telemetry
+    )
     if input_path.suffix.lower() in IMAGE_SUFFIXES:
         x = load_image(input_path, model.manifest, model.info.inputs[0])
     else:
         x = load_dataset(input_path, "input").x
     outputs = model.predict(x)
     result = views.run_result(model, outputs, top_k)
+    model.close()
+    if telemetry is not None:
+        result["telemetry"] = telemetry.status
     if as_json:
         _print_json(result)
     else:
@@ -598,6 +629,21 @@ def trust_remove(key_id: str, as_json: bool) -> None:
     _report(as_json, {"removed": key_id}, f"no longer trusting {key_id}")
 
 
+def _telemetry(url: str | None, fleet: str | None, config: Path | None) -> Any:
+    if url is None and config is None:
+        if fleet is not None:
+            raise click.UsageError("--fleet goes with --telemetry URL or --telemetry-config")
+        return None
+    from edgekit.runtime import Telemetry
+
+    if config is not None:
+        return Telemetry.from_file(config, broker=url, fleet=fleet)
+    if fleet is None:
+        raise click.UsageError("--telemetry needs --fleet NAME (the fleet whose keys are on this device)")
+    assert url is not None
+    return Telemetry(url, fleet)
+
+
 def _load_model(ctx: click.Context, source: Path, **options: Any) -> Any:
     """Model.load with the engines' native chatter quieted (edgekit's warnings still show)."""
     from edgekit.console import quiet_native_output
@@ -617,3 +663,244 @@ def _report(as_json: bool, data: Any, message: str) -> None:
 
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def broker_options(command: Any) -> Any:
+    """--broker and its TLS and login options, shared by the fleet commands."""
+    options = [
+        click.option(
+            "--broker",
+            required=True,
+            metavar="URL",
+            help="mqtt://[user@]host:1883, or mqtts://host:8883 for TLS. Password: $EDGEKIT_MQTT_PASSWORD.",
+        ),
+        click.option("--fleet", required=True, help="Fleet name, as the devices report it."),
+        click.option(
+            "--tls-ca", type=click.Path(path_type=Path, dir_okay=False), help="CA certificate (PEM)."
+        ),
+        click.option(
+            "--tls-cert", type=click.Path(path_type=Path, dir_okay=False), help="Client certificate."
+        ),
+        click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), help="Client key."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _broker(url: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None) -> Any:
+    from edgekit.runtime.telemetry.broker import Broker
+
+    return Broker.parse(url, ca=tls_ca, cert=tls_cert, key=tls_key)
+
+
+@main.group()
+def fleet() -> None:
+    """Operate a fleet: its keys, a live view, and retraining data (see docs/telemetry.md)."""
+
+
+@fleet.command("init")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the keys go. Default: $EDGEKIT_HOME/fleets/NAME.",
+)
+@json_option
+def fleet_init(name: str, folder: Path | None, as_json: bool) -> None:
+    """Create a fleet's keys: fleet.key (keep it), fleet.pub and fleet.secret (for devices).
+
+    \b
+    Devices need fleet.secret (their ids become pseudonyms with it) and fleet.pub
+    (retraining samples are encrypted to it); copy both to $EDGEKIT_HOME/fleets/NAME/
+    on each device. Only fleet.key decrypts samples: it never leaves the operator.
+    """
+    from edgekit.fleet import init_fleet
+
+    where = init_fleet(name, folder)
+    _report(
+        as_json,
+        {"fleet": name, "folder": str(where), "device_files": ["fleet.pub", "fleet.secret"]},
+        f"fleet {name}: keys in {where}; copy fleet.pub and fleet.secret to each device's "
+        f"$EDGEKIT_HOME/fleets/{name}/, keep fleet.key here",
+    )
+
+
+@fleet.command("watch")
+@broker_options
+@click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
+@json_option
+@click.pass_context
+def fleet_watch(
+    ctx: click.Context,
+    broker: str,
+    fleet: str,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    duration: float | None,
+    as_json: bool,
+) -> None:
+    """Live table of a fleet: online/offline, inferences/s, p50/p95 latency, errors, drift.
+
+    \b
+    Drift is the population stability index against the bundle's reference data:
+    below 0.1 ok, 0.1-0.25 a shift, above 0.25 drift (in red). With --json, one JSON
+    line per event (report, status, gone) for scripts.
+    \b
+    Examples:
+      edgekit fleet watch --broker mqtt://localhost:1883 --fleet factory-7
+      edgekit fleet watch --broker mqtt://localhost:1883 --fleet factory-7 --json --duration 60
+    """
+    import time
+
+    from rich.live import Live
+
+    from edgekit.fleet import FleetView, Inbox, subscriptions
+
+    view = FleetView(fleet)
+    inbox = Inbox(
+        _broker(broker, tls_ca, tls_cert, tls_key), subscriptions(fleet, ("report", "status"))
+    ).start()
+    deadline = time.monotonic() + duration if duration is not None else None
+    live = None if as_json else Live(view.table(), console=Console(), refresh_per_second=2)
+    try:
+        if live is not None:
+            live.start()
+        while deadline is None or time.monotonic() < deadline:
+            message = inbox.get(0.2)
+            if message is None:
+                continue
+            event = view.handle(message[0], message[1])
+            if as_json and event is not None:
+                click.echo(json.dumps(event, sort_keys=True))
+            elif live is not None:
+                live.update(view.table())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if live is not None:
+            live.stop()
+        inbox.stop()
+
+
+@fleet.command("collect")
+@broker_options
+@click.option(
+    "--out", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output folder."
+)
+@click.option(
+    "--fleet-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder with fleet.key. Default: $EDGEKIT_HOME/fleets/FLEET.",
+)
+@click.option(
+    "--group",
+    default="edgekit-collectors",
+    show_default=True,
+    help="Shared-subscription group: collectors in one group split the messages.",
+)
+@click.option(
+    "--session",
+    default=None,
+    help="Persistent session id, so messages wait at the broker while this collector is away. "
+    "Default: edgekit-collect-FLEET-GROUP-HOST.",
+)
+@click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
+@click.option(
+    "--idle",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop after this many seconds without a message.",
+)
+@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Stop after this many samples.")
+@json_option
+@click.pass_context
+def fleet_collect(
+    ctx: click.Context,
+    broker: str,
+    fleet: str,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    out: Path,
+    fleet_dir: Path | None,
+    group: str,
+    session: str | None,
+    duration: float | None,
+    idle: float | None,
+    max_samples: int | None,
+    as_json: bool,
+) -> None:
+    """Collect retraining samples and a drift report from a fleet.
+
+    \b
+    Samples are decrypted with the fleet's private key and written to OUT/shards/, and
+    merged into OUT/samples.npz (arrays x, pred, confidence), which `edgekit convert
+    --calibration` takes as it is. OUT/drift.json and OUT/drift.html show each node's
+    drift over time; OUT/collect.json counts reports, gaps and skipped messages.
+    Malformed, unknown-version and duplicate messages are counted and skipped.
+    \b
+    Examples:
+      edgekit fleet collect --broker mqtt://localhost:1883 --fleet factory-7 --out data/ --idle 30
+      edgekit convert model.keras --target raspberry-pi-4 --calibration data/samples.npz -o v2.ekb
+    """
+    import socket
+    import time
+
+    from edgekit.fleet import Collector, Inbox, load_collector_key, subscriptions
+
+    collector = Collector(fleet, out, load_collector_key(fleet, fleet_dir))
+    session = session or f"edgekit-collect-{fleet}-{group}-{socket.gethostname()}"
+    inbox = Inbox(
+        _broker(broker, tls_ca, tls_cert, tls_key), subscriptions(fleet, ("report", "sample"), group), session
+    ).start()
+    ui = ctx.obj["ui"]
+    started = last = time.monotonic()
+    unacked: list[tuple[int, int]] = []
+    flushed = time.monotonic()
+    try:
+        while True:
+            now = time.monotonic()
+            if duration is not None and now - started >= duration:
+                break
+            if idle is not None and now - last >= idle:
+                break
+            if max_samples is not None and collector.sample_count >= max_samples:
+                break
+            message = inbox.get(0.1)
+            if message is not None:
+                last = time.monotonic()
+                collector.handle(message[0], message[1])
+                unacked.append((message[2], message[3]))
+            if unacked and (len(unacked) >= 256 or time.monotonic() - flushed > 0.5 or message is None):
+                collector.flush()  # durable first, then acknowledged: a crash loses nothing
+                inbox.ack(unacked)
+                unacked, flushed = [], time.monotonic()
+                if not as_json:
+                    click.echo(
+                        f"\r{collector.reports} reports, {collector.sample_count} samples, "
+                        f"{sum(collector.skipped.values())} skipped",
+                        nl=False,
+                        file=ui,
+                    )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        summary = collector.finish()
+        inbox.ack(unacked)
+        inbox.stop()
+    if as_json:
+        summary.pop("seen")
+        _print_json(summary)
+    else:
+        click.echo("", file=ui)
+        skipped = ", ".join(f"{n} {reason}" for reason, n in summary["skipped"].items() if n) or "none"
+        drifting = ", ".join(node[:12] for node in summary["drift"]["drifting_nodes"]) or "none"
+        click.echo(
+            f"{summary['reports']} reports ({summary['inferences']} inferences), "
+            f"{summary['samples']} samples in {out}; skipped: {skipped}; drifting: {drifting}"
+        )

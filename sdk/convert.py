@@ -28,6 +28,7 @@ from edgekit.bundle import (
     Preprocessing,
     Quantization,
     QuantizationScheme,
+    ReferenceStats,
     Selection,
     Source,
     Tensor,
@@ -49,6 +50,7 @@ from edgekit.measure import compare_outputs, host_latency_ms, peak_memory_bytes,
 from edgekit.profiles import DEFAULT_MAX_ACCURACY_DROP, DeviceProfile
 from edgekit.report import Reporter, SilentReporter
 from edgekit.runtime.backends import TensorInfo, backend_for
+from edgekit.runtime.telemetry.stats import reference_stats
 from edgekit.signing import load_private_key, signature_entry
 
 MB = 1024 * 1024
@@ -149,7 +151,8 @@ def convert(options: ConvertOptions, reporter: Reporter | None = None) -> Conver
             tried += candidates
         for message in warnings:
             reporter.warn(message)
-        manifest = _manifest(options, source, converters, chosen, calibration, labels)
+        reference = _reference(source, calibration if calibration is not None else evaluation, reporter)
+        manifest = _manifest(options, source, converters, chosen, calibration, labels, reference)
         signature = signature_entry(manifest.canonical_bytes(), sign_key) if sign_key else None
         write_bundle(options.output, manifest, {c.entry.path: c.content for c in chosen}, signature)
     return ConvertResult(options.output, manifest, tuple(tried), tuple(warnings))
@@ -476,6 +479,7 @@ def _manifest(
     chosen: list[Candidate],
     calibration: Dataset | None,
     labels: tuple[str, ...] | None,
+    reference: ReferenceStats | None,
 ) -> Manifest:
     input_range = None
     if calibration is not None:
@@ -498,7 +502,18 @@ def _manifest(
             "numpy": np.__version__,
             **{k: v for converter in converters for k, v in converter.tool_versions().items()},
         },
+        reference=reference,
     )
+
+
+def _reference(source: SourceModel, data: Dataset | None, reporter: Reporter) -> ReferenceStats | None:
+    """The drift baseline for telemetry: the conversion data's input features and the float
+    model's predicted classes on it."""
+    if data is None or source.kind == "tflite" or len(source.outputs) != 1:
+        return None
+    with reporter.progress("Reference statistics", len(data)) as advance:
+        outputs = run_batched(source.predict, data.x, advance)
+    return reference_stats(data.x, outputs, _layout(source))
 
 
 def _layout(source: SourceModel) -> str | None:

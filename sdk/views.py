@@ -239,6 +239,14 @@ def print_run(out: Console, model: Any, result: dict[str, Any]) -> None:
         f"[dim]{info.name} v{info.version}: {info.format} {info.precision} on {info.engine}[/]",
         highlight=False,
     )
+    if "telemetry" in result:
+        status = result["telemetry"]
+        waiting = f", {status['queued']} waiting on disk" if status["queued"] else ""
+        out.print(
+            f"[dim]telemetry to {status['broker']}: {status['released']} report(s), "
+            f"{status['sent']} message(s) delivered{waiting}[/]",
+            highlight=False,
+        )
     if "top_k" in result:
         table = Table("sample", "rank", "class", "label", "score", box=None, padding=(0, 2))
         for sample, ranked in enumerate(result["top_k"]):

@@ -1,0 +1,223 @@
+"""The publisher thread: moves outbox entries to the broker and deletes them on PUBACK.
+
+One thread owns the paho client and runs its network loop, so nothing here ever blocks or
+raises into ``predict``. A fresh client per connection means paho's in-memory queue never
+holds anything the outbox does not: after every (re)connect the outbox replays from its
+oldest entry, in sequence order, and the collector drops duplicates by sequence number.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edgekit.runtime.telemetry.broker import Broker
+from edgekit.runtime.telemetry.outbox import Outbox
+from edgekit.runtime.telemetry.schema import topic
+
+log = logging.getLogger("edgekit.telemetry")
+
+
+class Publisher(threading.Thread):
+    def __init__(
+        self,
+        broker: Broker,
+        fleet: str,
+        outbox: Outbox,
+        current_node: Callable[[], str],
+        tick: Callable[[], None],
+        *,
+        inflight: int = 64,
+        backoff_max_s: float = 30.0,
+        message_expiry_s: int = 7 * 86400,
+    ) -> None:
+        super().__init__(name="edgekit-telemetry", daemon=True)
+        self.broker = broker
+        self.fleet = fleet
+        self.outbox = outbox
+        self._current_node = current_node
+        self._tick = tick
+        self._inflight_max = inflight
+        self._backoff_max = backoff_max_s
+        self._expiry = message_expiry_s
+        self._halt = threading.Event()
+        self._client: Any = None
+        self._node: str | None = None
+        self._connected = False
+        self._inflight: dict[int, int] = {}
+        self._acked: list[int] = []
+        self._cursor = 0
+        self._backoff = 0.5
+        self._next_attempt = 0.0
+        self.sent = 0
+        self.rejected = 0
+        self.last_error: str | None = None
+        self._state = "starting"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self._tick()
+                self._step()
+            except Exception as exc:  # never let the thread die: log once and keep going
+                self._fail(f"telemetry: {type(exc).__name__}: {exc}")
+                self._drop_client()
+                self._halt.wait(0.5)
+        self._shutdown()
+
+    def _step(self) -> None:
+        wanted = self.outbox.oldest_node() or self._current_node()
+        if self._client is not None and self._node != wanted and not self._inflight:
+            self._leave()  # an epoch ended: entries of the new pseudonym go out under its own id
+        if self._client is None:
+            if time.monotonic() < self._next_attempt:
+                self.outbox.expire()
+                self._halt.wait(0.05)
+                return
+            self._connect(wanted)
+            return
+        if self._connected:
+            self._publish_pending()
+        self._client.loop(timeout=0.02)
+        self._settle()
+
+    def _connect(self, node: str) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        client = self.broker.client(node)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.will_set(topic(self.fleet, node, "status"), "offline", qos=1, retain=True)
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 0
+        self._client, self._node = client, node
+        self._inflight.clear()
+        self._cursor = 0
+        try:
+            client.connect(
+                self.broker.host, self.broker.port, keepalive=30, clean_start=True, properties=properties
+            )
+        except Exception as exc:  # socket, TLS and DNS errors
+            self._fail(f"telemetry: cannot reach broker {self.broker.url}: {exc}; reports wait on disk")
+            self._drop_client()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self._fail(f"telemetry: broker {self.broker.url} refused the connection: {reason}")
+            self._drop_client()
+            return
+        self._connected = True
+        self._backoff = 0.5
+        assert self._node is not None
+        client.publish(topic(self.fleet, self._node, "status"), "online", qos=1, retain=True)
+        if self._state != "connected":
+            log.info("telemetry: connected to %s", self.broker.url)
+        self._state = "connected"
+        self.last_error = None
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if client is self._client and not self._halt.is_set():
+            self._fail(f"telemetry: lost broker {self.broker.url} ({reason}); reports wait on disk")
+            self._drop_client()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        seq = self._inflight.pop(mid, None)
+        if seq is None:
+            return  # the status message
+        if reason.is_failure:
+            self.rejected += 1
+            log.warning(
+                "telemetry: broker refused message %d on %s (%s); dropped", seq, self.broker.url, reason
+            )
+        else:
+            self.sent += 1
+        self._acked.append(seq)
+
+    def _publish_pending(self) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        room = self._inflight_max - len(self._inflight)
+        if room <= 0:
+            return
+        for entry in self.outbox.pending(self._cursor, room):
+            if entry.node != self._node:
+                break  # a later epoch's entries wait for a client of that pseudonym
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.MessageExpiryInterval = self._expiry
+            info = self._client.publish(
+                topic(self.fleet, entry.node, entry.kind), entry.payload, qos=1, properties=properties
+            )
+            if info.rc != 0:
+                return  # disconnected: on_disconnect replays from the outbox
+            self._inflight[info.mid] = entry.seq
+            self._cursor = entry.seq
+
+    def _settle(self) -> None:
+        if self._acked:
+            acked, self._acked = self._acked, []
+            self.outbox.ack(acked)
+
+    def _leave(self) -> None:
+        """Clear the old pseudonym's retained status and disconnect."""
+        assert self._node is not None
+        self._client.publish(topic(self.fleet, self._node, "status"), b"", qos=1, retain=True)
+        self._client.loop(timeout=0.1)
+        self._client.disconnect()
+        self._client.loop(timeout=0.1)
+        self._drop_client(backoff=False)
+
+    def _drop_client(self, backoff: bool = True) -> None:
+        client, self._client = self._client, None
+        self._connected = False
+        self._inflight.clear()
+        self._acked.clear()
+        if client is not None:
+            try:
+                client.socket() and client.disconnect()
+            except Exception:  # the socket is already gone
+                pass
+        if backoff:
+            self._next_attempt = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, self._backoff_max)
+        else:
+            self._next_attempt = 0.0
+
+    def _fail(self, message: str) -> None:
+        self.last_error = message
+        if self._state != message:
+            log.warning(message)
+        self._state = message
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (True) or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.outbox.size()[0] == 0:
+                return True
+            time.sleep(0.02)
+        return self.outbox.size()[0] == 0
+
+    def _shutdown(self) -> None:
+        if self._client is not None and self._connected and self._node is not None:
+            try:
+                self._client.publish(topic(self.fleet, self._node, "status"), "offline", qos=1, retain=True)
+                self._client.loop(timeout=0.1)
+                self._client.disconnect()
+                self._client.loop(timeout=0.1)
+            except Exception:  # the broker went away while closing: the will says offline
+                pass
+        self._client = None
+        self._connected = False
