@@ -576,7 +576,6 @@ def load_collector_key(fleet: str, folder: Path | None) -> x25519.X25519PrivateK
     return load_private_key(fleet_dir(fleet, folder) / PRIVATE_FILE)
 
 
-
 def subscriptions(fleet: str, kinds: tuple[str, ...], group: str | None = None) -> list[str]:
     """Topic filters for ``kinds``; with ``group``, MQTT 5 shared subscriptions, so several
     collectors in one group split the messages between them."""

@@ -260,6 +260,7 @@ class Telemetry:
         )
         drift = self._drift(counts)
         epsilon = self._noise.epsilon if self._noise is not None else 0.0
+        spent = self.outbox.epsilon_spent + epsilon
 
         def build(seq: int, dropped: int) -> bytes:
             report = Report(
@@ -288,7 +289,7 @@ class Telemetry:
                     k=self.k,
                     suppressed_buckets=suppressed,
                     dp_epsilon=epsilon or None,
-                    dp_spent=(self.outbox.epsilon_spent + epsilon) if epsilon else None,
+                    dp_spent=spent if epsilon else None,
                     dp_budget=self.dp_budget if epsilon else None,
                 ),
             )

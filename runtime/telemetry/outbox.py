@@ -76,8 +76,8 @@ class Outbox:
         epsilon: float = 0.0,
         budget: float | None = None,
     ) -> int:
-        """Store one message; ``build(seq, dropped)`` makes its payload. Reports (``kind``
-        'report') take over the dropped count. Charges ``epsilon`` to the ledger, and raises
+        """Store one message; ``build(seq, dropped)`` makes its payload, ``dropped`` being
+        how many entries this outbox has dropped so far. Charges ``epsilon`` to the ledger, and raises
         BudgetSpent, storing nothing, when that would pass ``budget``. Returns the seq."""
         with self._lock:
             try:
@@ -87,7 +87,7 @@ class Outbox:
                     if budget is not None and spent + epsilon > budget + 1e-9:
                         raise BudgetSpent(f"{spent:g} of {budget:g} spent")
                     seq = int(self._meta("seq")) + 1
-                    dropped = int(self._meta("dropped")) if kind == "report" else 0
+                    dropped = int(self._meta("dropped"))
                     payload = build(seq, dropped)
                     self._db.execute(
                         "INSERT INTO outbox (seq, node, kind, created, payload) VALUES (?, ?, ?, ?, ?)",
@@ -97,8 +97,6 @@ class Outbox:
                     self._set("bytes", self._meta("bytes") + len(payload))
                     if epsilon:
                         self._set("epsilon_spent", spent + epsilon)
-                    if kind == "report":
-                        self._set("dropped", 0)
                     self._enforce_limits()
                     self._db.execute("COMMIT")
                 except BaseException:

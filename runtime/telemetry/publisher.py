@@ -52,6 +52,7 @@ class Publisher(threading.Thread):
         self._cursor = 0
         self._backoff = 0.5
         self._next_attempt = 0.0
+        self._expired = 0.0
         self.sent = 0
         self.rejected = 0
         self.last_error: str | None = None
@@ -81,14 +82,18 @@ class Publisher(threading.Thread):
             self._leave()  # an epoch ended: entries of the new pseudonym go out under its own id
         if self._client is None:
             if time.monotonic() < self._next_attempt:
-                self.outbox.expire()
+                if time.monotonic() - self._expired > 1.0:
+                    self.outbox.expire()
+                    self._expired = time.monotonic()
                 self._halt.wait(0.05)
                 return
             self._connect(wanted)
             return
         if self._connected:
             self._publish_pending()
-        self._client.loop(timeout=0.02)
+        client = self._client  # a failed write may have dropped it
+        if client is not None:
+            client.loop(timeout=0.02)
         self._settle()
 
     def _connect(self, node: str) -> None:
@@ -157,6 +162,8 @@ class Publisher(threading.Thread):
                 break  # a later epoch's entries wait for a client of that pseudonym
             properties = Properties(PacketTypes.PUBLISH)
             properties.MessageExpiryInterval = self._expiry
+            if self._client is None:
+                return
             info = self._client.publish(
                 topic(self.fleet, entry.node, entry.kind), entry.payload, qos=1, properties=properties
             )
@@ -173,10 +180,12 @@ class Publisher(threading.Thread):
     def _leave(self) -> None:
         """Clear the old pseudonym's retained status and disconnect."""
         assert self._node is not None
-        self._client.publish(topic(self.fleet, self._node, "status"), b"", qos=1, retain=True)
-        self._client.loop(timeout=0.1)
-        self._client.disconnect()
-        self._client.loop(timeout=0.1)
+        client = self._client
+        self._client = None  # so that the disconnect below is not taken for a lost broker
+        client.publish(topic(self.fleet, self._node, "status"), b"", qos=1, retain=True)
+        client.loop(timeout=0.1)
+        client.disconnect()
+        client.loop(timeout=0.1)
         self._drop_client(backoff=False)
 
     def _drop_client(self, backoff: bool = True) -> None:
@@ -211,12 +220,13 @@ class Publisher(threading.Thread):
         return self.outbox.size()[0] == 0
 
     def _shutdown(self) -> None:
-        if self._client is not None and self._connected and self._node is not None:
+        client, self._client = self._client, None
+        if client is not None and self._connected and self._node is not None:
             try:
-                self._client.publish(topic(self.fleet, self._node, "status"), "offline", qos=1, retain=True)
-                self._client.loop(timeout=0.1)
-                self._client.disconnect()
-                self._client.loop(timeout=0.1)
+                client.publish(topic(self.fleet, self._node, "status"), "offline", qos=1, retain=True)
+                client.loop(timeout=0.1)
+                client.disconnect()
+                client.loop(timeout=0.1)
             except Exception:  # the broker went away while closing: the will says offline
                 pass
         self._client = None

@@ -92,7 +92,7 @@ class Report(_Strict):
     inputs: InputStats | None
     drift: Drift | None
     samples: int = Field(description="retraining samples captured in this window")
-    dropped: int = Field(description="outbox entries dropped since the last report")
+    dropped: int = Field(description="outbox entries this device dropped so far (oldest first, when full)")
     privacy: Privacy
 
 
