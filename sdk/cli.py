@@ -801,7 +801,8 @@ def fleet_watch(
     "--group",
     default="edgekit-collectors",
     show_default=True,
-    help="Shared-subscription group: collectors in one group split the messages.",
+    help="Shared-subscription group: collectors in one group split the messages. 'none' subscribes "
+    "plainly (one collector; Mosquitto 2.0 forgets shared subscriptions when it restarts).",
 )
 @click.option(
     "--session",
@@ -854,9 +855,12 @@ def fleet_collect(
     from edgekit.fleet import Collector, Inbox, load_collector_key, subscriptions
 
     collector = Collector(fleet, out, load_collector_key(fleet, fleet_dir))
+    shared = None if group == "none" else group
     session = session or f"edgekit-collect-{fleet}-{group}-{socket.gethostname()}"
     inbox = Inbox(
-        _broker(broker, tls_ca, tls_cert, tls_key), subscriptions(fleet, ("report", "sample"), group), session
+        _broker(broker, tls_ca, tls_cert, tls_key),
+        subscriptions(fleet, ("report", "sample"), shared),
+        session,
     ).start()
     ui = ctx.obj["ui"]
     started = last = time.monotonic()

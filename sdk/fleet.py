@@ -13,6 +13,7 @@ import logging
 import os
 import queue
 import secrets
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -197,12 +198,14 @@ class Inbox:
         else:
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.manual_ack_set(session is not None)
-        client.reconnect_delay_set(0.1, 2)
         client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.client = client
         self.session = session
         self.connected = False
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._network, name="edgekit-inbox", daemon=True)
 
     def start(self, timeout: float = 10.0) -> Inbox:
         from paho.mqtt.packettypes import PacketTypes
@@ -218,14 +221,35 @@ class Inbox:
             raise EdgekitError(
                 f"cannot reach broker {self.broker.url}: {exc}; check the address, port and TLS files"
             ) from exc
-        self.client.loop_start()
+        self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.connected and time.monotonic() < deadline:
             time.sleep(0.02)
         if not self.connected:
-            self.client.loop_stop()
+            self.stop()
             raise EdgekitError(f"broker {self.broker.url} did not accept the connection within {timeout:g} s")
         return self
+
+    def _network(self) -> None:
+        """paho's network loop, reconnecting with capped backoff whatever went wrong."""
+        delay, attempt = 0.1, time.monotonic()
+        while not self._halt.is_set():
+            try:
+                up = self.client.loop(timeout=0.1) == 0  # also reads a pending CONNACK
+                if self.connected:
+                    delay = 0.1
+                    continue
+                if up and time.monotonic() - attempt < 5:
+                    continue  # connected at the socket, waiting for the broker's answer
+                self._halt.wait(delay)
+                attempt = time.monotonic()
+                self.client.reconnect()
+            except Exception as exc:  # refused, reset, TLS: keep trying
+                log.debug("reconnecting to %s: %s", self.broker.url, exc)
+                delay = min(delay * 2, 2.0)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self.connected = False
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -249,8 +273,10 @@ class Inbox:
             self.client.ack(mid, qos)
 
     def stop(self) -> None:
+        self._halt.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         self.client.disconnect()
-        self.client.loop_stop()
 
 
 @dataclass
