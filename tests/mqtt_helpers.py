@@ -23,6 +23,8 @@ class Tap:
     def __init__(self, url: str, topic: str = "#") -> None:
         host, port = url.rsplit("//", 1)[1].split(":")
         self.messages: list[tuple[str, bytes]] = []
+        self.expiry: dict[str, int | None] = {}
+        """Per topic, the MQTT 5 message expiry interval of the last message."""
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -36,6 +38,7 @@ class Tap:
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         with self._lock:
             self.messages.append((message.topic, bytes(message.payload)))
+            self.expiry[message.topic] = getattr(message.properties, "MessageExpiryInterval", None)
 
     def wait_for(self, predicate: Any, timeout: float = 10.0) -> list[tuple[str, bytes]]:
         deadline = time.monotonic() + timeout

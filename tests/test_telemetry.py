@@ -189,6 +189,31 @@ def test_kill_9_during_an_outage_replays_after_restart(
     assert collector.state()["gaps"] == {}
 
 
+def test_status_is_retained_online_and_the_will_says_offline(
+    broker: LocalBroker, fleet_dir: Path, bundle: Path, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    tap = Tap(broker.url, "edgekit/f7/#")
+    script = tmp_path / "device.py"
+    script.write_text(DEVICE_SCRIPT)
+    args = [broker.url, str(fleet_dir), str(tmp_path / "outbox.sqlite"), str(bundle), "report"]
+    device = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE)
+    status = tap.wait_for(lambda m: sum(t.endswith("/report") for t, _ in m) >= 25, timeout=60)
+    assert (status[0][0].endswith("/status"), status[0][1]) == (True, b"online")
+    device.kill()  # no clean goodbye: the broker sends the last will
+    messages = tap.wait_for(lambda m: m[-1][1] == b"offline")
+    tap.close()
+    assert messages[-1] == (status[0][0], b"offline")
+    report_topic = next(t for t, _ in messages if t.endswith("/report"))
+    assert 7 * 86400 - 60 <= (tap.expiry[report_topic] or 0) <= 7 * 86400  # MQTT 5 message expiry
+    late = Tap(broker.url, "edgekit/f7/+/status")  # retained: a late subscriber sees it at once
+    assert late.wait_for(lambda m: bool(m), timeout=3) == [(status[0][0], b"offline")]
+    late.close()
+
+
 def test_replayed_messages_are_dropped_by_sequence_number(
     broker: LocalBroker, fleet_dir: Path, bundle: Path, tmp_path: Path, digits_eval: Any
 ) -> None:
