@@ -192,7 +192,6 @@ def test_kill_9_during_an_outage_replays_after_restart(
 def test_status_is_retained_online_and_the_will_says_offline(
     broker: LocalBroker, fleet_dir: Path, bundle: Path, tmp_path: Path
 ) -> None:
-    import os
     import subprocess
     import sys
 
