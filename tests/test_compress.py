@@ -1,0 +1,139 @@
+"""Pruning and distillation of Keras 3 models, on the digits CNN."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import digits
+
+from edgekit.compress import PruningError, nonzero_parameters, parameter_count
+from edgekit.sdk import compress
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, np.ndarray]:
+    return digits.digits_splits(0)
+
+
+@pytest.fixture(scope="module")
+def teacher(digits_files: dict[str, Path]) -> Any:
+    import keras
+
+    return keras.models.load_model(digits_files["model"])
+
+
+def top1(model: Any, data: dict[str, np.ndarray]) -> float:
+    return float(100 * (model.predict(data["x_eval"], verbose=0).argmax(axis=1) == data["y_eval"]).mean())
+
+
+def tflite_bytes(model: Any, tmp_path: Path) -> bytes:
+    import tensorflow as tf
+
+    folder = tmp_path / f"saved-{model.name}-{id(model)}"
+    model.export(str(folder), verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(str(folder)).convert()
+
+
+@pytest.mark.slow
+def test_structured_pruning_builds_a_smaller_model_that_keeps_accuracy(
+    teacher: Any, data: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    pruned = compress.prune(teacher, 0.5, (data["x_train"], data["y_train"]), structured=True, epochs=5)
+    before, after = parameter_count(teacher), parameter_count(pruned)
+    assert after <= 0.6 * before  # at least 40% fewer parameters (measured: 74% fewer)
+    assert [layer.filters for layer in pruned.layers[:2]] == [8, 16]
+    assert pruned.layers[-1].units == 10  # the output is never pruned
+    assert top1(pruned, data) >= top1(teacher, data) - 1.5
+    size_before, size_after = len(tflite_bytes(teacher, tmp_path)), len(tflite_bytes(pruned, tmp_path))
+    assert size_after <= 0.4 * size_before  # the file shrinks with the parameters
+
+
+@pytest.mark.slow
+def test_magnitude_pruning_zeroes_weights_the_file_compresses(
+    teacher: Any, data: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    pruned = compress.prune(teacher, 0.5, (data["x_train"], data["y_train"]), epochs=3)
+    assert parameter_count(pruned) == parameter_count(teacher)
+    kernels = [layer.kernel.numpy() for layer in pruned.layers if hasattr(layer, "kernel")]
+    assert all(np.mean(k == 0) >= 0.5 for k in kernels)
+    assert nonzero_parameters(pruned) < 0.55 * parameter_count(teacher)
+    assert top1(pruned, data) >= top1(teacher, data) - 1.5
+    zipped_before = len(gzip.compress(tflite_bytes(teacher, tmp_path)))
+    zipped_after = len(gzip.compress(tflite_bytes(pruned, tmp_path)))
+    assert zipped_after <= 0.75 * zipped_before
+
+
+def test_one_shot_pruning_without_data(teacher: Any) -> None:
+    pruned = compress.prune(teacher, 0.8)
+    dense = pruned.layers[-2].kernel.numpy()
+    assert np.mean(dense == 0) == pytest.approx(0.8, abs=0.01)
+    assert teacher.layers[-2].kernel.numpy().all()  # the original is untouched
+
+
+def test_structured_pruning_refuses_branches_and_unknown_layers() -> None:
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    a = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    b = keras.layers.Conv2D(8, 3, padding="same")(a)
+    joined = keras.layers.Add(name="residual")([a, b])
+    flat = keras.layers.Flatten()(joined)
+    residual = keras.Model(inputs, keras.layers.Dense(10)(flat))
+    with pytest.raises(PruningError, match="'residual' \\(Add\\) joins 2 branches"):
+        compress.prune(residual, 0.5, structured=True)
+    lstm = keras.Sequential(
+        [
+            keras.Input((8, 8)),
+            keras.layers.LSTM(4, name="memory"),
+            keras.layers.Dense(4),
+            keras.layers.Dense(2),
+        ]
+    )
+    with pytest.raises(PruningError, match="'memory' \\(LSTM\\)"):
+        compress.prune(lstm, 0.5, structured=True)
+    with pytest.raises(ValueError, match="sparsity"):
+        compress.prune(lstm, 1.5)
+
+
+def _student() -> Any:
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_distilled_student_matches_or_beats_the_same_student_alone(
+    teacher: Any, data: dict[str, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import keras
+
+    assert parameter_count(_student()) * 3 <= parameter_count(teacher)
+    train = (data["x_train"], data["y_train"])
+    alone, distilled = [], []
+    for seed in (0, 1, 2):  # one seed's noise (about 1 point on 450 images) hides the effect
+        keras.utils.set_random_seed(seed)
+        plain = _student()
+        plain.compile("adam", "sparse_categorical_crossentropy")
+        plain.fit(*train, epochs=20, batch_size=32, verbose=0)
+        alone.append(top1(plain, data))
+        keras.utils.set_random_seed(seed)  # the same initial weights
+        distilled.append(top1(compress.distill(teacher, _student(), train, epochs=20, seed=seed), data))
+    with capsys.disabled():
+        print(
+            f"\ndistillation, top-1 mean of 3 seeds: alone {np.mean(alone):.2f}, distilled {np.mean(distilled):.2f}"
+        )
+    assert np.mean(distilled) >= np.mean(alone) - 0.5
