@@ -5,19 +5,26 @@ Precisions:
 - ``fp16``: float16 weights; kernels dequantize them to float32 on CPUs without fp16.
 - ``dynamic``: int8 weights, float activations quantized on the fly (no calibration data).
 - ``int8``: full-integer: int8 kernels and int8 input and output, calibrated on data.
+  With layers kept in float (``--keep-float``, or the accuracy fallback), TensorFlow's
+  ``QuantizationDebugger`` builds the selectively quantized model: the kept layers run in
+  float between dequantize and quantize ops, and the model's input and output are float32.
 """
 
 from __future__ import annotations
 
+import csv
+import fnmatch
+import io
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter
 from edgekit.converters.source import import_tensorflow
-from edgekit.errors import ConversionError, DataError
+from edgekit.errors import ConversionError, DataError, InputError
 
 if TYPE_CHECKING:
     from edgekit.converters.source import SourceModel
@@ -41,23 +48,28 @@ class TFLiteConverter(Converter):
             return Artifact(self.format, precision, source.tflite_content, 0.0,
                             quantization=_SCHEMES.get(precision))  # fmt: skip
         tf = import_tensorflow()
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model_dir))
-        samples = 0
-        if precision != "fp32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if precision == "fp16":
-            converter.target_spec.supported_types = [tf.float16]
-        elif precision == "int8":
-            if calibration is None:
-                raise DataError("int8 needs calibration data: pass --calibration FILE.npz")
-            converter.representative_dataset = lambda: _samples(calibration, advance)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
-            samples = len(calibration)
+        converter = self._converter(source, precision, calibration, advance)
+        samples = len(calibration) if precision == "int8" and calibration is not None else 0
+        float_nodes: list[str] = []
+        if precision == "int8" and (settings.keep_float or settings.float_nodes):
+            assert calibration is not None
+            float_nodes = self._resolve_nodes(source, calibration, settings)
+            data = calibration
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                tf.lite.OpsSet.TFLITE_BUILTINS,
+            ]
         started = time.perf_counter()
         try:
-            content = converter.convert()
+            if float_nodes:
+                debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=converter,
+                    debug_dataset=lambda: _samples(data, lambda n: None),
+                    debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_nodes),
+                )
+                content = debugger.get_nondebug_quantized_model()
+            else:
+                content = converter.convert()
         except Exception as exc:  # the converter raises ConverterError and plain errors alike
             raise ConversionError(
                 f"TFLite conversion at {precision} failed: {_summary(exc)}; "
@@ -69,8 +81,80 @@ class TFLiteConverter(Converter):
             content=bytes(content),
             seconds=time.perf_counter() - started,
             calibration_samples=samples,
-            quantization=_SCHEMES.get(precision),
+            quantization=(
+                _SCHEMES["int8"] | {"io": "float32", "float_nodes": tuple(float_nodes)}
+                if float_nodes
+                else _SCHEMES.get(precision)
+            ),
         )
+
+    def _converter(
+        self, source: SourceModel, precision: str, calibration: np.ndarray | None, advance: Advance
+    ) -> Any:
+        tf = import_tensorflow()
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model_dir))
+        if precision != "fp32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if precision == "fp16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif precision == "int8":
+            if calibration is None:
+                raise DataError("int8 needs calibration data: pass --calibration FILE.npz")
+            converter.representative_dataset = lambda: _samples(calibration, advance)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        return converter
+
+    def layer_errors(self, source: SourceModel, calibration: np.ndarray) -> list[tuple[str, float]]:
+        """Per quantized layer in execution order, TFLite's QuantizationDebugger comparison of
+        its int8 output with float on the same input, as a channel-robust SNR in dB (lower
+        is worse): median channel signal over mean channel noise. The debugger's own RMSE /
+        scale misses the worst case, an outlier channel that stretches a per-tensor scale so
+        far that every other channel rounds to noise while the error stays within one step."""
+        tf = import_tensorflow()
+        sample = calibration[: min(len(calibration), 100)]
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=self._converter(source, "int8", sample, lambda n: None),
+            debug_dataset=lambda: _samples(sample, lambda n: None),
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                layer_direct_compare_metrics={"snr_db": _channel_snr_db}
+            ),
+        )
+        debugger.run()
+        dump = io.StringIO()
+        debugger.layer_statistics_dump(dump)
+        errors = []
+        for row in csv.DictReader(io.StringIO(dump.getvalue())):
+            value = float(row.get("snr_db") or "nan")
+            if math.isfinite(value):
+                errors.append((row["tensor_name"], value))
+        return errors
+
+    def rank_sensitive_nodes(
+        self, source: SourceModel, artifact: Artifact, calibration: np.ndarray, settings: ConversionSettings
+    ) -> list[tuple[str, ...]]:
+        """The lowest-SNR layer first, each with the layer before it: a layer's output is
+        often ruined by its input's scale (one outlier channel stretches it so far that the
+        rest round to zero), and only keeping both in float keeps that tensor in float."""
+        layers = self.layer_errors(source, calibration)
+        order = sorted(range(len(layers)), key=lambda i: layers[i][1])
+        return [tuple(name for name, _ in layers[max(i - 1, 0) : i + 1]) for i in order]
+
+    def _resolve_nodes(
+        self, source: SourceModel, calibration: np.ndarray, settings: ConversionSettings
+    ) -> list[str]:
+        chosen = list(settings.float_nodes)
+        if settings.keep_float:
+            names = [name for name, _ in self.layer_errors(source, calibration)]
+            for pattern in settings.keep_float:
+                matches = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+                if not matches:
+                    raise InputError(
+                        f"--keep-float '{pattern}' matches no layer; some layer names: {', '.join(names[:6])}"
+                    )
+                chosen += [m for m in matches if m not in chosen]
+        return chosen
 
     @classmethod
     def tool_versions(cls) -> dict[str, str]:
@@ -92,11 +176,26 @@ def detect_precision(content: bytes) -> str:
     return "fp32"
 
 
-_SCHEMES = {
+_SCHEMES: dict[str, dict[str, Any]] = {
     "fp16": {"scheme": "tflite-float16-weights"},
     "dynamic": {"scheme": "tflite-dynamic-range", "weights": "int8"},
     "int8": {"scheme": "tflite-full-integer", "weights": "int8", "activations": "int8", "per_channel": True},
 }
+
+
+def _channel_snr_db(
+    reference: Sequence[np.ndarray], quantized: Sequence[np.ndarray], scale: float, zero_point: int
+) -> float:
+    """SNR in dB of a layer's int8 output against float, channels last: median channel
+    power over mean channel noise power (robust to dead ReLU channels and to outliers)."""
+    ref = np.stack([np.asarray(r, np.float64) for r in reference])
+    deq = (np.stack([np.asarray(q, np.float64) for q in quantized]) - zero_point) * scale
+    channels = ref.shape[-1] if ref.ndim > 2 else 1
+    signal = np.mean(ref.reshape(-1, channels) ** 2, axis=0)
+    noise = np.mean((ref - deq).reshape(-1, channels) ** 2, axis=0)
+    if not noise.any():
+        return float("inf")
+    return float(10 * np.log10(max(float(np.median(signal)), 1e-30) / float(np.mean(noise))))
 
 
 def _samples(calibration: np.ndarray, advance: Advance) -> Iterator[list[Any]]:

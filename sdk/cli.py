@@ -187,7 +187,8 @@ def targets(as_json: bool) -> None:
     "--keep-float",
     multiple=True,
     metavar="PATTERN",
-    help="Keep ONNX nodes whose name matches PATTERN (fnmatch; repeatable) in float.",
+    help="Keep nodes (ONNX) or layers (TFLite int8) whose name matches PATTERN (fnmatch; repeatable) "
+    "in float.",
 )
 @click.option(
     "--input-shape",

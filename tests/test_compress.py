@@ -137,3 +137,68 @@ def test_distilled_student_matches_or_beats_the_same_student_alone(
             f"\ndistillation, top-1 mean of 3 seeds: alone {np.mean(alone):.2f}, distilled {np.mean(distilled):.2f}"
         )
     assert np.mean(distilled) >= np.mean(alone) - 0.5
+
+
+def _with_an_outlier_channel(data: dict[str, np.ndarray]) -> Any:
+    """A digits CNN with two 1x1 convolutions that scale channel 0 up 2000x and back down:
+    the same function in float, but the int8 tensor between them (activations have one
+    scale per tensor) rounds the other 15 channels to zero."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    trained = digits.build_digits_cnn()
+    trained.compile("adam", "sparse_categorical_crossentropy")
+    trained.fit(data["x_train"], data["y_train"], epochs=10, batch_size=32, verbose=0)
+    conv1, conv2, pool, flatten, dense1, dense2 = trained.layers
+    inputs = keras.Input((8, 8, 1), name="image")
+    outlier = keras.layers.Conv2D(16, 1, use_bias=False, activation="relu", name="outlier")
+    restore = keras.layers.Conv2D(16, 1, use_bias=False, name="restore")
+    outputs = dense2(dense1(flatten(pool(conv2(restore(outlier(conv1(inputs))))))))
+    model = keras.Model(inputs, outputs)
+    up = np.eye(16, dtype=np.float32)[None, None]
+    down = up.copy()
+    up[..., 0, 0], down[..., 0, 0] = 2000.0, 1 / 2000.0
+    outlier.set_weights([up])
+    restore.set_weights([down])
+    return model
+
+
+@pytest.mark.slow
+def test_tflite_debugger_finds_the_int8_sensitive_layer_and_float_restores_accuracy(
+    data: dict[str, np.ndarray], digits_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from edgekit.convert import ConvertOptions, convert
+    from edgekit.converters.base import ConversionSettings
+    from edgekit.converters.source import load_source
+    from edgekit.converters.tflite import TFLiteConverter
+    from edgekit.profiles import load_profile
+    from edgekit.runtime.backends import TFLiteBackend
+
+    path = tmp_path / "sensitive.keras"
+    calibration = np.load(digits_files["calibration"])["x"]
+    _with_an_outlier_channel(data).save(path)
+    settings = ConversionSettings(load_profile("raspberry-pi-5"))
+    with load_source(path, None) as source:
+        converter = TFLiteConverter()
+        ranked = converter.rank_sensitive_nodes(source, None, calibration, settings)  # type: ignore[arg-type]
+        plain = converter.convert(source, "int8", calibration, lambda n: None, settings)
+    assert "outlier" in ranked[0][0] and "restore" in ranked[0][1]  # the debugger names them first
+    outputs = TFLiteBackend(plain.content).run(data["x_eval"])[0]
+    assert (outputs.argmax(axis=1) == data["y_eval"]).mean() < 0.8  # int8 everywhere breaks it
+
+    def run(**options: Any) -> Any:
+        return convert(ConvertOptions(
+            model=path, profile=load_profile("raspberry-pi-5"), format="tflite", precision="int8",
+            calibration=digits_files["calibration"], evaluation=digits_files["evaluation"],
+            output=tmp_path / "out.ekb", **options,
+        ))  # fmt: skip
+
+    mixed = run().manifest.artifacts[0]  # the accuracy fallback keeps the first group in float
+    assert mixed.metrics.accuracy is not None and mixed.metrics.accuracy.drop <= 1.0
+    assert mixed.quantization is not None and len(mixed.quantization.float_nodes) == 2
+    assert all(
+        any(name in node for node in mixed.quantization.float_nodes) for name in ("outlier", "restore")
+    )
+    assert mixed.quantization.io == "float32"
+    by_hand = run(keep_float=("*outlier*", "*restore*")).manifest.artifacts[0]
+    assert by_hand.quantization is not None and len(by_hand.quantization.float_nodes) == 2
