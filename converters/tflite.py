@@ -127,7 +127,7 @@ class TFLiteConverter(Converter):
         errors = []
         for row in csv.DictReader(io.StringIO(dump.getvalue())):
             value = float(row.get("snr_db") or "nan")
-            if math.isfinite(value):
+            if row["op_name"] in _COMPUTE_OPS and math.isfinite(value):
                 errors.append((row["tensor_name"], value))
         return errors
 
@@ -181,6 +181,12 @@ _SCHEMES: dict[str, dict[str, Any]] = {
     "dynamic": {"scheme": "tflite-dynamic-range", "weights": "int8"},
     "int8": {"scheme": "tflite-full-integer", "weights": "int8", "activations": "int8", "per_channel": True},
 }
+
+
+_COMPUTE_OPS = frozenset(
+    {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}
+)
+"""Layers worth keeping in float: the debugger can denylist these by name."""
 
 
 def _channel_snr_db(

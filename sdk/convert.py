@@ -41,6 +41,7 @@ from edgekit.data import Dataset, check_dataset, load_dataset
 from edgekit.errors import (
     AccuracyBudgetError,
     BudgetError,
+    ConversionError,
     DataError,
     EdgekitError,
     InputError,
@@ -358,7 +359,11 @@ def _keep_sensitive_nodes_in_float(
             f"keeping {', '.join(fresh)} in float and retrying"
         )
         settings = replace(job.settings, float_nodes=tuple(kept))
-        artifact = _convert(job, converter, artifact.precision, settings)
+        try:
+            artifact = _convert(job, converter, artifact.precision, settings)
+        except ConversionError as exc:  # the engine cannot keep these in float: the gate's verdict stands
+            job.reporter.note(f"keeping {', '.join(fresh)} in float failed: {exc}")
+            break
         candidate = _measure(job, artifact)
         if not candidate.accuracy_problem:
             break
