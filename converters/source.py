@@ -53,6 +53,8 @@ class SourceModel:
     """ONNX sources: the checked float ModelProto, external data loaded."""
     tflite_content: bytes | None = field(default=None, repr=False)
     """Ready-made TFLite sources: shipped as they are, with no float model to compare."""
+    keras_model: Any = field(default=None, repr=False)
+    """Keras sources: the loaded model (for pruning)."""
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float outputs of the first output for a batch ``x``."""
@@ -146,6 +148,7 @@ def _from_keras(tf: Any, path: Path, kind: str, export_dir: Path) -> SourceModel
         parameter_bytes=sum(int(np.prod(w.shape)) * 4 for w in model.weights),
         saved_model_dir=export_dir,
         _predict=predict,
+        keras_model=model,
     )
 
 

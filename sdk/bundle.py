@@ -141,6 +141,19 @@ class ReferenceStats(_Strict):
     classes: tuple[float, ...] | None = Field(description="fraction of the data predicted as each class")
 
 
+class Compression(_Strict):
+    """Pruning applied to the source model before conversion (``convert --prune``)."""
+
+    method: Literal["structured", "magnitude"]
+    sparsity: float
+    parameters_before: int
+    parameters_after: int = Field(description="non-zero parameters after pruning")
+    fine_tune_epochs: int
+    train_samples: int
+    top1_before: float | None = Field(default=None, description="unpruned float model on --eval labels, %")
+    top1_after: float | None = Field(default=None, description="pruned float model on --eval labels, %")
+
+
 class Manifest(_Strict):
     format_version: int
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -153,6 +166,7 @@ class Manifest(_Strict):
     labels: tuple[str, ...] | None = None
     tools: dict[str, str]
     reference: ReferenceStats | None = None
+    compression: Compression | None = None
 
     def canonical_bytes(self) -> bytes:
         """The exact bytes stored as manifest.json, and later signed."""

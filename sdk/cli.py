@@ -198,6 +198,35 @@ def targets(as_json: bool) -> None:
     "Default: from the calibration data.",
 )
 @click.option(
+    "--prune",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=None,
+    metavar="RATIO",
+    help="Prune this fraction of a Keras model's channels (or weights, --prune-mode magnitude) "
+    "before converting; fine-tunes on --train-data.",
+)
+@click.option(
+    "--prune-mode",
+    type=click.Choice(["structured", "magnitude"]),
+    default="structured",
+    show_default=True,
+    help="structured removes whole channels (a smaller, faster model); magnitude zeroes weights "
+    "(the file compresses).",
+)
+@click.option(
+    "--train-data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Training data for --prune: .npz with x and integer labels y.",
+)
+@click.option(
+    "--prune-epochs",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Fine-tuning epochs after pruning.",
+)
+@click.option(
     "--max-accuracy-drop",
     type=click.FloatRange(min=0, max=100),
     default=None,
@@ -259,6 +288,8 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
           --calibration calib.npz --eval eval.npz -o digits.ekb
       edgekit convert model.keras --target jetson-orin-nano --calibration calib.npz -o m.ekb
       edgekit convert model.onnx --target x86-gateway --calibration calib.npz --eval eval.npz
+      edgekit convert model.keras --target raspberry-pi-4 --prune 0.5 --train-data train.npz \
+          --calibration calib.npz --eval eval.npz -o small.ekb
     """
     from edgekit import views
     from edgekit.console import RichReporter, quiet_native_output

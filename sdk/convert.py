@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import platform
 import re
+import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from edgekit.bundle import (
     Accuracy,
     ArtifactEntry,
     CandidateRecord,
+    Compression,
     Manifest,
     Metrics,
     Preprocessing,
@@ -79,6 +82,12 @@ class ConvertOptions:
     input_shape: tuple[int | None, ...] | None = None
     sign_key: Path | None = None
     """An Ed25519 private key (edgekit keys init --publisher) to sign the bundle with."""
+    prune: float | None = None
+    """Fraction of channels (structured) or weights (magnitude) to prune before converting."""
+    prune_mode: str = "structured"
+    train_data: Path | None = None
+    """.npz with x and integer labels y, to fine-tune the pruned model."""
+    prune_epochs: int = 5
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,76 @@ class _Job:
 def convert(options: ConvertOptions, reporter: Reporter | None = None) -> ConvertResult:
     """Convert ``options.model`` for ``options.profile`` and write the bundle."""
     reporter = reporter or SilentReporter()
+    if options.prune is not None:
+        with tempfile.TemporaryDirectory(prefix="edgekit-prune-") as tmp:
+            pruned, compression = _prune(options, Path(tmp), reporter)
+            return _convert_model(replace(options, model=pruned, prune=None), reporter, compression)
+    return _convert_model(options, reporter)
+
+
+def _prune(options: ConvertOptions, folder: Path, reporter: Reporter) -> tuple[Path, Compression]:
+    """Prune (and fine-tune) a Keras source; the pruned model goes to ``folder``."""
+    from edgekit.compress import nonzero_parameters, parameter_count, prune
+
+    kind = detect_kind(options.model)
+    if kind not in ("keras", "h5"):
+        raise ModelFormatError(f"--prune works on Keras models (.keras, .h5), and {options.model} is {kind}")
+    train = None
+    if options.train_data is not None:
+        data = load_dataset(options.train_data, "training")
+        if data.y is None:
+            raise DataError(
+                f"training data {options.train_data}: --prune fine-tunes on labels; save it with y=labels"
+            )
+        train = (data.x, data.y)
+    else:
+        reporter.warn("--prune without --train-data: pruned once, not fine-tuned; accuracy will suffer")
+    assert options.prune is not None
+    with load_source(options.model, options.input_shape) as source:
+        model = source.keras_model
+        before = parameter_count(model)
+        pruned = prune(
+            model, options.prune, train, structured=options.prune_mode == "structured",
+            epochs=options.prune_epochs, reporter=reporter,
+        )  # fmt: skip
+        before_top1 = after_top1 = None
+        if options.evaluation is not None:
+            evaluation = load_dataset(options.evaluation, "evaluation")
+            if evaluation.y is not None:
+                before_top1 = _top1(model, evaluation)
+                after_top1 = _top1(pruned, evaluation)
+    if before_top1 is not None and after_top1 is not None:
+        max_drop = _max_drop(options)
+        if before_top1 - after_top1 > max_drop and not options.allow_accuracy_drop:
+            raise AccuracyBudgetError(
+                f"pruning loses too much accuracy: top-1 {before_top1:.2f}% → {after_top1:.2f}% "
+                f"(max drop {max_drop:g} points); prune less, fine-tune longer (--prune-epochs), "
+                "or pass --allow-accuracy-drop"
+            )
+    path = folder / f"{_default_name(options.model)}.keras"
+    pruned.save(path)
+    record = Compression(
+        method=options.prune_mode,  # type: ignore[arg-type]
+        sparsity=options.prune,
+        parameters_before=before,
+        parameters_after=nonzero_parameters(pruned),
+        fine_tune_epochs=options.prune_epochs if train is not None else 0,
+        train_samples=len(train[0]) if train is not None else 0,
+        top1_before=before_top1,
+        top1_after=after_top1,
+    )
+    reporter.note(f"pruned {options.prune_mode}: {before:,} → {record.parameters_after:,} parameters")
+    return path, record
+
+
+def _top1(model: Any, data: Dataset) -> float:
+    outputs = model.predict(data.x, batch_size=256, verbose=0)
+    return float(100 * np.mean(np.asarray(outputs).argmax(axis=1) == data.y))
+
+
+def _convert_model(
+    options: ConvertOptions, reporter: Reporter, compression: Compression | None = None
+) -> ConvertResult:
     kind = detect_kind(options.model)
     converters = [converter_for(fmt) for fmt in _choose_formats(options, kind, reporter)]
     if kind == "tflite":
@@ -154,6 +233,7 @@ def convert(options: ConvertOptions, reporter: Reporter | None = None) -> Conver
             reporter.warn(message)
         reference = _reference(source, calibration if calibration is not None else evaluation, reporter)
         manifest = _manifest(options, source, converters, chosen, calibration, labels, reference)
+        manifest = manifest.model_copy(update={"compression": compression})
         signature = signature_entry(manifest.canonical_bytes(), sign_key) if sign_key else None
         write_bundle(options.output, manifest, {c.entry.path: c.content for c in chosen}, signature)
     return ConvertResult(options.output, manifest, tuple(tried), tuple(warnings))
@@ -413,12 +493,15 @@ def _measure(job: _Job, artifact: Artifact) -> Candidate:
     return Candidate(entry, artifact.content, accuracy_problem, budget_problems)
 
 
+def _max_drop(options: ConvertOptions) -> float:
+    for value in (options.max_accuracy_drop, options.profile.budget.max_accuracy_drop):
+        if value is not None:
+            return value
+    return DEFAULT_MAX_ACCURACY_DROP
+
+
 def _gate(result: dict, samples: int, options: ConvertOptions) -> tuple[Accuracy, str | None]:
-    max_drop = options.max_accuracy_drop
-    if max_drop is None:
-        max_drop = options.profile.budget.max_accuracy_drop
-    if max_drop is None:
-        max_drop = DEFAULT_MAX_ACCURACY_DROP
+    max_drop = _max_drop(options)
     problem = None
     if result["drop"] > max_drop:
         what = "top-1 accuracy" if result["metric"] == "top1" else "top-1 agreement with float"

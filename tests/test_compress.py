@@ -202,3 +202,35 @@ def test_tflite_debugger_finds_the_int8_sensitive_layer_and_float_restores_accur
     assert mixed.quantization.io == "float32"
     by_hand = run(keep_float=("*outlier*", "*restore*")).manifest.artifacts[0]
     assert by_hand.quantization is not None and len(by_hand.quantization.float_nodes) == 2
+
+
+@pytest.mark.slow
+def test_convert_prune_makes_a_smaller_bundle_and_records_it(
+    digits_files: dict[str, Path], data: dict[str, np.ndarray], converted: Any, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from edgekit.bundle import read_manifest
+    from edgekit.cli import main
+
+    np.savez(tmp_path / "train.npz", x=data["x_train"], y=data["y_train"])
+    out = tmp_path / "small.ekb"
+    args = [
+        "convert", str(digits_files["model"]), "--target", "raspberry-pi-5", "--format", "tflite",
+        "--precision", "int8", "--prune", "0.5", "--train-data", str(tmp_path / "train.npz"),
+        "--calibration", str(digits_files["calibration"]), "--eval", str(digits_files["evaluation"]),
+        "-o", str(out),
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    manifest, _, _ = read_manifest(out)
+    record = manifest.compression
+    assert record is not None and record.method == "structured" and record.fine_tune_epochs == 5
+    assert record.parameters_after <= 0.6 * record.parameters_before
+    assert record.top1_before is not None and record.top1_after is not None
+    assert record.top1_after >= record.top1_before - 1.5
+    unpruned = converted("int8").manifest.artifacts[0]
+    assert manifest.artifacts[0].size <= 0.5 * unpruned.size
+    refused = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "x.ekb"), "--prune-epochs", "0"])
+    assert refused.exit_code == 1 and "pruning loses too much accuracy" in refused.stderr
+    assert not (tmp_path / "x.ekb").exists()
