@@ -167,6 +167,9 @@ class Manifest(_Strict):
     tools: dict[str, str]
     reference: ReferenceStats | None = None
     compression: Compression | None = None
+    fit: tuple[dict[str, Any], ...] | None = Field(
+        default=None, description="edgekit fit: every candidate's numbers and why it won or lost"
+    )
 
     def canonical_bytes(self) -> bytes:
         """The exact bytes stored as manifest.json, and later signed."""

@@ -940,3 +940,110 @@ def fleet_collect(
             f"{summary['reports']} reports ({summary['inferences']} inferences), "
             f"{summary['samples']} samples in {out}; skipped: {skipped}; drifting: {drifting}"
         )
+
+
+@main.command("fit")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--target", "-t", "profile", type=ProfileType(), required=True, help="Device profile id or TOML file."
+)
+@click.option(
+    "--eval", "evaluation", type=click.Path(path_type=Path), required=True, help=".npz with x and labels y."
+)
+@click.option(
+    "--calibration", "-c", type=click.Path(path_type=Path), default=None, help="For int8 candidates."
+)
+@click.option("--train-data", type=click.Path(path_type=Path), default=None, help="For pruned candidates.")
+@click.option(
+    "--prune-ratios",
+    default="0,0.25,0.5",
+    show_default=True,
+    help="Structured pruning ratios to try (0 = unpruned); needs --train-data.",
+)
+@click.option(
+    "--format", "formats", multiple=True, help="Formats to try (repeatable). Default: the profile's."
+)
+@click.option(
+    "--precision", "precisions", multiple=True, help="Precisions to try (repeatable). Default: all."
+)
+@click.option("--max-minutes", type=click.FloatRange(min=0), default=30.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same search, same choice.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0, max=100), default=None)
+@click.option("--report", type=click.Path(path_type=Path), default=None, help="Write an HTML report here.")
+@click.option("--sign-key", type=click.Path(path_type=Path), default=None, help="Sign the chosen bundle.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Bundle to write.")
+@json_option
+@click.pass_context
+def fit_command(ctx: click.Context, model: Path, output: Path | None, as_json: bool, **fields: Any) -> None:
+    """Search pruning × format × precision and write the smallest bundle that fits the device.
+
+    Every candidate is converted and measured (size, peak memory, host latency, top-1 on
+    --eval against the unpruned float model). The smallest candidate that fits every
+    budget of --target wins; the table says why each other one lost, and marks the Pareto
+    front (size, latency, accuracy). Host latency is shown but does not decide: this host
+    is not the device, and the choice must repeat under --seed.
+
+    \b
+    Examples:
+      edgekit fit model.keras --target jetson-nano --train-data train.npz --eval eval.npz \\
+          --calibration calib.npz --report fit.html -o best.ekb
+      edgekit fit model.keras -t my-hub.toml --eval eval.npz --format tflite --json
+    """
+    from rich.table import Table
+
+    from edgekit.console import RichReporter, quiet_native_output
+    from edgekit.fit import FitOptions, fit, nothing_fits, pareto
+    from edgekit.fit_report import render
+
+    try:
+        ratios = tuple(float(r) for r in fields.pop("prune_ratios").split(","))
+    except ValueError:
+        raise click.BadParameter("write the ratios as 0,0.25,0.5", param_hint="--prune-ratios") from None
+    if any(not 0 <= r < 1 for r in ratios):
+        raise click.BadParameter("each ratio must be in [0, 1)", param_hint="--prune-ratios")
+    report = fields.pop("report")
+    output = output or Path(f"{model.stem or model.name}.ekb")
+    options = FitOptions(
+        model=model, output=output, prune_ratios=ratios,
+        formats=tuple(fields.pop("formats")) or None, precisions=tuple(fields.pop("precisions")) or None,
+        **fields,
+    )  # fmt: skip
+    ui = Console(file=ctx.obj["ui"], stderr=True)
+    with quiet_native_output(enabled=not ctx.obj["debug"]):
+        result = fit(options, RichReporter(ui))
+    if report is not None:
+        from edgekit.atomic import atomic_write
+
+        atomic_write(report, render(result, options.profile, model.name).encode())
+    front = set(pareto(result.candidates))
+    if as_json:
+        _print_json(
+            {
+                "chosen": result.chosen.model_dump(mode="json") if result.chosen else None,
+                "output": str(output) if result.chosen else None,
+                "baseline_top1": result.baseline_top1,
+                "candidates": [
+                    c.model_dump(mode="json") | {"pareto": i in front}
+                    for i, c in enumerate(result.candidates)
+                ],
+                "stopped_early": result.stopped_early,
+            }
+        )
+    else:
+        table = Table("format", "precision", "prune", "size", "host ms", "top-1", "pareto", "verdict")
+        for i, c in enumerate(result.candidates):
+            table.add_row(
+                c.format, c.precision, f"{c.prune:g}",
+                "-" if c.size_bytes is None else f"{c.size_bytes / 1024:.1f} KB",
+                "-" if c.host_latency_ms is None else f"{c.host_latency_ms:.3g}",
+                "-" if c.top1 is None else f"{c.top1:.2f}%", "yes" if i in front else "", c.verdict,
+                style="green" if c.verdict.startswith("chosen") else "",
+            )  # fmt: skip
+        Console().print(table)
+    if result.chosen is None:
+        raise nothing_fits(result, options.profile.id)
+    if not as_json:
+        click.echo(
+            f"wrote {output}: {result.chosen.format} {result.chosen.precision}, "
+            f"pruned {result.chosen.prune:g}"
+        )

@@ -234,3 +234,42 @@ def test_convert_prune_makes_a_smaller_bundle_and_records_it(
     refused = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "x.ekb"), "--prune-epochs", "0"])
     assert refused.exit_code == 1 and "pruning loses too much accuracy" in refused.stderr
     assert not (tmp_path / "x.ekb").exists()
+
+
+@pytest.mark.slow
+def test_fit_picks_what_fits_a_tight_profile_and_refuses_when_nothing_does(
+    digits_files: dict[str, Path], data: dict[str, np.ndarray], write_profile: Any, tmp_path: Path
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from edgekit.bundle import read_manifest
+    from edgekit.cli import main
+
+    np.savez(tmp_path / "train.npz", x=data["x_train"], y=data["y_train"])
+    tight = write_profile(model_storage_mb=0.05)  # 51 KB: the unpruned int8 file is about 80 KB
+    args = [
+        "fit", str(digits_files["model"]), "--target", str(tight), "--eval", str(digits_files["evaluation"]),
+        "--calibration", str(digits_files["calibration"]), "--train-data", str(tmp_path / "train.npz"),
+        "--prune-ratios", "0,0.5", "--format", "tflite", "--precision", "int8", "--precision", "fp16",
+    ]  # fmt: skip
+    out, report = tmp_path / "best.ekb", tmp_path / "fit.html"
+    result = CliRunner().invoke(main, [*args, "--report", str(report), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    chosen = summary["chosen"]
+    assert (chosen["prune"], chosen["precision"]) == (0.5, "int8") and chosen[
+        "size_bytes"
+    ] <= 0.05 * 1024 * 1024
+    unpruned = [c for c in summary["candidates"] if c["prune"] == 0]
+    assert len(unpruned) == 2 and all("storage" in c["verdict"] and not c["fits"] for c in unpruned)
+    assert any(c["pareto"] for c in summary["candidates"])
+    manifest, _, _ = read_manifest(out)
+    assert manifest.compression is not None and len(manifest.fit or ()) == 4
+    page = report.read_text()
+    assert page.count("<img") == 2 and "Chosen: <b>tflite int8, pruned 0.5</b>" in page
+    nothing = write_profile(model_storage_mb=0.01)
+    refused = CliRunner().invoke(main, [*args[:3], str(nothing), *args[4:], "-o", str(tmp_path / "none.ekb")])
+    assert refused.exit_code == 1 and "no candidate of 4 fits custom" in refused.stderr
+    assert not (tmp_path / "none.ekb").exists()

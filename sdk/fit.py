@@ -1,0 +1,235 @@
+"""``edgekit fit``: search pruning ratio × format × precision, measure every candidate, keep
+the smallest that fits the device profile's budgets, and say why the others lost.
+
+Each candidate is a full ``convert`` (its own accuracy gate, memory probe and latency), so
+its numbers mean what they mean in any manifest. The choice is the smallest candidate that
+fits storage, memory and the accuracy budget against the *unpruned* float model; host
+latency is reported but does not decide, because this host is not the device and its
+timings vary from run to run, while the search must be repeatable under ``--seed``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from edgekit.bundle import read_bundle, write_bundle
+from edgekit.convert import ConvertOptions, _max_drop, convert
+from edgekit.converters import Converter
+from edgekit.converters.source import detect_kind
+from edgekit.data import load_dataset
+from edgekit.errors import BudgetError, DataError, EdgekitError
+from edgekit.report import Reporter, SilentReporter
+from edgekit.signing import load_private_key, signature_entry
+
+
+class FitCandidate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prune: float
+    format: str
+    precision: str
+    parameters: int | None
+    size_bytes: int | None
+    peak_memory_bytes: int | None
+    host_latency_ms: float | None
+    top1: float | None
+    accuracy_drop: float | None = None
+    """Percentage points below the unpruned float model."""
+    fits: bool
+    problems: tuple[str, ...]
+    verdict: str = ""
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    model: Path
+    profile: Any
+    output: Path
+    evaluation: Path
+    calibration: Path | None = None
+    train_data: Path | None = None
+    prune_ratios: tuple[float, ...] = (0.0, 0.25, 0.5)
+    formats: tuple[str, ...] | None = None
+    precisions: tuple[str, ...] | None = None
+    max_minutes: float = 30.0
+    seed: int = 0
+    max_accuracy_drop: float | None = None
+    sign_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class FitResult:
+    chosen: FitCandidate | None
+    candidates: tuple[FitCandidate, ...]
+    baseline_top1: float
+    stopped_early: bool
+
+
+def fit(options: FitOptions, reporter: Reporter | None = None) -> FitResult:
+    reporter = reporter or SilentReporter()
+    evaluation = load_dataset(options.evaluation, "evaluation")
+    if evaluation.y is None:
+        raise DataError(f"evaluation data {options.evaluation}: fit compares top-1, so it needs labels y")
+    kind = detect_kind(options.model)
+    ratios = options.prune_ratios if options.train_data is not None else (0.0,)
+    if kind not in ("keras", "h5"):
+        ratios = (0.0,)
+    formats = options.formats or tuple(
+        f for f in options.profile.runtime.formats if kind in Converter.registry[f].source_kinds
+    )
+    plan = [
+        (ratio, fmt, precision)
+        for ratio in ratios
+        for fmt in formats
+        for precision in options.precisions or Converter.registry[fmt].precisions
+        if options.calibration is not None or precision not in Converter.registry[fmt].calibrated_precisions
+    ]
+    baseline = _baseline_top1(options.model, evaluation)
+    max_drop = _max_drop(_convert_options(options, options.output, "fp32", None))
+    deadline = time.monotonic() + options.max_minutes * 60
+    candidates: list[FitCandidate] = []
+    stopped = False
+    with (
+        tempfile.TemporaryDirectory(prefix="edgekit-fit-") as tmp,
+        reporter.progress("Fitting candidates", len(plan)) as advance,
+    ):
+        folder = Path(tmp)
+        bundles: dict[int, Path] = {}
+        for index, (ratio, fmt, precision) in enumerate(plan):
+            if time.monotonic() > deadline:
+                stopped = True
+                reporter.warn(
+                    f"--max-minutes {options.max_minutes:g} reached: {len(plan) - index} candidates not tried"
+                )
+                break
+            out = folder / f"candidate-{index}.ekb"
+            conv = _convert_options(options, out, precision, fmt, ratio)
+            candidate = _measure(conv, ratio, fmt, precision, baseline, max_drop, options.seed)
+            if candidate.size_bytes is not None:
+                bundles[index] = out
+            candidates.append(candidate)
+            advance(1)
+        chosen_index = _choose(candidates)
+        candidates = _verdicts(candidates, chosen_index)
+        chosen = candidates[chosen_index] if chosen_index is not None else None
+        if chosen is not None and chosen_index is not None:
+            _write(bundles[chosen_index], options, candidates)
+    return FitResult(chosen, tuple(candidates), baseline, stopped)
+
+
+def _convert_options(
+    options: FitOptions, out: Path, precision: str, fmt: str | None, ratio: float = 0.0
+) -> ConvertOptions:
+    return ConvertOptions(
+        model=options.model, profile=options.profile, output=out, precision=precision, format=fmt,
+        calibration=options.calibration, evaluation=options.evaluation, allow_accuracy_drop=True,
+        allow_over_budget=True, max_accuracy_drop=options.max_accuracy_drop,
+        prune=ratio or None, train_data=options.train_data if ratio else None,
+    )  # fmt: skip
+
+
+def _baseline_top1(model: Path, evaluation: Any) -> float:
+    from edgekit.converters.source import load_source
+
+    with load_source(model, None) as source:
+        outputs = source.predict(evaluation.x)
+    return float(100 * np.mean(outputs.argmax(axis=1) == evaluation.y))
+
+
+def _measure(
+    conv: ConvertOptions, ratio: float, fmt: str, precision: str, baseline: float, max_drop: float, seed: int
+) -> FitCandidate:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    try:
+        result = convert(conv)
+    except EdgekitError as exc:
+        return FitCandidate(
+            prune=ratio, format=fmt, precision=precision, parameters=None, size_bytes=None,
+            peak_memory_bytes=None, host_latency_ms=None, top1=None, fits=False, problems=(str(exc),),
+        )  # fmt: skip
+    entry = result.manifest.artifacts[0]
+    accuracy = entry.metrics.accuracy
+    top1 = accuracy.artifact if accuracy is not None else None
+    drop = round(baseline - top1, 2) if top1 is not None else None
+    problems = [p for c in result.tried if c.entry.precision == precision for p in c.budget_problems]
+    if drop is not None and drop > max_drop:
+        problems.append(f"top-1 {top1:.2f}% is {drop:.2f} points below the unpruned model (max {max_drop:g})")
+    compression = result.manifest.compression
+    return FitCandidate(
+        prune=ratio, format=fmt, precision=entry.precision,
+        parameters=compression.parameters_after if compression else None,
+        size_bytes=entry.size, peak_memory_bytes=entry.metrics.peak_memory_bytes,
+        host_latency_ms=round(entry.metrics.host_latency_ms, 4), top1=top1, accuracy_drop=drop,
+        fits=not problems, problems=tuple(problems),
+    )  # fmt: skip
+
+
+def _choose(candidates: list[FitCandidate]) -> int | None:
+    """The smallest candidate that fits; ties go to the more accurate, then the earlier."""
+    fitting = [i for i, c in enumerate(candidates) if c.fits and c.size_bytes is not None]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda i: (candidates[i].size_bytes, candidates[i].accuracy_drop or 0.0, i))
+
+
+def pareto(candidates: tuple[FitCandidate, ...] | list[FitCandidate]) -> list[int]:
+    """Indices of measured candidates no other beats on size, latency and accuracy at once."""
+    measured = [
+        (i, c) for i, c in enumerate(candidates) if c.size_bytes is not None and c.host_latency_ms is not None
+    ]
+
+    def key(c: FitCandidate) -> tuple[float, float, float]:
+        return (float(c.size_bytes or 0), float(c.host_latency_ms or 0), float(c.accuracy_drop or 0))
+
+    front = []
+    for i, c in measured:
+        dominated = any(
+            all(a <= b for a, b in zip(key(o), key(c), strict=True)) and key(o) != key(c) for _, o in measured
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def _verdicts(candidates: list[FitCandidate], chosen: int | None) -> list[FitCandidate]:
+    out = []
+    for i, c in enumerate(candidates):
+        if i == chosen:
+            verdict = "chosen: the smallest that fits every budget"
+        elif c.problems:
+            verdict = "lost: " + "; ".join(c.problems)
+        else:
+            best = candidates[chosen] if chosen is not None else None
+            verdict = (
+                f"lost: larger ({c.size_bytes:,} bytes against {best.size_bytes:,})"
+                if best is not None and best.size_bytes is not None
+                else "lost"
+            )
+        out.append(c.model_copy(update={"verdict": verdict}))
+    return out
+
+
+def _write(bundle: Path, options: FitOptions, candidates: list[FitCandidate]) -> None:
+    """The chosen candidate's bundle, with every candidate's numbers in the manifest."""
+    manifest, contents = read_bundle(bundle, verify=None)
+    manifest = manifest.model_copy(update={"fit": tuple(c.model_dump(mode="json") for c in candidates)})
+    key = load_private_key(options.sign_key) if options.sign_key else None
+    signature = signature_entry(manifest.canonical_bytes(), key) if key else None
+    write_bundle(options.output, manifest, contents, signature)
+
+
+def nothing_fits(result: FitResult, profile_id: str) -> BudgetError:
+    reasons = sorted({p.split(":")[0] for c in result.candidates for p in c.problems})
+    return BudgetError(
+        f"no candidate of {len(result.candidates)} fits {profile_id}: {'; '.join(reasons[:4])}; "
+        "see the table, loosen the budget, or add pruning ratios (--prune-ratios) and --train-data"
+    )

@@ -1,0 +1,112 @@
+"""One self-contained HTML page for ``edgekit fit``: the candidates, the budgets, the choice."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+from edgekit.fit import FitResult, pareto
+
+
+def _png(figure: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def render(result: FitResult, profile: Any, model_name: str) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        plots = "<p>Install matplotlib (pip install 'edgekit[fleet]') for the plots.</p>"
+    else:
+        measured = [c for c in result.candidates if c.size_bytes is not None and c.top1 is not None]
+        figure, axis = plt.subplots(figsize=(8, 4.2), dpi=110)
+        for fmt, marker in (("tflite", "o"), ("onnx", "s")):
+            points = [c for c in measured if c.format == fmt]
+            if not points:
+                continue
+            axis.scatter(
+                [c.size_bytes / 1024 for c in points], [c.top1 for c in points], marker=marker,
+                c=["tab:green" if c.fits else "tab:gray" for c in points], label=fmt, s=45,
+            )  # fmt: skip
+            for c in points:
+                axis.annotate(f"{c.precision} p{c.prune:g}", (c.size_bytes / 1024, c.top1), fontsize=7,
+                              xytext=(4, 3), textcoords="offset points")  # fmt: skip
+        storage = profile.budget.model_storage_mb * 1024
+        if measured and storage < 4 * max(c.size_bytes for c in measured) / 1024:
+            axis.axvline(storage, color="red", linestyle="--", linewidth=1, label="storage budget")
+        drop = next((c for c in result.candidates if c.verdict.startswith("chosen")), None)
+        axis.axhline(result.baseline_top1, color="black", linewidth=0.8, label="unpruned float")
+        budget = profile.budget.max_accuracy_drop
+        if budget is not None:
+            axis.axhline(result.baseline_top1 - budget, color="orange", linestyle="--", linewidth=1,
+                         label="accuracy budget")  # fmt: skip
+        if drop is not None and drop.size_bytes is not None and drop.top1 is not None:
+            axis.scatter([drop.size_bytes / 1024], [drop.top1], s=220, facecolors="none", edgecolors="red",
+                         linewidths=2, label="chosen")  # fmt: skip
+        axis.set_xlabel("artifact size (KB)")
+        axis.set_ylabel("top-1 (%)")
+        axis.set_title("size against accuracy (green: fits every budget)")
+        axis.legend(fontsize="small")
+        scatter = _png(figure)
+        timed = [c for c in measured if c.host_latency_ms]
+        figure, axis = plt.subplots(figsize=(8, 0.35 * len(timed) + 1.2), dpi=110)
+        reference = min(c.host_latency_ms for c in timed) if timed else 1.0
+        labels = [f"{c.format} {c.precision} prune {c.prune:g}" for c in timed]
+        colors = ["tab:red" if c.verdict.startswith("chosen") else "tab:blue" for c in timed]
+        axis.barh(labels, [c.host_latency_ms / reference for c in timed], color=colors)
+        axis.set_xlabel("host latency, relative to the fastest candidate")
+        axis.invert_yaxis()
+        plots = scatter + _png(figure)
+    front = set(pareto(result.candidates))
+    rows = "".join(
+        f"<tr class='{'chosen' if c.verdict.startswith('chosen') else ''}'>"
+        f"<td>{c.format}</td><td>{c.precision}</td><td>{c.prune:g}</td><td>{_kb(c.size_bytes)}</td>"
+        f"<td>{_num(c.host_latency_ms, ' ms')}</td>"
+        f"<td>{_num(c.top1, '%')}</td><td>{'yes' if i in front else ''}</td>"
+        f"<td>{html.escape(c.verdict)}</td></tr>"
+        for i, c in enumerate(result.candidates)
+    )
+    chosen = next((c for c in result.candidates if c.verdict.startswith("chosen")), None)
+    summary = (
+        f"Chosen: <b>{chosen.format} {chosen.precision}, pruned {chosen.prune:g}</b>, "
+        f"{_kb(chosen.size_bytes)}."
+        if chosen
+        else "<b>No candidate fits the budgets.</b>"
+    )
+    max_drop = profile.budget.max_accuracy_drop if profile.budget.max_accuracy_drop is not None else 1.0
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edgekit fit: {html.escape(model_name)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222;padding:0 1em}}
+table{{border-collapse:collapse;font-size:14px}}
+td,th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}}
+tr.chosen{{background:#e8f6e8}}img{{max-width:100%}}</style></head><body>
+<h1>edgekit fit: {html.escape(model_name)} for {html.escape(profile.id)}</h1>
+<p>{summary} Unpruned float model: top-1 {result.baseline_top1:.2f}%. Budgets: storage
+{profile.budget.model_storage_mb:g} MB, memory {profile.budget.model_memory_mb:g} MB, accuracy drop
+{max_drop:g} points. The smallest candidate that fits every budget wins; host latency is
+shown, measured on the converting host.</p>
+{plots}
+<h2>Every candidate</h2>
+<table><tr><th>format</th><th>precision</th><th>prune</th><th>size</th><th>host latency</th><th>top-1</th>
+<th>Pareto</th><th>verdict</th></tr>{rows}</table>
+</body></html>
+"""
+
+
+def _kb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024:.1f} KB"
+
+
+def _num(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{value:.3g}{unit}"
