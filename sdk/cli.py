@@ -198,6 +198,12 @@ def targets(as_json: bool) -> None:
     "Default: from the calibration data.",
 )
 @click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write an HTML page with the candidates, budgets and plots (needs edgekit[fleet] for plots).",
+)
+@click.option(
     "--prune",
     type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
     default=None,
@@ -297,10 +303,16 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
     from edgekit.convert import convert as run_convert
 
     output = output or Path(f"{model.stem or model.name}.ekb")
+    report = fields.pop("report")
     options = ConvertOptions(model=model, output=output, **fields)
     ui = Console(file=ctx.obj["ui"], stderr=True)
     with quiet_native_output(enabled=not ctx.obj["debug"]):
         result = run_convert(options, RichReporter(ui))
+    if report is not None:
+        from edgekit.atomic import atomic_write
+        from edgekit.fit_report import from_convert, render
+
+        atomic_write(report, render(from_convert(result), options.profile, model.name).encode())
     if as_json:
         _print_json(views.convert_json(result))
     else:

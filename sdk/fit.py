@@ -70,6 +70,8 @@ class FitResult:
     candidates: tuple[FitCandidate, ...]
     baseline_top1: float
     stopped_early: bool
+    layer_snr: tuple[tuple[str, float], ...] = ()
+    """TFLite int8, unpruned model: each layer's output SNR (dB) against float."""
 
 
 def fit(options: FitOptions, reporter: Reporter | None = None) -> FitResult:
@@ -121,7 +123,22 @@ def fit(options: FitOptions, reporter: Reporter | None = None) -> FitResult:
         chosen = candidates[chosen_index] if chosen_index is not None else None
         if chosen is not None and chosen_index is not None:
             _write(bundles[chosen_index], options, candidates)
-    return FitResult(chosen, tuple(candidates), baseline, stopped)
+    return FitResult(chosen, tuple(candidates), baseline, stopped, _layer_snr(options, formats))
+
+
+def _layer_snr(options: FitOptions, formats: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    """The quantization debugger's per-layer view, for the report."""
+    from edgekit.converters.source import load_source
+    from edgekit.converters.tflite import TFLiteConverter
+
+    if options.calibration is None or "tflite" not in formats or detect_kind(options.model) == "onnx":
+        return ()
+    calibration = load_dataset(options.calibration, "calibration").x
+    try:
+        with load_source(options.model, None) as source:
+            return tuple(TFLiteConverter().layer_errors(source, calibration))
+    except EdgekitError:
+        return ()
 
 
 def _convert_options(

@@ -68,6 +68,17 @@ def render(result: FitResult, profile: Any, model_name: str) -> str:
         axis.set_xlabel("host latency, relative to the fastest candidate")
         axis.invert_yaxis()
         plots = scatter + _png(figure)
+        if result.layer_snr:
+            figure, axis = plt.subplots(figsize=(8, 0.32 * len(result.layer_snr) + 1.2), dpi=110)
+            names = [_layer_name(name) for name, _ in result.layer_snr]
+            values = [max(snr, -10.0) for _, snr in result.layer_snr]
+            axis.barh(names, values, color=["tab:red" if v < 20 else "tab:blue" for v in values])
+            axis.axvline(20, color="orange", linestyle="--", linewidth=1, label="20 dB")
+            axis.set_xlabel("int8 output SNR against float (dB; red: candidates to keep in float)")
+            axis.set_title("per-layer quantization error, TFLite int8, unpruned model")
+            axis.invert_yaxis()
+            axis.legend(fontsize="small")
+            plots += _png(figure)
     front = set(pareto(result.candidates))
     rows = "".join(
         f"<tr class='{'chosen' if c.verdict.startswith('chosen') else ''}'>"
@@ -102,6 +113,53 @@ shown, measured on the converting host.</p>
 <th>Pareto</th><th>verdict</th></tr>{rows}</table>
 </body></html>
 """
+
+
+def _layer_name(tensor: str) -> str:
+    """'model/conv2d_1/Relu;model/conv2d_1/BiasAdd' -> 'conv2d_1'."""
+    parts = tensor.split(";")[0].split("/")
+    return parts[1] if len(parts) > 2 else parts[0][:40]
+
+
+def from_convert(result: Any) -> FitResult:
+    """The same page for one ``convert`` run: its candidate precisions."""
+    from edgekit.fit import FitCandidate
+
+    manifest = result.manifest
+    chosen = {(a.format, a.precision) for a in manifest.artifacts}
+    compression = manifest.compression
+    candidates = []
+    baseline = None
+    for tried in result.tried:
+        entry, accuracy = tried.entry, tried.entry.metrics.accuracy
+        baseline = baseline if baseline is not None else (accuracy.float_model if accuracy else None)
+        won = (entry.format, entry.precision) in chosen
+        candidates.append(
+            FitCandidate(
+                prune=compression.sparsity if compression else 0.0,
+                format=entry.format,
+                precision=entry.precision,
+                parameters=compression.parameters_after if compression else None,
+                size_bytes=entry.size,
+                peak_memory_bytes=entry.metrics.peak_memory_bytes,
+                host_latency_ms=entry.metrics.host_latency_ms,
+                top1=accuracy.artifact if accuracy else None,
+                accuracy_drop=accuracy.drop if accuracy else None,
+                fits=not tried.problems,
+                problems=tried.problems,
+                verdict="chosen"
+                if won
+                else ("lost: " + "; ".join(tried.problems) if tried.problems else "lost"),
+            )  # fmt: skip
+        )
+    if compression is not None and compression.top1_before is not None:
+        baseline = compression.top1_before
+    return FitResult(
+        next((c for c in candidates if c.verdict == "chosen"), None),
+        tuple(candidates),
+        baseline or 0.0,
+        False,
+    )
 
 
 def _kb(value: int | None) -> str:

@@ -221,8 +221,10 @@ def test_convert_prune_makes_a_smaller_bundle_and_records_it(
         "--calibration", str(digits_files["calibration"]), "--eval", str(digits_files["evaluation"]),
         "-o", str(out),
     ]  # fmt: skip
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, [*args[:-2], "--report", str(tmp_path / "convert.html"), *args[-2:]])
     assert result.exit_code == 0, result.output
+    page = (tmp_path / "convert.html").read_text()
+    assert "Chosen: <b>tflite int8, pruned 0.5</b>" in page and page.count("<img") == 2
     manifest, _, _ = read_manifest(out)
     record = manifest.compression
     assert record is not None and record.method == "structured" and record.fine_tune_epochs == 5
@@ -268,7 +270,7 @@ def test_fit_picks_what_fits_a_tight_profile_and_refuses_when_nothing_does(
     manifest, _, _ = read_manifest(out)
     assert manifest.compression is not None and len(manifest.fit or ()) == 4
     page = report.read_text()
-    assert page.count("<img") == 2 and "Chosen: <b>tflite int8, pruned 0.5</b>" in page
+    assert page.count("<img") == 3 and "Chosen: <b>tflite int8, pruned 0.5</b>" in page  # + per-layer SNR
     nothing = write_profile(model_storage_mb=0.01)
     refused = CliRunner().invoke(main, [*args[:3], str(nothing), *args[4:], "-o", str(tmp_path / "none.ekb")])
     assert refused.exit_code == 1 and "no candidate of 4 fits custom" in refused.stderr
