@@ -84,6 +84,19 @@ class Converter(ABC):
         return {}
 
 
+def channel_snr_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    """Quantization SNR in dB from per-channel signal and noise powers, robust to outlier
+    and dead channels: the median channel's signal over the mean channel noise.
+
+    A plain whole-tensor SNR is dominated by the largest channel: one outlier channel that
+    stretches the int8 range hides that every other channel was rounded to noise. A median
+    of per-channel SNRs is dragged down by dead ReLU channels that carry no signal at all.
+    """
+    if not noise.any():
+        return float("inf")
+    return float(10 * np.log10(max(float(np.median(signal)), 1e-30) / float(np.mean(noise))))
+
+
 def converter_for(fmt: str) -> Converter:
     try:
         return Converter.registry[fmt]()

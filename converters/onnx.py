@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter
+from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter, channel_snr_db
 from edgekit.converters.onnx_source import dynamic_dims, fix_input_dims, graph_inputs, import_onnx
 from edgekit.converters.source import first_line, import_tensorflow
 from edgekit.errors import ConversionError, DataError, InputError, MissingDependencyError
@@ -317,14 +317,8 @@ def _quantize(
 def channel_robust_sqnr(
     reference: Sequence[np.ndarray], noisy: Sequence[np.ndarray], shape: tuple[int, ...] | None
 ) -> float:
-    """Signal-to-quantization-noise ratio in dB, robust to outlier and dead channels.
-
-    Signal is the median channel's power, noise the mean channel noise power. A plain
-    whole-tensor SQNR is dominated by the largest channel: one outlier channel that stretches
-    the int8 range hides that every other channel was rounded to noise. A median of
-    per-channel SQNRs is dragged down by dead ReLU channels that carry no signal at all.
-    The debug tool saves tensors flattened, so ``shape`` (without batch) restores channels.
-    """
+    """``channel_snr_db`` of ONNX Runtime's debug tensors, channels first. The debug tool
+    saves tensors flattened, so ``shape`` (without batch) restores the channels."""
     ref = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in reference])
     err = ref - np.concatenate([np.asarray(n, dtype=np.float64).ravel() for n in noisy])
     if shape and ref.size % int(np.prod(shape)) == 0:
@@ -333,9 +327,7 @@ def channel_robust_sqnr(
         noise = np.mean(err.reshape(-1, shape[0], per_channel) ** 2, axis=(0, 2))
     else:
         signal, noise = np.mean(ref**2, keepdims=True), np.mean(err**2, keepdims=True)
-    if not noise.any():
-        return float("inf")
-    return float(10 * np.log10(max(float(np.median(signal)), 1e-30) / float(np.mean(noise))))
+    return channel_snr_db(signal, noise)
 
 
 IDEAL_SQNR_DB = 50.0

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter
+from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter, channel_snr_db
 from edgekit.converters.source import import_tensorflow
 from edgekit.errors import ConversionError, DataError, InputError
 
@@ -192,16 +192,13 @@ _COMPUTE_OPS = frozenset(
 def _channel_snr_db(
     reference: Sequence[np.ndarray], quantized: Sequence[np.ndarray], scale: float, zero_point: int
 ) -> float:
-    """SNR in dB of a layer's int8 output against float, channels last: median channel
-    power over mean channel noise power (robust to dead ReLU channels and to outliers)."""
+    """``channel_snr_db`` of a layer's int8 output against float, channels last."""
     ref = np.stack([np.asarray(r, np.float64) for r in reference])
     deq = (np.stack([np.asarray(q, np.float64) for q in quantized]) - zero_point) * scale
     channels = ref.shape[-1] if ref.ndim > 2 else 1
     signal = np.mean(ref.reshape(-1, channels) ** 2, axis=0)
     noise = np.mean((ref - deq).reshape(-1, channels) ** 2, axis=0)
-    if not noise.any():
-        return float("inf")
-    return float(10 * np.log10(max(float(np.median(signal)), 1e-30) / float(np.mean(noise))))
+    return channel_snr_db(signal, noise)
 
 
 def _samples(calibration: np.ndarray, advance: Advance) -> Iterator[list[Any]]:

@@ -116,7 +116,8 @@ def parse(fleet: str, topic: str, payload: bytes) -> Message:
         try:
             header, head, body = read_sample_header(payload)
         except (ValueError, ValidationError):
-            raise Skip(_version_or_malformed(payload[6:])) from None
+            length = int.from_bytes(payload[4:6], "big")
+            raise Skip(_version_or_malformed(payload[6 : 6 + length])) from None
         if header.node != node:
             raise Skip("malformed")
         return Message("sample", node, header=header, head=head, body=body)
@@ -131,7 +132,7 @@ def parse(fleet: str, topic: str, payload: bytes) -> Message:
 
 def _version_or_malformed(payload: bytes) -> str:
     try:
-        version = json.loads(payload.split(b"\0")[0]).get("v")
+        version = json.loads(payload).get("v")
     except (ValueError, AttributeError, UnicodeDecodeError):
         return "malformed"
     return "unknown_version" if version not in (None, SCHEMA_VERSION) else "malformed"
@@ -186,17 +187,10 @@ class Inbox:
     while it is away, and it acknowledges each one only when ``ack`` is called."""
 
     def __init__(self, broker: Broker, subscriptions: list[str], session: str | None = None) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.broker = broker
         self.subscriptions = subscriptions
         self.queue: queue.Queue[tuple[str, bytes, int, int]] = queue.Queue()
-        client_id = session or f"edgekit-watch-{secrets.token_hex(4)}"
-        if broker.tls or broker.username:
-            client = broker.client(client_id)
-        else:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client = broker.client(session or f"edgekit-watch-{secrets.token_hex(4)}")
         client.manual_ack_set(session is not None)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -120,7 +120,6 @@ class Telemetry:
         self._window: Window | None = None
         self._spare: Window | None = None
         self._publisher: Publisher | None = None
-        self._stopped: Publisher | None = None
         self._final_status: dict[str, Any] | None = None
         self._noise: Noise | None = None
         self._model: ModelRef | None = None
@@ -362,7 +361,7 @@ class Telemetry:
         """Counters for people and tests: released reports, sent, queued, the last error."""
         if self._final_status is not None:
             return self._final_status
-        publisher = self._publisher or self._stopped
+        publisher = self._publisher
         entries, size = self.outbox.size()
         return {
             "broker": self.broker.url,
@@ -379,8 +378,8 @@ class Telemetry:
     def close(self, timeout: float | None = None) -> None:
         """Report the open window, send what can be sent within ``timeout`` seconds, stop.
         What is not acknowledged by then stays in the outbox for the next start."""
-        publisher, self._publisher = self._publisher, None
-        if publisher is None:
+        publisher = self._publisher
+        if publisher is None or self._final_status is not None:
             return
         self.flush()
         if not publisher.drain(self.close_timeout_s if timeout is None else timeout):
@@ -391,7 +390,6 @@ class Telemetry:
             )
         publisher.stop()
         publisher.join(timeout=5)
-        self._stopped = publisher
         self._final_status = {**self.status, "connected": False}
         self.outbox.close()
 
