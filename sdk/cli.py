@@ -294,7 +294,7 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
           --calibration calib.npz --eval eval.npz -o digits.ekb
       edgekit convert model.keras --target jetson-orin-nano --calibration calib.npz -o m.ekb
       edgekit convert model.onnx --target x86-gateway --calibration calib.npz --eval eval.npz
-      edgekit convert model.keras --target raspberry-pi-4 --prune 0.5 --train-data train.npz \
+      edgekit convert model.keras --target raspberry-pi-4 --prune 0.5 --train-data train.npz \\
           --calibration calib.npz --eval eval.npz -o small.ekb
     """
     from edgekit import views
@@ -884,9 +884,10 @@ def fleet_collect(
 
     \b
     Samples are decrypted with the fleet's private key and written to OUT/shards/, and
-    merged into OUT/samples.npz (arrays x, pred, confidence), which `edgekit convert
-    --calibration` takes as it is. OUT/drift.json and OUT/drift.html show each node's
-    drift over time; OUT/collect.json counts reports, gaps and skipped messages.
+    merged into OUT/samples.npz (arrays x, pred, confidence, node, seq: seq orders a
+    node's samples in time), which `edgekit convert --calibration` takes as it is.
+    OUT/drift.json and OUT/drift.html show each node's drift over time; OUT/collect.json
+    counts reports, gaps and skipped messages.
     Malformed, unknown-version and duplicate messages are counted and skipped.
     \b
     Examples:

@@ -52,6 +52,9 @@ from edgekit.signing import write_secret
 
 log = logging.getLogger("edgekit.fleet")
 KINDS = ("report", "sample", "status")
+SAMPLE_ARRAYS = ("x", "pred", "confidence", "node", "seq")
+"""samples.npz: inputs, predicted class, confidence, and the node and message sequence number
+each came in (a window's samples follow its report, so ``seq`` orders them in time)."""
 SKIP_REASONS = ("malformed", "unknown_version", "oversized", "duplicate", "undecryptable", "wrong_topic")
 
 
@@ -362,8 +365,8 @@ def _fmt(value: float | None) -> str:
 class Collector:
     """Turns a fleet's reports and samples into retraining data and a drift report.
 
-    ``out`` holds ``shards/*.npz`` (decrypted samples), ``samples.npz`` (all of them:
-    usable as --calibration or --eval), ``reports.jsonl``, ``collect.json`` (counts, the
+    ``out`` holds ``shards/*.npz`` (decrypted samples), ``samples.npz`` (all of them, arrays
+    ``SAMPLE_ARRAYS``: usable as --calibration), ``reports.jsonl``, ``collect.json`` (counts, the
     sequence numbers seen, gaps) and ``drift.json`` / ``drift.html``. Restarting on the same
     folder carries on: shards and the seen sequence numbers are reloaded.
     """
@@ -404,6 +407,10 @@ class Collector:
                     raise Skip("undecryptable") from None
                 if not {"x", "pred", "confidence"} <= set(arrays):
                     raise Skip("malformed")
+                count = len(arrays["x"])
+                arrays = {name: arrays[name] for name in SAMPLE_ARRAYS[:3]}
+                arrays["node"] = np.full(count, message.node)
+                arrays["seq"] = np.full(count, seq, np.int64)
                 self._pending.append(arrays)
             else:
                 assert message.report is not None
@@ -423,12 +430,7 @@ class Collector:
         if self._pending:
             name = f"samples-{len(self.shards) + 1:05d}.npz"
             buffer = io.BytesIO()
-            np.savez(
-                buffer,
-                x=np.concatenate([a["x"] for a in self._pending]),
-                pred=np.concatenate([a["pred"] for a in self._pending]),
-                confidence=np.concatenate([a["confidence"] for a in self._pending]),
-            )
+            np.savez(buffer, **_merge(self._pending))
             atomic_write(self.out / "shards" / name, buffer.getvalue())
             self.sample_count += sum(len(a["x"]) for a in self._pending)
             self.shards.append(name)
@@ -476,18 +478,17 @@ class Collector:
         if self.shards:
             parts = [np.load(self.out / "shards" / name, allow_pickle=False) for name in self.shards]
             buffer = io.BytesIO()
-            np.savez(
-                buffer,
-                x=np.concatenate([p["x"] for p in parts]),
-                pred=np.concatenate([p["pred"] for p in parts]),
-                confidence=np.concatenate([p["confidence"] for p in parts]),
-            )
+            np.savez(buffer, **_merge(parts))
             atomic_write(self.out / "samples.npz", buffer.getvalue())
         drift = drift_report(self.fleet, self.read_reports())
         atomic_write(self.out / "drift.json", json.dumps(drift, indent=2).encode())
         atomic_write(self.out / "drift.html", drift_html(drift).encode())
         fsync_dir(self.out)
         return {**self.state(), "drift": drift["fleet"], "out": str(self.out)}
+
+
+def _merge(parts: list[Any]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([part[name] for part in parts]) for name in SAMPLE_ARRAYS}
 
 
 def drift_report(fleet: str, reports: list[dict[str, Any]]) -> dict[str, Any]:

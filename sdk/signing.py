@@ -49,7 +49,8 @@ def public_pem(public: Ed25519PublicKey) -> bytes:
 
 
 def write_secret(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 from the start; never overwrite a key."""
+    """Create ``path`` (and its folder) with mode 0600 from the start; never overwrite a key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

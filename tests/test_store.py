@@ -384,6 +384,8 @@ def test_keys_sign_and_trust_commands(converted, tmp_path: Path, monkeypatch: py
     runner = CliRunner()
     assert runner.invoke(main, ["keys", "init", "--publisher", "-o", "me.key"]).exit_code == 0
     assert stat.S_IMODE((tmp_path / "me.key").stat().st_mode) == 0o600
+    nested = runner.invoke(main, ["keys", "init", "--publisher", "-o", "new/folder/ci.key"])
+    assert nested.exit_code == 0 and (tmp_path / "new/folder/ci.pub").exists()  # folders made, like mkdir -p
     again = runner.invoke(main, ["keys", "init", "--publisher", "-o", "me.key"])
     assert again.exit_code == 1 and "already exists" in again.stderr
     assert runner.invoke(main, ["keys", "init", "--device"]).exit_code == 0

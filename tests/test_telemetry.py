@@ -112,6 +112,10 @@ def test_every_inference_arrives_and_samples_decrypt(
         rows = {row.tobytes() for row in x[:300]}
         assert all(row.tobytes() in rows for row in samples["x"])  # real inputs, decrypted intact
         assert (samples["confidence"] < 0.999).all()
+        reports = collector.read_reports()
+        assert set(samples["node"]) == {report["node"] for report in reports}
+        # four samples per window, each window's in the message right after its report
+        assert sorted(samples["seq"]) == sorted(report["seq"] + 1 for report in reports for _ in range(4))
 
 
 def test_broker_outage_loses_nothing_and_keeps_order(
