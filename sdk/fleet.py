@@ -487,7 +487,7 @@ class Collector:
         return {**self.state(), "drift": drift["fleet"], "out": str(self.out)}
 
 
-def _merge(parts: list[Any]) -> dict[str, np.ndarray]:
+def _merge(parts: list[Any]) -> dict[str, Any]:
     return {name: np.concatenate([part[name] for part in parts]) for name in SAMPLE_ARRAYS}
 
 
