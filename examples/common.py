@@ -73,16 +73,30 @@ class Machines:
             else:
                 os.environ["EDGEKIT_HOME"] = before
 
-    def _run(self, home: Path, args: tuple[str | Path, ...], quiet: bool) -> Any:
-        """Print the command, run it, and return its parsed output when it has --json.
-        A failing command stops the example with the command's own one-line error."""
+    def background(self, *args: str | Path) -> subprocess.Popen[str]:
+        """Start an operator's command that runs alongside (``fleet watch``); stdout is piped."""
+        wide = {**self._env(self.operator_home), "COLUMNS": "120"}  # rich's table width in a pipe
+        return subprocess.Popen(
+            self._command(self.operator_home, args), env=wide, stdout=subprocess.PIPE, text=True
+        )
+
+    def _command(self, home: Path, args: tuple[str | Path, ...]) -> list[str]:
         command = ["edgekit", *map(str, args)]
         where = "device" if home == self.device_home else "operator"
         print(f"[{where}]$ {shlex.join(command)}", flush=True)
+        return command
+
+    def _env(self, home: Path) -> dict[str, str]:
+        return {**os.environ, "EDGEKIT_HOME": str(home)}
+
+    def _run(self, home: Path, args: tuple[str | Path, ...], quiet: bool) -> Any:
+        """Print the command, run it, and return its parsed output when it has --json.
+        A failing command stops the example with the command's own one-line error."""
+        command = self._command(home, args)
         as_json = "--json" in command
         done = subprocess.run(
             command,
-            env={**os.environ, "EDGEKIT_HOME": str(home)},
+            env=self._env(home),
             stdout=subprocess.PIPE if as_json or quiet else None,
             text=True,
         )

@@ -775,6 +775,12 @@ def fleet_init(name: str, folder: Path | None, as_json: bool) -> None:
 @fleet.command("watch")
 @broker_options
 @click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
+@click.option(
+    "--idle",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop after this many seconds without a message.",
+)
 @json_option
 @click.pass_context
 def fleet_watch(
@@ -785,6 +791,7 @@ def fleet_watch(
     tls_cert: Path | None,
     tls_key: Path | None,
     duration: float | None,
+    idle: float | None,
     as_json: bool,
 ) -> None:
     """Live table of a fleet: online/offline, inferences/s, p50/p95 latency, errors, drift.
@@ -797,6 +804,7 @@ def fleet_watch(
     Examples:
       edgekit fleet watch --broker mqtt://localhost:1883 --fleet factory-7
       edgekit fleet watch --broker mqtt://localhost:1883 --fleet factory-7 --json --duration 60
+    Without a terminal (a pipe, a log) the table is printed once, when watch stops.
     """
     import time
 
@@ -810,13 +818,17 @@ def fleet_watch(
     ).start()
     deadline = time.monotonic() + duration if duration is not None else None
     live = None if as_json else Live(view.table(), console=Console(), refresh_per_second=2)
+    last = time.monotonic()
     try:
         if live is not None:
             live.start()
         while deadline is None or time.monotonic() < deadline:
+            if idle is not None and time.monotonic() - last >= idle:
+                break
             message = inbox.get(0.2)
             if message is None:
                 continue
+            last = time.monotonic()
             event = view.handle(message[0], message[1])
             if as_json and event is not None:
                 click.echo(json.dumps(event, sort_keys=True))

@@ -332,8 +332,9 @@ class FleetView:
             + (f", {skipped} messages skipped" if skipped else ""),
             title_justify="left",
         )
-        for column in ("node", "status", "model", "inf/s", "p50 ms", "p95 ms", "errors", "drift", "dropped"):
-            table.add_column(column, justify="left" if column in ("node", "status", "model") else "right")
+        table.add_column("node", no_wrap=True, min_width=12)  # a pseudonym's first 12 hex digits
+        for column in ("status", "model", "inf/s", "p50 ms", "p95 ms", "errors", "drift", "dropped"):
+            table.add_column(column, justify="left" if column in ("status", "model") else "right")
         for state in sorted(self.nodes.values(), key=lambda s: s.node):
             last = state.last
             drift = last.get("drift")

@@ -72,10 +72,14 @@ def test_run_watch_collect_and_convert_the_samples(
         summary = json.loads(collect.output)
         watch.terminate()
         lines = [json.loads(line) for line in watch.communicate(timeout=30)[0].splitlines()]
+        # without a terminal, the table is printed once when watch stops (here: idle for 1 s)
+        table = _cli("fleet", "watch", *common, "--idle", "1")
+    assert table.exit_code == 0 and "fleet meters: 0 online, 1 offline" in table.stdout
     assert summary["reports"] == 1 and summary["inferences"] == len(x)
     assert summary["samples"] == 40 and sum(summary["skipped"].values()) == 0
     assert (out / "drift.html").read_text().count("<img") == 1
     reports = [line for line in lines if line["event"] == "report"]
+    assert reports[0]["node"][:12] in table.stdout  # the retained status names the node
     assert reports and reports[0]["inferences"] == len(x) and reports[0]["drift"] < 0.1
     v2 = _cli(
         "convert", str(digits_files["model"]), "--target", "raspberry-pi-5", "--precision", "int8",
