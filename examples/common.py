@@ -131,11 +131,12 @@ class Checks:
     def check(self, name: str, ok: bool, detail: str) -> None:
         self.results.append({"check": name, "ok": bool(ok), "detail": detail})
 
-    def finish(self, telemetry: bool) -> int:
+    def finish(self, telemetry: bool | None = None) -> int:
+        """``telemetry``: whether the telemetry part ran (False: skipped, no broker; None: none)."""
         heading("checks")
         for result in self.results:
             print(f"  {'PASS' if result['ok'] else 'FAIL'}  {result['check']}: {result['detail']}")
-        if not telemetry:
+        if telemetry is False:
             print("  SKIP  telemetry checks: no Mosquitto here")
         summary = {"telemetry": telemetry, "checks": self.results, "numbers": self.numbers}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

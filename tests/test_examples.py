@@ -1,0 +1,71 @@
+"""The three examples end to end, in quick mode, as a user runs them: each must exit 0 and
+its summary.json must show the scenario's success criteria met."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgekit.mosquitto import find_mosquitto
+
+ROOT = Path(__file__).resolve().parents[1]
+BROKER = find_mosquitto() is not None
+
+pytestmark = pytest.mark.slow
+
+
+def _example(name: str, tmp_path: Path) -> dict[str, Any]:
+    out = tmp_path / name
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name / "run.py"), "--quick", "--out", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checks"] and all(check["ok"] for check in summary["checks"])
+    return summary
+
+
+def test_smart_home_meter(tmp_path: Path) -> None:
+    summary = _example("smart_home_meter", tmp_path)
+    numbers = summary["numbers"]
+    assert numbers["v1_installed_accuracy"] >= 0.85
+    assert numbers["v1_fogged_accuracy"] <= numbers["v1_installed_accuracy"] - 0.15  # the fog hurts
+    assert numbers["v2_fogged_accuracy"] >= numbers["v1_fogged_accuracy"] + 0.15  # retraining helps
+    assert numbers["v2_installed_accuracy"] >= 0.8  # and forgets nothing much
+    assert summary["telemetry"] is BROKER
+    if BROKER:
+        installed, fogged, retrained = numbers["drift_scores"]
+        assert installed < 0.25 <= fogged and retrained < 0.25  # drift injected, seen, and gone after v2
+        assert numbers["samples"] >= 50
+
+
+def test_factory_vibration(tmp_path: Path) -> None:
+    summary = _example("factory_vibration", tmp_path)
+    assert summary["numbers"]["accuracy"] >= 90
+    assert summary["telemetry"] is BROKER
+    if BROKER:
+        drift = summary["numbers"]["drift"]
+        flagged = {name for name, scores in drift.items() if scores[-1] >= 0.25}
+        assert flagged == {"line-2-pump", "line-3-fan"}  # the two injected sensor drifts, only those
+        assert all(max(scores) < 0.25 for name, scores in drift.items() if name not in flagged)
+        assert all(len(scores) == 8 for scores in drift.values())
+
+
+def test_jetson_vision(tmp_path: Path) -> None:
+    summary = _example("jetson_vision", tmp_path)
+    numbers = summary["numbers"]
+    assert numbers["int8_runtime_top1"] >= 0.7 and numbers["fp16_runtime_top1"] >= 0.7
+    assert numbers["int8_size_kb"] < numbers["fp16_size_kb"]
+    names = {check["check"] for check in summary["checks"]}
+    assert "int8 is symmetric QDQ, as TensorRT wants" in names
+    assert "int8 runs on the first provider that works" in names
