@@ -54,11 +54,11 @@ class Machines:
         self.operator_home = out / "operator"
         self.device_home = out / "device"
 
-    def edgekit(self, *args: str | Path, quiet: bool = False) -> Any:
-        return self._run(self.operator_home, args, quiet)
+    def edgekit(self, *args: str | Path) -> Any:
+        return self._run(self.operator_home, args)
 
-    def device(self, *args: str | Path, quiet: bool = False) -> Any:
-        return self._run(self.device_home, args, quiet)
+    def device(self, *args: str | Path) -> Any:
+        return self._run(self.device_home, args)
 
     @contextmanager
     def on_device(self) -> Iterator[None]:
@@ -89,7 +89,7 @@ class Machines:
     def _env(self, home: Path) -> dict[str, str]:
         return {**os.environ, "EDGEKIT_HOME": str(home)}
 
-    def _run(self, home: Path, args: tuple[str | Path, ...], quiet: bool) -> Any:
+    def _run(self, home: Path, args: tuple[str | Path, ...]) -> Any:
         """Print the command, run it, and return its parsed output when it has --json.
         A failing command stops the example with the command's own one-line error."""
         command = self._command(home, args)
@@ -97,7 +97,7 @@ class Machines:
         done = subprocess.run(
             command,
             env=self._env(home),
-            stdout=subprocess.PIPE if as_json or quiet else None,
+            stdout=subprocess.PIPE if as_json else None,
             text=True,
         )
         if done.returncode != 0:
