@@ -83,17 +83,20 @@ class Model:
         """
         started = time.perf_counter()
         path = Path(source)
+        engines = None
         if path.suffix == ".ekb" or path.exists():
             verify = (trust or Trust()).verifier(allow_unsigned, str(path))
             manifest, contents = read_bundle(path, verify)
         else:  # a model name: the active version from the encrypted store, decrypted in memory
             from edgekit.runtime.store import Store
 
-            manifest, contents = Store().load(str(source))
+            store = Store()
+            manifest, contents = store.load(str(source))
             path = Path(f"store:{manifest.name}/{manifest.version}")
             # ONNX Runtime writes TensorRT engines to the cache folder in plaintext, and an
-            # engine is the model: models from the encrypted store never get a cache.
+            # engine is the model: store models keep theirs in the store, encrypted, instead.
             trt_cache_dir = None
+            engines = store.engines(manifest.name, manifest.version)
         entry = choose_artifact(manifest, format)
         runtime = manifest.profile.get("runtime", {})
         threads = threads or min(int(runtime.get("threads", 1)), os.cpu_count() or 1)
@@ -103,6 +106,7 @@ class Model:
                 threads,
                 providers=providers or tuple(runtime.get("execution_providers", ())),
                 settings=ProviderSettings(precision=entry.precision, trt_cache_dir=trt_cache_dir),
+                engines=engines,
             )
         else:
             backend = backend_for(entry.format)(contents[entry.path], threads)

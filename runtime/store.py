@@ -6,6 +6,7 @@ Layout, per model name::
     models/NAME/VERSION/data.key    the version's random AES-256 data key, wrapped by the device key
     models/NAME/VERSION/manifest.enc, <artifact>.enc    AES-256-GCM in 1 MiB chunks
     models/NAME/VERSION/manifest.sig                     the publisher's signature, if any
+    models/NAME/VERSION/engines/KEY.enc                  compiled TensorRT engines, encrypted the same way
 
 Every chunk's associated data binds the model name, version, file, chunk index, chunk count
 and total length, so a file cannot be swapped, reordered or truncated unnoticed. Nonces are
@@ -156,6 +157,10 @@ class Store:
         }
         return manifest, contents
 
+    def engines(self, name: str, version: int) -> EngineCache:
+        """The compiled-engine cache of an installed version (see ``EngineCache``)."""
+        return EngineCache(self, name, version)
+
     # --- device key rotation ---------------------------------------------------------------
 
     def rotate_device_key(self) -> None:
@@ -300,7 +305,12 @@ class Store:
         if not self.root.exists():
             return
         with self._locked():
-            for leftover in (*self.root.glob("*/.tmp-*"), *self.root.glob("*/*.tmp")):
+            leftovers = (
+                *self.root.glob("*/.tmp-*"),
+                *self.root.glob("*/*.tmp"),
+                *self.root.glob("*/*/engines/*.tmp"),
+            )
+            for leftover in leftovers:
                 if leftover.is_dir():
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
@@ -318,6 +328,51 @@ class Store:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class EngineCache:
+    """Compiled TensorRT engines of one installed version, stored encrypted beside it.
+
+    ONNX Runtime's own engine cache writes engines to a folder in plaintext, and an engine
+    is the model; so for store models the runtime compiles the engine in memory (ONNX
+    Runtime's compile API, an EPContext model with the engine embedded) and keeps it here,
+    under the version's data key, as ``engines/KEY.enc``. ``KEY`` names what the engine was
+    built from (artifact, onnxruntime version, provider options). An engine that fails its
+    tag, or later fails to load, is dropped and built again.
+    """
+
+    def __init__(self, store: Store, name: str, version: int) -> None:
+        self.store, self.name, self.version = store, name, version
+        self.folder = store.root / name / str(version)
+
+    def get(self, key: str) -> bytes | None:
+        path = self._path(key)
+        if not path.exists():
+            return None
+        try:
+            data_key = self.store._unwrap(self.folder, self.name, self.version)
+            return _decrypt(path, data_key, self.name, self.version, f"engines/{key}")
+        except StoreError:
+            self.drop(key)
+            return None
+
+    def put(self, key: str, engine: bytes) -> None:
+        with self.store._locked():
+            if not self.folder.is_dir():
+                return  # removed meanwhile: nothing to cache for
+            data_key = self.store._unwrap(self.folder, self.name, self.version)
+            self._path(key).parent.mkdir(exist_ok=True)
+            atomic_write(
+                self._path(key), _encrypt(engine, data_key, self.name, self.version, f"engines/{key}")
+            )
+
+    def drop(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if not key.isalnum():
+            raise ValueError(f"engine cache key {key!r}: letters and digits only")
+        return self.folder / "engines" / f"{key}.enc"
 
 
 def _encrypt(data: bytes, key: bytes, name: str, version: int, file: str) -> bytes:

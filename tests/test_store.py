@@ -462,3 +462,95 @@ def test_malformed_store_files_are_reported_not_crashed_on(converted, home: Path
         result.exit_code == 1
         and result.stderr == "error: digits: state.json is malformed; the store was tampered with\n"
     )
+
+
+def test_tensorrt_engine_is_compiled_once_and_kept_encrypted(
+    home: Path,
+    publisher: Path,
+    onnx_converted,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+) -> None:
+    """No GPU here, so TensorRT's two calls are stand-ins (compiling, and opening a session on
+    it); the key, the encryption, the store layout, reuse and recovery are the real code."""
+    import logging
+
+    import onnx
+    import onnxruntime as ort
+
+    from edgekit.runtime.backends.onnx import CPU, TRT, ProviderSettings
+
+    bundle = variant(
+        onnx_converted("int8", profile="jetson-orin-nano").output, tmp_path / "v.ekb", publisher, 1
+    )
+    Store().install(bundle)
+    manifest, contents = Store().load(read_bundle(bundle)[0].name)
+    content = contents[manifest.artifacts[0].path]
+    marker = b"compiled-for-tensorrt-" + os.urandom(8).hex().encode()
+    compiled, opened = [], []
+
+    def compiler(model: bytes, options: dict[str, str]) -> bytes:  # what ModelCompiler would return
+        compiled.append(options)
+        proto = onnx.load_from_string(model)
+        proto.doc_string = marker.decode()
+        return proto.SerializeToString()
+
+    def factory(model: bytes, sess_options: object, providers: list[tuple[str, dict]]) -> object:
+        opened.append(model)
+        if b"tampered" in model:
+            raise RuntimeError("TensorRT: engine plan was built for another GPU")
+        return ort.InferenceSession(model, sess_options=sess_options, providers=[CPU])
+
+    def load() -> ONNXBackend:
+        engines = Store().engines(manifest.name, manifest.version)
+        return ONNXBackend(content, providers=[TRT, CPU], settings=ProviderSettings(precision="int8"),
+                           available=[TRT, CPU], session_factory=factory, engines=engines, compiler=compiler)  # fmt: skip
+
+    first = load()
+    assert first.engine_cache == "built" and len(compiled) == 1 and compiled[0]["trt_int8_enable"] == "True"
+    assert marker in opened[-1]  # the session ran the compiled model
+    (stored,) = (home / "models" / manifest.name / "1" / "engines").iterdir()
+    assert marker not in stored.read_bytes() and b"EPContext" not in stored.read_bytes()  # encrypted
+    second = load()
+    assert second.engine_cache == "loaded" and len(compiled) == 1 and marker in opened[-1]  # no rebuild
+    x = np.zeros((1, *first.inputs[0].shape[1:]), np.float32)
+    assert np.array_equal(second.run(x)[0], first.run(x)[0])
+
+    sealed = bytearray(stored.read_bytes())
+    sealed[-20] ^= 1  # a flipped bit fails the GCM tag: the engine is dropped and built again
+    stored.write_bytes(bytes(sealed))
+    assert load().engine_cache == "built" and len(compiled) == 2
+
+    # An engine that decrypts but does not load (another GPU, a TensorRT upgrade): dropped, and
+    # this start builds it inside the session instead; the next start compiles it again.
+    key = stored.stem
+    Store().engines(manifest.name, manifest.version).put(key, b"tampered engine")
+    caplog.set_level(logging.WARNING, "edgekit.runtime")
+    fallback = load()
+    assert fallback.engine_cache is None and fallback.provider == CPU and opened[-1] == content
+    assert (
+        "the stored TensorRT engine did not load (TensorRT: engine plan was built for another GPU)"
+        in caplog.text
+    )
+    assert not stored.exists()
+
+    def broken(model: bytes, options: dict[str, str]) -> bytes:
+        raise RuntimeError("onnxruntime 1.19.0 has no compile API (1.22 or later has)")
+
+    engines = Store().engines(manifest.name, manifest.version)
+    plain = ONNXBackend(content, providers=[TRT, CPU], available=[TRT, CPU], session_factory=factory,
+                        engines=engines, compiler=broken)  # fmt: skip
+    assert plain.engine_cache is None and opened[-1] == content
+    assert "TensorRT engine not cached (onnxruntime 1.19.0 has no compile API" in caplog.text
+
+
+def test_store_models_on_cpu_never_compile_an_engine(
+    home: Path, publisher: Path, onnx_converted, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    bundle = variant(
+        onnx_converted("int8", profile="jetson-orin-nano").output, tmp_path / "v.ekb", publisher, 1
+    )
+    name = Store().install(bundle).name
+    model = Model.load(name)  # TensorRT is not in this onnxruntime build: nothing compiled, nothing stored
+    assert model.info.provider == "CPUExecutionProvider"
+    assert not (home / "models" / name / "1" / "engines").exists()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,6 +28,7 @@ _ONNX_DTYPES = {
     "tensor(bool)": "bool",
 }
 CPU = "CPUExecutionProvider"
+TRT = "TensorrtExecutionProvider"
 log = logging.getLogger("edgekit.runtime")
 _MISSING_OP = re.compile(
     r"(?:Could not find an implementation for |not a registered function/op.*?|Fatal error: )([\w.:]+)\("
@@ -71,6 +74,30 @@ def provider_options(provider: str, settings: ProviderSettings) -> dict[str, str
     return {}
 
 
+class EngineStore(Protocol):
+    """Where compiled TensorRT engines are kept: ``edgekit.runtime.store.EngineCache``."""
+
+    def get(self, key: str) -> bytes | None: ...
+    def put(self, key: str, engine: bytes) -> None: ...
+    def drop(self, key: str) -> None: ...
+
+
+def compile_engine(content: bytes, options: dict[str, str]) -> bytes:
+    """The model as an EPContext model with TensorRT's engine embedded, built in memory with
+    ONNX Runtime's compile API (1.22+), so no engine file is written."""
+    ort = import_onnxruntime()
+    if not hasattr(ort, "ModelCompiler"):
+        raise RuntimeError(f"onnxruntime {ort.__version__} has no compile API (1.22 or later has)")
+    session_options = ort.SessionOptions()
+    session_options.add_provider(TRT, options)
+    compiled: bytes = ort.ModelCompiler(
+        session_options, content, embed_compiled_data_into_model=True
+    ).compile_to_bytes()
+    if b"EPContext" not in compiled:  # the op type of the nodes that carry an engine
+        raise RuntimeError("TensorRT took no part of the graph")
+    return compiled
+
+
 class ONNXBackend(Backend):
     format = "onnx"
 
@@ -86,11 +113,15 @@ class ONNXBackend(Backend):
         settings: ProviderSettings | None = None,
         available: Sequence[str] | None = None,
         session_factory: Callable[..., Any] | None = None,
+        engines: EngineStore | None = None,
+        compiler: Callable[[bytes, dict[str, str]], bytes] = compile_engine,
     ) -> None:
         """Open a session on the first of ``providers`` that works, falling back in order.
 
-        ``available`` and ``session_factory`` default to ONNX Runtime's; tests substitute them
-        to exercise the GPU selection and fallback on a machine without a GPU.
+        With ``engines``, TensorRT's engine is compiled once and kept there (encrypted, for
+        store models) instead of being rebuilt at every start. ``available``,
+        ``session_factory`` and ``compiler`` default to ONNX Runtime's; tests substitute them
+        to exercise the GPU selection, fallback and engine cache on a machine without a GPU.
         """
         ort = import_onnxruntime()
         options = ort.SessionOptions()
@@ -102,6 +133,9 @@ class ONNXBackend(Backend):
             "session.model_external_initializers_file_folder_path", os.devnull + "/edgekit-no-external-data"
         )
         self.fallbacks: list[str] = []
+        self.engine_cache: str | None = None
+        """For TensorRT with ``engines``: "loaded" or "built" (then saved), else None."""
+        self._engines, self._compiler = engines, compiler
         self._session = self._open(
             content,
             options,
@@ -131,13 +165,20 @@ class ONNXBackend(Backend):
         self.fallbacks += [f"{p} is not in this onnxruntime build" for p in wanted if p not in available]
         chain = [p for p in wanted if p in available and p != CPU] + [CPU]
         for index, provider in enumerate(chain):
-            rest = chain[index:]
+            providers = [(p, provider_options(p, settings)) for p in chain[index:]]
+            engine = self._trt_engine(content, providers[0][1]) if provider == TRT else None
             try:
-                session = factory(
-                    content,
-                    sess_options=options,
-                    providers=[(p, provider_options(p, settings)) for p in rest],
-                )
+                if engine is not None:
+                    try:
+                        session = factory(engine[1], sess_options=options, providers=providers)
+                    except Exception as exc:  # another GPU, driver or TensorRT: build it again
+                        assert self._engines is not None
+                        self._engines.drop(engine[0])
+                        self.engine_cache = None
+                        log.warning("edgekit: the stored TensorRT engine did not load (%s)", _first_line(exc))
+                        session = factory(content, sess_options=options, providers=providers)
+                else:
+                    session = factory(content, sess_options=options, providers=providers)
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
                 if provider == CPU:
                     raise RuntimeBackendError(describe_load_failure(exc)) from exc
@@ -147,6 +188,33 @@ class ONNXBackend(Backend):
                 log.warning("edgekit: running on %s: %s", provider, "; ".join(self.fallbacks))
             return session
         raise AssertionError("unreachable: the CPU provider either opens or raises")
+
+    def _trt_engine(self, content: bytes, trt_options: dict[str, str]) -> tuple[str, bytes] | None:
+        """(key, EPContext model) from the engine store, else compiled now and stored; None
+        without a store or when compiling fails (TensorRT then builds in the session)."""
+        if self._engines is None:
+            return None
+        ort = import_onnxruntime()
+        recipe = [
+            hashlib.sha256(content).hexdigest(),
+            ort.__version__,
+            json.dumps(trt_options, sort_keys=True),
+        ]
+        key = hashlib.sha256("|".join(recipe).encode()).hexdigest()[:32]
+        engine = self._engines.get(key)
+        if engine is not None:
+            self.engine_cache = "loaded"
+            return key, engine
+        try:
+            engine = self._compiler(content, trt_options)
+        except Exception as exc:
+            log.warning(
+                "edgekit: TensorRT engine not cached (%s); it is built at every start", _first_line(exc)
+            )
+            return None
+        self._engines.put(key, engine)
+        self.engine_cache = "built"
+        return key, engine
 
     def bare_call(self, x: np.ndarray) -> Callable[[], object]:
         feed = {self._inputs[0].name: x}
