@@ -26,7 +26,8 @@ QUICK_ENV = "EDGEKIT_EXAMPLES_QUICK"
 
 
 def arguments(doc: str, out: str) -> argparse.Namespace:
-    """--out (made fresh on every run) and --quick (or EDGEKIT_EXAMPLES_QUICK=1)."""
+    """--out (emptied and made again on every run, if an example made it) and --quick (or
+    EDGEKIT_EXAMPLES_QUICK=1)."""
     parser = argparse.ArgumentParser(
         description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc
     )
@@ -38,8 +39,12 @@ def arguments(doc: str, out: str) -> argparse.Namespace:
         help=f"train briefly, as CI does (also {QUICK_ENV}=1)",
     )
     args = parser.parse_args()
-    shutil.rmtree(args.out, ignore_errors=True)
+    marker = args.out / ".edgekit-example"
+    if args.out.exists() and any(args.out.iterdir()) and not marker.exists():
+        parser.error(f"{args.out} has files this example did not make; choose another --out")
+    shutil.rmtree(args.out, ignore_errors=True)  # a fresh start: earlier keys, store and broker go
     args.out.mkdir(parents=True)
+    marker.touch()
     return args
 
 
