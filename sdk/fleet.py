@@ -52,9 +52,11 @@ from edgekit.signing import write_secret
 
 log = logging.getLogger("edgekit.fleet")
 KINDS = ("report", "sample", "status")
-SAMPLE_ARRAYS = ("x", "pred", "confidence", "node", "seq")
-"""samples.npz: inputs, predicted class, confidence, and the node and message sequence number
-each came in (a window's samples follow its report, so ``seq`` orders them in time)."""
+SENT_ARRAYS = ("x", "pred", "confidence")
+"""What a device seals into a sample message: inputs, predicted class, confidence."""
+SAMPLE_ARRAYS = (*SENT_ARRAYS, "node", "seq")
+"""samples.npz: what the device sent, and the node and message sequence number it came in
+(a window's samples follow its report, so ``seq`` orders them in time)."""
 SKIP_REASONS = ("malformed", "unknown_version", "oversized", "duplicate", "undecryptable", "wrong_topic")
 
 
@@ -406,10 +408,10 @@ class Collector:
                     arrays = open_sample(message.head, message.body, self.key)
                 except ValueError:
                     raise Skip("undecryptable") from None
-                if not {"x", "pred", "confidence"} <= set(arrays):
+                if not set(SENT_ARRAYS) <= set(arrays):
                     raise Skip("malformed")
                 count = len(arrays["x"])
-                arrays = {name: arrays[name] for name in SAMPLE_ARRAYS[:3]}
+                arrays = {name: arrays[name] for name in SENT_ARRAYS}
                 arrays["node"] = np.full(count, message.node)
                 arrays["seq"] = np.full(count, seq, np.int64)
                 self._pending.append(arrays)

@@ -168,17 +168,7 @@ class ONNXBackend(Backend):
             providers = [(p, provider_options(p, settings)) for p in chain[index:]]
             engine = self._trt_engine(content, providers[0][1]) if provider == TRT else None
             try:
-                if engine is not None:
-                    try:
-                        session = factory(engine[1], sess_options=options, providers=providers)
-                    except Exception as exc:  # another GPU, driver or TensorRT: build it again
-                        assert self._engines is not None
-                        self._engines.drop(engine[0])
-                        self.engine_cache = None
-                        log.warning("edgekit: the stored TensorRT engine did not load (%s)", _first_line(exc))
-                        session = factory(content, sess_options=options, providers=providers)
-                else:
-                    session = factory(content, sess_options=options, providers=providers)
+                session = self._start(factory, content, engine, options, providers)
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
                 if provider == CPU:
                     raise RuntimeBackendError(describe_load_failure(exc)) from exc
@@ -188,6 +178,26 @@ class ONNXBackend(Backend):
                 log.warning("edgekit: running on %s: %s", provider, "; ".join(self.fallbacks))
             return session
         raise AssertionError("unreachable: the CPU provider either opens or raises")
+
+    def _start(
+        self,
+        factory: Callable[..., Any],
+        content: bytes,
+        engine: tuple[str, bytes] | None,
+        options: Any,
+        providers: list[tuple[str, dict[str, str]]],
+    ) -> Any:
+        """A session on ``engine`` (key, compiled model) if it loads, else on ``content``."""
+        if engine is not None:
+            key, compiled = engine
+            try:
+                return factory(compiled, sess_options=options, providers=providers)
+            except Exception as exc:  # another GPU, driver or TensorRT: build it again
+                assert self._engines is not None
+                self._engines.drop(key)
+                self.engine_cache = None
+                log.warning("edgekit: the stored TensorRT engine did not load (%s)", _first_line(exc))
+        return factory(content, sess_options=options, providers=providers)
 
     def _trt_engine(self, content: bytes, trt_options: dict[str, str]) -> tuple[str, bytes] | None:
         """(key, EPContext model) from the engine store, else compiled now and stored; None
