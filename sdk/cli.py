@@ -89,6 +89,15 @@ def _error_line(message: str) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+duration_option = click.option(
+    "--duration", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds."
+)
+idle_option = click.option(
+    "--idle",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop after this many seconds without a message.",
+)
 
 
 @click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -774,13 +783,8 @@ def fleet_init(name: str, folder: Path | None, as_json: bool) -> None:
 
 @fleet.command("watch")
 @broker_options
-@click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
-@click.option(
-    "--idle",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Stop after this many seconds without a message.",
-)
+@duration_option
+@idle_option
 @json_option
 @click.pass_context
 def fleet_watch(
@@ -866,13 +870,8 @@ def fleet_watch(
     help="Persistent session id, so messages wait at the broker while this collector is away. "
     "Default: edgekit-collect-FLEET-GROUP-HOST.",
 )
-@click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
-@click.option(
-    "--idle",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Stop after this many seconds without a message.",
-)
+@duration_option
+@idle_option
 @click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Stop after this many samples.")
 @json_option
 @click.pass_context
