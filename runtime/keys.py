@@ -43,7 +43,7 @@ class FileKeyProvider:
         self.path = path or edgekit_home() / "device.key"
 
     def device_key(self) -> bytes:
-        return _decode(read_secret(self.path), str(self.path))
+        return _decode(read_secret(self.path, "edgekit keys init --device"), str(self.path))
 
 
 class EnvKeyProvider:

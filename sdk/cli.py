@@ -543,9 +543,9 @@ def keys_init(kind: str | None, output: Path | None, as_json: bool) -> None:
 @json_option
 def sign(bundle: Path, key_path: Path, as_json: bool) -> None:
     """Sign a bundle in place: Ed25519 over its manifest, which holds every artifact's hash."""
-    from edgekit.signing import load_private_key, sign_bundle
+    from edgekit.signing import load_signing_key, sign_bundle
 
-    identifier = sign_bundle(bundle, load_private_key(key_path))
+    identifier = sign_bundle(bundle, load_signing_key(key_path))
     _report(as_json, {"bundle": str(bundle), "key_id": identifier}, f"signed {bundle} with key {identifier}")
 
 

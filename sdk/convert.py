@@ -55,7 +55,7 @@ from edgekit.profiles import DEFAULT_MAX_ACCURACY_DROP, DeviceProfile
 from edgekit.report import Reporter, SilentReporter
 from edgekit.runtime.backends import TensorInfo, backend_for
 from edgekit.runtime.telemetry.stats import reference_stats
-from edgekit.signing import load_private_key, signature_entry
+from edgekit.signing import load_signing_key, signature_entry
 
 MB = 1024 * 1024
 
@@ -205,7 +205,7 @@ def _convert_model(
     else:
         plans = [_choose_precisions(options, converter, reporter) for converter in converters]
     labels = _read_labels(options.labels)
-    sign_key = load_private_key(options.sign_key) if options.sign_key else None
+    sign_key = load_signing_key(options.sign_key) if options.sign_key else None
     calibration = load_dataset(options.calibration, "calibration") if options.calibration else None
     evaluation = load_dataset(options.evaluation, "evaluation") if options.evaluation else None
     warnings: list[str] = []

@@ -26,7 +26,7 @@ from edgekit.converters.source import detect_kind
 from edgekit.data import load_dataset
 from edgekit.errors import BudgetError, DataError, EdgekitError
 from edgekit.report import Reporter, SilentReporter
-from edgekit.signing import load_private_key, signature_entry
+from edgekit.signing import load_signing_key, signature_entry
 
 
 class FitCandidate(BaseModel):
@@ -239,7 +239,7 @@ def _write(bundle: Path, options: FitOptions, candidates: list[FitCandidate]) ->
     """The chosen candidate's bundle, with every candidate's numbers in the manifest."""
     manifest, contents = read_bundle(bundle, verify=None)
     manifest = manifest.model_copy(update={"fit": tuple(c.model_dump(mode="json") for c in candidates)})
-    key = load_private_key(options.sign_key) if options.sign_key else None
+    key = load_signing_key(options.sign_key) if options.sign_key else None
     signature = signature_entry(manifest.canonical_bytes(), key) if key else None
     write_bundle(options.output, manifest, contents, signature)
 

@@ -33,7 +33,7 @@ from edgekit.runtime.telemetry.privacy import (
     PUBLIC_FILE,
     SECRET_FILE,
     fleet_dir,
-    load_private_key,
+    load_sample_key,
     open_sample,
     read_sample_header,
 )
@@ -597,7 +597,7 @@ def _gaps(seqs: set[int]) -> int:
 
 
 def load_collector_key(fleet: str, folder: Path | None) -> x25519.X25519PrivateKey:
-    return load_private_key(fleet_dir(fleet, folder) / PRIVATE_FILE)
+    return load_sample_key(fleet_dir(fleet, folder) / PRIVATE_FILE)
 
 
 def subscriptions(fleet: str, kinds: tuple[str, ...], group: str | None = None) -> list[str]:

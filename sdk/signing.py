@@ -63,12 +63,13 @@ def write_secret(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def read_secret(path: Path) -> bytes:
-    """Read a key file, refusing one that others can read."""
+def read_secret(path: Path, create: str) -> bytes:
+    """Read a key file, refusing one that others can read; ``create`` is the command that
+    makes a missing one."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise KeyProviderError(f"{path}: no such key file") from None
+        raise KeyProviderError(f"{path}: no such key file; create it with: {create}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyProviderError(
             f"{path} is readable by group or others (mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}"
@@ -76,9 +77,11 @@ def read_secret(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """A publisher's Ed25519 private key, from ``edgekit keys init --publisher``."""
     try:
-        key = serialization.load_pem_private_key(read_secret(path), password=None)
+        secret = read_secret(path, f"edgekit keys init --publisher -o {path}")
+        key = serialization.load_pem_private_key(secret, password=None)
     except ValueError as exc:
         raise KeyProviderError(f"{path}: not a PEM private key ({exc})") from exc
     if not isinstance(key, Ed25519PrivateKey):

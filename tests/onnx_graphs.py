@@ -8,7 +8,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-RNG = np.random.default_rng(7)
+
+def _rng(seed: int) -> np.random.Generator:
+    """Each graph draws from its own generator, so its weights never depend on which graphs
+    the tests built before it (a shared one made results depend on test order)."""
+    return np.random.default_rng(seed)
 
 
 def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
@@ -28,13 +32,14 @@ def _model(
 
 def conv_classifier(opset: int = 11, batch: str | int = "N", spatial: tuple = (8, 8)) -> onnx.ModelProto:
     """NCHW Conv → Relu → GlobalAveragePool → Flatten → Gemm: a PaddleOCR-style CNN head."""
+    rng = _rng(7)
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, *spatial])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 5])
     inits = [
-        _init("conv_w", RNG.normal(0, 0.3, (16, 3, 3, 3))),
-        _init("conv_b", RNG.normal(0, 0.1, (16,))),
-        _init("fc_w", RNG.normal(0, 0.3, (5, 16))),
-        _init("fc_b", RNG.normal(0, 0.1, (5,))),
+        _init("conv_w", rng.normal(0, 0.3, (16, 3, 3, 3))),
+        _init("conv_b", rng.normal(0, 0.1, (16,))),
+        _init("fc_w", rng.normal(0, 0.3, (5, 16))),
+        _init("fc_b", rng.normal(0, 0.1, (5,))),
     ]
     nodes = [
         helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
@@ -49,12 +54,13 @@ def conv_classifier(opset: int = 11, batch: str | int = "N", spatial: tuple = (8
 def concat_bias_mlp() -> onnx.ModelProto:
     """A bias built by Concat of two 1-D constants with axis=-1, as exporters write it. ORT's
     symbolic shape inference asserts axis == 0 for constant Concats and fails."""
+    rng = _rng(8)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])
     inits = [
-        _init("w", RNG.normal(0, 0.3, (16, 8))),
-        _init("b_left", RNG.normal(0, 0.1, (4,))),
-        _init("b_right", RNG.normal(0, 0.1, (4,))),
+        _init("w", rng.normal(0, 0.3, (16, 8))),
+        _init("b_left", rng.normal(0, 0.1, (4,))),
+        _init("b_right", rng.normal(0, 0.1, (4,))),
     ]
     nodes = [
         helper.make_node("Concat", ["b_left", "b_right"], ["b"], name="concat_bias", axis=-1),
@@ -67,15 +73,16 @@ def concat_bias_mlp() -> onnx.ModelProto:
 def outlier_mlp() -> onnx.ModelProto:
     """Three layers. layer2 adds a huge constant to one unit that layer3 ignores: its int8
     range swamps every other unit of that tensor, so quantizing it ruins the output."""
+    rng = _rng(9)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])
-    b2 = RNG.normal(0, 0.05, (32,))
+    b2 = rng.normal(0, 0.05, (32,))
     b2[0] = 400.0
-    w3 = RNG.normal(0, 0.5, (32, 10))
+    w3 = rng.normal(0, 0.5, (32, 10))
     w3[0] = 0.0
     inits = [
-        _init("w1", RNG.normal(0, 0.25, (16, 32))), _init("b1", RNG.normal(0, 0.05, (32,))),
-        _init("w2", RNG.normal(0, 0.25, (32, 32))), _init("b2", b2), _init("w3", w3),
+        _init("w1", rng.normal(0, 0.25, (16, 32))), _init("b1", rng.normal(0, 0.05, (32,))),
+        _init("w2", rng.normal(0, 0.25, (32, 32))), _init("b2", b2), _init("w3", w3),
     ]  # fmt: skip
     nodes = [
         helper.make_node("Gemm", ["x", "w1", "b1"], ["h1"], name="layer1"),

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 from click.testing import CliRunner
+from third_party import third_party_model
 
 from edgekit.bundle import read_bundle, sha256, write_bundle
 from edgekit.cli import main
@@ -24,7 +25,6 @@ from edgekit.runtime.bench import bare_call, bench
 from edgekit.signing import Trust
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_MODELS = ROOT / "build" / "test-models"
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -191,9 +191,7 @@ def test_corrupt_artifact_and_custom_op_fail_at_load(converted, tmp_path: Path) 
     write_bundle(corrupt, manifest.model_copy(update={"artifacts": (fake,)}), {entry.path: garbage})
     with pytest.raises(RuntimeBackendError, match="the TFLite runtime could not load the model"):
         Model.load(corrupt, allow_unsigned=True)
-    custom = TEST_MODELS / "face_landmark_with_attention.tflite"
-    if not custom.exists():
-        pytest.skip("run .ci/fetch-test-models for the third-party TFLite models")
+    custom = third_party_model("face_landmark_with_attention.tflite")
     from edgekit.runtime.backends import TFLiteBackend
 
     with pytest.raises(RuntimeBackendError, match="needs the custom op 'Landmarks2TransformMatrix'"):
@@ -201,9 +199,7 @@ def test_corrupt_artifact_and_custom_op_fail_at_load(converted, tmp_path: Path) 
 
 
 def test_ready_made_tflite_ships_as_it_is(tmp_path: Path) -> None:
-    model_file = TEST_MODELS / "face_detection_short_range.tflite"
-    if not model_file.exists():
-        pytest.skip("run .ci/fetch-test-models for the third-party TFLite models")
+    model_file = third_party_model("face_detection_short_range.tflite")
     out = tmp_path / "face.ekb"
     result = CliRunner().invoke(
         main, ["convert", str(model_file), "-t", "raspberry-pi-4", "-o", str(out), "--json"]

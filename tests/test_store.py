@@ -26,7 +26,7 @@ from edgekit.runtime import Model
 from edgekit.runtime.backends import ONNXBackend, TFLiteBackend
 from edgekit.runtime.keys import EnvKeyProvider, FileKeyProvider, create_device_key
 from edgekit.runtime.store import Store
-from edgekit.signing import Trust, create_publisher_key, load_private_key, signature_entry
+from edgekit.signing import Trust, create_publisher_key, load_signing_key, signature_entry
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def variant(bundle: Path, out: Path, publisher: Path, version: int) -> Path:
     manifest, contents = read_bundle(bundle)
     manifest = manifest.model_copy(update={"version": version})
     write_bundle(
-        out, manifest, contents, signature_entry(manifest.canonical_bytes(), load_private_key(publisher))
+        out, manifest, contents, signature_entry(manifest.canonical_bytes(), load_signing_key(publisher))
     )
     return out
 

@@ -87,7 +87,8 @@ def load_public_key(path: Path, hint: str) -> x25519.X25519PublicKey:
     return key
 
 
-def load_private_key(path: Path) -> x25519.X25519PrivateKey:
+def load_sample_key(path: Path) -> x25519.X25519PrivateKey:
+    """The fleet's X25519 private key, which opens sealed samples (operator side only)."""
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
