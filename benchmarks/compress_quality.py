@@ -85,8 +85,8 @@ def main() -> None:
     from convert_quality import make_mobilenetv2
     from digits import build_digits_cnn, digits_splits
 
+    from edgekit import compress
     from edgekit.compress import PruningError
-    from edgekit.sdk import compress
 
     data = digits_splits(0)
     train = (data["x_train"], data["y_train"])

@@ -6,8 +6,24 @@ only inside the functions that use them.
 
 from __future__ import annotations
 
-from edgekit.converters.base import Artifact, ConversionSettings, Converter, converter_for
+from edgekit.converters.base import (
+    Artifact,
+    ConversionSettings,
+    Converter,
+    converter_for,
+    format_choices,
+    precision_choices,
+)
 from edgekit.converters.onnx import ONNXConverter
 from edgekit.converters.tflite import TFLiteConverter
 
-__all__ = ["Artifact", "ConversionSettings", "Converter", "ONNXConverter", "TFLiteConverter", "converter_for"]
+__all__ = [
+    "Artifact",
+    "ConversionSettings",
+    "Converter",
+    "ONNXConverter",
+    "TFLiteConverter",
+    "converter_for",
+    "format_choices",
+    "precision_choices",
+]

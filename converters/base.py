@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgekit.errors import InputError
+from edgekit.formats import FORMATS, PRECISIONS, Format, Precision, check_precision
 
 if TYPE_CHECKING:
     from edgekit.converters.source import SourceModel
@@ -47,9 +48,10 @@ class Artifact:
 class Converter(ABC):
     """Turns a loaded source model into one artifact of ``format`` at a precision."""
 
-    format: ClassVar[str]
-    precisions: ClassVar[tuple[str, ...]]
-    calibrated_precisions: ClassVar[frozenset[str]] = frozenset()
+    format: ClassVar[Format]
+    precisions: ClassVar[tuple[Precision, ...]]
+    calibrated_precisions: ClassVar[frozenset[Precision]] = frozenset()
+    """Precisions that need calibration data (``--calibration``)."""
     source_kinds: ClassVar[frozenset[str]]
     """Which source model kinds (keras, h5, saved_model, onnx) this converter takes."""
     registry: ClassVar[dict[str, type[Converter]]] = {}
@@ -61,7 +63,14 @@ class Converter(ABC):
             raise TypeError(f"{cls.__name__} must set a 'format' class attribute")
         if key in Converter.registry:
             raise TypeError(f"two converters claim format '{key}'")
+        if key not in FORMATS or not set(cls.precisions) <= set(PRECISIONS):
+            raise TypeError(f"{cls.__name__}: add its format and precisions to edgekit.formats first")
         Converter.registry[key] = cls
+
+    @classmethod
+    def check_precision(cls, precision: str) -> Precision:
+        """``precision`` if this converter makes it, else a one-line error with the choices."""
+        return check_precision(precision, cls.precisions, cls.format)
 
     @abstractmethod
     def convert(
@@ -95,6 +104,17 @@ def channel_snr_db(signal: np.ndarray, noise: np.ndarray) -> float:
     if not noise.any():
         return float("inf")
     return float(10 * np.log10(max(float(np.median(signal)), 1e-30) / float(np.mean(noise))))
+
+
+def precision_choices() -> tuple[str, ...]:
+    """What ``--precision`` accepts: auto, then every precision some converter makes."""
+    made = {p for converter in Converter.registry.values() for p in converter.precisions}
+    return ("auto", *(p for p in PRECISIONS if p in made))
+
+
+def format_choices() -> tuple[str, ...]:
+    """What ``--format`` accepts: every registered format."""
+    return tuple(sorted(Converter.registry))
 
 
 def converter_for(fmt: str) -> Converter:

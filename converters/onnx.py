@@ -32,6 +32,7 @@ from edgekit.converters.base import Advance, Artifact, ConversionSettings, Conve
 from edgekit.converters.onnx_source import dynamic_dims, fix_input_dims, graph_inputs, import_onnx
 from edgekit.converters.source import first_line, import_tensorflow
 from edgekit.errors import ConversionError, DataError, InputError, MissingDependencyError
+from edgekit.formats import PRECISIONS, Format, Precision
 
 if TYPE_CHECKING:
     from edgekit.converters.source import SourceModel
@@ -59,9 +60,9 @@ def for_tensorrt(profile: DeviceProfile) -> bool:
 
 
 class ONNXConverter(Converter):
-    format = "onnx"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "dynamic", "int8")
-    calibrated_precisions: ClassVar[frozenset[str]] = frozenset({"int8"})
+    format: ClassVar[Format] = "onnx"
+    precisions: ClassVar[tuple[Precision, ...]] = PRECISIONS
+    calibrated_precisions: ClassVar[frozenset[Precision]] = frozenset({"int8"})
     source_kinds: ClassVar[frozenset[str]] = frozenset({"keras", "h5", "saved_model", "onnx"})
 
     def __init__(self) -> None:

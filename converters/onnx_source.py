@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.converters.source import SourceModel, TensorSpec, first_line, hash_path
+from edgekit.converters.source_model import SourceModel, TensorSpec, first_line, hash_path
 from edgekit.errors import MissingDependencyError, ModelFormatError, RuntimeBackendError
 
 

@@ -8,57 +8,27 @@ TensorFlow.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekit.converters.onnx_source import load_onnx_source
+from edgekit.converters.source_model import (
+    ACCEPTED,
+    SourceModel,
+    TensorSpec,
+    detect_kind,
+    first_line,
+    hash_path,
+)
 from edgekit.errors import EdgekitError, MissingDependencyError, ModelFormatError
 
-ACCEPTED = "a Keras .keras file, a legacy Keras .h5 file, a TensorFlow SavedModel directory, or an .onnx file"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str
-
-    def describe(self) -> str:
-        dims = ", ".join("batch" if i == 0 and d is None else str(d) for i, d in enumerate(self.shape))
-        return f"({dims}) {self.dtype}"
-
-
-@dataclass
-class SourceModel:
-    """A loaded float model: what it takes, what it gives, and how to run it."""
-
-    path: Path
-    kind: str
-    sha256: str
-    size_bytes: int
-    input: TensorSpec
-    outputs: tuple[TensorSpec, ...]
-    parameter_bytes: int
-    _predict: Callable[[np.ndarray], np.ndarray] = field(repr=False)
-    saved_model_dir: Path | None = None
-    """TensorFlow sources: the exported SavedModel the converters read."""
-    onnx_model: Any = field(default=None, repr=False)
-    """ONNX sources: the checked float ModelProto, external data loaded."""
-    tflite_content: bytes | None = field(default=None, repr=False)
-    """Ready-made TFLite sources: shipped as they are, with no float model to compare."""
-    keras_model: Any = field(default=None, repr=False)
-    """Keras sources: the loaded model (for pruning)."""
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Float outputs of the first output for a batch ``x``."""
-        return self._predict(x)
+__all__ = ["ACCEPTED", "SourceModel", "TensorSpec", "detect_kind", "first_line", "hash_path", "load_source"]
 
 
 def import_tensorflow() -> Any:
@@ -74,35 +44,17 @@ def import_tensorflow() -> Any:
     return tf
 
 
-def detect_kind(path: Path) -> str:
-    if not path.exists():
-        raise ModelFormatError(f"{path}: no such file or directory")
-    if path.is_dir():
-        if (path / "saved_model.pb").is_file():
-            return "saved_model"
-        raise ModelFormatError(f"{path}: a directory without saved_model.pb; expected {ACCEPTED}")
-    suffix = path.suffix.lower()
-    if suffix == ".keras":
-        return "keras"
-    if suffix in (".h5", ".hdf5"):
-        return "h5"
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix == ".tflite":
-        return "tflite"
-    raise ModelFormatError(f"{path}: unsupported model file '{suffix or path.name}'; expected {ACCEPTED}")
-
-
 @contextmanager
-def load_source(path: Path, input_shape: tuple[int | None, ...] | None = None) -> Iterator[SourceModel]:
-    """Load ``path``; Keras models are exported to a temporary SavedModel, removed on exit.
+def load_source(
+    path: Path, input_shape: tuple[int | None, ...] | None = None, kind: str | None = None
+) -> Iterator[SourceModel]:
+    """Load ``path`` (of ``kind``, detected when not given); Keras models are exported to a
+    temporary SavedModel, removed on exit.
 
     ``input_shape`` fixes an ONNX model's dynamic input dims (``None`` keeps one dynamic).
     """
-    kind = detect_kind(path)
+    kind = kind or detect_kind(path)
     if kind == "onnx":
-        from edgekit.converters.onnx_source import load_onnx_source
-
         yield load_onnx_source(path, input_shape)
         return
     if input_shape is not None:
@@ -220,21 +172,3 @@ def _spec(tensor: Any, name: str | None = None) -> TensorSpec:
     shape = tuple(None if d is None else int(d) for d in tensor.shape)
     dtype = getattr(tensor.dtype, "name", str(tensor.dtype))
     return TensorSpec(name=name or str(getattr(tensor, "name", None) or "input"), shape=shape, dtype=dtype)
-
-
-def hash_path(path: Path) -> str:
-    """sha256 of a file, or of a directory's relative names and contents in sorted order."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__

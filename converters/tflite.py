@@ -25,15 +25,16 @@ import numpy as np
 from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter, channel_snr_db
 from edgekit.converters.source import import_tensorflow
 from edgekit.errors import ConversionError, DataError, InputError
+from edgekit.formats import PRECISIONS, Format, Precision
 
 if TYPE_CHECKING:
     from edgekit.converters.source import SourceModel
 
 
 class TFLiteConverter(Converter):
-    format = "tflite"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "dynamic", "int8")
-    calibrated_precisions: ClassVar[frozenset[str]] = frozenset({"int8"})
+    format: ClassVar[Format] = "tflite"
+    precisions: ClassVar[tuple[Precision, ...]] = PRECISIONS
+    calibrated_precisions: ClassVar[frozenset[Precision]] = frozenset({"int8"})
     source_kinds: ClassVar[frozenset[str]] = frozenset({"keras", "h5", "saved_model", "tflite"})
 
     def convert(

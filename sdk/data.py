@@ -8,7 +8,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -117,3 +117,13 @@ def _check_labels(y: np.ndarray | None, count: int, where: str) -> np.ndarray | 
     if len(y) != count:
         raise DataError(f"{where}: y has {len(y)} labels for {count} samples")
     return y.astype(np.int64)
+
+
+def load_input(path: Path, manifest: Any, tensor: Any) -> np.ndarray:
+    """An input batch for ``edgekit run``: an image file (preprocessed as the bundle says),
+    a ``.npy``, or an ``.npz`` with array ``x``."""
+    from edgekit.runtime.preprocess import IMAGE_SUFFIXES, load_image
+
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return load_image(path, manifest, tensor)
+    return load_dataset(path, "input").x

@@ -10,23 +10,20 @@ timings vary from run to run, while the search must be repeatable under ``--seed
 
 from __future__ import annotations
 
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from edgekit.bundle import read_bundle, write_bundle
-from edgekit.convert import ConvertOptions, _max_drop, convert
+from edgekit.convert import ConvertOptions, ConvertResult, build, max_accuracy_drop, write
 from edgekit.converters import Converter
-from edgekit.converters.source import detect_kind
-from edgekit.data import load_dataset
+from edgekit.converters.source import detect_kind, load_source
+from edgekit.data import Dataset, load_dataset
 from edgekit.errors import BudgetError, DataError, EdgekitError
+from edgekit.measure import top1
+from edgekit.profiles import DeviceProfile
 from edgekit.report import Reporter, SilentReporter
-from edgekit.signing import load_signing_key, signature_entry
 
 
 class FitCandidate(BaseModel):
@@ -50,7 +47,7 @@ class FitCandidate(BaseModel):
 @dataclass(frozen=True)
 class FitOptions:
     model: Path
-    profile: Any
+    profile: DeviceProfile
     output: Path
     evaluation: Path
     calibration: Path | None = None
@@ -80,112 +77,115 @@ def fit(options: FitOptions, reporter: Reporter | None = None) -> FitResult:
     if evaluation.y is None:
         raise DataError(f"evaluation data {options.evaluation}: fit compares top-1, so it needs labels y")
     kind = detect_kind(options.model)
-    ratios = options.prune_ratios if options.train_data is not None else (0.0,)
-    if kind not in ("keras", "h5"):
-        ratios = (0.0,)
     formats = options.formats or tuple(
         f for f in options.profile.runtime.formats if kind in Converter.registry[f].source_kinds
     )
-    plan = [
+    plan = _plan(options, kind, formats)
+    baseline = _baseline_top1(options.model, kind, evaluation)
+    candidates, best, stopped = _search(options, plan, baseline, reporter)
+    chosen_index = _choose(candidates)
+    candidates = _verdicts(candidates, chosen_index)
+    chosen = candidates[chosen_index] if chosen_index is not None else None
+    if best is not None and chosen is not None:
+        table = tuple(c.model_dump(mode="json") for c in candidates)
+        write(replace(best, output=options.output), options.sign_key, fit=table)
+    return FitResult(chosen, tuple(candidates), baseline, stopped, _layer_snr(options, kind, formats))
+
+
+def _plan(options: FitOptions, kind: str, formats: tuple[str, ...]) -> list[tuple[float, str, str]]:
+    """Every (pruning ratio, format, precision) to try, in order."""
+    ratios = options.prune_ratios if options.train_data is not None and kind in ("keras", "h5") else (0.0,)
+    return [
         (ratio, fmt, precision)
         for ratio in ratios
         for fmt in formats
         for precision in options.precisions or Converter.registry[fmt].precisions
         if options.calibration is not None or precision not in Converter.registry[fmt].calibrated_precisions
     ]
-    baseline = _baseline_top1(options.model, evaluation)
-    max_drop = _max_drop(_convert_options(options, options.output, "fp32", None))
+
+
+def _search(
+    options: FitOptions, plan: list[tuple[float, str, str]], baseline: float, reporter: Reporter
+) -> tuple[list[FitCandidate], ConvertResult | None, bool]:
+    """Measure each candidate until the deadline; keeps only the built bundle that can still win."""
+    max_drop = max_accuracy_drop(options.profile, options.max_accuracy_drop)
     deadline = time.monotonic() + options.max_minutes * 60
     candidates: list[FitCandidate] = []
-    stopped = False
-    with (
-        tempfile.TemporaryDirectory(prefix="edgekit-fit-") as tmp,
-        reporter.progress("Fitting candidates", len(plan)) as advance,
-    ):
-        folder = Path(tmp)
-        bundles: dict[int, Path] = {}
+    best: ConvertResult | None = None
+    with reporter.progress("Fitting candidates", len(plan)) as advance:
         for index, (ratio, fmt, precision) in enumerate(plan):
             if time.monotonic() > deadline:
-                stopped = True
                 reporter.warn(
                     f"--max-minutes {options.max_minutes:g} reached: {len(plan) - index} candidates not tried"
                 )
-                break
-            out = folder / f"candidate-{index}.ekb"
-            conv = _convert_options(options, out, precision, fmt, ratio)
-            candidate = _measure(conv, ratio, fmt, precision, baseline, max_drop, options.seed)
-            if candidate.size_bytes is not None:
-                bundles[index] = out
+                return candidates, best, True
+            built, candidate = _measure(_convert_options(options, precision, fmt, ratio), ratio, baseline,
+                                        max_drop, options.seed)  # fmt: skip
             candidates.append(candidate)
+            if built is not None and _choose(candidates) == index:
+                best = built
             advance(1)
-        chosen_index = _choose(candidates)
-        candidates = _verdicts(candidates, chosen_index)
-        chosen = candidates[chosen_index] if chosen_index is not None else None
-        if chosen is not None and chosen_index is not None:
-            _write(bundles[chosen_index], options, candidates)
-    return FitResult(chosen, tuple(candidates), baseline, stopped, _layer_snr(options, formats))
+    return candidates, best, False
 
 
-def _layer_snr(options: FitOptions, formats: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+def _layer_snr(options: FitOptions, kind: str, formats: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
     """The quantization debugger's per-layer view, for the report."""
-    from edgekit.converters.source import load_source
     from edgekit.converters.tflite import TFLiteConverter
 
-    if options.calibration is None or "tflite" not in formats or detect_kind(options.model) == "onnx":
+    if options.calibration is None or "tflite" not in formats or kind == "onnx":
         return ()
     calibration = load_dataset(options.calibration, "calibration").x
     try:
-        with load_source(options.model, None) as source:
+        with load_source(options.model, None, kind) as source:
             return tuple(TFLiteConverter().layer_errors(source, calibration))
     except EdgekitError:
         return ()
 
 
-def _convert_options(
-    options: FitOptions, out: Path, precision: str, fmt: str | None, ratio: float = 0.0
-) -> ConvertOptions:
+def _convert_options(options: FitOptions, precision: str, fmt: str, ratio: float) -> ConvertOptions:
     return ConvertOptions(
-        model=options.model, profile=options.profile, output=out, precision=precision, format=fmt,
+        model=options.model, profile=options.profile, output=options.output, precision=precision, format=fmt,
         calibration=options.calibration, evaluation=options.evaluation, allow_accuracy_drop=True,
         allow_over_budget=True, max_accuracy_drop=options.max_accuracy_drop,
         prune=ratio or None, train_data=options.train_data if ratio else None,
     )  # fmt: skip
 
 
-def _baseline_top1(model: Path, evaluation: Any) -> float:
-    from edgekit.converters.source import load_source
-
-    with load_source(model, None) as source:
-        outputs = source.predict(evaluation.x)
-    return float(100 * np.mean(outputs.argmax(axis=1) == evaluation.y))
+def _baseline_top1(model: Path, kind: str, evaluation: Dataset) -> float:
+    assert evaluation.y is not None
+    with load_source(model, None, kind) as source:
+        return top1(source.predict(evaluation.x), evaluation.y)
 
 
 def _measure(
-    conv: ConvertOptions, ratio: float, fmt: str, precision: str, baseline: float, max_drop: float, seed: int
-) -> FitCandidate:
+    conv: ConvertOptions, ratio: float, baseline: float, max_drop: float, seed: int
+) -> tuple[ConvertResult | None, FitCandidate]:
     import keras
 
     keras.utils.set_random_seed(seed)
+    fmt, precision = conv.format or "", conv.precision
     try:
-        result = convert(conv)
+        result = build(conv)
     except EdgekitError as exc:
-        return FitCandidate(
+        return None, FitCandidate(
             prune=ratio, format=fmt, precision=precision, parameters=None, size_bytes=None,
             peak_memory_bytes=None, host_latency_ms=None, top1=None, fits=False, problems=(str(exc),),
         )  # fmt: skip
     entry = result.manifest.artifacts[0]
     accuracy = entry.metrics.accuracy
-    top1 = accuracy.artifact if accuracy is not None else None
-    drop = round(baseline - top1, 2) if top1 is not None else None
+    top1_value = accuracy.artifact if accuracy is not None else None
+    drop = round(baseline - top1_value, 2) if top1_value is not None else None
     problems = [p for c in result.tried if c.entry.precision == precision for p in c.budget_problems]
     if drop is not None and drop > max_drop:
-        problems.append(f"top-1 {top1:.2f}% is {drop:.2f} points below the unpruned model (max {max_drop:g})")
+        problems.append(
+            f"top-1 {top1_value:.2f}% is {drop:.2f} points below the unpruned model (max {max_drop:g})"
+        )
     compression = result.manifest.compression
-    return FitCandidate(
+    return result, FitCandidate(
         prune=ratio, format=fmt, precision=entry.precision,
         parameters=compression.parameters_after if compression else None,
         size_bytes=entry.size, peak_memory_bytes=entry.metrics.peak_memory_bytes,
-        host_latency_ms=round(entry.metrics.host_latency_ms, 4), top1=top1, accuracy_drop=drop,
+        host_latency_ms=round(entry.metrics.host_latency_ms, 4), top1=top1_value, accuracy_drop=drop,
         fits=not problems, problems=tuple(problems),
     )  # fmt: skip
 
@@ -233,15 +233,6 @@ def _verdicts(candidates: list[FitCandidate], chosen: int | None) -> list[FitCan
             )
         out.append(c.model_copy(update={"verdict": verdict}))
     return out
-
-
-def _write(bundle: Path, options: FitOptions, candidates: list[FitCandidate]) -> None:
-    """The chosen candidate's bundle, with every candidate's numbers in the manifest."""
-    manifest, contents = read_bundle(bundle, verify=None)
-    manifest = manifest.model_copy(update={"fit": tuple(c.model_dump(mode="json") for c in candidates)})
-    key = load_signing_key(options.sign_key) if options.sign_key else None
-    signature = signature_entry(manifest.canonical_bytes(), key) if key else None
-    write_bundle(options.output, manifest, contents, signature)
 
 
 def nothing_fits(result: FitResult, profile_id: str) -> BudgetError:

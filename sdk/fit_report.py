@@ -2,83 +2,32 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from edgekit.atomic import atomic_write
+from edgekit.convert.candidate import max_accuracy_drop
+from edgekit.figures import missing, png_img, pyplot
 from edgekit.fit import FitResult, pareto
 
+if TYPE_CHECKING:
+    from edgekit.convert import ConvertResult
+    from edgekit.profiles import DeviceProfile
 
-def _png(figure: Any) -> str:
-    import matplotlib.pyplot as plt
 
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+def write_fit_report(path: Path, result: FitResult, profile: DeviceProfile, model_name: str) -> None:
+    atomic_write(path, render(result, profile, model_name).encode())
+
+
+def write_convert_report(path: Path, result: ConvertResult, profile: DeviceProfile, model_name: str) -> None:
+    """The same page for one ``convert`` run, its precisions as the candidates."""
+    write_fit_report(path, from_convert(result), profile, model_name)
 
 
 def render(result: FitResult, profile: Any, model_name: str) -> str:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        plots = "<p>Install matplotlib (pip install 'edgekit[fleet]') for the plots.</p>"
-    else:
-        measured = [c for c in result.candidates if c.size_bytes is not None and c.top1 is not None]
-        figure, axis = plt.subplots(figsize=(8, 4.2), dpi=110)
-        for fmt, marker in (("tflite", "o"), ("onnx", "s")):
-            points = [c for c in measured if c.format == fmt]
-            if not points:
-                continue
-            axis.scatter(
-                [c.size_bytes / 1024 for c in points], [c.top1 for c in points], marker=marker,
-                c=["tab:green" if c.fits else "tab:gray" for c in points], label=fmt, s=45,
-            )  # fmt: skip
-            for c in points:
-                axis.annotate(f"{c.precision} p{c.prune:g}", (c.size_bytes / 1024, c.top1), fontsize=7,
-                              xytext=(4, 3), textcoords="offset points")  # fmt: skip
-        storage = profile.budget.model_storage_mb * 1024
-        if measured and storage < 4 * max(c.size_bytes for c in measured) / 1024:
-            axis.axvline(storage, color="red", linestyle="--", linewidth=1, label="storage budget")
-        drop = next((c for c in result.candidates if c.verdict.startswith("chosen")), None)
-        axis.axhline(result.baseline_top1, color="black", linewidth=0.8, label="unpruned float")
-        budget = profile.budget.max_accuracy_drop
-        if budget is not None:
-            axis.axhline(result.baseline_top1 - budget, color="orange", linestyle="--", linewidth=1,
-                         label="accuracy budget")  # fmt: skip
-        if drop is not None and drop.size_bytes is not None and drop.top1 is not None:
-            axis.scatter([drop.size_bytes / 1024], [drop.top1], s=220, facecolors="none", edgecolors="red",
-                         linewidths=2, label="chosen")  # fmt: skip
-        axis.set_xlabel("artifact size (KB)")
-        axis.set_ylabel("top-1 (%)")
-        axis.set_title("size against accuracy (green: fits every budget)")
-        axis.legend(fontsize="small")
-        scatter = _png(figure)
-        timed = [c for c in measured if c.host_latency_ms]
-        figure, axis = plt.subplots(figsize=(8, 0.35 * len(timed) + 1.2), dpi=110)
-        reference = min(c.host_latency_ms for c in timed) if timed else 1.0
-        labels = [f"{c.format} {c.precision} prune {c.prune:g}" for c in timed]
-        colors = ["tab:red" if c.verdict.startswith("chosen") else "tab:blue" for c in timed]
-        axis.barh(labels, [c.host_latency_ms / reference for c in timed], color=colors)
-        axis.set_xlabel("host latency, relative to the fastest candidate")
-        axis.invert_yaxis()
-        plots = scatter + _png(figure)
-        if result.layer_snr:
-            figure, axis = plt.subplots(figsize=(8, 0.32 * len(result.layer_snr) + 1.2), dpi=110)
-            names = [_layer_name(name) for name, _ in result.layer_snr]
-            values = [max(snr, -10.0) for _, snr in result.layer_snr]
-            axis.barh(names, values, color=["tab:red" if v < 20 else "tab:blue" for v in values])
-            axis.axvline(20, color="orange", linestyle="--", linewidth=1, label="20 dB")
-            axis.set_xlabel("int8 output SNR against float (dB; red: candidates to keep in float)")
-            axis.set_title("per-layer quantization error, TFLite int8, unpruned model")
-            axis.invert_yaxis()
-            axis.legend(fontsize="small")
-            plots += _png(figure)
+    plt = pyplot()
+    plots = missing("plots") if plt is None else _plots(plt, result, profile)
     front = set(pareto(result.candidates))
     rows = "".join(
         f"<tr class='{'chosen' if c.verdict.startswith('chosen') else ''}'>"
@@ -95,7 +44,7 @@ def render(result: FitResult, profile: Any, model_name: str) -> str:
         if chosen
         else "<b>No candidate fits the budgets.</b>"
     )
-    max_drop = profile.budget.max_accuracy_drop if profile.budget.max_accuracy_drop is not None else 1.0
+    max_drop = max_accuracy_drop(profile)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgekit fit: {html.escape(model_name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222;padding:0 1em}}
@@ -113,6 +62,71 @@ shown, measured on the converting host.</p>
 <th>Pareto</th><th>verdict</th></tr>{rows}</table>
 </body></html>
 """
+
+
+def _plots(plt: Any, result: FitResult, profile: Any) -> str:
+    measured = [c for c in result.candidates if c.size_bytes is not None and c.top1 is not None]
+    plots = _size_against_accuracy(plt, result, measured, profile) + _latency_bars(plt, measured)
+    if result.layer_snr:
+        plots += _snr_bars(plt, result.layer_snr)
+    return plots
+
+
+def _size_against_accuracy(plt: Any, result: FitResult, measured: list[Any], profile: Any) -> str:
+    figure, axis = plt.subplots(figsize=(8, 4.2), dpi=110)
+    for fmt, marker in (("tflite", "o"), ("onnx", "s")):
+        points = [c for c in measured if c.format == fmt]
+        if not points:
+            continue
+        axis.scatter(
+            [c.size_bytes / 1024 for c in points], [c.top1 for c in points], marker=marker,
+            c=["tab:green" if c.fits else "tab:gray" for c in points], label=fmt, s=45,
+        )  # fmt: skip
+        for c in points:
+            axis.annotate(f"{c.precision} p{c.prune:g}", (c.size_bytes / 1024, c.top1), fontsize=7,
+                          xytext=(4, 3), textcoords="offset points")  # fmt: skip
+    storage = profile.budget.model_storage_mb * 1024
+    if measured and storage < 4 * max(c.size_bytes for c in measured) / 1024:
+        axis.axvline(storage, color="red", linestyle="--", linewidth=1, label="storage budget")
+    axis.axhline(result.baseline_top1, color="black", linewidth=0.8, label="unpruned float")
+    budget = profile.budget.max_accuracy_drop
+    if budget is not None:
+        axis.axhline(result.baseline_top1 - budget, color="orange", linestyle="--", linewidth=1,
+                     label="accuracy budget")  # fmt: skip
+    chosen = next((c for c in result.candidates if c.verdict.startswith("chosen")), None)
+    if chosen is not None and chosen.size_bytes is not None and chosen.top1 is not None:
+        axis.scatter([chosen.size_bytes / 1024], [chosen.top1], s=220, facecolors="none", edgecolors="red",
+                     linewidths=2, label="chosen")  # fmt: skip
+    axis.set_xlabel("artifact size (KB)")
+    axis.set_ylabel("top-1 (%)")
+    axis.set_title("size against accuracy (green: fits every budget)")
+    axis.legend(fontsize="small")
+    return png_img(figure)
+
+
+def _latency_bars(plt: Any, measured: list[Any]) -> str:
+    timed = [c for c in measured if c.host_latency_ms]
+    figure, axis = plt.subplots(figsize=(8, 0.35 * len(timed) + 1.2), dpi=110)
+    reference = min(c.host_latency_ms for c in timed) if timed else 1.0
+    labels = [f"{c.format} {c.precision} prune {c.prune:g}" for c in timed]
+    colors = ["tab:red" if c.verdict.startswith("chosen") else "tab:blue" for c in timed]
+    axis.barh(labels, [c.host_latency_ms / reference for c in timed], color=colors)
+    axis.set_xlabel("host latency, relative to the fastest candidate")
+    axis.invert_yaxis()
+    return png_img(figure)
+
+
+def _snr_bars(plt: Any, layer_snr: tuple[tuple[str, float], ...]) -> str:
+    figure, axis = plt.subplots(figsize=(8, 0.32 * len(layer_snr) + 1.2), dpi=110)
+    names = [_layer_name(name) for name, _ in layer_snr]
+    values = [max(snr, -10.0) for _, snr in layer_snr]
+    axis.barh(names, values, color=["tab:red" if v < 20 else "tab:blue" for v in values])
+    axis.axvline(20, color="orange", linestyle="--", linewidth=1, label="20 dB")
+    axis.set_xlabel("int8 output SNR against float (dB; red: candidates to keep in float)")
+    axis.set_title("per-layer quantization error, TFLite int8, unpruned model")
+    axis.invert_yaxis()
+    axis.legend(fontsize="small")
+    return png_img(figure)
 
 
 def _layer_name(tensor: str) -> str:

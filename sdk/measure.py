@@ -62,6 +62,12 @@ def peak_memory_bytes(fmt: str, content: bytes) -> int:
     return int(json.loads(proc.stdout.decode().strip().splitlines()[-1])["peak_bytes"])
 
 
+def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in percent: how often the largest output is the label."""
+    scores = np.asarray(outputs).reshape(len(outputs), -1)
+    return float(np.mean(scores.argmax(axis=1) == labels) * 100)
+
+
 def compare_outputs(
     float_out: np.ndarray, artifact_out: np.ndarray, labels: np.ndarray | None
 ) -> dict[str, Any]:
@@ -82,10 +88,6 @@ def compare_outputs(
     if labels is None:
         result.update(metric="agreement", float_model=100.0, artifact=agreement)
     else:
-        result.update(
-            metric="top1",
-            float_model=float(np.mean(f.argmax(axis=1) == labels) * 100),
-            artifact=float(np.mean(a.argmax(axis=1) == labels) * 100),
-        )
+        result.update(metric="top1", float_model=top1(f, labels), artifact=top1(a, labels))
     result["drop"] = result["float_model"] - result["artifact"]
     return result

@@ -23,14 +23,12 @@ from pydantic import (
 )
 
 from edgekit.errors import ProfileError
+from edgekit.formats import Format, Precision
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-Format = Literal["tflite", "onnx"]
-Precision = Literal["fp32", "fp16", "dynamic", "int8"]
 
 
 class _Section(BaseModel):

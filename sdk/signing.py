@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgekit.bundle import read_bundle, write_bundle
+from edgekit.bundle import Manifest, read_bundle, write_bundle
 from edgekit.errors import KeyProviderError, SignatureError
 from edgekit.paths import edgekit_home
 
@@ -197,3 +197,14 @@ def signature_status(manifest_bytes: bytes, signature: bytes | None, trust: Trus
             key = "?"
         status = "not trusted here" if "does not trust" in str(exc) else "INVALID"
         return {"key_id": str(key), "status": status}
+
+
+def inspect_bundle(path: Path) -> tuple[Manifest, dict[str, str] | None]:
+    """A bundle's manifest, every hash checked, and who signed it (see ``signature_status``)."""
+    seen: dict[str, dict[str, str] | None] = {}
+
+    def note_signature(manifest_bytes: bytes, signature: bytes | None) -> None:
+        seen["signature"] = signature_status(manifest_bytes, signature, Trust())
+
+    manifest, _ = read_bundle(path, note_signature)
+    return manifest, seen["signature"]

@@ -90,7 +90,7 @@ def test_unexpected_failure_is_one_line_unless_debug(monkeypatch: pytest.MonkeyP
     def boom() -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("edgekit.cli.load_all_profiles", boom)
+    monkeypatch.setattr("edgekit.cli.building.load_all_profiles", boom)
     result = CliRunner().invoke(main, ["targets"])
     assert result.exit_code == 1
     assert result.stderr == "error: internal error: RuntimeError: boom (rerun with --debug for details)\n"

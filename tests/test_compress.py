@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import digits
 
+from edgekit import compress
 from edgekit.compress import PruningError, nonzero_parameters, parameter_count
-from edgekit.sdk import compress
 
 
 @pytest.fixture(scope="module")

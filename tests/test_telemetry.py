@@ -19,7 +19,7 @@ from edgekit.mosquitto import BrokerTLS, LocalBroker, find_mosquitto
 from edgekit.runtime import Model, Telemetry
 from edgekit.runtime.telemetry.broker import Broker
 from edgekit.runtime.telemetry.privacy import open_sample, pseudonym, read_sample_header
-from edgekit.runtime.telemetry.schema import Report
+from edgekit.runtime.telemetry.schema import Report, read_message
 
 pytestmark = pytest.mark.skipif(
     find_mosquitto() is None, reason="mosquitto is not installed (.ci/run installs it)"
@@ -77,7 +77,7 @@ class Gatherer:
             if message is None:
                 continue
             if self.collector.handle(message[0], message[1]) == "report":
-                self.order.append(Report.model_validate_json(message[1]).seq)
+                self.order.append(read_message(Report, json.loads(message[1]))[0].seq)
             self.collector.flush()
             self.inbox.ack([(message[2], message[3])])
         return self.collector
@@ -470,7 +470,7 @@ def test_collector_counts_and_skips_bad_messages(
     good = json.loads(_report_json(node, seq=1))
     bad = {
         "garbage": b"\x00\xffnot json",
-        "schema": json.dumps({**good, "device_id": "line3-cam2"}).encode(),
+        "newer": json.dumps({**good, "seq": 2, "device_id": "line3-cam2"}).encode(),
         "version": json.dumps({**good, "v": 2}).encode(),
         "huge": b"{" + b" " * 300_000 + b"}",
         "sample": b"EKS1\x00\x05{}xyz",
@@ -483,10 +483,12 @@ def test_collector_counts_and_skips_bad_messages(
         sender.publish(f"edgekit/f7/{node}/{kind}", payload, qos=1).wait_for_publish(5)
     sender.publish(f"edgekit/f7/{node}/report", json.dumps(good).encode(), qos=1).wait_for_publish(5)
     sender.loop_stop()
-    collector = gatherer.run(lambda c: c.reports >= 1)
+    collector = gatherer.run(lambda c: c.reports >= 2)
     gatherer.close()
-    assert collector.reports == 1
-    assert collector.skipped["malformed"] == 3  # garbage, an extra field, a broken sample
+    assert collector.reports == 2  # a field this version does not know is ignored and counted...
+    assert collector.unknown_fields == 1
+    assert "line3-cam2" not in (tmp_path / "collected" / "reports.jsonl").read_text()  # ...and never stored
+    assert collector.skipped["malformed"] == 2  # garbage, a broken sample
     assert collector.skipped["unknown_version"] == 1 and collector.skipped["oversized"] == 1
 
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgekit.errors import MissingDependencyError, RuntimeBackendError
+from edgekit.formats import TENSORRT_FP16, TENSORRT_INT8
 from edgekit.runtime.backends.base import Backend, TensorInfo
 
 _ONNX_DTYPES = {
@@ -59,8 +60,8 @@ def provider_options(provider: str, settings: ProviderSettings) -> dict[str, str
     if provider == "TensorrtExecutionProvider":
         options = {
             "trt_max_workspace_size": str(settings.trt_workspace_bytes),
-            "trt_fp16_enable": str(settings.precision in ("fp16", "int8")),
-            "trt_int8_enable": str(settings.precision == "int8"),  # scales come from the QDQ nodes
+            "trt_fp16_enable": str(settings.precision in TENSORRT_FP16),
+            "trt_int8_enable": str(settings.precision in TENSORRT_INT8),  # scales come from the QDQ nodes
         }
         if settings.trt_cache_dir is not None:
             options |= {

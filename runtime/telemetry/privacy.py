@@ -111,13 +111,18 @@ def seal_sample(header: SampleHeader, arrays: dict[str, np.ndarray], key: x25519
     return SAMPLE_MAGIC + struct.pack(">H", len(head)) + head + _SUITE.encrypt(buffer.getvalue(), key, head)
 
 
-def read_sample_header(message: bytes) -> tuple[SampleHeader, bytes, bytes]:
-    """(header, header bytes, ciphertext); ValueError when the framing is wrong."""
+def split_sample(message: bytes) -> tuple[bytes, bytes]:
+    """(header bytes, ciphertext); ValueError when the framing is wrong."""
     if not message.startswith(SAMPLE_MAGIC) or len(message) < 6:
         raise ValueError("not an edgekit sample")
     (length,) = struct.unpack(">H", message[4:6])
-    head = message[6 : 6 + length]
-    return SampleHeader.model_validate_json(head), head, message[6 + length :]
+    return message[6 : 6 + length], message[6 + length :]
+
+
+def read_sample_header(message: bytes) -> tuple[SampleHeader, bytes, bytes]:
+    """(header, header bytes, ciphertext), strictly: ValueError when the framing is wrong."""
+    head, body = split_sample(message)
+    return SampleHeader.model_validate_json(head), head, body
 
 
 def open_sample(head: bytes, body: bytes, key: x25519.X25519PrivateKey) -> dict[str, np.ndarray]:

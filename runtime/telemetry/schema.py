@@ -1,17 +1,29 @@
 """The telemetry wire format: topics, and the one report schema both ends validate.
 
 The schema is the allowlist: a device builds each payload from these models, which forbid
-any other field, and a collector skips whatever does not validate.
+any other field.
+
+The versioning rule, for every message kind:
+
+- A change that only **adds optional fields** keeps ``v``. An older collector reading a
+  newer device's message ignores the fields it does not know and counts them
+  (``read_message``), so a fleet can update its devices before its collectors.
+- A change that **breaks the meaning** of a message (a field removed, renamed, retyped,
+  re-scaled, or made required) bumps ``SCHEMA_VERSION``. Collectors skip and count messages
+  of a version they do not know ("unknown_version"), as they skip malformed ones.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
+Kind = Literal["report", "sample", "status"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+"""The message kinds, each the last level of its topic."""
 MAX_PAYLOAD_BYTES = 256 * 1024
 """A collector skips anything larger; a device never builds anything near it."""
 
@@ -23,11 +35,11 @@ FLEET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 SAMPLE_MAGIC = b"EKS1"
 
 
-def topic(fleet: str, node: str, kind: Literal["report", "sample", "status"]) -> str:
+def topic(fleet: str, node: str, kind: Kind) -> str:
     return f"edgekit/{fleet}/{node}/{kind}"
 
 
-def fleet_filter(fleet: str, kind: str) -> str:
+def fleet_filter(fleet: str, kind: Kind) -> str:
     return f"edgekit/{fleet}/+/{kind}"
 
 
@@ -106,3 +118,36 @@ class SampleHeader(_Strict):
     seq: int = Field(ge=1)
     model: ModelRef
     count: int
+
+
+Message = TypeVar("Message", bound=BaseModel)
+
+
+def read_message(schema: type[Message], data: Any) -> tuple[Message, tuple[str, ...]]:
+    """Validate ``data`` as ``schema`` under the versioning rule: fields this version does
+    not know are dropped (and returned, dotted), everything else is checked strictly.
+    Raises pydantic's ValidationError for a message this version cannot read."""
+    known, unknown = _known_fields(schema, data, "")
+    return schema.model_validate(known), unknown
+
+
+def _known_fields(schema: type[BaseModel], data: Any, prefix: str) -> tuple[Any, tuple[str, ...]]:
+    if not isinstance(data, dict):
+        return data, ()
+    known: dict[str, Any] = {}
+    unknown: list[str] = []
+    for name, value in data.items():
+        field = schema.model_fields.get(name)
+        if field is None:
+            unknown.append(prefix + name)
+            continue
+        nested = next((t for t in (field.annotation, *get_args(field.annotation)) if _is_model(t)), None)
+        if nested is not None:
+            value, deeper = _known_fields(nested, value, f"{prefix}{name}.")
+            unknown += deeper
+        known[name] = value
+    return known, tuple(unknown)
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)

@@ -1,0 +1,273 @@
+"""Build-side commands: ``targets``, ``convert`` and ``fit``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from edgekit.cli.common import debug, print_json, ui_console
+from edgekit.cli.options import (
+    ShapeType,
+    calibration_option,
+    evaluation_option,
+    format_option,
+    json_option,
+    max_accuracy_drop_option,
+    output_option,
+    precision_option,
+    report_option,
+    sign_key_option,
+    target_option,
+    together,
+    train_data_option,
+)
+from edgekit.converters.onnx import CALIBRATION_METHODS
+from edgekit.profiles import load_all_profiles
+
+
+class RatiosType(click.ParamType):
+    """``--prune-ratios``: comma-separated fractions in [0, 1)."""
+
+    name = "ratios"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            ratios = tuple(float(r) for r in str(value).split(","))
+        except ValueError:
+            self.fail("write the ratios as 0,0.25,0.5", param, ctx)
+        if any(not 0 <= r < 1 for r in ratios):
+            self.fail("each ratio must be in [0, 1)", param, ctx)
+        return ratios
+
+
+@click.command()
+@json_option
+def targets(as_json: bool) -> None:
+    """List the shipped device profiles (use --target ID or --target my.toml)."""
+    from edgekit import views
+
+    profiles = load_all_profiles()
+    if as_json:
+        print_json([p.model_dump(mode="json") for p in profiles])
+    else:
+        Console().print(views.profiles_table(profiles))
+
+
+_conversion_options = together(
+    click.option(
+        "--calibration-method",
+        type=click.Choice(CALIBRATION_METHODS),
+        default="minmax",
+        show_default=True,
+        help="How ONNX int8 chooses activation ranges from the calibration data.",
+    ),
+    click.option(
+        "--keep-float",
+        multiple=True,
+        metavar="PATTERN",
+        help="Keep nodes (ONNX) or layers (TFLite int8) whose name matches PATTERN (fnmatch; repeatable) "
+        "in float.",
+    ),
+    click.option(
+        "--input-shape",
+        type=ShapeType(),
+        default=None,
+        help="Fix an ONNX model's dynamic input dims, e.g. 1,3,224,224 (N keeps a dim dynamic). "
+        "Default: from the calibration data.",
+    ),
+)
+
+_pruning_options = together(
+    click.option(
+        "--prune",
+        type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+        default=None,
+        metavar="RATIO",
+        help="Prune this fraction of a Keras model's channels (or weights, --prune-mode magnitude) "
+        "before converting; fine-tunes on --train-data.",
+    ),
+    click.option(
+        "--prune-mode",
+        type=click.Choice(["structured", "magnitude"]),
+        default="structured",
+        show_default=True,
+        help="structured removes whole channels (a smaller, faster model); magnitude zeroes weights "
+        "(the file compresses).",
+    ),
+    train_data_option,
+    click.option(
+        "--prune-epochs",
+        type=click.IntRange(min=0),
+        default=5,
+        show_default=True,
+        help="Fine-tuning epochs after pruning.",
+    ),
+)
+
+_override_options = together(
+    max_accuracy_drop_option,
+    click.option(
+        "--allow-accuracy-drop",
+        is_flag=True,
+        help="Write the bundle even if the accuracy gate fails (recorded in the manifest).",
+    ),
+    click.option(
+        "--allow-over-budget",
+        is_flag=True,
+        help="Write the bundle even if it breaks the profile's memory or storage budget.",
+    ),
+    click.option("--force", is_flag=True, help="Accept fewer than 10 calibration or evaluation samples."),
+)
+
+_identity_options = together(
+    click.option("--name", default=None, help="Model name in the manifest. Default: the file name."),
+    click.option(
+        "--model-version",
+        "version",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="Increasing model version recorded in the manifest.",
+    ),
+    click.option(
+        "--labels",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Text file with one class name per line, stored in the manifest.",
+    ),
+)
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@target_option
+@precision_option(
+    multiple=False,
+    help="auto tries the profile's precisions in order and keeps the first that passes "
+    "the accuracy gate and the budgets; for ONNX on a CPU-only profile it keeps the fastest "
+    "that passes, measured on this host.",
+)
+@format_option(
+    multiple=False,
+    help="Artifact format; 'both' ships TFLite and ONNX in one bundle. "
+    "Default: the profile's first format that can be made from MODEL.",
+)
+@calibration_option
+@evaluation_option(
+    required=False, help="Held-out .npz with x and labels y (top-1 accuracy) or x alone (agreement)."
+)
+@_conversion_options
+@report_option
+@_pruning_options
+@_override_options
+@_identity_options
+@sign_key_option
+@output_option("Bundle to write. Default: MODEL's name with .ekb in the current folder.")
+@json_option
+@click.pass_context
+def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool, **fields: Any) -> None:
+    """Convert a trained model into a bundle sized and checked for a device.
+
+    MODEL is a Keras .keras file, a legacy .h5 file, a TensorFlow SavedModel folder or an
+    .onnx file. Nothing is written unless the result passes the accuracy gate and fits the
+    budgets of the --target profile, or you explicitly allow the breach. When ONNX int8
+    misses the accuracy gate, the nodes that lose the most are kept in float and int8 is
+    tried again.
+
+    \b
+    Examples:
+      edgekit convert digits.keras --target raspberry-pi-5 --precision int8 \\
+          --calibration calib.npz --eval eval.npz -o digits.ekb
+      edgekit convert model.keras --target jetson-orin-nano --calibration calib.npz -o m.ekb
+      edgekit convert model.onnx --target x86-gateway --calibration calib.npz --eval eval.npz
+      edgekit convert model.keras --target raspberry-pi-4 --prune 0.5 --train-data train.npz \\
+          --calibration calib.npz --eval eval.npz -o small.ekb
+    """
+    from edgekit import views
+    from edgekit.console import RichReporter, quiet_native_output
+    from edgekit.convert import ConvertOptions
+    from edgekit.convert import convert as run_convert
+    from edgekit.fit_report import write_convert_report
+
+    report = fields.pop("report")
+    options = ConvertOptions(model=model, output=output or _default_output(model), **fields)
+    ui = ui_console(ctx)
+    with quiet_native_output(enabled=not debug(ctx)):
+        result = run_convert(options, RichReporter(ui))
+    if report is not None:
+        write_convert_report(report, result, options.profile, model.name)
+    if as_json:
+        print_json(views.convert_json(result))
+    else:
+        views.print_convert_summary(ui, Console(), result)
+
+
+@click.command("fit")
+@click.argument("model", type=click.Path(path_type=Path))
+@target_option
+@evaluation_option(required=True, help="Held-out .npz with x and labels y.")
+@calibration_option
+@train_data_option
+@click.option(
+    "--prune-ratios",
+    type=RatiosType(),
+    default="0,0.25,0.5",
+    show_default=True,
+    help="Structured pruning ratios to try (0 = unpruned); needs --train-data.",
+)
+@format_option(multiple=True, help="Formats to try (repeatable). Default: the profile's.")
+@precision_option(multiple=True, help="Precisions to try (repeatable). Default: all.")
+@click.option("--max-minutes", type=click.FloatRange(min=0), default=30.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same search, same choice.")
+@max_accuracy_drop_option
+@report_option
+@sign_key_option
+@output_option("Bundle to write. Default: MODEL's name with .ekb in the current folder.")
+@json_option
+@click.pass_context
+def fit_command(ctx: click.Context, model: Path, output: Path | None, as_json: bool, **fields: Any) -> None:
+    """Search pruning × format × precision and write the smallest bundle that fits the device.
+
+    Every candidate is converted and measured (size, peak memory, host latency, top-1 on
+    --eval against the unpruned float model). The smallest candidate that fits every
+    budget of --target wins; the table says why each other one lost, and marks the Pareto
+    front (size, latency, accuracy). Host latency is shown but does not decide: this host
+    is not the device, and the choice must repeat under --seed.
+
+    \b
+    Examples:
+      edgekit fit model.keras --target jetson-nano --train-data train.npz --eval eval.npz \\
+          --calibration calib.npz --report fit.html -o best.ekb
+      edgekit fit model.keras -t my-hub.toml --eval eval.npz --format tflite --json
+    """
+    from edgekit import views
+    from edgekit.console import RichReporter, quiet_native_output
+    from edgekit.fit import FitOptions, fit, nothing_fits
+    from edgekit.fit_report import write_fit_report
+
+    report = fields.pop("report")
+    output = output or _default_output(model)
+    formats, precisions = tuple(fields.pop("formats")) or None, tuple(fields.pop("precisions")) or None
+    options = FitOptions(model=model, output=output, formats=formats, precisions=precisions, **fields)
+    with quiet_native_output(enabled=not debug(ctx)):
+        result = fit(options, RichReporter(ui_console(ctx)))
+    if report is not None:
+        write_fit_report(report, result, options.profile, model.name)
+    if as_json:
+        print_json(views.fit_json(result, output))
+    else:
+        views.print_fit(Console(), result, output)
+    if result.chosen is None:
+        raise nothing_fits(result, options.profile.id)
+
+
+def _default_output(model: Path) -> Path:
+    return Path(f"{model.stem or model.name}.ekb")
+
+
+COMMANDS = (targets, convert, fit_command)

@@ -1,0 +1,130 @@
+"""The device's store and trust: ``install``, ``models`` and ``trust``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgekit.cli.common import print_json, say
+from edgekit.cli.options import allow_unsigned_option, json_option
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@allow_unsigned_option
+@click.option(
+    "--allow-downgrade",
+    is_flag=True,
+    help="Accept a version older than the highest this device has installed.",
+)
+@json_option
+def install(bundle: Path, allow_unsigned: bool, allow_downgrade: bool, as_json: bool) -> None:
+    """Verify a bundle (signature, then every hash) and store it encrypted, as the active version.
+
+    \b
+    Example:
+      edgekit keys init --device && edgekit trust add publisher.pub
+      edgekit install digits.ekb
+    """
+    from edgekit.runtime.store import Store
+
+    done = Store().install(bundle, allow_unsigned=allow_unsigned, allow_downgrade=allow_downgrade)
+    who = f"signed by {done.signed_by}" if done.signed_by else "UNSIGNED"
+    say(as_json, done.__dict__, f"installed {done.name} v{done.version} ({who}), now active")
+
+
+@click.group()
+def models() -> None:
+    """The models in this device's encrypted store."""
+
+
+@models.command("list")
+@json_option
+def models_list(as_json: bool) -> None:
+    """Installed models and versions; * marks the active one."""
+    from edgekit.runtime.store import Store
+
+    found = Store().installed()
+    if as_json:
+        print_json([m.__dict__ for m in found])
+        return
+    for m in found:
+        click.echo(f"{'*' if m.active else ' '} {m.name} v{m.version}  {m.signed_by or 'unsigned'}")
+    if not found:
+        click.echo("no models installed; install one with: edgekit install BUNDLE")
+
+
+@models.command("activate")
+@click.argument("name")
+@click.argument("version", type=int)
+@json_option
+def models_activate(name: str, version: int, as_json: bool) -> None:
+    """Make an installed VERSION the one Model.load(NAME) runs."""
+    from edgekit.runtime.store import Store
+
+    Store().activate(name, version)
+    say(as_json, {"name": name, "active": version}, f"{name} v{version} is active")
+
+
+@models.command("rollback")
+@click.argument("name")
+@json_option
+def models_rollback(name: str, as_json: bool) -> None:
+    """Activate the newest installed version older than the active one."""
+    from edgekit.runtime.store import Store
+
+    version = Store().rollback(name)
+    say(as_json, {"name": name, "active": version}, f"{name} v{version} is active")
+
+
+@models.command("remove")
+@click.argument("name")
+@click.argument("version", type=int)
+@json_option
+def models_remove(name: str, version: int, as_json: bool) -> None:
+    """Delete an installed version that is not active."""
+    from edgekit.runtime.store import Store
+
+    Store().remove(name, version)
+    say(as_json, {"name": name, "removed": version}, f"removed {name} v{version}")
+
+
+@click.group()
+def trust() -> None:
+    """The publishers whose bundles this device accepts (EDGEKIT_HOME/trust)."""
+
+
+@trust.command("add")
+@click.argument("public_key", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@json_option
+def trust_add(public_key: Path, as_json: bool) -> None:
+    """Trust the publisher whose public key is PUBLIC_KEY (a .pub from keys init --publisher)."""
+    from edgekit.signing import Trust
+
+    identifier = Trust().add(public_key)
+    say(as_json, {"key_id": identifier}, f"trusting key {identifier}")
+
+
+@trust.command("list")
+@json_option
+def trust_list(as_json: bool) -> None:
+    """List the trusted publisher keys."""
+    from edgekit.signing import Trust
+
+    identifiers = sorted(Trust().keys())
+    say(as_json, identifiers, "\n".join(identifiers) or "no trusted keys")
+
+
+@trust.command("remove")
+@click.argument("key_id")
+@json_option
+def trust_remove(key_id: str, as_json: bool) -> None:
+    """Stop trusting a publisher key."""
+    from edgekit.signing import Trust
+
+    Trust().remove(key_id)
+    say(as_json, {"removed": key_id}, f"no longer trusting {key_id}")
+
+
+COMMANDS = (install, models, trust)

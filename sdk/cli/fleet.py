@@ -1,0 +1,145 @@
+"""``edgekit fleet``: a fleet's keys, its live view, and its retraining data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from edgekit.cli.common import print_json, say
+from edgekit.cli.options import broker_options, duration_option, idle_option, json_option
+
+
+@click.group()
+def fleet() -> None:
+    """Operate a fleet: its keys, a live view, and retraining data (see docs/telemetry.md)."""
+
+
+@fleet.command("init")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the keys go. Default: $EDGEKIT_HOME/fleets/NAME.",
+)
+@json_option
+def fleet_init(name: str, folder: Path | None, as_json: bool) -> None:
+    """Create a fleet's keys: fleet.key (keep it), fleet.pub and fleet.secret (for devices).
+
+    \b
+    Devices need fleet.secret (their ids become pseudonyms with it) and fleet.pub
+    (retraining samples are encrypted to it); copy both to $EDGEKIT_HOME/fleets/NAME/
+    on each device. Only fleet.key decrypts samples: it never leaves the operator.
+    """
+    from edgekit.fleet import init_fleet
+
+    where = init_fleet(name, folder)
+    say(
+        as_json,
+        {"fleet": name, "folder": str(where), "device_files": ["fleet.pub", "fleet.secret"]},
+        f"fleet {name}: keys in {where}; copy fleet.pub and fleet.secret to each device's "
+        f"$EDGEKIT_HOME/fleets/{name}/, keep fleet.key here",
+    )
+
+
+@fleet.command("watch")
+@broker_options
+@duration_option
+@idle_option
+@json_option
+def fleet_watch(fleet: str, duration: float | None, idle: float | None, as_json: bool, **tls: Any) -> None:
+    """Live table of a fleet: online/offline, inferences/s, p50/p95 latency, errors, drift.
+
+    \b
+    Drift is the population stability index against the bundle's reference data:
+    below 0.1 ok, 0.1-0.25 a shift, above 0.25 drift (in red). With --json, one JSON
+    line per event (report, status, gone) for scripts.
+    \b
+    Examples:
+      edgekit fleet watch --broker mqtt://localhost:1883 --fleet factory-7
+      edgekit fleet watch --broker mqtt://localhost:1883 --fleet factory-7 --json --duration 60
+    Without a terminal (a pipe, a log) the table is printed once, when watch stops.
+    """
+    from edgekit.fleet import FleetView, Inbox, Limits, subscriptions, watch
+    from edgekit.views.fleet import fleet_display
+
+    view = FleetView(fleet)
+    inbox = Inbox(_broker(**tls), subscriptions(fleet, ("report", "status"))).start()
+    try:
+        with fleet_display(Console(), view, as_json) as show:
+            watch(inbox, view, Limits(duration, idle), show)
+    finally:
+        inbox.stop()
+
+
+@fleet.command("collect")
+@broker_options
+@click.option(
+    "--out", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output folder."
+)
+@click.option(
+    "--fleet-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder with fleet.key. Default: $EDGEKIT_HOME/fleets/FLEET.",
+)
+@click.option(
+    "--group",
+    default="edgekit-collectors",
+    show_default=True,
+    help="Shared-subscription group: collectors in one group split the messages. 'none' subscribes "
+    "plainly (one collector; Mosquitto 2.0 forgets shared subscriptions when it restarts).",
+)
+@click.option(
+    "--session",
+    default=None,
+    help="Persistent session id, so messages wait at the broker while this collector is away. "
+    "Default: edgekit-collect-FLEET-GROUP-HOST.",
+)
+@duration_option
+@idle_option
+@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Stop after this many samples.")
+@json_option
+@click.pass_context
+def fleet_collect(
+    ctx: click.Context, broker: str, duration: float | None, idle: float | None, as_json: bool, **fields: Any
+) -> None:
+    """Collect retraining samples and a drift report from a fleet.
+
+    \b
+    Samples are decrypted with the fleet's private key and written to OUT/shards/, and
+    merged into OUT/samples.npz (arrays x, pred, confidence, node, seq: seq orders a
+    node's samples in time), which `edgekit convert --calibration` takes as it is.
+    OUT/drift.json and OUT/drift.html show each node's drift over time; OUT/collect.json
+    counts reports, gaps and skipped messages.
+    Malformed, unknown-version and duplicate messages are counted and skipped.
+    \b
+    Examples:
+      edgekit fleet collect --broker mqtt://localhost:1883 --fleet factory-7 --out data/ --idle 30
+      edgekit convert model.keras --target raspberry-pi-4 --calibration data/samples.npz -o v2.ekb
+    """
+    from edgekit.fleet import CollectConfig, Limits, collect
+    from edgekit.views.fleet import collect_progress, print_collect_summary
+
+    tls = {name: fields.pop(name) for name in ("tls_ca", "tls_cert", "tls_key")}
+    config = CollectConfig(_broker(broker, **tls), limits=Limits(duration, idle), **fields)
+    progress = None if as_json else collect_progress(ctx.obj["ui"])
+    summary = collect(config, progress)
+    if as_json:
+        summary.pop("seen")
+        print_json(summary)
+    else:
+        print_collect_summary(ctx.obj["ui"], summary, config.out)
+
+
+def _broker(broker: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None) -> Any:
+    from edgekit.runtime.telemetry.broker import Broker
+
+    return Broker.parse(broker, ca=tls_ca, cert=tls_cert, key=tls_key)
+
+
+COMMANDS = (fleet,)

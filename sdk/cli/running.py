@@ -1,0 +1,152 @@
+"""Device-side commands that run a model: ``run`` and ``bench``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from edgekit.cli.common import error_line, load_model, print_json
+from edgekit.cli.options import (
+    allow_unsigned_option,
+    artifact_format_option,
+    json_option,
+    threads_option,
+    together,
+)
+
+_telemetry_options = together(
+    click.option(
+        "--telemetry",
+        "telemetry_url",
+        metavar="URL",
+        default=None,
+        help="Report this run to an MQTT broker (mqtt://host:1883, mqtts://host:8883); needs --fleet.",
+    ),
+    click.option(
+        "--fleet", default=None, help="Fleet name for --telemetry (its keys from `edgekit fleet init`)."
+    ),
+    click.option(
+        "--telemetry-config",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="TOML file with a [telemetry] table of Telemetry settings (see docs/telemetry.md).",
+    ),
+)
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--input",
+    "-i",
+    "input_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Input batch: .npy, or .npz with array x.",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Print the k best classes per sample (names from the bundle's labels).",
+)
+@threads_option
+@artifact_format_option
+@allow_unsigned_option
+@_telemetry_options
+@json_option
+@click.pass_context
+def run(
+    ctx: click.Context, bundle: Path, input_path: Path, top_k: int | None, as_json: bool, **fields: Any
+) -> None:
+    """Run a bundle on an input batch and print the outputs or the top-k labels.
+
+    \b
+    Examples:
+      edgekit run digits.ekb --input sample.npy --top-k 3
+      edgekit run digits.ekb --input meter-digit.png --top-k 1
+      edgekit run digits --input x.npy --telemetry mqtt://gateway:1883 --fleet factory-7
+    """
+    from edgekit import views
+    from edgekit.data import load_input
+
+    telemetry = _telemetry(fields.pop("telemetry_url"), fields.pop("fleet"), fields.pop("telemetry_config"))
+    model = load_model(ctx, bundle, telemetry=telemetry, **_model_options(fields))
+    outputs = model.predict(load_input(input_path, model.manifest, model.info.inputs[0]))
+    result = views.run_result(model, outputs, top_k)
+    model.close()
+    if telemetry is not None:
+        result["telemetry"] = telemetry.status
+    if as_json:
+        print_json(result)
+    else:
+        views.print_run(Console(), model, result)
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--runs", type=click.IntRange(min=10), default=500, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
+@threads_option
+@artifact_format_option
+@click.option(
+    "--compare-bare",
+    is_flag=True,
+    help="Also time the bare interpreter or session on the same artifact and input, "
+    "interleaved, and print edgekit's overhead.",
+)
+@allow_unsigned_option
+@json_option
+@click.pass_context
+def bench(
+    ctx: click.Context, bundle: Path, runs: int, warmup: int, compare_bare: bool, as_json: bool, **fields: Any
+) -> None:
+    """Measure latency percentiles, throughput, load time and peak memory on this device.
+
+    Exits 1 when p90 latency breaks the profile's latency budget.
+
+    \b
+    Example:
+      edgekit bench digits.ekb --runs 1000 --compare-bare
+    """
+    from edgekit import views
+    from edgekit.runtime.bench import bench as run_bench
+
+    model = load_model(ctx, bundle, **_model_options(fields))
+    result = run_bench(model, runs=runs, warmup=warmup, compare_bare=compare_bare)
+    if as_json:
+        print_json({"model": views.model_info(model), **result.as_dict()})
+    else:
+        views.print_bench(Console(), model, result)
+    if result.within_latency_budget is False:
+        error_line(
+            f"p90 latency {result.edgekit.p90_ms:.3f} ms breaks the profile's "
+            f"{result.latency_budget_ms:g} ms budget"
+        )
+        ctx.exit(1)
+
+
+def _model_options(fields: dict[str, Any]) -> dict[str, Any]:
+    """The shared --threads, --format and --allow-unsigned, as Model.load takes them."""
+    return {"threads": fields["threads"], "format": fields["fmt"], "allow_unsigned": fields["allow_unsigned"]}
+
+
+def _telemetry(url: str | None, fleet: str | None, config: Path | None) -> Any:
+    """A Telemetry from --telemetry URL --fleet NAME, or from --telemetry-config; None without."""
+    if url is None and config is None:
+        if fleet is not None:
+            raise click.UsageError("--fleet goes with --telemetry URL or --telemetry-config")
+        return None
+    from edgekit.runtime import Telemetry
+
+    if config is not None:
+        return Telemetry.from_file(config, broker=url, fleet=fleet)
+    if fleet is None:
+        raise click.UsageError("--telemetry needs --fleet NAME (the fleet whose keys are on this device)")
+    return Telemetry(url, fleet)
+
+
+COMMANDS = (run, bench)

@@ -1,0 +1,102 @@
+"""``edgekit convert``: a trained model in, a bundle sized and checked for a device out.
+
+The steps, one module each: ``plan`` (formats, precisions, data checks), ``prune`` (optional),
+``candidate`` (convert, measure, gate, int8 fallback), ``select`` (which candidate ships)
+and ``manifest``. For each precision tried (one, or the profile's order with ``auto``):
+convert, measure size, peak memory and latency, compare against the float model on the
+evaluation data, and check the profile's budgets. The first precision that passes is
+written as a bundle. Nothing is written when nothing passes, unless the user explicitly
+allows the breach.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edgekit.bundle import write_bundle
+from edgekit.convert.candidate import Candidate, Job, max_accuracy_drop
+from edgekit.convert.manifest import build_manifest, reference
+from edgekit.convert.options import ConvertOptions, ConvertResult
+from edgekit.convert.plan import Inputs, check_data, plan
+from edgekit.convert.prune import prune_source
+from edgekit.convert.select import select
+from edgekit.converters import ConversionSettings
+from edgekit.converters.source import detect_kind, load_source
+from edgekit.measure import run_batched
+from edgekit.report import Reporter, SilentReporter
+from edgekit.signing import load_signing_key, signature_entry
+
+__all__ = ["Candidate", "ConvertOptions", "ConvertResult", "build", "convert", "max_accuracy_drop", "write"]
+
+
+def convert(options: ConvertOptions, reporter: Reporter | None = None) -> ConvertResult:
+    """Convert ``options.model`` for ``options.profile`` and write the signed bundle."""
+    result = build(options, reporter)
+    write(result, options.sign_key)
+    return result
+
+
+def write(result: ConvertResult, sign_key: Path | None, **fields: Any) -> ConvertResult:
+    """Write ``result``'s bundle, signed with ``sign_key``; ``fields`` add to its manifest."""
+    manifest = result.manifest.model_copy(update=fields) if fields else result.manifest
+    key = load_signing_key(sign_key) if sign_key else None
+    signature = signature_entry(manifest.canonical_bytes(), key) if key else None
+    write_bundle(result.output, manifest, result.contents, signature)
+    return replace(result, manifest=manifest)
+
+
+def build(options: ConvertOptions, reporter: Reporter | None = None) -> ConvertResult:
+    """Everything ``convert`` does except writing the bundle."""
+    reporter = reporter or SilentReporter()
+    kind = detect_kind(options.model)
+    plans = plan(options, kind, reporter)
+    if options.sign_key:
+        load_signing_key(options.sign_key)  # a missing or wrong key fails before any work
+    inputs = Inputs.read(options, kind)
+    if options.prune is None:
+        return _build(options, inputs, plans, reporter, {})
+    with tempfile.TemporaryDirectory(prefix="edgekit-prune-") as tmp:
+        pruned, compression = prune_source(options, inputs, Path(tmp), reporter)
+        pruned_options = replace(options, model=pruned, prune=None)
+        return _build(
+            pruned_options, replace(inputs, kind="keras"), plans, reporter, {"compression": compression}
+        )
+
+
+def _build(
+    options: ConvertOptions, inputs: Inputs, plans: list[Any], reporter: Reporter, extra: dict[str, Any]
+) -> ConvertResult:
+    with load_source(options.model, options.input_shape, inputs.kind) as source:
+        inputs, warnings = check_data(source, inputs, options)
+        evaluation = inputs.evaluation
+        if inputs.kind == "tflite":
+            evaluation = None
+            warnings.append(
+                "a ready-made TFLite file ships as it is: no float model, so no accuracy gate was run"
+            )
+        elif evaluation is None:
+            warnings.append("no --eval data: the accuracy of the converted model is not checked")
+        float_out = None
+        if evaluation is not None:
+            with reporter.progress("Evaluating float model", len(evaluation)) as advance:
+                float_out = run_batched(source.predict, evaluation.x, advance)
+        settings = ConversionSettings(options.profile, options.calibration_method, options.keep_float)
+        job = Job(options, source, settings, inputs.calibration, evaluation, float_out, reporter)
+        chosen, tried = [], []
+        for converter, precisions in plans:
+            best, candidates = select(job, converter, precisions)
+            chosen.append(best)
+            tried += candidates
+        for message in warnings:
+            reporter.warn(message)
+        data = inputs.calibration if inputs.calibration is not None else evaluation
+        extra = {"reference": reference(source, data, reporter), **extra}
+        converters = [converter for converter, _ in plans]
+        manifest = build_manifest(
+            options, source, converters, chosen, inputs.calibration, inputs.labels, extra
+        )
+    contents = {c.entry.path: c.content for c in chosen}
+    return ConvertResult(options.output, manifest, tuple(tried), tuple(warnings), contents)

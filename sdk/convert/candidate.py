@@ -1,0 +1,189 @@
+"""Building one candidate: convert at one precision, measure it, gate it, and when int8
+misses the accuracy gate, keep the nodes that lose the most in float and try again."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from edgekit.bundle import Accuracy, ArtifactEntry, Metrics, Quantization, QuantizationScheme, Tensor, sha256
+from edgekit.convert.options import ConvertOptions
+from edgekit.converters import Artifact, ConversionSettings, Converter
+from edgekit.converters.source import SourceModel
+from edgekit.data import Dataset
+from edgekit.errors import ConversionError
+from edgekit.measure import compare_outputs, host_latency_ms, peak_memory_bytes, run_batched
+from edgekit.profiles import DEFAULT_MAX_ACCURACY_DROP, DeviceProfile
+from edgekit.report import Reporter
+from edgekit.runtime.backends import Backend, TensorInfo, backend_for
+
+MB = 1024 * 1024
+MAX_FALLBACK_ROUNDS = 6
+"""Rounds that keep more int8 tensors out of int8: 1, 2, 4, ... tensors, 63 in all."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One converted precision, measured, with what (if anything) keeps it from shipping."""
+
+    entry: ArtifactEntry
+    content: bytes
+    accuracy_problem: str | None
+    budget_problems: tuple[str, ...]
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return ((self.accuracy_problem,) if self.accuracy_problem else ()) + self.budget_problems
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every candidate of one convert run shares."""
+
+    options: ConvertOptions
+    source: SourceModel
+    settings: ConversionSettings
+    calibration: Dataset | None
+    evaluation: Dataset | None
+    float_out: np.ndarray | None
+    reporter: Reporter
+
+
+def max_accuracy_drop(profile: DeviceProfile, override: float | None = None) -> float:
+    """The accuracy budget in percentage points: the user's, else the profile's, else 1.0."""
+    for value in (override, profile.budget.max_accuracy_drop):
+        if value is not None:
+            return value
+    return DEFAULT_MAX_ACCURACY_DROP
+
+
+def build_candidate(job: Job, converter: Converter, precision: str) -> Candidate:
+    artifact = _convert(job, converter, precision, job.settings)
+    candidate = _measure(job, artifact)
+    if candidate.accuracy_problem and precision in converter.calibrated_precisions:
+        candidate = _keep_sensitive_nodes_in_float(job, converter, artifact, candidate)
+    return candidate
+
+
+def _convert(job: Job, converter: Converter, precision: str, settings: ConversionSettings) -> Artifact:
+    calib_x = job.calibration.x if job.calibration is not None else None
+    total = len(calib_x) if calib_x is not None and precision in converter.calibrated_precisions else 0
+    with job.reporter.progress(f"Converting to {converter.format} {precision}", total) as advance:
+        artifact = converter.convert(job.source, precision, calib_x, advance, settings)
+    for note in artifact.notes:
+        job.reporter.note(note)
+    return artifact
+
+
+def _keep_sensitive_nodes_in_float(
+    job: Job, converter: Converter, artifact: Artifact, candidate: Candidate
+) -> Candidate:
+    """Retry int8 with the nodes that lose the most kept in float, until the gate passes."""
+    if job.calibration is None:  # calibrated precisions never run without it
+        return candidate
+    kept: list[str] = []
+    step = 1
+    for _ in range(MAX_FALLBACK_ROUNDS):
+        groups = converter.rank_sensitive_nodes(job.source, artifact, job.calibration.x, job.settings)
+        fresh_groups = [g for g in groups if any(node not in kept for node in g)][:step]
+        fresh = list(dict.fromkeys(n for g in fresh_groups for n in g if n not in kept))
+        if not fresh:
+            break
+        kept += fresh
+        step *= 2
+        job.reporter.note(
+            f"{artifact.precision} missed the accuracy budget ({candidate.accuracy_problem}); "
+            f"keeping {', '.join(fresh)} in float and retrying"
+        )
+        settings = replace(job.settings, float_nodes=tuple(kept))
+        try:
+            artifact = _convert(job, converter, artifact.precision, settings)
+        except ConversionError as exc:  # the engine cannot keep these in float: the gate's verdict stands
+            job.reporter.note(f"keeping {', '.join(fresh)} in float failed: {exc}")
+            break
+        candidate = _measure(job, artifact)
+        if not candidate.accuracy_problem:
+            break
+    return candidate
+
+
+def _measure(job: Job, artifact: Artifact) -> Candidate:
+    """Evaluate, time and size one artifact against the profile."""
+    profile = job.options.profile
+    threads = min(profile.runtime.threads, os.cpu_count() or 1)
+    backend = backend_for(artifact.format)(artifact.content, threads)
+    accuracy, accuracy_problem = _evaluate(job, artifact, backend)
+    size = len(artifact.content)
+    peak = peak_memory_bytes(artifact.format, artifact.content)
+    budget_problems = budget_problems_of(size, peak, profile)
+    metrics = Metrics(
+        size_bytes=size,
+        float_parameter_bytes=job.source.parameter_bytes,
+        size_ratio=size / max(job.source.parameter_bytes, 1),
+        peak_memory_bytes=peak,
+        host_latency_ms=host_latency_ms(backend),
+        conversion_seconds=artifact.seconds,
+        calibration_samples=artifact.calibration_samples,
+        accuracy=accuracy,
+        within_budget=not budget_problems,
+    )
+    entry = ArtifactEntry(
+        path=f"model.{artifact.precision}.{artifact.format}",
+        format=artifact.format,
+        precision=artifact.precision,
+        sha256=sha256(artifact.content),
+        size=size,
+        inputs=tuple(_tensor(t) for t in backend.inputs),
+        outputs=tuple(_tensor(t) for t in backend.outputs),
+        metrics=metrics,
+        opset=artifact.opset,
+        quantization=QuantizationScheme(**artifact.quantization) if artifact.quantization else None,
+    )
+    return Candidate(entry, artifact.content, accuracy_problem, budget_problems)
+
+
+def _evaluate(job: Job, artifact: Artifact, backend: Backend) -> tuple[Accuracy | None, str | None]:
+    """The artifact against the float model on the evaluation data, and the gate's verdict."""
+    if job.evaluation is None or job.float_out is None:
+        return None, None
+    title = f"Evaluating {artifact.format} {artifact.precision}"
+    with job.reporter.progress(title, len(job.evaluation)) as advance:
+        artifact_out = run_batched(lambda x: backend.run(x)[0], job.evaluation.x, advance)
+    result = compare_outputs(job.float_out, artifact_out, job.evaluation.y)
+    return gate(result, len(job.evaluation), job.options)
+
+
+def gate(result: dict, samples: int, options: ConvertOptions) -> tuple[Accuracy, str | None]:
+    max_drop = max_accuracy_drop(options.profile, options.max_accuracy_drop)
+    problem = None
+    if result["drop"] > max_drop:
+        what = "top-1 accuracy" if result["metric"] == "top1" else "top-1 agreement with float"
+        problem = (
+            f"{what} {result['artifact']:.2f}% vs float {result['float_model']:.2f}%: "
+            f"drop {result['drop']:.2f} pp > allowed {max_drop:.2f} pp"
+        )
+    verdict = "overridden" if problem else "passed"
+    return Accuracy(**result, samples=samples, max_drop=max_drop, gate=verdict), problem
+
+
+def budget_problems_of(size: int, peak: int, profile: DeviceProfile) -> tuple[str, ...]:
+    budget = profile.budget
+    problems = []
+    if size > budget.model_storage_mb * MB:
+        problems.append(
+            f"size {size / MB:.2f} MB > storage budget {budget.model_storage_mb:g} MB of {profile.id}"
+        )
+    if peak > budget.model_memory_mb * MB:
+        problems.append(
+            f"peak memory {peak / MB:.2f} MB > memory budget {budget.model_memory_mb:g} MB of {profile.id}"
+        )
+    return tuple(problems)
+
+
+def _tensor(info: TensorInfo) -> Tensor:
+    quantization = None
+    if info.scale is not None and info.zero_point is not None:
+        quantization = Quantization(scale=info.scale, zero_point=info.zero_point)
+    return Tensor(name=info.name, shape=info.shape, dtype=info.dtype, quantization=quantization)

@@ -1,0 +1,53 @@
+"""What one ``convert`` run is asked to do, and what it gives back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgekit.profiles import DeviceProfile
+
+if TYPE_CHECKING:
+    from edgekit.bundle import Manifest
+    from edgekit.convert.candidate import Candidate
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    model: Path
+    profile: DeviceProfile
+    output: Path
+    precision: str = "auto"
+    format: str | None = None
+    """A registered format, "both", or None for the profile's first format that fits the model."""
+    calibration: Path | None = None
+    evaluation: Path | None = None
+    max_accuracy_drop: float | None = None
+    allow_accuracy_drop: bool = False
+    allow_over_budget: bool = False
+    force: bool = False
+    name: str | None = None
+    version: int = 1
+    labels: Path | None = None
+    calibration_method: str = "minmax"
+    keep_float: tuple[str, ...] = ()
+    input_shape: tuple[int | None, ...] | None = None
+    sign_key: Path | None = None
+    """An Ed25519 private key (edgekit keys init --publisher) to sign the bundle with."""
+    prune: float | None = None
+    """Fraction of channels (structured) or weights (magnitude) to prune before converting."""
+    prune_mode: str = "structured"
+    train_data: Path | None = None
+    """.npz with x and integer labels y, to fine-tune the pruned model."""
+    prune_epochs: int = 5
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    output: Path
+    manifest: Manifest
+    tried: tuple[Candidate, ...]
+    warnings: tuple[str, ...] = field(default=())
+    contents: dict[str, bytes] = field(default_factory=dict, repr=False)
+    """The chosen artifacts' bytes by path, as the bundle holds them."""

@@ -1,0 +1,136 @@
+"""Planning a conversion: which formats and precisions to try, and the data checks.
+
+Everything here runs before any conversion starts, so a mistake costs a second, not a
+conversion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.convert.options import ConvertOptions
+from edgekit.converters import Converter, converter_for
+from edgekit.converters.source import SourceModel
+from edgekit.data import Dataset, check_dataset, load_dataset
+from edgekit.errors import DataError, EdgekitError, InputError, ModelFormatError
+from edgekit.report import Reporter
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The files a run reads, each read once: the model's kind, the data and the labels."""
+
+    kind: str
+    calibration: Dataset | None
+    evaluation: Dataset | None
+    labels: tuple[str, ...] | None
+
+    @classmethod
+    def read(cls, options: ConvertOptions, kind: str) -> Inputs:
+        labels = read_labels(options.labels)
+        calibration = load_dataset(options.calibration, "calibration") if options.calibration else None
+        evaluation = load_dataset(options.evaluation, "evaluation") if options.evaluation else None
+        return cls(kind, calibration, evaluation, labels)
+
+
+def plan(options: ConvertOptions, kind: str, reporter: Reporter) -> list[tuple[Converter, list[str]]]:
+    """The converters to run, each with the precisions to try in order."""
+    converters = [converter_for(fmt) for fmt in choose_formats(options, kind, reporter)]
+    if kind == "tflite":
+        return [(converters[0], [ready_made_precision(options)])]
+    return [(converter, choose_precisions(options, converter, reporter)) for converter in converters]
+
+
+def choose_formats(options: ConvertOptions, kind: str, reporter: Reporter) -> list[str]:
+    registry = Converter.registry
+    if options.format == "both":
+        wanted = ["tflite", "onnx"]
+    elif options.format:
+        if options.format not in registry:
+            raise InputError(
+                f"unknown format '{options.format}'; known formats: {', '.join(sorted(registry))}"
+            )
+        wanted = [options.format]
+    else:
+        for fmt in options.profile.runtime.formats:
+            if fmt in registry and kind in registry[fmt].source_kinds:
+                return [fmt]
+            reporter.note(f"profile prefers {fmt}, which cannot be made from a {kind} model; trying the next")
+        raise InputError(
+            f"profile {options.profile.id} lists formats {list(options.profile.runtime.formats)}, "
+            f"none of which can be made from a {kind} model; pass --format"
+        )
+    for fmt in wanted:
+        if kind not in registry[fmt].source_kinds:
+            raise InputError(
+                f"--format {fmt} cannot be made from a {kind} model; an ONNX model converts to --format onnx"
+            )
+    return wanted
+
+
+def ready_made_precision(options: ConvertOptions) -> str:
+    from edgekit.converters.tflite import detect_precision
+
+    try:
+        precision = detect_precision(options.model.read_bytes())
+    except EdgekitError as exc:
+        raise ModelFormatError(f"{options.model}: {exc}") from exc
+    if options.precision not in ("auto", precision):
+        raise InputError(
+            f"{options.model} is already {precision}; a ready-made TFLite file ships as it is, "
+            "so use --precision auto or convert from the original model"
+        )
+    return precision
+
+
+def choose_precisions(options: ConvertOptions, converter: Converter, reporter: Reporter) -> list[str]:
+    fmt = converter.format
+    if options.precision != "auto":
+        precision = converter.check_precision(options.precision)
+        if precision in converter.calibrated_precisions and options.calibration is None:
+            raise DataError(
+                f"--precision {precision} needs calibration data: pass --calibration "
+                "FILE.npz with about 100-500 representative inputs"
+            )
+        return [precision]
+    order = [p for p in options.profile.runtime.precisions_for(fmt) if p in converter.precisions]
+    if options.calibration is None:
+        skipped = [p for p in order if p in converter.calibrated_precisions]
+        if skipped:
+            reporter.note(f"{fmt}: skipping {', '.join(skipped)}: no --calibration data given")
+        order = [p for p in order if p not in converter.calibrated_precisions]
+    if not order:
+        raise DataError(f"every {fmt} precision of profile {options.profile.id} needs --calibration data")
+    return list(order)
+
+
+def read_labels(path: Path | None) -> tuple[str, ...] | None:
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"labels file {path}: cannot be read ({exc})") from exc
+    labels = tuple(line.strip() for line in lines if line.strip())
+    if not labels:
+        raise InputError(f"labels file {path}: empty; give one class name per line")
+    return labels
+
+
+def check_data(source: SourceModel, inputs: Inputs, options: ConvertOptions) -> tuple[Inputs, list[str]]:
+    """The data checked against the model's input (and converted to its dtype); warnings."""
+    warnings: list[str] = []
+    checked: list[Dataset | None] = []
+    for data, role in ((inputs.calibration, "calibration"), (inputs.evaluation, "evaluation")):
+        if data is not None:
+            data, found = check_dataset(data, source.input, role, options.force)
+            warnings.extend(found)
+        checked.append(data)
+    classes = source.outputs[0].shape[-1] if source.outputs and source.outputs[0].shape else None
+    labels = inputs.labels
+    if labels is not None and classes is not None and classes != len(labels):
+        raise InputError(f"labels file {options.labels}: {len(labels)} labels for {classes} model outputs")
+    if checked[1] is not None and len(source.outputs) != 1:
+        raise DataError(f"--eval compares one output, and the model has {len(source.outputs)}; omit --eval")
+    return Inputs(inputs.kind, checked[0], checked[1], labels), warnings

@@ -1,0 +1,47 @@
+"""How ``edgekit fit`` looks: every candidate, the Pareto front, and the verdicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from edgekit.fit import FitResult
+
+
+def fit_json(result: FitResult, output: Path) -> dict[str, Any]:
+    from edgekit.fit import pareto
+
+    front = set(pareto(result.candidates))
+    return {
+        "chosen": result.chosen.model_dump(mode="json") if result.chosen else None,
+        "output": str(output) if result.chosen else None,
+        "baseline_top1": result.baseline_top1,
+        "candidates": [
+            c.model_dump(mode="json") | {"pareto": i in front} for i, c in enumerate(result.candidates)
+        ],
+        "stopped_early": result.stopped_early,
+    }
+
+
+def print_fit(out: Console, result: FitResult, output: Path) -> None:
+    from edgekit.fit import pareto
+
+    front = set(pareto(result.candidates))
+    table = Table("format", "precision", "prune", "size", "host ms", "top-1", "pareto", "verdict")
+    for i, c in enumerate(result.candidates):
+        table.add_row(
+            c.format, c.precision, f"{c.prune:g}",
+            "-" if c.size_bytes is None else f"{c.size_bytes / 1024:.1f} KB",
+            "-" if c.host_latency_ms is None else f"{c.host_latency_ms:.3g}",
+            "-" if c.top1 is None else f"{c.top1:.2f}%", "yes" if i in front else "", c.verdict,
+            style="green" if c.verdict.startswith("chosen") else "",
+        )  # fmt: skip
+    out.print(table)
+    chosen = result.chosen
+    if chosen is not None:
+        click.echo(f"wrote {output}: {chosen.format} {chosen.precision}, pruned {chosen.prune:g}")
