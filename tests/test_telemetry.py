@@ -313,7 +313,7 @@ def test_k_suppression_hides_small_buckets(
     fleet_dir: Path, bundle: Path, tmp_path: Path, digits_eval: Any
 ) -> None:
     x, _ = digits_eval
-    telemetry = make_telemetry(DEAD, fleet_dir, tmp_path, k=5)
+    telemetry = make_telemetry(DEAD, fleet_dir, tmp_path, k_anonymity=5)
     model = Model.load(bundle, telemetry=telemetry)
     model.predict(x[:3])
     telemetry.flush()
@@ -337,7 +337,7 @@ def test_privacy_budget_stops_releases_and_survives_restart(
     x, _ = digits_eval
     released = []
     for _run in range(2):
-        telemetry = make_telemetry(DEAD, fleet_dir, tmp_path, dp_epsilon=1.0, dp_budget=3.0, k=1)
+        telemetry = make_telemetry(DEAD, fleet_dir, tmp_path, dp_epsilon=1.0, dp_budget=3.0, k_anonymity=1)
         model = Model.load(bundle, telemetry=telemetry)
         for i in range(4):
             model.predict(x[i * 40 : i * 40 + 40])
@@ -359,7 +359,7 @@ def test_drift_scores_separate_shifted_inputs(
     from edgekit.runtime.telemetry.outbox import Outbox
 
     x, _ = digits_eval
-    telemetry = make_telemetry(DEAD, fleet_dir, tmp_path, k=1)
+    telemetry = make_telemetry(DEAD, fleet_dir, tmp_path, k_anonymity=1)
     model = Model.load(bundle, telemetry=telemetry)
     model.predict(x)
     telemetry.flush()

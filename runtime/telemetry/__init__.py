@@ -1,5 +1,6 @@
 """Anonymized, durable MQTT telemetry from the device (see docs/telemetry.md)."""
 
-from edgekit.runtime.telemetry.device import Telemetry, TelemetryConfigError
+from edgekit.runtime.telemetry.config import TelemetryConfig, TelemetryConfigError
+from edgekit.runtime.telemetry.device import Telemetry
 
-__all__ = ["Telemetry", "TelemetryConfigError"]
+__all__ = ["Telemetry", "TelemetryConfig", "TelemetryConfigError"]

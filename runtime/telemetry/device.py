@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,9 +11,8 @@ from typing import Any
 import numpy as np
 
 from edgekit.bundle import Manifest
-from edgekit.errors import InputError
 from edgekit.paths import edgekit_home
-from edgekit.runtime.telemetry.broker import Broker
+from edgekit.runtime.telemetry.config import TelemetryConfig, TelemetryConfigError
 from edgekit.runtime.telemetry.outbox import BudgetSpent, Outbox
 from edgekit.runtime.telemetry.privacy import (
     DeviceFleetKeys,
@@ -25,24 +23,13 @@ from edgekit.runtime.telemetry.privacy import (
     suppress,
 )
 from edgekit.runtime.telemetry.publisher import Publisher
-from edgekit.runtime.telemetry.schema import (
-    SCHEMA_VERSION,
-    Drift,
-    InputStats,
-    ModelRef,
-    Privacy,
-    Report,
-    SampleHeader,
-    check_fleet_name,
-)
+from edgekit.runtime.telemetry.report import ReportDraft, input_stats, window_counts
+from edgekit.runtime.telemetry.schema import SCHEMA_VERSION, Drift, ModelRef, Privacy, SampleHeader
 from edgekit.runtime.telemetry.stats import feature_plan, plan_for, psi
 from edgekit.runtime.telemetry.window import Capture, Window
 
 log = logging.getLogger("edgekit.telemetry")
-
-
-class TelemetryConfigError(InputError):
-    """A telemetry setting is wrong."""
+__all__ = ["Telemetry", "TelemetryConfig", "TelemetryConfigError"]
 
 
 class Telemetry:
@@ -51,70 +38,35 @@ class Telemetry:
     Pass it to ``Model.load(..., telemetry=...)``. Every ``predict`` is aggregated in
     memory; each ``window_s`` a report (and any captured samples) goes to the on-disk
     outbox, and a background thread publishes it. ``close()`` (or the model's) flushes.
+    ``settings`` are ``TelemetryConfig``'s fields (docs/telemetry.md lists them).
     """
 
-    def __init__(
-        self,
-        broker: str,
-        fleet: str,
-        *,
-        device_id: str | None = None,
-        window_s: float = 60.0,
-        k: int = 5,
-        dp_epsilon: float | None = None,
-        dp_budget: float | None = None,
-        dp_clip: int | None = None,
-        capture: str = "none",
-        capture_max: int = 8,
-        capture_max_bytes: int = 256 * 1024,
-        fleet_dir: Path | str | None = None,
-        outbox: Path | str | None = None,
-        outbox_max_bytes: int = 64 * 1024 * 1024,
-        outbox_max_age_s: float = 7 * 86400,
-        epoch_s: float = 86400,
-        tls_ca: Path | str | None = None,
-        tls_cert: Path | str | None = None,
-        tls_key: Path | str | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        backoff_max_s: float = 30.0,
-        message_expiry_s: int = 7 * 86400,
-        close_timeout_s: float = 5.0,
-    ) -> None:
-        try:
-            self.fleet = check_fleet_name(fleet)
-            self.capture = Capture(capture)
-        except ValueError as exc:
-            raise TelemetryConfigError(str(exc)) from exc
-        self.broker = Broker.parse(
-            broker, ca=tls_ca, cert=tls_cert, key=tls_key, username=username, password=password
-        )
-        for name, value in (("window_s", window_s), ("epoch_s", epoch_s)):
-            if value <= 0:
-                raise TelemetryConfigError(f"{name} must be positive, got {value}")
-        if dp_epsilon is not None and dp_epsilon <= 0:
-            raise TelemetryConfigError(f"dp_epsilon must be positive, got {dp_epsilon}")
-        if k < 1:
-            raise TelemetryConfigError(f"k must be at least 1, got {k}")
-        self.device_id = device_id or machine_id()
-        self.window_s = window_s
-        self.k = k
-        self.dp_epsilon = dp_epsilon
-        self.dp_budget = dp_budget if dp_budget is not None else (100 * dp_epsilon if dp_epsilon else None)
-        self.dp_clip = dp_clip
-        self.capture_max = capture_max
-        self.capture_max_bytes = capture_max_bytes
-        self.epoch_s = epoch_s
-        self.close_timeout_s = close_timeout_s
+    def __init__(self, broker: str, fleet: str, **settings: Any) -> None:
+        self._start(TelemetryConfig.build(broker=broker, fleet=fleet, **settings))
+
+    @classmethod
+    def from_config(cls, config: TelemetryConfig) -> Telemetry:
+        telemetry = cls.__new__(cls)
+        telemetry._start(config)
+        return telemetry
+
+    @classmethod
+    def from_file(cls, path: Path | str, **overrides: Any) -> Telemetry:
+        """Settings from the ``[telemetry]`` table of a TOML file; ``overrides`` win."""
+        return cls.from_config(TelemetryConfig.from_file(path, **overrides))
+
+    def _start(self, config: TelemetryConfig) -> None:
+        self.config = config
+        self.fleet = config.fleet
+        self.capture = Capture(config.capture)
+        self.broker = config.endpoint()
+        self.device_id = config.device_id or machine_id()
+        self.window_s = config.window_s
         self.keys = DeviceFleetKeys.load(
-            fleet, Path(fleet_dir) if fleet_dir else None, need_public=self.capture.mode != "none"
+            config.fleet, config.fleet_dir, need_public=self.capture.mode != "none"
         )
-        self.outbox = Outbox(
-            Path(outbox) if outbox else edgekit_home() / "telemetry" / f"{fleet}.sqlite",
-            outbox_max_bytes,
-            outbox_max_age_s,
-        )
-        self._publisher_options = {"backoff_max_s": backoff_max_s, "message_expiry_s": message_expiry_s}
+        outbox = config.outbox or edgekit_home() / "telemetry" / f"{config.fleet}.sqlite"
+        self.outbox = Outbox(outbox, config.outbox_max_bytes, config.outbox_max_age_s)
         self._lock = threading.Lock()
         self._roll = threading.Lock()
         self._window: Window | None = None
@@ -126,26 +78,6 @@ class Telemetry:
         self._reference: Any = None
         self._budget_logged = False
         self.released = 0
-
-    @classmethod
-    def from_file(cls, path: Path | str, **overrides: Any) -> Telemetry:
-        """Settings from the ``[telemetry]`` table of a TOML file; ``overrides`` win."""
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover
-            import tomli as tomllib
-
-        try:
-            table = tomllib.loads(Path(path).read_text()).get("telemetry")
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise TelemetryConfigError(f"telemetry config {path}: {exc}") from exc
-        if not isinstance(table, dict):
-            raise TelemetryConfigError(f"telemetry config {path}: no [telemetry] table")
-        settings = {**table, **{k: v for k, v in overrides.items() if v is not None}}
-        try:
-            return cls(**settings)
-        except TypeError as exc:
-            raise TelemetryConfigError(f"telemetry config {path}: {exc}") from exc
 
     # -- wiring -----------------------------------------------------------------------
 
@@ -174,7 +106,7 @@ class Telemetry:
         output_sample = tuple(1 if d is None else d for d in output_shape[1:])
         sample_bytes = int(np.prod(sample_shape)) * 4
         slots = (
-            min(self.capture_max, self.capture_max_bytes // max(sample_bytes, 1))
+            min(self.config.capture_max, self.config.capture_max_bytes // max(sample_bytes, 1))
             if self.capture.mode != "none"
             else 0
         )
@@ -183,14 +115,14 @@ class Telemetry:
             Window(sample_shape, output_sample, classes, kind, plan, reference, self.capture, slots)
             for _ in range(2)
         )
-        if self.dp_epsilon is not None:
+        if self.config.dp_epsilon is not None:
             per_inference = 5 + plan.count  # inferences, calls, latency, class, confidence, bins
-            self._noise = Noise(self.dp_epsilon, per_inference * (self.dp_clip or 1))
+            self._noise = Noise(self.config.dp_epsilon, per_inference * (self.config.dp_clip or 1))
             log.info(
                 "telemetry: differential privacy at ε=%.3g per window, %.3g of %.3g spent",
                 self._noise.epsilon,
                 self.outbox.epsilon_spent,
-                self.dp_budget,
+                self.config.dp_total,
             )
         self._publisher = Publisher(
             self.broker,
@@ -198,7 +130,8 @@ class Telemetry:
             self.outbox,
             self.node,
             self._maybe_roll,
-            **self._publisher_options,  # type: ignore[arg-type]
+            backoff_max_s=self.config.backoff_max_s,
+            message_expiry_s=self.config.message_expiry_s,
         )
         self._publisher.start()
 
@@ -214,7 +147,7 @@ class Telemetry:
     # -- windows ---------------------------------------------------------------------
 
     def epoch(self, now: float | None = None) -> int:
-        return int((now if now is not None else time.time()) // self.epoch_s)
+        return int((now if now is not None else time.time()) // self.config.epoch_s)
 
     def node(self) -> str:
         """This device's pseudonym for the current epoch."""
@@ -244,16 +177,16 @@ class Telemetry:
         end = time.time()
         node = self.node()
         epoch = self.epoch(end)
-        counts = _counts(window)
+        counts = window_counts(window)
         inputs = None
         if self._noise is None:
-            if window.count >= self.k:
-                inputs = _input_stats(window)
+            if window.count >= self.config.k_anonymity:
+                inputs = input_stats(window)
         else:
             counts = self._clip(counts, window.count)
             counts = {name: self._noise(value) for name, value in counts.items()}
         suppressed = sum(
-            suppress(value, self.k)
+            suppress(value, self.config.k_anonymity)
             for name, value in counts.items()
             if name not in ("inferences", "errors", "calls")
         )
@@ -261,41 +194,19 @@ class Telemetry:
         epsilon = self._noise.epsilon if self._noise is not None else 0.0
         spent = self.outbox.epsilon_spent + epsilon
 
-        def build(seq: int, dropped: int) -> bytes:
-            report = Report(
-                v=SCHEMA_VERSION,
-                kind="report",
-                node=node,
-                epoch=epoch,
-                seq=seq,
-                start=round(window.start, 3),
-                end=round(end, 3),
-                model=self._model,  # type: ignore[arg-type]
-                inferences=int(counts["inferences"][0]),
-                calls=int(counts["calls"][0]),
-                errors=int(counts["errors"][0]),
-                latency_ms=tuple(int(c) for c in counts["latency"]),
-                classes=_ints(counts.get("classes")),
-                confidence=_ints(counts.get("confidence")),
-                feature_bins=tuple(tuple(int(c) for c in row) for row in counts["bins"])
-                if "bins" in counts
-                else None,
-                inputs=inputs,
-                drift=drift,
-                samples=window.samples,
-                dropped=dropped,
-                privacy=Privacy(
-                    k=self.k,
-                    suppressed_buckets=suppressed,
-                    dp_epsilon=epsilon or None,
-                    dp_spent=spent if epsilon else None,
-                    dp_budget=self.dp_budget if epsilon else None,
-                ),
-            )
-            return report.model_dump_json().encode()
-
+        privacy = Privacy(
+            k=self.config.k_anonymity,
+            suppressed_buckets=suppressed,
+            dp_epsilon=epsilon or None,
+            dp_spent=spent if epsilon else None,
+            dp_budget=self.config.dp_total if epsilon else None,
+        )
+        start = round(window.start, 3)
+        draft = ReportDraft(
+            node, epoch, start, round(end, 3), self._model, counts, inputs, drift, window.samples, privacy
+        )
         try:
-            seq = self.outbox.put("report", node, build, epsilon=epsilon, budget=self.dp_budget)
+            seq = self.outbox.put("report", node, draft.encode, epsilon=epsilon, budget=self.config.dp_total)
         except BudgetSpent as exc:
             if not self._budget_logged:
                 log.warning("telemetry: the privacy budget is spent (%s): nothing more is released", exc)
@@ -331,9 +242,9 @@ class Telemetry:
 
     def _clip(self, counts: dict[str, np.ndarray], total: int) -> dict[str, np.ndarray]:
         """Scale a window down to ``dp_clip`` inferences: the device's bounded contribution."""
-        if self.dp_clip is None or total <= self.dp_clip:
+        if self.config.dp_clip is None or total <= self.config.dp_clip:
             return counts
-        scale = self.dp_clip / total
+        scale = self.config.dp_clip / total
         return {name: np.floor(value * scale).astype(np.int64) for name, value in counts.items()}
 
     def _drift(self, counts: dict[str, np.ndarray]) -> Drift | None:
@@ -382,7 +293,7 @@ class Telemetry:
         if publisher is None or self._final_status is not None:
             return
         self.flush()
-        if not publisher.drain(self.close_timeout_s if timeout is None else timeout):
+        if not publisher.drain(self.config.close_timeout_s if timeout is None else timeout):
             log.info(
                 "telemetry: %d messages wait in %s for the next start",
                 self.outbox.size()[0],
@@ -392,35 +303,3 @@ class Telemetry:
         publisher.join(timeout=5)
         self._final_status = {**self.status, "connected": False}
         self.outbox.close()
-
-
-def _counts(window: Window) -> dict[str, np.ndarray]:
-    counts = {
-        "inferences": np.array([window.count], np.int64),
-        "calls": np.array([window.calls], np.int64),
-        "errors": np.array([window.errors], np.int64),
-        "latency": window.latency.copy(),
-    }
-    if window.classes is not None and window.confidence is not None:
-        counts["classes"] = window.classes.copy()
-        counts["confidence"] = window.confidence.copy()
-    if window.bins is not None:
-        counts["bins"] = window.bins.copy()
-    return counts
-
-
-def _input_stats(window: Window) -> InputStats:
-    n = window.count
-    mean = window.feature_sum / n
-    std = np.sqrt(np.maximum(window.feature_sq / n - mean**2, 0))
-
-    def rounded(values: np.ndarray) -> tuple[float, ...]:
-        return tuple(round(float(v), 6) for v in values)
-
-    return InputStats(
-        mean=rounded(mean), std=rounded(std), min=rounded(window.feature_min), max=rounded(window.feature_max)
-    )
-
-
-def _ints(values: np.ndarray | None) -> tuple[int, ...] | None:
-    return None if values is None else tuple(int(v) for v in values)

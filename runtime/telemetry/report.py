@@ -1,0 +1,85 @@
+"""Turning one closed window into the report that leaves the device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgekit.runtime.telemetry.schema import SCHEMA_VERSION, Drift, InputStats, ModelRef, Privacy, Report
+from edgekit.runtime.telemetry.window import Window
+
+
+@dataclass(frozen=True)
+class ReportDraft:
+    """A window's report before the outbox gives it its sequence number and drop count."""
+
+    node: str
+    epoch: int
+    start: float
+    end: float
+    model: ModelRef
+    counts: dict[str, np.ndarray]
+    inputs: InputStats | None
+    drift: Drift | None
+    samples: int
+    privacy: Privacy
+
+    def encode(self, seq: int, dropped: int) -> bytes:
+        counts = self.counts
+        bins = counts.get("bins")
+        report = Report(
+            v=SCHEMA_VERSION,
+            kind="report",
+            node=self.node,
+            epoch=self.epoch,
+            seq=seq,
+            start=self.start,
+            end=self.end,
+            model=self.model,
+            inferences=int(counts["inferences"][0]),
+            calls=int(counts["calls"][0]),
+            errors=int(counts["errors"][0]),
+            latency_ms=tuple(int(c) for c in counts["latency"]),
+            classes=_ints(counts.get("classes")),
+            confidence=_ints(counts.get("confidence")),
+            feature_bins=None if bins is None else tuple(tuple(int(c) for c in row) for row in bins),
+            inputs=self.inputs,
+            drift=self.drift,
+            samples=self.samples,
+            dropped=dropped,
+            privacy=self.privacy,
+        )
+        return report.model_dump_json().encode()
+
+
+def window_counts(window: Window) -> dict[str, np.ndarray]:
+    counts = {
+        "inferences": np.array([window.count], np.int64),
+        "calls": np.array([window.calls], np.int64),
+        "errors": np.array([window.errors], np.int64),
+        "latency": window.latency.copy(),
+    }
+    if window.classes is not None and window.confidence is not None:
+        counts["classes"] = window.classes.copy()
+        counts["confidence"] = window.confidence.copy()
+    if window.bins is not None:
+        counts["bins"] = window.bins.copy()
+    return counts
+
+
+def input_stats(window: Window) -> InputStats:
+    n = window.count
+    mean = window.feature_sum / n
+    std = np.sqrt(np.maximum(window.feature_sq / n - mean**2, 0))
+
+    def rounded(values: np.ndarray) -> tuple[float, ...]:
+        return tuple(round(float(v), 6) for v in values)
+
+    return InputStats(
+        mean=rounded(mean), std=rounded(std), min=rounded(window.feature_min), max=rounded(window.feature_max)
+    )
+
+
+def _ints(values: np.ndarray | None) -> tuple[int, ...] | None:
+    return None if values is None else tuple(int(v) for v in values)
