@@ -69,7 +69,7 @@ def bench(model: Model, runs: int = 500, warmup: int = 20, compare_bare: bool = 
             record.append(time.perf_counter() - started)
     ours = Timing.of(timings[0])
     bare = Timing.of(timings[1]) if compare_bare else None
-    budget = model.manifest.profile.get("budget", {}).get("latency_ms")
+    budget = model.manifest.target.budget.latency_ms
     return BenchResult(
         runs=runs,
         load_ms=model.info.load_ms,

@@ -98,13 +98,13 @@ class Model:
             trt_cache_dir = None
             engines = store.engines(manifest.name, manifest.version)
         entry = choose_artifact(manifest, format)
-        runtime = manifest.profile.get("runtime", {})
-        threads = threads or min(int(runtime.get("threads", 1)), os.cpu_count() or 1)
+        runtime = manifest.target.runtime
+        threads = threads or min(runtime.threads, os.cpu_count() or 1)
         if entry.format == "onnx":
             backend: Backend = ONNXBackend(
                 contents[entry.path],
                 threads,
-                providers=providers or tuple(runtime.get("execution_providers", ())),
+                providers=providers or runtime.execution_providers,
                 settings=ProviderSettings(precision=entry.precision, trt_cache_dir=trt_cache_dir),
                 engines=engines,
             )
@@ -217,7 +217,7 @@ def choose_artifact(manifest: Manifest, fmt: str | None = None) -> ArtifactEntry
             f"no engine for {', '.join(a.format for a in artifacts)} is installed: "
             "pip install 'edgekit[tflite]' or 'edgekit[onnx]'"
         )
-    order = list(manifest.profile.get("runtime", {}).get("formats", ()))
+    order: list[str] = list(manifest.target.runtime.formats)
     if any(a.format == "onnx" for a in runnable) and _gpu_provider_available():
         order = ["onnx", *order]
     return min(runnable, key=lambda a: order.index(a.format) if a.format in order else len(order))

@@ -8,9 +8,8 @@ Layout, per model name::
     models/NAME/VERSION/manifest.sig                     the publisher's signature, if any
     models/NAME/VERSION/engines/KEY.enc                  compiled TensorRT engines, encrypted the same way
 
-Every chunk's associated data binds the model name, version, file, chunk index, chunk count
-and total length, so a file cannot be swapped, reordered or truncated unnoticed. Nonces are
-random 96-bit values under a key used for one version only. A version is written to a temp
+Files are sealed in the chunked AES-GCM format of ``edgekit.runtime.sealed``: nothing can be
+swapped, reordered or truncated unnoticed. A version is written to a temp
 folder, fsynced, renamed into place, and the parent fsynced; state.json is switched the same
 way. A file lock serializes writers, and opening the store removes leftovers of a crash.
 """
@@ -25,11 +24,11 @@ import hmac
 import json
 import os
 import shutil
-import struct
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -39,11 +38,12 @@ from edgekit.bundle import MANIFEST, SIGNATURE, Manifest, read_bundle
 from edgekit.errors import KeyProviderError, StoreError
 from edgekit.paths import edgekit_home
 from edgekit.runtime.keys import FileKeyProvider, KeyProvider, default_provider, fingerprint
+from edgekit.runtime.sealed import seal, unseal
 from edgekit.signing import Trust
 
-CHUNK_BYTES = 1 << 20
-MAGIC = b"EKENC1\n\0"
-_HEADER = struct.Struct(">8sIIQ")  # magic, chunk size, chunk count, total length
+if TYPE_CHECKING:
+    from edgekit.runtime.engines import EngineCache
+
 _NONCE = 12
 
 
@@ -146,20 +146,35 @@ class Store:
         if not folder.is_dir():
             raise StoreError(f"{name} v{version} is not installed")
         data_key = self._unwrap(folder, name, version)
-        manifest_bytes = _decrypt(folder / "manifest.enc", data_key, name, version, MANIFEST)
+        manifest_bytes = unseal(folder / "manifest.enc", data_key, name, version, MANIFEST)
         manifest = Manifest.model_validate_json(manifest_bytes)
         # No second sha256 here: install checked every hash before encrypting, and the GCM tags,
         # bound to name, version, file and chunk, authenticate every byte under a key only
         # this device can unwrap. Hashing again would double the cost of a cold load.
         contents = {
-            entry.path: _decrypt(folder / f"{entry.path}.enc", data_key, name, version, entry.path)
+            entry.path: unseal(folder / f"{entry.path}.enc", data_key, name, version, entry.path)
             for entry in manifest.artifacts
         }
         return manifest, contents
 
     def engines(self, name: str, version: int) -> EngineCache:
         """The compiled-engine cache of an installed version (see ``EngineCache``)."""
+        from edgekit.runtime.engines import EngineCache
+
         return EngineCache(self, name, version)
+
+    def version_folder(self, name: str, version: int) -> Path:
+        return self.root / name / str(version)
+
+    def data_key(self, name: str, version: int) -> bytes:
+        """An installed version's data key, unwrapped with the device key."""
+        return self._unwrap(self.version_folder(name, version), name, version)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's writer lock (the store's own writes take it too)."""
+        with self._locked():
+            yield
 
     # --- device key rotation ---------------------------------------------------------------
 
@@ -209,10 +224,10 @@ class Store:
             name, version = manifest.name, manifest.version
             self._wrap(tmp / "data.key", data_key, name, version, self._device_keys()[0])
             write_file(
-                tmp / "manifest.enc", _encrypt(manifest.canonical_bytes(), data_key, name, version, MANIFEST)
+                tmp / "manifest.enc", seal(manifest.canonical_bytes(), data_key, name, version, MANIFEST)
             )
             for entry in manifest.artifacts:
-                sealed = _encrypt(contents[entry.path], data_key, name, version, entry.path)
+                sealed = seal(contents[entry.path], data_key, name, version, entry.path)
                 write_file(tmp / f"{entry.path}.enc", sealed)
             if signature is not None:
                 write_file(tmp / SIGNATURE, signature)
@@ -328,91 +343,6 @@ class Store:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-class EngineCache:
-    """Compiled TensorRT engines of one installed version, stored encrypted beside it.
-
-    ONNX Runtime's own engine cache writes engines to a folder in plaintext, and an engine
-    is the model; so for store models the runtime compiles the engine in memory (ONNX
-    Runtime's compile API, an EPContext model with the engine embedded) and keeps it here,
-    under the version's data key, as ``engines/KEY.enc``. ``KEY`` names what the engine was
-    built from (artifact, onnxruntime version, provider options). An engine that fails its
-    tag, or later fails to load, is dropped and built again.
-    """
-
-    def __init__(self, store: Store, name: str, version: int) -> None:
-        self.store, self.name, self.version = store, name, version
-        self.folder = store.root / name / str(version)
-
-    def get(self, key: str) -> bytes | None:
-        path = self._path(key)
-        if not path.exists():
-            return None
-        try:
-            data_key = self.store._unwrap(self.folder, self.name, self.version)
-            return _decrypt(path, data_key, self.name, self.version, f"engines/{key}")
-        except StoreError:
-            self.drop(key)
-            return None
-
-    def put(self, key: str, engine: bytes) -> None:
-        with self.store._locked():
-            if not self.folder.is_dir():
-                return  # removed meanwhile: nothing to cache for
-            data_key = self.store._unwrap(self.folder, self.name, self.version)
-            self._path(key).parent.mkdir(exist_ok=True)
-            atomic_write(
-                self._path(key), _encrypt(engine, data_key, self.name, self.version, f"engines/{key}")
-            )
-
-    def drop(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
-
-    def _path(self, key: str) -> Path:
-        if not key.isalnum():
-            raise ValueError(f"engine cache key {key!r}: letters and digits only")
-        return self.folder / "engines" / f"{key}.enc"
-
-
-def _encrypt(data: bytes, key: bytes, name: str, version: int, file: str) -> bytes:
-    aead, count = AESGCM(key), max(1, -(-len(data) // CHUNK_BYTES))
-    parts = [_HEADER.pack(MAGIC, CHUNK_BYTES, count, len(data))]
-    for index in range(count):
-        nonce = os.urandom(_NONCE)
-        chunk = data[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
-        parts += [nonce, aead.encrypt(nonce, chunk, _aad(name, version, file, index, count, len(data)))]
-    return b"".join(parts)
-
-
-def _decrypt(path: Path, key: bytes, name: str, version: int, file: str) -> bytes:
-    try:
-        sealed = path.read_bytes()
-    except FileNotFoundError:
-        raise StoreError(f"{name} v{version}: {file} is missing from the store") from None
-    if len(sealed) < _HEADER.size:
-        raise StoreError(f"{name} v{version}: {file} is truncated")
-    magic, chunk_bytes, count, total = _HEADER.unpack_from(sealed)
-    if magic != MAGIC:
-        raise StoreError(f"{name} v{version}: {file} is not an edgekit encrypted file")
-    aead, offset, out, view = AESGCM(key), _HEADER.size, [], memoryview(sealed)  # slices without copies
-    for index in range(count):
-        size = min(chunk_bytes, total - index * chunk_bytes) + 16
-        nonce, body = view[offset : offset + _NONCE], view[offset + _NONCE : offset + _NONCE + size]
-        offset += _NONCE + size
-        try:
-            out.append(aead.decrypt(nonce, body, _aad(name, version, file, index, count, total)))
-        except (InvalidTag, ValueError):
-            raise StoreError(
-                f"{name} v{version}: {file} fails authentication at chunk {index}; it was tampered with"
-            ) from None
-    if offset != len(sealed):
-        raise StoreError(f"{name} v{version}: {file} has trailing bytes; it was tampered with")
-    return b"".join(out)
-
-
-def _aad(name: str, version: int, file: str, index: int, count: int, total: int) -> bytes:
-    return f"edgekit/v1|{name}|{version}|{file}|{index}|{count}|{total}".encode()
 
 
 def _key_aad(name: str, version: int) -> bytes:

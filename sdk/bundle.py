@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.atomic import fsync_dir
 from edgekit.errors import BundleError
+from edgekit.profiles import DeviceProfile
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -170,6 +171,14 @@ class Manifest(_Strict):
     fit: tuple[dict[str, Any], ...] | None = Field(
         default=None, description="edgekit fit: every candidate's numbers and why it won or lost"
     )
+
+    @property
+    def target(self) -> DeviceProfile:
+        """The profile the bundle was made for, as the typed object the build side validated."""
+        try:
+            return DeviceProfile.model_validate_json(json.dumps(self.profile))
+        except ValidationError as exc:
+            raise BundleError(f"the bundle's device profile is not valid: {exc.errors()[0]['msg']}") from exc
 
     def canonical_bytes(self) -> bytes:
         """The exact bytes stored as manifest.json, and later signed."""

@@ -76,7 +76,7 @@ def provider_options(provider: str, settings: ProviderSettings) -> dict[str, str
 
 
 class EngineStore(Protocol):
-    """Where compiled TensorRT engines are kept: ``edgekit.runtime.store.EngineCache``."""
+    """Where compiled TensorRT engines are kept: ``edgekit.runtime.engines.EngineCache``."""
 
     def get(self, key: str) -> bytes | None: ...
     def put(self, key: str, engine: bytes) -> None: ...

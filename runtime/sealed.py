@@ -1,0 +1,65 @@
+"""The chunked AES-256-GCM file format of the store and its engine cache.
+
+A header (magic, chunk size, chunk count, total length), then per chunk a random 96-bit
+nonce and the ciphertext with its tag. Every chunk's associated data binds the model name,
+version, file, chunk index, chunk count and total length, so a file cannot be swapped,
+reordered or truncated unnoticed. Keys are used for one model version only.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from edgekit.errors import StoreError
+
+CHUNK_BYTES = 1 << 20
+MAGIC = b"EKENC1\n\0"
+_HEADER = struct.Struct(">8sIIQ")  # magic, chunk size, chunk count, total length
+_NONCE = 12
+
+
+def seal(data: bytes, key: bytes, name: str, version: int, file: str) -> bytes:
+    """``data`` encrypted as ``file`` of model ``name`` v``version``."""
+    aead, count = AESGCM(key), max(1, -(-len(data) // CHUNK_BYTES))
+    parts = [_HEADER.pack(MAGIC, CHUNK_BYTES, count, len(data))]
+    for index in range(count):
+        nonce = os.urandom(_NONCE)
+        chunk = data[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
+        parts += [nonce, aead.encrypt(nonce, chunk, _aad(name, version, file, index, count, len(data)))]
+    return b"".join(parts)
+
+
+def unseal(path: Path, key: bytes, name: str, version: int, file: str) -> bytes:
+    """The plaintext of a sealed file, or a StoreError saying what is wrong with it."""
+    try:
+        sealed = path.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{name} v{version}: {file} is missing from the store") from None
+    if len(sealed) < _HEADER.size:
+        raise StoreError(f"{name} v{version}: {file} is truncated")
+    magic, chunk_bytes, count, total = _HEADER.unpack_from(sealed)
+    if magic != MAGIC:
+        raise StoreError(f"{name} v{version}: {file} is not an edgekit encrypted file")
+    aead, offset, out, view = AESGCM(key), _HEADER.size, [], memoryview(sealed)  # slices without copies
+    for index in range(count):
+        size = min(chunk_bytes, total - index * chunk_bytes) + 16
+        nonce, body = view[offset : offset + _NONCE], view[offset + _NONCE : offset + _NONCE + size]
+        offset += _NONCE + size
+        try:
+            out.append(aead.decrypt(nonce, body, _aad(name, version, file, index, count, total)))
+        except (InvalidTag, ValueError):
+            raise StoreError(
+                f"{name} v{version}: {file} fails authentication at chunk {index}; it was tampered with"
+            ) from None
+    if offset != len(sealed):
+        raise StoreError(f"{name} v{version}: {file} has trailing bytes; it was tampered with")
+    return b"".join(out)
+
+
+def _aad(name: str, version: int, file: str, index: int, count: int, total: int) -> bytes:
+    return f"edgekit/v1|{name}|{version}|{file}|{index}|{count}|{total}".encode()
