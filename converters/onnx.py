@@ -22,13 +22,14 @@ import fnmatch
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter, channel_snr_db
+from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter
+from edgekit.converters.onnx_sensitivity import channel_robust_sqnr, sqnr_drop, static_shapes
 from edgekit.converters.onnx_source import dynamic_dims, fix_input_dims, graph_inputs, import_onnx
 from edgekit.converters.source import first_line, import_tensorflow
 from edgekit.errors import ConversionError, DataError, InputError, MissingDependencyError
@@ -126,13 +127,13 @@ class ONNXConverter(Converter):
                 reader = _Reader(graph_inputs(prepared)[0].name, sample, lambda n: None)
                 activations[name] = debug.collect_activations(f"{name}_aug.onnx", reader)
         matched = debug.create_activation_matching(activations["qdq"], activations["float"])
-        shapes = _static_shapes(prepared)
+        shapes = static_shapes(prepared)
         sqnr = {
             tensor: channel_robust_sqnr(pair["float"], pair["post_qdq"], shapes.get(tensor))
             for tensor, pair in matched.items()
             if "float" in pair and "post_qdq" in pair
         }
-        ranked = sorted(sqnr, key=lambda tensor: _sqnr_drop(prepared, sqnr, tensor), reverse=True)
+        ranked = sorted(sqnr, key=lambda tensor: sqnr_drop(prepared, sqnr, tensor), reverse=True)
         touching: dict[str, list[str]] = {}
         for node in prepared.graph.node:
             for tensor in (*node.input, *node.output):
@@ -313,57 +314,6 @@ def _quantize(
             "per_channel": True, "calibration_method": settings.calibration_method,
             "target": "tensorrt" if symmetric else "cpu", "float_nodes": float_nodes,
         }  # fmt: skip
-
-
-def channel_robust_sqnr(
-    reference: Sequence[np.ndarray], noisy: Sequence[np.ndarray], shape: tuple[int, ...] | None
-) -> float:
-    """``channel_snr_db`` of ONNX Runtime's debug tensors, channels first. The debug tool
-    saves tensors flattened, so ``shape`` (without batch) restores the channels."""
-    ref = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in reference])
-    err = ref - np.concatenate([np.asarray(n, dtype=np.float64).ravel() for n in noisy])
-    if shape and ref.size % int(np.prod(shape)) == 0:
-        per_channel = int(np.prod(shape[1:], dtype=np.int64))
-        signal = np.mean(ref.reshape(-1, shape[0], per_channel) ** 2, axis=(0, 2))
-        noise = np.mean(err.reshape(-1, shape[0], per_channel) ** 2, axis=(0, 2))
-    else:
-        signal, noise = np.mean(ref**2, keepdims=True), np.mean(err**2, keepdims=True)
-    return channel_snr_db(signal, noise)
-
-
-IDEAL_SQNR_DB = 50.0
-"""About what int8 rounding alone leaves of a well-scaled signal (6 dB per bit, plus ~2)."""
-
-
-def _sqnr_drop(model: Any, sqnr: dict[str, float], tensor: str) -> float:
-    """SQNR of the tensors ``tensor`` is computed from, minus its own."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    upstream: list[float] = []
-    pending, seen = [tensor], {tensor}
-    while pending:
-        node = producers.get(pending.pop())
-        for name in node.input if node is not None else ():
-            if name in seen:
-                continue
-            seen.add(name)
-            if name in sqnr:
-                upstream.append(sqnr[name])
-            else:
-                pending.append(name)  # an unquantized tensor: look further up
-    return min(upstream, default=IDEAL_SQNR_DB) - sqnr[tensor]
-
-
-def _static_shapes(model: Any) -> dict[str, tuple[int, ...]]:
-    """Per tensor, its dims after the batch dim, where shape inference knows them all."""
-    onnx = import_onnx()
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {}
-    graph = inferred.graph
-    for value in (*graph.input, *graph.value_info, *graph.output):
-        dims = value.type.tensor_type.shape.dim[1:]
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[value.name] = tuple(d.dim_value for d in dims)
-    return shapes
 
 
 class _Reader:
