@@ -24,6 +24,7 @@ from pydantic import (
 
 from edgekit.errors import ProfileError
 from edgekit.formats import Format, Precision
+from edgekit.validation import describe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -146,18 +147,5 @@ def _load_file(data: bytes | None, name: str) -> DeviceProfile:
         # JSON mode: strict about types (no "4" for 4) while TOML arrays still fill tuples.
         return DeviceProfile.model_validate_json(json.dumps(raw, default=str))
     except ValidationError as exc:
-        raise ProfileError(f"{name}: {_describe(exc)}") from exc
+        raise ProfileError(f"{name}: {describe(exc)}") from exc
 
-
-def _describe(exc: ValidationError) -> str:
-    """One line naming each bad key, what was found and what was expected."""
-    parts = []
-    for err in exc.errors():
-        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}'")
-        elif err["type"] == "missing":
-            parts.append(f"missing key '{key}'")
-        else:
-            parts.append(f"key '{key}': {err['msg'].lower()} (got {err['input']!r})")
-    return "; ".join(parts)

@@ -17,6 +17,7 @@ from edgekit.errors import InputError
 from edgekit.runtime.telemetry.broker import Broker
 from edgekit.runtime.telemetry.schema import check_fleet_name
 from edgekit.runtime.telemetry.window import Capture
+from edgekit.validation import describe
 
 
 class TelemetryConfigError(InputError):
@@ -68,7 +69,8 @@ class TelemetryConfig(BaseModel):
         try:
             return cls(**settings)
         except ValidationError as exc:
-            raise TelemetryConfigError(f"{where}: {_describe(exc)}") from None
+            problems = describe(exc, "setting")
+            raise TelemetryConfigError(f"{where}: {problems} (see docs/telemetry.md)") from None
 
     @classmethod
     def from_file(cls, path: Path | str, **overrides: Any) -> TelemetryConfig:
@@ -100,15 +102,3 @@ class TelemetryConfig(BaseModel):
             username=self.username, password=self.password,
         )  # fmt: skip
 
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        name = ".".join(str(part) for part in error["loc"]) or "settings"
-        if error["type"] == "extra_forbidden":
-            parts.append(f"unknown setting '{name}' (see docs/telemetry.md)")
-        elif error["type"] == "missing":
-            parts.append(f"'{name}' is required")
-        else:
-            parts.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
