@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -26,29 +27,37 @@ def size(n: float) -> str:
 
 
 def profiles_table(profiles: list[DeviceProfile]) -> Table:
-    table = Table(title="Device profiles (--target ID)", title_justify="left")
-    table.add_column("id", no_wrap=True, style="bold")
-    table.add_column("cpu", no_wrap=True)
-    table.add_column("RAM", no_wrap=True, justify="right")
-    table.add_column("accelerator")
-    table.add_column("formats")
-    table.add_column("budget mem/disk", no_wrap=True, justify="right")
+    """One line per profile, within 80 columns (rich's width in a pipe)."""
+    table = Table(
+        title="Device profiles (--target ID)", title_justify="left", box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0), pad_edge=False, show_edge=False,
+    )  # fmt: skip
+    for column, justify in (("id", "left"), ("cpu", "left"), ("RAM", "right"), ("accelerator", "left"),
+                            ("formats", "left"), ("budget MB", "right")):  # fmt: skip
+        table.add_column(column, no_wrap=True, justify=justify, style="bold" if column == "id" else None)  # type: ignore[arg-type]
     for p in profiles:
-        acc = p.accelerator
-        accel = "-"
-        if acc.kind == "cuda":
-            accel = f"CUDA {acc.cuda_compute_capability}"
-            if acc.tensorrt_version:
-                accel += f", TRT {acc.tensorrt_version}"
         table.add_row(
             p.id,
-            f"{p.hardware.cpu_arch} ×{p.hardware.cpu_cores}",
-            size(p.hardware.ram_mb * MB),
-            accel,
-            " ".join(p.runtime.formats),
-            f"{p.budget.model_memory_mb:g}/{p.budget.model_storage_mb:g} MB",
+            f"{_ARCH.get(p.hardware.cpu_arch, p.hardware.cpu_arch)}×{p.hardware.cpu_cores}",
+            f"{p.hardware.ram_mb // 1024} GB" if p.hardware.ram_mb >= 1024 else f"{p.hardware.ram_mb} MB",
+            _accelerator(p),
+            ",".join(p.runtime.formats),
+            f"{p.budget.model_memory_mb:g}/{p.budget.model_storage_mb:g}",
         )
+    table.caption, table.caption_justify = "budget: model memory / storage", "left"
     return table
+
+
+_ARCH = {"aarch64": "arm64", "x86_64": "x86-64", "armv7l": "armv7"}
+
+
+def _accelerator(profile: DeviceProfile) -> str:
+    acc = profile.accelerator
+    if acc.kind != "cuda":
+        return "-"
+    return f"CUDA {acc.cuda_compute_capability}" + (
+        f"/TRT {acc.tensorrt_version}" if acc.tensorrt_version else ""
+    )
 
 
 def convert_json(result: ConvertResult) -> dict[str, Any]:
@@ -89,16 +98,18 @@ def print_convert_summary(ui: Console, out: Console, result: ConvertResult) -> N
 
 
 def _print_selection(out: Console, entry: ArtifactEntry) -> None:
+    """Why this precision, and every candidate's numbers; long reasons wrap under themselves."""
     selection = entry.selection
     if selection is None or len(selection.candidates) < 2 and selection.method != "measured-fastest":
         return
-    out.print(f"  [bold]chosen[/]     {entry.precision}: {selection.reason}", highlight=False)
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="bold", no_wrap=True, min_width=11)
+    grid.add_column()
+    grid.add_row("  chosen", f"{entry.precision}: {selection.reason}")
     for c in selection.candidates:
         why = "; ".join(c.problems) or "passed"
-        out.print(
-            f"             {c.precision}: {size(c.size_bytes)}, {c.host_latency_ms:.3f} ms, {why}",
-            highlight=False,
-        )
+        grid.add_row("", f"{c.precision}: {size(c.size_bytes)}, {c.host_latency_ms:.3f} ms, {why}")
+    out.print(grid, highlight=False)
 
 
 def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: bool = False) -> Table:

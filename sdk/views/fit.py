@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -29,19 +30,26 @@ def fit_json(result: FitResult, output: Path) -> dict[str, Any]:
 
 
 def print_fit(out: Console, result: FitResult, output: Path) -> None:
+    """The candidates as a table, each verdict on its own line below (it is long prose)."""
     from edgekit.fit import pareto
 
     front = set(pareto(result.candidates))
-    table = Table("format", "precision", "prune", "size", "host ms", "top-1", "pareto", "verdict")
-    for i, c in enumerate(result.candidates):
+    table = Table(
+        "#", "format", "precision", "prune", "size", "host ms", "top-1", "pareto", box=box.SIMPLE_HEAD
+    )
+    for i, c in enumerate(result.candidates, 1):
         table.add_row(
-            c.format, c.precision, f"{c.prune:g}",
+            str(i), c.format, c.precision, f"{c.prune:g}",
             "-" if c.size_bytes is None else f"{c.size_bytes / 1024:.1f} KB",
             "-" if c.host_latency_ms is None else f"{c.host_latency_ms:.3g}",
-            "-" if c.top1 is None else f"{c.top1:.2f}%", "yes" if i in front else "", c.verdict,
+            "-" if c.top1 is None else f"{c.top1:.2f}%", "yes" if i - 1 in front else "",
             style="green" if c.verdict.startswith("chosen") else "",
         )  # fmt: skip
     out.print(table)
+    for i, c in enumerate(result.candidates, 1):
+        out.print(
+            f"{i:>2}. {c.verdict}", style="green" if c.verdict.startswith("chosen") else "", highlight=False
+        )
     chosen = result.chosen
     if chosen is not None:
         click.echo(f"wrote {output}: {chosen.format} {chosen.precision}, pruned {chosen.prune:g}")
