@@ -18,6 +18,7 @@ from edgekit.runtime.backends.tflite import import_interpreter
 from edgekit.signing import Trust
 
 if TYPE_CHECKING:
+    from edgekit.runtime.engines import EngineCache
     from edgekit.runtime.telemetry import Telemetry
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -82,21 +83,11 @@ class Model:
         ``telemetry`` reports every ``predict`` (see ``edgekit.runtime.Telemetry``).
         """
         started = time.perf_counter()
-        path = Path(source)
-        engines = None
-        if path.suffix == ".ekb" or path.exists():
-            verify = (trust or Trust()).verifier(allow_unsigned, str(path))
-            manifest, contents = read_bundle(path, verify)
-        else:  # a model name: the active version from the encrypted store, decrypted in memory
-            from edgekit.runtime.store import Store
-
-            store = Store()
-            manifest, contents = store.load(str(source))
-            path = Path(f"store:{manifest.name}/{manifest.version}")
+        manifest, contents, label, engines = _read(source, trust, allow_unsigned)
+        if engines is not None:
             # ONNX Runtime writes TensorRT engines to the cache folder in plaintext, and an
             # engine is the model: store models keep theirs in the store, encrypted, instead.
             trt_cache_dir = None
-            engines = store.engines(manifest.name, manifest.version)
         entry = choose_artifact(manifest, format)
         runtime = manifest.target.runtime
         threads = threads or min(runtime.threads, os.cpu_count() or 1)
@@ -110,24 +101,12 @@ class Model:
             )
         else:
             backend = backend_for(entry.format)(contents[entry.path], threads)
-        info = ModelInfo(
-            name=manifest.name,
-            version=manifest.version,
-            path=str(path),
-            format=entry.format,
-            precision=entry.precision,
-            engine=backend.engine,
-            provider=backend.provider,
-            threads=threads,
-            inputs=backend.inputs,
-            outputs=backend.outputs,
-            load_ms=0.0,
-            fallbacks=tuple(backend.fallbacks),
+        model = cls(
+            manifest, entry, contents[entry.path], backend, _info(manifest, entry, backend, label, threads)
         )
-        model = cls(manifest, entry, contents[entry.path], backend, info)
         if warmup:
             model.predict(np.zeros(tuple(1 if d is None else d for d in backend.inputs[0].shape), np.float32))
-        model.info = replace(info, load_ms=(time.perf_counter() - started) * 1000)
+        model.info = replace(model.info, load_ms=(time.perf_counter() - started) * 1000)
         if telemetry is not None:
             model._attach(telemetry)
         return model
@@ -202,6 +181,40 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read(
+    source: str | Path, trust: Trust | None, allow_unsigned: bool
+) -> tuple[Manifest, dict[str, bytes], str, EngineCache | None]:
+    """A bundle file, verified; or by name the active version from the encrypted store,
+    decrypted in memory, with its engine cache. Also what to call it in ModelInfo."""
+    path = Path(source)
+    if path.suffix == ".ekb" or path.exists():
+        manifest, contents = read_bundle(path, (trust or Trust()).verifier(allow_unsigned, str(path)))
+        return manifest, contents, str(path), None
+    from edgekit.runtime.store import Store
+
+    store = Store()
+    manifest, contents = store.load(str(source))
+    label = f"store:{manifest.name}/{manifest.version}"
+    return manifest, contents, label, store.engines(manifest.name, manifest.version)
+
+
+def _info(manifest: Manifest, entry: ArtifactEntry, backend: Backend, path: str, threads: int) -> ModelInfo:
+    return ModelInfo(
+        name=manifest.name,
+        version=manifest.version,
+        path=path,
+        format=entry.format,
+        precision=entry.precision,
+        engine=backend.engine,
+        provider=backend.provider,
+        threads=threads,
+        inputs=backend.inputs,
+        outputs=backend.outputs,
+        load_ms=0.0,
+        fallbacks=tuple(backend.fallbacks),
+    )
 
 
 def choose_artifact(manifest: Manifest, fmt: str | None = None) -> ArtifactEntry:

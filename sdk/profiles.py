@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from edgekit.errors import ProfileError
-from edgekit.formats import Format, Precision
+from edgekit.formats import PRECISIONS, Format, Precision
 from edgekit.validation import describe
 
 if sys.version_info >= (3, 11):
@@ -68,8 +68,8 @@ class Budget(_Section):
 class Precisions(_Section):
     """Preferred precisions per format, best first. A CPU and a GPU want different orders."""
 
-    tflite: tuple[Precision, ...] = Field(default=(), max_length=4)
-    onnx: tuple[Precision, ...] = Field(default=(), max_length=4)
+    tflite: tuple[Precision, ...] = Field(default=(), max_length=len(PRECISIONS))
+    onnx: tuple[Precision, ...] = Field(default=(), max_length=len(PRECISIONS))
 
 
 class RuntimePreferences(_Section):
