@@ -96,3 +96,32 @@ def test_unexpected_failure_is_one_line_unless_debug(monkeypatch: pytest.MonkeyP
     assert result.stderr == "error: internal error: RuntimeError: boom (rerun with --debug for details)\n"
     debug = CliRunner().invoke(main, ["--debug", "targets"])
     assert isinstance(debug.exception, RuntimeError)
+
+
+def test_missing_keys_name_the_command_that_creates_them(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    converted,  # type: ignore[no-untyped-def]
+    publisher: Path,
+) -> None:
+    bundle = converted("fp32").output
+    missing = tmp_path / "publisher.key"
+    signed = CliRunner().invoke(main, ["sign", str(bundle), "--key", str(missing)])
+    assert signed.exit_code == 1
+    assert (
+        signed.stderr.strip()
+        == f"error: {missing}: no such key file; create it with: edgekit keys init --publisher -o {missing}"
+    )
+    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path / "new-device"))
+    assert CliRunner().invoke(main, ["trust", "add", str(publisher.with_suffix(".pub"))]).exit_code == 0
+    installed = CliRunner().invoke(main, ["install", str(bundle)])
+    assert installed.exit_code == 1 and len(installed.stderr.strip().splitlines()) == 1
+    assert installed.stderr.rstrip().endswith(
+        "device.key: no such key file; create it with: edgekit keys init --device"
+    )
+
+
+def test_tables_fit_80_columns_in_a_pipe() -> None:
+    lines = CliRunner().invoke(main, ["targets"]).output.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert all("…" not in line for line in lines)  # nothing cut short
