@@ -11,12 +11,12 @@ timings vary from run to run, while the search must be repeatable under ``--seed
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from edgekit.convert import ConvertOptions, ConvertResult, build, max_accuracy_drop, write
+from edgekit.convert import ConvertOptions, ConvertResult, Inputs, build, max_accuracy_drop, write
 from edgekit.converters import Converter
 from edgekit.converters.source import detect_kind, load_source
 from edgekit.data import Dataset, load_dataset
@@ -77,19 +77,21 @@ def fit(options: FitOptions, reporter: Reporter | None = None) -> FitResult:
     if evaluation.y is None:
         raise DataError(f"evaluation data {options.evaluation}: fit compares top-1, so it needs labels y")
     kind = detect_kind(options.model)
+    calibration = load_dataset(options.calibration, "calibration") if options.calibration else None
+    data = Inputs(kind, calibration, evaluation, labels=None)
     formats = options.formats or tuple(
         f for f in options.profile.runtime.formats if kind in Converter.registry[f].source_kinds
     )
     plan = _plan(options, kind, formats)
     baseline = _baseline_top1(options.model, kind, evaluation)
-    candidates, best, stopped = _search(options, plan, baseline, reporter)
+    candidates, best, stopped = _search(options, data, plan, baseline, reporter)
     chosen_index = _choose(candidates)
     candidates = _verdicts(candidates, chosen_index)
     chosen = candidates[chosen_index] if chosen_index is not None else None
     if best is not None and chosen is not None:
         table = tuple(c.model_dump(mode="json") for c in candidates)
-        write(replace(best, output=options.output), options.sign_key, fit=table)
-    return FitResult(chosen, tuple(candidates), baseline, stopped, _layer_snr(options, kind, formats))
+        write(best, options.sign_key, fit=table)
+    return FitResult(chosen, tuple(candidates), baseline, stopped, _layer_snr(options, data, formats))
 
 
 def _plan(options: FitOptions, kind: str, formats: tuple[str, ...]) -> list[tuple[float, str, str]]:
@@ -105,7 +107,7 @@ def _plan(options: FitOptions, kind: str, formats: tuple[str, ...]) -> list[tupl
 
 
 def _search(
-    options: FitOptions, plan: list[tuple[float, str, str]], baseline: float, reporter: Reporter
+    options: FitOptions, data: Inputs, plan: list[tuple[float, str, str]], baseline: float, reporter: Reporter
 ) -> tuple[list[FitCandidate], ConvertResult | None, bool]:
     """Measure each candidate until the deadline; keeps only the built bundle that can still win."""
     max_drop = max_accuracy_drop(options.profile, options.max_accuracy_drop)
@@ -119,8 +121,8 @@ def _search(
                     f"--max-minutes {options.max_minutes:g} reached: {len(plan) - index} candidates not tried"
                 )
                 return candidates, best, True
-            built, candidate = _measure(_convert_options(options, precision, fmt, ratio), ratio, baseline,
-                                        max_drop, options.seed)  # fmt: skip
+            conv = _convert_options(options, precision, fmt, ratio)
+            built, candidate = _measure(conv, data, ratio, baseline, max_drop, options.seed)
             candidates.append(candidate)
             if built is not None and _choose(candidates) == index:
                 best = built
@@ -128,16 +130,15 @@ def _search(
     return candidates, best, False
 
 
-def _layer_snr(options: FitOptions, kind: str, formats: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+def _layer_snr(options: FitOptions, data: Inputs, formats: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
     """The quantization debugger's per-layer view, for the report."""
     from edgekit.converters.tflite import TFLiteConverter
 
-    if options.calibration is None or "tflite" not in formats or kind == "onnx":
+    if data.calibration is None or "tflite" not in formats or data.kind == "onnx":
         return ()
-    calibration = load_dataset(options.calibration, "calibration").x
     try:
-        with load_source(options.model, None, kind) as source:
-            return tuple(TFLiteConverter().layer_errors(source, calibration))
+        with load_source(options.model, None, data.kind) as source:
+            return tuple(TFLiteConverter().layer_errors(source, data.calibration.x))
     except EdgekitError:
         return ()
 
@@ -158,14 +159,14 @@ def _baseline_top1(model: Path, kind: str, evaluation: Dataset) -> float:
 
 
 def _measure(
-    conv: ConvertOptions, ratio: float, baseline: float, max_drop: float, seed: int
+    conv: ConvertOptions, data: Inputs, ratio: float, baseline: float, max_drop: float, seed: int
 ) -> tuple[ConvertResult | None, FitCandidate]:
     import keras
 
     keras.utils.set_random_seed(seed)
     fmt, precision = conv.format or "", conv.precision
     try:
-        result = build(conv)
+        result = build(conv, inputs=data)
     except EdgekitError as exc:
         return None, FitCandidate(
             prune=ratio, format=fmt, precision=precision, parameters=None, size_bytes=None,

@@ -29,7 +29,16 @@ from edgekit.measure import run_batched
 from edgekit.report import Reporter, SilentReporter
 from edgekit.signing import load_signing_key, signature_entry
 
-__all__ = ["Candidate", "ConvertOptions", "ConvertResult", "build", "convert", "max_accuracy_drop", "write"]
+__all__ = [
+    "Candidate",
+    "ConvertOptions",
+    "ConvertResult",
+    "Inputs",
+    "build",
+    "convert",
+    "max_accuracy_drop",
+    "write",
+]
 
 
 def convert(options: ConvertOptions, reporter: Reporter | None = None) -> ConvertResult:
@@ -48,14 +57,17 @@ def write(result: ConvertResult, sign_key: Path | None, **fields: Any) -> Conver
     return replace(result, manifest=manifest)
 
 
-def build(options: ConvertOptions, reporter: Reporter | None = None) -> ConvertResult:
-    """Everything ``convert`` does except writing the bundle."""
+def build(
+    options: ConvertOptions, reporter: Reporter | None = None, inputs: Inputs | None = None
+) -> ConvertResult:
+    """Everything ``convert`` does except writing the bundle. ``inputs``: the model's kind and
+    the data, when the caller has read them already (``fit`` reads them once for every run)."""
     reporter = reporter or SilentReporter()
-    kind = detect_kind(options.model)
+    kind = inputs.kind if inputs is not None else detect_kind(options.model)
     plans = plan(options, kind, reporter)
     if options.sign_key:
         load_signing_key(options.sign_key)  # a missing or wrong key fails before any work
-    inputs = Inputs.read(options, kind)
+    inputs = inputs or Inputs.read(options, kind)
     if options.prune is None:
         return _build(options, inputs, plans, reporter, {})
     with tempfile.TemporaryDirectory(prefix="edgekit-prune-") as tmp:
