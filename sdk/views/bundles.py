@@ -198,8 +198,8 @@ def print_manifest(
             f"sha256 {entry.sha256[:16]}…",
             highlight=False,
         )
-        tensors = Table(box=None, padding=(0, 1, 0, 2))
-        for column in ("", "name", "shape", "dtype", "scale", "zero point"):
+        tensors = Table(box=None, padding=(0, 1, 0, 1))
+        for column in ("", "name", "shape", "dtype", "scale", "zero pt"):
             tensors.add_column(column, no_wrap=column != "name", overflow="fold")
         for role, group in (("input", entry.inputs), ("output", entry.outputs)):
             for t in group:
