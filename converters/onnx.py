@@ -167,7 +167,7 @@ class ONNXConverter(Converter):
             model = _with_min_opset(model, MIN_QDQ_OPSET, notes)
             if dynamic_dims(model) and calibration is not None:
                 model = _copy(model)
-                fix_input_dims(model, (None, *calibration.shape[1:]), "model")
+                fix_input_dims(model, (None, *calibration.shape[1:]), "model", "the calibration data")
                 notes.append(f"fixed the input's dynamic dims from the calibration data: {shape}")
             self._prepared[key] = _pre_process(model, notes)
         return onnx.load_from_string(self._prepared[key])

@@ -63,25 +63,28 @@ def graph_inputs(model: Any) -> list[Any]:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
-def fix_input_dims(model: Any, shape: tuple[int | None, ...], where: str) -> None:
-    """Give each dynamic input dim the value in ``shape``; ``None`` leaves that dim alone."""
+def fix_input_dims(
+    model: Any, shape: tuple[int | None, ...], where: str, given_by: str = "--input-shape"
+) -> None:
+    """Give each dynamic input dim, by position, the value in ``shape``; ``None`` leaves that
+    dim alone. ``given_by`` says where the shape came from, for the errors."""
     from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
 
     dims = graph_inputs(model)[0].type.tensor_type.shape.dim
     if len(dims) != len(shape):
-        raise ModelFormatError(
-            f"{where}: --input-shape has {len(shape)} dims, the model input has {len(dims)}"
-        )
-    for dim, value in zip(dims, shape, strict=True):
+        raise ModelFormatError(f"{where}: {given_by} has {len(shape)} dims, the model input has {len(dims)}")
+    names = [d.dim_param for d in dims if d.HasField("dim_param")]
+    for index, (dim, value) in enumerate(zip(dims, shape, strict=True)):
         if value is None:
             continue
         if dim.HasField("dim_value") and dim.dim_value != value:
             raise ModelFormatError(
-                f"{where}: --input-shape gives {value} for a dim the model fixes at {dim.dim_value}"
+                f"{where}: {given_by} gives {value} for input dim {index}, "
+                f"which the model fixes at {dim.dim_value}"
             )
-        if dim.HasField("dim_param"):
+        if dim.HasField("dim_param") and names.count(dim.dim_param) == 1:
             make_dim_param_fixed(model.graph, dim.dim_param, value)
-        else:
+        else:  # a name several dims share (PaddleOCR's '?' for H and W) must not fix them all at once
             dim.dim_value = value
 
 
