@@ -189,17 +189,42 @@ def _from_tensorflow(source: SourceModel, opset: int) -> Any:
     def serve(x: Any) -> dict[str, Any]:
         return {output: signature(**{name: x})[output]}
 
-    function = tf.function(serve, input_signature=input_signature)
+    frozen = _frozen(tf, tf.function(serve, input_signature=input_signature))
     try:
-        model, _ = tf2onnx.convert.from_function(function, input_signature=input_signature, opset=opset)
+        model, _ = tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(),
+            input_names=[t.name for t in frozen.inputs],
+            output_names=[t.name for t in frozen.outputs],
+            opset=opset,
+        )
     except Exception as exc:  # tf2onnx raises many types for unsupported graphs
         raise ConversionError(
             f"tf2onnx could not convert the model at opset {opset}: {first_line(exc)}"
         ) from exc
+    _rename_tensor(model, model.graph.input[0].name, name)
+    _rename_tensor(model, model.graph.output[0].name, output)
     dims = model.graph.input[0].type.tensor_type.shape.dim
     if dims and dims[0].HasField("dim_param"):
         _rename_dim_param(model, dims[0].dim_param, "batch")
     return model
+
+
+def _frozen(tf: Any, function: Any) -> Any:
+    """The serving function with every captured tensor and variable folded in as a constant.
+    tf2onnx turns captures it does not freeze into extra graph inputs: a Keras Normalization
+    layer's mean and variance would become two inputs the caller must feed."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    return convert_variables_to_constants_v2(function.get_concrete_function())
+
+
+def _rename_tensor(model: Any, old: str, new: str) -> None:
+    for value in (*model.graph.input, *model.graph.output):
+        if value.name == old:
+            value.name = new
+    for node in model.graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
 
 
 def _rename_dim_param(model: Any, old: str, new: str) -> None:

@@ -275,3 +275,44 @@ def test_bad_onnx_inputs_get_one_line_and_no_bundle(tmp_path: Path) -> None:
         assert code == 2, (name, stderr)
         assert len(errors) == 1 and message in errors[0], (name, stderr)
         assert "Traceback" not in stderr and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def normalized_mlp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tabular MLP whose first layer is a Normalization adapted on the data, as the Keras
+    docs teach, on scikit-learn's breast-cancer features (0.0005 to 4,000)."""
+    import keras
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x, y = data.data.astype(np.float32), data.target
+    keras.utils.set_random_seed(0)
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    model = keras.Sequential([keras.Input((30,)), norm, keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(2, activation="softmax")])  # fmt: skip
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x[:400], y[:400], epochs=20, verbose=0)
+    folder = tmp_path_factory.mktemp("normalized")
+    model.save(folder / "mlp.keras")
+    np.savez(folder / "calib.npz", x=x[:200])
+    np.savez(folder / "eval.npz", x=x[400:], y=y[400:])
+    return {
+        "model": folder / "mlp.keras",
+        "calibration": folder / "calib.npz",
+        "evaluation": folder / "eval.npz",
+    }
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_normalization_layer_becomes_constants_not_inputs(
+    normalized_mlp: dict[str, Path], tmp_path: Path, precision: str
+) -> None:
+    result = convert(ConvertOptions(
+        model=normalized_mlp["model"], profile=load_profile("x86-gateway"), output=tmp_path / "mlp.ekb",
+        precision=precision, calibration=normalized_mlp["calibration"], evaluation=normalized_mlp["evaluation"],
+    ))  # fmt: skip
+    entry = result.manifest.artifacts[0]
+    model, _ = _model(result)
+    assert [i.name for i in model.graph.input] == ["input_layer"] and entry.inputs[0].shape == (None, 30)
+    assert entry.metrics.accuracy is not None and entry.metrics.accuracy.gate == "passed"
