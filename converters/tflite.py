@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter, channel_snr_db
+from edgekit.converters.recurrent import saved_model_for_tflite
 from edgekit.converters.source import import_tensorflow
 from edgekit.errors import ConversionError, DataError, InputError
 from edgekit.formats import PRECISIONS, Format, Precision
@@ -93,7 +94,7 @@ class TFLiteConverter(Converter):
         self, source: SourceModel, precision: str, calibration: np.ndarray | None, advance: Advance
     ) -> Any:
         tf = import_tensorflow()
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model_dir))
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_for_tflite(source)))
         if precision != "fp32":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if precision == "fp16":

@@ -1,0 +1,55 @@
+"""Recurrent Keras layers for TFLite: unrolled over their fixed number of time steps.
+
+A SavedModel export keeps a GRU or LSTM as a ``while`` loop over a TensorList, which the
+TFLite converter cannot legalize (``TensorListReserve``) at any precision. With the sequence
+length fixed, the same layers unrolled are plain ops that convert, with the same weights
+and the same outputs; ONNX keeps the loop, which tf2onnx handles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgekit.converters.source_model import SourceModel
+
+
+def saved_model_for_tflite(source: SourceModel) -> Path:
+    """The SavedModel the TFLite converter reads: the source's own, or, for a Keras model
+    with recurrent layers over a fixed sequence length, an unrolled copy beside it."""
+    if source.saved_model_dir is None:
+        raise ValueError("a TFLite conversion needs a TensorFlow source")
+    model = source.keras_model
+    if model is None or not recurrent_layers(model) or _sequence_length(model) is None:
+        return source.saved_model_dir
+    unrolled_dir = source.saved_model_dir.with_name(source.saved_model_dir.name + "-unrolled")
+    if not unrolled_dir.exists():
+        unrolled(model).export(str(unrolled_dir), verbose=False)
+    return unrolled_dir
+
+
+def recurrent_layers(model: Any) -> list[str]:
+    import keras
+
+    return [layer.name for layer in model.layers if isinstance(layer, keras.layers.RNN)]
+
+
+def unrolled(model: Any) -> Any:
+    """A copy of ``model`` with every recurrent layer unrolled, and the same weights."""
+    import keras
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.RNN):
+            config = {**config, "unroll": True}
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _sequence_length(model: Any) -> int | None:
+    """The time steps of a (batch, time, features) input, when fixed; unrolling needs them."""
+    shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
+    return shape[1] if len(shape) == 3 and shape[1] is not None else None
