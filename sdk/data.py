@@ -16,6 +16,9 @@ from edgekit.errors import DataError, ShapeError
 
 MIN_SAMPLES = 10
 RECOMMENDED_SAMPLES = 100
+MAX_FEATURE_SPREAD = 100.0
+"""Past this ratio between the widest and the narrowest feature range, one int8 input scale
+rounds the narrow features away (raw tabular sensor data: 0.0005 next to 4,000)."""
 
 
 class InputSpec(Protocol):
@@ -127,3 +130,23 @@ def load_input(path: Path, manifest: Any, tensor: Any) -> np.ndarray:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return load_image(path, manifest, tensor)
     return load_dataset(path, "input").x
+
+
+def feature_spread_warning(x: np.ndarray, where: str) -> str | None:
+    """A warning when the features (the last axis) span ranges more than MAX_FEATURE_SPREAD
+    apart, measured between the 1st and 99th percentiles; None otherwise."""
+    if x.ndim < 2 or x.shape[-1] < 2 or x.dtype.kind != "f":
+        return None
+    low, high = np.percentile(x.reshape(-1, x.shape[-1]).astype(np.float64), [1, 99], axis=0)
+    spans = np.where(high - low > 0, high - low, np.nan)
+    if np.count_nonzero(~np.isnan(spans)) < 2:
+        return None
+    narrow, wide = int(np.nanargmin(spans)), int(np.nanargmax(spans))
+    ratio = spans[wide] / spans[narrow]
+    if ratio <= MAX_FEATURE_SPREAD:
+        return None
+    return (
+        f"{where}: feature ranges differ {ratio:,.0f}x (feature {narrow} spans {spans[narrow]:.3g}, "
+        f"feature {wide} {spans[wide]:.3g}); full-integer int8 gives the whole input one scale, so "
+        "expect an accuracy loss there; --precision dynamic or fp16 keep the input in float"
+    )

@@ -148,4 +148,3 @@ def _load_file(data: bytes | None, name: str) -> DeviceProfile:
         return DeviceProfile.model_validate_json(json.dumps(raw, default=str))
     except ValidationError as exc:
         raise ProfileError(f"{name}: {describe(exc)}") from exc
-

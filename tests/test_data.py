@@ -88,3 +88,17 @@ def test_labels_are_checked(tmp_path: Path) -> None:
     one_hot = np.eye(10)[np.arange(20) % 10]
     data, _ = _check(tmp_path, x, one_hot)
     assert data.y is not None and list(data.y[:3]) == [0, 1, 2]
+
+
+def test_feature_ranges_far_apart_are_warned_about_before_int8() -> None:
+    from sklearn.datasets import load_breast_cancer, load_digits
+
+    from edgekit.data import feature_spread_warning
+
+    tabular = load_breast_cancer().data.astype(np.float32)  # 0.0005 to 4,000, as raw sensors are
+    warning = feature_spread_warning(tabular, "calibration data c.npz")
+    assert warning is not None and "\n" not in warning and "--precision dynamic or fp16" in warning
+    images = load_digits().images[..., None].astype(np.float32) / 16  # one channel: one feature
+    assert feature_spread_warning(images, "calibration data c.npz") is None
+    rgb = np.random.default_rng(0).uniform(0, 255, (50, 8, 8, 3)).astype(np.float32)
+    assert feature_spread_warning(rgb, "calibration data c.npz") is None

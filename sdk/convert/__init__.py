@@ -83,6 +83,9 @@ def _build(
 ) -> ConvertResult:
     with load_source(options.model, options.input_shape, inputs.kind) as source:
         inputs, warnings = check_data(source, inputs, options)
+        for message in warnings:  # what the data checks found, before any conversion starts
+            reporter.warn(message)
+        checked = len(warnings)
         evaluation = inputs.evaluation
         if inputs.kind == "tflite":
             evaluation = None
@@ -102,7 +105,7 @@ def _build(
             best, candidates = select(job, converter, precisions)
             chosen.append(best)
             tried += candidates
-        for message in warnings:
+        for message in warnings[checked:]:
             reporter.warn(message)
         data = inputs.calibration if inputs.calibration is not None else evaluation
         extra = {"reference": reference(source, data, reporter), **extra}

@@ -12,7 +12,7 @@ from pathlib import Path
 from edgekit.convert.options import ConvertOptions
 from edgekit.converters import Converter, converter_for
 from edgekit.converters.source import SourceModel
-from edgekit.data import Dataset, check_dataset, load_dataset
+from edgekit.data import Dataset, check_dataset, feature_spread_warning, load_dataset
 from edgekit.errors import DataError, EdgekitError, InputError, ModelFormatError
 from edgekit.report import Reporter
 
@@ -127,6 +127,13 @@ def check_data(source: SourceModel, inputs: Inputs, options: ConvertOptions) -> 
             data, found = check_dataset(data, source.input, role, options.force)
             warnings.extend(found)
         checked.append(data)
+    spread = (
+        feature_spread_warning(checked[0].x, f"calibration data {options.calibration}")
+        if checked[0]
+        else None
+    )
+    if spread is not None:
+        warnings.append(spread)
     classes = source.outputs[0].shape[-1] if source.outputs and source.outputs[0].shape else None
     labels = inputs.labels
     if labels is not None and classes is not None and classes != len(labels):
