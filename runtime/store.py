@@ -77,7 +77,7 @@ class Store:
             captured.append(signature)
 
         manifest, contents = read_bundle(bundle, verify_and_remember)
-        with self._locked():
+        with self.locked():
             name, version = manifest.name, manifest.version
             state = self._read_state(name)
             final = self.root / name / str(version)
@@ -95,7 +95,7 @@ class Store:
         return Installed(name, version, True, json.loads(captured[0])["key_id"] if captured[0] else None)
 
     def activate(self, name: str, version: int) -> None:
-        with self._locked():
+        with self.locked():
             state = self._read_state(name)
             if not (self.root / name / str(version)).is_dir():
                 raise StoreError(f"{name} v{version} is not installed; see: edgekit models list")
@@ -103,7 +103,7 @@ class Store:
 
     def rollback(self, name: str) -> int:
         """Activate the newest installed version older than the active one."""
-        with self._locked():
+        with self.locked():
             state = self._read_state(name)
             older = [v for v in self._versions(name) if v < state.get("active", 0)]
             if not older:
@@ -112,7 +112,7 @@ class Store:
             return max(older)
 
     def remove(self, name: str, version: int) -> None:
-        with self._locked():
+        with self.locked():
             state = self._read_state(name)
             if state.get("active") == version:
                 raise StoreError(f"{name} v{version} is active; activate another version first")
@@ -170,12 +170,6 @@ class Store:
         """An installed version's data key, unwrapped with the device key."""
         return self._unwrap(self.version_folder(name, version), name, version)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the store's writer lock (the store's own writes take it too)."""
-        with self._locked():
-            yield
-
     # --- device key rotation ---------------------------------------------------------------
 
     def rotate_device_key(self) -> None:
@@ -184,7 +178,7 @@ class Store:
             raise KeyProviderError(
                 f"the device key comes from the '{self._keys.name}' provider; rotate it there"
             )
-        with self._locked():
+        with self.locked():
             self._rotate(self._keys.path)
 
     def _rotate(self, key_path: Path) -> None:
@@ -319,7 +313,7 @@ class Store:
         rotation. Under the lock: another process's install in progress is not a leftover."""
         if not self.root.exists():
             return
-        with self._locked():
+        with self.locked():
             leftovers = (
                 *self.root.glob("*/.tmp-*"),
                 *self.root.glob("*/*.tmp"),
@@ -335,7 +329,8 @@ class Store:
                     self._rotate(self._keys.path)
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
+        """Hold the store's writer lock; every write takes it (the engine cache too)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.home / "store.lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -55,13 +55,19 @@ class Telemetry:
         """Settings from the ``[telemetry]`` table of a TOML file; ``overrides`` win."""
         return cls.from_config(TelemetryConfig.from_file(path, **overrides))
 
+    @property
+    def fleet(self) -> str:
+        return self.config.fleet
+
+    @property
+    def window_s(self) -> float:
+        return self.config.window_s
+
     def _start(self, config: TelemetryConfig) -> None:
         self.config = config
-        self.fleet = config.fleet
         self.capture = Capture(config.capture)
         self.broker = config.endpoint()
         self.device_id = config.device_id or machine_id()
-        self.window_s = config.window_s
         self.keys = DeviceFleetKeys.load(
             config.fleet, config.fleet_dir, need_public=self.capture.mode != "none"
         )

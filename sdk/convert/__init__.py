@@ -107,8 +107,11 @@ def _build(
             tried += candidates
         for message in warnings[checked:]:
             reporter.warn(message)
-        data = inputs.calibration if inputs.calibration is not None else evaluation
-        extra = {"reference": reference(source, data, reporter), **extra}
+        if inputs.calibration is not None:
+            drift_baseline = reference(source, inputs.calibration, reporter)
+        else:  # the float model's outputs on the evaluation data are at hand already
+            drift_baseline = reference(source, evaluation, reporter, float_out)
+        extra = {"reference": drift_baseline, **extra}
         converters = [converter for converter, _ in plans]
         manifest = build_manifest(
             options, source, converters, chosen, inputs.calibration, inputs.labels, extra

@@ -57,13 +57,16 @@ def build_manifest(
     )
 
 
-def reference(source: SourceModel, data: Dataset | None, reporter: Reporter) -> ReferenceStats | None:
+def reference(
+    source: SourceModel, data: Dataset | None, reporter: Reporter, outputs: np.ndarray | None = None
+) -> ReferenceStats | None:
     """The drift baseline for telemetry: the conversion data's input features and the float
-    model's predicted classes on it."""
+    model's predicted classes on it (``outputs``, when the caller has them already)."""
     if data is None or source.kind == "tflite" or len(source.outputs) != 1:
         return None
-    with reporter.progress("Reference statistics", len(data)) as advance:
-        outputs = run_batched(source.predict, data.x, advance)
+    if outputs is None:
+        with reporter.progress("Reference statistics", len(data)) as advance:
+            outputs = run_batched(source.predict, data.x, advance)
     return reference_stats(data.x, outputs, layout(source))
 
 
