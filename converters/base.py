@@ -11,6 +11,7 @@ import numpy as np
 
 from edgekit.errors import InputError
 from edgekit.formats import FORMATS, PRECISIONS, Format, Precision, check_precision
+from edgekit.samples import Samples
 
 if TYPE_CHECKING:
     from edgekit.converters.source import SourceModel
@@ -77,13 +78,13 @@ class Converter(ABC):
         self,
         source: SourceModel,
         precision: str,
-        calibration: np.ndarray | None,
+        calibration: Samples | None,
         advance: Advance,
         settings: ConversionSettings,
     ) -> Artifact: ...
 
     def rank_sensitive_nodes(
-        self, source: SourceModel, artifact: Artifact, calibration: np.ndarray, settings: ConversionSettings
+        self, source: SourceModel, artifact: Artifact, calibration: Samples, settings: ConversionSettings
     ) -> list[tuple[str, ...]]:
         """Groups of nodes to keep in float, the costliest in accuracy first; [] if unknown."""
         return []

@@ -30,10 +30,11 @@ import numpy as np
 
 from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter
 from edgekit.converters.onnx_sensitivity import channel_robust_sqnr, sqnr_drop, static_shapes
-from edgekit.converters.onnx_source import dynamic_dims, fix_input_dims, graph_inputs, import_onnx
+from edgekit.converters.onnx_source import dynamic_dims, fix_input_dims, import_onnx
 from edgekit.converters.source import first_line, import_tensorflow
 from edgekit.errors import ConversionError, DataError, InputError, MissingDependencyError
 from edgekit.formats import PRECISIONS, Format, Precision
+from edgekit.samples import Samples
 
 if TYPE_CHECKING:
     from edgekit.converters.source import SourceModel
@@ -68,13 +69,13 @@ class ONNXConverter(Converter):
 
     def __init__(self) -> None:
         self._float: dict[tuple[int, int], Any] = {}
-        self._prepared: dict[tuple[int, int, tuple[int, ...]], bytes] = {}
+        self._prepared: dict[tuple[Any, ...], bytes] = {}
 
     def convert(
         self,
         source: SourceModel,
         precision: str,
-        calibration: np.ndarray | None,
+        calibration: Samples | None,
         advance: Advance,
         settings: ConversionSettings,
     ) -> Artifact:
@@ -105,7 +106,7 @@ class ONNXConverter(Converter):
         )
 
     def rank_sensitive_nodes(
-        self, source: SourceModel, artifact: Artifact, calibration: np.ndarray, settings: ConversionSettings
+        self, source: SourceModel, artifact: Artifact, calibration: Samples, settings: ConversionSettings
     ) -> list[tuple[str, ...]]:
         """Per tensor, the nodes that produce or consume it, the costliest tensor first.
 
@@ -118,13 +119,13 @@ class ONNXConverter(Converter):
         onnx = import_onnx()
         prepared = self._prepared_model(source, self._float_model(source, target_opset(settings.profile), []),
                                         calibration, [])  # fmt: skip
-        sample = calibration[: min(len(calibration), 64)]
+        sample = calibration.head(64)
         with tempfile.TemporaryDirectory(prefix="edgekit-qdq-debug-") as tmp, _cwd(tmp):
             activations = {}
             for name, content in (("float", prepared.SerializeToString()), ("qdq", artifact.content)):
                 onnx.save(onnx.load_from_string(content), f"{name}.onnx")
                 debug.modify_model_output_intermediate_tensors(f"{name}.onnx", f"{name}_aug.onnx")
-                reader = _Reader(graph_inputs(prepared)[0].name, sample, lambda n: None)
+                reader = _Reader(sample, lambda n: None)
                 activations[name] = debug.collect_activations(f"{name}_aug.onnx", reader)
         matched = debug.create_activation_matching(activations["qdq"], activations["float"])
         shapes = static_shapes(prepared)
@@ -157,20 +158,30 @@ class ONNXConverter(Converter):
         return self._float[key]
 
     def _prepared_model(
-        self, source: SourceModel, model: Any, calibration: np.ndarray | None, notes: list[str]
+        self, source: SourceModel, model: Any, calibration: Samples | None, notes: list[str]
     ) -> Any:
         """Opset 13+, dynamic dims fixed from the data, ORT's quantization pre-processing."""
         onnx = import_onnx()
-        shape = tuple(calibration.shape[1:]) if calibration is not None else ()
-        key = (id(source), _opset(model), shape)
+        shapes = _call_shapes(calibration) if calibration is not None else {}
+        key = (id(source), _opset(model), tuple(shapes.items()))
         if key not in self._prepared:
             model = _with_min_opset(model, MIN_QDQ_OPSET, notes)
-            if dynamic_dims(model) and calibration is not None:
+            dynamic = [name for name in shapes if dynamic_dims(model, name)]
+            if dynamic:
                 model = _copy(model)
-                fix_input_dims(model, (None, *calibration.shape[1:]), "model", "the calibration data")
-                notes.append(f"fixed the input's dynamic dims from the calibration data: {shape}")
+            for name in dynamic:
+                fix_input_dims(model, name, (None, *shapes[name][1:]), "model", "the calibration data")
+                notes.append(
+                    f"fixed the dynamic dims of input '{name}' from the calibration data: {shapes[name][1:]}"
+                )
             self._prepared[key] = _pre_process(model, notes)
         return onnx.load_from_string(self._prepared[key])
+
+
+def _call_shapes(samples: Samples) -> dict[str, tuple[int, ...]]:
+    """Per input, the shape of one call's value (the batch dim as the data gives it)."""
+    feed, _ = next(samples.batches(1))
+    return {name: tuple(np.shape(value)) for name, value in feed.items()}
 
 
 def _from_tensorflow(source: SourceModel, opset: int) -> Any:
@@ -179,33 +190,37 @@ def _from_tensorflow(source: SourceModel, opset: int) -> Any:
         import tf2onnx
     except ImportError as exc:
         raise MissingDependencyError("tf2onnx", "convert", "converting TensorFlow models to ONNX") from exc
-    loaded = tf.saved_model.load(str(source.saved_model_dir))
-    signature = loaded.signatures["serving_default"]
-    ((name, spec),) = signature.structured_input_signature[1].items()
-    output = sorted(signature.structured_outputs)[0]
-    input_signature = [tf.TensorSpec(spec.shape, spec.dtype, name=name)]
+    signature = source.loaded.signatures["serving_default"]
+    specs = signature.structured_input_signature[1]
+    names = [spec.name for spec in source.inputs]
+    outputs = [spec.name for spec in source.outputs]
+    input_signature = [tf.TensorSpec(specs[name].shape, specs[name].dtype, name=name) for name in names]
 
     @tf.autograph.experimental.do_not_convert
-    def serve(x: Any) -> dict[str, Any]:
-        return {output: signature(**{name: x})[output]}
+    def serve(*args: Any) -> dict[str, Any]:
+        result = signature(**dict(zip(names, args, strict=True)))
+        return {name: result[name] for name in outputs}
 
     frozen = _frozen(tf, tf.function(serve, input_signature=input_signature))
+    graph_inputs = [t.name for t in frozen.inputs]
+    graph_outputs = [t.name for t in frozen.outputs]  # in the order of sorted output names
     try:
         model, _ = tf2onnx.convert.from_graph_def(
-            frozen.graph.as_graph_def(),
-            input_names=[t.name for t in frozen.inputs],
-            output_names=[t.name for t in frozen.outputs],
-            opset=opset,
+            frozen.graph.as_graph_def(), input_names=graph_inputs, output_names=graph_outputs, opset=opset
         )
     except Exception as exc:  # tf2onnx raises many types for unsupported graphs
         raise ConversionError(
             f"tf2onnx could not convert the model at opset {opset}: {first_line(exc)}"
         ) from exc
-    _rename_tensor(model, model.graph.input[0].name, name)
-    _rename_tensor(model, model.graph.output[0].name, output)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    if dims and dims[0].HasField("dim_param"):
-        _rename_dim_param(model, dims[0].dim_param, "batch")
+    for old, name in zip(graph_inputs, names, strict=True):
+        _rename_tensor(model, old, name)
+    for old, name in zip(graph_outputs, sorted(outputs), strict=True):
+        _rename_tensor(model, old, name)
+    _order_outputs(model, outputs)
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_param"):
+            _rename_dim_param(model, dims[0].dim_param, "batch")
     return model
 
 
@@ -216,6 +231,16 @@ def _frozen(tf: Any, function: Any) -> Any:
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     return convert_variables_to_constants_v2(function.get_concrete_function())
+
+
+def _order_outputs(model: Any, names: list[str]) -> None:
+    """The graph's outputs in the source model's order."""
+    by_name = {value.name: value for value in model.graph.output}
+    ordered = [type(by_name[name])() for name in names]
+    for copy, name in zip(ordered, names, strict=True):
+        copy.CopyFrom(by_name[name])
+    del model.graph.output[:]
+    model.graph.output.extend(ordered)
 
 
 def _rename_tensor(model: Any, old: str, new: str) -> None:
@@ -294,7 +319,7 @@ def resolve_nodes(model: Any, settings: ConversionSettings) -> list[str]:
 def _quantize(
     prepared: Any,
     precision: str,
-    calibration: np.ndarray | None,
+    calibration: Samples | None,
     advance: Advance,
     settings: ConversionSettings,
     float_nodes: list[str],
@@ -322,7 +347,7 @@ def _quantize(
                   "percentile": CalibrationMethod.Percentile}[settings.calibration_method]  # fmt: skip
         # The histogram calibrators stack per-batch arrays, so they need equal batches.
         batch = _CALIBRATION_BATCH if settings.calibration_method == "minmax" else 1
-        reader = _Reader(graph_inputs(prepared)[0].name, calibration, advance, batch)
+        reader = _Reader(calibration, advance, batch)
         try:
             quantize_static(
                 "prepared.onnx", "quantized.onnx", reader, quant_format=QuantFormat.QDQ, per_channel=True,
@@ -344,22 +369,19 @@ def _quantize(
 class _Reader:
     """Feeds calibration data to ONNX Runtime in batches, advancing the progress bar."""
 
-    def __init__(
-        self, input_name: str, x: np.ndarray, advance: Advance, batch: int = _CALIBRATION_BATCH
-    ) -> None:
-        self._batches = (x[i : i + batch] for i in range(0, len(x), batch))
-        self._name = input_name
+    def __init__(self, samples: Samples, advance: Advance, batch: int = _CALIBRATION_BATCH) -> None:
+        self._batches = samples.batches(batch)
         self._advance = advance
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return iter(self.get_next, None)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        if batch is None:
+        feed, count = next(self._batches, (None, 0))
+        if feed is None:
             return None
-        self._advance(len(batch))
-        return {self._name: batch}
+        self._advance(count)
+        return feed
 
 
 def _serialize(model: Any) -> bytes:

@@ -32,12 +32,13 @@ def load_onnx_source(path: Path, input_shape: tuple[int | None, ...] | None) -> 
             f"{path}: not a valid ONNX model ({first_line(exc)}); export it again"
         ) from exc
     inputs = graph_inputs(model)
-    if len(inputs) != 1:
-        raise ModelFormatError(
-            f"{path}: the model has {len(inputs)} inputs; edgekit converts single-input models"
-        )
     if input_shape is not None:
-        fix_input_dims(model, input_shape, str(path))
+        if len(inputs) != 1:
+            raise ModelFormatError(
+                f"{path}: --input-shape fixes one input, and the model has {len(inputs)}; "
+                "give calibration data instead, whose arrays fix each input's dims"
+            )
+        fix_input_dims(model, inputs[0].name, input_shape, str(path))
     from edgekit.runtime.backends import ONNXBackend
 
     try:
@@ -49,10 +50,10 @@ def load_onnx_source(path: Path, input_shape: tuple[int | None, ...] | None) -> 
         kind="onnx",
         sha256=_hash_files(path, files),
         size_bytes=sum(f.stat().st_size for f in files),
-        input=_spec(inputs[0]),
+        inputs=tuple(_spec(i) for i in inputs),
         outputs=tuple(_spec(o) for o in model.graph.output),
         parameter_bytes=sum(_float32_bytes(t) for t in model.graph.initializer),
-        _predict=lambda x: session.run(x)[0],
+        _predict=session.run,
         onnx_model=model,
     )
 
@@ -64,22 +65,25 @@ def graph_inputs(model: Any) -> list[Any]:
 
 
 def fix_input_dims(
-    model: Any, shape: tuple[int | None, ...], where: str, given_by: str = "--input-shape"
+    model: Any, name: str, shape: tuple[int | None, ...], where: str, given_by: str = "--input-shape"
 ) -> None:
-    """Give each dynamic input dim, by position, the value in ``shape``; ``None`` leaves that
-    dim alone. ``given_by`` says where the shape came from, for the errors."""
+    """Give each dynamic dim of input ``name``, by position, the value in ``shape``; ``None``
+    leaves that dim alone. ``given_by`` says where the shape came from, for the errors."""
     from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
 
-    dims = graph_inputs(model)[0].type.tensor_type.shape.dim
+    dims = _input(model, name).type.tensor_type.shape.dim
     if len(dims) != len(shape):
-        raise ModelFormatError(f"{where}: {given_by} has {len(shape)} dims, the model input has {len(dims)}")
-    names = [d.dim_param for d in dims if d.HasField("dim_param")]
+        raise ModelFormatError(
+            f"{where}: {given_by} has {len(shape)} dims, the model input '{name}' has {len(dims)}"
+        )
+    names = [d.dim_param for value in graph_inputs(model) for d in value.type.tensor_type.shape.dim
+             if d.HasField("dim_param")]  # fmt: skip
     for index, (dim, value) in enumerate(zip(dims, shape, strict=True)):
         if value is None:
             continue
         if dim.HasField("dim_value") and dim.dim_value != value:
             raise ModelFormatError(
-                f"{where}: {given_by} gives {value} for input dim {index}, "
+                f"{where}: {given_by} gives {value} for dim {index} of input '{name}', "
                 f"which the model fixes at {dim.dim_value}"
             )
         if dim.HasField("dim_param") and names.count(dim.dim_param) == 1:
@@ -88,10 +92,14 @@ def fix_input_dims(
             dim.dim_value = value
 
 
-def dynamic_dims(model: Any) -> list[int]:
-    """Indices of dynamic input dims other than the batch dim."""
-    dims = graph_inputs(model)[0].type.tensor_type.shape.dim
+def dynamic_dims(model: Any, name: str) -> list[int]:
+    """Indices of input ``name``'s dynamic dims other than the batch dim."""
+    dims = _input(model, name).type.tensor_type.shape.dim
     return [i for i, d in enumerate(dims) if i > 0 and not d.HasField("dim_value")]
+
+
+def _input(model: Any, name: str) -> Any:
+    return next(value for value in graph_inputs(model) if value.name == name)
 
 
 def _spec(value_info: Any) -> TensorSpec:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgekit.converters.keras_export import export_saved_model
 from edgekit.converters.source_model import SourceModel
 
 
@@ -24,7 +25,7 @@ def saved_model_for_tflite(source: SourceModel) -> Path:
         return source.saved_model_dir
     unrolled_dir = source.saved_model_dir.with_name(source.saved_model_dir.name + "-unrolled")
     if not unrolled_dir.exists():
-        unrolled(model).export(str(unrolled_dir), verbose=False)
+        export_saved_model(unrolled(model), unrolled_dir)
     return unrolled_dir
 
 

@@ -1,7 +1,8 @@
 """Load the model a user trained: Keras 3 ``.keras``, legacy ``.h5``, a SavedModel dir, or ONNX.
 
 Keras sources are exported to a SavedModel, the one input the TFLite converter and tf2onnx
-both handle for Keras 3 (``from_keras_model`` breaks on Keras 3 models). ONNX sources are
+both handle for Keras 3 (``from_keras_model`` breaks on Keras 3 models), and run through its
+signature, so the float reference is exactly what the converters read. ONNX sources are
 checked, loaded with their external data, and run in ONNX Runtime; they never import
 TensorFlow.
 """
@@ -9,14 +10,17 @@ TensorFlow.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekit.converters.keras_export import export_saved_model, input_names, output_names
 from edgekit.converters.onnx_source import load_onnx_source
 from edgekit.converters.source_model import (
     ACCEPTED,
@@ -27,6 +31,7 @@ from edgekit.converters.source_model import (
     hash_path,
 )
 from edgekit.errors import EdgekitError, MissingDependencyError, ModelFormatError
+from edgekit.samples import Feed
 
 __all__ = ["ACCEPTED", "SourceModel", "TensorSpec", "detect_kind", "first_line", "hash_path", "load_source"]
 
@@ -80,31 +85,24 @@ def _from_keras(tf: Any, path: Path, kind: str, export_dir: Path) -> SourceModel
             f"{path}: cannot be loaded as a Keras model ({first_line(exc)}); "
             "check that the file is complete, or save it again with model.save()"
         ) from exc
-    if len(model.inputs) != 1:
-        raise ModelFormatError(
-            f"{path}: the model has {len(model.inputs)} inputs; edgekit converts single-input models"
-        )
-    model.export(str(export_dir), format="tf_saved_model", verbose=False)
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        out = model(x, training=False)
-        return np.asarray(out[0] if isinstance(out, (list, tuple)) else out)
-
-    return SourceModel(
+    export_saved_model(model, export_dir)
+    source = _from_saved_model(tf, export_dir, input_names(model), output_names(model))
+    return replace(
+        source,
         path=path,
         kind=kind,
         sha256=hash_path(path),
         size_bytes=path.stat().st_size,
-        input=_spec(model.inputs[0]),
-        outputs=tuple(_spec(t) for t in model.outputs),
         parameter_bytes=sum(int(np.prod(w.shape)) * 4 for w in model.weights),
-        saved_model_dir=export_dir,
-        _predict=predict,
         keras_model=model,
     )
 
 
-def _from_saved_model(tf: Any, path: Path) -> SourceModel:
+def _from_saved_model(
+    tf: Any, path: Path, inputs_order: list[str] | None = None, outputs_order: list[str] | None = None
+) -> SourceModel:
+    """``inputs_order``, ``outputs_order``: the names in the model's own order (Keras knows
+    it); else the signature's input order and the outputs in natural name order."""
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # TensorFlow raises several types for a bad SavedModel.
@@ -114,17 +112,13 @@ def _from_saved_model(tf: Any, path: Path) -> SourceModel:
         raise ModelFormatError(
             f"{path}: the SavedModel has no 'serving_default' signature; export it with one"
         )
-    inputs = signature.structured_input_signature[1]
-    if len(inputs) != 1:
-        raise ModelFormatError(
-            f"{path}: the signature has {len(inputs)} inputs; edgekit converts single-input models"
-        )
-    ((input_name, input_spec),) = inputs.items()
-    output_names = sorted(signature.structured_outputs)
+    specs = signature.structured_input_signature[1]
+    names = inputs_order or list(specs)
+    outputs = outputs_order or sorted(signature.structured_outputs, key=natural_key)
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        result = signature(**{input_name: tf.constant(x, dtype=input_spec.dtype)})
-        return np.asarray(result[output_names[0]])
+    def predict(feed: Feed) -> list[np.ndarray]:
+        result = signature(**{name: tf.constant(feed[name], dtype=specs[name].dtype) for name in names})
+        return [np.asarray(result[name]) for name in outputs]
 
     variables = getattr(loaded, "variables", [])
     return SourceModel(
@@ -132,12 +126,18 @@ def _from_saved_model(tf: Any, path: Path) -> SourceModel:
         kind="saved_model",
         sha256=hash_path(path),
         size_bytes=sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
-        input=_spec(input_spec, input_name),
-        outputs=tuple(_spec(signature.structured_outputs[n], n) for n in output_names),
+        inputs=tuple(_spec(specs[name], name) for name in names),
+        outputs=tuple(_spec(signature.structured_outputs[name], name) for name in outputs),
         parameter_bytes=sum(int(np.prod(v.shape)) * 4 for v in variables),
         saved_model_dir=path,
         _predict=predict,
+        loaded=loaded,
     )
+
+
+def natural_key(name: str) -> list[Any]:
+    """``output_2`` before ``output_10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _from_tflite(path: Path) -> SourceModel:
@@ -149,7 +149,7 @@ def _from_tflite(path: Path) -> SourceModel:
     except EdgekitError as exc:
         raise ModelFormatError(f"{path}: {exc}") from exc
 
-    def no_float_model(x: np.ndarray) -> np.ndarray:
+    def no_float_model(feed: Feed) -> list[np.ndarray]:
         raise ModelFormatError(f"{path}: a ready-made TFLite file has no float model to compare with")
 
     def spec(info: Any) -> TensorSpec:  # data is given as float; the runtime quantizes it
@@ -160,7 +160,7 @@ def _from_tflite(path: Path) -> SourceModel:
         kind="tflite",
         sha256=hash_path(path),
         size_bytes=len(content),
-        input=spec(backend.inputs[0]),
+        inputs=tuple(spec(i) for i in backend.inputs),
         outputs=tuple(spec(o) for o in backend.outputs),
         parameter_bytes=len(content),
         _predict=no_float_model,

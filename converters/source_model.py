@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ModelFormatError
+from edgekit.samples import Feed
 
 ACCEPTED = "a Keras .keras file, a legacy Keras .h5 file, a TensorFlow SavedModel directory, or an .onnx file"
 
@@ -37,10 +38,10 @@ class SourceModel:
     kind: str
     sha256: str
     size_bytes: int
-    input: TensorSpec
+    inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     parameter_bytes: int
-    _predict: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    _predict: Callable[[Feed], list[np.ndarray]] = field(repr=False)
     saved_model_dir: Path | None = None
     """TensorFlow sources: the exported SavedModel the converters read."""
     onnx_model: Any = field(default=None, repr=False)
@@ -49,10 +50,12 @@ class SourceModel:
     """Ready-made TFLite sources: shipped as they are, with no float model to compare."""
     keras_model: Any = field(default=None, repr=False)
     """Keras sources: the loaded model (for pruning)."""
+    loaded: Any = field(default=None, repr=False)
+    """TensorFlow sources: the loaded SavedModel (its signature needs it alive)."""
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Float outputs of the first output for a batch ``x``."""
-        return self._predict(x)
+    def predict(self, feed: Feed) -> list[np.ndarray]:
+        """Every output, in ``outputs`` order, for one call's inputs by name."""
+        return self._predict(feed)
 
 
 def detect_kind(path: Path) -> str:

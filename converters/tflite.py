@@ -27,6 +27,7 @@ from edgekit.converters.recurrent import saved_model_for_tflite
 from edgekit.converters.source import import_tensorflow
 from edgekit.errors import ConversionError, DataError, InputError
 from edgekit.formats import PRECISIONS, Format, Precision
+from edgekit.samples import Samples
 
 if TYPE_CHECKING:
     from edgekit.converters.source import SourceModel
@@ -42,7 +43,7 @@ class TFLiteConverter(Converter):
         self,
         source: SourceModel,
         precision: str,
-        calibration: np.ndarray | None,
+        calibration: Samples | None,
         advance: Advance,
         settings: ConversionSettings,
     ) -> Artifact:
@@ -66,7 +67,7 @@ class TFLiteConverter(Converter):
             if float_nodes:
                 debugger = tf.lite.experimental.QuantizationDebugger(
                     converter=converter,
-                    debug_dataset=lambda: _samples(data, lambda n: None),
+                    debug_dataset=lambda: _debug_samples(data),
                     debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_nodes),
                 )
                 content = debugger.get_nondebug_quantized_model()
@@ -91,7 +92,7 @@ class TFLiteConverter(Converter):
         )
 
     def _converter(
-        self, source: SourceModel, precision: str, calibration: np.ndarray | None, advance: Advance
+        self, source: SourceModel, precision: str, calibration: Samples | None, advance: Advance
     ) -> Any:
         tf = import_tensorflow()
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_for_tflite(source)))
@@ -108,17 +109,17 @@ class TFLiteConverter(Converter):
             converter.inference_output_type = tf.int8
         return converter
 
-    def layer_errors(self, source: SourceModel, calibration: np.ndarray) -> list[tuple[str, float]]:
+    def layer_errors(self, source: SourceModel, calibration: Samples) -> list[tuple[str, float]]:
         """Per quantized layer in execution order, TFLite's QuantizationDebugger comparison of
         its int8 output with float on the same input, as a channel-robust SNR in dB (lower
         is worse): median channel signal over mean channel noise. The debugger's own RMSE /
         scale misses the worst case, an outlier channel that stretches a per-tensor scale so
         far that every other channel rounds to noise while the error stays within one step."""
         tf = import_tensorflow()
-        sample = calibration[: min(len(calibration), 100)]
+        sample = calibration.head(100)
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=self._converter(source, "int8", sample, lambda n: None),
-            debug_dataset=lambda: _samples(sample, lambda n: None),
+            debug_dataset=lambda: _debug_samples(sample),
             debug_options=tf.lite.experimental.QuantizationDebugOptions(
                 layer_direct_compare_metrics={"snr_db": _channel_snr_db}
             ),
@@ -134,19 +135,24 @@ class TFLiteConverter(Converter):
         return errors
 
     def rank_sensitive_nodes(
-        self, source: SourceModel, artifact: Artifact, calibration: np.ndarray, settings: ConversionSettings
+        self, source: SourceModel, artifact: Artifact, calibration: Samples, settings: ConversionSettings
     ) -> list[tuple[str, ...]]:
         """The lowest-SNR layer first, each with the layer before it: a layer's output is
         often ruined by its input's scale (one outlier channel stretches it so far that the
-        rest round to zero), and only keeping both in float keeps that tensor in float."""
+        rest round to zero), and only keeping both in float keeps that tensor in float.
+        [] for several inputs: the debugger feeds inputs by position, in an order it picks."""
+        if len(source.inputs) > 1:
+            return []
         layers = self.layer_errors(source, calibration)
         order = sorted(range(len(layers)), key=lambda i: layers[i][1])
         return [tuple(name for name, _ in layers[max(i - 1, 0) : i + 1]) for i in order]
 
     def _resolve_nodes(
-        self, source: SourceModel, calibration: np.ndarray, settings: ConversionSettings
+        self, source: SourceModel, calibration: Samples, settings: ConversionSettings
     ) -> list[str]:
         chosen = list(settings.float_nodes)
+        if settings.keep_float and len(source.inputs) > 1:
+            raise InputError("--keep-float on TFLite takes single-input models; use --format onnx")
         if settings.keep_float:
             names = [name for name, _ in self.layer_errors(source, calibration)]
             for pattern in settings.keep_float:
@@ -203,10 +209,17 @@ def _channel_snr_db(
     return channel_snr_db(signal, noise)
 
 
-def _samples(calibration: np.ndarray, advance: Advance) -> Iterator[list[Any]]:
-    for row in calibration:
-        yield [row[np.newaxis]]
-        advance(1)
+def _samples(calibration: Samples, advance: Advance) -> Iterator[dict[str, np.ndarray]]:
+    """One call at a time, by signature input name, as the TFLite calibrator takes them."""
+    for feed, count in calibration.batches(1):
+        yield feed
+        advance(count)
+
+
+def _debug_samples(calibration: Samples) -> Iterator[list[np.ndarray]]:
+    """The QuantizationDebugger takes a list by position: single-input models only."""
+    for feed, _ in calibration.batches(1):
+        yield list(feed.values())
 
 
 def _summary(exc: Exception) -> str:

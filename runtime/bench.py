@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.runtime.feeds import check_feed
 from edgekit.runtime.model import Model
+from edgekit.samples import Feed
 
 
 @dataclass(frozen=True)
@@ -44,11 +46,26 @@ class BenchResult:
         return asdict(self)
 
 
-def sample_input(model: Model, batch: int = 1) -> np.ndarray:
-    shape = tuple(
-        batch if i == 0 and d is None else (d or 1) for i, d in enumerate(model.info.inputs[0].shape)
-    )
-    return np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
+def sample_input(model: Model, batch: int = 1) -> Feed:
+    """One call's inputs, each of its own dtype: floats drawn around zero (within the range the
+    conversion data spanned, when the bundle records it), integers within that range (0 when
+    none is recorded: a token id or index every such model accepts), booleans all true."""
+    rng = np.random.default_rng(0)
+    ranges = model.manifest.preprocessing.ranges or {}
+    feed: Feed = {}
+    for info in model.info.inputs:
+        shape = tuple(batch if i == 0 and d is None else (d or 1) for i, d in enumerate(info.shape))
+        dtype = np.dtype("float32" if info.quantized else info.dtype)
+        low, high = ranges.get(info.name, (None, None))
+        if dtype.kind == "f":
+            value = rng.normal(0, 1, shape) if low is None else rng.uniform(low, high, shape)
+            feed[info.name] = value.astype(dtype)
+        elif dtype.kind == "b":
+            feed[info.name] = np.ones(shape, dtype)
+        else:
+            bounds = (0, 0) if low is None else (int(np.ceil(low)), int(np.floor(high)))
+            feed[info.name] = rng.integers(bounds[0], bounds[1] + 1, shape).astype(dtype)
+    return feed
 
 
 def bench(model: Model, runs: int = 500, warmup: int = 20, compare_bare: bool = False) -> BenchResult:
@@ -83,14 +100,14 @@ def bench(model: Model, runs: int = 500, warmup: int = 20, compare_bare: bool = 
     )
 
 
-def bare_call(model: Model, x: np.ndarray) -> Callable[[], Any]:
+def bare_call(model: Model, x: np.ndarray | Feed) -> Callable[[], Any]:
     """The same engine object called directly, as a user of the bare engine would.
 
     The same interpreter or session, so two thread pools do not compete and only the
     wrapper differs. For int8 TFLite inputs it includes the plain numpy quantization a bare
     user must write to feed float data, since ``predict`` takes floats.
     """
-    return model.backend.bare_call(x)
+    return model.backend.bare_call(check_feed(model.info.inputs, x))
 
 
 def _peak_rss_bytes() -> int:

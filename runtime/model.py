@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.bundle import ArtifactEntry, Manifest, read_bundle
-from edgekit.errors import EdgekitError, RuntimeBackendError, ShapeError
-from edgekit.runtime.backends import Backend, ONNXBackend, TensorInfo, backend_for
+from edgekit.errors import EdgekitError, RuntimeBackendError
+from edgekit.runtime.backends import Backend, ONNXBackend, TensorInfo, backend_for, zeros_feed
 from edgekit.runtime.backends.onnx import ProviderSettings, import_onnxruntime
 from edgekit.runtime.backends.tflite import import_interpreter
+from edgekit.runtime.feeds import check_feed
+from edgekit.runtime.stream import Stream
 from edgekit.signing import Trust
 
 if TYPE_CHECKING:
@@ -52,10 +55,10 @@ class Model:
         """The verified artifact, in memory only."""
         self._backend = backend
         self.info = info
-        spec = backend.inputs[0]
-        self._input = spec
-        self._expects = "(" + ", ".join("batch" if d is None else str(d) for d in spec.shape) + ")"
+        self._names = tuple(out.name for out in backend.outputs)
         self._telemetry: Telemetry | None = None
+        self._reported = (backend.inputs[0].name, 0)
+        """For telemetry: the input whose features it bins, and the index of the primary output."""
 
     @classmethod
     def load(
@@ -105,64 +108,49 @@ class Model:
             manifest, entry, contents[entry.path], backend, _info(manifest, entry, backend, label, threads)
         )
         if warmup:
-            model.predict(np.zeros(tuple(1 if d is None else d for d in backend.inputs[0].shape), np.float32))
+            backend.run(zeros_feed(backend.inputs))
         model.info = replace(model.info, load_ms=(time.perf_counter() - started) * 1000)
         if telemetry is not None:
             model._attach(telemetry)
         return model
 
     def _attach(self, telemetry: Telemetry) -> None:
-        if len(self._backend.outputs) != 1:
-            raise RuntimeBackendError("telemetry reports single-output models only")
-        sample = tuple(1 if d is None else d for d in self._input.shape[1:])
-        telemetry.attach(self.manifest, sample, self._backend.outputs[0].shape)
+        self._reported = reported_tensors(self.manifest, self._backend)
+        name, index = self._reported
+        spec = next(info for info in self._backend.inputs if info.name == name)
+        sample = tuple(1 if d is None else d for d in spec.shape[1:])
+        telemetry.attach(self.manifest, sample, self._backend.outputs[index].shape)
         self._telemetry = telemetry
 
-    def predict(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
-        """Float inputs in (an array, or a dict by input name), float outputs out.
+    def predict(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+        """Inputs in (an array for a single-input model, else a dict by input name; float
+        inputs as float), outputs out: one output as an array, several as a dict by name.
 
-        int8 inputs are quantized and int8 outputs dequantized inside. One output comes
-        back as an array, several as a dict by output name.
+        int8 inputs are quantized and int8 outputs dequantized inside.
         """
+        outputs = self.run(x)
+        return outputs[0] if len(outputs) == 1 else dict(zip(self._names, outputs, strict=True))
+
+    def run(self, x: np.ndarray | Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """``predict``, with every output in ``info.outputs`` order."""
         telemetry = self._telemetry
         if telemetry is None:
-            outputs = self._backend.run(self._check(x))
-        else:
-            started = time.perf_counter()
-            try:
-                array = self._check(x)
-                outputs = self._backend.run(array)
-            except Exception:
-                telemetry.record_error()
-                raise
-            telemetry.record(array, outputs[0], time.perf_counter() - started)
-        if len(outputs) == 1:
-            return outputs[0]
-        return {info.name: out for info, out in zip(self._backend.outputs, outputs, strict=True)}
+            return self._backend.run(check_feed(self._backend.inputs, x))
+        started = time.perf_counter()
+        try:
+            feed = check_feed(self._backend.inputs, x)
+            outputs = self._backend.run(feed)
+        except Exception:
+            telemetry.record_error()
+            raise
+        name, index = self._reported
+        telemetry.record(feed[name], outputs[index], time.perf_counter() - started)
+        return outputs
 
-    def _check(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
-        spec = self._input
-        if isinstance(x, dict):
-            if set(x) != {spec.name}:
-                raise ShapeError(f"the model takes one input named '{spec.name}', got {sorted(x)}")
-            x = x[spec.name]
-        array = np.asarray(x)
-        if array.dtype.kind not in "fiu":
-            raise ShapeError(f"input '{spec.name}' takes numbers {self._expects}, got dtype {array.dtype}")
-        if array.ndim != len(spec.shape):
-            hint = "; add the batch axis with x[None]" if array.ndim == len(spec.shape) - 1 else ""
-            raise ShapeError(
-                f"input '{spec.name}' takes rank {len(spec.shape)} {self._expects}, "
-                f"got shape {array.shape}{hint}"
-            )
-        if any(
-            want is not None and want != got
-            for want, got in zip(spec.shape[1:], array.shape[1:], strict=True)
-        ):
-            raise ShapeError(f"input '{spec.name}' takes {self._expects}, got shape {array.shape}")
-        if len(array) == 0:
-            raise ShapeError(f"input '{spec.name}' is an empty batch")
-        return array.astype(np.float32, copy=False)
+    def stream(self) -> Stream:
+        """A stream over the bundle's state pairs: ``step`` feeds each state back; each
+        stream holds its own state."""
+        return Stream(self)
 
     @property
     def backend(self) -> Backend:
@@ -247,3 +235,20 @@ def _engine_installed(fmt: str) -> bool:
 def _gpu_provider_available() -> bool:
     available: list[Any] = import_onnxruntime().get_available_providers()
     return any(p in available for p in GPU_PROVIDERS)
+
+
+def reported_tensors(manifest: Manifest, backend: Backend) -> tuple[str, int]:
+    """The input telemetry bins and the index of the output it reports, from the manifest."""
+    names = [out.name for out in backend.outputs]
+    primary = manifest.primary_output or (names[0] if len(names) == 1 else None)
+    if primary not in names:
+        raise RuntimeBackendError(
+            f"telemetry reports one output, and the bundle names none of {', '.join(names)}; "
+            "convert again with --telemetry-output NAME"
+        )
+    floats = [i.name for i in backend.inputs if i.quantized or i.dtype.startswith("float")]
+    wanted = manifest.reference.input if manifest.reference and manifest.reference.input else None
+    name = wanted if wanted in floats else next(iter(floats), None)
+    if name is None:
+        raise RuntimeBackendError("telemetry bins a float input's features, and this model has none")
+    return name, names.index(primary)

@@ -46,16 +46,15 @@ def _max_rss_bytes() -> int:
 
 
 def main() -> None:
-    from edgekit.runtime.backends import backend_for
+    from edgekit.runtime.backends import backend_for, zeros_feed
 
     backend_class = backend_for(sys.argv[1])
     backend_class.import_engine()
-    zeros = np.zeros(1, dtype=np.float32)  # numpy's first allocation, out of the measurement
+    np.zeros(1, dtype=np.float32)  # numpy's first allocation, out of the measurement
     precise = _reset_peak()
     baseline = _status_kib("VmRSS") * 1024 if precise else _max_rss_bytes()  # type: ignore[operator]
     backend = backend_class(sys.stdin.buffer.read())
-    shape = tuple(1 if d is None else d for d in backend.inputs[0].shape)
-    backend.run(np.broadcast_to(zeros[0], shape).copy())
+    backend.run(zeros_feed(backend.inputs))
     peak = _status_kib("VmHWM") * 1024 if precise else _max_rss_bytes()  # type: ignore[operator]
     print(json.dumps({"peak_bytes": max(peak - baseline, 0), "engine": backend.engine}))
 

@@ -44,10 +44,17 @@ class Tensor(_Strict):
     quantization: Quantization | None = None
 
 
+class OutputSimilarity(_Strict):
+    agreement: float
+    cosine: float
+    max_abs_error: float
+
+
 class Accuracy(_Strict):
     """Float model against the artifact on the same evaluation data."""
 
     metric: Literal["top1", "agreement"]
+    output: str | None = Field(default=None, description="the output top-1 or agreement is measured on")
     samples: int
     float_model: float = Field(description="float model: top-1 % (labels) or 100")
     artifact: float = Field(description="artifact: top-1 % (labels) or agreement %")
@@ -56,6 +63,7 @@ class Accuracy(_Strict):
     agreement: float
     cosine: float
     max_abs_error: float
+    outputs: dict[str, OutputSimilarity] | None = Field(default=None, description="several outputs: each one")
     gate: Literal["passed", "overridden"]
 
 
@@ -126,12 +134,16 @@ class Preprocessing(_Strict):
     input_range: tuple[float, float] | None = Field(
         description="min and max of the calibration data, the range the model was quantized for"
     )
+    ranges: dict[str, tuple[float, float]] | None = Field(
+        default=None, description="per input: min and max seen in the conversion data (for bench inputs)"
+    )
 
 
 class ReferenceStats(_Strict):
     """Input and output distributions of the conversion data, the baseline for drift (PSI)."""
 
     samples: int
+    input: str | None = Field(default=None, description="several inputs: the float input binned here")
     features: Literal["values", "channels", "global"] = Field(
         description="values: each input value; channels: per-channel mean then std; global: mean, std"
     )
@@ -140,6 +152,13 @@ class ReferenceStats(_Strict):
     expected: tuple[tuple[float, ...], ...] = Field(description="per feature: fraction of data per bin")
     outputs: Literal["probabilities", "logits", "values"]
     classes: tuple[float, ...] | None = Field(description="fraction of the data predicted as each class")
+
+
+class StatePair(_Strict):
+    """A recurrent state: what ``output`` gives back is fed to ``input`` at the next step."""
+
+    output: str
+    input: str
 
 
 class Compression(_Strict):
@@ -166,6 +185,10 @@ class Manifest(_Strict):
     preprocessing: Preprocessing
     labels: tuple[str, ...] | None = None
     tools: dict[str, str]
+    primary_output: str | None = Field(
+        default=None, description="the output telemetry reports classes and confidence of"
+    )
+    state: tuple[StatePair, ...] = Field(default=(), description="a streaming model's recurrent state")
     reference: ReferenceStats | None = None
     compression: Compression | None = None
     fit: tuple[dict[str, Any], ...] | None = Field(

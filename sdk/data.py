@@ -1,4 +1,5 @@
-"""Calibration and evaluation data: ``.npz`` (``x``, optional ``y``) or ``.npy`` (``x``).
+"""Calibration and evaluation data: ``.npz`` (``x`` or one array per input name, optional
+``y``) or ``.npy`` (``x``). How arrays map to calls: ``edgekit.samples``.
 
 Data is checked against the model input before any conversion starts.
 """
@@ -6,6 +7,7 @@ Data is checked against the model input before any conversion starts.
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgekit.errors import DataError, ShapeError
+from edgekit.samples import Samples
 
 MIN_SAMPLES = 10
 RECOMMENDED_SAMPLES = 100
@@ -22,6 +25,9 @@ rounds the narrow features away (raw tabular sensor data: 0.0005 next to 4,000).
 
 
 class InputSpec(Protocol):
+    @property
+    def name(self) -> str: ...
+
     @property
     def shape(self) -> tuple[int | None, ...]: ...
 
@@ -33,12 +39,19 @@ class InputSpec(Protocol):
 
 @dataclass(frozen=True)
 class Dataset:
+    """Model inputs (as read: array ``x``, or one array per input name) and optional labels."""
+
     path: Path
-    x: np.ndarray
+    samples: Samples
     y: np.ndarray | None
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.samples)
+
+    @property
+    def x(self) -> np.ndarray:
+        """The inputs of a single-input model."""
+        return self.samples.only
 
 
 def load_dataset(path: Path, role: str) -> Dataset:
@@ -47,63 +60,113 @@ def load_dataset(path: Path, role: str) -> Dataset:
         raise DataError(f"{role} data {path}: no such file")
     try:
         if path.suffix == ".npy":
-            return Dataset(path, np.load(path, allow_pickle=False), None)
+            return Dataset(path, Samples.of("x", np.load(path, allow_pickle=False)), None)
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
-                if "x" not in archive.files:
-                    found = ", ".join(archive.files) or "nothing"
-                    raise DataError(
-                        f"{role} data {path}: no array 'x' (found {found}); save it with "
-                        "np.savez(path, x=inputs, y=labels)"
-                    )
+                arrays = {name: archive[name] for name in archive.files if name != "y"}
                 y = archive["y"] if "y" in archive.files else None
-                return Dataset(path, archive["x"], y)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{role} data {path}: not a readable numpy file ({exc})") from exc
-    raise DataError(f"{role} data {path}: expected a .npz (arrays x, y) or a .npy file")
+    if path.suffix != ".npz":
+        raise DataError(f"{role} data {path}: expected a .npz (arrays x, y) or a .npy file")
+    if not arrays:
+        raise DataError(
+            f"{role} data {path}: no input arrays; save them with np.savez(path, x=inputs, y=labels), "
+            "or one array per input name"
+        )
+    return Dataset(path, Samples(arrays), y)
 
 
 def check_dataset(
-    data: Dataset, spec: InputSpec, role: str, force: bool = False
+    data: Dataset, specs: Sequence[InputSpec], role: str, force: bool = False
 ) -> tuple[Dataset, list[str]]:
-    """Validate ``data`` against the model input; return it cast to the input dtype, and warnings."""
+    """Validate ``data`` against the model inputs; return it by input name, cast to each
+    input's dtype, with the per-call inputs marked; and warnings."""
     where = f"{role} data {data.path}"
-    x = data.x
-    if x.dtype.kind not in "fiu":
-        raise ShapeError(f"{where}: x has dtype {x.dtype}; the model takes {spec.describe()}")
-    _check_shape(x.shape, spec, where)
-    bad = ~np.isfinite(x) if x.dtype.kind == "f" else np.zeros(x.shape, dtype=bool)
-    if bad.any():
-        rows = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
-        raise DataError(
-            f"{where}: x holds {int(np.isnan(x).sum())} NaN and {int(np.isinf(x).sum())} Inf "
-            f"values in {len(rows)} samples (first: sample {rows[0]}); remove or fix those samples"
-        )
+    arrays = _by_input_name(dict(data.samples.arrays), specs, where)
+    checked: dict[str, np.ndarray] = {}
+    per_call = set()
+    for spec in specs:
+        checked[spec.name], call = _check_array(arrays[spec.name], spec, where, len(specs) > 1)
+        if call:
+            per_call.add(spec.name)
+    counts = {name: len(a) for name, a in checked.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"'{name}' {count}" for name, count in counts.items())
+        raise DataError(f"{where}: the inputs hold different sample counts ({listed}); give each the same")
+    count = next(iter(counts.values()))
     warnings = []
-    if len(x) < MIN_SAMPLES and not force:
+    if count < MIN_SAMPLES and not force:
         raise DataError(
-            f"{where}: only {len(x)} samples; at least {MIN_SAMPLES} are needed "
+            f"{where}: only {count} samples; at least {MIN_SAMPLES} are needed "
             f"({RECOMMENDED_SAMPLES}+ recommended), or pass --force"
         )
-    if len(x) < RECOMMENDED_SAMPLES:
-        warnings.append(f"{where}: only {len(x)} samples; {RECOMMENDED_SAMPLES}+ give reliable results")
-    y = _check_labels(data.y, len(x), where)
-    return Dataset(data.path, x.astype(spec.dtype, copy=False), y), warnings
+    if count < RECOMMENDED_SAMPLES:
+        warnings.append(f"{where}: only {count} samples; {RECOMMENDED_SAMPLES}+ give reliable results")
+    y = _check_labels(data.y, count, where)
+    return Dataset(data.path, Samples(checked, frozenset(per_call)), y), warnings
 
 
-def _check_shape(shape: tuple[int, ...], spec: InputSpec, where: str) -> None:
+def _by_input_name(
+    arrays: dict[str, np.ndarray], specs: Sequence[InputSpec], where: str
+) -> dict[str, np.ndarray]:
+    names = [spec.name for spec in specs]
+    if len(specs) == 1 and list(arrays) == ["x"]:
+        return {names[0]: arrays["x"]}
+    found = ", ".join(arrays)
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        model = "the model takes " + ", ".join(f"'{n}'" for n in names)
+        raise DataError(
+            f"{where}: no array for input '{missing[0]}' ({model}; found {found}); "
+            "save one array per input name, as np.savez(path, **{name: array}, y=labels)"
+            if len(specs) > 1
+            else f"{where}: no array 'x' (found {found}); save it with np.savez(path, x=inputs, y=labels)"
+        )
+    extra = [name for name in arrays if name not in names]
+    if extra:
+        raise DataError(
+            f"{where}: array '{extra[0]}' is not a model input (inputs: {', '.join(names)}); remove it"
+        )
+    return {name: arrays[name] for name in names}
+
+
+def _check_array(x: np.ndarray, spec: InputSpec, where: str, named: bool) -> tuple[np.ndarray, bool]:
+    """``x`` cast to the input's dtype, and whether ``x[i]`` is one call's value."""
+    what = f"input '{spec.name}'" if named else "x"
+    want = np.dtype(spec.dtype)
+    fits = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}.get(want.kind, "fiu")
+    if x.dtype.kind not in fits:
+        takes = "numbers" if want.kind == "f" else f"{want.name} values"
+        raise ShapeError(f"{where}: {what} has dtype {x.dtype}; the model takes {takes} {spec.describe()}")
+    per_call = _check_shape(x.shape, spec, where, what)
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x)
+        if bad.any():
+            rows = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
+            raise DataError(
+                f"{where}: {what} holds {int(np.isnan(x).sum())} NaN and {int(np.isinf(x).sum())} Inf "
+                f"values in {len(rows)} samples (first: sample {rows[0]}); remove or fix those samples"
+            )
+    return x.astype(want, copy=False), per_call
+
+
+def _check_shape(shape: tuple[int, ...], spec: InputSpec, where: str, what: str) -> bool:
     expected = spec.shape
-    fits = len(shape) == len(expected) and all(
-        want is None or want == got for want, got in zip(expected[1:], shape[1:], strict=True)
-    )
-    if fits:
-        return
+    batched = len(shape) == len(expected) and len(shape) > 0 and _fits(shape[1:], expected[1:])
+    per_call = len(shape) == len(expected) + 1 and _fits(shape[1:], expected)
+    if batched or per_call:
+        return per_call and not batched
     hint = ""
     if len(shape) + 1 == len(expected) and expected[-1] == 1:
         hint = "; add the channel axis with x[..., None]"
     elif len(shape) == len(expected) - 1:
-        hint = "; x needs a leading sample axis"
-    raise ShapeError(f"{where}: x has shape {tuple(shape)}, the model takes {spec.describe()}{hint}")
+        hint = f"; {what} needs a leading sample axis"
+    raise ShapeError(f"{where}: {what} has shape {tuple(shape)}, the model takes {spec.describe()}{hint}")
+
+
+def _fits(shape: Sequence[int], expected: Sequence[int | None]) -> bool:
+    return all(want is None or want == got for want, got in zip(expected, shape, strict=True))
 
 
 def _check_labels(y: np.ndarray | None, count: int, where: str) -> np.ndarray | None:
@@ -122,14 +185,46 @@ def _check_labels(y: np.ndarray | None, count: int, where: str) -> np.ndarray | 
     return y.astype(np.int64)
 
 
-def load_input(path: Path, manifest: Any, tensor: Any) -> np.ndarray:
-    """An input batch for ``edgekit run``: an image file (preprocessed as the bundle says),
-    a ``.npy``, or an ``.npz`` with array ``x``."""
+def load_inputs(values: Sequence[str], manifest: Any, tensors: Sequence[Any]) -> Any:
+    """One call's inputs for ``edgekit run``: for a single-input model, an image file
+    (preprocessed as the bundle says), a ``.npy`` or an ``.npz`` with array ``x``; for any
+    model, ``NAME=file`` per input, or one ``.npz`` with an array per input name."""
+    names = [t.name for t in tensors]
+    if len(values) == 1 and "=" not in values[0]:
+        path = Path(values[0])
+        if path.suffix == ".npz":
+            arrays = dict(_read(path).samples.arrays)
+            if len(tensors) == 1 and list(arrays) == ["x"]:
+                return arrays["x"]
+            return arrays  # the model names what is missing or extra
+        if len(tensors) == 1:
+            return _read_one(path, manifest, tensors[0])
+        raise DataError(
+            f"--input {path}: the model takes {len(tensors)} inputs ({', '.join(names)}); pass "
+            "--input NAME=FILE.npy for each, or one .npz with an array per input name"
+        )
+    feed = {}
+    for value in values:
+        name, _, file = value.partition("=")
+        if not file or name not in names:
+            raise DataError(f"--input {value}: give NAME=FILE, with NAME one of {', '.join(names)}")
+        feed[name] = _read_one(Path(file), manifest, tensors[names.index(name)])
+    return feed
+
+
+def _read_one(path: Path, manifest: Any, tensor: Any) -> np.ndarray:
     from edgekit.runtime.preprocess import IMAGE_SUFFIXES, load_image
 
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return load_image(path, manifest, tensor)
-    return load_dataset(path, "input").x
+    return _read(path).samples.only
+
+
+def _read(path: Path) -> Dataset:
+    data = load_dataset(path, "input")
+    if path.suffix == ".npz" and data.y is not None:
+        raise DataError(f"input {path}: holds labels y; pass only the model's inputs")
+    return data
 
 
 def feature_spread_warning(x: np.ndarray, where: str) -> str | None:

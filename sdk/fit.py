@@ -17,13 +17,15 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from edgekit.convert import ConvertOptions, ConvertResult, Inputs, build, max_accuracy_drop, write
+from edgekit.convert.plan import primary_output
 from edgekit.converters import Converter
 from edgekit.converters.source import detect_kind, load_source
-from edgekit.data import Dataset, load_dataset
+from edgekit.data import Dataset, check_dataset, load_dataset
 from edgekit.errors import BudgetError, DataError, EdgekitError
 from edgekit.measure import top1
 from edgekit.profiles import DeviceProfile
 from edgekit.report import Reporter, SilentReporter
+from edgekit.samples import run_samples
 
 
 class FitCandidate(BaseModel):
@@ -138,7 +140,8 @@ def _layer_snr(options: FitOptions, data: Inputs, formats: tuple[str, ...]) -> t
         return ()
     try:
         with load_source(options.model, None, data.kind) as source:
-            return tuple(TFLiteConverter().layer_errors(source, data.calibration.x))
+            calibration, _ = check_dataset(data.calibration, source.inputs, "calibration", force=True)
+            return tuple(TFLiteConverter().layer_errors(source, calibration.samples))
     except EdgekitError:
         return ()
 
@@ -155,7 +158,10 @@ def _convert_options(options: FitOptions, precision: str, fmt: str, ratio: float
 def _baseline_top1(model: Path, kind: str, evaluation: Dataset) -> float:
     assert evaluation.y is not None
     with load_source(model, None, kind) as source:
-        return top1(source.predict(evaluation.x), evaluation.y)
+        checked, _ = check_dataset(evaluation, source.inputs, "evaluation", force=True)
+        outputs = run_samples(source.predict, checked.samples, lambda n: None)
+        primary = primary_output(source, None, required=True)
+        return top1(outputs[[o.name for o in source.outputs].index(primary or "")], evaluation.y)
 
 
 def _measure(

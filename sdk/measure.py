@@ -8,32 +8,19 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from edgekit.errors import ConversionError
-from edgekit.runtime.backends import Backend
+from edgekit.runtime.backends import Backend, zeros_feed
 
 EVAL_BATCH = 256
 
 
-def run_batched(
-    predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, advance: Callable[[int], None]
-) -> np.ndarray:
-    parts = []
-    for start in range(0, len(x), EVAL_BATCH):
-        chunk = x[start : start + EVAL_BATCH]
-        parts.append(np.asarray(predict(chunk), dtype=np.float32))
-        advance(len(chunk))
-    return np.concatenate(parts)
-
-
 def host_latency_ms(backend: Backend, budget_s: float = 0.5, max_runs: int = 200) -> float:
     """Median batch-1 latency after a warm-up, within a small time budget."""
-    info = backend.inputs[0]
-    sample = np.zeros(tuple(1 if d is None else d for d in info.shape), dtype=np.float32)
+    sample = zeros_feed(backend.inputs)
     for _ in range(3):
         backend.run(sample)
     timings: list[float] = []
@@ -68,10 +55,8 @@ def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(scores.argmax(axis=1) == labels) * 100)
 
 
-def compare_outputs(
-    float_out: np.ndarray, artifact_out: np.ndarray, labels: np.ndarray | None
-) -> dict[str, Any]:
-    """Top-1 accuracy of both (with labels) or agreement, plus cosine and max abs error."""
+def similarity(float_out: np.ndarray, artifact_out: np.ndarray) -> dict[str, float]:
+    """Per-sample top-1 agreement (%), mean cosine and max abs error of two outputs."""
     f = float_out.reshape(len(float_out), -1).astype(np.float64)
     a = artifact_out.reshape(len(artifact_out), -1).astype(np.float64)
     agreement = float(np.mean(f.argmax(axis=1) == a.argmax(axis=1)) * 100)
@@ -79,15 +64,36 @@ def compare_outputs(
     both_zero = (norms == 0) & ~f.any(axis=1) & ~a.any(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_sample = np.where(both_zero, 1.0, np.sum(f * a, axis=1) / norms)
-    cosine = float(np.mean(np.nan_to_num(per_sample, nan=0.0)))
-    result: dict[str, Any] = {
+    return {
         "agreement": agreement,
-        "cosine": cosine,
-        "max_abs_error": float(np.max(np.abs(f - a))),
+        "cosine": float(np.mean(np.nan_to_num(per_sample, nan=0.0))),
+        "max_abs_error": float(np.max(np.abs(f - a))) if f.size else 0.0,
     }
+
+
+def compare_outputs(
+    float_out: np.ndarray, artifact_out: np.ndarray, labels: np.ndarray | None
+) -> dict[str, Any]:
+    """Top-1 accuracy of both (with labels) or agreement, plus cosine and max abs error."""
+    result: dict[str, Any] = similarity(float_out, artifact_out)
     if labels is None:
-        result.update(metric="agreement", float_model=100.0, artifact=agreement)
+        result.update(metric="agreement", float_model=100.0, artifact=result["agreement"])
     else:
-        result.update(metric="top1", float_model=top1(f, labels), artifact=top1(a, labels))
+        result.update(metric="top1", float_model=top1(float_out, labels), artifact=top1(artifact_out, labels))
     result["drop"] = result["float_model"] - result["artifact"]
+    return result
+
+
+def compare_all(
+    float_outs: dict[str, np.ndarray],
+    artifact_outs: dict[str, np.ndarray],
+    primary: str,
+    labels: np.ndarray | None,
+) -> dict[str, Any]:
+    """``compare_outputs`` on the ``primary`` output; with several outputs, every output's
+    similarity under ``outputs``."""
+    result = compare_outputs(float_outs[primary], artifact_outs[primary], labels)
+    result["output"] = primary
+    if len(float_outs) > 1:
+        result["outputs"] = {name: similarity(out, artifact_outs[name]) for name, out in float_outs.items()}
     return result

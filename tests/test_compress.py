@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import digits
+from helpers import run_one
 
 from edgekit import compress
 from edgekit.compress import PruningError, nonzero_parameters, parameter_count
@@ -183,7 +184,7 @@ def test_tflite_debugger_finds_the_int8_sensitive_layer_and_float_restores_accur
         ranked = converter.rank_sensitive_nodes(source, None, calibration, settings)  # type: ignore[arg-type]
         plain = converter.convert(source, "int8", calibration, lambda n: None, settings)
     assert "outlier" in ranked[0][0] and "restore" in ranked[0][1]  # the debugger names them first
-    outputs = TFLiteBackend(plain.content).run(data["x_eval"])[0]
+    outputs = run_one(TFLiteBackend(plain.content), data["x_eval"])
     assert (outputs.argmax(axis=1) == data["y_eval"]).mean() < 0.8  # int8 everywhere breaks it
 
     def run(**options: Any) -> Any:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 from click.testing import CliRunner
+from helpers import run_one
 
 from edgekit.bundle import read_bundle
 from edgekit.cli import main
@@ -92,7 +93,7 @@ def test_int8_accuracy_within_one_point_of_float(
     x, y = digits_eval
     float_top1 = np.mean(keras.models.load_model(digits_files["model"]).predict(x, verbose=0).argmax(1) == y)
     backend = TFLiteBackend(_artifact(converted("int8")))
-    int8_top1 = np.mean(backend.run(x)[0].argmax(1) == y)
+    int8_top1 = np.mean(run_one(backend, x).argmax(1) == y)
     assert float_top1 > 0.9
     assert abs(float_top1 - int8_top1) * 100 <= 1.0
     accuracy = converted("int8").manifest.artifacts[0].metrics.accuracy
@@ -220,12 +221,12 @@ def test_h5_and_saved_model_inputs_convert_to_the_same_function(
     digits_eval: tuple[np.ndarray, np.ndarray],
 ) -> None:  # fmt: skip
     x, _ = digits_eval
-    reference = TFLiteBackend(_artifact(converted("fp32"))).run(x)[0]
+    reference = run_one(TFLiteBackend(_artifact(converted("fp32"))), x)
     for source in (digits_h5, digits_saved_model):
         result = convert(ConvertOptions(model=source, profile=load_profile("generic-arm64"),
                                         output=tmp_path / f"{source.name}.ekb", precision="fp32"))  # fmt: skip
         assert result.manifest.source.kind == ("h5" if source == digits_h5 else "saved_model")
-        np.testing.assert_allclose(TFLiteBackend(_artifact(result)).run(x)[0], reference, atol=1e-5)
+        np.testing.assert_allclose(run_one(TFLiteBackend(_artifact(result)), x), reference, atol=1e-5)
 
 
 def _bad_inputs(digits_files: dict[str, Path], tmp_path: Path) -> dict[str, tuple[list[str], str]]:

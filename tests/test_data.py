@@ -20,7 +20,7 @@ def _npz(tmp_path: Path, **arrays: np.ndarray) -> Path:
 
 def _check(tmp_path: Path, x: np.ndarray, y: np.ndarray | None = None, force: bool = False):  # type: ignore[no-untyped-def]
     arrays = {"x": x} if y is None else {"x": x, "y": y}
-    return check_dataset(load_dataset(_npz(tmp_path, **arrays), "calibration"), SPEC, "calibration", force)
+    return check_dataset(load_dataset(_npz(tmp_path, **arrays), "calibration"), [SPEC], "calibration", force)
 
 
 def test_good_data_is_cast_to_the_input_dtype(tmp_path: Path) -> None:
@@ -66,7 +66,8 @@ def test_bad_files_and_arrays(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file"):
         load_dataset(tmp_path / "missing.npz", "calibration")
     with pytest.raises(DataError, match="no array 'x' \\(found images\\)"):
-        load_dataset(_npz(tmp_path, images=np.zeros(3)), "calibration")
+        data = load_dataset(_npz(tmp_path, images=np.zeros(3)), "calibration")
+        check_dataset(data, [SPEC], "calibration")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable numpy file"):
@@ -102,3 +103,40 @@ def test_feature_ranges_far_apart_are_warned_about_before_int8() -> None:
     assert feature_spread_warning(images, "calibration data c.npz") is None
     rgb = np.random.default_rng(0).uniform(0, 255, (50, 8, 8, 3)).astype(np.float32)
     assert feature_spread_warning(rgb, "calibration data c.npz") is None
+
+
+IDS = TensorSpec("ids", (None, 6), "int64")
+MASK = TensorSpec("mask", (None, 6), "bool")
+STATE = TensorSpec("state", (2, None, 4), "float32")
+RATE = TensorSpec("sr", (), "int64")
+
+
+def _named(tmp_path: Path, specs: list[TensorSpec], **arrays: np.ndarray):  # type: ignore[no-untyped-def]
+    return check_dataset(load_dataset(_npz(tmp_path, **arrays), "calibration"), specs, "calibration")
+
+
+def test_one_array_per_input_name_batched_or_one_call_per_entry(tmp_path: Path) -> None:
+    ids = np.arange(120 * 6).reshape(120, 6) % 50
+    data, _ = _named(tmp_path, [IDS, MASK], ids=ids.astype(np.int32), mask=ids > 3)
+    assert data.samples.arrays["ids"].dtype == np.int64 and data.samples.per_call == frozenset()
+    feed, count = next(data.samples.batches(32))
+    assert count == 32 and feed["ids"].shape == (32, 6) and feed["mask"].dtype == bool
+    # A state whose batch axis is second and a scalar: rank + 1, so arr[i] is one call's value.
+    data, _ = _named(tmp_path, [STATE, RATE], state=np.zeros((120, 2, 1, 4)), sr=np.full(120, 16000))
+    assert data.samples.per_call == {"state", "sr"}
+    feed, count = next(data.samples.batches(32))
+    assert count == 1 and feed["state"].shape == (2, 1, 4) and feed["sr"].shape == ()
+
+
+def test_multi_input_data_errors_name_the_input(tmp_path: Path) -> None:
+    ids = np.zeros((20, 6), np.int64)
+    with pytest.raises(DataError, match="no array for input 'mask' \\(the model takes 'ids', 'mask'; found ids\\)"):
+        _named(tmp_path, [IDS, MASK], ids=ids)
+    with pytest.raises(DataError, match="array 'extra' is not a model input \\(inputs: ids, mask\\)"):
+        _named(tmp_path, [IDS, MASK], ids=ids, mask=ids > 0, extra=ids)
+    with pytest.raises(DataError, match="different sample counts \\('ids' 20, 'mask' 19\\)"):
+        _named(tmp_path, [IDS, MASK], ids=ids, mask=ids[:19] > 0)
+    with pytest.raises(ShapeError, match="input 'ids' has dtype float32; the model takes int64 values"):
+        _named(tmp_path, [IDS, MASK], ids=ids.astype(np.float32), mask=ids > 0)
+    with pytest.raises(ShapeError, match="input 'state' has shape \\(20, 2, 1, 5\\)"):
+        _named(tmp_path, [STATE, RATE], state=np.zeros((20, 2, 1, 5)), sr=np.full(20, 16000))

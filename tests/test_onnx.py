@@ -134,7 +134,7 @@ def test_dynamic_dims_are_fixed_from_the_calibration_data(tmp_path: Path) -> Non
     path = onnx_graphs.save(onnx_graphs.conv_classifier(opset=13, spatial=("h", "w")), tmp_path / "dyn.onnx")
     result, reporter = _convert_onnx(path, tmp_path, (3, 12, 12), precision="int8")
     assert any(
-        "fixed the input's dynamic dims from the calibration data: (3, 12, 12)" in n for n in reporter.notes
+        "fixed the dynamic dims of input 'image' from the calibration data: (3, 12, 12)" in n for n in reporter.notes
     )
     assert result.manifest.artifacts[0].inputs[0].shape == (None, 3, 12, 12)  # batch stays dynamic
     assert _agreement(result) >= 95
@@ -145,7 +145,7 @@ def test_dims_sharing_one_symbolic_name_are_fixed_by_position(tmp_path: Path) ->
     path = onnx_graphs.save(onnx_graphs.conv_classifier(opset=11, spatial=("?", "?")), tmp_path / "ocr.onnx")
     result, reporter = _convert_onnx(path, tmp_path, (3, 6, 24), precision="int8")
     assert any(
-        "fixed the input's dynamic dims from the calibration data: (3, 6, 24)" in n for n in reporter.notes
+        "fixed the dynamic dims of input 'image' from the calibration data: (3, 6, 24)" in n for n in reporter.notes
     )
     assert result.manifest.artifacts[0].inputs[0].shape == (None, 3, 6, 24)
     assert _agreement(result) >= 95

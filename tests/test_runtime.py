@@ -172,7 +172,8 @@ def test_bad_inputs_are_clear_and_leave_the_model_usable(converted, digits_eval)
         ),
         (x[:, :4], f"input '{name}' takes (batch, 8, 8, 1), got shape (450, 4, 8, 1)"),
         (np.array([["a"]]), "takes numbers (batch, 8, 8, 1), got dtype <U1"),
-        ({"image": x}, f"the model takes one input named '{name}', got ['image']"),
+        ({"pixels": x}, f"'pixels' is not an input of this model; it takes {name}"),
+        ({}, f"input '{name}' is missing; the model takes {name}"),
         (x[:0], "is an empty batch"),
     ]
     for bad, message in cases:
@@ -344,18 +345,18 @@ def test_run_takes_an_image_when_the_bundle_defines_preprocessing(
 def test_threads_default_from_the_profile_and_warmup_runs_at_load(
     onnx_converted, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    calls: list[tuple[int, ...]] = []
+    calls: list[dict[str, tuple[int, ...]]] = []
     original = ONNXBackend.run
 
-    def spy(self, x):  # type: ignore[no-untyped-def]
-        calls.append(x.shape)
-        return original(self, x)
+    def spy(self, feed):  # type: ignore[no-untyped-def]
+        calls.append({name: x.shape for name, x in feed.items()})
+        return original(self, feed)
 
     monkeypatch.setattr(ONNXBackend, "run", spy)
     path = onnx_converted("fp32").output  # x86-gateway: threads = 4, capped at this machine's cores
     calls.clear()  # the conversion itself may just have run the backend
     model = Model.load(path, warmup=True)
-    assert calls == [(1, 8, 8, 1)]
+    assert calls == [{"image": (1, 8, 8, 1)}]
     import os
 
     assert model.info.threads == min(4, os.cpu_count() or 1)

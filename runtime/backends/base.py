@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from edgekit.errors import RuntimeBackendError
+from edgekit.samples import Feed
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,23 @@ class Backend(ABC):
         return self._engine
 
     @abstractmethod
-    def bare_call(self, x: np.ndarray) -> Callable[[], object]:
-        """A closure that feeds ``x`` to the engine directly, for overhead measurements."""
+    def bare_call(self, feed: Feed) -> Callable[[], object]:
+        """A closure that feeds ``feed`` to the engine directly, for overhead measurements."""
 
     @abstractmethod
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        """Run a float batch through the single-input model; return float outputs."""
+    def run(self, feed: Feed) -> list[np.ndarray]:
+        """Run one call (every input by name, float inputs as float); return the outputs in
+        ``outputs`` order, float outputs as float32."""
+
+
+def zeros_feed(inputs: tuple[TensorInfo, ...]) -> Feed:
+    """A batch-1 call of zeros in each input's own dtype (float for quantized inputs)."""
+    return {
+        info.name: np.zeros(
+            tuple(1 if d is None else d for d in info.shape), "float32" if info.quantized else info.dtype
+        )
+        for info in inputs
+    }
 
 
 def backend_for(fmt: str) -> type[Backend]:

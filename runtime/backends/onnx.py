@@ -17,6 +17,7 @@ import numpy as np
 from edgekit.errors import MissingDependencyError, RuntimeBackendError
 from edgekit.formats import TENSORRT_FP16, TENSORRT_INT8
 from edgekit.runtime.backends.base import Backend, TensorInfo
+from edgekit.samples import Feed
 
 _ONNX_DTYPES = {
     "tensor(float)": "float32",
@@ -149,10 +150,6 @@ class ONNXBackend(Backend):
         self._engine = f"onnxruntime {ort.__version__} ({self.provider})"
         self._inputs = tuple(_tensor_info(t) for t in self._session.get_inputs())
         self._outputs = tuple(_tensor_info(t) for t in self._session.get_outputs())
-        if len(self._inputs) != 1:
-            raise RuntimeBackendError(
-                f"the model has {len(self._inputs)} inputs; this runtime runs single-input models"
-            )
 
     def _open(
         self,
@@ -227,14 +224,15 @@ class ONNXBackend(Backend):
         self.engine_cache = "built"
         return key, engine
 
-    def bare_call(self, x: np.ndarray) -> Callable[[], object]:
-        feed = {self._inputs[0].name: x}
+    def bare_call(self, feed: Feed) -> Callable[[], object]:
         return lambda: self._session.run(None, feed)
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        info = self._inputs[0]
-        feed = {info.name: x.astype(info.dtype, copy=False)}
-        return [np.asarray(out, dtype=np.float32) for out in self._session.run(None, feed)]
+    def run(self, feed: Feed) -> list[np.ndarray]:
+        typed = {info.name: np.asarray(feed[info.name], dtype=info.dtype) for info in self._inputs}
+        return [
+            out.astype(np.float32) if out.dtype.kind == "f" and out.dtype != np.float32 else out
+            for out in self._session.run(None, typed)
+        ]
 
 
 def _tensor_info(arg: Any) -> TensorInfo:

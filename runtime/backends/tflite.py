@@ -17,6 +17,7 @@ import numpy as np
 
 from edgekit.errors import MissingDependencyError, RuntimeBackendError
 from edgekit.runtime.backends.base import Backend, TensorInfo, dequantize, quantize
+from edgekit.samples import Feed
 
 # Best first. tensorflow.lite is last because importing it loads all of TensorFlow.
 _INTERPRETER_MODULES = (
@@ -62,30 +63,28 @@ class TFLiteBackend(Backend):
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise RuntimeBackendError(_describe_load_failure(exc)) from exc
+        names = _signature_names(self._interpreter)
         details = self._interpreter.get_input_details()
-        if len(details) != 1:
-            raise RuntimeBackendError(
-                f"the model has {len(details)} inputs; this runtime runs single-input models"
-            )
-        self._input_index = details[0]["index"]
-        self._inputs = tuple(_tensor_info(d) for d in details)
-        self._outputs = tuple(_tensor_info(d) for d in self._interpreter.get_output_details())
+        self._inputs = tuple(_tensor_info(d, names) for d in details)
+        self._outputs = tuple(_tensor_info(d, names) for d in self._interpreter.get_output_details())
+        self._index = {info.name: d["index"] for info, d in zip(self._inputs, details, strict=True)}
+        self._shapes = {
+            info.name: tuple(int(n) for n in d["shape"])
+            for info, d in zip(self._inputs, details, strict=True)
+        }
         self._output_indices = [d["index"] for d in self._interpreter.get_output_details()]
-        self._batch = int(details[0]["shape"][0]) if len(details[0]["shape"]) else 0
 
-    def bare_call(self, x: np.ndarray) -> Callable[[], object]:
-        interpreter, index = self._interpreter, self._input_index
-        info, outputs = self._inputs[0], self._interpreter.get_output_details()
-        if list(interpreter.get_input_details()[0]["shape"]) != list(x.shape):
-            interpreter.resize_tensor_input(index, list(x.shape))
-            interpreter.allocate_tensors()
-            self._batch = x.shape[0]
+    def bare_call(self, feed: Feed) -> Callable[[], object]:
+        interpreter = self._interpreter
+        self._resize(feed)
+        inputs = [(self._index[info.name], info, feed[info.name]) for info in self._inputs]
+        outputs = interpreter.get_output_details()
 
         def call() -> list[np.ndarray]:
-            feed = x
-            if info.quantized:  # what a bare user writes to feed floats to an int8 model
-                feed = np.clip(np.round(x / info.scale) + info.zero_point, -128, 127).astype(np.int8)
-            interpreter.set_tensor(index, feed)
+            for index, info, x in inputs:
+                if info.quantized:  # what a bare user writes to feed floats to an int8 model
+                    x = np.clip(np.round(x / info.scale) + info.zero_point, -128, 127).astype(np.int8)
+                interpreter.set_tensor(index, x)
             interpreter.invoke()
             values = [interpreter.get_tensor(o["index"]) for o in outputs]
             return [(v.astype(np.float32) - o["quantization"][1]) * o["quantization"][0]
@@ -96,24 +95,40 @@ class TFLiteBackend(Backend):
     def tensor_dtypes(self) -> set[str]:
         return {np.dtype(t["dtype"]).name for t in self._interpreter.get_tensor_details()}
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        info = self._inputs[0]
+    def run(self, feed: Feed) -> list[np.ndarray]:
         with self._lock:
-            if info.shape and info.shape[0] is None:
-                return self._run_batch(x)
-            # A fixed batch size: feed one batch of that size at a time.
-            step = info.shape[0] or 1
-            parts = [self._run_batch(x[i : i + step]) for i in range(0, len(x), step)]
+            split, count = self._split(feed)
+            if not split:
+                return self._invoke(feed)
+            # A fixed batch size (1): feed one sample of every batched input at a time.
+            parts = [self._invoke({**feed, **{n: feed[n][i : i + 1] for n in split}}) for i in range(count)]
         return [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
 
-    def _run_batch(self, x: np.ndarray) -> list[np.ndarray]:
-        info = self._inputs[0]
-        if info.shape and info.shape[0] is None and x.shape[0] != self._batch:
-            self._interpreter.resize_tensor_input(self._input_index, list(x.shape))
+    def _split(self, feed: Feed) -> tuple[list[str], int]:
+        """The inputs with a fixed batch of 1 that ``feed`` gives a larger batch, and that batch."""
+        split = [
+            info.name for info in self._inputs
+            if info.shape and info.shape[0] == 1 and np.ndim(feed[info.name]) and len(feed[info.name]) > 1
+        ]  # fmt: skip
+        return split, (len(feed[split[0]]) if split else 0)
+
+    def _resize(self, feed: Feed) -> None:
+        changed = False
+        for info in self._inputs:
+            shape = tuple(np.shape(feed[info.name]))
+            if shape != self._shapes[info.name]:
+                self._interpreter.resize_tensor_input(self._index[info.name], list(shape))
+                self._shapes[info.name] = shape
+                changed = True
+        if changed:
             self._interpreter.allocate_tensors()
-            self._batch = x.shape[0]
-        feed = quantize(x, info) if info.quantized else x.astype(info.dtype, copy=False)
-        self._interpreter.set_tensor(self._input_index, feed)
+
+    def _invoke(self, feed: Feed) -> list[np.ndarray]:
+        self._resize(feed)
+        for info in self._inputs:
+            x = feed[info.name]
+            value = quantize(x, info) if info.quantized else np.asarray(x, dtype=info.dtype)
+            self._interpreter.set_tensor(self._index[info.name], value)
         self._interpreter.invoke()
         results = []
         for index, out in zip(self._output_indices, self._outputs, strict=True):
@@ -122,13 +137,24 @@ class TFLiteBackend(Backend):
         return results
 
 
-def _tensor_info(detail: dict[str, Any]) -> TensorInfo:
+def _signature_names(interpreter: Any) -> dict[int, str]:
+    """Tensor index to the name the model's signature gives it; {} without a signature.
+    A SavedModel's TFLite tensors are called ``serving_default_ids:0``; its signature says ``ids``."""
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        return {}
+    runner = interpreter.get_signature_runner(next(iter(signatures)))
+    details = {**runner.get_input_details(), **runner.get_output_details()}
+    return {int(detail["index"]): name for name, detail in details.items()}
+
+
+def _tensor_info(detail: dict[str, Any], names: dict[int, str]) -> TensorInfo:
     signature = detail.get("shape_signature")
     dims = signature if signature is not None and len(signature) else detail["shape"]
     scale, zero_point = detail["quantization"]
     quantized = scale != 0.0 and np.issubdtype(detail["dtype"], np.integer)
     return TensorInfo(
-        name=detail["name"],
+        name=names.get(int(detail["index"]), detail["name"]),
         shape=tuple(None if d < 0 else int(d) for d in dims),
         dtype=np.dtype(detail["dtype"]).name,
         scale=float(scale) if quantized else None,

@@ -101,4 +101,3 @@ class TelemetryConfig(BaseModel):
             self.broker, ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key,
             username=self.username, password=self.password,
         )  # fmt: skip
-

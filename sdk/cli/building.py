@@ -11,6 +11,7 @@ from rich.console import Console
 from edgekit.cli.common import debug, print_json, ui_console
 from edgekit.cli.options import (
     ShapeType,
+    StatePairType,
     calibration_option,
     evaluation_option,
     format_option,
@@ -79,6 +80,31 @@ _conversion_options = together(
         default=None,
         help="Fix an ONNX model's dynamic input dims, e.g. 1,3,224,224 (N keeps a dim dynamic). "
         "Default: from the calibration data.",
+    ),
+)
+
+_output_options = together(
+    click.option(
+        "--eval-output",
+        default=None,
+        metavar="NAME",
+        help="Several outputs: the one --eval measures top-1 (labels) or agreement on; every output's "
+        "cosine is reported. Default: the only output shaped (batch, classes).",
+    ),
+    click.option(
+        "--telemetry-output",
+        default=None,
+        metavar="NAME",
+        help="Several outputs: the one telemetry reports classes and confidence of (a detector's "
+        "scores). Default: as --eval-output.",
+    ),
+    click.option(
+        "--state",
+        type=StatePairType(),
+        multiple=True,
+        metavar="OUTPUT:INPUT",
+        help="A streaming model's recurrent state: OUTPUT is fed back to INPUT at the next step "
+        "(repeatable). Default: found from names (state/stateN, h/h_out, new_h).",
     ),
 )
 
@@ -162,6 +188,7 @@ _identity_options = together(
     required=False, help="Held-out .npz with x and labels y (top-1 accuracy) or x alone (agreement)."
 )
 @_conversion_options
+@_output_options
 @report_option
 @_pruning_options
 @_override_options
@@ -185,6 +212,7 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
           --calibration calib.npz --eval eval.npz -o digits.ekb
       edgekit convert model.keras --target jetson-orin-nano --calibration calib.npz -o m.ekb
       edgekit convert model.onnx --target x86-gateway --calibration calib.npz --eval eval.npz
+      edgekit convert vad.onnx --target x86-gateway --state stateN:state -o vad.ekb
       edgekit convert model.keras --target raspberry-pi-4 --prune 0.5 --train-data train.npz \\
           --calibration calib.npz --eval eval.npz -o small.ekb
     """

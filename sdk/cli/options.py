@@ -53,6 +53,20 @@ class ShapeType(click.ParamType):
         return tuple(dims)
 
 
+class StatePairType(click.ParamType):
+    """``--state``: OUTPUT:INPUT, the output fed back to the input at the next step."""
+
+    name = "output:input"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        output, _, name = str(value).partition(":")
+        if not output or not name:
+            self.fail(f"'{value}' is not OUTPUT:INPUT, e.g. stateN:state", param, ctx)
+        return output, name
+
+
 def together(*decorators: Decorator) -> Decorator:
     """Several options as one decorator, listed in ``--help`` in the order given."""
 

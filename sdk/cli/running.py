@@ -42,10 +42,12 @@ _telemetry_options = together(
 @click.option(
     "--input",
     "-i",
-    "input_path",
-    type=click.Path(path_type=Path),
+    "input_values",
+    metavar="[NAME=]FILE",
+    multiple=True,
     required=True,
-    help="Input batch: .npy, or .npz with array x.",
+    help="The input batch: an image, .npy, or .npz with array x. Several inputs: NAME=FILE.npy "
+    "once per input, or one .npz with an array per input name.",
 )
 @click.option(
     "--top-k",
@@ -60,22 +62,28 @@ _telemetry_options = together(
 @json_option
 @click.pass_context
 def run(
-    ctx: click.Context, bundle: Path, input_path: Path, top_k: int | None, as_json: bool, **fields: Any
+    ctx: click.Context,
+    bundle: Path,
+    input_values: tuple[str, ...],
+    top_k: int | None,
+    as_json: bool,
+    **fields: Any,
 ) -> None:
-    """Run a bundle on an input batch and print the outputs or the top-k labels.
+    """Run a bundle on an input batch and print every output, or the top-k labels.
 
     \b
     Examples:
       edgekit run digits.ekb --input sample.npy --top-k 3
       edgekit run digits.ekb --input meter-digit.png --top-k 1
+      edgekit run detector.ekb --input image=frame.npy --input meta=meta.npy
       edgekit run digits --input x.npy --telemetry mqtt://gateway:1883 --fleet factory-7
     """
     from edgekit import views
-    from edgekit.data import load_input
+    from edgekit.data import load_inputs
 
     telemetry = _telemetry(fields.pop("telemetry_url"), fields.pop("fleet"), fields.pop("telemetry_config"))
     model = load_model(ctx, bundle, telemetry=telemetry, **_model_options(fields))
-    outputs = model.predict(load_input(input_path, model.manifest, model.info.inputs[0]))
+    outputs = model.predict(load_inputs(input_values, model.manifest, model.info.inputs))
     result = views.run_result(model, outputs, top_k)
     model.close()
     if telemetry is not None:

@@ -23,10 +23,11 @@ from edgekit.convert.options import ConvertOptions, ConvertResult
 from edgekit.convert.plan import Inputs, check_data, plan
 from edgekit.convert.prune import prune_source
 from edgekit.convert.select import select
+from edgekit.convert.state import state_pairs
 from edgekit.converters import ConversionSettings
 from edgekit.converters.source import detect_kind, load_source
-from edgekit.measure import run_batched
 from edgekit.report import Reporter, SilentReporter
+from edgekit.samples import run_samples
 from edgekit.signing import load_signing_key, signature_entry
 
 __all__ = [
@@ -83,6 +84,7 @@ def _build(
 ) -> ConvertResult:
     with load_source(options.model, options.input_shape, inputs.kind) as source:
         inputs, warnings = check_data(source, inputs, options)
+        state = state_pairs(source, options.state, reporter)
         for message in warnings:  # what the data checks found, before any conversion starts
             reporter.warn(message)
         checked = len(warnings)
@@ -97,9 +99,12 @@ def _build(
         float_out = None
         if evaluation is not None:
             with reporter.progress("Evaluating float model", len(evaluation)) as advance:
-                float_out = run_batched(source.predict, evaluation.x, advance)
+                outs = run_samples(source.predict, evaluation.samples, advance)
+            float_out = {spec.name: out for spec, out in zip(source.outputs, outs, strict=True)}
         settings = ConversionSettings(options.profile, options.calibration_method, options.keep_float)
-        job = Job(options, source, settings, inputs.calibration, evaluation, float_out, reporter)
+        job = Job(
+            options, source, settings, inputs.calibration, evaluation, float_out, inputs.primary, reporter
+        )
         chosen, tried = [], []
         for converter, precisions in plans:
             best, candidates = select(job, converter, precisions)
@@ -107,14 +112,15 @@ def _build(
             tried += candidates
         for message in warnings[checked:]:
             reporter.warn(message)
+        primary = options.telemetry_output or inputs.primary
         if inputs.calibration is not None:
-            drift_baseline = reference(source, inputs.calibration, reporter)
+            drift_baseline = reference(source, inputs.calibration, primary, reporter)
         else:  # the float model's outputs on the evaluation data are at hand already
-            drift_baseline = reference(source, evaluation, reporter, float_out)
-        extra = {"reference": drift_baseline, **extra}
+            drift_baseline = reference(source, evaluation, primary, reporter, float_out)
+        extra = {"reference": drift_baseline, "primary_output": primary, "state": state, **extra}
         converters = [converter for converter, _ in plans]
         manifest = build_manifest(
-            options, source, converters, chosen, inputs.calibration, inputs.labels, extra
+            options, source, converters, chosen, (inputs.calibration, inputs.evaluation), inputs.labels, extra
         )
     contents = {c.entry.path: c.content for c in chosen}
     return ConvertResult(options.output, manifest, tuple(tried), tuple(warnings), contents)

@@ -14,10 +14,11 @@ from edgekit.converters import Artifact, ConversionSettings, Converter
 from edgekit.converters.source import SourceModel
 from edgekit.data import Dataset
 from edgekit.errors import ConversionError
-from edgekit.measure import compare_outputs, host_latency_ms, peak_memory_bytes, run_batched
+from edgekit.measure import compare_all, host_latency_ms, peak_memory_bytes
 from edgekit.profiles import DEFAULT_MAX_ACCURACY_DROP, DeviceProfile
 from edgekit.report import Reporter
 from edgekit.runtime.backends import Backend, TensorInfo, backend_for
+from edgekit.samples import run_samples
 
 MB = 1024 * 1024
 MAX_FALLBACK_ROUNDS = 6
@@ -47,7 +48,10 @@ class Job:
     settings: ConversionSettings
     calibration: Dataset | None
     evaluation: Dataset | None
-    float_out: np.ndarray | None
+    float_out: dict[str, np.ndarray] | None
+    """The float model's outputs on the evaluation data, by output name."""
+    primary: str | None
+    """The output the gate's top-1 or agreement is measured on (``--eval-output``)."""
     reporter: Reporter
 
 
@@ -68,10 +72,12 @@ def build_candidate(job: Job, converter: Converter, precision: str) -> Candidate
 
 
 def _convert(job: Job, converter: Converter, precision: str, settings: ConversionSettings) -> Artifact:
-    calib_x = job.calibration.x if job.calibration is not None else None
-    total = len(calib_x) if calib_x is not None and precision in converter.calibrated_precisions else 0
+    calibration = job.calibration.samples if job.calibration is not None else None
+    total = (
+        len(calibration) if calibration is not None and precision in converter.calibrated_precisions else 0
+    )
     with job.reporter.progress(f"Converting to {converter.format} {precision}", total) as advance:
-        artifact = converter.convert(job.source, precision, calib_x, advance, settings)
+        artifact = converter.convert(job.source, precision, calibration, advance, settings)
     for note in artifact.notes:
         job.reporter.note(note)
     return artifact
@@ -86,7 +92,7 @@ def _keep_sensitive_nodes_in_float(
     kept: list[str] = []
     step = 1
     for _ in range(MAX_FALLBACK_ROUNDS):
-        groups = converter.rank_sensitive_nodes(job.source, artifact, job.calibration.x, job.settings)
+        groups = converter.rank_sensitive_nodes(job.source, artifact, job.calibration.samples, job.settings)
         fresh_groups = [g for g in groups if any(node not in kept for node in g)][:step]
         fresh = list(dict.fromkeys(n for g in fresh_groups for n in g if n not in kept))
         if not fresh:
@@ -146,13 +152,25 @@ def _measure(job: Job, artifact: Artifact) -> Candidate:
 
 def _evaluate(job: Job, artifact: Artifact, backend: Backend) -> tuple[Accuracy | None, str | None]:
     """The artifact against the float model on the evaluation data, and the gate's verdict."""
-    if job.evaluation is None or job.float_out is None:
+    if job.evaluation is None or job.float_out is None or job.primary is None:
         return None, None
     title = f"Evaluating {artifact.format} {artifact.precision}"
     with job.reporter.progress(title, len(job.evaluation)) as advance:
-        artifact_out = run_batched(lambda x: backend.run(x)[0], job.evaluation.x, advance)
-    result = compare_outputs(job.float_out, artifact_out, job.evaluation.y)
+        outs = run_samples(backend.run, job.evaluation.samples, advance)
+    result = compare_all(
+        job.float_out, _by_name(backend, outs, list(job.float_out)), job.primary, job.evaluation.y
+    )
     return gate(result, len(job.evaluation), job.options)
+
+
+def _by_name(backend: Backend, outs: list[np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """The artifact's outputs by the source model's output names."""
+    named = {info.name: out for info, out in zip(backend.outputs, outs, strict=True)}
+    if set(names) <= set(named):
+        return named
+    if len(outs) == len(names):  # an engine that renamed the outputs kept their order
+        return dict(zip(names, outs, strict=True))
+    raise ConversionError(f"the artifact has outputs {sorted(named)}, the source model {names}")
 
 
 def gate(result: dict, samples: int, options: ConvertOptions) -> tuple[Accuracy, str | None]:
@@ -160,6 +178,8 @@ def gate(result: dict, samples: int, options: ConvertOptions) -> tuple[Accuracy,
     problem = None
     if result["drop"] > max_drop:
         what = "top-1 accuracy" if result["metric"] == "top1" else "top-1 agreement with float"
+        if result.get("outputs"):
+            what += f" of output '{result['output']}'"
         problem = (
             f"{what} {result['artifact']:.2f}% vs float {result['float_model']:.2f}%: "
             f"drop {result['drop']:.2f} pp > allowed {max_drop:.2f} pp"

@@ -17,9 +17,9 @@ from edgekit.convert.options import ConvertOptions
 from edgekit.converters import Converter
 from edgekit.converters.source import SourceModel
 from edgekit.data import Dataset
-from edgekit.measure import run_batched
 from edgekit.report import Reporter
 from edgekit.runtime.telemetry.stats import reference_stats
+from edgekit.samples import run_samples
 
 
 def build_manifest(
@@ -27,14 +27,23 @@ def build_manifest(
     source: SourceModel,
     converters: list[Converter],
     chosen: list[Candidate],
-    calibration: Dataset | None,
+    data: tuple[Dataset | None, Dataset | None],
     labels: tuple[str, ...] | None,
     extra: dict[str, Any],
 ) -> Manifest:
-    """``extra``: further manifest fields (reference, compression, fit's candidate table)."""
+    """``data``: the calibration and the evaluation data. ``extra``: further manifest fields
+    (reference, primary output, state, compression, fit's candidate table)."""
+    calibration, evaluation = data
     input_range = None
-    if calibration is not None:
-        input_range = (float(calibration.x.min()), float(calibration.x.max()))
+    floats = [a for a in calibration.samples.arrays.values() if a.dtype.kind == "f"] if calibration else []
+    if floats:
+        input_range = (min(float(a.min()) for a in floats), max(float(a.max()) for a in floats))
+    observed = calibration or evaluation
+    ranges = (
+        {name: (float(a.min()), float(a.max())) for name, a in observed.samples.arrays.items() if a.size}
+        if observed
+        else None
+    )
     return Manifest(
         format_version=FORMAT_VERSION,
         name=options.name or default_name(options.model),
@@ -45,7 +54,9 @@ def build_manifest(
         ),
         profile=options.profile.model_dump(mode="json"),
         artifacts=tuple(c.entry for c in chosen),
-        preprocessing=Preprocessing(layout=layout(source), input_range=input_range),
+        preprocessing=Preprocessing(
+            layout=layout(source.inputs[0].shape, source.kind), input_range=input_range, ranges=ranges
+        ),
         labels=labels,
         tools={
             "edgekit": edgekit.__version__,
@@ -58,23 +69,45 @@ def build_manifest(
 
 
 def reference(
-    source: SourceModel, data: Dataset | None, reporter: Reporter, outputs: np.ndarray | None = None
+    source: SourceModel,
+    data: Dataset | None,
+    primary: str | None,
+    reporter: Reporter,
+    outputs: dict[str, np.ndarray] | None = None,
 ) -> ReferenceStats | None:
-    """The drift baseline for telemetry: the conversion data's input features and the float
-    model's predicted classes on it (``outputs``, when the caller has them already)."""
-    if data is None or source.kind == "tflite" or len(source.outputs) != 1:
+    """The drift baseline for telemetry: the conversion data's features of the first batched
+    float input, and the float model's ``primary`` output on it (``outputs``, by name, when
+    the caller has them already)."""
+    if data is None or source.kind == "tflite" or primary is None:
+        return None
+    name = drift_input(source, data)
+    if name is None:
         return None
     if outputs is None:
         with reporter.progress("Reference statistics", len(data)) as advance:
-            outputs = run_batched(source.predict, data.x, advance)
-    return reference_stats(data.x, outputs, layout(source))
+            outs = run_samples(source.predict, data.samples, advance)
+        outputs = {spec.name: out for spec, out in zip(source.outputs, outs, strict=True)}
+    spec = next(s for s in source.inputs if s.name == name)
+    stats = reference_stats(data.samples.arrays[name], outputs[primary], layout(spec.shape, source.kind))
+    return stats.model_copy(update={"input": name}) if len(source.inputs) > 1 else stats
 
 
-def layout(source: SourceModel) -> str | None:
-    shape = source.input.shape
+def drift_input(source: SourceModel, data: Dataset) -> str | None:
+    """The input telemetry bins: the first float input batched along axis 0."""
+    return next(
+        (
+            s.name
+            for s in source.inputs
+            if s.dtype.startswith("float") and s.name not in data.samples.per_call
+        ),
+        None,
+    )
+
+
+def layout(shape: tuple[int | None, ...], kind: str) -> str | None:
     if len(shape) != 4:
         return None
-    if source.kind != "onnx":
+    if kind != "onnx":
         return "NHWC"  # TensorFlow's convention
     if shape[1] in (1, 3) and shape[3] not in (1, 3):
         return "NCHW"

@@ -23,6 +23,12 @@ class ConvertOptions:
     """A registered format, "both", or None for the profile's first format that fits the model."""
     calibration: Path | None = None
     evaluation: Path | None = None
+    eval_output: str | None = None
+    """The output the gate measures top-1 or agreement on; default: the only class-score output."""
+    telemetry_output: str | None = None
+    """The output telemetry reports classes and confidence of; default: ``eval_output``'s."""
+    state: tuple[tuple[str, str], ...] = ()
+    """(output, input) pairs of a streaming model's recurrent state; default: found from names."""
     max_accuracy_drop: float | None = None
     allow_accuracy_drop: bool = False
     allow_over_budget: bool = False

@@ -25,6 +25,8 @@ class Inputs:
     calibration: Dataset | None
     evaluation: Dataset | None
     labels: tuple[str, ...] | None
+    primary: str | None = None
+    """Once checked: the output the gate and telemetry look at, None when none stands out."""
 
     @classmethod
     def read(cls, options: ConvertOptions, kind: str) -> Inputs:
@@ -119,25 +121,50 @@ def read_labels(path: Path | None) -> tuple[str, ...] | None:
 
 
 def check_data(source: SourceModel, inputs: Inputs, options: ConvertOptions) -> tuple[Inputs, list[str]]:
-    """The data checked against the model's input (and converted to its dtype); warnings."""
+    """The data checked against the model's inputs (and converted to their dtypes); warnings."""
     warnings: list[str] = []
     checked: list[Dataset | None] = []
     for data, role in ((inputs.calibration, "calibration"), (inputs.evaluation, "evaluation")):
         if data is not None:
-            data, found = check_dataset(data, source.input, role, options.force)
+            data, found = check_dataset(data, source.inputs, role, options.force)
             warnings.extend(found)
         checked.append(data)
-    spread = (
-        feature_spread_warning(checked[0].x, f"calibration data {options.calibration}")
-        if checked[0]
-        else None
-    )
-    if spread is not None:
-        warnings.append(spread)
-    classes = source.outputs[0].shape[-1] if source.outputs and source.outputs[0].shape else None
+    for name, x in checked[0].samples.arrays.items() if checked[0] else ():
+        where = f"calibration data {options.calibration}" + (
+            f", input '{name}'" if len(source.inputs) > 1 else ""
+        )
+        spread = feature_spread_warning(x, where)
+        if spread is not None:
+            warnings.append(spread)
+    primary = primary_output(source, options.eval_output, required=checked[1] is not None)
+    classes = next(o.shape[-1] for o in source.outputs if o.name == primary) if primary else None
     labels = inputs.labels
     if labels is not None and classes is not None and classes != len(labels):
         raise InputError(f"labels file {options.labels}: {len(labels)} labels for {classes} model outputs")
-    if checked[1] is not None and len(source.outputs) != 1:
-        raise DataError(f"--eval compares one output, and the model has {len(source.outputs)}; omit --eval")
-    return Inputs(inputs.kind, checked[0], checked[1], labels), warnings
+    return Inputs(inputs.kind, checked[0], checked[1], labels, primary), warnings
+
+
+def primary_output(source: SourceModel, wanted: str | None, required: bool) -> str | None:
+    """The output named by ``--eval-output``, else the only one, else the only one shaped like
+    class scores (batch, classes); None, or with ``required`` an error, when none stands out."""
+    names = [spec.name for spec in source.outputs]
+    if wanted is not None:
+        if wanted not in names:
+            raise InputError(
+                f"--eval-output {wanted}: the model has no such output (outputs: {', '.join(names)})"
+            )
+        return wanted
+    if len(names) == 1:
+        return names[0]
+    scores = [
+        spec.name for spec in source.outputs
+        if len(spec.shape) == 2 and (spec.shape[-1] or 0) >= 2 and spec.dtype.startswith("float")
+    ]  # fmt: skip
+    if len(scores) == 1:
+        return scores[0]
+    if required:
+        raise InputError(
+            f"the model has {len(names)} outputs ({', '.join(names)}); name the one --eval checks "
+            "top-1 or agreement on with --eval-output NAME (every output's cosine is reported)"
+        )
+    return None

@@ -66,7 +66,7 @@ def _training_data(options: ConvertOptions, reporter: Reporter) -> tuple[np.ndar
         raise DataError(
             f"training data {options.train_data}: --prune fine-tunes on labels; save it with y=labels"
         )
-    return data.x, data.y
+    return keras_inputs(data), data.y
 
 
 def _accuracies(model: Any, pruned: Any, evaluation: Dataset | None) -> tuple[float | None, float | None]:
@@ -78,7 +78,13 @@ def _accuracies(model: Any, pruned: Any, evaluation: Dataset | None) -> tuple[fl
 
 def _keras_top1(model: Any, data: Dataset) -> float:
     assert data.y is not None
-    return top1(model.predict(data.x, batch_size=256, verbose=0), data.y)
+    return top1(model.predict(keras_inputs(data), batch_size=256, verbose=0), data.y)
+
+
+def keras_inputs(data: Dataset) -> Any:
+    """What Keras takes: the array of a single-input model, else the arrays by input name."""
+    arrays = data.samples.arrays
+    return next(iter(arrays.values())) if len(arrays) == 1 else dict(arrays)
 
 
 def _gate(options: ConvertOptions, before: float | None, after: float | None) -> None:

@@ -145,8 +145,12 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: b
             "accuracy",
             f"{mark(a.drop <= a.max_drop)} {what} {a.float_model:.2f}% float → "
             f"{a.artifact:.2f}% {entry.precision}: drop {a.drop:+.2f} pp (max {a.max_drop:g}, "
-            f"n={a.samples})",
+            f"n={a.samples})" + (f" on output '{a.output}'" if a.outputs else ""),
         )
+        for name, each in (a.outputs or {}).items():
+            table.add_row(
+                "", f"output '{name}': cosine {each.cosine:.4f}, max abs error {each.max_abs_error:.3g}"
+            )
     table.add_row("latency", f"{m.host_latency_ms:.3f} ms median, batch 1, on this host")
     q = entry.quantization
     if q is not None:
@@ -191,6 +195,11 @@ def print_manifest(
     )
     if manifest.labels:
         info.add_row("labels", ", ".join(manifest.labels))
+    if manifest.primary_output and len(manifest.artifacts[0].outputs) > 1:
+        info.add_row("primary output", f"{manifest.primary_output} (telemetry's classes and confidence)")
+    if manifest.state:
+        pairs = ", ".join(f"{p.output} → {p.input}" for p in manifest.state)
+        info.add_row("state", f"{pairs} (model.stream() feeds it back)")
     out.print(info)
     for entry in manifest.artifacts:
         out.print(

@@ -17,16 +17,19 @@ def model_info(model: Any) -> dict[str, Any]:
         "engine": info.engine, "provider": info.provider, "threads": info.threads,
         "load_ms": info.load_ms, "fallbacks": list(info.fallbacks),
         "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in info.inputs],
+        "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in info.outputs],
     }  # fmt: skip
 
 
 def run_result(model: Any, outputs: Any, top_k: int | None) -> dict[str, Any]:
     result: dict[str, Any] = {"model": model_info(model)}
-    arrays = outputs if isinstance(outputs, dict) else {"output": outputs}
+    arrays = outputs if isinstance(outputs, dict) else {model.info.outputs[0].name: outputs}
     if top_k is None:
         result["outputs"] = {name: value.tolist() for name, value in arrays.items()}
         return result
-    scores = next(iter(arrays.values())).reshape(len(next(iter(arrays.values()))), -1)
+    primary = model.manifest.primary_output if model.manifest.primary_output in arrays else next(iter(arrays))
+    scores = arrays[primary].reshape(len(arrays[primary]), -1)
+    result["top_k_output"] = primary
     labels = model.manifest.labels
     best = []
     for row in scores:

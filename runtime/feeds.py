@@ -1,0 +1,62 @@
+"""What ``predict`` checks before any byte reaches an engine: names, dtypes, ranks, dims.
+
+Every error names the input and says what it takes, so one line is enough to fix the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ShapeError
+from edgekit.runtime.backends import TensorInfo
+from edgekit.samples import Feed
+
+_TAKES = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
+
+
+def describe(info: TensorInfo) -> str:
+    return (
+        "(" + ", ".join("batch" if i == 0 and d is None else str(d) for i, d in enumerate(info.shape)) + ")"
+    )
+
+
+def check_feed(inputs: tuple[TensorInfo, ...], x: Any) -> Feed:
+    """``x`` (an array for a single-input model, else a dict by input name) checked against
+    ``inputs`` and cast to what each engine input takes."""
+    names = [info.name for info in inputs]
+    if not isinstance(x, Mapping):
+        if len(inputs) != 1:
+            raise ShapeError(
+                f"the model takes {len(inputs)} inputs ({', '.join(names)}); pass a dict by input name"
+            )
+        return {names[0]: check_input(inputs[0], x)}
+    extra = [name for name in x if name not in names]
+    if extra:
+        raise ShapeError(f"'{extra[0]}' is not an input of this model; it takes {', '.join(names)}")
+    missing = [name for name in names if name not in x]
+    if missing:
+        raise ShapeError(f"input '{missing[0]}' is missing; the model takes {', '.join(names)}")
+    return {info.name: check_input(info, x[info.name]) for info in inputs}
+
+
+def check_input(info: TensorInfo, value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    want = np.dtype("float32" if info.quantized else info.dtype)
+    if array.dtype.kind not in _TAKES.get(want.kind, "fiu"):
+        takes = "numbers" if want.kind == "f" else f"{want.name} values"  # the shape, then the dtype
+        raise ShapeError(f"input '{info.name}' takes {takes} {describe(info)}, got dtype {array.dtype}")
+    if array.ndim != len(info.shape):
+        hint = "; add the batch axis with x[None]" if array.ndim == len(info.shape) - 1 else ""
+        rank = len(info.shape)
+        raise ShapeError(
+            f"input '{info.name}' takes rank {rank} {describe(info)}, got shape {array.shape}{hint}"
+        )
+    fixed = zip(info.shape[1:], array.shape[1:], strict=True)
+    if any(want_dim is not None and want_dim != got for want_dim, got in fixed):
+        raise ShapeError(f"input '{info.name}' takes {describe(info)}, got shape {array.shape}")
+    if array.ndim and len(array) == 0:
+        raise ShapeError(f"input '{info.name}' is an empty batch")
+    return array.astype(want, copy=False)
