@@ -107,3 +107,96 @@ def save(model: onnx.ModelProto, path: Path, external: bool = False) -> Path:
     else:
         onnx.save_model(model, str(path))
     return path
+
+
+def leaky_integrator(opset: int = 17) -> onnx.ModelProto:
+    """A streaming model shaped like Silero VAD: audio ``x`` (N, 4), a recurrent ``state``
+    (2, N, 4) with the batch second, and a scalar int64 sample rate ``sr``. It gives a score
+    ``y`` (N, 3) and the next state ``stateN`` = 0.9 * state + x @ W (numpy: ``integrate``)."""
+    rng = _rng(11)
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+        helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", 4]),
+        helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
+        helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "N", 4]),
+    ]
+    inits = [
+        _init("w", rng.normal(0, 0.5, (4, 4))),
+        _init("w2", rng.normal(0, 0.5, (4, 3))),
+        _init("leak", np.array(0.9)),
+        _init("rate", np.array(1 / 16000)),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["xw"], name="input_proj"),
+        helper.make_node("Mul", ["state", "leak"], ["leaked"], name="leak"),
+        helper.make_node("Add", ["leaked", "xw"], ["stateN"], name="integrate"),
+        helper.make_node("ReduceSum", ["stateN", "axis0"], ["summed"], name="sum", keepdims=0),
+        helper.make_node("Cast", ["sr"], ["srf"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["srf", "rate"], ["gain"], name="gain"),
+        helper.make_node("MatMul", ["summed", "w2"], ["proj"], name="out_proj"),
+        helper.make_node("Mul", ["proj", "gain"], ["y"], name="scale"),
+    ]
+    if opset < 13:  # ReduceSum took its axes as an attribute before opset 13
+        nodes[3] = helper.make_node("ReduceSum", ["stateN"], ["summed"], name="sum", keepdims=0, axes=[0])
+        inits = inits[:-1]
+    return _model(nodes, inputs, outputs, inits, opset)
+
+
+def integrate(
+    model: onnx.ModelProto, x: np.ndarray, state: np.ndarray, sr: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``leaky_integrator``'s step in numpy, from its own weights."""
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    next_state = 0.9 * state + (x @ weights["w"])[None]
+    return next_state.sum(axis=0) @ weights["w2"] * (sr / 16000), next_state
+
+
+def image_and_ids(opset: int = 17) -> onnx.ModelProto:
+    """Sensor fusion: an NCHW ``image`` and int64 token ``ids`` (an embedding looked up with
+    Gather), sharing the symbolic batch dim ``N``; two outputs, ``boxes`` (N, 4) and class
+    ``scores`` (N, 3) after a softmax."""
+    rng = _rng(12)
+    inputs = [
+        helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8]),
+        helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3]),
+    ]
+    inits = [
+        _init("conv_w", rng.normal(0, 0.3, (8, 3, 3, 3))),
+        _init("conv_b", rng.normal(0, 0.1, (8,))),
+        _init("embedding", rng.normal(0, 0.5, (20, 8))),
+        _init("box_w", rng.normal(0, 0.3, (16, 4))),
+        _init("cls_w", rng.normal(0, 0.6, (16, 3))),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["visual"], name="flatten"),
+        helper.make_node("Gather", ["embedding", "ids"], ["e"], name="embed"),
+        helper.make_node("ReduceMean", ["e"], ["text"], name="mean", axes=[1], keepdims=0)
+        if opset < 18
+        else helper.make_node("ReduceMean", ["e", "axis1"], ["text"], name="mean", keepdims=0),
+        helper.make_node("Concat", ["visual", "text"], ["fused"], name="fuse", axis=1),
+        helper.make_node("MatMul", ["fused", "box_w"], ["boxes"], name="box_head"),
+        helper.make_node("MatMul", ["fused", "cls_w"], ["logits"], name="cls_head"),
+        helper.make_node("Softmax", ["logits"], ["scores"], name="softmax", axis=-1),
+    ]
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    return _model(nodes, inputs, outputs, inits, opset)
+
+
+def image_and_ids_data(count: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.uniform(0, 1, (count, 3, 8, 8)).astype(np.float32),
+        "ids": rng.integers(0, 20, (count, 5)).astype(np.int64),
+    }

@@ -6,6 +6,7 @@ conversion.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,9 +145,13 @@ def check_data(source: SourceModel, inputs: Inputs, options: ConvertOptions) -> 
     return Inputs(inputs.kind, checked[0], checked[1], labels, primary), warnings
 
 
+_SCORE_NAME = re.compile(r"score|prob|logit|class|cls|label|pred", re.IGNORECASE)
+
+
 def primary_output(source: SourceModel, wanted: str | None, required: bool) -> str | None:
     """The output named by ``--eval-output``, else the only one, else the only one shaped like
-    class scores (batch, classes); None, or with ``required`` an error, when none stands out."""
+    class scores (batch, classes), or the only such one named like scores (a detector's boxes
+    are shaped (batch, 4)); None, or with ``required`` an error, when none stands out."""
     names = [spec.name for spec in source.outputs]
     if wanted is not None:
         if wanted not in names:
@@ -160,8 +165,10 @@ def primary_output(source: SourceModel, wanted: str | None, required: bool) -> s
         spec.name for spec in source.outputs
         if len(spec.shape) == 2 and (spec.shape[-1] or 0) >= 2 and spec.dtype.startswith("float")
     ]  # fmt: skip
-    if len(scores) == 1:
-        return scores[0]
+    named = [name for name in scores if _SCORE_NAME.search(name)]
+    for found in (scores, named):
+        if len(found) == 1:
+            return found[0]
     if required:
         raise InputError(
             f"the model has {len(names)} outputs ({', '.join(names)}); name the one --eval checks "
