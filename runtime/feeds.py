@@ -6,6 +6,7 @@ Every error names the input and says what it takes, so one line is enough to fix
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -44,19 +45,27 @@ def check_feed(inputs: tuple[TensorInfo, ...], x: Any) -> Feed:
 
 def check_input(info: TensorInfo, value: Any) -> np.ndarray:
     array = np.asarray(value)
-    want = np.dtype("float32" if info.quantized else info.dtype)
-    if array.dtype.kind not in _TAKES.get(want.kind, "fiu"):
+    want, kinds, fixed = _rule(info)
+    if array.dtype.kind not in kinds:
         takes = "numbers" if want.kind == "f" else f"{want.name} values"  # the shape, then the dtype
         raise ShapeError(f"input '{info.name}' takes {takes} {describe(info)}, got dtype {array.dtype}")
-    if array.ndim != len(info.shape):
+    shape = array.shape
+    if len(shape) != len(info.shape):
         hint = "; add the batch axis with x[None]" if array.ndim == len(info.shape) - 1 else ""
         rank = len(info.shape)
-        raise ShapeError(
-            f"input '{info.name}' takes rank {rank} {describe(info)}, got shape {array.shape}{hint}"
-        )
-    fixed = zip(info.shape[1:], array.shape[1:], strict=True)
-    if any(want_dim is not None and want_dim != got for want_dim, got in fixed):
-        raise ShapeError(f"input '{info.name}' takes {describe(info)}, got shape {array.shape}")
-    if array.ndim and len(array) == 0:
+        raise ShapeError(f"input '{info.name}' takes rank {rank} {describe(info)}, got shape {shape}{hint}")
+    for axis, size in fixed:
+        if shape[axis] != size:
+            raise ShapeError(f"input '{info.name}' takes {describe(info)}, got shape {shape}")
+    if shape and shape[0] == 0:
         raise ShapeError(f"input '{info.name}' is an empty batch")
-    return array.astype(want, copy=False)
+    return array if array.dtype == want else array.astype(want)
+
+
+@cache
+def _rule(info: TensorInfo) -> tuple[np.dtype, str, tuple[tuple[int, int], ...]]:
+    """What ``info`` takes: the dtype to cast to, the dtype kinds accepted, and the fixed
+    dims after the batch dim by axis. Computed once per input: ``predict``'s hot path."""
+    want = np.dtype("float32" if info.quantized else info.dtype)
+    fixed = tuple((axis, size) for axis, size in enumerate(info.shape) if axis > 0 and size is not None)
+    return want, _TAKES.get(want.kind, "fiu"), fixed

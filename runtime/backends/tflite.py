@@ -73,6 +73,7 @@ class TFLiteBackend(Backend):
             for info, d in zip(self._inputs, details, strict=True)
         }
         self._output_indices = [d["index"] for d in self._interpreter.get_output_details()]
+        self._fixed_batch = [info.name for info in self._inputs if info.shape and info.shape[0] == 1]
 
     def bare_call(self, feed: Feed) -> Callable[[], object]:
         interpreter = self._interpreter
@@ -106,16 +107,13 @@ class TFLiteBackend(Backend):
 
     def _split(self, feed: Feed) -> tuple[list[str], int]:
         """The inputs with a fixed batch of 1 that ``feed`` gives a larger batch, and that batch."""
-        split = [
-            info.name for info in self._inputs
-            if info.shape and info.shape[0] == 1 and np.ndim(feed[info.name]) and len(feed[info.name]) > 1
-        ]  # fmt: skip
+        split = [name for name in self._fixed_batch if feed[name].ndim and len(feed[name]) > 1]
         return split, (len(feed[split[0]]) if split else 0)
 
     def _resize(self, feed: Feed) -> None:
         changed = False
         for info in self._inputs:
-            shape = tuple(np.shape(feed[info.name]))
+            shape = feed[info.name].shape
             if shape != self._shapes[info.name]:
                 self._interpreter.resize_tensor_input(self._index[info.name], list(shape))
                 self._shapes[info.name] = shape
