@@ -532,3 +532,33 @@ def test_config_file_and_bad_settings(tmp_path: Path, fleet_dir: Path) -> None:
     with pytest.raises(TelemetryConfigError, match="fleet name"):
         Telemetry("mqtt://x", "f 7", fleet_dir=fleet_dir)
     shutil.rmtree(fleet_dir)
+
+
+def test_a_two_output_detector_reports_its_scores_output(
+    broker: LocalBroker, fleet_dir: Path, tmp_path: Path
+) -> None:
+    """Telemetry reports the manifest's primary output (the detector's scores, not its boxes)
+    and bins the float image input; the int64 ids input is passed through."""
+    import onnx_graphs
+
+    from edgekit.convert import ConvertOptions, convert
+    from edgekit.profiles import load_profile
+
+    model_path = onnx_graphs.save(onnx_graphs.image_and_ids(), tmp_path / "fusion.onnx")
+    data = onnx_graphs.image_and_ids_data(60)
+    np.savez(tmp_path / "calib.npz", **data)
+    result = convert(ConvertOptions(model=model_path, profile=load_profile("x86-gateway"), precision="fp32",
+                                    output=tmp_path / "fusion.ekb", calibration=tmp_path / "calib.npz"))  # fmt: skip
+    assert result.manifest.primary_output == "scores" and result.manifest.reference is not None
+    assert result.manifest.reference.input == "image"
+    gatherer = Gatherer(broker, fleet_dir, tmp_path / "collected")
+    telemetry = make_telemetry(broker.url, fleet_dir, tmp_path, k_anonymity=1)  # exact counts
+    model = Model.load(result.output, telemetry=telemetry, allow_unsigned=True)
+    for start in range(0, 60, 6):
+        model.predict({name: array[start : start + 6] for name, array in data.items()})
+    model.close()
+    collector = gatherer.run(lambda c: c.reports >= 1)
+    gatherer.close()
+    report = json.loads((tmp_path / "collected" / "reports.jsonl").read_text().splitlines()[0])
+    assert report["inferences"] == 60 and len(report["classes"]) == 3 and sum(report["classes"]) == 60
+    assert report["drift"] is not None and collector.reports == 1
