@@ -31,6 +31,9 @@ class ConversionSettings:
     """Node-name patterns (fnmatch) the user keeps in float."""
     float_nodes: tuple[str, ...] = ()
     """Node names the accuracy fallback keeps in float."""
+    input_shapes: tuple[tuple[str, tuple[int | None, ...]], ...] = ()
+    """TensorFlow sources: (input name, shape) for inputs whose non-batch dims the model
+    leaves dynamic, fixed from the data; the batch dim stays dynamic."""
 
 
 @dataclass(frozen=True)

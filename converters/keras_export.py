@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgekit.converters.source_model import SourceModel
+
 
 def output_names(model: Any) -> list[str]:
     """One name per output, the producing layer's, made unique where a layer gives several."""
@@ -28,23 +30,53 @@ def input_names(model: Any) -> list[str]:
     return [str(tensor.name) for tensor in model.inputs]
 
 
-def export_saved_model(model: Any, export_dir: Path) -> None:
-    """Write ``model``'s inference function as ``serving_default``, inputs and outputs named."""
-    import keras
+def serving_function(model: Any, shapes: dict[str, tuple[int | None, ...]] | None = None) -> Any:
+    """``model``'s inference as a ``tf.function`` with named inputs and a dict of named
+    outputs. ``shapes`` fixes inputs' dynamic dims by name: ``keras.applications`` models
+    leave height and width dynamic by default, which XNNPACK and ONNX Runtime cannot prepare
+    (MobileNetV3Small fails to load in both)."""
     import tensorflow as tf
 
     outputs = output_names(model)
+    shapes = shapes or {}
     signature = [
-        tf.TensorSpec(tensor.shape, tensor.dtype, name=name)
+        tf.TensorSpec(shapes.get(name, tensor.shape), tensor.dtype, name=name)
         for tensor, name in zip(model.inputs, input_names(model), strict=True)
     ]
 
+    @tf.function(input_signature=signature, autograph=False)
     def serve(*args: Any) -> dict[str, Any]:
         result = model(list(args) if len(args) > 1 else args[0], training=False)
         values = result if isinstance(result, (list, tuple)) else [result]
         return dict(zip(outputs, values, strict=True))
 
+    return serve
+
+
+def export_saved_model(
+    model: Any, export_dir: Path, shapes: dict[str, tuple[int | None, ...]] | None = None
+) -> None:
+    """Write ``model``'s inference function as ``serving_default``, inputs and outputs named
+    (``shapes``: as for ``serving_function``)."""
+    import keras
+
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve, input_signature=signature)
+    archive.add_endpoint("serving_default", serving_function(model, shapes))
     archive.write_out(str(export_dir), verbose=False)
+
+
+def exported_variant(
+    source: SourceModel, model: Any, shapes: dict[str, tuple[int | None, ...]], tag: str
+) -> Path:
+    """A SavedModel of ``model`` (the source's Keras model, or a copy named by ``tag``) with
+    ``shapes`` fixed, beside the source's own export; written once per variant."""
+    if source.saved_model_dir is None:
+        raise ValueError("only TensorFlow sources have a SavedModel")
+    suffix = tag + "".join(
+        f"-{name}-" + "x".join(str(d) for d in shape[1:]) for name, shape in shapes.items()
+    )
+    folder = source.saved_model_dir.with_name(source.saved_model_dir.name + suffix)
+    if not folder.exists():
+        export_saved_model(model, folder, shapes)
+    return folder

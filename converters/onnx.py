@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter
+from edgekit.converters.keras_export import serving_function
 from edgekit.converters.onnx_sensitivity import channel_robust_sqnr, sqnr_drop, static_shapes
 from edgekit.converters.onnx_source import dynamic_dims, fix_input_dims, import_onnx
 from edgekit.converters.source import first_line, import_tensorflow
@@ -68,7 +69,7 @@ class ONNXConverter(Converter):
     source_kinds: ClassVar[frozenset[str]] = frozenset({"keras", "h5", "saved_model", "onnx"})
 
     def __init__(self) -> None:
-        self._float: dict[tuple[int, int], Any] = {}
+        self._float: dict[tuple[Any, ...], Any] = {}
         self._prepared: dict[tuple[Any, ...], bytes] = {}
 
     def convert(
@@ -81,7 +82,7 @@ class ONNXConverter(Converter):
     ) -> Artifact:
         notes: list[str] = []
         started = time.perf_counter()
-        model = self._float_model(source, target_opset(settings.profile), notes)
+        model = self._float_model(source, settings)
         quantization: dict[str, Any] | None = None
         samples = 0
         if precision == "fp16":
@@ -117,8 +118,7 @@ class ONNXConverter(Converter):
         from onnxruntime.quantization import qdq_loss_debug as debug
 
         onnx = import_onnx()
-        prepared = self._prepared_model(source, self._float_model(source, target_opset(settings.profile), []),
-                                        calibration, [])  # fmt: skip
+        prepared = self._prepared_model(source, self._float_model(source, settings), calibration, [])
         sample = calibration.head(64)
         with tempfile.TemporaryDirectory(prefix="edgekit-qdq-debug-") as tmp, _cwd(tmp):
             activations = {}
@@ -148,13 +148,14 @@ class ONNXConverter(Converter):
 
         return {"onnx": import_onnx().__version__, "onnxruntime": onnxruntime.__version__}
 
-    def _float_model(self, source: SourceModel, opset: int, notes: list[str]) -> Any:
-        key = (id(source), opset)
+    def _float_model(self, source: SourceModel, settings: ConversionSettings) -> Any:
+        opset = target_opset(settings.profile)
+        key = (id(source), opset, settings.input_shapes)
         if key not in self._float:
             if source.onnx_model is not None:
                 self._float[key] = source.onnx_model
             else:
-                self._float[key] = _from_tensorflow(source, opset)
+                self._float[key] = _from_tensorflow(source, opset, dict(settings.input_shapes))
         return self._float[key]
 
     def _prepared_model(
@@ -163,7 +164,7 @@ class ONNXConverter(Converter):
         """Opset 13+, dynamic dims fixed from the data, ORT's quantization pre-processing."""
         onnx = import_onnx()
         shapes = _call_shapes(calibration) if calibration is not None else {}
-        key = (id(source), _opset(model), tuple(shapes.items()))
+        key = (id(source), id(model), tuple(shapes.items()))
         if key not in self._prepared:
             model = _with_min_opset(model, MIN_QDQ_OPSET, notes)
             dynamic = [name for name in shapes if dynamic_dims(model, name)]
@@ -184,24 +185,18 @@ def _call_shapes(samples: Samples) -> dict[str, tuple[int, ...]]:
     return {name: tuple(np.shape(value)) for name, value in feed.items()}
 
 
-def _from_tensorflow(source: SourceModel, opset: int) -> Any:
+def _from_tensorflow(source: SourceModel, opset: int, shapes: dict[str, tuple[int | None, ...]]) -> Any:
     tf = import_tensorflow()
     try:
         import tf2onnx
     except ImportError as exc:
         raise MissingDependencyError("tf2onnx", "convert", "converting TensorFlow models to ONNX") from exc
-    signature = source.loaded.signatures["serving_default"]
-    specs = signature.structured_input_signature[1]
     names = [spec.name for spec in source.inputs]
     outputs = [spec.name for spec in source.outputs]
-    input_signature = [tf.TensorSpec(specs[name].shape, specs[name].dtype, name=name) for name in names]
-
-    @tf.autograph.experimental.do_not_convert
-    def serve(*args: Any) -> dict[str, Any]:
-        result = signature(**dict(zip(names, args, strict=True)))
-        return {name: result[name] for name in outputs}
-
-    frozen = _frozen(tf, tf.function(serve, input_signature=input_signature))
+    if source.keras_model is not None:  # traced from the live model: every shape stays static
+        frozen = _frozen(tf, serving_function(source.keras_model, shapes))
+    else:
+        frozen = _frozen(tf, _signature_function(tf, source, shapes))
     graph_inputs = [t.name for t in frozen.inputs]
     graph_outputs = [t.name for t in frozen.outputs]  # in the order of sorted output names
     try:
@@ -222,6 +217,22 @@ def _from_tensorflow(source: SourceModel, opset: int) -> Any:
         if dims and dims[0].HasField("dim_param"):
             _rename_dim_param(model, dims[0].dim_param, "batch")
     return model
+
+
+def _signature_function(tf: Any, source: SourceModel, shapes: dict[str, tuple[int | None, ...]]) -> Any:
+    """A SavedModel's serving signature as a function of its inputs in order, dims fixed."""
+    signature = source.loaded.signatures["serving_default"]
+    specs = signature.structured_input_signature[1]
+    names = [spec.name for spec in source.inputs]
+    outputs = [spec.name for spec in source.outputs]
+    input_signature = [tf.TensorSpec(shapes.get(n, specs[n].shape), specs[n].dtype, name=n) for n in names]
+
+    @tf.autograph.experimental.do_not_convert
+    def serve(*args: Any) -> dict[str, Any]:
+        result = signature(**dict(zip(names, args, strict=True)))
+        return {name: result[name] for name in outputs}
+
+    return tf.function(serve, input_signature=input_signature)
 
 
 def _frozen(tf: Any, function: Any) -> Any:

@@ -11,22 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgekit.converters.keras_export import export_saved_model
+from edgekit.converters.keras_export import exported_variant
 from edgekit.converters.source_model import SourceModel
 
 
-def saved_model_for_tflite(source: SourceModel) -> Path:
-    """The SavedModel the TFLite converter reads: the source's own, or, for a Keras model
-    with recurrent layers over a fixed sequence length, an unrolled copy beside it."""
+def saved_model_for_tflite(source: SourceModel, shapes: dict[str, tuple[int | None, ...]]) -> Path:
+    """The SavedModel the TFLite converter reads: the source's own, or, for a Keras model,
+    one with ``shapes`` fixed and recurrent layers over a fixed sequence length unrolled."""
     if source.saved_model_dir is None:
         raise ValueError("a TFLite conversion needs a TensorFlow source")
     model = source.keras_model
-    if model is None or not recurrent_layers(model) or _sequence_length(model) is None:
+    unroll = model is not None and bool(recurrent_layers(model)) and _sequence_length(model) is not None
+    if model is None or not (unroll or shapes):
         return source.saved_model_dir
-    unrolled_dir = source.saved_model_dir.with_name(source.saved_model_dir.name + "-unrolled")
-    if not unrolled_dir.exists():
-        export_saved_model(unrolled(model), unrolled_dir)
-    return unrolled_dir
+    return exported_variant(
+        source, unrolled(model) if unroll else model, shapes, "-unrolled" if unroll else ""
+    )
 
 
 def recurrent_layers(model: Any) -> list[str]:

@@ -135,6 +135,15 @@ def _from_saved_model(
     )
 
 
+def signature_function(signature: Any, shapes: dict[str, tuple[int | None, ...]]) -> Any:
+    """A SavedModel's serving ``signature`` as a concrete function with inputs' dynamic dims
+    fixed by name (see ``serving_function`` for why)."""
+    tf = import_tensorflow()
+    specs = signature.structured_input_signature[1]
+    fixed = {n: tf.TensorSpec(shapes.get(n, spec.shape), spec.dtype, name=n) for n, spec in specs.items()}
+    return tf.function(lambda **inputs: signature(**inputs)).get_concrete_function(**fixed)
+
+
 def natural_key(name: str) -> list[Any]:
     """``output_2`` before ``output_10``."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

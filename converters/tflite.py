@@ -24,7 +24,7 @@ import numpy as np
 
 from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter, channel_snr_db
 from edgekit.converters.recurrent import saved_model_for_tflite
-from edgekit.converters.source import import_tensorflow
+from edgekit.converters.source import import_tensorflow, signature_function
 from edgekit.errors import ConversionError, DataError, InputError
 from edgekit.formats import PRECISIONS, Format, Precision
 from edgekit.samples import Samples
@@ -51,7 +51,7 @@ class TFLiteConverter(Converter):
             return Artifact(self.format, precision, source.tflite_content, 0.0,
                             quantization=_SCHEMES.get(precision))  # fmt: skip
         tf = import_tensorflow()
-        converter = self._converter(source, precision, calibration, advance)
+        converter = self._converter(source, precision, calibration, advance, dict(settings.input_shapes))
         samples = len(calibration) if precision == "int8" and calibration is not None else 0
         float_nodes: list[str] = []
         if precision == "int8" and (settings.keep_float or settings.float_nodes):
@@ -92,10 +92,20 @@ class TFLiteConverter(Converter):
         )
 
     def _converter(
-        self, source: SourceModel, precision: str, calibration: Samples | None, advance: Advance
+        self,
+        source: SourceModel,
+        precision: str,
+        calibration: Samples | None,
+        advance: Advance,
+        shapes: dict[str, tuple[int | None, ...]] | None = None,
     ) -> Any:
         tf = import_tensorflow()
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_for_tflite(source)))
+        shapes = shapes or {}
+        if source.keras_model is not None or not shapes:
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_for_tflite(source, shapes)))
+        else:  # a SavedModel source with dims left dynamic
+            function = signature_function(source.loaded.signatures["serving_default"], shapes)
+            converter = tf.lite.TFLiteConverter.from_concrete_functions([function], source.loaded)
         if precision != "fp32":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if precision == "fp16":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
@@ -76,10 +77,24 @@ class Backend(ABC):
     def bare_call(self, feed: Feed) -> Callable[[], object]:
         """A closure that feeds ``feed`` to the engine directly, for overhead measurements."""
 
-    @abstractmethod
     def run(self, feed: Feed) -> list[np.ndarray]:
         """Run one call (every input by name, float inputs as float); return the outputs in
-        ``outputs`` order, float outputs as float32."""
+        ``outputs`` order, float outputs as float32. A model converted at a fixed batch of 1
+        takes a larger batch one sample at a time."""
+        split = [name for name in self._fixed_batch if feed[name].ndim and len(feed[name]) > 1]
+        if not split:
+            return self._invoke(feed)
+        count = len(feed[split[0]])
+        parts = [self._invoke({**feed, **{n: feed[n][i : i + 1] for n in split}}) for i in range(count)]
+        return [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
+
+    @cached_property
+    def _fixed_batch(self) -> list[str]:
+        return [info.name for info in self._inputs if info.shape and info.shape[0] == 1]
+
+    @abstractmethod
+    def _invoke(self, feed: Feed) -> list[np.ndarray]:
+        """One engine call on ``feed`` as given."""
 
 
 def zeros_feed(inputs: tuple[TensorInfo, ...]) -> Feed:

@@ -227,7 +227,7 @@ class ONNXBackend(Backend):
     def bare_call(self, feed: Feed) -> Callable[[], object]:
         return lambda: self._session.run(None, feed)
 
-    def run(self, feed: Feed) -> list[np.ndarray]:
+    def _invoke(self, feed: Feed) -> list[np.ndarray]:
         typed = {info.name: np.asarray(feed[info.name], dtype=info.dtype) for info in self._inputs}
         return [
             out.astype(np.float32) if out.dtype.kind == "f" and out.dtype != np.float32 else out

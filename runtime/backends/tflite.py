@@ -73,7 +73,6 @@ class TFLiteBackend(Backend):
             for info, d in zip(self._inputs, details, strict=True)
         }
         self._output_indices = [d["index"] for d in self._interpreter.get_output_details()]
-        self._fixed_batch = [info.name for info in self._inputs if info.shape and info.shape[0] == 1]
 
     def bare_call(self, feed: Feed) -> Callable[[], object]:
         interpreter = self._interpreter
@@ -96,20 +95,6 @@ class TFLiteBackend(Backend):
     def tensor_dtypes(self) -> set[str]:
         return {np.dtype(t["dtype"]).name for t in self._interpreter.get_tensor_details()}
 
-    def run(self, feed: Feed) -> list[np.ndarray]:
-        with self._lock:
-            split, count = self._split(feed)
-            if not split:
-                return self._invoke(feed)
-            # A fixed batch size (1): feed one sample of every batched input at a time.
-            parts = [self._invoke({**feed, **{n: feed[n][i : i + 1] for n in split}}) for i in range(count)]
-        return [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
-
-    def _split(self, feed: Feed) -> tuple[list[str], int]:
-        """The inputs with a fixed batch of 1 that ``feed`` gives a larger batch, and that batch."""
-        split = [name for name in self._fixed_batch if feed[name].ndim and len(feed[name]) > 1]
-        return split, (len(feed[split[0]]) if split else 0)
-
     def _resize(self, feed: Feed) -> None:
         changed = False
         for info in self._inputs:
@@ -122,16 +107,17 @@ class TFLiteBackend(Backend):
             self._interpreter.allocate_tensors()
 
     def _invoke(self, feed: Feed) -> list[np.ndarray]:
-        self._resize(feed)
-        for info in self._inputs:
-            x = feed[info.name]
-            value = quantize(x, info) if info.quantized else np.asarray(x, dtype=info.dtype)
-            self._interpreter.set_tensor(self._index[info.name], value)
-        self._interpreter.invoke()
-        results = []
-        for index, out in zip(self._output_indices, self._outputs, strict=True):
-            value = self._interpreter.get_tensor(index)
-            results.append(dequantize(value, out) if out.quantized else value.copy())
+        with self._lock:
+            self._resize(feed)
+            for info in self._inputs:
+                x = feed[info.name]
+                value = quantize(x, info) if info.quantized else np.asarray(x, dtype=info.dtype)
+                self._interpreter.set_tensor(self._index[info.name], value)
+            self._interpreter.invoke()
+            results = []
+            for index, out in zip(self._output_indices, self._outputs, strict=True):
+                value = self._interpreter.get_tensor(index)
+                results.append(dequantize(value, out) if out.quantized else value.copy())
         return results
 
 

@@ -20,7 +20,7 @@ from edgekit.bundle import write_bundle
 from edgekit.convert.candidate import Candidate, Job, max_accuracy_drop
 from edgekit.convert.manifest import build_manifest, reference
 from edgekit.convert.options import ConvertOptions, ConvertResult
-from edgekit.convert.plan import Inputs, check_data, plan
+from edgekit.convert.plan import Inputs, check_data, data_shapes, plan
 from edgekit.convert.prune import prune_source
 from edgekit.convert.select import select
 from edgekit.convert.state import state_pairs
@@ -101,7 +101,10 @@ def _build(
             with reporter.progress("Evaluating float model", len(evaluation)) as advance:
                 outs = run_samples(source.predict, evaluation.samples, advance)
             float_out = {spec.name: out for spec, out in zip(source.outputs, outs, strict=True)}
-        settings = ConversionSettings(options.profile, options.calibration_method, options.keep_float)
+        shapes = data_shapes(source, inputs, reporter)
+        settings = ConversionSettings(
+            options.profile, options.calibration_method, options.keep_float, input_shapes=shapes
+        )
         job = Job(
             options, source, settings, inputs.calibration, evaluation, float_out, inputs.primary, reporter
         )

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgekit.convert.options import ConvertOptions
 from edgekit.converters import Converter, converter_for
 from edgekit.converters.source import SourceModel
@@ -175,3 +177,31 @@ def primary_output(source: SourceModel, wanted: str | None, required: bool) -> s
             "top-1 or agreement on with --eval-output NAME (every output's cosine is reported)"
         )
     return None
+
+
+def data_shapes(
+    source: SourceModel, inputs: Inputs, reporter: Reporter
+) -> tuple[tuple[str, tuple[int | None, ...]], ...]:
+    """TensorFlow sources: the inputs whose non-batch dims the model leaves dynamic, with
+    those dims as the data gives them (ONNX sources are fixed in the converter, for int8)."""
+    if source.kind not in ("keras", "h5", "saved_model"):
+        return ()
+    dynamic = [spec for spec in source.inputs if any(d is None for d in spec.shape[1:])]
+    data, role = (
+        (inputs.calibration, "calibration") if inputs.calibration else (inputs.evaluation, "evaluation")
+    )
+    if dynamic and data is None:
+        reporter.warn(
+            f"input '{dynamic[0].name}' has dynamic dims {dynamic[0].describe()}, which the TFLite and ONNX "
+            "engines may fail to prepare; pass --calibration or --eval data shaped as the device feeds it"
+        )
+        return ()
+    shapes = []
+    feed, _ = next(data.samples.batches(1)) if data else ({}, 0)
+    for spec in dynamic:
+        got = np.shape(feed[spec.name])
+        shape = (None, *got[1:])
+        shapes.append((spec.name, shape))
+        dims = ", ".join(str(d) for d in shape[1:])
+        reporter.note(f"fixed the dynamic dims of input '{spec.name}' from the {role} data: ({dims})")
+    return tuple(shapes)
