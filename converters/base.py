@@ -56,6 +56,8 @@ class Converter(ABC):
     precisions: ClassVar[tuple[Precision, ...]]
     calibrated_precisions: ClassVar[frozenset[Precision]] = frozenset()
     """Precisions that need calibration data (``--calibration``)."""
+    fallback_precisions: ClassVar[frozenset[Precision]] = frozenset({"int8"})
+    """Precisions whose accuracy fallback keeps nodes in float (``rank_sensitive_nodes``)."""
     source_kinds: ClassVar[frozenset[str]]
     """Which source model kinds (keras, h5, saved_model, onnx) this converter takes."""
     registry: ClassVar[dict[str, type[Converter]]] = {}

@@ -27,7 +27,10 @@ def output_names(model: Any) -> list[str]:
 
 
 def input_names(model: Any) -> list[str]:
-    return [str(tensor.name) for tensor in model.inputs]
+    """Each input's ``keras.Input`` layer name (a tensor's own name is ``keras_tensor_N``
+    until the model is saved and loaded)."""
+    history = [getattr(getattr(t, "_keras_history", None), "operation", None) for t in model.inputs]
+    return [str(getattr(op, "name", None) or t.name) for op, t in zip(history, model.inputs, strict=True)]
 
 
 def serving_function(model: Any, shapes: dict[str, tuple[int | None, ...]] | None = None) -> Any:

@@ -30,6 +30,7 @@ import numpy as np
 
 from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter
 from edgekit.converters.keras_export import serving_function
+from edgekit.converters.onnx_fp16 import activation_peaks, rank_overflowing_nodes, to_float16
 from edgekit.converters.onnx_sensitivity import channel_robust_sqnr, sqnr_drop, static_shapes
 from edgekit.converters.onnx_source import dynamic_dims, fix_input_dims, import_onnx
 from edgekit.converters.source import first_line, import_tensorflow
@@ -66,11 +67,13 @@ class ONNXConverter(Converter):
     format: ClassVar[Format] = "onnx"
     precisions: ClassVar[tuple[Precision, ...]] = PRECISIONS
     calibrated_precisions: ClassVar[frozenset[Precision]] = frozenset({"int8"})
+    fallback_precisions: ClassVar[frozenset[Precision]] = frozenset({"int8", "fp16"})
     source_kinds: ClassVar[frozenset[str]] = frozenset({"keras", "h5", "saved_model", "onnx"})
 
     def __init__(self) -> None:
         self._float: dict[tuple[Any, ...], Any] = {}
         self._prepared: dict[tuple[Any, ...], bytes] = {}
+        self._peaks: dict[tuple[Any, ...], dict[str, float]] = {}
 
     def convert(
         self,
@@ -86,8 +89,8 @@ class ONNXConverter(Converter):
         quantization: dict[str, Any] | None = None
         samples = 0
         if precision == "fp16":
-            model = _to_float16(model)
-            quantization = {"scheme": "onnx-float16", "io": "float32"}
+            model = to_float16(model, settings.float_nodes)
+            quantization = {"scheme": "onnx-float16", "io": "float32", "float_nodes": settings.float_nodes}
         elif precision in ("dynamic", "int8"):
             if precision == "int8" and calibration is None:
                 raise DataError("int8 needs calibration data: pass --calibration FILE.npz")
@@ -115,6 +118,12 @@ class ONNXConverter(Converter):
         relative to the tensors it is computed from, so errors are charged where they
         arise, not everywhere downstream of it.
         """
+        if artifact.precision == "fp16":
+            key = (id(source), settings.input_shapes)
+            model = self._float_model(source, settings)
+            if key not in self._peaks:  # once per model: every fallback round reuses them
+                self._peaks[key] = activation_peaks(model, (f for f, _ in calibration.head(64).batches(8)))
+            return rank_overflowing_nodes(model, self._peaks[key])
         from onnxruntime.quantization import qdq_loss_debug as debug
 
         onnx = import_onnx()
@@ -268,14 +277,6 @@ def _rename_dim_param(model: Any, old: str, new: str) -> None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param == old:
                 dim.dim_param = new
-
-
-def _to_float16(model: Any) -> Any:
-    try:
-        from onnxconverter_common import float16
-    except ImportError as exc:
-        raise MissingDependencyError("onnxconverter-common", "convert", "fp16 ONNX conversion") from exc
-    return float16.convert_float_to_float16(model, keep_io_types=True)
 
 
 def _with_min_opset(model: Any, opset: int, notes: list[str]) -> Any:

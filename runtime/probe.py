@@ -1,6 +1,7 @@
 """Measure what one artifact costs on this host, in a fresh process.
 
-Run as ``python -m edgekit.runtime.probe FORMAT < artifact``. It prints JSON with the
+Run as ``python -m edgekit.runtime.probe FORMAT [FEED.npz] < artifact``, FEED holding one
+call's inputs by name (default: zeros, dynamic dims as 1). It prints JSON with the
 peak resident memory that loading and invoking the artifact added to the process.
 A child process keeps the parent's heap (TensorFlow, data) out of the number.
 
@@ -54,7 +55,12 @@ def main() -> None:
     precise = _reset_peak()
     baseline = _status_kib("VmRSS") * 1024 if precise else _max_rss_bytes()  # type: ignore[operator]
     backend = backend_class(sys.stdin.buffer.read())
-    backend.run(zeros_feed(backend.inputs))
+    if len(sys.argv) > 2:
+        with np.load(sys.argv[2], allow_pickle=False) as archive:
+            feed = {name: archive[name] for name in archive.files}
+    else:
+        feed = zeros_feed(backend.inputs)
+    backend.run(feed)
     peak = _status_kib("VmHWM") * 1024 if precise else _max_rss_bytes()  # type: ignore[operator]
     print(json.dumps({"peak_bytes": max(peak - baseline, 0), "engine": backend.engine}))
 

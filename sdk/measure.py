@@ -7,20 +7,25 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekit.errors import ConversionError
 from edgekit.runtime.backends import Backend, zeros_feed
+from edgekit.samples import Feed
 
 EVAL_BATCH = 256
 
 
-def host_latency_ms(backend: Backend, budget_s: float = 0.5, max_runs: int = 200) -> float:
-    """Median batch-1 latency after a warm-up, within a small time budget."""
-    sample = zeros_feed(backend.inputs)
+def host_latency_ms(
+    backend: Backend, feed: Feed | None = None, budget_s: float = 0.5, max_runs: int = 200
+) -> float:
+    """Median batch-1 latency on ``feed`` (default: zeros) after a warm-up, within a small time budget."""
+    sample = feed if feed is not None else zeros_feed(backend.inputs)
     for _ in range(3):
         backend.run(sample)
     timings: list[float] = []
@@ -32,17 +37,16 @@ def host_latency_ms(backend: Backend, budget_s: float = 0.5, max_runs: int = 200
     return statistics.median(timings)
 
 
-def peak_memory_bytes(fmt: str, content: bytes) -> int:
-    """Peak resident memory that loading and invoking the artifact adds, in a fresh process."""
+def peak_memory_bytes(fmt: str, content: bytes, feed: Feed | None = None) -> int:
+    """Peak resident memory that loading the artifact and invoking it on ``feed`` (default:
+    zeros, dynamic dims as 1) adds, in a fresh process."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgekit.runtime.probe", fmt],
-        input=content,
-        capture_output=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="edgekit-probe-") as tmp:
+        args = [sys.executable, "-m", "edgekit.runtime.probe", fmt]
+        if feed is not None:
+            np.savez(Path(tmp) / "feed.npz", **feed)
+            args.append(str(Path(tmp) / "feed.npz"))
+        proc = subprocess.run(args, input=content, capture_output=True, env=env, timeout=600, check=False)
     if proc.returncode != 0:
         lines = proc.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
         raise ConversionError(f"measuring the artifact's memory failed: {lines[-1]}")

@@ -200,3 +200,23 @@ def image_and_ids_data(count: int, seed: int = 0) -> dict[str, np.ndarray]:
         "image": rng.uniform(0, 1, (count, 3, 8, 8)).astype(np.float32),
         "ids": rng.integers(0, 20, (count, 5)).astype(np.int64),
     }
+
+
+def fp16_overflow(opset: int = 17) -> onnx.ModelProto:
+    """The trap of PaddleOCR's detector in fp16: an intermediate tensor past fp16's 65,504
+    (a wide MatMul on large weights, scaled down again after), so fp16 gives inf and noise."""
+    rng = _rng(13)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    inits = [
+        _init("big", rng.normal(0, 3e4, (16, 32))),
+        _init("down", np.array(1e-4)),
+        _init("head", rng.normal(0, 0.5, (32, 4))),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "big"], ["wide"], name="wide"),
+        helper.make_node("Mul", ["wide", "down"], ["scaled"], name="scale"),
+        helper.make_node("Tanh", ["scaled"], ["t"], name="tanh"),
+        helper.make_node("MatMul", ["t", "head"], ["y"], name="head"),
+    ]
+    return _model(nodes, [x], [y], inits, opset)

@@ -134,7 +134,8 @@ def test_dynamic_dims_are_fixed_from_the_calibration_data(tmp_path: Path) -> Non
     path = onnx_graphs.save(onnx_graphs.conv_classifier(opset=13, spatial=("h", "w")), tmp_path / "dyn.onnx")
     result, reporter = _convert_onnx(path, tmp_path, (3, 12, 12), precision="int8")
     assert any(
-        "fixed the dynamic dims of input 'image' from the calibration data: (3, 12, 12)" in n for n in reporter.notes
+        "fixed the dynamic dims of input 'image' from the calibration data: (3, 12, 12)" in n
+        for n in reporter.notes
     )
     assert result.manifest.artifacts[0].inputs[0].shape == (None, 3, 12, 12)  # batch stays dynamic
     assert _agreement(result) >= 95
@@ -145,7 +146,8 @@ def test_dims_sharing_one_symbolic_name_are_fixed_by_position(tmp_path: Path) ->
     path = onnx_graphs.save(onnx_graphs.conv_classifier(opset=11, spatial=("?", "?")), tmp_path / "ocr.onnx")
     result, reporter = _convert_onnx(path, tmp_path, (3, 6, 24), precision="int8")
     assert any(
-        "fixed the dynamic dims of input 'image' from the calibration data: (3, 6, 24)" in n for n in reporter.notes
+        "fixed the dynamic dims of input 'image' from the calibration data: (3, 6, 24)" in n
+        for n in reporter.notes
     )
     assert result.manifest.artifacts[0].inputs[0].shape == (None, 3, 6, 24)
     assert _agreement(result) >= 95
@@ -315,5 +317,24 @@ def test_a_normalization_layer_becomes_constants_not_inputs(
     entry = result.manifest.artifacts[0]
     model, _ = _model(result)
     assert len(model.graph.input) == 1  # the data only: mean and variance are constants, not inputs
-    assert [t.name for t in entry.inputs] == [model.graph.input[0].name] and entry.inputs[0].shape == (None, 30)
+    assert [t.name for t in entry.inputs] == [model.graph.input[0].name] and entry.inputs[0].shape == (
+        None,
+        30,
+    )
     assert entry.metrics.accuracy is not None and entry.metrics.accuracy.gate == "passed"
+
+
+def test_fp16_that_overflows_keeps_the_overflowing_nodes_in_fp32(tmp_path: Path) -> None:
+    """fp16 of a graph with activations past 65,504 gives garbage; the fallback finds the
+    tensors from the float model's activations and keeps their nodes in fp32."""
+    path = onnx_graphs.save(onnx_graphs.fp16_overflow(), tmp_path / "overflow.onnx")
+    x = np.random.default_rng(0).normal(0, 1, (120, 16)).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", x=x)
+    reporter = _NoteCollector()
+    result = convert(ConvertOptions(model=path, profile=load_profile("x86-gateway"), output=tmp_path / "o.ekb",
+                                    precision="fp16", evaluation=tmp_path / "eval.npz"), reporter)  # fmt: skip
+    entry = result.manifest.artifacts[0]
+    assert any("missed the accuracy budget" in note and "wide" in note for note in reporter.notes)
+    assert entry.quantization is not None and "wide" in entry.quantization.float_nodes
+    accuracy = entry.metrics.accuracy
+    assert accuracy is not None and accuracy.gate == "passed" and accuracy.cosine > 0.99

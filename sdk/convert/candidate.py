@@ -18,7 +18,7 @@ from edgekit.measure import compare_all, host_latency_ms, peak_memory_bytes
 from edgekit.profiles import DEFAULT_MAX_ACCURACY_DROP, DeviceProfile
 from edgekit.report import Reporter
 from edgekit.runtime.backends import Backend, TensorInfo, backend_for
-from edgekit.samples import run_samples
+from edgekit.samples import Feed, run_samples
 
 MB = 1024 * 1024
 MAX_FALLBACK_ROUNDS = 6
@@ -66,7 +66,7 @@ def max_accuracy_drop(profile: DeviceProfile, override: float | None = None) -> 
 def build_candidate(job: Job, converter: Converter, precision: str) -> Candidate:
     artifact = _convert(job, converter, precision, job.settings)
     candidate = _measure(job, artifact)
-    if candidate.accuracy_problem and precision in converter.calibrated_precisions:
+    if candidate.accuracy_problem and precision in converter.fallback_precisions:
         candidate = _keep_sensitive_nodes_in_float(job, converter, artifact, candidate)
     return candidate
 
@@ -87,12 +87,13 @@ def _keep_sensitive_nodes_in_float(
     job: Job, converter: Converter, artifact: Artifact, candidate: Candidate
 ) -> Candidate:
     """Retry int8 with the nodes that lose the most kept in float, until the gate passes."""
-    if job.calibration is None:  # calibrated precisions never run without it
+    data = job.calibration or job.evaluation  # the gate failed, so evaluation data is there
+    if data is None:
         return candidate
     kept: list[str] = []
     step = 1
     for _ in range(MAX_FALLBACK_ROUNDS):
-        groups = converter.rank_sensitive_nodes(job.source, artifact, job.calibration.samples, job.settings)
+        groups = converter.rank_sensitive_nodes(job.source, artifact, data.samples, job.settings)
         fresh_groups = [g for g in groups if any(node not in kept for node in g)][:step]
         fresh = list(dict.fromkeys(n for g in fresh_groups for n in g if n not in kept))
         if not fresh:
@@ -122,14 +123,15 @@ def _measure(job: Job, artifact: Artifact) -> Candidate:
     backend = backend_for(artifact.format)(artifact.content, threads)
     accuracy, accuracy_problem = _evaluate(job, artifact, backend)
     size = len(artifact.content)
-    peak = peak_memory_bytes(artifact.format, artifact.content)
+    example = _example(job)
+    peak = peak_memory_bytes(artifact.format, artifact.content, example)
     budget_problems = budget_problems_of(size, peak, profile)
     metrics = Metrics(
         size_bytes=size,
         float_parameter_bytes=job.source.parameter_bytes,
         size_ratio=size / max(job.source.parameter_bytes, 1),
         peak_memory_bytes=peak,
-        host_latency_ms=host_latency_ms(backend),
+        host_latency_ms=host_latency_ms(backend, example),
         conversion_seconds=artifact.seconds,
         calibration_samples=artifact.calibration_samples,
         accuracy=accuracy,
@@ -148,6 +150,13 @@ def _measure(job: Job, artifact: Artifact) -> Candidate:
         quantization=QuantizationScheme(**artifact.quantization) if artifact.quantization else None,
     )
     return Candidate(entry, artifact.content, accuracy_problem, budget_problems)
+
+
+def _example(job: Job) -> Feed | None:
+    """One batch-1 call from the data, for memory and latency: zeros would not do for models
+    whose dynamic dims need a real length (Silero VAD pads its audio by reflection)."""
+    data = job.calibration or job.evaluation
+    return next(data.samples.batches(1))[0] if data is not None else None
 
 
 def _evaluate(job: Job, artifact: Artifact, backend: Backend) -> tuple[Accuracy | None, str | None]:

@@ -1,0 +1,74 @@
+"""fp16 ONNX models, and which nodes to keep in fp32 when fp16 gives garbage.
+
+fp16 holds magnitudes up to 65,504. A detector whose activations go past that (PaddleOCR's
+PP-OCRv4 text detector does) overflows to inf in fp16, and its output is noise. The float
+model's activations on the data show which tensors those are: their producers and
+consumers stay in fp32 through onnxconverter-common's node block list, with casts between.
+The activations are collected once per model and reused by every fallback round.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from edgekit.converters.onnx_source import import_onnx
+from edgekit.errors import MissingDependencyError
+
+FP16_MAX = 65504.0
+FP16_SAFE = FP16_MAX / 4
+"""Past this, a sum or product of two such values overflows fp16."""
+
+
+def to_float16(model: Any, float_nodes: Iterable[str] = ()) -> Any:
+    """``model`` in fp16 with float32 inputs and outputs; ``float_nodes`` stay in fp32."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError as exc:
+        raise MissingDependencyError("onnxconverter-common", "convert", "fp16 ONNX conversion") from exc
+    return float16.convert_float_to_float16(
+        model, keep_io_types=True, node_block_list=list(float_nodes) or None
+    )
+
+
+def activation_peaks(model: Any, feeds: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Per tensor of ``model``, the largest magnitude it takes on ``feeds``."""
+    from onnxruntime.quantization import qdq_loss_debug as debug
+
+    onnx = import_onnx()
+    with tempfile.TemporaryDirectory(prefix="edgekit-fp16-") as tmp:
+        onnx.save(model, f"{tmp}/float.onnx")
+        debug.modify_model_output_intermediate_tensors(f"{tmp}/float.onnx", f"{tmp}/float_aug.onnx")
+        activations = debug.collect_activations(f"{tmp}/float_aug.onnx", _Feeds(feeds))
+    return {
+        name: max(float(np.max(np.abs(v))) if np.size(v) else 0.0 for v in values)
+        for name, values in activations.items()
+    }
+
+
+def rank_overflowing_nodes(model: Any, peaks: dict[str, float]) -> list[tuple[str, ...]]:
+    """For each tensor past ``FP16_SAFE``, largest first: the nodes that produce or consume it."""
+    touching: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for tensor in (*node.input, *node.output):
+            touching.setdefault(tensor, []).append(node.name)
+    risky = sorted(
+        (t for t, peak in peaks.items() if peak > FP16_SAFE and t in touching), key=lambda t: -peaks[t]
+    )
+    return [tuple(touching[tensor]) for tensor in risky]
+
+
+class _Feeds:
+    """ONNX Runtime's calibration reader protocol over feeds."""
+
+    def __init__(self, feeds: Iterator[dict[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self._feeds
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
