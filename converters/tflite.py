@@ -120,6 +120,11 @@ class TFLiteConverter(Converter):
         return converter
 
     def layer_errors(self, source: SourceModel, calibration: Samples) -> list[tuple[str, float]]:
+        """Per compute layer (see ``layer_rows``), its tensor and SNR in dB."""
+        return [(tensor, snr) for op, tensor, snr in self.layer_rows(source, calibration)
+                if op in _COMPUTE_OPS and math.isfinite(snr)]  # fmt: skip
+
+    def layer_rows(self, source: SourceModel, calibration: Samples) -> list[tuple[str, str, float]]:
         """Per quantized layer in execution order, TFLite's QuantizationDebugger comparison of
         its int8 output with float on the same input, as a channel-robust SNR in dB (lower
         is worse): median channel signal over mean channel noise. The debugger's own RMSE /
@@ -137,25 +142,33 @@ class TFLiteConverter(Converter):
         debugger.run()
         dump = io.StringIO()
         debugger.layer_statistics_dump(dump)
-        errors = []
-        for row in csv.DictReader(io.StringIO(dump.getvalue())):
-            value = float(row.get("snr_db") or "nan")
-            if row["op_name"] in _COMPUTE_OPS and math.isfinite(value):
-                errors.append((row["tensor_name"], value))
-        return errors
+        return [
+            (row["op_name"], row["tensor_name"], float(row.get("snr_db") or "nan"))
+            for row in csv.DictReader(io.StringIO(dump.getvalue()))
+        ]
 
     def rank_sensitive_nodes(
         self, source: SourceModel, artifact: Artifact, calibration: Samples, settings: ConversionSettings
     ) -> list[tuple[str, ...]]:
-        """The lowest-SNR layer first, each with the layer before it: a layer's output is
+        """First, when the model starts with elementwise preprocessing (a Normalization layer's
+        SUB and MUL), that prefix: kept in float, the input stays float32 and is quantized
+        after it, so raw features spanning orders of magnitude do not share one int8 scale.
+        Then the lowest-SNR layer first, each with the layer before it: a layer's output is
         often ruined by its input's scale (one outlier channel stretches it so far that the
         rest round to zero), and only keeping both in float keeps that tensor in float.
         [] for several inputs: the debugger feeds inputs by position, in an order it picks."""
         if len(source.inputs) > 1:
             return []
-        layers = self.layer_errors(source, calibration)
+        rows = self.layer_rows(source, calibration)
+        prefix = []
+        for op, tensor, _ in rows:
+            if op not in _PREPROCESSING_OPS:
+                break
+            prefix.append(tensor)
+        layers = [(t, snr) for op, t, snr in rows if op in _COMPUTE_OPS and math.isfinite(snr)]
         order = sorted(range(len(layers)), key=lambda i: layers[i][1])
-        return [tuple(name for name, _ in layers[max(i - 1, 0) : i + 1]) for i in order]
+        ranked = [tuple(name for name, _ in layers[max(i - 1, 0) : i + 1]) for i in order]
+        return ([tuple(prefix)] if prefix else []) + ranked
 
     def _resolve_nodes(
         self, source: SourceModel, calibration: Samples, settings: ConversionSettings
@@ -205,6 +218,9 @@ _COMPUTE_OPS = frozenset(
     {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}
 )
 """Layers worth keeping in float: the debugger can denylist these by name."""
+
+_PREPROCESSING_OPS = frozenset({"SUB", "MUL", "ADD", "DIV", "RSQRT", "SQRT"})
+"""Elementwise ops a model may start with to normalize its raw input."""
 
 
 def _channel_snr_db(

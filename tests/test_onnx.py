@@ -338,3 +338,25 @@ def test_fp16_that_overflows_keeps_the_overflowing_nodes_in_fp32(tmp_path: Path)
     assert entry.quantization is not None and "wide" in entry.quantization.float_nodes
     accuracy = entry.metrics.accuracy
     assert accuracy is not None and accuracy.gate == "passed" and accuracy.cosine > 0.99
+
+
+@pytest.mark.slow
+def test_tabular_tflite_int8_keeps_the_input_normalization_in_float(
+    normalized_mlp: dict[str, Path], tmp_path: Path
+) -> None:
+    """Full-integer int8 gives raw features spanning 0.0005 to 4,000 one input scale and
+    collapses; the fallback keeps the Normalization's SUB and MUL in float, so the input
+    stays float32 and is quantized after them, and int8 passes the gate."""
+    reporter = _NoteCollector()
+    result = convert(ConvertOptions(
+        model=normalized_mlp["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "mlp.ekb",
+        format="tflite", precision="int8", calibration=normalized_mlp["calibration"],
+        evaluation=normalized_mlp["evaluation"],
+    ), reporter)  # fmt: skip
+    first = next(note for note in reporter.notes if "missed the accuracy budget" in note)
+    assert "normalization" in first.split("keeping")[1]  # the input's normalization, first
+    entry = result.manifest.artifacts[0]
+    assert entry.quantization is not None and entry.quantization.io == "float32"
+    assert entry.inputs[0].dtype == "float32" and entry.inputs[0].quantization is None
+    accuracy = entry.metrics.accuracy
+    assert accuracy is not None and accuracy.gate == "passed" and accuracy.drop <= 1.0

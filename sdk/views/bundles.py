@@ -157,7 +157,8 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: b
         details = [q.scheme] + [
             f"{label} {value}"
             for label, value in (("weights", q.weights), ("activations", q.activations),
-                                 ("calibration", q.calibration_method), ("for", q.target))
+                                 ("calibration", q.calibration_method), ("for", q.target),
+                                 ("input and output", q.io))
             if value
         ]  # fmt: skip
         if q.float_nodes:
