@@ -47,7 +47,7 @@ def serving_function(model: Any, shapes: dict[str, tuple[int | None, ...]] | Non
         for tensor, name in zip(model.inputs, input_names(model), strict=True)
     ]
 
-    @tf.function(input_signature=signature, autograph=False)
+    @tf.function(input_signature=signature)
     def serve(*args: Any) -> dict[str, Any]:
         result = model(list(args) if len(args) > 1 else args[0], training=False)
         values = result if isinstance(result, (list, tuple)) else [result]

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter
-from edgekit.converters.keras_export import serving_function
 from edgekit.converters.onnx_fp16 import activation_peaks, rank_overflowing_nodes, to_float16
 from edgekit.converters.onnx_sensitivity import channel_robust_sqnr, sqnr_drop, static_shapes
 from edgekit.converters.onnx_source import dynamic_dims, fix_input_dims, import_onnx
-from edgekit.converters.source import first_line, import_tensorflow
-from edgekit.errors import ConversionError, DataError, InputError, MissingDependencyError
+from edgekit.converters.source import first_line
+from edgekit.converters.tf_to_onnx import from_tensorflow
+from edgekit.errors import ConversionError, DataError, InputError
 from edgekit.formats import PRECISIONS, Format, Precision
 from edgekit.samples import Samples
 
@@ -164,7 +164,7 @@ class ONNXConverter(Converter):
             if source.onnx_model is not None:
                 self._float[key] = source.onnx_model
             else:
-                self._float[key] = _from_tensorflow(source, opset, dict(settings.input_shapes))
+                self._float[key] = from_tensorflow(source, opset, dict(settings.input_shapes))
         return self._float[key]
 
     def _prepared_model(
@@ -192,91 +192,6 @@ def _call_shapes(samples: Samples) -> dict[str, tuple[int, ...]]:
     """Per input, the shape of one call's value (the batch dim as the data gives it)."""
     feed, _ = next(samples.batches(1))
     return {name: tuple(np.shape(value)) for name, value in feed.items()}
-
-
-def _from_tensorflow(source: SourceModel, opset: int, shapes: dict[str, tuple[int | None, ...]]) -> Any:
-    tf = import_tensorflow()
-    try:
-        import tf2onnx
-    except ImportError as exc:
-        raise MissingDependencyError("tf2onnx", "convert", "converting TensorFlow models to ONNX") from exc
-    names = [spec.name for spec in source.inputs]
-    outputs = [spec.name for spec in source.outputs]
-    if source.keras_model is not None:  # traced from the live model: every shape stays static
-        frozen = _frozen(tf, serving_function(source.keras_model, shapes))
-    else:
-        frozen = _frozen(tf, _signature_function(tf, source, shapes))
-    graph_inputs = [t.name for t in frozen.inputs]
-    graph_outputs = [t.name for t in frozen.outputs]  # in the order of sorted output names
-    try:
-        model, _ = tf2onnx.convert.from_graph_def(
-            frozen.graph.as_graph_def(), input_names=graph_inputs, output_names=graph_outputs, opset=opset
-        )
-    except Exception as exc:  # tf2onnx raises many types for unsupported graphs
-        raise ConversionError(
-            f"tf2onnx could not convert the model at opset {opset}: {first_line(exc)}"
-        ) from exc
-    for old, name in zip(graph_inputs, names, strict=True):
-        _rename_tensor(model, old, name)
-    for old, name in zip(graph_outputs, sorted(outputs), strict=True):
-        _rename_tensor(model, old, name)
-    _order_outputs(model, outputs)
-    for value in model.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_param"):
-            _rename_dim_param(model, dims[0].dim_param, "batch")
-    return model
-
-
-def _signature_function(tf: Any, source: SourceModel, shapes: dict[str, tuple[int | None, ...]]) -> Any:
-    """A SavedModel's serving signature as a function of its inputs in order, dims fixed."""
-    signature = source.loaded.signatures["serving_default"]
-    specs = signature.structured_input_signature[1]
-    names = [spec.name for spec in source.inputs]
-    outputs = [spec.name for spec in source.outputs]
-    input_signature = [tf.TensorSpec(shapes.get(n, specs[n].shape), specs[n].dtype, name=n) for n in names]
-
-    @tf.autograph.experimental.do_not_convert
-    def serve(*args: Any) -> dict[str, Any]:
-        result = signature(**dict(zip(names, args, strict=True)))
-        return {name: result[name] for name in outputs}
-
-    return tf.function(serve, input_signature=input_signature)
-
-
-def _frozen(tf: Any, function: Any) -> Any:
-    """The serving function with every captured tensor and variable folded in as a constant.
-    tf2onnx turns captures it does not freeze into extra graph inputs: a Keras Normalization
-    layer's mean and variance would become two inputs the caller must feed."""
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    return convert_variables_to_constants_v2(function.get_concrete_function())
-
-
-def _order_outputs(model: Any, names: list[str]) -> None:
-    """The graph's outputs in the source model's order."""
-    by_name = {value.name: value for value in model.graph.output}
-    ordered = [type(by_name[name])() for name in names]
-    for copy, name in zip(ordered, names, strict=True):
-        copy.CopyFrom(by_name[name])
-    del model.graph.output[:]
-    model.graph.output.extend(ordered)
-
-
-def _rename_tensor(model: Any, old: str, new: str) -> None:
-    for value in (*model.graph.input, *model.graph.output):
-        if value.name == old:
-            value.name = new
-    for node in model.graph.node:
-        node.input[:] = [new if n == old else n for n in node.input]
-        node.output[:] = [new if n == old else n for n in node.output]
-
-
-def _rename_dim_param(model: Any, old: str, new: str) -> None:
-    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param == old:
-                dim.dim_param = new
 
 
 def _with_min_opset(model: Any, opset: int, notes: list[str]) -> Any:

@@ -1,9 +1,9 @@
-"""Recurrent Keras layers for TFLite: unrolled over their fixed number of time steps.
+"""Recurrent Keras layers, unrolled over their fixed number of time steps.
 
 A SavedModel export keeps a GRU or LSTM as a ``while`` loop over a TensorList, which the
-TFLite converter cannot legalize (``TensorListReserve``) at any precision. With the sequence
-length fixed, the same layers unrolled are plain ops that convert, with the same weights
-and the same outputs; ONNX keeps the loop, which tf2onnx handles.
+TFLite converter cannot legalize (``TensorListReserve``) at any precision, and which tf2onnx
+leaves in a frozen graph as an op ONNX Runtime cannot load. With the sequence length fixed,
+the same layers unrolled are plain ops that convert, with the same weights and outputs.
 """
 
 from __future__ import annotations
@@ -24,9 +24,14 @@ def saved_model_for_tflite(source: SourceModel, shapes: dict[str, tuple[int | No
     unroll = model is not None and bool(recurrent_layers(model)) and _sequence_length(model) is not None
     if model is None or not (unroll or shapes):
         return source.saved_model_dir
-    return exported_variant(
-        source, unrolled(model) if unroll else model, shapes, "-unrolled" if unroll else ""
-    )
+    return exported_variant(source, unrolled_if_recurrent(model), shapes, "-unrolled" if unroll else "")
+
+
+def unrolled_if_recurrent(model: Any) -> Any:
+    """``model``, or with recurrent layers over a fixed sequence length, an unrolled copy."""
+    if recurrent_layers(model) and _sequence_length(model) is not None:
+        return unrolled(model)
+    return model
 
 
 def recurrent_layers(model: Any) -> list[str]:

@@ -52,7 +52,7 @@ class Samples:
         step = 1 if self.per_call else batch
         for start in range(0, len(self), step):
             feed = {
-                name: array[start] if name in self.per_call else array[start : start + step]
+                name: np.asarray(array[start]) if name in self.per_call else array[start : start + step]
                 for name, array in self.arrays.items()
             }
             yield feed, min(step, len(self) - start)

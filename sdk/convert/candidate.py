@@ -169,7 +169,9 @@ def _evaluate(job: Job, artifact: Artifact, backend: Backend) -> tuple[Accuracy 
     result = compare_all(
         job.float_out, _by_name(backend, outs, list(job.float_out)), job.primary, job.evaluation.y
     )
-    return gate(result, len(job.evaluation), job.options)
+    primary = job.float_out[job.primary]
+    judged = job.primary if primary.size > len(primary) else None  # more than one value per sample
+    return gate(result, len(job.evaluation), job.options, artifact.precision, judged)
 
 
 def _by_name(backend: Backend, outs: list[np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
@@ -182,7 +184,17 @@ def _by_name(backend: Backend, outs: list[np.ndarray], names: list[str]) -> dict
     raise ConversionError(f"the artifact has outputs {sorted(named)}, the source model {names}")
 
 
-def gate(result: dict, samples: int, options: ConvertOptions) -> tuple[Accuracy, str | None]:
+COSINE_FLOORS = {"fp32": 0.999, "fp16": 0.99, "dynamic": 0.9, "int8": 0.9}
+"""For outputs that top-1 does not judge (the others, beside the one ``--eval-output``
+names, such as a recurrent state, and a one-value score, whose agreement is always 100%):
+below these, the output no longer tracks the float model's."""
+
+
+def gate(
+    result: dict, samples: int, options: ConvertOptions, precision: str, judged: str | None = None
+) -> tuple[Accuracy, str | None]:
+    """The verdict: top-1 (or agreement) within the budget, and every output but ``judged``
+    (the one top-1 measures meaningfully) above the cosine floor."""
     max_drop = max_accuracy_drop(options.profile, options.max_accuracy_drop)
     problem = None
     if result["drop"] > max_drop:
@@ -193,6 +205,14 @@ def gate(result: dict, samples: int, options: ConvertOptions) -> tuple[Accuracy,
             f"{what} {result['artifact']:.2f}% vs float {result['float_model']:.2f}%: "
             f"drop {result['drop']:.2f} pp > allowed {max_drop:.2f} pp"
         )
+    floor = COSINE_FLOORS.get(precision, 0.0)
+    cosines = {name: each["cosine"] for name, each in (result.get("outputs") or {}).items()}
+    low = {name: c for name, c in (cosines or {result["output"]: result["cosine"]}).items()
+           if c < floor and name != judged}  # fmt: skip
+    if problem is None and low:
+        name, cosine = min(low.items(), key=lambda item: item[1])
+        which = f"output '{name}'" if cosines else "the output"
+        problem = f"{which} has cosine {cosine:.4f} with float, below {floor} for {precision}"
     verdict = "overridden" if problem else "passed"
     return Accuracy(**result, samples=samples, max_drop=max_drop, gate=verdict), problem
 

@@ -1,0 +1,104 @@
+"""TensorFlow models to ONNX with tf2onnx, inputs and outputs keeping the source's names.
+
+tf2onnx reads a frozen graph: the SavedModel's serving signature, or the live Keras model
+traced, when inputs' dynamic dims are fixed from the data (a SavedModel's signature keeps
+them dynamic inside) or when it has recurrent layers: frozen, their TensorList loop is left
+as ``TensorListReserve``, which ONNX Runtime cannot load, so they are unrolled first. Every
+variable and captured tensor becomes a constant, so nothing leaks out as an extra input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgekit.converters.keras_export import serving_function
+from edgekit.converters.recurrent import recurrent_layers, unrolled_if_recurrent
+from edgekit.converters.source import first_line, import_tensorflow
+from edgekit.converters.source_model import SourceModel
+from edgekit.errors import ConversionError, MissingDependencyError
+
+
+def from_tensorflow(source: SourceModel, opset: int, shapes: dict[str, tuple[int | None, ...]]) -> Any:
+    tf = import_tensorflow()
+    try:
+        import tf2onnx
+    except ImportError as exc:
+        raise MissingDependencyError("tf2onnx", "convert", "converting TensorFlow models to ONNX") from exc
+    names = [spec.name for spec in source.inputs]
+    outputs = [spec.name for spec in source.outputs]
+    model = source.keras_model
+    if model is not None and (shapes or recurrent_layers(model)):  # traced from the live model
+        frozen = _frozen(tf, serving_function(unrolled_if_recurrent(model), shapes))
+    else:
+        frozen = _frozen(tf, _signature_function(tf, source, shapes))
+    graph_inputs = [t.name for t in frozen.inputs]
+    graph_outputs = [t.name for t in frozen.outputs]  # in the order of sorted output names
+    try:
+        model, _ = tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(), input_names=graph_inputs, output_names=graph_outputs, opset=opset
+        )
+    except Exception as exc:  # tf2onnx raises many types for unsupported graphs
+        raise ConversionError(
+            f"tf2onnx could not convert the model at opset {opset}: {first_line(exc)}"
+        ) from exc
+    for old, name in zip(graph_inputs, names, strict=True):
+        _rename_tensor(model, old, name)
+    for old, name in zip(graph_outputs, sorted(outputs), strict=True):
+        _rename_tensor(model, old, name)
+    _order_outputs(model, outputs)
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_param"):
+            _rename_dim_param(model, dims[0].dim_param, "batch")
+    return model
+
+
+def _signature_function(tf: Any, source: SourceModel, shapes: dict[str, tuple[int | None, ...]]) -> Any:
+    """A SavedModel's serving signature as a function of its inputs in order, dims fixed."""
+    signature = source.loaded.signatures["serving_default"]
+    specs = signature.structured_input_signature[1]
+    names = [spec.name for spec in source.inputs]
+    outputs = [spec.name for spec in source.outputs]
+    input_signature = [tf.TensorSpec(shapes.get(n, specs[n].shape), specs[n].dtype, name=n) for n in names]
+
+    @tf.autograph.experimental.do_not_convert
+    def serve(*args: Any) -> dict[str, Any]:
+        result = signature(**dict(zip(names, args, strict=True)))
+        return {name: result[name] for name in outputs}
+
+    return tf.function(serve, input_signature=input_signature)
+
+
+def _frozen(tf: Any, function: Any) -> Any:
+    """The serving function with every captured tensor and variable folded in as a constant.
+    tf2onnx turns captures it does not freeze into extra graph inputs: a Keras Normalization
+    layer's mean and variance would become two inputs the caller must feed."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    return convert_variables_to_constants_v2(function.get_concrete_function())
+
+
+def _order_outputs(model: Any, names: list[str]) -> None:
+    """The graph's outputs in the source model's order."""
+    by_name = {value.name: value for value in model.graph.output}
+    ordered = [type(by_name[name])() for name in names]
+    for copy, name in zip(ordered, names, strict=True):
+        copy.CopyFrom(by_name[name])
+    del model.graph.output[:]
+    model.graph.output.extend(ordered)
+
+
+def _rename_tensor(model: Any, old: str, new: str) -> None:
+    for value in (*model.graph.input, *model.graph.output):
+        if value.name == old:
+            value.name = new
+    for node in model.graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+
+
+def _rename_dim_param(model: Any, old: str, new: str) -> None:
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == old:
+                dim.dim_param = new
