@@ -73,7 +73,8 @@ class ONNXConverter(Converter):
     def __init__(self) -> None:
         self._float: dict[tuple[Any, ...], Any] = {}
         self._prepared: dict[tuple[Any, ...], bytes] = {}
-        self._peaks: dict[tuple[Any, ...], dict[str, float]] = {}
+        self._peaks: dict[int, dict[str, float]] = {}
+        self._float_activations: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def convert(
         self,
@@ -119,24 +120,30 @@ class ONNXConverter(Converter):
         arise, not everywhere downstream of it.
         """
         if artifact.precision == "fp16":
-            key = (id(source), settings.input_shapes)
             model = self._float_model(source, settings)
-            if key not in self._peaks:  # once per model: every fallback round reuses them
-                self._peaks[key] = activation_peaks(model, (f for f, _ in calibration.head(64).batches(8)))
-            return rank_overflowing_nodes(model, self._peaks[key])
+            if id(model) not in self._peaks:  # once per model: every fallback round reuses them
+                self._peaks[id(model)] = activation_peaks(
+                    model, (f for f, _ in calibration.head(64).batches(8))
+                )
+            return rank_overflowing_nodes(model, self._peaks[id(model)])
         from onnxruntime.quantization import qdq_loss_debug as debug
 
         onnx = import_onnx()
         prepared = self._prepared_model(source, self._float_model(source, settings), calibration, [])
         sample = calibration.head(64)
+        key = (id(source), settings.input_shapes, len(sample))
+        models = [("qdq", artifact.content)]
+        if key not in self._float_activations:  # once: every fallback round reuses them
+            models.append(("float", prepared.SerializeToString()))
         with tempfile.TemporaryDirectory(prefix="edgekit-qdq-debug-") as tmp, _cwd(tmp):
             activations = {}
-            for name, content in (("float", prepared.SerializeToString()), ("qdq", artifact.content)):
+            for name, content in models:
                 onnx.save(onnx.load_from_string(content), f"{name}.onnx")
                 debug.modify_model_output_intermediate_tensors(f"{name}.onnx", f"{name}_aug.onnx")
                 reader = _Reader(sample, lambda n: None)
                 activations[name] = debug.collect_activations(f"{name}_aug.onnx", reader)
-        matched = debug.create_activation_matching(activations["qdq"], activations["float"])
+        self._float_activations.setdefault(key, activations.get("float", {}))
+        matched = debug.create_activation_matching(activations["qdq"], self._float_activations[key])
         shapes = static_shapes(prepared)
         sqnr = {
             tensor: channel_robust_sqnr(pair["float"], pair["post_qdq"], shapes.get(tensor))

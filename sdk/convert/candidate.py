@@ -4,6 +4,7 @@ misses the accuracy gate, keep the nodes that lose the most in float and try aga
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -93,6 +94,7 @@ def _keep_sensitive_nodes_in_float(
     kept: list[str] = []
     step = 1
     for _ in range(MAX_FALLBACK_ROUNDS):
+        started = time.perf_counter()
         groups = converter.rank_sensitive_nodes(job.source, artifact, data.samples, job.settings)
         fresh_groups = [g for g in groups if any(node not in kept for node in g)][:step]
         fresh = list(dict.fromkeys(n for g in fresh_groups for n in g if n not in kept))
@@ -111,6 +113,9 @@ def _keep_sensitive_nodes_in_float(
             job.reporter.note(f"keeping {', '.join(fresh)} in float failed: {exc}")
             break
         candidate = _measure(job, artifact)
+        job.reporter.note(
+            f"fallback round with {len(kept)} kept in float: {time.perf_counter() - started:.1f} s"
+        )
         if not candidate.accuracy_problem:
             break
     return candidate
