@@ -132,8 +132,9 @@ def _fine_tune(
     import keras
 
     x, y = train_data
-    if len(x) != len(y):
-        raise DataError(f"training data: {len(x)} inputs but {len(y)} labels")
+    count = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)  # several inputs: by name
+    if count != len(y):
+        raise DataError(f"training data: {count} samples but {len(y)} labels")
     model.compile(keras.optimizers.Adam(learning_rate), loss or _hard_loss(model))
     with reporter.progress(title, epochs) as advance:
         model.fit(
@@ -173,7 +174,7 @@ def _chain(model: Any) -> list[Any]:
                 raise PruningError(
                     f"structured pruning supports chains of layers; layer '{layer.name}' "
                     f"({type(layer).__name__}) joins {len(node.input_tensors)} branches. "
-                    "Use unstructured pruning (without structured=True) for this model"
+                    "Use magnitude pruning (--prune-mode magnitude; structured=False) for this model"
                 )
     return layers
 

@@ -247,3 +247,29 @@ def test_keras_two_input_model_converts_with_named_outputs(
     tolerance = 1e-4 if precision == "fp32" else 0.15
     np.testing.assert_allclose(outputs["cls"], want_cls, atol=tolerance)
     np.testing.assert_allclose(outputs["box"], want_box, atol=tolerance * 5)
+
+
+def test_pruning_a_two_input_keras_model(tmp_path: Path) -> None:
+    """Magnitude pruning fine-tunes on named inputs; structured pruning refuses the join."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    features = keras.Input((8,), name="features")
+    ids = keras.Input((5,), dtype="int32", name="ids")
+    text = keras.layers.Flatten()(keras.layers.Embedding(20, 3)(ids))
+    hidden = keras.layers.Dense(32, activation="relu")(keras.layers.Concatenate()([features, text]))
+    keras.Model([features, ids], keras.layers.Dense(3, activation="softmax", name="cls")(hidden)).save(
+        tmp_path / "m.keras"
+    )
+    rng = np.random.default_rng(0)
+    train = _save(tmp_path, "train", features=rng.normal(size=(200, 8)).astype(np.float32),
+                  ids=rng.integers(0, 20, (200, 5)).astype(np.int32), y=rng.integers(0, 3, 200))  # fmt: skip
+    options = ConvertOptions(model=tmp_path / "m.keras", profile=load_profile("x86-gateway"), output=tmp_path / "p.ekb",
+                             precision="fp32", prune=0.5, train_data=train, prune_epochs=1)  # fmt: skip
+    with pytest.raises(
+        InputError, match="'concatenate' \\(Concatenate\\) joins 2 branches.*--prune-mode magnitude"
+    ):
+        convert(options)
+    result = convert(replace(options, prune_mode="magnitude"))
+    compression = result.manifest.compression
+    assert compression is not None and compression.parameters_after < compression.parameters_before
