@@ -169,7 +169,7 @@ class ONNXConverter(Converter):
         key = (id(source), opset, settings.input_shapes)
         if key not in self._float:
             if source.onnx_model is not None:
-                self._float[key] = source.onnx_model
+                self._float[key] = _named_nodes(source.onnx_model)
             else:
                 self._float[key] = from_tensorflow(source, opset, dict(settings.input_shapes))
         return self._float[key]
@@ -316,6 +316,22 @@ class _Reader:
             return None
         self._advance(count)
         return feed
+
+
+def _named_nodes(model: Any) -> Any:
+    """``model``, or a copy with a unique name for every unnamed node (PaddleOCR's exporter
+    leaves some unnamed): float node lists and the casts fp16 inserts go by name."""
+    if all(node.name for node in model.graph.node):
+        return model
+    named = _copy(model)
+    taken = {node.name for node in named.graph.node}
+    for index, node in enumerate(named.graph.node):
+        if not node.name:
+            node.name = next(
+                n for n in (f"{node.op_type}_{index}", f"{node.op_type}_{index}_edgekit") if n not in taken
+            )
+            taken.add(node.name)
+    return named
 
 
 def _serialize(model: Any) -> bytes:

@@ -20,7 +20,10 @@ from edgekit.errors import MissingDependencyError
 
 FP16_MAX = 65504.0
 FP16_SAFE = FP16_MAX / 4
-"""Past this, a sum or product of two such values overflows fp16."""
+"""Past this, a sum or product of two such activations overflows fp16."""
+CLAMPED = 1e4
+"""onnxconverter-common clamps every constant past this (its ``max_finite_val``): PaddleOCR's
+detector has BatchNorm variances near 1e8, and clamped to 1e4 its output is noise."""
 
 
 def to_float16(model: Any, float_nodes: Iterable[str] = ()) -> Any:
@@ -50,15 +53,28 @@ def activation_peaks(model: Any, feeds: Iterator[dict[str, np.ndarray]]) -> dict
 
 
 def rank_overflowing_nodes(model: Any, peaks: dict[str, float]) -> list[tuple[str, ...]]:
-    """For each tensor past ``FP16_SAFE``, largest first: the nodes that produce or consume it."""
+    """First, every node that takes a constant fp16 conversion would clamp (one group: the
+    damage is certain); then, for each activation past ``FP16_SAFE``, largest first, the
+    nodes that produce or consume it."""
+    from onnx import numpy_helper
+
     touching: dict[str, list[str]] = {}
     for node in model.graph.node:
         for tensor in (*node.input, *node.output):
             touching.setdefault(tensor, []).append(node.name)
-    risky = sorted(
-        (t for t, peak in peaks.items() if peak > FP16_SAFE and t in touching), key=lambda t: -peaks[t]
-    )
-    return [tuple(touching[tensor]) for tensor in risky]
+    constants = {t.name: _peak(numpy_helper.to_array(t)) for t in model.graph.initializer if t.data_type == 1}
+    for node in model.graph.node:
+        values = [a.t for a in node.attribute if a.name == "value" and a.t.data_type == 1]
+        if node.op_type == "Constant" and values:  # float32: what fp16 conversion rewrites
+            constants[node.output[0]] = _peak(numpy_helper.to_array(values[0]))
+    clamped = [name for name, peak in constants.items() if peak > CLAMPED and name in touching]
+    groups = [tuple(dict.fromkeys(n for name in clamped for n in touching[name]))] if clamped else []
+    risky = [t for t, peak in peaks.items() if peak > FP16_SAFE and t in touching and t not in constants]
+    return groups + [tuple(touching[t]) for t in sorted(risky, key=lambda t: -peaks[t])]
+
+
+def _peak(array: np.ndarray) -> float:
+    return float(np.max(np.abs(array), initial=0.0))
 
 
 class _Feeds:
