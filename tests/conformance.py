@@ -218,6 +218,14 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if norms == 0 and not a64.any() and not b64.any() else float(a64 @ b64 / max(norms, 1e-30))
 
 
+def _short(detail: str) -> str:
+    """A table cell: the cosine, or the refusal's gist."""
+    if "loses too much accuracy" in detail:
+        verdict = detail.split(": ", 3)[-1].split(";")[0]
+        return "gate: " + verdict.replace("top-1 agreement with float", "agreement").split(": drop")[0]
+    return detail if len(detail) < 90 else detail[:87] + "…"
+
+
 def main() -> None:
     print("| model | format | " + " | ".join(PRECISIONS) + " |")
     print("|---|---|" + "---|" * len(PRECISIONS))
@@ -227,8 +235,7 @@ def main() -> None:
             for precision in PRECISIONS:
                 with tempfile.TemporaryDirectory() as tmp:
                     cell = run_cell(row, fmt, precision, Path(tmp))
-                mark = "✓" if cell.passed else "✗"
-                cells.append(f"{mark} {cell.detail}")
+                cells.append(("✓ " if cell.passed else "✗ ") + _short(cell.detail))
             print(f"| {row.name} | {fmt} | " + " | ".join(cells) + " |", flush=True)
 
 
