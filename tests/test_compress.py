@@ -174,6 +174,7 @@ def test_tflite_debugger_finds_the_int8_sensitive_layer_and_float_restores_accur
     from edgekit.converters.tflite import TFLiteConverter
     from edgekit.profiles import load_profile
     from edgekit.runtime.backends import TFLiteBackend
+    from edgekit.samples import Samples
 
     path = tmp_path / "sensitive.keras"
     calibration = np.load(digits_files["calibration"])["x"]
@@ -181,8 +182,9 @@ def test_tflite_debugger_finds_the_int8_sensitive_layer_and_float_restores_accur
     settings = ConversionSettings(load_profile("raspberry-pi-5"))
     with load_source(path, None) as source:
         converter = TFLiteConverter()
-        ranked = converter.rank_sensitive_nodes(source, None, calibration, settings)  # type: ignore[arg-type]
-        plain = converter.convert(source, "int8", calibration, lambda n: None, settings)
+        samples = Samples.of(source.inputs[0].name, calibration)
+        ranked = converter.rank_sensitive_nodes(source, None, samples, settings)  # type: ignore[arg-type]
+        plain = converter.convert(source, "int8", samples, lambda n: None, settings)
     assert "outlier" in ranked[0][0] and "restore" in ranked[0][1]  # the debugger names them first
     outputs = run_one(TFLiteBackend(plain.content), data["x_eval"])
     assert (outputs.argmax(axis=1) == data["y_eval"]).mean() < 0.8  # int8 everywhere breaks it
