@@ -111,8 +111,8 @@ def _by_input_name(
     arrays: dict[str, np.ndarray], specs: Sequence[InputSpec], where: str
 ) -> dict[str, np.ndarray]:
     names = [spec.name for spec in specs]
-    if len(specs) == 1 and list(arrays) == ["x"]:
-        return {names[0]: arrays["x"]}
+    if len(specs) == 1 and "x" in arrays and names[0] not in arrays:
+        return {names[0]: arrays["x"]}  # other arrays (collected samples' pred, seq...) are metadata
     found = ", ".join(arrays)
     missing = [name for name in names if name not in arrays]
     if missing:
@@ -194,7 +194,7 @@ def load_inputs(values: Sequence[str], manifest: Any, tensors: Sequence[Any]) ->
         path = Path(values[0])
         if path.suffix == ".npz":
             arrays = dict(_read(path).samples.arrays)
-            if len(tensors) == 1 and list(arrays) == ["x"]:
+            if len(tensors) == 1 and "x" in arrays:
                 return arrays["x"]
             return arrays  # the model names what is missing or extra
         if len(tensors) == 1:
