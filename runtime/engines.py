@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +13,8 @@ from edgekit.runtime.sealed import seal, unseal
 
 if TYPE_CHECKING:
     from edgekit.runtime.store import Store
+
+log = logging.getLogger("edgekit")
 
 
 class EngineCache:
@@ -40,15 +44,22 @@ class EngineCache:
             return None
 
     def put(self, key: str, engine: bytes) -> None:
-        with self.store.locked():
-            if not self.folder.is_dir():
-                return  # removed meanwhile: nothing to cache for
-            data_key = self.store.data_key(self.name, self.version)
-            self._path(key).parent.mkdir(exist_ok=True)
-            atomic_write(self._path(key), seal(engine, data_key, self.name, self.version, f"engines/{key}"))
+        """Store an engine; on a store that cannot be written, say so and go on without."""
+        try:
+            with self.store.locked():
+                if not self.folder.is_dir():
+                    return  # removed meanwhile: nothing to cache for
+                data_key = self.store.data_key(self.name, self.version)
+                self._path(key).parent.mkdir(exist_ok=True)
+                atomic_write(
+                    self._path(key), seal(engine, data_key, self.name, self.version, f"engines/{key}")
+                )
+        except (StoreError, OSError) as exc:
+            log.warning("edgekit: TensorRT engine not cached (%s); it is built at every start", exc)
 
     def drop(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only store keeps it, and builds anew
+            self._path(key).unlink(missing_ok=True)
 
     def _path(self, key: str) -> Path:
         if not key.isalnum():

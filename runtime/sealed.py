@@ -1,7 +1,9 @@
 """The chunked AES-256-GCM file format of the store and its engine cache.
 
 A header (magic, chunk size, chunk count, total length), then per chunk a random 96-bit
-nonce and the ciphertext with its tag. Every chunk's associated data binds the model name,
+nonce and the ciphertext with its tag. There is always at least one chunk, and the count
+must be the one the length needs, so no header can make a reader skip authentication.
+Every chunk's associated data binds the model name,
 version, file, chunk index, chunk count and total length, so a file cannot be swapped,
 reordered or truncated unnoticed. Keys are used for one model version only.
 """
@@ -18,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from edgekit.errors import StoreError
 
 CHUNK_BYTES = 1 << 20
+MAX_CHUNK_BYTES = 64 << 20
 MAGIC = b"EKENC1\n\0"
 _HEADER = struct.Struct(">8sIIQ")  # magic, chunk size, chunk count, total length
 _NONCE = 12
@@ -45,6 +48,10 @@ def unseal(path: Path, key: bytes, name: str, version: int, file: str) -> bytes:
     magic, chunk_bytes, count, total = _HEADER.unpack_from(sealed)
     if magic != MAGIC:
         raise StoreError(f"{name} v{version}: {file} is not an edgekit encrypted file")
+    # Even empty data is one authenticated chunk, and the count follows from the length: a
+    # header rewritten to zero chunks, or to fewer than its length needs, never skips the tags.
+    if not 0 < chunk_bytes <= MAX_CHUNK_BYTES or count != max(1, -(-total // chunk_bytes)):
+        raise StoreError(f"{name} v{version}: {file} has a forged or truncated header; it was tampered with")
     aead, offset, out, view = AESGCM(key), _HEADER.size, [], memoryview(sealed)  # slices without copies
     for index in range(count):
         size = min(chunk_bytes, total - index * chunk_bytes) + 16

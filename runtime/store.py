@@ -16,35 +16,33 @@ way. A file lock serializes writers, and opening the store removes leftovers of 
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import errno
 import fcntl
-import hashlib
-import hmac
-import json
+import logging
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgekit.atomic import atomic_write, fsync_dir, write_file
-from edgekit.bundle import MANIFEST, SIGNATURE, Manifest, read_bundle
-from edgekit.errors import KeyProviderError, StoreError
+from edgekit.bundle import MANIFEST, SIGNATURE, Manifest, SignatureEntry, parse_manifest, read_bundle
+from edgekit.errors import EdgekitError, KeyProviderError, StoreError
 from edgekit.paths import edgekit_home
 from edgekit.runtime.keys import FileKeyProvider, KeyProvider, default_provider, fingerprint
 from edgekit.runtime.sealed import seal, unseal
+from edgekit.runtime.store_records import VersionState, read_state, state_bytes, unwrap_key, wrap_key
 from edgekit.signing import Trust
 
 if TYPE_CHECKING:
     from edgekit.runtime.engines import EngineCache
 
-_NONCE = 12
+log = logging.getLogger("edgekit")
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,8 @@ class Installed:
     version: int
     active: bool
     signed_by: str | None
+    problem: str | None = None
+    """Why this version cannot be trusted as listed (a corrupt record), or None."""
 
 
 class Store:
@@ -66,9 +66,12 @@ class Store:
 
     def install(
         self, bundle: Path, *, allow_unsigned: bool = False, allow_downgrade: bool = False,
-        trust: Trust | None = None,
+        trust: Trust | None = None, max_bytes: int | None = None,
     ) -> Installed:  # fmt: skip
-        """Verify ``bundle`` (signature, then every hash), then store it encrypted and active."""
+        """Verify ``bundle`` (signature, then every hash), then store it encrypted and active.
+
+        ``highest`` is raised first, then the version written, then activated: a crash
+        between any two steps leaves a state that is consistent and that ``install`` finishes."""
         verify = (trust or Trust(self.home / "trust")).verifier(allow_unsigned, str(bundle))
         captured: list[bytes | None] = []
 
@@ -76,7 +79,7 @@ class Store:
             verify(manifest_bytes, signature)
             captured.append(signature)
 
-        manifest, contents = read_bundle(bundle, verify_and_remember)
+        manifest, contents = read_bundle(bundle, verify_and_remember, max_bytes)
         with self.locked():
             name, version = manifest.name, manifest.version
             state = self._read_state(name)
@@ -84,37 +87,41 @@ class Store:
             if final.exists():
                 raise StoreError(f"{name} v{version} is already installed; activate it with: "
                                  f"edgekit models activate {name} {version}")  # fmt: skip
-            highest = state.get("highest", 0)
+            highest = state.highest if state else 0
             if version < highest and not allow_downgrade:
                 raise StoreError(
                     f"{name} v{version} is older than v{highest}, the highest this device has installed; "
                     "pass --allow-downgrade to install it anyway"
                 )
+            floor = VersionState(active=state.active if state else None, highest=max(highest, version))
+            if floor != state:
+                self._write_state(name, floor, then="the store is unchanged")
             self._write_version(final, manifest, contents, captured[0])
-            self._write_state(name, {"active": version, "highest": max(highest, version)})
-        return Installed(name, version, True, json.loads(captured[0])["key_id"] if captured[0] else None)
+            self._write_state(name, VersionState(active=version, highest=floor.highest))
+        signer = SignatureEntry.parse(captured[0], str(bundle)).key_id if captured[0] else None
+        return Installed(name, version, True, signer)
 
     def activate(self, name: str, version: int) -> None:
         with self.locked():
             state = self._read_state(name)
-            if not (self.root / name / str(version)).is_dir():
+            if state is None or not (self.root / name / str(version)).is_dir():
                 raise StoreError(f"{name} v{version} is not installed; see: edgekit models list")
-            self._write_state(name, {**state, "active": version})
+            self._write_state(name, state.model_copy(update={"active": version}))
 
     def rollback(self, name: str) -> int:
         """Activate the newest installed version older than the active one."""
         with self.locked():
-            state = self._read_state(name)
-            older = [v for v in self._versions(name) if v < state.get("active", 0)]
-            if not older:
-                raise StoreError(f"{name} has no installed version older than v{state.get('active')}")
-            self._write_state(name, {**state, "active": max(older)})
+            active = (state := self._read_state(name)) and state.active
+            older = [v for v in self._versions(name) if v < (active or 0)]
+            if state is None or not older:
+                raise StoreError(f"{name} has no installed version older than v{active}")
+            self._write_state(name, state.model_copy(update={"active": max(older)}))
             return max(older)
 
     def remove(self, name: str, version: int) -> None:
         with self.locked():
             state = self._read_state(name)
-            if state.get("active") == version:
+            if state is not None and state.active == version:
                 raise StoreError(f"{name} v{version} is active; activate another version first")
             target = self.root / name / str(version)
             if not target.is_dir():
@@ -127,27 +134,50 @@ class Store:
     # --- reading -------------------------------------------------------------------------
 
     def installed(self) -> list[Installed]:
+        """Every installed version; one whose records are corrupt is listed with its
+        ``problem``, and the others as usual."""
+        with self.locked(shared=True):
+            return [entry for name in self._names() for entry in self._listing(name)]
+
+    def _listing(self, name: str) -> list[Installed]:
+        try:
+            state, problem = self._read_state(name), None
+        except EdgekitError as exc:
+            state, problem = None, str(exc)
         found = []
-        for folder in sorted(p for p in self.root.glob("*") if p.is_dir() and not p.name.startswith(".")):
-            state = self._read_state(folder.name)
-            for version in self._versions(folder.name):
-                sig = folder / str(version) / SIGNATURE
-                signer = json.loads(sig.read_bytes())["key_id"] if sig.exists() else None
-                found.append(Installed(folder.name, version, state.get("active") == version, signer))
+        for version in self._versions(name):
+            signer, bad_signature = self._signer(name, version)
+            found.append(Installed(name, version, state is not None and state.active == version,
+                                   signer, problem or bad_signature))  # fmt: skip
         return found
+
+    def _signer(self, name: str, version: int) -> tuple[str | None, str | None]:
+        path = self.root / name / str(version) / SIGNATURE
+        if not path.exists():
+            return None, None
+        try:
+            return SignatureEntry.parse(path.read_bytes()[:8192], f"{name} v{version}").key_id, None
+        except EdgekitError as exc:
+            return None, str(exc)
 
     def load(self, name: str, version: int | None = None) -> tuple[Manifest, dict[str, bytes]]:
         """Decrypt a version (default: the active one) into memory, checking every tag."""
+        with self.locked(shared=True):
+            return self._load(name, version)
+
+    def _load(self, name: str, version: int | None) -> tuple[Manifest, dict[str, bytes]]:
         state = self._read_state(name)
-        if not state:
+        if state is None:
             raise StoreError(f"no model '{name}' in the store; install one with: edgekit install BUNDLE")
-        version = version or state["active"]
+        version = version or state.active
+        if version is None:
+            raise StoreError(f"{name} has no active version; activate one with: edgekit models activate")
         folder = self.root / name / str(version)
         if not folder.is_dir():
             raise StoreError(f"{name} v{version} is not installed")
         data_key = self._unwrap(folder, name, version)
         manifest_bytes = unseal(folder / "manifest.enc", data_key, name, version, MANIFEST)
-        manifest = Manifest.model_validate_json(manifest_bytes)
+        manifest = parse_manifest(manifest_bytes, f"{name} v{version}")
         # No second sha256 here: install checked every hash before encrypting, and the GCM tags,
         # bound to name, version, file and chunk, authenticate every byte under a key only
         # this device can unwrap. Hashing again would double the cost of a cold load.
@@ -193,8 +223,9 @@ class Store:
             for version in self._versions(name):
                 folder = self.root / name / str(version)
                 data_key = self._unwrap(folder, name, version, keys=[new, old])
-                self._wrap(folder / "data.key", data_key, name, version, new, replace=True)
-            self._write_state(name, state, key=new)
+                atomic_write(folder / "data.key", wrap_key(data_key, name, version, new))
+            if state is not None:
+                self._write_state(name, state, key=new)
         os.replace(next_path, key_path)
         fsync_dir(key_path.parent)
 
@@ -216,7 +247,7 @@ class Store:
         try:
             data_key = AESGCM.generate_key(bit_length=256)
             name, version = manifest.name, manifest.version
-            self._wrap(tmp / "data.key", data_key, name, version, self._device_keys()[0])
+            write_file(tmp / "data.key", wrap_key(data_key, name, version, self._device_keys()[0]))
             write_file(
                 tmp / "manifest.enc", seal(manifest.canonical_bytes(), data_key, name, version, MANIFEST)
             )
@@ -237,59 +268,33 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def _wrap(self, path: Path, data_key: bytes, name: str, version: int, device_key: bytes,
-              replace: bool = False) -> None:  # fmt: skip
-        nonce = os.urandom(_NONCE)
-        wrapped = AESGCM(device_key).encrypt(nonce, data_key, _key_aad(name, version))
-        record = {"device_key": fingerprint(device_key), "nonce": _b64(nonce), "wrapped": _b64(wrapped)}
-        body = json.dumps(record, sort_keys=True).encode()
-        if replace:
-            atomic_write(path, body)
-        else:
-            write_file(path, body)
-
     def _unwrap(self, folder: Path, name: str, version: int, keys: list[bytes] | None = None) -> bytes:
         try:
-            record = json.loads((folder / "data.key").read_bytes())
-            sealed_with, nonce, wrapped = record["device_key"], record["nonce"], record["wrapped"]
-        except (OSError, ValueError, KeyError, TypeError):
+            raw = (folder / "data.key").read_bytes()
+        except OSError:
             raise StoreError(
                 f"{name} v{version}: data.key is missing or malformed; the store was tampered with"
             ) from None
-        device_key = self._key_for(sealed_with, f"{name} v{version}", keys)
-        try:
-            return AESGCM(device_key).decrypt(
-                base64.b64decode(nonce), base64.b64decode(wrapped), _key_aad(name, version)
-            )
-        except (InvalidTag, ValueError):
-            raise StoreError(f"{name} v{version}: its data key was tampered with") from None
+        return unwrap_key(raw, name, version, lambda seal, what: self._key_for(seal, what, keys))
 
-    def _read_state(self, name: str, keys: list[bytes] | None = None) -> dict[str, int]:
+    def _read_state(self, name: str, keys: list[bytes] | None = None) -> VersionState | None:
         path = self.root / name / "state.json"
         if not path.exists():
             if self._versions(name):
                 raise StoreError(f"{name}: state.json is missing; the store was tampered with")
-            return {}
-        try:
-            record = json.loads(path.read_bytes())
-            sealed_with, state, mac = record["device_key"], record["state"], record["mac"]
-        except (ValueError, KeyError, TypeError):
-            raise StoreError(f"{name}: state.json is malformed; the store was tampered with") from None
-        key = self._key_for(sealed_with, name, keys)
-        body = json.dumps(state, sort_keys=True).encode()
-        if not hmac.compare_digest(mac, _mac(key, name, body)):
-            raise StoreError(f"{name}: state.json does not verify; the store was tampered with")
-        return {k: int(v) for k, v in state.items()}
+            return None
+        raw = path.read_bytes()
+        return read_state(raw, name, lambda seal, what: self._key_for(seal, what, keys))
 
-    def _write_state(self, name: str, state: dict[str, int], key: bytes | None = None) -> None:
+    def _write_state(
+        self, name: str, state: VersionState, key: bytes | None = None, then: str = "its state is as before"
+    ) -> None:
         key = key or self._device_keys()[0]
-        body = json.dumps(state, sort_keys=True).encode()
-        record = {"state": state, "device_key": fingerprint(key), "mac": _mac(key, name, body)}
-        (self.root / name).mkdir(parents=True, exist_ok=True)
         try:
-            atomic_write(self.root / name / "state.json", json.dumps(record, sort_keys=True).encode())
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+            atomic_write(self.root / name / "state.json", state_bytes(name, state, key))
         except OSError as exc:
-            raise StoreError(f"could not switch {name}'s active version: {exc.strerror or exc}") from exc
+            raise StoreError(f"could not update {name}'s state: {exc.strerror or exc}; {then}") from exc
 
     def _key_for(self, sealed_with: str, what: str, keys: list[bytes] | None = None) -> bytes:
         """The device key with this fingerprint, or a clear error naming both."""
@@ -310,8 +315,12 @@ class Store:
 
     def _recover(self) -> None:
         """Remove what a crash can leave (temp folders and files) and finish a cut-short
-        rotation. Under the lock: another process's install in progress is not a leftover."""
+        rotation. Under the lock: another process's install in progress is not a leftover.
+        A read-only store is left as it is, with a note."""
         if not self.root.exists():
+            return
+        if not os.access(self.root, os.W_OK) or _read_only(self.home):
+            log.info("edgekit: the store at %s is read-only; crash recovery skipped", self.home)
             return
         with self.locked():
             leftovers = (
@@ -329,24 +338,44 @@ class Store:
                     self._rotate(self._keys.path)
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the store's writer lock; every write takes it (the engine cache too)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.home / "store.lock", "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    def locked(self, shared: bool = False) -> Iterator[None]:
+        """Hold the store's lock: exclusive for every write (the engine cache's too), shared
+        for reads. Readers never need to write: on a read-only store, where no writer can
+        run, they read without it."""
+        lock = self._open_lock(shared)
+        if lock is None:
+            yield
+            return
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def _open_lock(self, shared: bool) -> BinaryIO | None:
+        path = self.home / "store.lock"
+        try:
+            if not shared or not path.exists():
+                self.root.mkdir(parents=True, exist_ok=True)
+                return open(path, "a+b")
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StoreError(f"cannot open the store at {self.home}: {exc.strerror}") from exc
+            if not shared:
+                raise StoreError(
+                    f"the store at {self.home} is read-only ({exc.strerror}); installs, activations "
+                    "and removals need it writable: remount it read-write or set EDGEKIT_HOME"
+                ) from None
+            return None
+        try:
+            return open(path, "rb")
+        except OSError:
+            return None
 
-def _key_aad(name: str, version: int) -> bytes:
-    return f"edgekit/v1|data-key|{name}|{version}".encode()
 
-
-def _mac(key: bytes, name: str, body: bytes) -> str:
-    return hmac.new(key, b"edgekit/v1|state|" + name.encode() + b"|" + body, hashlib.sha256).hexdigest()
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+def _read_only(home: Path) -> bool:
+    try:
+        return bool(os.statvfs(home).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -17,14 +17,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgekit.archive import Archive
 from edgekit.atomic import fsync_dir
-from edgekit.errors import BundleError
-from edgekit.profiles import DeviceProfile
+from edgekit.errors import BundleError, SignatureError
+from edgekit.profiles import DeviceProfile, load_profile, shipped_profile_ids
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 MAX_MANIFEST_BYTES = 1 << 20
+MAX_SIGNATURE_BYTES = 4096
 _ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -244,95 +246,128 @@ def write_bundle(
         raise
 
 
-def read_manifest(path: Path) -> tuple[Manifest, bytes, zipfile.ZipFile]:
-    """Open a bundle, parse its manifest; return it, its exact bytes and the open archive."""
+class SignatureEntry(_Strict):
+    """``manifest.sig``: who signed the manifest bytes, and the Ed25519 signature."""
+
+    algorithm: Literal["ed25519"]
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    signature: str = Field(max_length=128)
+
+    @classmethod
+    def parse(cls, data: bytes, where: str) -> SignatureEntry:
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise SignatureError(
+                f"{where}: manifest.sig is malformed ({_first(exc)}); the bundle is tampered with"
+            ) from None
+
+
+def parse_manifest(data: bytes, where: str) -> Manifest:
+    """Validate manifest bytes (the parser limits nesting), format version first."""
     try:
-        archive = zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise BundleError(f"{path}: no such bundle") from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise BundleError(f"{path}: not an edgekit bundle ({exc}); convert the model again") from exc
-    try:
-        if archive.getinfo(MANIFEST).file_size > MAX_MANIFEST_BYTES:
-            archive.close()
-            raise BundleError(f"{path}: {MANIFEST} is over {MAX_MANIFEST_BYTES} bytes; not a bundle")
-        manifest_bytes = archive.read(MANIFEST)
-        raw = json.loads(manifest_bytes)
-    except KeyError:
-        archive.close()
-        raise BundleError(f"{path}: not an edgekit bundle (no {MANIFEST})") from None
-    except (ValueError, zipfile.BadZipFile, OSError) as exc:
-        archive.close()
-        raise BundleError(f"{path}: {MANIFEST} is unreadable ({exc}); the bundle is corrupt") from exc
-    version = raw.get("format_version") if isinstance(raw, dict) else None
-    if version != FORMAT_VERSION:
-        archive.close()
-        if isinstance(version, int) and version > FORMAT_VERSION:
+        header = _Header.model_validate_json(data)
+    except ValidationError as exc:
+        raise BundleError(
+            f"{where}: {MANIFEST} is unreadable ({_first(exc)}); the bundle is corrupt"
+        ) from None
+    if header.format_version != FORMAT_VERSION:
+        if isinstance(header.format_version, int) and header.format_version > FORMAT_VERSION:
             raise BundleError(
-                f"{path}: bundle format {version} is newer than this edgekit reads "
+                f"{where}: bundle format {header.format_version} is newer than this edgekit reads "
                 f"({FORMAT_VERSION}); upgrade edgekit"
             )
-        raise BundleError(f"{path}: unknown bundle format {version!r}")
+        raise BundleError(f"{where}: unknown bundle format {header.format_version!r}")
     try:
-        return Manifest.model_validate(raw), manifest_bytes, archive
+        return Manifest.model_validate_json(data)
     except ValidationError as exc:
-        archive.close()
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        raise BundleError(f"{path}: invalid manifest at '{key}': {first['msg']}") from exc
+        raise BundleError(f"{where}: invalid manifest at '{key}': {first['msg']}") from None
+
+
+class _Header(BaseModel):
+    format_version: Any = None
+
+
+def _first(exc: ValidationError) -> str:
+    return str(exc.errors()[0]["msg"])
+
+
+def read_manifest(path: Path) -> Manifest:
+    """A bundle's manifest, for display on the build side (nothing is verified)."""
+    with Archive(path) as archive:
+        return parse_manifest(_manifest_bytes(archive), str(path))
 
 
 Verifier = Callable[[bytes, "bytes | None"], None]
 """Checks the exact manifest bytes against the signature entry (None when absent); raises."""
 
 
-def read_bundle(path: Path, verify: Verifier | None = None) -> tuple[Manifest, dict[str, bytes]]:
-    """Read a bundle, checking entries, then the signature (with ``verify``), then every
-    artifact's size and hash, all before any artifact byte is returned."""
-    manifest, manifest_bytes, archive = read_manifest(path)
-    with archive:
-        _check_entries(path, manifest, archive)
+def read_bundle(
+    path: Path, verify: Verifier | None = None, max_bytes: int | None = None
+) -> tuple[Manifest, dict[str, bytes]]:
+    """Read a bundle in the order docs/security.md states: the archive's entries, the
+    signature over the raw manifest bytes (with ``verify``), the manifest, then every
+    artifact's size and hash, all before any artifact byte is returned.
+
+    Artifacts are capped at ``max_bytes`` in all; an unsigned bundle without it at its
+    profile's storage budget."""
+    with Archive(path) as archive:
+        manifest_bytes = _manifest_bytes(archive)
+        signature = None
+        if SIGNATURE in archive.names:
+            signature = archive.read(SIGNATURE, MAX_SIGNATURE_BYTES, "a signature")
         if verify is not None:
-            signature = None
-            if SIGNATURE in archive.namelist():
-                if archive.getinfo(SIGNATURE).file_size > MAX_MANIFEST_BYTES:
-                    raise BundleError(f"{path}: {SIGNATURE} is oversized; the bundle is tampered with")
-                signature = archive.read(SIGNATURE)
             verify(manifest_bytes, signature)
-        contents = {}
-        for entry in manifest.artifacts:
-            info = archive.getinfo(entry.path)
-            # Compare the declared size before reading, so a zip bomb is never inflated.
-            if info.file_size != entry.size:
-                raise BundleError(
-                    f"{path}: {entry.path} is {info.file_size} bytes, the manifest says "
-                    f"{entry.size}; the bundle is corrupt or tampered with"
-                )
-            try:
-                data = archive.read(entry.path)
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise BundleError(f"{path}: {entry.path} is unreadable ({exc})") from exc
-            if sha256(data) != entry.sha256:
-                raise BundleError(
-                    f"{path}: {entry.path} does not match its sha256 in the manifest; "
-                    "the bundle is corrupt or tampered with"
-                )
-            contents[entry.path] = data
-    return manifest, contents
+        manifest = parse_manifest(manifest_bytes, str(path))
+        _check_listed(path, manifest, archive.names)
+        cap = max_bytes if max_bytes is not None else (None if signature else storage_budget(manifest))
+        total = sum(entry.size for entry in manifest.artifacts)
+        if cap is not None and total > cap:
+            raise BundleError(
+                f"{path}: its artifacts are {total} bytes, over the {cap}-byte limit "
+                f"({'given' if max_bytes is not None else 'the storage budget of ' + manifest.target.id}); "
+                "sign the bundle or raise the limit"
+            )
+        return manifest, {entry.path: _artifact(path, archive, entry) for entry in manifest.artifacts}
 
 
-def _check_entries(path: Path, manifest: Manifest, archive: zipfile.ZipFile) -> None:
-    names = archive.namelist()
-    for info in archive.infolist():
-        if info.external_attr >> 16 & 0o170000 == 0o120000:
-            raise BundleError(f"{path}: entry '{info.filename}' is a symlink; the bundle is tampered with")
-        if info.filename.startswith("/") or ".." in info.filename.split("/"):
-            raise BundleError(f"{path}: entry '{info.filename}' escapes the bundle; it is tampered with")
-    if len(names) != len(set(names)):
-        raise BundleError(f"{path}: duplicate entries in the archive; the bundle is tampered with")
+def storage_budget(manifest: Manifest) -> int:
+    """The model storage budget of the bundle's device profile: the one edgekit ships under
+    its id when there is one (an unsigned manifest can claim any budget), else its own."""
+    profile = manifest.target
+    if profile.id in shipped_profile_ids():
+        profile = load_profile(profile.id)
+    return int(profile.budget.model_storage_mb * (1 << 20))
+
+
+def _manifest_bytes(archive: Archive) -> bytes:
+    if MANIFEST not in archive.names:
+        raise BundleError(f"{archive.path}: not an edgekit bundle (no {MANIFEST})")
+    return archive.read(MANIFEST, MAX_MANIFEST_BYTES, "a manifest")
+
+
+def _artifact(path: Path, archive: Archive, entry: ArtifactEntry) -> bytes:
+    # The declared size is compared before reading, and no read inflates past it.
+    if archive.size(entry.path) != entry.size:
+        raise BundleError(
+            f"{path}: {entry.path} is {archive.size(entry.path)} bytes, the manifest says "
+            f"{entry.size}; the bundle is corrupt or tampered with"
+        )
+    data = archive.read(entry.path, entry.size, "this artifact")
+    if sha256(data) != entry.sha256:
+        raise BundleError(
+            f"{path}: {entry.path} does not match its sha256 in the manifest; "
+            "the bundle is corrupt or tampered with"
+        )
+    return data
+
+
+def _check_listed(path: Path, manifest: Manifest, names: set[str]) -> None:
     expected = {MANIFEST} | {entry.path for entry in manifest.artifacts}
-    extra = set(names) - expected - {SIGNATURE}
-    missing = expected - set(names)
+    extra = names - expected - {SIGNATURE}
+    missing = expected - names
     if extra:
         raise BundleError(f"{path}: unexpected entries {sorted(extra)}; the bundle is tampered with")
     if missing:

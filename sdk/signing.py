@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgekit.bundle import Manifest, read_bundle, write_bundle
+from edgekit.bundle import Manifest, SignatureEntry, read_bundle, write_bundle
 from edgekit.errors import KeyProviderError, SignatureError
 from edgekit.paths import edgekit_home
 
@@ -160,15 +160,14 @@ class Trust:
         return verify
 
     def check(self, manifest_bytes: bytes, signature: bytes, where: str) -> str:
+        entry = SignatureEntry.parse(signature, where)
+        identifier = entry.key_id
         try:
-            entry = json.loads(signature)
-            identifier, blob = entry["key_id"], base64.b64decode(entry["signature"], validate=True)
-            if entry["algorithm"] != ALGORITHM:
-                raise ValueError(f"algorithm {entry['algorithm']}")
-        except (ValueError, KeyError, TypeError) as exc:
+            blob = base64.b64decode(entry.signature, validate=True)
+        except ValueError as exc:
             raise SignatureError(
                 f"{where}: manifest.sig is malformed ({exc}); the bundle is tampered with"
-            ) from exc
+            ) from None
         key = self.keys().get(identifier)
         if key is None:
             raise SignatureError(
@@ -192,8 +191,8 @@ def signature_status(manifest_bytes: bytes, signature: bytes | None, trust: Trus
         return {"key_id": trust.check(manifest_bytes, signature, "bundle"), "status": "trusted here"}
     except SignatureError as exc:
         try:
-            key = json.loads(signature)["key_id"]
-        except (ValueError, KeyError, TypeError):
+            key = SignatureEntry.parse(signature, "bundle").key_id
+        except SignatureError:
             key = "?"
         status = "not trusted here" if "does not trust" in str(exc) else "INVALID"
         return {"key_id": str(key), "status": status}

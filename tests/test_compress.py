@@ -228,7 +228,7 @@ def test_convert_prune_makes_a_smaller_bundle_and_records_it(
     assert result.exit_code == 0, result.output
     page = (tmp_path / "convert.html").read_text()
     assert "Chosen: <b>tflite int8, pruned 0.5</b>" in page and page.count("<img") == 2
-    manifest, _, _ = read_manifest(out)
+    manifest = read_manifest(out)
     record = manifest.compression
     assert record is not None and record.method == "structured" and record.fine_tune_epochs == 5
     assert record.parameters_after <= 0.6 * record.parameters_before
@@ -270,7 +270,7 @@ def test_fit_picks_what_fits_a_tight_profile_and_refuses_when_nothing_does(
     unpruned = [c for c in summary["candidates"] if c["prune"] == 0]
     assert len(unpruned) == 2 and all("storage" in c["verdict"] and not c["fits"] for c in unpruned)
     assert any(c["pareto"] for c in summary["candidates"])
-    manifest, _, _ = read_manifest(out)
+    manifest = read_manifest(out)
     assert manifest.compression is not None and len(manifest.fit or ()) == 4
     page = report.read_text()
     assert page.count("<img") == 3 and "Chosen: <b>tflite int8, pruned 0.5</b>" in page  # + per-layer SNR

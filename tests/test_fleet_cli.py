@@ -89,7 +89,7 @@ def test_run_watch_collect_and_convert_the_samples(
     assert v2.exit_code == 0, v2.output
     from edgekit.bundle import read_manifest
 
-    manifest, _, _ = read_manifest(tmp_path / "v2.ekb")
+    manifest = read_manifest(tmp_path / "v2.ekb")
     assert manifest.artifacts[0].metrics.calibration_samples == 40
 
 

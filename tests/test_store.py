@@ -24,6 +24,7 @@ from edgekit.bundle import read_bundle, write_bundle
 from edgekit.cli import main
 from edgekit.errors import BundleError, KeyProviderError, SignatureError, StoreError
 from edgekit.runtime import Model
+from edgekit.runtime import store as store_module
 from edgekit.runtime.backends import ONNXBackend, TFLiteBackend
 from edgekit.runtime.keys import EnvKeyProvider, FileKeyProvider, create_device_key
 from edgekit.runtime.store import Store
@@ -163,7 +164,7 @@ def test_rollback_protection_survives_a_restart(
     Store().install(v1, allow_downgrade=True)
     state = home / "models" / "digits" / "state.json"
     record = json.loads(state.read_text())
-    record["state"]["highest"] = 0  # an attacker resets the record
+    record["state"]["highest"] = 1  # an attacker resets the record
     state.write_text(json.dumps(record))
     with pytest.raises(StoreError, match="state.json does not verify"):
         Store().install(variant(converted("int8").output, tmp_path / "v0.ekb", publisher, 1))
@@ -331,18 +332,18 @@ def test_rotation_rewraps_everything_and_survives_an_interruption(
     old_key = tmp_path / "old.key"
     shutil.copy(home / "device.key", old_key)
     calls = {"n": 0}
-    real_wrap = Store._wrap
+    real_wrap = store_module.wrap_key
 
-    def crash_after_one(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if kwargs.get("replace") and calls["n"] >= 1:
+    def crash_after_one(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if calls["n"] >= 1:
             raise KeyboardInterrupt  # the power goes out halfway
         calls["n"] += 1
-        return real_wrap(self, *args, **kwargs)
+        return real_wrap(*args, **kwargs)
 
-    monkeypatch.setattr(Store, "_wrap", crash_after_one)
+    monkeypatch.setattr(store_module, "wrap_key", crash_after_one)
     with pytest.raises(KeyboardInterrupt):
         Store().rotate_device_key()
-    monkeypatch.setattr(Store, "_wrap", real_wrap)
+    monkeypatch.setattr(store_module, "wrap_key", real_wrap)
     assert (home / "device.key.next").exists()
     store = Store()  # opening finishes the rotation
     assert not (home / "device.key.next").exists()
@@ -447,7 +448,7 @@ def test_concurrent_installs_are_serialized(converted, home: Path, tmp_path: Pat
     assert errors == []
     store = Store()
     assert sorted(m.version for m in store.installed()) == [1, 2, 3, 4]
-    assert store._read_state("digits")["highest"] == 4
+    assert store._read_state("digits").highest == 4  # type: ignore[union-attr]
     assert [store.load("digits", v)[0].version for v in (1, 2, 3, 4)] == [1, 2, 3, 4]
 
 

@@ -87,7 +87,7 @@ def main() -> int:
         "--calibration", out / "calib.npz", "--eval", out / "eval.npz", "--name", "bearing-faults",
         "--sign-key", key, "-o", out / "bearing.ekb",
     )  # fmt: skip
-    manifest, _, _ = read_manifest(out / "bearing.ekb")
+    manifest = read_manifest(out / "bearing.ekb")
     artifact = manifest.artifacts[0]
     assert artifact.metrics.accuracy is not None and artifact.selection is not None
     checks.numbers["shipped"] = f"{artifact.format} {artifact.precision}"
