@@ -73,6 +73,7 @@ class Model:
         allow_unsigned: bool = False,
         trust: Trust | None = None,
         telemetry: Telemetry | None = None,
+        max_bytes: int | None = None,
     ) -> Model:
         """Load a ``.ekb`` bundle, or by name the active version from the encrypted store.
 
@@ -84,9 +85,11 @@ class Model:
         ``threads`` defaults to the profile's (at most this machine's cores); ``providers``
         to the profile's ONNX Runtime order; ``format`` to the best this device can run.
         ``telemetry`` reports every ``predict`` (see ``edgekit.runtime.Telemetry``).
+        ``max_bytes`` caps a bundle file's artifacts (default for an unsigned one: its
+        profile's storage budget).
         """
         started = time.perf_counter()
-        manifest, contents, label, engines = _read(source, trust, allow_unsigned)
+        manifest, contents, label, engines = _read(source, trust, allow_unsigned, max_bytes)
         if engines is not None:
             # ONNX Runtime writes TensorRT engines to the cache folder in plaintext, and an
             # engine is the model: store models keep theirs in the store, encrypted, instead.
@@ -172,13 +175,14 @@ class Model:
 
 
 def _read(
-    source: str | Path, trust: Trust | None, allow_unsigned: bool
+    source: str | Path, trust: Trust | None, allow_unsigned: bool, max_bytes: int | None
 ) -> tuple[Manifest, dict[str, bytes], str, EngineCache | None]:
     """A bundle file, verified; or by name the active version from the encrypted store,
     decrypted in memory, with its engine cache. Also what to call it in ModelInfo."""
     path = Path(source)
     if path.suffix == ".ekb" or path.exists():
-        manifest, contents = read_bundle(path, (trust or Trust()).verifier(allow_unsigned, str(path)))
+        verify = (trust or Trust()).verifier(allow_unsigned, str(path))
+        manifest, contents = read_bundle(path, verify, max_bytes)
         return manifest, contents, str(path), None
     from edgekit.runtime.store import Store
 

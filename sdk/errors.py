@@ -77,3 +77,7 @@ class MissingDependencyError(EdgekitError):
 
 class RuntimeBackendError(EdgekitError):
     """An artifact could not be loaded or run by the on-device runtime."""
+
+
+class InferenceError(RuntimeBackendError):
+    """The engine failed on one call (its own message kept); the model is still usable."""

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from edgekit.errors import RuntimeBackendError
+from edgekit.errors import EdgekitError, InferenceError, RuntimeBackendError
 from edgekit.samples import Feed
 
 
@@ -83,10 +83,21 @@ class Backend(ABC):
         takes a larger batch one sample at a time."""
         split = [name for name in self._fixed_batch if feed[name].ndim and len(feed[name]) > 1]
         if not split:
-            return self._invoke(feed)
+            return self._engine_call(feed)
         count = len(feed[split[0]])
-        parts = [self._invoke({**feed, **{n: feed[n][i : i + 1] for n in split}}) for i in range(count)]
+        parts = [self._engine_call({**feed, **{n: feed[n][i : i + 1] for n in split}}) for i in range(count)]
         return [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
+
+    def _engine_call(self, feed: Feed) -> list[np.ndarray]:
+        """``_invoke``, with whatever the engine raises as an InferenceError that keeps the
+        engine's message; the model stays loaded and usable."""
+        try:
+            return self._invoke(feed)
+        except EdgekitError:
+            raise
+        except Exception as exc:
+            message = " ".join(str(exc).split())[:500] or type(exc).__name__
+            raise InferenceError(f"{self.engine} failed on this input: {message}") from exc
 
     @cached_property
     def _fixed_batch(self) -> list[str]:

@@ -7,19 +7,21 @@ from pathlib import Path
 import click
 
 from edgekit.cli.common import print_json, say
-from edgekit.cli.options import allow_unsigned_option, json_option
+from edgekit.cli.options import bundle_options, json_option
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@allow_unsigned_option
+@bundle_options
 @click.option(
     "--allow-downgrade",
     is_flag=True,
     help="Accept a version older than the highest this device has installed.",
 )
 @json_option
-def install(bundle: Path, allow_unsigned: bool, allow_downgrade: bool, as_json: bool) -> None:
+def install(
+    bundle: Path, allow_unsigned: bool, max_bytes: int | None, allow_downgrade: bool, as_json: bool
+) -> None:
     """Verify a bundle (signature, then every hash) and store it encrypted, as the active version.
 
     \b
@@ -29,7 +31,9 @@ def install(bundle: Path, allow_unsigned: bool, allow_downgrade: bool, as_json: 
     """
     from edgekit.runtime.store import Store
 
-    done = Store().install(bundle, allow_unsigned=allow_unsigned, allow_downgrade=allow_downgrade)
+    done = Store().install(
+        bundle, allow_unsigned=allow_unsigned, allow_downgrade=allow_downgrade, max_bytes=max_bytes
+    )
     who = f"signed by {done.signed_by}" if done.signed_by else "UNSIGNED"
     say(as_json, done.__dict__, f"installed {done.name} v{done.version} ({who}), now active")
 
@@ -50,7 +54,8 @@ def models_list(as_json: bool) -> None:
         print_json([m.__dict__ for m in found])
         return
     for m in found:
-        click.echo(f"{'*' if m.active else ' '} {m.name} v{m.version}  {m.signed_by or 'unsigned'}")
+        problem = f"  BROKEN: {m.problem}" if m.problem else ""
+        click.echo(f"{'*' if m.active else ' '} {m.name} v{m.version}  {m.signed_by or 'unsigned'}{problem}")
     if not found:
         click.echo("no models installed; install one with: edgekit install BUNDLE")
 

@@ -95,8 +95,26 @@ idle_option = click.option(
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="Default: the profile's."
 )
-allow_unsigned_option = click.option(
-    "--allow-unsigned", is_flag=True, help="Accept a bundle no trusted publisher signed (loudly)."
+
+
+def _megabytes(value: float | None) -> int | None:
+    return None if value is None else int(value * (1 << 20))
+
+
+bundle_options = together(
+    click.option(
+        "--allow-unsigned", is_flag=True, help="Accept a bundle no trusted publisher signed (loudly)."
+    ),
+    click.option(
+        "--max-size",
+        "max_bytes",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="MB",
+        callback=lambda _ctx, _param, value: _megabytes(value),
+        help="Refuse a bundle file whose artifacts are over MB in all, before reading them. "
+        "Default for an unsigned bundle: its profile's model storage budget.",
+    ),
 )
 artifact_format_option = click.option(
     "--format",

@@ -10,8 +10,8 @@ from rich.console import Console
 
 from edgekit.cli.common import error_line, load_model, print_json
 from edgekit.cli.options import (
-    allow_unsigned_option,
     artifact_format_option,
+    bundle_options,
     json_option,
     threads_option,
     together,
@@ -57,7 +57,7 @@ _telemetry_options = together(
 )
 @threads_option
 @artifact_format_option
-@allow_unsigned_option
+@bundle_options
 @_telemetry_options
 @json_option
 @click.pass_context
@@ -106,7 +106,7 @@ def run(
     help="Also time the bare interpreter or session on the same artifact and input, "
     "interleaved, and print edgekit's overhead.",
 )
-@allow_unsigned_option
+@bundle_options
 @json_option
 @click.pass_context
 def bench(
@@ -138,8 +138,14 @@ def bench(
 
 
 def _model_options(fields: dict[str, Any]) -> dict[str, Any]:
-    """The shared --threads, --format and --allow-unsigned, as Model.load takes them."""
-    return {"threads": fields["threads"], "format": fields["fmt"], "allow_unsigned": fields["allow_unsigned"]}
+    """The shared --threads, --format, --allow-unsigned and --max-size, as Model.load takes them."""
+    names = {
+        "threads": "threads",
+        "fmt": "format",
+        "allow_unsigned": "allow_unsigned",
+        "max_bytes": "max_bytes",
+    }
+    return {option: fields[field] for field, option in names.items()}
 
 
 def _telemetry(url: str | None, fleet: str | None, config: Path | None) -> Any:
