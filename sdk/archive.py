@@ -9,10 +9,14 @@ inflates a whole entry in one call, whatever it declares, so it is never used he
 
 from __future__ import annotations
 
+import io
 import zipfile
 import zlib
 from pathlib import Path
 from types import TracebackType
+from typing import IO
+
+import numpy as np
 
 from edgekit.errors import BundleError
 
@@ -23,10 +27,10 @@ _COMPRESSION = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
 class Archive:
     """A checked, read-only zip archive; ``read`` returns at most the declared bytes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, data: IO[bytes] | None = None) -> None:
         self.path = path
         try:
-            self._zip = zipfile.ZipFile(path)
+            self._zip = zipfile.ZipFile(data or path)
         except FileNotFoundError:
             raise BundleError(f"{path}: no such bundle") from None
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
@@ -97,3 +101,35 @@ class Archive:
         self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def load_npz(data: bytes, cap: int, what: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` held in memory, read as ``Archive`` reads a bundle: at most
+    ``cap`` bytes in all, and each array's header must match the bytes it comes with, so
+    no shape can make numpy allocate more than was sent. Raises ValueError."""
+    try:
+        with Archive(Path(what), io.BytesIO(data)) as archive:
+            arrays, left = {}, cap
+            for name in sorted(archive.names):
+                member = archive.read(name, left, what)
+                left -= len(member)
+                arrays[name.removesuffix(".npy")] = _npy(member)
+            return arrays
+    except BundleError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _npy(member: bytes) -> np.ndarray:
+    stream = io.BytesIO(member)
+    version = np.lib.format.read_magic(stream)
+    read_header = (
+        np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise ValueError("an array of Python objects")
+    body = memoryview(member)[stream.tell() :]
+    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(body):
+        raise ValueError(f"an array header claims {shape} {dtype}, which its {len(body)} bytes do not hold")
+    array = np.frombuffer(body, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return array.copy()

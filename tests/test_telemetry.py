@@ -497,7 +497,7 @@ def _report_json(node: str, seq: int) -> str:
     from edgekit.runtime.telemetry.schema import ModelRef, Privacy
 
     return Report(
-        v=1, kind="report", node=node, epoch=1, seq=seq, start=0.0, end=1.0,
+        v=1, kind="report", node=node, epoch=1, seq=seq, start=time.time() - 1.0, end=time.time(),
         model=ModelRef(name="digits", version=1, format="tflite", precision="int8"),
         inferences=5, calls=5, errors=0, latency_ms=(5,) + (0,) * 15, classes=None, confidence=None,
         feature_bins=None, inputs=None, drift=None, samples=0, dropped=0, privacy=Privacy(k=5, suppressed_buckets=0),

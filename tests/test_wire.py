@@ -5,6 +5,7 @@ and counts them; a change of meaning bumps the version, and older collectors ski
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,14 @@ from edgekit.runtime.telemetry.schema import (
     read_message,
 )
 
+NOW = time.time()
 NODE = "ab" * 16
 TOPIC = f"edgekit/f7/{NODE}/report"
 
 
 def _report(seq: int = 1) -> dict:
     return Report(
-        v=SCHEMA_VERSION, kind="report", node=NODE, epoch=1, seq=seq, start=0.0, end=2.0,
+        v=SCHEMA_VERSION, kind="report", node=NODE, epoch=1, seq=seq, start=NOW - 2.0, end=NOW,
         model=ModelRef(name="m", version=1, format="onnx", precision="fp32"),
         inferences=4, calls=4, errors=0, latency_ms=(4,) + (0,) * 15, classes=None, confidence=None,
         feature_bins=None, inputs=None, drift=None, samples=0, dropped=0, privacy=Privacy(k=5, suppressed_buckets=0),

@@ -16,13 +16,16 @@ import numpy as np
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from edgekit.archive import load_npz
 from edgekit.errors import InputError, MissingDependencyError
 from edgekit.paths import edgekit_home
-from edgekit.runtime.telemetry.schema import SAMPLE_MAGIC, SampleHeader
+from edgekit.runtime.telemetry.schema import MAX_PAYLOAD_BYTES, SAMPLE_MAGIC, SampleHeader
 
 SECRET_FILE = "fleet.secret"
 PUBLIC_FILE = "fleet.pub"
 PRIVATE_FILE = "fleet.key"
+MAX_SAMPLE_BYTES = 16 * MAX_PAYLOAD_BYTES
+"""Most a sample's arrays may take once decrypted and inflated (a device sends them stored)."""
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
 
 
@@ -127,14 +130,12 @@ def read_sample_header(message: bytes) -> tuple[SampleHeader, bytes, bytes]:
 
 def open_sample(head: bytes, body: bytes, key: x25519.X25519PrivateKey) -> dict[str, np.ndarray]:
     """Decrypt and parse; raises ValueError (wrong key, tampered header or body)."""
-    import io
 
     try:
         plain = _SUITE.decrypt(body, key, head)
     except Exception as exc:  # cryptography raises InvalidTag and others
         raise ValueError("sample does not decrypt with this fleet key") from exc
-    with np.load(io.BytesIO(plain), allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+    return load_npz(plain, MAX_SAMPLE_BYTES, "sample")
 
 
 def suppress(counts: np.ndarray, k: int) -> int:

@@ -68,7 +68,8 @@ def window_counts(window: Window) -> dict[str, np.ndarray]:
     return counts
 
 
-def input_stats(window: Window) -> InputStats:
+def input_stats(window: Window) -> InputStats | None:
+    """Per-feature statistics; None when the inputs held NaN or infinity (no JSON number)."""
     n = window.count
     mean = window.feature_sum / n
     std = np.sqrt(np.maximum(window.feature_sq / n - mean**2, 0))
@@ -76,6 +77,9 @@ def input_stats(window: Window) -> InputStats:
     def rounded(values: np.ndarray) -> tuple[float, ...]:
         return tuple(round(float(v), 6) for v in values)
 
+    stats = (mean, std, window.feature_min, window.feature_max)
+    if not all(np.isfinite(values).all() for values in stats):
+        return None
     return InputStats(
         mean=rounded(mean), std=rounded(std), min=rounded(window.feature_min), max=rounded(window.feature_max)
     )

@@ -3,8 +3,10 @@ acknowledged, and the loop that does it."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import logging
 import os
 import socket
 import time
@@ -17,12 +19,16 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from edgekit.atomic import atomic_write, fsync_dir
+from edgekit.errors import EdgekitError
 from edgekit.fleet.drift import drift_html, drift_report
 from edgekit.fleet.inbox import Inbox, Limits, subscriptions
 from edgekit.fleet.keys import load_collector_key
 from edgekit.fleet.messages import SKIP_REASONS, Skip, parse
 from edgekit.runtime.telemetry.broker import Broker
 from edgekit.runtime.telemetry.privacy import open_sample
+from edgekit.runtime.telemetry.schema import MAX_PAYLOAD_BYTES
+
+log = logging.getLogger("edgekit.fleet")
 
 SENT_ARRAYS = ("x", "pred", "confidence")
 """What a device seals into a sample message: inputs, predicted class, confidence."""
@@ -31,6 +37,9 @@ SAMPLE_ARRAYS = (*SENT_ARRAYS, "node", "seq")
 (a window's samples follow its report, so ``seq`` orders them in time)."""
 ACK_EVERY = 256
 """Messages taken before they are made durable and acknowledged (or every half second)."""
+MAX_SEQ_STEP = 100_000
+"""A node's sequence number may skip this many (messages its outbox dropped); a larger jump
+is counted as an anomaly and starts a new run, not a gap of that size."""
 
 
 class Collector:
@@ -38,8 +47,9 @@ class Collector:
 
     ``out`` holds ``shards/*.npz`` (decrypted samples), ``samples.npz`` (all of them, arrays
     ``SAMPLE_ARRAYS``: usable as --calibration), ``reports.jsonl``, ``collect.json`` (counts, the
-    sequence numbers seen, gaps) and ``drift.json`` / ``drift.html``. Restarting on the same
-    folder carries on: shards and the seen sequence numbers are reloaded.
+    sequence numbers seen, gaps) and ``drift.json`` / ``drift.html``. Every skipped message but a
+    duplicate is set aside in ``deadletter.jsonl`` with its topic and reason. Restarting on the
+    same folder carries on: shards and the seen sequence numbers are reloaded.
     """
 
     def __init__(self, fleet: str, out: Path, private_key: x25519.X25519PrivateKey) -> None:
@@ -48,7 +58,7 @@ class Collector:
         self.key = private_key
         (out / "shards").mkdir(parents=True, exist_ok=True)
         self.state_path = out / "collect.json"
-        state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        state = _load_state(self.state_path)
         self.shards: list[str] = state.get("shards", [])
         self.seen: dict[str, set[int]] = {n: _expand(r) for n, r in state.get("seen", {}).items()}
         self.skipped = {reason: state.get("skipped", {}).get(reason, 0) for reason in SKIP_REASONS}
@@ -62,26 +72,39 @@ class Collector:
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_reports: list[str] = []
         self._pending_seen: dict[str, set[int]] = {}
+        self._dead: list[str] = []
 
     def handle(self, topic: str, payload: bytes) -> str:
-        """Take one message; returns what happened: report, sample, status or a skip reason."""
+        """Take one message; returns what happened: report, sample, status or a skip reason.
+        Never raises: whatever goes wrong with one message skips it, counted and set aside."""
         try:
-            message = parse(self.fleet, topic, payload)
-            if message.kind == "status":
-                return "status"
-            seq = message.report.seq if message.report else message.header.seq  # type: ignore[union-attr]
-            if seq in self.seen.get(message.node, ()) or seq in self._pending_seen.get(message.node, ()):
-                raise Skip("duplicate")
-            if message.report is not None:
-                self._pending_reports.append(message.report.model_dump_json())
-            else:
-                self._pending.append(self._open(message.head, message.body, message.node, seq))
-            self._pending_seen.setdefault(message.node, set()).add(seq)
-            self.unknown_fields += len(message.unknown_fields)
-            return message.kind
+            return self._take(topic, payload)
         except Skip as skip:
-            self.skipped[skip.reason] += 1
-            return skip.reason
+            reason, detail = skip.reason, ""
+        except Exception as exc:  # noqa: BLE001 - one message must never stop the collection
+            reason, detail = "unprocessable", f"{type(exc).__name__}: {exc}"[:300]
+            log.warning(
+                "edgekit: a message on %s could not be processed (%s); set aside", topic[:200], detail
+            )
+        self.skipped[reason] += 1
+        if reason != "duplicate":
+            self._dead.append(_dead_letter(topic, payload, reason, detail))
+        return reason
+
+    def _take(self, topic: str, payload: bytes) -> str:
+        message = parse(self.fleet, topic, payload)
+        if message.kind == "status":
+            return "status"
+        seq = message.report.seq if message.report else message.header.seq  # type: ignore[union-attr]
+        if seq in self.seen.get(message.node, ()) or seq in self._pending_seen.get(message.node, ()):
+            raise Skip("duplicate")
+        if message.report is not None:
+            self._pending_reports.append(message.report.model_dump_json())
+        else:
+            self._pending.append(self._open(message.head, message.body, message.node, seq))
+        self._pending_seen.setdefault(message.node, set()).add(seq)
+        self.unknown_fields += len(message.unknown_fields)
+        return message.kind
 
     def _open(self, head: bytes, body: bytes, node: str, seq: int) -> dict[str, np.ndarray]:
         """A sample's arrays, decrypted, with the node and sequence number it came in."""
@@ -108,17 +131,14 @@ class Collector:
             self.sample_count += sum(len(a["x"]) for a in self._pending)
             self.shards.append(name)
         if self._pending_reports:
-            with open(self.out / "reports.jsonl", "a") as handle:
-                for line in self._pending_reports:
-                    handle.write(line + "\n")
-                    report = json.loads(line)
-                    self.reports += 1
-                    self.inferences += report["inferences"]
-                handle.flush()
-                os.fsync(handle.fileno())
+            _append_lines(self.out / "reports.jsonl", self._pending_reports)
+            self.reports += len(self._pending_reports)
+            self.inferences += sum(json.loads(line)["inferences"] for line in self._pending_reports)
+        if self._dead:
+            _append_lines(self.out / "deadletter.jsonl", self._dead)
         for node, seqs in self._pending_seen.items():
             self.seen.setdefault(node, set()).update(seqs)
-        self._pending, self._pending_reports, self._pending_seen = [], [], {}
+        self._pending, self._pending_reports, self._pending_seen, self._dead = [], [], {}, []
         atomic_write(self.state_path, json.dumps(self.state(), indent=2).encode())
 
     def state(self) -> dict[str, Any]:
@@ -132,6 +152,7 @@ class Collector:
             "unknown_fields": self.unknown_fields,
             "seen": {node: _ranges(seqs) for node, seqs in sorted(self.seen.items())},
             "gaps": {node: gaps for node, seqs in self.seen.items() if (gaps := _gaps(seqs))},
+            "seq_jumps": {node: jumps for node, seqs in self.seen.items() if (jumps := _jumps(seqs))},
         }
 
     def read_reports(self) -> list[dict[str, Any]]:
@@ -140,10 +161,12 @@ class Collector:
         if not path.exists():
             return []
         unique: dict[tuple[str, int], dict[str, Any]] = {}
-        for line in path.read_text().splitlines():
-            if line.strip():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
                 report = json.loads(line)
                 unique[(report["node"], report["seq"])] = report
+            except (ValueError, KeyError, TypeError):
+                continue  # blank, or a line a crash cut short: its message was never acknowledged
         return sorted(unique.values(), key=lambda r: (r["node"], r["seq"]))
 
     def finish(self) -> dict[str, Any]:
@@ -179,8 +202,52 @@ def _expand(ranges: list[list[int]]) -> set[int]:
     return {seq for start, end in ranges for seq in range(start, end + 1)}
 
 
+def _runs(seqs: set[int]) -> list[list[int]]:
+    """Sorted sequence numbers split where one jumps by more than MAX_SEQ_STEP."""
+    runs: list[list[int]] = []
+    for seq in sorted(seqs):
+        if runs and seq - runs[-1][-1] <= MAX_SEQ_STEP:
+            runs[-1].append(seq)
+        else:
+            runs.append([seq])
+    return runs
+
+
 def _gaps(seqs: set[int]) -> int:
-    return (max(seqs) - min(seqs) + 1 - len(seqs)) if seqs else 0
+    return sum(run[-1] - run[0] + 1 - len(run) for run in _runs(seqs))
+
+
+def _jumps(seqs: set[int]) -> int:
+    return max(len(_runs(seqs)) - 1, 0)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict):
+            raise ValueError("not an object")
+        return state
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise EdgekitError(
+            f"{path} is corrupt ({exc}); move it away to start a new collection there"
+        ) from None
+
+
+def _dead_letter(topic: str, payload: bytes, reason: str, detail: str) -> str:
+    kept = payload[:MAX_PAYLOAD_BYTES]
+    entry = {"topic": topic[:1024], "reason": reason, "detail": detail, "bytes": len(payload),
+             "payload": base64.b64encode(kept).decode(), "truncated": len(kept) < len(payload)}  # fmt: skip
+    return json.dumps(entry)
+
+
+def _append_lines(path: Path, lines: list[str]) -> None:
+    with open(path, "a") as handle:
+        for line in lines:
+            handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from edgekit.figures import missing, png_img, pyplot
@@ -12,8 +13,8 @@ from edgekit.runtime.telemetry.stats import PSI_MODERATE, PSI_SIGNIFICANT
 def drift_report(fleet: str, reports: list[dict[str, Any]]) -> dict[str, Any]:
     nodes: dict[str, list[dict[str, Any]]] = {}
     for report in reports:
-        if report.get("drift") is None:
-            continue
+        if not isinstance(report.get("drift"), dict) or not _finite(report["drift"].get("score")):
+            continue  # no drift measured, or a number no schema accepts today (collected before)
         nodes.setdefault(report["node"], []).append(
             {
                 "end": report["end"],
@@ -36,6 +37,10 @@ def drift_report(fleet: str, reports: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "nodes": nodes,
     }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def drift_html(drift: dict[str, Any]) -> str:

@@ -3,12 +3,13 @@ schema under its versioning rule, or counted and skipped."""
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from edgekit.runtime.telemetry.privacy import split_sample
 from edgekit.runtime.telemetry.schema import (
@@ -23,7 +24,10 @@ from edgekit.runtime.telemetry.schema import (
 )
 from edgekit.runtime.telemetry.stats import PSI_MODERATE, PSI_SIGNIFICANT
 
-SKIP_REASONS = ("malformed", "unknown_version", "oversized", "duplicate", "undecryptable", "wrong_topic")
+SKIP_REASONS = (
+    "malformed", "unknown_version", "oversized", "duplicate", "undecryptable", "wrong_topic", "unprocessable",
+)  # fmt: skip
+"""Why a message was skipped; "unprocessable" is anything else that went wrong with one."""
 
 
 class Skip(Exception):
@@ -79,15 +83,16 @@ def _sample(node: str, payload: bytes) -> Message:
 
 
 def _read(schema: Any, payload: bytes) -> Any:
-    """(message, unknown fields) under the versioning rule, or Skip."""
+    """(message, unknown fields) under the versioning rule, or Skip. The parser limits
+    nesting and refuses Infinity and NaN; timestamps must be near now."""
     try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        data = from_json(payload, allow_inf_nan=False)
+    except ValueError:
         raise Skip("malformed") from None
     if isinstance(data, dict) and data.get("v") not in (None, SCHEMA_VERSION):
         raise Skip("unknown_version")
     try:
-        return read_message(schema, data)
+        return read_message(schema, data, now=time.time())
     except ValidationError:
         raise Skip("malformed") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from edgekit.fleet.inbox import Inbox, Limits
 from edgekit.fleet.messages import SKIP_REASONS, Skip, parse, summarize
 
 Event = dict[str, Any]
+log = logging.getLogger("edgekit.fleet")
 
 
 @dataclass
@@ -32,12 +34,19 @@ class FleetView:
         self._seen: dict[str, set[int]] = {}
 
     def handle(self, topic: str, payload: bytes) -> Event | None:
-        """Apply one message; returns the event line for ``--json``, or None if skipped."""
+        """Apply one message; returns the event line for ``--json``, or None if skipped.
+        Never raises: a message that cannot be processed is counted as "unprocessable"."""
         try:
-            message = parse(self.fleet, topic, payload)
+            return self._apply(topic, payload)
         except Skip as skip:
             self.skipped[skip.reason] += 1
-            return None
+        except Exception as exc:  # noqa: BLE001 - one message must never stop the watch
+            log.warning("edgekit: a message on %s could not be processed: %s", topic[:200], exc)
+            self.skipped["unprocessable"] += 1
+        return None
+
+    def _apply(self, topic: str, payload: bytes) -> Event | None:
+        message = parse(self.fleet, topic, payload)
         self.unknown_fields += len(message.unknown_fields)
         state = self.nodes.setdefault(message.node, NodeState(message.node))
         if message.kind == "status":
