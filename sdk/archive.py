@@ -22,6 +22,9 @@ from edgekit.errors import BundleError
 
 MAX_ENTRIES = 256
 _COMPRESSION = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError)
+"""What zipfile raises on a corrupt archive (NotImplementedError: a forged version field,
+found by the atheris harness in tests/fuzz_bundle.py)."""
 
 
 class Archive:
@@ -33,7 +36,7 @@ class Archive:
             self._zip = zipfile.ZipFile(data or path)
         except FileNotFoundError:
             raise BundleError(f"{path}: no such bundle") from None
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        except _ZIP_ERRORS as exc:
             raise BundleError(f"{path}: not an edgekit bundle ({exc}); convert the model again") from exc
         try:
             self._infos = self._checked()
@@ -83,7 +86,7 @@ class Archive:
                 # One bounded read: zipfile inflates at most the declared size for it, checks the
                 # CRC at that point, and never looks at what a lying entry holds beyond.
                 data = entry.read(info.file_size)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
+        except (*_ZIP_ERRORS, zlib.error) as exc:
             raise BundleError(
                 f"{self.path}: {name} is corrupt ({exc}); the bundle is corrupt or tampered with"
             ) from exc

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 from edgekit.convert import ConvertOptions, convert
 from edgekit.profiles import load_profile
@@ -22,8 +23,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow], "print_blob": True}
+settings.register_profile("default", max_examples=40, **_FUZZ)
+settings.register_profile("slow", max_examples=2000, **_FUZZ)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", help="also run tests marked slow (CI does)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The property-based (Hypothesis) suites: a short budget by default, fifty times that with --runslow."""
+    settings.load_profile("slow" if config.getoption("--runslow") else "default")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
