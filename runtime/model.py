@@ -13,10 +13,11 @@ import numpy as np
 
 from edgekit.bundle import ArtifactEntry, Manifest, read_bundle
 from edgekit.errors import EdgekitError, RuntimeBackendError
-from edgekit.runtime.backends import Backend, ONNXBackend, TensorInfo, backend_for, zeros_feed
-from edgekit.runtime.backends.onnx import ProviderSettings, import_onnxruntime
+from edgekit.runtime.backends import Backend, TensorInfo, zeros_feed
+from edgekit.runtime.backends.onnx import import_onnxruntime
 from edgekit.runtime.backends.tflite import import_interpreter
 from edgekit.runtime.feeds import check_feed
+from edgekit.runtime.isolated import IsolatedBackend, Isolation, Recipe, build
 from edgekit.runtime.stream import Stream
 from edgekit.signing import Trust
 
@@ -74,6 +75,7 @@ class Model:
         trust: Trust | None = None,
         telemetry: Telemetry | None = None,
         max_bytes: int | None = None,
+        isolate: bool | Isolation = False,
     ) -> Model:
         """Load a ``.ekb`` bundle, or by name the active version from the encrypted store.
 
@@ -86,7 +88,9 @@ class Model:
         to the profile's ONNX Runtime order; ``format`` to the best this device can run.
         ``telemetry`` reports every ``predict`` (see ``edgekit.runtime.Telemetry``).
         ``max_bytes`` caps a bundle file's artifacts (default for an unsigned one: its
-        profile's storage budget).
+        profile's storage budget). ``isolate`` runs the engine in a child process with memory
+        and time limits (``Isolation``), for models nobody vouches for: a crash there is a
+        ``RuntimeBackendError`` here (see ``edgekit.runtime.isolated``).
         """
         started = time.perf_counter()
         manifest, contents, label, engines = _read(source, trust, allow_unsigned, max_bytes)
@@ -97,16 +101,14 @@ class Model:
         entry = choose_artifact(manifest, format)
         runtime = manifest.target.runtime
         threads = threads or min(runtime.threads, os.cpu_count() or 1)
-        if entry.format == "onnx":
-            backend: Backend = ONNXBackend(
-                contents[entry.path],
-                threads,
-                providers=providers or runtime.execution_providers,
-                settings=ProviderSettings(precision=entry.precision, trt_cache_dir=trt_cache_dir),
-                engines=engines,
+        recipe = Recipe(entry.format, contents[entry.path], threads,
+                        providers or runtime.execution_providers, entry.precision)  # fmt: skip
+        if isolate:
+            backend: Backend = IsolatedBackend(
+                recipe, isolate if isinstance(isolate, Isolation) else Isolation()
             )
         else:
-            backend = backend_for(entry.format)(contents[entry.path], threads)
+            backend = build(recipe, engines, trt_cache_dir)
         model = cls(
             manifest, entry, contents[entry.path], backend, _info(manifest, entry, backend, label, threads)
         )
@@ -165,6 +167,8 @@ class Model:
         telemetry, self._telemetry = self._telemetry, None
         if telemetry is not None:
             telemetry.close()
+        if self._backend is not None:
+            self._backend.close()
         self._backend = None  # type: ignore[assignment]
 
     def __enter__(self) -> Model:

@@ -32,6 +32,7 @@ from edgekit.errors import EdgekitError, StoreError
 from edgekit.fleet import Collector, FleetView, Skip, parse
 from edgekit.fleet.messages import SKIP_REASONS
 from edgekit.runtime import sealed
+from edgekit.runtime.isolated import pack, unpack
 from edgekit.runtime.store_records import VersionState, read_state, state_bytes, unwrap_key, wrap_key
 from edgekit.runtime.telemetry.privacy import read_sample_header
 from edgekit.signing import Trust, create_publisher_key, load_signing_key, signature_entry
@@ -229,3 +230,12 @@ def test_what_the_coverage_guided_fuzzer_found_stays_fixed(tmp_path: Path) -> No
     (tmp_path / "forged.ekb").write_bytes(bytes(data))
     with pytest.raises(EdgekitError, match="not an edgekit bundle \\(zip file version 22.3\\)"):
         read_bundle(tmp_path / "forged.ekb")
+
+
+@given(mutated(pack([np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2])], ["x", "ids"])))
+def test_what_an_isolated_child_answers(data: bytes) -> None:
+    try:
+        arrays = unpack(data)
+    except ValueError:
+        return
+    assert all(a.dtype.kind in "biufc" for a in arrays.values())

@@ -35,8 +35,12 @@ class Backend(ABC):
     format: ClassVar[str]
     registry: ClassVar[dict[str, type[Backend]]] = {}
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
+    def __init_subclass__(cls, register: bool = True, **kwargs: object) -> None:
+        """Register under ``format``; ``register=False`` for a wrapper that runs another
+        backend's format (``edgekit.runtime.isolated``)."""
         super().__init_subclass__(**kwargs)
+        if not register:
+            return
         key = cls.__dict__.get("format")
         if key is None:
             raise TypeError(f"{cls.__name__} must set a 'format' class attribute")
@@ -102,6 +106,9 @@ class Backend(ABC):
     @cached_property
     def _fixed_batch(self) -> list[str]:
         return [info.name for info in self._inputs if info.shape and info.shape[0] == 1]
+
+    def close(self) -> None:  # noqa: B027 - most engines hold nothing outside the object
+        """Release what the engine holds outside this object (an isolated model's process)."""
 
     @abstractmethod
     def _invoke(self, feed: Feed) -> list[np.ndarray]:

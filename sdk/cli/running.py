@@ -58,6 +58,12 @@ _telemetry_options = together(
 @threads_option
 @artifact_format_option
 @bundle_options
+@click.option(
+    "--isolate",
+    is_flag=True,
+    help="Run the engine in a child process with memory and time limits, for a model nobody "
+    "vouches for: a crash there is an error line here.",
+)
 @_telemetry_options
 @json_option
 @click.pass_context
@@ -82,7 +88,8 @@ def run(
     from edgekit.data import load_inputs
 
     telemetry = _telemetry(fields.pop("telemetry_url"), fields.pop("fleet"), fields.pop("telemetry_config"))
-    model = load_model(ctx, bundle, telemetry=telemetry, **_model_options(fields))
+    isolate = fields.pop("isolate")
+    model = load_model(ctx, bundle, telemetry=telemetry, isolate=isolate, **_model_options(fields))
     outputs = model.predict(load_inputs(input_values, model.manifest, model.info.inputs))
     result = views.run_result(model, outputs, top_k)
     model.close()
