@@ -311,8 +311,9 @@ def read_bundle(
     signature over the raw manifest bytes (with ``verify``), the manifest, then every
     artifact's size and hash, all before any artifact byte is returned.
 
-    Artifacts are capped at ``max_bytes`` in all; an unsigned bundle without it at its
-    profile's storage budget."""
+    Artifacts are capped at ``max_bytes`` in all; without it, an unsigned bundle that
+    ``verify`` accepts (``allow_unsigned``) at its profile's storage budget. Reading without
+    ``verify`` (the build side: sign, inspect a fresh output) is not capped."""
     with Archive(path) as archive:
         manifest_bytes = _manifest_bytes(archive)
         signature = None
@@ -322,13 +323,14 @@ def read_bundle(
             verify(manifest_bytes, signature)
         manifest = parse_manifest(manifest_bytes, str(path))
         _check_listed(path, manifest, archive.names)
-        cap = max_bytes if max_bytes is not None else (None if signature else storage_budget(manifest))
+        unverified = verify is not None and signature is None  # a device accepting an unsigned bundle
+        cap = max_bytes if max_bytes is not None else (storage_budget(manifest) if unverified else None)
         total = sum(entry.size for entry in manifest.artifacts)
         if cap is not None and total > cap:
             raise BundleError(
                 f"{path}: its artifacts are {total} bytes, over the {cap}-byte limit "
                 f"({'given' if max_bytes is not None else 'the storage budget of ' + manifest.target.id}); "
-                "sign the bundle or raise the limit"
+                "sign the bundle or raise the limit (--max-size)"
             )
         return manifest, {entry.path: _artifact(path, archive, entry) for entry in manifest.artifacts}
 
