@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, settings
 
 from edgekit.convert import ConvertOptions, convert
 from edgekit.profiles import load_profile
+from edgekit.runtime.keys import create_device_key
+from edgekit.signing import Trust
 
 if TYPE_CHECKING:
     from edgekit.convert import ConvertResult
@@ -68,6 +70,17 @@ def publisher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     public, _ = create_publisher_key(key)
     Trust().add(public)
     return key
+
+
+@pytest.fixture
+def home(tmp_path: Path, publisher: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh device: EDGEKIT_HOME with a device key and the session's publisher trusted."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("EDGEKIT_HOME", str(home))
+    create_device_key(home / "device.key")
+    Trust(home / "trust").add(publisher.with_suffix(".pub"))
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -21,23 +21,12 @@ from edgekit.bundle import read_bundle, write_bundle
 from edgekit.cli import main
 from edgekit.errors import BundleError, SignatureError, StoreError
 from edgekit.runtime import Model, sealed
-from edgekit.runtime.keys import create_device_key
 from edgekit.runtime.store import Store
-from edgekit.signing import Trust, load_signing_key, signature_entry
+from edgekit.signing import load_signing_key, signature_entry
 
 BOMB_MB = 256
 """Inflated size of each bomb: the reader used to hold all of it in memory at once."""
 FLAT_MB = 100
-
-
-@pytest.fixture
-def home(tmp_path: Path, publisher: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("EDGEKIT_HOME", str(home))
-    create_device_key(home / "device.key")
-    Trust(home / "trust").add(publisher.with_suffix(".pub"))
-    return home
 
 
 def signed(path: Path, publisher: Path, version: int = 3, content: bytes = CONTENT) -> Path:

@@ -26,20 +26,9 @@ from edgekit.errors import BundleError, KeyProviderError, SignatureError, StoreE
 from edgekit.runtime import Model
 from edgekit.runtime import store as store_module
 from edgekit.runtime.backends import ONNXBackend, TFLiteBackend
-from edgekit.runtime.keys import EnvKeyProvider, FileKeyProvider, create_device_key
+from edgekit.runtime.keys import EnvKeyProvider, FileKeyProvider
 from edgekit.runtime.store import Store
-from edgekit.signing import Trust, create_publisher_key, load_signing_key, signature_entry
-
-
-@pytest.fixture
-def home(tmp_path: Path, publisher: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh device: EDGEKIT_HOME with a device key and the session's publisher trusted."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("EDGEKIT_HOME", str(home))
-    create_device_key(home / "device.key")
-    Trust(home / "trust").add(publisher.with_suffix(".pub"))
-    return home
+from edgekit.signing import create_publisher_key, load_signing_key, signature_entry
 
 
 @pytest.fixture
