@@ -25,7 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-_FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow], "print_blob": True}
+_FUZZ = {"deadline": 5000, "suppress_health_check": [HealthCheck.too_slow], "print_blob": True}
+"""Every fuzzed input must end within 5 s (they take milliseconds); the atheris harness caps memory."""
 settings.register_profile("default", max_examples=40, **_FUZZ)
 settings.register_profile("slow", max_examples=2000, **_FUZZ)
 
