@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from edgekit.converters.keras_export import serving_function
 from edgekit.converters.recurrent import recurrent_layers, unrolled_if_recurrent
 from edgekit.converters.source import first_line, import_tensorflow
@@ -46,6 +48,7 @@ def from_tensorflow(source: SourceModel, opset: int, shapes: dict[str, tuple[int
     for old, name in zip(graph_outputs, sorted(outputs), strict=True):
         _rename_tensor(model, old, name)
     _order_outputs(model, outputs)
+    _erfc_as_erf(model)
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_param"):
@@ -102,3 +105,26 @@ def _rename_dim_param(model: Any, old: str, new: str) -> None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param == old:
                 dim.dim_param = new
+
+
+def _erfc_as_erf(model: Any) -> None:
+    """tf2onnx writes TensorFlow's Erfc (Keras 3's exact gelu) as an ``Erfc`` node, which ONNX
+    does not have: write each as 1 - Erf(x)."""
+    from onnx import helper, numpy_helper
+
+    nodes = list(model.graph.node)
+    if not any(node.op_type == "Erfc" and node.domain in ("", "ai.onnx") for node in nodes):
+        return
+    rewritten = []
+    for node in nodes:
+        if node.op_type != "Erfc" or node.domain not in ("", "ai.onnx"):
+            rewritten.append(node)
+            continue
+        erf, one = f"{node.name}/erf", f"{node.name}/one"
+        model.graph.initializer.append(numpy_helper.from_array(np.ones((), np.float32), one))
+        rewritten += [
+            helper.make_node("Erf", [node.input[0]], [erf], name=f"{node.name}/Erf"),
+            helper.make_node("Sub", [one, erf], [node.output[0]], name=node.name),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(rewritten)

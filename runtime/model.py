@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.bundle import ArtifactEntry, Manifest, read_bundle
-from edgekit.errors import EdgekitError, RuntimeBackendError
+from edgekit.errors import EdgekitError, InputError, RuntimeBackendError
 from edgekit.runtime.backends import Backend, TensorInfo, zeros_feed
 from edgekit.runtime.backends.onnx import import_onnxruntime
 from edgekit.runtime.backends.tflite import import_interpreter
@@ -20,6 +20,7 @@ from edgekit.runtime.feeds import check_feed
 from edgekit.runtime.isolated import IsolatedBackend, Isolation, Recipe, build
 from edgekit.runtime.stream import Stream
 from edgekit.signing import Trust
+from edgekit.text import TextEncoder, TextInputs
 
 if TYPE_CHECKING:
     from edgekit.runtime.engines import EngineCache
@@ -60,6 +61,9 @@ class Model:
         self._telemetry: Telemetry | None = None
         self._reported = (backend.inputs[0].name, 0)
         """For telemetry: the input whose features it bins, and the index of the primary output."""
+        self.tokenizer_bytes: bytes | None = None
+        """A text model's tokenizer.json, from the bundle (verified, in memory only)."""
+        self._encoder: TextEncoder | None = None
 
     @classmethod
     def load(
@@ -112,6 +116,8 @@ class Model:
         model = cls(
             manifest, entry, contents[entry.path], backend, _info(manifest, entry, backend, label, threads)
         )
+        if manifest.text is not None:
+            model.tokenizer_bytes = contents[manifest.text.file]
         if warmup:
             backend.run(zeros_feed(backend.inputs))
         model.info = replace(model.info, load_ms=(time.perf_counter() - started) * 1000)
@@ -151,6 +157,31 @@ class Model:
         name, index = self._reported
         telemetry.record(feed[name], outputs[index], time.perf_counter() - started)
         return outputs
+
+    def predict_text(self, texts: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
+        """``predict`` on texts, tokenized here by the bundle's own tokenizer: padded and
+        truncated to its sequence length (``text_truncated`` counts the cut ones)."""
+        return self.predict(self.text_encoder.encode(texts))
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """The bundle's tokenizer, set up for this model's inputs (needs ``edgekit[text]``)."""
+        if self._encoder is None:
+            spec = self.manifest.text
+            if spec is None or self.tokenizer_bytes is None:
+                raise InputError(
+                    f"{self.manifest.name} is not a text model (its bundle has no tokenizer); "
+                    "convert it with --tokenizer tokenizer.json"
+                )
+            dtypes = {info.name: info.dtype for info in self._backend.inputs}
+            roles = TextInputs(spec.ids, spec.mask, spec.type_ids)
+            self._encoder = TextEncoder(self.tokenizer_bytes, spec.max_length, roles, dtypes)
+        return self._encoder
+
+    @property
+    def text_truncated(self) -> int:
+        """Texts cut to the bundle's sequence length so far."""
+        return self._encoder.truncated if self._encoder else 0
 
     def stream(self) -> Stream:
         """A stream over the bundle's state pairs: ``step`` feeds each state back; each

@@ -182,8 +182,8 @@ class Store:
         # bound to name, version, file and chunk, authenticate every byte under a key only
         # this device can unwrap. Hashing again would double the cost of a cold load.
         contents = {
-            entry.path: unseal(folder / f"{entry.path}.enc", data_key, name, version, entry.path)
-            for entry in manifest.artifacts
+            file: unseal(folder / f"{file}.enc", data_key, name, version, file)
+            for file, _, _ in manifest.files
         }
         return manifest, contents
 
@@ -251,9 +251,8 @@ class Store:
             write_file(
                 tmp / "manifest.enc", seal(manifest.canonical_bytes(), data_key, name, version, MANIFEST)
             )
-            for entry in manifest.artifacts:
-                sealed = seal(contents[entry.path], data_key, name, version, entry.path)
-                write_file(tmp / f"{entry.path}.enc", sealed)
+            for file, _, _ in manifest.files:
+                write_file(tmp / f"{file}.enc", seal(contents[file], data_key, name, version, file))
             if signature is not None:
                 write_file(tmp / SIGNATURE, signature)
             fsync_dir(tmp)

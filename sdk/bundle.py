@@ -163,6 +163,19 @@ class StatePair(_Strict):
     input: str
 
 
+class TextSpec(_Strict):
+    """A text model's tokenizer, carried in the bundle, and how its output feeds the model."""
+
+    file: str = Field(pattern=_ARTIFACT_NAME, description="the bundle entry: a Hugging Face tokenizer.json")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    max_length: int = Field(ge=1, description="tokens per text: longer ones are truncated, and counted")
+    vocab_size: int = Field(ge=1)
+    ids: str = Field(description="the input that takes token ids")
+    mask: str | None = Field(default=None, description="the attention-mask input, if the model has one")
+    type_ids: str | None = Field(default=None, description="the token-type input, if the model has one")
+
+
 class Compression(_Strict):
     """Pruning applied to the source model before conversion (``convert --prune``)."""
 
@@ -193,6 +206,7 @@ class Manifest(_Strict):
     state: tuple[StatePair, ...] = Field(default=(), description="a streaming model's recurrent state")
     reference: ReferenceStats | None = None
     compression: Compression | None = None
+    text: TextSpec | None = None
     fit: tuple[dict[str, Any], ...] | None = Field(
         default=None, description="edgekit fit: every candidate's numbers and why it won or lost"
     )
@@ -204,6 +218,12 @@ class Manifest(_Strict):
             return DeviceProfile.model_validate_json(json.dumps(self.profile))
         except ValidationError as exc:
             raise BundleError(f"the bundle's device profile is not valid: {exc.errors()[0]['msg']}") from exc
+
+    @property
+    def files(self) -> tuple[tuple[str, str, int], ...]:
+        """Every entry besides the manifest and signature: (path, sha256, size)."""
+        found = tuple((a.path, a.sha256, a.size) for a in self.artifacts)
+        return found + (((self.text.file, self.text.sha256, self.text.size),) if self.text else ())
 
     def canonical_bytes(self) -> bytes:
         """The exact bytes stored as manifest.json, and later signed."""
@@ -229,8 +249,8 @@ def write_bundle(
                 archive.writestr(MANIFEST, manifest.canonical_bytes())
                 if signature is not None:
                     archive.writestr(SIGNATURE, signature)
-                for entry in manifest.artifacts:
-                    archive.writestr(entry.path, artifacts[entry.path])
+                for name, _, _ in manifest.files:
+                    archive.writestr(name, artifacts[name])
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -325,14 +345,16 @@ def read_bundle(
         _check_listed(path, manifest, archive.names)
         unverified = verify is not None and signature is None  # a device accepting an unsigned bundle
         cap = max_bytes if max_bytes is not None else (storage_budget(manifest) if unverified else None)
-        total = sum(entry.size for entry in manifest.artifacts)
+        total = sum(size for _, _, size in manifest.files)
         if cap is not None and total > cap:
             raise BundleError(
                 f"{path}: its artifacts are {total} bytes, over the {cap}-byte limit "
                 f"({'given' if max_bytes is not None else 'the storage budget of ' + manifest.target.id}); "
                 "sign the bundle or raise the limit (--max-size)"
             )
-        return manifest, {entry.path: _artifact(path, archive, entry) for entry in manifest.artifacts}
+        return manifest, {
+            name: _entry(path, archive, name, digest, size) for name, digest, size in manifest.files
+        }
 
 
 def storage_budget(manifest: Manifest) -> int:
@@ -350,24 +372,24 @@ def _manifest_bytes(archive: Archive) -> bytes:
     return archive.read(MANIFEST, MAX_MANIFEST_BYTES, "a manifest")
 
 
-def _artifact(path: Path, archive: Archive, entry: ArtifactEntry) -> bytes:
+def _entry(path: Path, archive: Archive, name: str, digest: str, size: int) -> bytes:
     # The declared size is compared before reading, and no read inflates past it.
-    if archive.size(entry.path) != entry.size:
+    if archive.size(name) != size:
         raise BundleError(
-            f"{path}: {entry.path} is {archive.size(entry.path)} bytes, the manifest says "
-            f"{entry.size}; the bundle is corrupt or tampered with"
+            f"{path}: {name} is {archive.size(name)} bytes, the manifest says "
+            f"{size}; the bundle is corrupt or tampered with"
         )
-    data = archive.read(entry.path, entry.size, "this artifact")
-    if sha256(data) != entry.sha256:
+    data = archive.read(name, size, "this entry")
+    if sha256(data) != digest:
         raise BundleError(
-            f"{path}: {entry.path} does not match its sha256 in the manifest; "
+            f"{path}: {name} does not match its sha256 in the manifest; "
             "the bundle is corrupt or tampered with"
         )
     return data
 
 
 def _check_listed(path: Path, manifest: Manifest, names: set[str]) -> None:
-    expected = {MANIFEST} | {entry.path for entry in manifest.artifacts}
+    expected = {MANIFEST} | {name for name, _, _ in manifest.files}
     extra = names - expected - {SIGNATURE}
     missing = expected - names
     if extra:

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgekit.errors import DataError, ShapeError
 from edgekit.samples import Samples
+from edgekit.text import TextData, read_jsonl
 
 MIN_SAMPLES = 10
 RECOMMENDED_SAMPLES = 100
@@ -44,6 +45,8 @@ class Dataset:
     path: Path
     samples: Samples
     y: np.ndarray | None
+    text: TextData | None = None
+    """A .jsonl file's texts and labels, until the tokenizer turns them into ``samples``."""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -58,6 +61,8 @@ def load_dataset(path: Path, role: str) -> Dataset:
     """Read ``path`` without trusting it: no pickles, clear errors for every bad case."""
     if not path.is_file():
         raise DataError(f"{role} data {path}: no such file")
+    if path.suffix == ".jsonl":
+        return Dataset(path, Samples({}), None, read_jsonl(path, role))
     try:
         if path.suffix == ".npy":
             return Dataset(path, Samples.of("x", np.load(path, allow_pickle=False)), None)
@@ -68,7 +73,9 @@ def load_dataset(path: Path, role: str) -> Dataset:
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{role} data {path}: not a readable numpy file ({exc})") from exc
     if path.suffix != ".npz":
-        raise DataError(f"{role} data {path}: expected a .npz (arrays x, y) or a .npy file")
+        raise DataError(
+            f"{role} data {path}: expected a .npz (arrays x, y), a .npy or, for text, a .jsonl file"
+        )
     if not arrays:
         raise DataError(
             f"{role} data {path}: no input arrays; save them with np.savez(path, x=inputs, y=labels), "

@@ -108,6 +108,23 @@ _output_options = together(
     ),
 )
 
+_text_options = together(
+    click.option(
+        "--tokenizer",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="A text model's Hugging Face tokenizer.json: it travels in the bundle (edgekit run --text), "
+        'and .jsonl --calibration/--eval data ({"text": ..., "label": ...} per line) is tokenized by it.',
+    ),
+    click.option(
+        "--max-sequence-length",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Tokens per text (longer ones are truncated and counted). Default: the model's fixed "
+        "length, else 128.",
+    ),
+)
+
 _pruning_options = together(
     click.option(
         "--prune",
@@ -189,6 +206,7 @@ _identity_options = together(
 )
 @_conversion_options
 @_output_options
+@_text_options
 @report_option
 @_pruning_options
 @_override_options
@@ -215,6 +233,8 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
       edgekit convert vad.onnx --target x86-gateway --state stateN:state -o vad.ekb
       edgekit convert model.keras --target raspberry-pi-4 --prune 0.5 --train-data train.npz \\
           --calibration calib.npz --eval eval.npz -o small.ekb
+      edgekit convert intent.keras --target raspberry-pi-5 --tokenizer tokenizer.json \\
+          --calibration calib.jsonl --eval eval.jsonl --labels intents.txt -o intent.ekb
     """
     from edgekit import views
     from edgekit.console import RichReporter, quiet_native_output

@@ -45,9 +45,15 @@ _telemetry_options = together(
     "input_values",
     metavar="[NAME=]FILE",
     multiple=True,
-    required=True,
     help="The input batch: an image, .npy, or .npz with array x. Several inputs: NAME=FILE.npy "
     "once per input, or one .npz with an array per input name.",
+)
+@click.option(
+    "--text",
+    "texts",
+    multiple=True,
+    help="A text model: a text to classify, tokenized on the device by the bundle's tokenizer "
+    "(repeatable: one sample each). Needs edgekit[text].",
 )
 @click.option(
     "--top-k",
@@ -71,6 +77,7 @@ def run(
     ctx: click.Context,
     bundle: Path,
     input_values: tuple[str, ...],
+    texts: tuple[str, ...],
     top_k: int | None,
     as_json: bool,
     **fields: Any,
@@ -83,14 +90,21 @@ def run(
       edgekit run digits.ekb --input meter-digit.png --top-k 1
       edgekit run detector.ekb --input image=frame.npy --input meta=meta.npy
       edgekit run digits --input x.npy --telemetry mqtt://gateway:1883 --fleet factory-7
+      edgekit run intent.ekb --text "turn on the kitchen lights" --top-k 1
     """
     from edgekit import views
     from edgekit.data import load_inputs
+    from edgekit.errors import InputError
 
+    if bool(texts) == bool(input_values):
+        raise InputError("give the input batch with --input FILE, or a text model's texts with --text")
     telemetry = _telemetry(fields.pop("telemetry_url"), fields.pop("fleet"), fields.pop("telemetry_config"))
     isolate = fields.pop("isolate")
     model = load_model(ctx, bundle, telemetry=telemetry, isolate=isolate, **_model_options(fields))
-    outputs = model.predict(load_inputs(input_values, model.manifest, model.info.inputs))
+    if texts:
+        outputs = model.predict_text(list(texts))
+    else:
+        outputs = model.predict(load_inputs(input_values, model.manifest, model.info.inputs))
     result = views.run_result(model, outputs, top_k)
     model.close()
     if telemetry is not None:

@@ -24,6 +24,7 @@ from edgekit.convert.plan import Inputs, check_data, data_shapes, plan
 from edgekit.convert.prune import prune_source
 from edgekit.convert.select import select
 from edgekit.convert.state import state_pairs
+from edgekit.convert.text import prepare_text
 from edgekit.converters import ConversionSettings
 from edgekit.converters.source import detect_kind, load_source
 from edgekit.report import Reporter, SilentReporter
@@ -83,6 +84,7 @@ def _build(
     options: ConvertOptions, inputs: Inputs, plans: list[Any], reporter: Reporter, extra: dict[str, Any]
 ) -> ConvertResult:
     with load_source(options.model, options.input_shape, inputs.kind) as source:
+        inputs, text, tokenizer = prepare_text(source, inputs, options, reporter)
         inputs, warnings = check_data(source, inputs, options)
         state = state_pairs(source, options.state, reporter)
         for message in warnings:  # what the data checks found, before any conversion starts
@@ -120,10 +122,18 @@ def _build(
             drift_baseline = reference(source, inputs.calibration, primary, reporter)
         else:  # the float model's outputs on the evaluation data are at hand already
             drift_baseline = reference(source, evaluation, primary, reporter, float_out)
-        extra = {"reference": drift_baseline, "primary_output": primary, "state": state, **extra}
+        extra = {
+            "reference": drift_baseline,
+            "primary_output": primary,
+            "state": state,
+            "text": text,
+            **extra,
+        }
         converters = [converter for converter, _ in plans]
         manifest = build_manifest(
             options, source, converters, chosen, (inputs.calibration, inputs.evaluation), inputs.labels, extra
         )
     contents = {c.entry.path: c.content for c in chosen}
+    if text is not None and tokenizer is not None:
+        contents[text.file] = tokenizer
     return ConvertResult(options.output, manifest, tuple(tried), tuple(warnings), contents)

@@ -1,0 +1,92 @@
+"""Text models in ``convert``: the tokenizer that travels in the bundle, and ``.jsonl``
+calibration and evaluation data tokenized by it, before any other data check."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from edgekit.bundle import TextSpec, sha256
+from edgekit.convert.options import ConvertOptions
+from edgekit.convert.plan import Inputs
+from edgekit.converters.source import SourceModel
+from edgekit.data import Dataset
+from edgekit.errors import DataError, InputError
+from edgekit.report import Reporter
+from edgekit.samples import Samples
+from edgekit.text import MAX_TOKENIZER_BYTES, TOKENIZER_FILE, TextEncoder, TextInputs, label_indices
+
+DEFAULT_SEQUENCE_LENGTH = 128
+
+
+def prepare_text(
+    source: SourceModel, inputs: Inputs, options: ConvertOptions, reporter: Reporter
+) -> tuple[Inputs, TextSpec | None, bytes | None]:
+    """With ``--tokenizer``: the text spec, the tokenizer's bytes, and ``.jsonl`` data as model
+    inputs. Without it, text data is refused in one line."""
+    data = [d for d in (inputs.calibration, inputs.evaluation) if d is not None]
+    if options.tokenizer is None:
+        if any(d.text is not None for d in data):
+            raise DataError("a .jsonl data file holds text: pass the model's --tokenizer tokenizer.json")
+        return inputs, None, None
+    raw = _read_tokenizer(options)
+    roles = TextInputs.find([spec.name for spec in source.inputs])
+    ids = next(spec for spec in source.inputs if spec.name == roles.ids)
+    length = options.max_sequence_length or (ids.shape[1] if len(ids.shape) > 1 else None)
+    length = length or DEFAULT_SEQUENCE_LENGTH
+    if len(ids.shape) > 1 and ids.shape[1] not in (None, length):
+        raise InputError(
+            f"--max-sequence-length {length}: the model's '{ids.name}' takes {ids.shape[1]} tokens"
+        )
+    dtypes = {spec.name: spec.dtype for spec in source.inputs}
+    encoder = TextEncoder(raw, length, roles, dtypes)
+    _check_vocabulary(source, encoder)
+    spec = TextSpec(
+        file=TOKENIZER_FILE, sha256=sha256(raw), size=len(raw), max_length=length,
+        vocab_size=encoder.vocab_size, ids=roles.ids, mask=roles.mask, type_ids=roles.type_ids,
+    )  # fmt: skip
+    tokenized = replace(
+        inputs,
+        calibration=_tokenize(inputs.calibration, encoder, inputs.labels),
+        evaluation=_tokenize(inputs.evaluation, encoder, inputs.labels),
+    )
+    if encoder.truncated:
+        reporter.note(f"{encoder.truncated} texts were longer than {length} tokens and were truncated")
+    return tokenized, spec, raw
+
+
+def _read_tokenizer(options: ConvertOptions) -> bytes:
+    path = options.tokenizer
+    assert path is not None
+    if not path.is_file():
+        raise InputError(f"--tokenizer {path}: no such file")
+    if path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise InputError(f"--tokenizer {path}: over {MAX_TOKENIZER_BYTES >> 20} MB; not a tokenizer.json")
+    return path.read_bytes()
+
+
+def _check_vocabulary(source: SourceModel, encoder: TextEncoder) -> None:
+    """The highest token id must be one the model's embedding has: feed it and see."""
+    feed = encoder.encode(["probe"])
+    feed[encoder.inputs.ids] = np.full_like(feed[encoder.inputs.ids], encoder.vocab_size - 1)
+    try:
+        outputs = source.predict(feed)
+    except Exception:  # noqa: BLE001 - TensorFlow and ONNX Runtime each raise their own type
+        raise InputError(
+            f"the tokenizer has {encoder.vocab_size} tokens, more than the model's embedding takes: "
+            "use the tokenizer the model was trained with"
+        ) from None
+    if not all(np.isfinite(out).all() for out in outputs if out.dtype.kind == "f"):
+        raise InputError(
+            f"the tokenizer's last token id ({encoder.vocab_size - 1}) gives NaN: not the model's tokenizer"
+        )
+
+
+def _tokenize(data: Dataset | None, encoder: TextEncoder, names: tuple[str, ...] | None) -> Dataset | None:
+    if data is None or data.text is None:
+        return data
+    feed = encoder.encode(list(data.text.texts))
+    labels = data.text.labels
+    y = None if labels is None else label_indices(labels, names, f"data {data.path}")
+    return Dataset(data.path, Samples(feed), y, data.text)

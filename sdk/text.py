@@ -1,0 +1,159 @@
+"""Text in, model inputs out: the bundle's Hugging Face tokenizer, run on the device.
+
+A text model's bundle carries its ``tokenizer.json`` (the ``tokenizers`` library: Rust, no
+torch), signed and hashed like the artifacts. ``TextEncoder`` pads and truncates to the
+bundle's sequence length and fills the inputs the model declares: token ids, and where the
+model has them, the attention mask and the token type ids. Which input is which comes from
+its name (``input_ids``, ``attention_mask``, ``token_type_ids`` as optimum and tf2onnx export
+them, and the usual short forms).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import DataError, InputError, MissingDependencyError
+from edgekit.samples import Feed
+
+TOKENIZER_FILE = "tokenizer.json"
+MAX_TOKENIZER_BYTES = 64 << 20
+ROLES = {
+    "ids": re.compile(r"(^|_)(input_ids|token_ids|ids|tokens|input_word_ids)$", re.IGNORECASE),
+    "mask": re.compile(r"(^|_)(attention_mask|input_mask|mask|padding_mask)$", re.IGNORECASE),
+    "type_ids": re.compile(r"(^|_)(token_type_ids|segment_ids|type_ids|input_type_ids)$", re.IGNORECASE),
+}
+"""Input names by role; the first input whose name matches, per role."""
+
+
+@dataclass(frozen=True)
+class TextInputs:
+    """Which model input takes the token ids, the mask and the type ids (None: absent)."""
+
+    ids: str
+    mask: str | None = None
+    type_ids: str | None = None
+
+    @classmethod
+    def find(cls, names: Sequence[str]) -> TextInputs:
+        roles = {role: next((n for n in names if pattern.search(n)), None) for role, pattern in ROLES.items()}
+        unknown = [n for n in names if n not in roles.values()]
+        if roles["ids"] is None or unknown:
+            raise InputError(
+                f"the model's inputs are {', '.join(names)}; a text model takes token ids (named like "
+                "input_ids), and optionally attention_mask and token_type_ids: a tokenizer cannot fill "
+                + (", ".join(unknown) if unknown else "the ids")
+            )
+        return cls(roles["ids"], roles["mask"], roles["type_ids"])
+
+
+def _tokenizers() -> Any:
+    try:
+        import tokenizers
+    except ImportError:
+        raise MissingDependencyError("tokenizers", "text", "a text model") from None
+    return tokenizers
+
+
+class TextEncoder:
+    """Texts to a feed: ids, mask and type ids for ``inputs``, padded and truncated to
+    ``length``; ``dtypes`` maps each input to its integer dtype."""
+
+    def __init__(
+        self, tokenizer_json: bytes, length: int, inputs: TextInputs, dtypes: dict[str, str]
+    ) -> None:
+        try:
+            tokenizer = _tokenizers().Tokenizer.from_str(tokenizer_json.decode())
+        except Exception as exc:  # the Rust side raises its own exception type
+            raise InputError(
+                f"not a Hugging Face tokenizer.json ({exc}); save one with tokenizer.save()"
+            ) from None
+        tokenizer.enable_truncation(length)
+        pad = _pad_token(tokenizer)
+        tokenizer.enable_padding(length=length, pad_id=tokenizer.token_to_id(pad), pad_token=pad)
+        self._tokenizer, self.length, self.inputs, self._dtypes = tokenizer, length, inputs, dtypes
+        self.truncated = 0
+        """Texts cut to ``length`` tokens so far."""
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tokenizer.get_vocab_size())
+
+    def encode(self, texts: Sequence[str]) -> Feed:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise InputError("predict_text takes a list of strings, one per sample")
+        encodings = self._tokenizer.encode_batch(list(texts))
+        self.truncated += sum(1 for e in encodings if e.overflowing)
+        columns = {"ids": "ids", "mask": "attention_mask", "type_ids": "type_ids"}
+        feed = {}
+        for role, attribute in columns.items():
+            name = getattr(self.inputs, role)
+            if name is not None:
+                values = [getattr(e, attribute) for e in encodings]
+                feed[name] = np.asarray(values, dtype=self._dtypes.get(name, "int64")).reshape(
+                    len(texts), self.length
+                )
+        return feed
+
+
+def _pad_token(tokenizer: Any) -> str:
+    vocab = tokenizer.get_vocab()
+    for token in ("[PAD]", "<pad>", "<PAD>", "[pad]"):
+        if token in vocab:
+            return token
+    raise InputError("the tokenizer has no padding token ([PAD] or <pad>); add one when training it")
+
+
+@dataclass(frozen=True)
+class TextData:
+    """A ``.jsonl`` data file: one object per line with ``text`` and, for evaluation,
+    ``label`` (an int, or a class name from --labels)."""
+
+    texts: tuple[str, ...]
+    labels: tuple[Any, ...] | None
+
+
+def read_jsonl(path: Path, role: str) -> TextData:
+    texts, labels = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{role} data {path}, line {number}: not JSON ({exc})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(
+                f'{role} data {path}, line {number}: no "text" string; write {{"text": ..., "label": ...}}'
+            )
+        texts.append(record["text"])
+        labels.append(record.get("label"))
+    if not texts:
+        raise DataError(f"{role} data {path}: no lines")
+    present = [label is not None for label in labels]
+    if any(present) and not all(present):
+        missing = present.index(False) + 1
+        raise DataError(f'{role} data {path}: the {missing}. record has no "label" while others do')
+    return TextData(tuple(texts), tuple(labels) if all(present) else None)
+
+
+def label_indices(labels: tuple[Any, ...], names: tuple[str, ...] | None, where: str) -> np.ndarray:
+    """Labels as class indices: ints as they are, names through --labels."""
+    if all(isinstance(label, int) and not isinstance(label, bool) for label in labels):
+        return np.asarray(labels, np.int64)
+    if names is None:
+        raise DataError(
+            f"{where}: labels are names; give --labels FILE with one class name per line, "
+            "in the model's output order"
+        )
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted({str(label) for label in labels if label not in index})
+    if unknown:
+        raise DataError(f"{where}: labels {', '.join(unknown[:5])} are not in the --labels file")
+    return np.asarray([index[label] for label in labels], np.int64)

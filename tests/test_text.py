@@ -1,0 +1,158 @@
+"""Text models: the tokenizer travels in the bundle, .jsonl data is tokenized by it, and the
+device runs from text with neither TensorFlow nor transformers imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from text_models import INTENTS, encode, intent_classifier, write_jsonl
+
+from edgekit.cli import main
+from edgekit.convert import ConvertOptions, convert
+from edgekit.errors import DataError, InputError
+from edgekit.profiles import load_profile
+from edgekit.runtime import Model
+from edgekit.runtime.store import Store
+from edgekit.text import TextInputs
+
+VOCAB = 300
+TEXTS = ["turn on the kitchen lights", "set the garage to 21 degrees", "start the office fan"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return intent_classifier(tmp_path_factory.mktemp("intent"), VOCAB)
+
+
+@pytest.fixture(scope="module")
+def bundles(
+    files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, publisher: Path
+) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("text-bundles")
+    made = {}
+    for fmt, precision in (("tflite", "dynamic"), ("onnx", "fp32")):
+        made[fmt] = convert(ConvertOptions(
+            model=files["model"], profile=load_profile("raspberry-pi-5"), output=folder / f"intent-{fmt}.ekb",
+            format=fmt, precision=precision, calibration=files["calibration"], evaluation=files["evaluation"],
+            labels=files["labels"], tokenizer=files["tokenizer"], name="intent", sign_key=publisher,
+        ))  # fmt: skip
+    return made
+
+
+def test_the_tokenizer_travels_in_the_bundle_and_the_device_runs_from_text(
+    files: dict[str, Path], bundles: dict[str, Any]
+) -> None:
+    import keras
+
+    keras_model = keras.saving.load_model(files["model"])
+    ids, mask = encode(files["tokenizer"], TEXTS)
+    expected = np.asarray(keras_model([ids, mask]))
+    for fmt, result in bundles.items():
+        text = result.manifest.text
+        assert text is not None and (text.ids, text.mask, text.type_ids, text.max_length) == (
+            "input_ids", "attention_mask", None, 16)  # fmt: skip
+        assert result.manifest.artifacts[0].metrics.accuracy.artifact >= 95.0
+        with zipfile.ZipFile(result.output) as archive:
+            assert archive.read("tokenizer.json") == files["tokenizer"].read_bytes()
+        model = Model.load(result.output)
+        scores = model.predict_text(TEXTS)
+        np.testing.assert_array_equal(scores.argmax(-1), expected.argmax(-1))  # type: ignore[union-attr]
+        if fmt == "onnx":
+            np.testing.assert_allclose(scores, expected, atol=1e-4)
+        assert [INTENTS[i] for i in scores.argmax(-1)] == ["lights_on", "set_temperature", "fan_on"]  # type: ignore[union-attr]
+        assert model.text_truncated == 0
+        model.predict_text(
+            ["turn on the lights in the kitchen and the bedroom and the garage and the office now"]
+        )
+        assert model.text_truncated == 1  # cut to 16 tokens, and counted
+
+
+_DEVICE = """
+import sys
+from edgekit.runtime import Model
+model = Model.load(sys.argv[1])
+print(model.predict_text(["turn off the bedroom lights"]).argmax(-1)[0])
+print(sorted(m for m in ("tensorflow", "transformers", "torch", "keras") if m in sys.modules))
+"""
+
+
+def test_the_device_side_imports_neither_tensorflow_nor_transformers(bundles: dict[str, Any]) -> None:
+    for result in bundles.values():
+        done = subprocess.run([sys.executable, "-c", _DEVICE, str(result.output)], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split() == [str(INTENTS.index("lights_off")), "[]"]
+
+
+def test_run_text_from_the_command_line_and_from_the_store(bundles: dict[str, Any], home: Path) -> None:
+    bundle = bundles["tflite"].output
+    result = CliRunner().invoke(
+        main, ["run", str(bundle), "--text", TEXTS[0], "--text", TEXTS[2], "--top-k", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "lights_on" in result.output and "fan_on" in result.output
+    Store().install(bundle)
+    stored = home / "models" / "intent" / "1"
+    assert (stored / "tokenizer.json.enc").exists() and not (stored / "tokenizer.json").exists()
+    assert b"kitchen" not in (stored / "tokenizer.json.enc").read_bytes()  # the vocabulary, encrypted
+    assert Model.load("intent").predict_text(TEXTS[:1]).argmax() == 0  # type: ignore[union-attr]
+    both = CliRunner().invoke(main, ["run", str(bundle), "--text", "x", "--input", "x.npy"])
+    assert both.exit_code == 2 and "--input FILE, or a text model's texts with --text" in both.stderr
+
+
+def test_text_errors_are_one_line(files: dict[str, Path], bundles: dict[str, Any], tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    def attempt(**fields: Any) -> None:
+        options = {"model": files["model"], "profile": load_profile("raspberry-pi-5"), "output": tmp_path / "x.ekb",
+                   "format": "tflite", "precision": "fp32", "tokenizer": files["tokenizer"],
+                   "evaluation": files["evaluation"], "labels": files["labels"], **fields}  # fmt: skip
+        convert(ConvertOptions(**options))
+
+    bigger = Tokenizer.from_file(str(files["tokenizer"]))
+    bigger.add_tokens([f"extra{i}" for i in range(400)])
+    bigger.save(str(tmp_path / "bigger.json"))
+    no_text = write_jsonl(tmp_path / "bad.jsonl", [{"text": "turn on"}, {"words": "oops"}])
+    cases = [
+        ({"tokenizer": tmp_path / "bigger.json"}, InputError, "more than the model's embedding takes"),
+        ({"evaluation": no_text}, DataError, 'line 2: no "text" string'),
+        ({"tokenizer": None}, DataError, "pass the model's --tokenizer tokenizer.json"),
+        ({"labels": None}, DataError, "labels are names; give --labels FILE"),
+        ({"max_sequence_length": 32}, InputError, "the model's 'input_ids' takes 16 tokens"),
+    ]
+    for fields, error, message in cases:
+        with pytest.raises(error, match=message):
+            attempt(**fields)
+    with pytest.raises(InputError, match="a tokenizer cannot fill image"):
+        TextInputs.find(["input_ids", "attention_mask", "image"])
+    assert TextInputs.find(["input_ids", "token_type_ids", "attention_mask"]) == TextInputs(
+        "input_ids", "attention_mask", "token_type_ids")  # fmt: skip
+    with pytest.raises(InputError, match="takes a list of strings"):
+        Model.load(bundles["onnx"].output).predict_text("one string")  # type: ignore[arg-type]
+
+
+def test_a_model_without_a_tokenizer_says_so(converted: Any) -> None:
+    with pytest.raises(InputError, match="not a text model .* convert it with --tokenizer"):
+        Model.load(converted("int8").output).predict_text(["hello"])
+    result = CliRunner().invoke(main, ["run", str(converted("int8").output), "--text", "hello"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+
+
+def test_jsonl_labels_may_be_class_indices(files: dict[str, Path], tmp_path: Path) -> None:
+    records = [json.loads(line) for line in files["evaluation"].read_text().splitlines()]
+    indexed = write_jsonl(
+        tmp_path / "indexed.jsonl", [{**r, "label": INTENTS.index(r["label"])} for r in records]
+    )
+    result = convert(ConvertOptions(
+        model=files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "i.ekb", format="tflite",
+        precision="fp32", tokenizer=files["tokenizer"], evaluation=indexed,
+    ))  # fmt: skip
+    assert result.manifest.artifacts[0].metrics.accuracy.metric == "top1"  # type: ignore[union-attr]
