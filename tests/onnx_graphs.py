@@ -220,3 +220,36 @@ def fp16_overflow(opset: int = 17) -> onnx.ModelProto:
         helper.make_node("MatMul", ["t", "head"], ["y"], name="head"),
     ]
     return _model(nodes, [x], [y], inits, opset)
+
+
+def bag_of_embeddings(
+    vocab: int = 300, hidden: int = 16, classes: int = 4, opset: int = 17
+) -> onnx.ModelProto:
+    """A text classifier as optimum exports one: int64 ``input_ids``, ``attention_mask`` and
+    ``token_type_ids``, batch and sequence dynamic; word plus type embeddings, mean over the
+    unmasked tokens, a linear head and softmax."""
+    rng = _rng(17)
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in names]
+    nodes = [
+        helper.make_node("Gather", ["words", "input_ids"], ["w"]),
+        helper.make_node("Gather", ["types", "token_type_ids"], ["t"]),
+        helper.make_node("Add", ["w", "t"], ["e"]),
+        helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["m", "last"], ["m3"]),
+        helper.make_node("Mul", ["e", "m3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "seq_axis"], ["total"], keepdims=0),
+        helper.make_node("ReduceSum", ["m", "seq_axis"], ["count"], keepdims=1),
+        helper.make_node("Max", ["count", "one"], ["safe"]),
+        helper.make_node("Div", ["total", "safe"], ["pooled"]),
+        helper.make_node("Gemm", ["pooled", "head", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["scores"], axis=-1),
+    ]
+    inits = [
+        _init("words", rng.normal(0, 1, (vocab, hidden))), _init("types", rng.normal(0, 0.1, (2, hidden))),
+        _init("head", rng.normal(0, 1, (hidden, classes))), _init("bias", np.zeros(classes)),
+        _init("one", np.ones(1)), numpy_helper.from_array(np.array([2], np.int64), "last"),
+        numpy_helper.from_array(np.array([1], np.int64), "seq_axis"),
+    ]  # fmt: skip
+    outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", classes])]
+    return _model(nodes, inputs, outputs, inits, opset)

@@ -156,3 +156,29 @@ def test_jsonl_labels_may_be_class_indices(files: dict[str, Path], tmp_path: Pat
         precision="fp32", tokenizer=files["tokenizer"], evaluation=indexed,
     ))  # fmt: skip
     assert result.manifest.artifacts[0].metrics.accuracy.metric == "top1"  # type: ignore[union-attr]
+
+
+def test_an_onnx_text_model_as_optimum_exports_it(
+    files: dict[str, Path], tmp_path: Path, publisher: Path
+) -> None:
+    """input_ids, attention_mask and token_type_ids, batch and sequence dynamic: the sequence
+    is fixed at --max-sequence-length, and all three inputs are filled on the device."""
+    from onnx_graphs import bag_of_embeddings, save
+
+    model = save(bag_of_embeddings(VOCAB), tmp_path / "text.onnx")
+    for precision in ("fp32", "dynamic"):
+        result = convert(ConvertOptions(
+            model=model, profile=load_profile("x86-gateway"), output=tmp_path / f"{precision}.ekb", format="onnx",
+            precision=precision, tokenizer=files["tokenizer"], calibration=files["calibration"],
+            evaluation=files["evaluation"], labels=files["labels"], max_sequence_length=24, sign_key=publisher,
+            max_accuracy_drop=100.0,
+        ))  # fmt: skip
+        text = result.manifest.text
+        assert text is not None and (text.mask, text.type_ids, text.max_length) == (
+            "attention_mask", "token_type_ids", 24)  # fmt: skip
+        device = Model.load(result.output)
+        feed = device.text_encoder.encode(TEXTS)
+        assert set(feed) == {"input_ids", "attention_mask", "token_type_ids"}
+        assert all(array.shape == (3, 24) and array.dtype == np.int64 for array in feed.values())
+        scores = device.predict_text(TEXTS)
+        np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)  # type: ignore[union-attr]
