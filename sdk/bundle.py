@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.archive import Archive
 from edgekit.atomic import fsync_dir
+from edgekit.classes import ClassComparison
 from edgekit.errors import BundleError, SignatureError
 from edgekit.profiles import DeviceProfile, load_profile, shipped_profile_ids
 
@@ -55,7 +56,7 @@ class OutputSimilarity(_Strict):
 class Accuracy(_Strict):
     """Float model against the artifact on the same evaluation data."""
 
-    metric: Literal["top1", "agreement"]
+    metric: Literal["top1", "agreement", "macro-f1"]
     output: str | None = Field(default=None, description="the output top-1 or agreement is measured on")
     samples: int
     float_model: float = Field(description="float model: top-1 % (labels) or 100")
@@ -66,6 +67,7 @@ class Accuracy(_Strict):
     cosine: float
     max_abs_error: float
     outputs: dict[str, OutputSimilarity] | None = Field(default=None, description="several outputs: each one")
+    classes: ClassComparison | None = Field(default=None, description="with labels: per-class scores of both")
     gate: Literal["passed", "overridden"]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.classes import compare_classes
 from edgekit.errors import ConversionError
 from edgekit.runtime.backends import Backend, zeros_feed
 from edgekit.samples import Feed
@@ -76,14 +77,21 @@ def similarity(float_out: np.ndarray, artifact_out: np.ndarray) -> dict[str, flo
 
 
 def compare_outputs(
-    float_out: np.ndarray, artifact_out: np.ndarray, labels: np.ndarray | None
+    float_out: np.ndarray, artifact_out: np.ndarray, labels: np.ndarray | None, gate_metric: str = "top1"
 ) -> dict[str, Any]:
-    """Top-1 accuracy of both (with labels) or agreement, plus cosine and max abs error."""
+    """Top-1 accuracy (or with ``gate_metric`` "macro-f1", macro-F1 in percent) of both, with
+    labels, and then each one's per-class report; else agreement. Plus cosine and max abs error."""
     result: dict[str, Any] = similarity(float_out, artifact_out)
     if labels is None:
         result.update(metric="agreement", float_model=100.0, artifact=result["agreement"])
+    elif gate_metric == "macro-f1":
+        classes = compare_classes(float_out, artifact_out, labels)
+        result.update(metric="macro-f1", classes=classes, float_model=100 * classes.float_model.macro.f1,
+                      artifact=100 * classes.artifact.macro.f1)  # fmt: skip
     else:
         result.update(metric="top1", float_model=top1(float_out, labels), artifact=top1(artifact_out, labels))
+        if np.asarray(float_out).reshape(len(float_out), -1).shape[1] > 1:
+            result["classes"] = compare_classes(float_out, artifact_out, labels)
     result["drop"] = result["float_model"] - result["artifact"]
     return result
 
@@ -93,10 +101,11 @@ def compare_all(
     artifact_outs: dict[str, np.ndarray],
     primary: str,
     labels: np.ndarray | None,
+    gate_metric: str = "top1",
 ) -> dict[str, Any]:
     """``compare_outputs`` on the ``primary`` output; with several outputs, every output's
     similarity under ``outputs``."""
-    result = compare_outputs(float_outs[primary], artifact_outs[primary], labels)
+    result = compare_outputs(float_outs[primary], artifact_outs[primary], labels, gate_metric)
     result["output"] = primary
     if len(float_outs) > 1:
         result["outputs"] = {name: similarity(out, artifact_outs[name]) for name, out in float_outs.items()}

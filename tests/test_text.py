@@ -182,3 +182,38 @@ def test_an_onnx_text_model_as_optimum_exports_it(
         assert all(array.shape == (3, 24) and array.dtype == np.int64 for array in feed.values())
         scores = device.predict_text(TEXTS)
         np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)  # type: ignore[union-attr]
+
+
+def test_the_per_class_report_matches_scikit_learn_and_can_gate_on_macro_f1(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    from sklearn.metrics import classification_report
+
+    from edgekit.classes import class_report
+
+    rng = np.random.default_rng(3)
+    labels, predicted = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
+    predicted[labels == 4] = 4  # a perfect class
+    labels[labels == 3] = 0  # a class never labelled, but predicted
+    ours = class_report(labels, predicted, 6)  # and class 5: neither
+    theirs = classification_report(labels, predicted, labels=range(6), output_dict=True, zero_division=0)
+    for index, row in enumerate(ours.classes):
+        expected = theirs[str(index)]
+        assert (row.precision, row.recall, row.f1, row.support) == pytest.approx(
+            (expected["precision"], expected["recall"], expected["f1-score"], expected["support"]))  # fmt: skip
+    for ours_avg, key in ((ours.macro, "macro avg"), (ours.weighted, "weighted avg")):
+        assert (ours_avg.precision, ours_avg.recall, ours_avg.f1) == pytest.approx(
+            (theirs[key]["precision"], theirs[key]["recall"], theirs[key]["f1-score"]))  # fmt: skip
+    assert ours.accuracy == pytest.approx(np.mean(labels == predicted))
+    result = convert(ConvertOptions(
+        model=files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "f1.ekb", format="tflite",
+        precision="dynamic", tokenizer=files["tokenizer"], evaluation=files["evaluation"], labels=files["labels"],
+        gate_metric="macro-f1",
+    ))  # fmt: skip
+    accuracy = result.manifest.artifacts[0].metrics.accuracy
+    assert accuracy is not None and accuracy.metric == "macro-f1" and accuracy.classes is not None
+    assert accuracy.artifact == pytest.approx(100 * accuracy.classes.artifact.macro.f1)
+    assert len(accuracy.classes.float_model.classes) == len(INTENTS)
+    shown = CliRunner().invoke(main, ["inspect", str(result.output)])
+    assert shown.exit_code == 0 and "per class: float → dynamic" in shown.output, shown.output
+    assert "macro-F1" in shown.output and "set_temperature" in shown.output and "macro avg" in shown.output

@@ -155,6 +155,14 @@ _pruning_options = together(
 _override_options = together(
     max_accuracy_drop_option,
     click.option(
+        "--gate-metric",
+        type=click.Choice(["top1", "macro-f1"]),
+        default="top1",
+        show_default=True,
+        help="With --eval labels: what the accuracy gate compares. macro-f1 weighs every class alike "
+        "(a rare intent counts as much as a common one).",
+    ),
+    click.option(
         "--allow-accuracy-drop",
         is_flag=True,
         help="Write the bundle even if the accuracy gate fails (recorded in the manifest).",

@@ -172,7 +172,11 @@ def _evaluate(job: Job, artifact: Artifact, backend: Backend) -> tuple[Accuracy 
     with job.reporter.progress(title, len(job.evaluation)) as advance:
         outs = run_samples(backend.run, job.evaluation.samples, advance)
     result = compare_all(
-        job.float_out, _by_name(backend, outs, list(job.float_out)), job.primary, job.evaluation.y
+        job.float_out,
+        _by_name(backend, outs, list(job.float_out)),
+        job.primary,
+        job.evaluation.y,
+        job.options.gate_metric,
     )
     primary = job.float_out[job.primary]
     judged = job.primary if primary.size > len(primary) else None  # more than one value per sample

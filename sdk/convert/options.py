@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from edgekit.profiles import DeviceProfile
 
@@ -36,6 +36,8 @@ class ConvertOptions:
     name: str | None = None
     version: int = 1
     labels: Path | None = None
+    gate_metric: Literal["top1", "macro-f1"] = "top1"
+    """With labels: what the accuracy gate compares (macro-F1 weighs every class alike)."""
     tokenizer: Path | None = None
     """A Hugging Face tokenizer.json: it travels in the bundle, and .jsonl data is tokenized by it."""
     max_sequence_length: int | None = None

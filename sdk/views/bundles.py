@@ -12,6 +12,7 @@ from rich.table import Table
 
 from edgekit.bundle import ArtifactEntry, Manifest
 from edgekit.profiles import DeviceProfile
+from edgekit.views.classes import class_table
 
 if TYPE_CHECKING:
     from edgekit.convert import ConvertResult
@@ -95,6 +96,13 @@ def print_convert_summary(ui: Console, out: Console, result: ConvertResult) -> N
             out.print(f"[bold]{entry.path}[/]", highlight=False)
         out.print(_artifact_table(entry, manifest.profile, manifest.source.kind == "tflite"), highlight=False)
         _print_selection(out, entry)
+        _print_classes(out, entry, manifest.labels)
+
+
+def _print_classes(out: Console, entry: ArtifactEntry, labels: tuple[str, ...] | None) -> None:
+    accuracy = entry.metrics.accuracy
+    if accuracy is not None and accuracy.classes is not None:
+        out.print(class_table(accuracy.classes, labels, entry.precision), highlight=False)
 
 
 def _print_selection(out: Console, entry: ArtifactEntry) -> None:
@@ -140,7 +148,7 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: b
         why = "no float model to compare" if ready_made else "no --eval"
         table.add_row("accuracy", f"[yellow]not checked ({why})[/]")
     else:
-        what = "top-1" if a.metric == "top1" else "top-1 agreement"
+        what = {"top1": "top-1", "macro-f1": "macro-F1"}.get(a.metric, "top-1 agreement")
         table.add_row(
             "accuracy",
             f"{mark(a.drop <= a.max_drop)} {what} {a.float_model:.2f}% float → "
@@ -224,4 +232,5 @@ def print_manifest(
                 )
         out.print(tensors)
         out.print(_artifact_table(entry, manifest.profile, manifest.source.kind == "tflite"))
+        _print_classes(out, entry, manifest.labels)
         _print_selection(out, entry)
