@@ -217,3 +217,12 @@ def test_the_per_class_report_matches_scikit_learn_and_can_gate_on_macro_f1(
     shown = CliRunner().invoke(main, ["inspect", str(result.output)])
     assert shown.exit_code == 0 and "per class: float → dynamic" in shown.output, shown.output
     assert "macro-F1" in shown.output and "set_temperature" in shown.output and "macro avg" in shown.output
+
+
+def test_tensorrt_profiles_refuse_dynamic_int8(files: dict[str, Path], tmp_path: Path) -> None:
+    """TensorRT cannot run DynamicQuantizeLinear: on a Jetson, text models go QDQ int8 or fp16."""
+    with pytest.raises(InputError, match="TensorRT cannot run DynamicQuantizeLinear"):
+        convert(ConvertOptions(
+            model=files["model"], profile=load_profile("jetson-orin-nano"), output=tmp_path / "j.ekb",
+            format="onnx", precision="dynamic", tokenizer=files["tokenizer"],
+        ))  # fmt: skip

@@ -93,6 +93,12 @@ def choose_precisions(options: ConvertOptions, converter: Converter, reporter: R
     fmt = converter.format
     if options.precision != "auto":
         precision = converter.check_precision(options.precision)
+        providers = options.profile.runtime.execution_providers
+        if fmt == "onnx" and precision == "dynamic" and "TensorrtExecutionProvider" in providers:
+            raise InputError(
+                f"--precision dynamic on {options.profile.id}: TensorRT cannot run DynamicQuantizeLinear, "
+                "and the CUDA provider runs those ops on the host; use int8 (QDQ) or fp16"
+            )
         if precision in converter.calibrated_precisions and options.calibration is None:
             raise DataError(
                 f"--precision {precision} needs calibration data: pass --calibration "
