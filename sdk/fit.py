@@ -76,6 +76,11 @@ class FitResult:
 def fit(options: FitOptions, reporter: Reporter | None = None) -> FitResult:
     reporter = reporter or SilentReporter()
     evaluation = load_dataset(options.evaluation, "evaluation")
+    if evaluation.text is not None:
+        raise DataError(
+            f"evaluation data {options.evaluation}: fit does not search text models yet; convert them "
+            "with edgekit convert --tokenizer tokenizer.json"
+        )
     if evaluation.y is None:
         raise DataError(f"evaluation data {options.evaluation}: fit compares top-1, so it needs labels y")
     kind = detect_kind(options.model)

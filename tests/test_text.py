@@ -226,3 +226,10 @@ def test_tensorrt_profiles_refuse_dynamic_int8(files: dict[str, Path], tmp_path:
             model=files["model"], profile=load_profile("jetson-orin-nano"), output=tmp_path / "j.ekb",
             format="onnx", precision="dynamic", tokenizer=files["tokenizer"],
         ))  # fmt: skip
+
+
+def test_fit_says_it_does_not_search_text_models_yet(files: dict[str, Path]) -> None:
+    result = CliRunner().invoke(
+        main, ["fit", str(files["model"]), "-t", "raspberry-pi-5", "--eval", str(files["evaluation"])]
+    )
+    assert result.exit_code == 2 and "fit does not search text models yet" in result.stderr
