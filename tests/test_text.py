@@ -233,3 +233,12 @@ def test_fit_says_it_does_not_search_text_models_yet(files: dict[str, Path]) -> 
         main, ["fit", str(files["model"]), "-t", "raspberry-pi-5", "--eval", str(files["evaluation"])]
     )
     assert result.exit_code == 2 and "fit does not search text models yet" in result.stderr
+
+
+def test_pruning_a_text_model_is_refused_in_one_line(files: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="pruning a text model's attention heads .* not supported yet"):
+        convert(ConvertOptions(
+            model=files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "p.ekb",
+            format="tflite", precision="fp32", tokenizer=files["tokenizer"], prune=0.5,
+            train_data=files["calibration"],
+        ))  # fmt: skip

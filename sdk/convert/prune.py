@@ -15,7 +15,7 @@ from edgekit.convert.options import ConvertOptions
 from edgekit.convert.plan import Inputs
 from edgekit.converters.source import load_source
 from edgekit.data import Dataset, load_dataset
-from edgekit.errors import AccuracyBudgetError, DataError, ModelFormatError
+from edgekit.errors import AccuracyBudgetError, DataError, InputError, ModelFormatError
 from edgekit.measure import top1
 from edgekit.report import Reporter
 
@@ -29,6 +29,11 @@ def prune_source(
     if inputs.kind not in ("keras", "h5"):
         raise ModelFormatError(
             f"--prune works on Keras models (.keras, .h5), and {options.model} is {inputs.kind}"
+        )
+    if options.tokenizer is not None:
+        raise InputError(
+            "--prune removes convolution channels and dense units; pruning a text model's attention "
+            "heads and feed-forward neurons is not supported yet: convert it without --prune"
         )
     train = _training_data(options, reporter)
     ratio = options.prune or 0.0
