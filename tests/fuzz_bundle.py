@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing of the bundle reader with atheris (libFuzzer).
 
-    python tests/fuzz_bundle.py -max_total_time=60 -rss_limit_mb=0
+    python tests/fuzz_bundle.py -max_total_time=30 -rss_limit_mb=0
 
 Seeds with a real signed bundle; every input must end in an EdgekitError or a valid
 result. Anything else, a crash, a timeout or memory over the limit stops the run with the
