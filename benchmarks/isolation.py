@@ -24,15 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from convert_quality import make_digits, make_mobilenetv2  # noqa: E402
 from runtime_overhead import build  # noqa: E402
-
-
-def p50_us(call, runs: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e6
+from store_load import median_ms  # noqa: E402
 
 
 def measure(bundle: Path, runs: int) -> dict[str, float]:
@@ -47,8 +39,8 @@ def measure(bundle: Path, runs: int) -> dict[str, float]:
     spec = here.info.inputs[0]
     x = np.random.default_rng(0).random((1, *spec.shape[1:]), dtype=np.float32)
     assert np.array_equal(here.predict(x), isolated.predict(x))
-    rounds = [(p50_us(lambda: here.predict(x), runs // 10), p50_us(lambda: isolated.predict(x), runs // 10))
-              for _ in range(10)]  # fmt: skip
+    rounds = [(1000 * median_ms(lambda: here.predict(x), runs // 10),
+               1000 * median_ms(lambda: isolated.predict(x), runs // 10)) for _ in range(10)]  # fmt: skip
     isolated.close()
     return {
         "in_process_us": statistics.median(r[0] for r in rounds),
