@@ -71,6 +71,7 @@ class Collector:
                 orphan.unlink()
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_reports: list[str] = []
+        self._pending_inferences = 0
         self._pending_seen: dict[str, set[int]] = {}
         self._dead: list[str] = []
 
@@ -100,6 +101,7 @@ class Collector:
             raise Skip("duplicate")
         if message.report is not None:
             self._pending_reports.append(message.report.model_dump_json())
+            self._pending_inferences += message.report.inferences
         else:
             self._pending.append(self._open(message.head, message.body, message.node, seq))
         self._pending_seen.setdefault(message.node, set()).add(seq)
@@ -133,15 +135,17 @@ class Collector:
         if self._pending_reports:
             _append_lines(self.out / "reports.jsonl", self._pending_reports)
             self.reports += len(self._pending_reports)
-            self.inferences += sum(json.loads(line)["inferences"] for line in self._pending_reports)
+            self.inferences += self._pending_inferences
         if self._dead:
             _append_lines(self.out / "deadletter.jsonl", self._dead)
         for node, seqs in self._pending_seen.items():
             self.seen.setdefault(node, set()).update(seqs)
         self._pending, self._pending_reports, self._pending_seen, self._dead = [], [], {}, []
+        self._pending_inferences = 0
         atomic_write(self.state_path, json.dumps(self.state(), indent=2).encode())
 
     def state(self) -> dict[str, Any]:
+        runs = {node: _runs(seqs) for node, seqs in self.seen.items()}
         return {
             "fleet": self.fleet,
             "reports": self.reports,
@@ -151,8 +155,8 @@ class Collector:
             "skipped": self.skipped,
             "unknown_fields": self.unknown_fields,
             "seen": {node: _ranges(seqs) for node, seqs in sorted(self.seen.items())},
-            "gaps": {node: gaps for node, seqs in self.seen.items() if (gaps := _gaps(seqs))},
-            "seq_jumps": {node: jumps for node, seqs in self.seen.items() if (jumps := _jumps(seqs))},
+            "gaps": {node: gaps for node, found in runs.items() if (gaps := _gaps(found))},
+            "seq_jumps": {node: len(found) - 1 for node, found in runs.items() if len(found) > 1},
         }
 
     def read_reports(self) -> list[dict[str, Any]]:
@@ -213,12 +217,9 @@ def _runs(seqs: set[int]) -> list[list[int]]:
     return runs
 
 
-def _gaps(seqs: set[int]) -> int:
-    return sum(run[-1] - run[0] + 1 - len(run) for run in _runs(seqs))
-
-
-def _jumps(seqs: set[int]) -> int:
-    return max(len(_runs(seqs)) - 1, 0)
+def _gaps(runs: list[list[int]]) -> int:
+    """Sequence numbers missing inside the runs (a jump between runs is not a gap)."""
+    return sum(run[-1] - run[0] + 1 - len(run) for run in runs)
 
 
 def _load_state(path: Path) -> dict[str, Any]:
