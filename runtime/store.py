@@ -31,7 +31,15 @@ from typing import TYPE_CHECKING, BinaryIO
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgekit.atomic import atomic_write, fsync_dir, write_file
-from edgekit.bundle import MANIFEST, SIGNATURE, Manifest, SignatureEntry, parse_manifest, read_bundle
+from edgekit.bundle import (
+    MANIFEST,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE,
+    Manifest,
+    SignatureEntry,
+    parse_manifest,
+    read_bundle,
+)
 from edgekit.errors import EdgekitError, KeyProviderError, StoreError
 from edgekit.paths import edgekit_home
 from edgekit.runtime.keys import FileKeyProvider, KeyProvider, default_provider, fingerprint
@@ -156,7 +164,9 @@ class Store:
         if not path.exists():
             return None, None
         try:
-            return SignatureEntry.parse(path.read_bytes()[:8192], f"{name} v{version}").key_id, None
+            with open(path, "rb") as handle:  # at most what a bundle may carry, and one byte more
+                raw = handle.read(MAX_SIGNATURE_BYTES + 1)
+            return SignatureEntry.parse(raw, f"{name} v{version}").key_id, None
         except EdgekitError as exc:
             return None, str(exc)
 
