@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.bundle import ArtifactEntry, Manifest, read_bundle
+from edgekit.bundle import read_bundle
 from edgekit.errors import EdgekitError, InputError, RuntimeBackendError
+from edgekit.manifest import ArtifactEntry, Manifest
 from edgekit.runtime.backends import Backend, TensorInfo, zeros_feed
 from edgekit.runtime.backends.onnx import import_onnxruntime
 from edgekit.runtime.backends.tflite import import_interpreter

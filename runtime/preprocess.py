@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.bundle import Manifest
 from edgekit.errors import InputError, MissingDependencyError
+from edgekit.manifest import Manifest
 from edgekit.runtime.backends import TensorInfo
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")

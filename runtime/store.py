@@ -35,12 +35,12 @@ from edgekit.bundle import (
     MANIFEST,
     MAX_SIGNATURE_BYTES,
     SIGNATURE,
-    Manifest,
     SignatureEntry,
     parse_manifest,
     read_bundle,
 )
 from edgekit.errors import EdgekitError, KeyProviderError, StoreError
+from edgekit.manifest import Manifest
 from edgekit.paths import edgekit_home
 from edgekit.runtime.keys import FileKeyProvider, KeyProvider, default_provider, fingerprint
 from edgekit.runtime.sealed import seal, unseal

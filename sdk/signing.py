@@ -19,8 +19,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgekit.bundle import Manifest, SignatureEntry, read_bundle, write_bundle
+from edgekit.bundle import SignatureEntry, read_bundle, write_bundle
 from edgekit.errors import KeyProviderError, SignatureError
+from edgekit.manifest import Manifest
 from edgekit.paths import edgekit_home
 
 log = logging.getLogger("edgekit")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from test_bundle import _manifest
 
-from edgekit.bundle import Manifest, sha256
+from edgekit.bundle import sha256
+from edgekit.manifest import Manifest
 
 ZEROS = bytes(1 << 20)
 

@@ -6,18 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.bundle import (
-    ArtifactEntry,
-    Manifest,
-    Metrics,
-    Preprocessing,
-    Source,
-    Tensor,
-    read_bundle,
-    sha256,
-    write_bundle,
-)
+from edgekit.bundle import read_bundle, sha256, write_bundle
 from edgekit.errors import BundleError
+from edgekit.manifest import ArtifactEntry, Manifest, Metrics, Preprocessing, Source, Tensor
 from edgekit.profiles import load_profile
 
 CONTENT = b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 8

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bundle import Manifest
+from edgekit.manifest import Manifest
 from edgekit.paths import edgekit_home
 from edgekit.runtime.telemetry.config import TelemetryConfig, TelemetryConfigError
 from edgekit.runtime.telemetry.outbox import BudgetSpent, Outbox

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from edgekit.bundle import ReferenceStats
+from edgekit.manifest import ReferenceStats
 from edgekit.runtime.telemetry.schema import CONFIDENCE_EDGES, LATENCY_EDGES_MS
 from edgekit.runtime.telemetry.stats import BINS, FeaturePlan, probabilities
 

@@ -9,12 +9,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edgekit.bundle import Accuracy, ArtifactEntry, Metrics, Quantization, QuantizationScheme, Tensor, sha256
+from edgekit.bundle import sha256
 from edgekit.convert.options import ConvertOptions
 from edgekit.converters import Artifact, ConversionSettings, Converter
 from edgekit.converters.source import SourceModel
 from edgekit.data import Dataset
 from edgekit.errors import ConversionError
+from edgekit.manifest import Accuracy, ArtifactEntry, Metrics, Quantization, QuantizationScheme, Tensor
 from edgekit.measure import compare_all, host_latency_ms, peak_memory_bytes
 from edgekit.profiles import DEFAULT_MAX_ACCURACY_DROP, DeviceProfile
 from edgekit.report import Reporter

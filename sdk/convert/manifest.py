@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 
 import edgekit
-from edgekit.bundle import FORMAT_VERSION, Manifest, Preprocessing, ReferenceStats, Source
 from edgekit.convert.candidate import Candidate
 from edgekit.convert.options import ConvertOptions
 from edgekit.converters import Converter
 from edgekit.converters.source import SourceModel
 from edgekit.data import Dataset
+from edgekit.manifest import FORMAT_VERSION, Manifest, Preprocessing, ReferenceStats, Source
 from edgekit.report import Reporter
 from edgekit.runtime.telemetry.stats import reference_stats
 from edgekit.samples import run_samples

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Literal
 from edgekit.profiles import DeviceProfile
 
 if TYPE_CHECKING:
-    from edgekit.bundle import Manifest
     from edgekit.convert.candidate import Candidate
+    from edgekit.manifest import Manifest
 
 
 @dataclass(frozen=True)

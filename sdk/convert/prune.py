@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bundle import Compression
 from edgekit.convert.candidate import max_accuracy_drop
 from edgekit.convert.manifest import default_name
 from edgekit.convert.options import ConvertOptions
@@ -16,6 +15,7 @@ from edgekit.convert.plan import Inputs
 from edgekit.converters.source import load_source
 from edgekit.data import Dataset, load_dataset
 from edgekit.errors import AccuracyBudgetError, DataError, InputError, ModelFormatError
+from edgekit.manifest import Compression
 from edgekit.measure import top1
 from edgekit.report import Reporter
 

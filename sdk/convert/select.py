@@ -6,11 +6,11 @@ from __future__ import annotations
 import platform
 from dataclasses import replace
 
-from edgekit.bundle import CandidateRecord, Selection
 from edgekit.convert.candidate import Candidate, Job, build_candidate
 from edgekit.convert.options import ConvertOptions
 from edgekit.converters import Converter
 from edgekit.errors import AccuracyBudgetError, BudgetError
+from edgekit.manifest import CandidateRecord, Selection
 
 
 def select(job: Job, converter: Converter, precisions: list[str]) -> tuple[Candidate, list[Candidate]]:

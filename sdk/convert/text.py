@@ -7,12 +7,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from edgekit.bundle import TextSpec, sha256
+from edgekit.bundle import sha256
 from edgekit.convert.options import ConvertOptions
 from edgekit.convert.plan import Inputs
 from edgekit.converters.source import SourceModel
 from edgekit.data import Dataset
 from edgekit.errors import DataError, InputError
+from edgekit.manifest import TextSpec
 from edgekit.report import Reporter
 from edgekit.samples import Samples
 from edgekit.text import MAX_TOKENIZER_BYTES, TOKENIZER_FILE, TextEncoder, TextInputs, label_indices

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from edgekit.bundle import ArtifactEntry, Manifest
+from edgekit.manifest import ArtifactEntry, Manifest
 from edgekit.profiles import DeviceProfile
 from edgekit.views.classes import class_table
 
