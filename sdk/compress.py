@@ -146,10 +146,10 @@ def _fine_tune(
 def _hard_loss(model: Any) -> Any:
     import keras
 
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=not _ends_in_softmax(model))
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(model))
 
 
-def _ends_in_softmax(model: Any) -> bool:
+def ends_in_softmax(model: Any) -> bool:
     activation = getattr(model.layers[-1], "activation", None)
     return getattr(activation, "__name__", "") == "softmax" or type(model.layers[-1]).__name__ == "Softmax"
 
@@ -276,11 +276,11 @@ def distill(
     with reporter.progress("Teacher predictions", 1) as advance:
         teacher_out = teacher.predict(x, batch_size=256, verbose=0)
         advance(1)
-    teacher_logits = np.log(np.clip(teacher_out, 1e-7, 1.0)) if _ends_in_softmax(teacher) else teacher_out
+    teacher_logits = np.log(np.clip(teacher_out, 1e-7, 1.0)) if ends_in_softmax(teacher) else teacher_out
     targets = np.concatenate(
         [np.eye(classes, dtype=np.float32)[y], teacher_logits.astype(np.float32)], axis=1
     )
-    student_softmax = _ends_in_softmax(student)
+    student_softmax = ends_in_softmax(student)
 
     def loss(y_true: Any, y_pred: Any) -> Any:
         labels, soft = y_true[:, :classes], y_true[:, classes:]

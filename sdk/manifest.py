@@ -169,7 +169,9 @@ class TextSpec(Strict):
 class Compression(Strict):
     """Pruning applied to the source model before conversion (``convert --prune``)."""
 
-    method: Literal["structured", "magnitude"]
+    method: Literal["structured", "magnitude", "heads"] = Field(
+        description="heads: a transformer's attention heads and feed-forward neurons"
+    )
     sparsity: float
     parameters_before: int
     parameters_after: int = Field(description="non-zero parameters after pruning")
@@ -177,6 +179,9 @@ class Compression(Strict):
     train_samples: int
     top1_before: float | None = Field(default=None, description="unpruned float model on --eval labels, %")
     top1_after: float | None = Field(default=None, description="pruned float model on --eval labels, %")
+    heads: tuple[int, int] | None = Field(default=None, description="attention heads before, after")
+    neurons: tuple[int, int] | None = Field(default=None, description="feed-forward neurons before, after")
+    distilled: bool = Field(default=False, description="fine-tuned against the unpruned model's outputs")
 
 
 class Manifest(Strict):

@@ -97,6 +97,15 @@ def digits_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def intent_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small transformer intent classifier trained on generated home commands, its WordPiece
+    tokenizer and .jsonl data (tests/text_models.py)."""
+    from text_models import intent_classifier
+
+    return intent_classifier(tmp_path_factory.mktemp("intent"), vocab=300)
+
+
+@pytest.fixture(scope="session")
 def digits_eval(digits_files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
     with np.load(digits_files["evaluation"]) as data:
         return data["x"], data["y"]

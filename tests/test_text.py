@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from text_models import INTENTS, encode, intent_classifier, write_jsonl
+from text_models import INTENTS, encode, write_jsonl
 
 from edgekit.cli import main
 from edgekit.convert import ConvertOptions, convert
@@ -23,13 +23,12 @@ from edgekit.runtime import Model
 from edgekit.runtime.store import Store
 from edgekit.text import TextInputs
 
-VOCAB = 300
 TEXTS = ["turn on the kitchen lights", "set the garage to 21 degrees", "start the office fan"]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return intent_classifier(tmp_path_factory.mktemp("intent"), VOCAB)
+def files(intent_files: dict[str, Path]) -> dict[str, Path]:
+    return intent_files
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +164,7 @@ def test_an_onnx_text_model_as_optimum_exports_it(
     is fixed at --max-sequence-length, and all three inputs are filled on the device."""
     from onnx_graphs import bag_of_embeddings, save
 
-    model = save(bag_of_embeddings(VOCAB), tmp_path / "text.onnx")
+    model = save(bag_of_embeddings(300), tmp_path / "text.onnx")
     for precision in ("fp32", "dynamic"):
         result = convert(ConvertOptions(
             model=model, profile=load_profile("x86-gateway"), output=tmp_path / f"{precision}.ekb", format="onnx",
@@ -233,12 +232,3 @@ def test_fit_says_it_does_not_search_text_models_yet(files: dict[str, Path]) -> 
         main, ["fit", str(files["model"]), "-t", "raspberry-pi-5", "--eval", str(files["evaluation"])]
     )
     assert result.exit_code == 2 and "fit does not search text models yet" in result.stderr
-
-
-def test_pruning_a_text_model_is_refused_in_one_line(files: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="pruning a text model's attention heads .* not supported yet"):
-        convert(ConvertOptions(
-            model=files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "p.ekb",
-            format="tflite", precision="fp32", tokenizer=files["tokenizer"], prune=0.5,
-            train_data=files["calibration"],
-        ))  # fmt: skip

@@ -71,8 +71,8 @@ def encode(tokenizer: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def intent_classifier(folder: Path, vocab: int, seed: int = 0) -> dict[str, Path]:
-    """Train the encoder on generated commands; its files: model, tokenizer, calibration and
-    evaluation data (.jsonl), and the intent names."""
+    """Train the encoder on generated commands; its files: model, tokenizer, training,
+    calibration and evaluation data (.jsonl), and the intent names."""
     import keras
     from keras import layers, ops
 
@@ -103,6 +103,7 @@ def intent_classifier(folder: Path, vocab: int, seed: int = 0) -> dict[str, Path
         "model": folder / "intent.keras",
         "tokenizer": tokenizer,
         "calibration": write_jsonl(folder / "calib.jsonl", [{"text": r["text"]} for r in train[:100]]),
+        "train": write_jsonl(folder / "train.jsonl", train),
         "evaluation": write_jsonl(folder / "eval.jsonl", named),
         "labels": folder / "intents.txt",
     }

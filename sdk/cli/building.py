@@ -132,7 +132,9 @@ _pruning_options = together(
         default=None,
         metavar="RATIO",
         help="Prune this fraction of a Keras model's channels (or weights, --prune-mode magnitude) "
-        "before converting; fine-tunes on --train-data.",
+        "before converting; fine-tunes on --train-data. A transformer loses this fraction of the "
+        "attention heads and feed-forward neurons of every layer, by importance, and is distilled "
+        "from the unpruned model.",
     ),
     click.option(
         "--prune-mode",

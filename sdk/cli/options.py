@@ -148,7 +148,7 @@ train_data_option = click.option(
     "--train-data",
     type=_path(),
     default=None,
-    help="Training data for pruning: .npz with x and integer labels y.",
+    help="Training data for pruning: .npz with x and integer labels y, or .jsonl with text and label.",
 )
 report_option = click.option(
     "--report",

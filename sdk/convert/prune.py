@@ -3,75 +3,143 @@ the evaluation labels like any other loss of accuracy."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekit.compress_transformer import is_transformer
 from edgekit.convert.candidate import max_accuracy_drop
 from edgekit.convert.manifest import default_name
 from edgekit.convert.options import ConvertOptions
 from edgekit.convert.plan import Inputs
+from edgekit.convert.text import text_encoder, tokenize
 from edgekit.converters.source import load_source
 from edgekit.data import Dataset, load_dataset
-from edgekit.errors import AccuracyBudgetError, DataError, InputError, ModelFormatError
+from edgekit.errors import AccuracyBudgetError, DataError, ModelFormatError
 from edgekit.manifest import Compression
 from edgekit.measure import top1
 from edgekit.report import Reporter
+from edgekit.text import TextEncoder
 
 
 def prune_source(
     options: ConvertOptions, inputs: Inputs, folder: Path, reporter: Reporter
 ) -> tuple[Path, Compression]:
-    """Prune ``options.model`` by ``options.prune``; the pruned model is saved in ``folder``."""
-    from edgekit.compress import nonzero_parameters, parameter_count, prune
-
+    """Prune ``options.model`` by ``options.prune``; the pruned model is saved in ``folder``.
+    A transformer (a model with MultiHeadAttention) loses attention heads and feed-forward
+    neurons in structured mode, and is distilled from the unpruned model."""
     if inputs.kind not in ("keras", "h5"):
         raise ModelFormatError(
             f"--prune works on Keras models (.keras, .h5), and {options.model} is {inputs.kind}"
         )
-    if options.tokenizer is not None:
-        raise InputError(
-            "--prune removes convolution channels and dense units; pruning a text model's attention "
-            "heads and feed-forward neurons is not supported yet: convert it without --prune"
-        )
-    train = _training_data(options, reporter)
-    ratio = options.prune or 0.0
     with load_source(options.model, options.input_shape, inputs.kind) as source:
+        found = text_encoder(source, options)
+        encoder = found[0] if found else None
+        data = _Data(
+            _training_data(options, encoder, inputs.labels, reporter),
+            _tokenized(inputs.evaluation, encoder, inputs.labels),
+            _tokenized(inputs.calibration, encoder, inputs.labels),
+        )
         model = source.keras_model
-        before = parameter_count(model)
-        pruned = prune(
-            model, ratio, train, structured=options.prune_mode == "structured",
-            epochs=options.prune_epochs, reporter=reporter,
-        )  # fmt: skip
-        accuracy = _accuracies(model, pruned, inputs.evaluation)
+        if options.prune_mode == "structured" and is_transformer(model):
+            pruned, record = _prune_heads(model, options, data, reporter)
+        else:
+            pruned, record = _prune_layers(model, options, data.train, reporter)
+        accuracy = _accuracies(model, pruned, data.evaluation)
     _gate(options, *accuracy)
     path = folder / f"{default_name(options.model)}.keras"
     pruned.save(path)
-    record = Compression(
-        method=options.prune_mode,  # type: ignore[arg-type]
-        sparsity=ratio,
-        parameters_before=before,
-        parameters_after=nonzero_parameters(pruned),
-        fine_tune_epochs=options.prune_epochs if train is not None else 0,
-        train_samples=len(train[0]) if train is not None else 0,
-        top1_before=accuracy[0],
-        top1_after=accuracy[1],
+    record = record.model_copy(update={"top1_before": accuracy[0], "top1_after": accuracy[1]})
+    reporter.note(
+        f"pruned {record.method}: {record.parameters_before:,} → {record.parameters_after:,} parameters"
     )
-    reporter.note(f"pruned {options.prune_mode}: {before:,} → {record.parameters_after:,} parameters")
     return path, record
 
 
-def _training_data(options: ConvertOptions, reporter: Reporter) -> tuple[np.ndarray, np.ndarray] | None:
+@dataclass(frozen=True)
+class _Data:
+    train: tuple[Any, np.ndarray] | None
+    evaluation: Dataset | None
+    calibration: Dataset | None
+
+
+def _prune_layers(
+    model: Any, options: ConvertOptions, train: tuple[Any, np.ndarray] | None, reporter: Reporter
+) -> tuple[Any, Compression]:
+    from edgekit.compress import nonzero_parameters, parameter_count, prune
+
+    ratio = options.prune or 0.0
+    pruned = prune(
+        model, ratio, train, structured=options.prune_mode == "structured",
+        epochs=options.prune_epochs, reporter=reporter,
+    )  # fmt: skip
+    return pruned, Compression(
+        method=options.prune_mode,  # type: ignore[arg-type]
+        sparsity=ratio,
+        parameters_before=parameter_count(model),
+        parameters_after=nonzero_parameters(pruned),
+        fine_tune_epochs=options.prune_epochs if train is not None else 0,
+        train_samples=len(train[1]) if train is not None else 0,
+    )
+
+
+def _prune_heads(
+    model: Any, options: ConvertOptions, data: _Data, reporter: Reporter
+) -> tuple[Any, Compression]:
+    """Score heads and neurons on the training data (else the evaluation, else the
+    calibration data), prune, then distill from the unpruned model."""
+    from edgekit.compress import distill, parameter_count
+    from edgekit.compress_transformer import find_units, importance, prune_transformer
+
+    units = find_units(model)
+    scoring = data.train or next(
+        ((keras_inputs(d), d.y) for d in (data.evaluation, data.calibration) if d is not None), None
+    )
+    if scoring is None:
+        raise DataError("--prune on a transformer scores its heads on data: give --train-data or --eval")
+    with reporter.progress("Scoring attention heads", 1) as advance:
+        scores = importance(model, units, scoring[0], scoring[1])
+        advance(1)
+    pruned, left = prune_transformer(model, options.prune or 0.0, scores)
+    if data.train is not None:
+        pruned = distill(model, pruned, data.train, epochs=options.prune_epochs, reporter=reporter)
+    return pruned, Compression(
+        method="heads",
+        sparsity=options.prune or 0.0,
+        parameters_before=parameter_count(model),
+        parameters_after=parameter_count(pruned),
+        fine_tune_epochs=options.prune_epochs if data.train is not None else 0,
+        train_samples=len(data.train[1]) if data.train is not None else 0,
+        heads=(units.total_heads, left.total_heads),
+        neurons=(units.total_neurons, left.total_neurons),
+        distilled=data.train is not None,
+    )
+
+
+def _training_data(
+    options: ConvertOptions, encoder: TextEncoder | None, labels: tuple[str, ...] | None, reporter: Reporter
+) -> tuple[Any, np.ndarray] | None:
     if options.train_data is None:
         reporter.warn("--prune without --train-data: pruned once, not fine-tuned; accuracy will suffer")
         return None
-    data = load_dataset(options.train_data, "training")
+    data = _tokenized(load_dataset(options.train_data, "training"), encoder, labels)
+    assert data is not None
     if data.y is None:
         raise DataError(
-            f"training data {options.train_data}: --prune fine-tunes on labels; save it with y=labels"
+            f"training data {options.train_data}: --prune fine-tunes on labels; "
+            'save it with y=labels (or a "label" on every .jsonl line)'
         )
     return keras_inputs(data), data.y
+
+
+def _tokenized(
+    data: Dataset | None, encoder: TextEncoder | None, labels: tuple[str, ...] | None
+) -> Dataset | None:
+    if data is not None and data.text is not None and encoder is None:
+        raise DataError("a .jsonl data file holds text: pass the model's --tokenizer tokenizer.json")
+    return tokenize(data, encoder, labels) if encoder is not None else data
 
 
 def _accuracies(model: Any, pruned: Any, evaluation: Dataset | None) -> tuple[float | None, float | None]:

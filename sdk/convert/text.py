@@ -26,11 +26,32 @@ def prepare_text(
 ) -> tuple[Inputs, TextSpec | None, bytes | None]:
     """With ``--tokenizer``: the text spec, the tokenizer's bytes, and ``.jsonl`` data as model
     inputs. Without it, text data is refused in one line."""
-    data = [d for d in (inputs.calibration, inputs.evaluation) if d is not None]
-    if options.tokenizer is None:
-        if any(d.text is not None for d in data):
+    found = text_encoder(source, options)
+    if found is None:
+        if any(d is not None and d.text is not None for d in (inputs.calibration, inputs.evaluation)):
             raise DataError("a .jsonl data file holds text: pass the model's --tokenizer tokenizer.json")
         return inputs, None, None
+    encoder, raw = found
+    roles, length = encoder.inputs, encoder.length
+    spec = TextSpec(
+        file=TOKENIZER_FILE, sha256=sha256(raw), size=len(raw), max_length=length,
+        vocab_size=encoder.vocab_size, ids=roles.ids, mask=roles.mask, type_ids=roles.type_ids,
+    )  # fmt: skip
+    tokenized = replace(
+        inputs,
+        calibration=tokenize(inputs.calibration, encoder, inputs.labels),
+        evaluation=tokenize(inputs.evaluation, encoder, inputs.labels),
+    )
+    if encoder.truncated:
+        reporter.note(f"{encoder.truncated} texts were longer than {length} tokens and were truncated")
+    return tokenized, spec, raw
+
+
+def text_encoder(source: SourceModel, options: ConvertOptions) -> tuple[TextEncoder, bytes] | None:
+    """The tokenizer of ``--tokenizer`` (and its bytes), set for the model's text inputs and
+    sequence length, and checked against its vocabulary; None without ``--tokenizer``."""
+    if options.tokenizer is None:
+        return None
     raw = _read_tokenizer(options)
     roles = TextInputs.find([spec.name for spec in source.inputs])
     ids = next(spec for spec in source.inputs if spec.name == roles.ids)
@@ -43,18 +64,7 @@ def prepare_text(
     dtypes = {spec.name: spec.dtype for spec in source.inputs}
     encoder = TextEncoder(raw, length, roles, dtypes)
     _check_vocabulary(source, encoder)
-    spec = TextSpec(
-        file=TOKENIZER_FILE, sha256=sha256(raw), size=len(raw), max_length=length,
-        vocab_size=encoder.vocab_size, ids=roles.ids, mask=roles.mask, type_ids=roles.type_ids,
-    )  # fmt: skip
-    tokenized = replace(
-        inputs,
-        calibration=_tokenize(inputs.calibration, encoder, inputs.labels),
-        evaluation=_tokenize(inputs.evaluation, encoder, inputs.labels),
-    )
-    if encoder.truncated:
-        reporter.note(f"{encoder.truncated} texts were longer than {length} tokens and were truncated")
-    return tokenized, spec, raw
+    return encoder, raw
 
 
 def _read_tokenizer(options: ConvertOptions) -> bytes:
@@ -84,7 +94,7 @@ def _check_vocabulary(source: SourceModel, encoder: TextEncoder) -> None:
         )
 
 
-def _tokenize(data: Dataset | None, encoder: TextEncoder, names: tuple[str, ...] | None) -> Dataset | None:
+def tokenize(data: Dataset | None, encoder: TextEncoder, names: tuple[str, ...] | None) -> Dataset | None:
     if data is None or data.text is None:
         return data
     feed = encoder.encode(list(data.text.texts))
