@@ -26,15 +26,32 @@ CLAMPED = 1e4
 detector has BatchNorm variances near 1e8, and clamped to 1e4 its output is noise."""
 
 
+FP32_OPS = ("Softmax", "LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Reciprocal")
+"""Kept in fp32 in every fp16 model: a softmax over attention scores and a layer norm's
+variance (a mean of squares) are where fp16 loses a transformer's accuracy, and both are
+cheap next to the matrix products around them."""
+
+
 def to_float16(model: Any, float_nodes: Iterable[str] = ()) -> Any:
-    """``model`` in fp16 with float32 inputs and outputs; ``float_nodes`` stay in fp32."""
+    """``model`` in fp16 with float32 inputs and outputs; ``float_nodes`` stay in fp32, and so
+    do the ``FP32_OPS`` and every Cast to float32 (onnxconverter-common retypes such a cast's
+    output to fp16 but not its ``to``, and ONNX Runtime then refuses the model: tf2onnx's
+    Embedding casts its integer ids to float this way)."""
     try:
         from onnxconverter_common import float16
     except ImportError as exc:
         raise MissingDependencyError("onnxconverter-common", "convert", "fp16 ONNX conversion") from exc
+    casts = [n.name for n in model.graph.node if n.op_type == "Cast" and _casts_to_float32(n)]
     return float16.convert_float_to_float16(
-        model, keep_io_types=True, node_block_list=list(float_nodes) or None
+        model,
+        keep_io_types=True,
+        node_block_list=[*float_nodes, *casts] or None,
+        op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
     )
+
+
+def _casts_to_float32(node: Any) -> bool:
+    return any(a.name == "to" and a.i == 1 for a in node.attribute)
 
 
 def activation_peaks(model: Any, feeds: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:

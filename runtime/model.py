@@ -21,7 +21,7 @@ from edgekit.runtime.feeds import check_feed
 from edgekit.runtime.isolated import IsolatedBackend, Isolation, Recipe, build
 from edgekit.runtime.stream import Stream
 from edgekit.signing import Trust
-from edgekit.text import TextEncoder, TextInputs
+from edgekit.text import TEXT_FEATURES, TEXT_INPUT, TextEncoder, TextInputs
 
 if TYPE_CHECKING:
     from edgekit.runtime.engines import EngineCache
@@ -129,8 +129,11 @@ class Model:
     def _attach(self, telemetry: Telemetry) -> None:
         self._reported = reported_tensors(self.manifest, self._backend)
         name, index = self._reported
-        spec = next(info for info in self._backend.inputs if info.name == name)
-        sample = tuple(1 if d is None else d for d in spec.shape[1:])
+        if name == TEXT_INPUT:
+            sample: tuple[int, ...] = (len(TEXT_FEATURES),)
+        else:
+            spec = next(info for info in self._backend.inputs if info.name == name)
+            sample = tuple(1 if d is None else d for d in spec.shape[1:])
         telemetry.attach(self.manifest, sample, self._backend.outputs[index].shape)
         self._telemetry = telemetry
 
@@ -140,11 +143,16 @@ class Model:
 
         int8 inputs are quantized and int8 outputs dequantized inside.
         """
-        outputs = self.run(x)
+        return self._named(self.run(x))
+
+    def _named(self, outputs: list[np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         return outputs[0] if len(outputs) == 1 else dict(zip(self._names, outputs, strict=True))
 
-    def run(self, x: np.ndarray | Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """``predict``, with every output in ``info.outputs`` order."""
+    def run(
+        self, x: np.ndarray | Mapping[str, np.ndarray], texts: Sequence[str] | None = None
+    ) -> list[np.ndarray]:
+        """``predict``, with every output in ``info.outputs`` order; ``texts``: what a text
+        model's feed was tokenized from, for telemetry's (de-identified) captures."""
         telemetry = self._telemetry
         if telemetry is None:
             return self._backend.run(check_feed(self._backend.inputs, x))
@@ -156,13 +164,14 @@ class Model:
             telemetry.record_error()
             raise
         name, index = self._reported
-        telemetry.record(feed[name], outputs[index], time.perf_counter() - started)
+        reported = self.text_encoder.features(feed) if name == TEXT_INPUT else feed[name]
+        telemetry.record(reported, outputs[index], time.perf_counter() - started, texts)
         return outputs
 
     def predict_text(self, texts: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
         """``predict`` on texts, tokenized here by the bundle's own tokenizer: padded and
         truncated to its sequence length (``text_truncated`` counts the cut ones)."""
-        return self.predict(self.text_encoder.encode(texts))
+        return self._named(self.run(self.text_encoder.encode(texts), texts))
 
     @property
     def text_encoder(self) -> TextEncoder:
@@ -286,6 +295,8 @@ def reported_tensors(manifest: Manifest, backend: Backend) -> tuple[str, int]:
             f"telemetry reports one output, and the bundle names none of {', '.join(names)}; "
             "convert again with --telemetry-output NAME"
         )
+    if manifest.text is not None:
+        return TEXT_INPUT, names.index(primary)
     floats = [i.name for i in backend.inputs if i.quantized or i.dtype.startswith("float")]
     wanted = manifest.reference.input if manifest.reference and manifest.reference.input else None
     name = wanted if wanted in floats else next(iter(floats), None)

@@ -34,6 +34,9 @@ from edgekit.compress import ends_in_softmax
 from edgekit.errors import ModelFormatError
 
 ATTENTION = "MultiHeadAttention"
+SCORING_SAMPLES = 512
+"""Importance is estimated on the first this many samples: the ranking settles well before
+(Michel et al. score on a subset), and each batch costs a full backward pass."""
 PASS_THROUGH = ("Activation", "Dropout", "ReLU")
 _HEAD_AXIS = {"query/kernel": 1, "query/bias": 0, "key/kernel": 1, "key/bias": 0,
               "value/kernel": 1, "value/bias": 0, "attention_output/kernel": 0}  # fmt: skip
@@ -118,8 +121,9 @@ def _check_attention(layer: Any) -> None:
 def importance(
     model: Any, units: Units, x: Any, y: np.ndarray | None, batch_size: int = 32
 ) -> dict[str, np.ndarray]:
-    """Each head's and each feed-forward neuron's score, by layer name. Without labels, the
-    model's own predictions stand in (the sensitivity of its decisions)."""
+    """Each head's and each feed-forward neuron's score, by layer name, on up to
+    ``SCORING_SAMPLES`` samples. Without labels, the model's own predictions stand in (the
+    sensitivity of its decisions)."""
     import keras
     import tensorflow as tf
 
@@ -128,7 +132,7 @@ def importance(
             f"head pruning scores heads by the loss of one class-score output; this model has "
             f"{len(model.outputs)} outputs"
         )
-    count = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    count = min(SCORING_SAMPLES, len(next(iter(x.values()))) if isinstance(x, dict) else len(x))
     if y is None:
         y = np.argmax(model.predict(x, batch_size=256, verbose=0), axis=-1)
     variables = {name: _weight(model.get_layer(name), "attention_output/kernel") for name in units.heads}

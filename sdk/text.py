@@ -78,6 +78,9 @@ class TextEncoder:
         pad = _pad_token(tokenizer)
         tokenizer.enable_padding(length=length, pad_id=tokenizer.token_to_id(pad), pad_token=pad)
         self._tokenizer, self.length, self.inputs, self._dtypes = tokenizer, length, inputs, dtypes
+        self._pad_id = tokenizer.token_to_id(pad)
+        unknown = getattr(tokenizer.model, "unk_token", None)
+        self._unknown_id = tokenizer.token_to_id(unknown) if unknown else -1
         self.truncated = 0
         """Texts cut to ``length`` tokens so far."""
 
@@ -100,6 +103,22 @@ class TextEncoder:
                     len(texts), self.length
                 )
         return feed
+
+    def features(self, feed: Feed) -> np.ndarray:
+        """What telemetry bins for a text model, per sample: its token count (padding
+        excluded) and the fraction of its tokens the vocabulary did not know."""
+        ids = np.asarray(feed[self.inputs.ids])
+        mask = feed.get(self.inputs.mask) if self.inputs.mask else None
+        real = np.asarray(mask) != 0 if mask is not None else ids != self._pad_id
+        tokens = real.sum(axis=1)
+        unknown = ((ids == self._unknown_id) & real).sum(axis=1)  # no unknown token: -1 matches none
+        return np.stack([tokens, unknown / np.maximum(tokens, 1)], axis=1).astype(np.float32)
+
+
+TEXT_INPUT = "text"
+"""A text model's drift input in telemetry: ``TextEncoder.features`` of each call, in the
+order of ``TEXT_FEATURES``."""
+TEXT_FEATURES = ("tokens", "unknown rate")
 
 
 def _pad_token(tokenizer: Any) -> str:

@@ -1,4 +1,4 @@
-"""The three examples end to end, in quick mode, as a user runs them: each must exit 0 and
+"""The examples end to end, in quick mode, as a user runs them: each must exit 0 and
 its summary.json must show the scenario's success criteria met."""
 
 from __future__ import annotations
@@ -69,3 +69,14 @@ def test_jetson_vision(tmp_path: Path) -> None:
     names = {check["check"] for check in summary["checks"]}
     assert "int8 is symmetric QDQ, as TensorRT wants" in names
     assert "int8 runs on the first provider that works" in names
+
+
+def test_voice_commands(tmp_path: Path) -> None:
+    summary = _example("voice_commands", tmp_path)
+    numbers = summary["numbers"]
+    assert numbers["heads"] == [16, 8] and numbers["pruned_parameters"] < 0.75 * numbers["parameters"]
+    assert numbers["top1_before"] - numbers["top1_after"] <= 2.0 and numbers["artifact_top1"] >= 90
+    assert numbers["jetson_precision"] in ("fp16", "int8") and numbers["spoken_right"] >= 5
+    assert summary["telemetry"] is BROKER
+    if BROKER:
+        assert numbers["captured"] == 6  # every spoken command, de-identified (checked by the example)

@@ -39,15 +39,15 @@ def test_the_pruned_model_is_the_original_with_those_heads_and_neurons_removed(m
 
     x, y = held
     units = find_units(model)
-    assert units.heads == {"multi_head_attention": 2} and list(units.feed_forward.values()) == [("dense", 64)]
+    assert units.heads == {"attention": 2} and units.feed_forward == {"ffn_in": ("ffn_out", 64)}
     scores = importance(model, units, x, y)
     pruned, left = prune_transformer(model, 0.5, scores)
     assert (left.total_heads, left.total_neurons) == (1, 32)
     assert parameter_count(pruned) < parameter_count(model)
     masked = keras.models.clone_model(model)
     masked.set_weights(model.get_weights())
-    attention = masked.get_layer("multi_head_attention")
-    dropped_head = int(np.argmin(scores["multi_head_attention"]))
+    attention = masked.get_layer("attention")
+    dropped_head = int(np.argmin(scores["attention"]))
     kernel = next(w for w in attention.weights if w.path.endswith("attention_output/kernel"))
     kernel.assign(np.where(np.arange(2)[:, None, None] == dropped_head, 0.0, np.asarray(kernel)))
     [inner] = units.feed_forward
@@ -69,9 +69,7 @@ def test_a_heads_score_is_the_loss_sensitivity_to_masking_it(model: Any, held: A
     loss = keras.losses.SparseCategoricalCrossentropy()
     probe = keras.models.clone_model(model)
     kernel = next(
-        w
-        for w in probe.get_layer("multi_head_attention").weights
-        if w.path.endswith("attention_output/kernel")
+        w for w in probe.get_layer("attention").weights if w.path.endswith("attention_output/kernel")
     )
     eps = 1e-3
     for head in range(2):
@@ -83,7 +81,7 @@ def test_a_heads_score_is_the_loss_sensitivity_to_masking_it(model: Any, held: A
             losses.append(float(loss(y, probe(x))))
         finite_difference = abs(losses[0] - losses[1]) / (2 * eps)
         # the loss is a mean over the batch; importance sums Σ W ⊙ ∂L/∂W for that same mean
-        assert scores["multi_head_attention"][head] == pytest.approx(finite_difference, rel=0.05, abs=1e-7)
+        assert scores["attention"][head] == pytest.approx(finite_difference, rel=0.05, abs=1e-7)
 
 
 def test_convert_prunes_a_transformer_distills_it_and_runs_it_from_text(

@@ -84,11 +84,13 @@ def intent_classifier(folder: Path, vocab: int, seed: int = 0) -> dict[str, Path
     positions = ops.arange(LENGTH)
     x = layers.Embedding(vocab, 32)(ids) + layers.Embedding(LENGTH, 32)(positions)
     keep = ops.cast(mask, "bool")
-    attended = layers.MultiHeadAttention(num_heads=2, key_dim=16)(
+    attended = layers.MultiHeadAttention(num_heads=2, key_dim=16, name="attention")(
         x, x, attention_mask=ops.logical_and(keep[:, None, :], keep[:, :, None])
     )
     x = layers.LayerNormalization()(x + attended)
-    x = layers.LayerNormalization()(x + layers.Dense(32)(layers.Dense(64, activation="gelu")(x)))
+    x = layers.LayerNormalization()(
+        x + layers.Dense(32, name="ffn_out")(layers.Dense(64, activation="gelu", name="ffn_in")(x))
+    )
     weights = ops.cast(mask, "float32")[:, :, None]
     pooled = ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
     out = layers.Dense(len(INTENTS), activation="softmax", name="intent")(pooled)

@@ -38,6 +38,11 @@ class TelemetryConfig(BaseModel):
     capture: str = Field(default="none", description="none, low-confidence[:0.5] or random[:0.01]")
     capture_max: int = Field(default=8, ge=0, description="samples kept per window at most")
     capture_max_bytes: int = Field(default=256 * 1024, ge=0)
+    deidentify: bool = Field(
+        default=True,
+        description="text models: mask numbers, e-mail addresses, URLs and deid_names in captures",
+    )
+    deid_names: tuple[str, ...] = Field(default=(), description="names masked as [NAME] in captured text")
     fleet_dir: Path | None = Field(default=None, description="default: $EDGEKIT_HOME/fleets/FLEET")
     outbox: Path | None = Field(default=None, description="default: $EDGEKIT_HOME/telemetry/FLEET.sqlite")
     outbox_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 from edgekit.manifest import Manifest
 from edgekit.paths import edgekit_home
 from edgekit.runtime.telemetry.config import TelemetryConfig, TelemetryConfigError
+from edgekit.runtime.telemetry.deid import Deidentifier
 from edgekit.runtime.telemetry.outbox import BudgetSpent, Outbox
 from edgekit.runtime.telemetry.privacy import (
     DeviceFleetKeys,
@@ -117,8 +119,11 @@ class Telemetry:
             else 0
         )
         self._reference = reference
+        deidentify = self._deidentifier(manifest)
         self._window, self._spare = (
-            Window(sample_shape, output_sample, classes, kind, plan, reference, self.capture, slots)
+            Window(
+                sample_shape, output_sample, classes, kind, plan, reference, self.capture, slots, deidentify
+            )
             for _ in range(2)
         )
         if self.config.dp_epsilon is not None:
@@ -141,10 +146,21 @@ class Telemetry:
         )
         self._publisher.start()
 
-    def record(self, x: np.ndarray, outputs: np.ndarray, seconds: float) -> None:
+    def _deidentifier(self, manifest: Manifest) -> Callable[[str], str] | None:
+        """A text model's captured texts are de-identified unless the config says otherwise."""
+        if manifest.text is None:
+            return None
+        if not self.config.deidentify:
+            log.warning("telemetry: deidentify = false, so captured texts leave the device as typed")
+            return str
+        return Deidentifier(self.config.deid_names)
+
+    def record(
+        self, x: np.ndarray, outputs: np.ndarray, seconds: float, texts: Sequence[str] | None = None
+    ) -> None:
         """The hot path, from ``predict``: add one call to the current window."""
         with self._lock:
-            self._window.record(x, outputs, seconds)  # type: ignore[union-attr]
+            self._window.record(x, outputs, seconds, texts)  # type: ignore[union-attr]
 
     def record_error(self) -> None:
         with self._lock:
@@ -229,6 +245,8 @@ class Telemetry:
             "pred": window.sample_pred[: window.samples].copy(),
             "confidence": window.sample_conf[: window.samples].copy(),
         }
+        if window.sample_text:
+            arrays["text"] = np.array(window.sample_text, dtype=str)
         key = self.keys.public_key
         assert key is not None and self._model is not None
 

@@ -9,6 +9,7 @@ so the per-call cost is a few copies, and memory stays flat however many calls c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -54,10 +55,16 @@ class Window:
         reference: ReferenceStats | None,
         capture: Capture,
         capture_slots: int,
+        deidentify: Callable[[str], str] | None = None,
     ) -> None:
         self.plan = plan
         self.output_kind = output_kind
         self.capture = capture
+        self._deidentify = deidentify
+        """A text model's: how each captured text is de-identified; None for other models."""
+        self.sample_text: list[str] = []
+        """Captured texts of a text model, de-identified as they are taken."""
+        self._texts: list[str] = []
         features = plan.count
         self.latency = np.zeros(len(LATENCY_EDGES_MS) + 1, np.int64)
         self.classes = np.zeros(classes, np.int64) if classes else None
@@ -86,6 +93,7 @@ class Window:
         self.calls = 0
         self.errors = 0
         self.samples = 0
+        self.sample_text, self._texts = [], []
         self.latency[:] = 0
         for array in (self.classes, self.confidence, self.bins):
             if array is not None:
@@ -95,15 +103,19 @@ class Window:
         self.feature_min[:] = np.inf
         self.feature_max[:] = -np.inf
 
-    def record(self, x: np.ndarray, outputs: np.ndarray, seconds: float) -> None:
-        """The hot path: copy one call's rows into the buffer."""
+    def record(
+        self, x: np.ndarray, outputs: np.ndarray, seconds: float, texts: Sequence[str] | None = None
+    ) -> None:
+        """The hot path: copy one call's rows (and, when capturing, its texts) into the buffer."""
         n = len(x)
         self.calls += 1
         if self._rows + n > ROWS:
             self.digest()
             if n > ROWS:
-                self._fold(x, outputs, np.full(n, seconds))
+                self._fold(x, outputs, np.full(n, seconds), list(texts) if texts is not None else [""] * n)
                 return
+        if self._deidentify is not None and self.capture.mode != "none":
+            self._texts.extend(texts if texts is not None else [""] * n)  # a feed of tokens: no text
         end = self._rows + n
         self._x[self._rows : end] = x
         self._out[self._rows : end] = outputs
@@ -113,10 +125,11 @@ class Window:
     def digest(self) -> None:
         """Fold the buffered rows into the counters."""
         rows, self._rows = self._rows, 0
+        texts, self._texts = self._texts, []
         if rows:
-            self._fold(self._x[:rows], self._out[:rows], self._latency[:rows])
+            self._fold(self._x[:rows], self._out[:rows], self._latency[:rows], texts)
 
-    def _fold(self, x: np.ndarray, outputs: np.ndarray, seconds: np.ndarray) -> None:
+    def _fold(self, x: np.ndarray, outputs: np.ndarray, seconds: np.ndarray, texts: list[str]) -> None:
         n = len(x)
         self.count += n
         self.latency += np.bincount(
@@ -148,6 +161,8 @@ class Window:
                 if predicted is not None and confidence is not None:
                     self.sample_pred[self.samples : end] = predicted[chosen]
                     self.sample_conf[self.samples : end] = confidence[chosen]
+                if self._deidentify is not None and texts:
+                    self.sample_text += [self._deidentify(texts[i]) for i in chosen]
                 self.samples = end
 
     def record_error(self) -> None:

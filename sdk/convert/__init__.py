@@ -84,7 +84,7 @@ def _build(
     options: ConvertOptions, inputs: Inputs, plans: list[Any], reporter: Reporter, extra: dict[str, Any]
 ) -> ConvertResult:
     with load_source(options.model, options.input_shape, inputs.kind) as source:
-        inputs, text, tokenizer = prepare_text(source, inputs, options, reporter)
+        inputs, text = prepare_text(source, inputs, options, reporter)
         inputs, warnings = check_data(source, inputs, options)
         state = state_pairs(source, options.state, reporter)
         for message in warnings:  # what the data checks found, before any conversion starts
@@ -118,15 +118,16 @@ def _build(
         for message in warnings[checked:]:
             reporter.warn(message)
         primary = options.telemetry_output or inputs.primary
+        encoder = text.encoder if text is not None else None
         if inputs.calibration is not None:
-            drift_baseline = reference(source, inputs.calibration, primary, reporter)
+            drift_baseline = reference(source, inputs.calibration, primary, reporter, encoder=encoder)
         else:  # the float model's outputs on the evaluation data are at hand already
-            drift_baseline = reference(source, evaluation, primary, reporter, float_out)
+            drift_baseline = reference(source, evaluation, primary, reporter, float_out, encoder)
         extra = {
             "reference": drift_baseline,
             "primary_output": primary,
             "state": state,
-            "text": text,
+            "text": text.spec if text is not None else None,
             **extra,
         }
         converters = [converter for converter, _ in plans]
@@ -134,6 +135,6 @@ def _build(
             options, source, converters, chosen, (inputs.calibration, inputs.evaluation), inputs.labels, extra
         )
     contents = {c.entry.path: c.content for c in chosen}
-    if text is not None and tokenizer is not None:
-        contents[text.file] = tokenizer
+    if text is not None:
+        contents[text.spec.file] = text.raw
     return ConvertResult(options.output, manifest, tuple(tried), tuple(warnings), contents)

@@ -20,6 +20,7 @@ from edgekit.manifest import FORMAT_VERSION, Manifest, Preprocessing, ReferenceS
 from edgekit.report import Reporter
 from edgekit.runtime.telemetry.stats import reference_stats
 from edgekit.samples import run_samples
+from edgekit.text import TEXT_INPUT, TextEncoder
 
 
 def build_manifest(
@@ -74,19 +75,25 @@ def reference(
     primary: str | None,
     reporter: Reporter,
     outputs: dict[str, np.ndarray] | None = None,
+    encoder: TextEncoder | None = None,
 ) -> ReferenceStats | None:
     """The drift baseline for telemetry: the conversion data's features of the first batched
-    float input, and the float model's ``primary`` output on it (``outputs``, by name, when
-    the caller has them already)."""
+    float input (a text model's: its token counts and unknown-token rates, input "text"),
+    and the float model's ``primary`` output on it (``outputs``, by name, when the caller has
+    them already)."""
     if data is None or source.kind == "tflite" or primary is None:
         return None
-    name = drift_input(source, data)
+    name = TEXT_INPUT if encoder is not None else drift_input(source, data)
     if name is None:
         return None
     if outputs is None:
         with reporter.progress("Reference statistics", len(data)) as advance:
             outs = run_samples(source.predict, data.samples, advance)
         outputs = {spec.name: out for spec, out in zip(source.outputs, outs, strict=True)}
+    if encoder is not None:
+        return reference_stats(encoder.features(data.samples.arrays), outputs[primary], None).model_copy(
+            update={"input": TEXT_INPUT}
+        )
     spec = next(s for s in source.inputs if s.name == name)
     stats = reference_stats(data.samples.arrays[name], outputs[primary], layout(spec.shape, source.kind))
     return stats.model_copy(update={"input": name}) if len(source.inputs) > 1 else stats

@@ -3,7 +3,7 @@ calibration and evaluation data tokenized by it, before any other data check."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,16 +21,25 @@ from edgekit.text import MAX_TOKENIZER_BYTES, TOKENIZER_FILE, TextEncoder, TextI
 DEFAULT_SEQUENCE_LENGTH = 128
 
 
+@dataclass(frozen=True)
+class BundledTokenizer:
+    """The tokenizer a text bundle carries: its manifest entry, its bytes, and it at work."""
+
+    spec: TextSpec
+    raw: bytes
+    encoder: TextEncoder
+
+
 def prepare_text(
     source: SourceModel, inputs: Inputs, options: ConvertOptions, reporter: Reporter
-) -> tuple[Inputs, TextSpec | None, bytes | None]:
-    """With ``--tokenizer``: the text spec, the tokenizer's bytes, and ``.jsonl`` data as model
-    inputs. Without it, text data is refused in one line."""
+) -> tuple[Inputs, BundledTokenizer | None]:
+    """With ``--tokenizer``: the tokenizer for the bundle, and ``.jsonl`` data as model inputs.
+    Without it, text data is refused in one line."""
     found = text_encoder(source, options)
     if found is None:
         if any(d is not None and d.text is not None for d in (inputs.calibration, inputs.evaluation)):
             raise DataError("a .jsonl data file holds text: pass the model's --tokenizer tokenizer.json")
-        return inputs, None, None
+        return inputs, None
     encoder, raw = found
     roles, length = encoder.inputs, encoder.length
     spec = TextSpec(
@@ -44,7 +53,7 @@ def prepare_text(
     )
     if encoder.truncated:
         reporter.note(f"{encoder.truncated} texts were longer than {length} tokens and were truncated")
-    return tokenized, spec, raw
+    return tokenized, BundledTokenizer(spec, raw, encoder)
 
 
 def text_encoder(source: SourceModel, options: ConvertOptions) -> tuple[TextEncoder, bytes] | None:

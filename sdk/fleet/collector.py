@@ -32,6 +32,8 @@ log = logging.getLogger("edgekit.fleet")
 
 SENT_ARRAYS = ("x", "pred", "confidence")
 """What a device seals into a sample message: inputs, predicted class, confidence."""
+TEXT_ARRAY = "text"
+"""A text model's samples also carry the texts, de-identified on the device."""
 SAMPLE_ARRAYS = (*SENT_ARRAYS, "node", "seq")
 """samples.npz: what the device sent, and the node and message sequence number it came in
 (a window's samples follow its report, so ``seq`` orders them in time)."""
@@ -117,8 +119,12 @@ class Collector:
         if not set(SENT_ARRAYS) <= set(arrays):
             raise Skip("malformed")
         count = len(arrays["x"])
+        text = arrays.get(TEXT_ARRAY)
+        if text is not None and (text.dtype.kind != "U" or text.shape != (count,)):
+            raise Skip("malformed")
         return {
             **{name: arrays[name] for name in SENT_ARRAYS},
+            **({TEXT_ARRAY: text} if text is not None else {}),
             "node": np.full(count, node),
             "seq": np.full(count, seq, np.int64),
         }
@@ -189,7 +195,9 @@ class Collector:
 
 
 def _merge(parts: list[Any]) -> dict[str, Any]:
-    return {name: np.concatenate([part[name] for part in parts]) for name in SAMPLE_ARRAYS}
+    texts = all(TEXT_ARRAY in part for part in parts)
+    names = (*SAMPLE_ARRAYS, TEXT_ARRAY) if texts else SAMPLE_ARRAYS
+    return {name: np.concatenate([part[name] for part in parts]) for name in names}
 
 
 def _ranges(seqs: set[int]) -> list[list[int]]:
