@@ -95,7 +95,9 @@ class ONNXConverter(Converter):
         elif precision in ("dynamic", "int8"):
             if precision == "int8" and calibration is None:
                 raise DataError("int8 needs calibration data: pass --calibration FILE.npz")
-            prepared = self._prepared_model(source, model, calibration, notes)
+            # only static int8 needs every dim fixed (its calibration); dynamic int8 keeps them
+            shaped_by = calibration if precision == "int8" else None
+            prepared = self._prepared_model(source, model, shaped_by, notes)
             float_nodes = resolve_nodes(prepared, settings)
             model, quantization = _quantize(prepared, precision, calibration, advance, settings, float_nodes)
             samples = len(calibration) if precision == "int8" and calibration is not None else 0

@@ -185,7 +185,9 @@ class Model:
                 )
             dtypes = {info.name: info.dtype for info in self._backend.inputs}
             roles = TextInputs(spec.ids, spec.mask, spec.type_ids)
-            self._encoder = TextEncoder(self.tokenizer_bytes, spec.max_length, roles, dtypes)
+            ids = next(info for info in self._backend.inputs if info.name == spec.ids)
+            dynamic = spec.dynamic_length and len(ids.shape) > 1 and ids.shape[1] is None
+            self._encoder = TextEncoder(self.tokenizer_bytes, spec.max_length, roles, dtypes, dynamic)
         return self._encoder
 
     @property

@@ -17,10 +17,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from edgekit.convert import ConvertOptions, ConvertResult, Inputs, build, max_accuracy_drop, write
-from edgekit.convert.plan import primary_output
+from edgekit.convert.plan import primary_output, read_labels
+from edgekit.convert.text import model_inputs, text_encoder
 from edgekit.converters import Converter
 from edgekit.converters.source import detect_kind, load_source
-from edgekit.data import Dataset, check_dataset, load_dataset
+from edgekit.data import check_dataset, load_dataset
 from edgekit.errors import BudgetError, DataError, EdgekitError
 from edgekit.measure import top1
 from edgekit.profiles import DeviceProfile
@@ -61,6 +62,10 @@ class FitOptions:
     seed: int = 0
     max_accuracy_drop: float | None = None
     sign_key: Path | None = None
+    tokenizer: Path | None = None
+    """A text model's tokenizer.json; .jsonl data is tokenized by it, as in convert."""
+    max_sequence_length: int | None = None
+    labels: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -76,21 +81,16 @@ class FitResult:
 def fit(options: FitOptions, reporter: Reporter | None = None) -> FitResult:
     reporter = reporter or SilentReporter()
     evaluation = load_dataset(options.evaluation, "evaluation")
-    if evaluation.text is not None:
-        raise DataError(
-            f"evaluation data {options.evaluation}: fit does not search text models yet; convert them "
-            "with edgekit convert --tokenizer tokenizer.json"
-        )
-    if evaluation.y is None:
-        raise DataError(f"evaluation data {options.evaluation}: fit compares top-1, so it needs labels y")
+    if evaluation.y is None and (evaluation.text is None or evaluation.text.labels is None):
+        raise DataError(f"evaluation data {options.evaluation}: fit compares top-1, so it needs labels")
     kind = detect_kind(options.model)
     calibration = load_dataset(options.calibration, "calibration") if options.calibration else None
-    data = Inputs(kind, calibration, evaluation, labels=None)
+    data = Inputs(kind, calibration, evaluation, labels=read_labels(options.labels))
     formats = options.formats or tuple(
         f for f in options.profile.runtime.formats if kind in Converter.registry[f].source_kinds
     )
     plan = _plan(options, kind, formats)
-    baseline = _baseline_top1(options.model, kind, evaluation)
+    baseline = _baseline_top1(options, data)
     candidates, best, stopped = _search(options, data, plan, baseline, reporter)
     chosen_index = _choose(candidates)
     candidates = _verdicts(candidates, chosen_index)
@@ -156,13 +156,17 @@ def _convert_options(options: FitOptions, precision: str, fmt: str, ratio: float
         model=options.model, profile=options.profile, output=options.output, precision=precision, format=fmt,
         calibration=options.calibration, evaluation=options.evaluation, allow_accuracy_drop=True,
         allow_over_budget=True, max_accuracy_drop=options.max_accuracy_drop,
-        prune=ratio or None, train_data=options.train_data if ratio else None,
+        prune=ratio or None, train_data=options.train_data if ratio else None, tokenizer=options.tokenizer,
+        max_sequence_length=options.max_sequence_length, labels=options.labels,
     )  # fmt: skip
 
 
-def _baseline_top1(model: Path, kind: str, evaluation: Dataset) -> float:
-    assert evaluation.y is not None
-    with load_source(model, None, kind) as source:
+def _baseline_top1(options: FitOptions, data: Inputs) -> float:
+    """The unpruned float model's top-1 on the evaluation data (tokenized, for a text model)."""
+    with load_source(options.model, None, data.kind) as source:
+        found = text_encoder(source, _convert_options(options, "fp32", "onnx", 0.0))
+        evaluation = model_inputs(data.evaluation, found[0] if found else None, data.labels)
+        assert evaluation is not None and evaluation.y is not None
         checked, _ = check_dataset(evaluation, source.inputs, "evaluation", force=True)
         outputs = run_samples(source.predict, checked.samples, lambda n: None)
         primary = primary_output(source, None, required=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekit.atomic import atomic_write
+from edgekit.classes import ClassComparison, ClassScores
 from edgekit.convert.candidate import max_accuracy_drop
 from edgekit.figures import missing, png_img, pyplot
 from edgekit.fit import FitResult, pareto
@@ -21,11 +22,44 @@ def write_fit_report(path: Path, result: FitResult, profile: DeviceProfile, mode
 
 
 def write_convert_report(path: Path, result: ConvertResult, profile: DeviceProfile, model_name: str) -> None:
-    """The same page for one ``convert`` run, its precisions as the candidates."""
-    write_fit_report(path, from_convert(result), profile, model_name)
+    """The same page for one ``convert`` run, its precisions as the candidates, and the
+    shipped artifact's per-class report against the float model's."""
+    manifest = result.manifest
+    accuracy = manifest.artifacts[0].metrics.accuracy
+    classes = ""
+    if accuracy is not None and accuracy.classes is not None:
+        classes = class_section(accuracy.classes, manifest.labels, manifest.artifacts[0].precision)
+    atomic_write(path, render(from_convert(result), profile, model_name, classes).encode())
 
 
-def render(result: FitResult, profile: Any, model_name: str) -> str:
+def class_section(comparison: ClassComparison, labels: tuple[str, ...] | None, precision: str) -> str:
+    """scikit-learn's classification_report layout, float → artifact in each cell."""
+
+    def cells(a: ClassScores, b: ClassScores) -> str:
+        pairs = ((a.precision, b.precision), (a.recall, b.recall), (a.f1, b.f1))
+        return "".join(f"<td>{x:.3f} → {y:.3f}</td>" for x, y in pairs) + f"<td>{a.support}</td>"
+
+    float_model, artifact = comparison.float_model, comparison.artifact
+    names = labels or tuple(str(i) for i in range(len(float_model.classes)))
+    rows = [
+        f"<tr><td>{html.escape(n)}</td>{cells(a, b)}</tr>"
+        for n, a, b in zip(names, float_model.classes, artifact.classes, strict=False)
+    ]
+    rows += [
+        f"<tr><th>{name}</th>{cells(a, b)}</tr>"
+        for name, a, b in (
+            ("macro avg", float_model.macro, artifact.macro),
+            ("weighted avg", float_model.weighted, artifact.weighted),
+        )
+    ]
+    return (
+        f"<h2>Per class: float → {html.escape(precision)}</h2><p>Accuracy {float_model.accuracy:.3f} → "
+        f"{artifact.accuracy:.3f}.</p><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+        f"<th>support</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def render(result: FitResult, profile: Any, model_name: str, classes: str = "") -> str:
     plt = pyplot()
     plots = missing("plots") if plt is None else _plots(plt, result, profile)
     front = set(pareto(result.candidates))
@@ -60,6 +94,7 @@ shown, measured on the converting host.</p>
 <h2>Every candidate</h2>
 <table><tr><th>format</th><th>precision</th><th>prune</th><th>size</th><th>host latency</th><th>top-1</th>
 <th>Pareto</th><th>verdict</th></tr>{rows}</table>
+{classes}
 </body></html>
 """
 

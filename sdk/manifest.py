@@ -160,6 +160,10 @@ class TextSpec(Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size: int = Field(ge=0)
     max_length: int = Field(ge=1, description="tokens per text: longer ones are truncated, and counted")
+    dynamic_length: bool = Field(
+        default=False,
+        description="the artifact takes any length up to max_length: each call is padded to its longest text",
+    )
     vocab_size: int = Field(ge=1)
     ids: str = Field(description="the input that takes token ids")
     mask: str | None = Field(default=None, description="the attention-mask input, if the model has one")

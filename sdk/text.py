@@ -62,11 +62,17 @@ def _tokenizers() -> Any:
 
 
 class TextEncoder:
-    """Texts to a feed: ids, mask and type ids for ``inputs``, padded and truncated to
-    ``length``; ``dtypes`` maps each input to its integer dtype."""
+    """Texts to a feed: ids, mask and type ids for ``inputs``, truncated to ``length`` and
+    padded to it (``dynamic``: to the longest text of each call); ``dtypes`` maps each input
+    to its integer dtype."""
 
     def __init__(
-        self, tokenizer_json: bytes, length: int, inputs: TextInputs, dtypes: dict[str, str]
+        self,
+        tokenizer_json: bytes,
+        length: int,
+        inputs: TextInputs,
+        dtypes: dict[str, str],
+        dynamic: bool = False,
     ) -> None:
         try:
             tokenizer = _tokenizers().Tokenizer.from_str(tokenizer_json.decode())
@@ -76,7 +82,10 @@ class TextEncoder:
             ) from None
         tokenizer.enable_truncation(length)
         pad = _pad_token(tokenizer)
-        tokenizer.enable_padding(length=length, pad_id=tokenizer.token_to_id(pad), pad_token=pad)
+        # dynamic: pad each call to its longest text (at most ``length``), for a model that takes any
+        tokenizer.enable_padding(
+            length=None if dynamic else length, pad_id=tokenizer.token_to_id(pad), pad_token=pad
+        )
         self._tokenizer, self.length, self.inputs, self._dtypes = tokenizer, length, inputs, dtypes
         self._pad_id = tokenizer.token_to_id(pad)
         unknown = getattr(tokenizer.model, "unk_token", None)
@@ -99,9 +108,7 @@ class TextEncoder:
             name = getattr(self.inputs, role)
             if name is not None:
                 values = [getattr(e, attribute) for e in encodings]
-                feed[name] = np.asarray(values, dtype=self._dtypes.get(name, "int64")).reshape(
-                    len(texts), self.length
-                )
+                feed[name] = np.asarray(values, dtype=self._dtypes.get(name, "int64")).reshape(len(texts), -1)
         return feed
 
     def features(self, feed: Feed) -> np.ndarray:

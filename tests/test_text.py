@@ -160,27 +160,40 @@ def test_jsonl_labels_may_be_class_indices(files: dict[str, Path], tmp_path: Pat
 def test_an_onnx_text_model_as_optimum_exports_it(
     files: dict[str, Path], tmp_path: Path, publisher: Path
 ) -> None:
-    """input_ids, attention_mask and token_type_ids, batch and sequence dynamic: the sequence
-    is fixed at --max-sequence-length, and all three inputs are filled on the device."""
+    """input_ids, attention_mask and token_type_ids, batch and sequence dynamic: on a CPU the
+    sequence stays dynamic (each call padded to its longest text, at most
+    --max-sequence-length); on a TensorRT profile it is fixed. All three inputs are filled."""
     from onnx_graphs import bag_of_embeddings, save
+    from tokenizers import Tokenizer
+
+    from edgekit.text import TextEncoder
 
     model = save(bag_of_embeddings(300), tmp_path / "text.onnx")
-    for precision in ("fp32", "dynamic"):
+    longest = max(len(e.ids) for e in Tokenizer.from_file(str(files["tokenizer"])).encode_batch(TEXTS))
+    assert longest < 24
+    for profile, precision, dynamic in (("x86-gateway", "fp32", True), ("x86-gateway", "dynamic", True),
+                                        ("jetson-orin-nano", "fp16", False)):  # fmt: skip
         result = convert(ConvertOptions(
-            model=model, profile=load_profile("x86-gateway"), output=tmp_path / f"{precision}.ekb", format="onnx",
+            model=model, profile=load_profile(profile), output=tmp_path / f"{precision}.ekb", format="onnx",
             precision=precision, tokenizer=files["tokenizer"], calibration=files["calibration"],
             evaluation=files["evaluation"], labels=files["labels"], max_sequence_length=24, sign_key=publisher,
             max_accuracy_drop=100.0,
         ))  # fmt: skip
         text = result.manifest.text
-        assert text is not None and (text.mask, text.type_ids, text.max_length) == (
-            "attention_mask", "token_type_ids", 24)  # fmt: skip
+        assert text is not None and (text.mask, text.type_ids, text.max_length, text.dynamic_length) == (
+            "attention_mask", "token_type_ids", 24, dynamic)  # fmt: skip
         device = Model.load(result.output)
         feed = device.text_encoder.encode(TEXTS)
         assert set(feed) == {"input_ids", "attention_mask", "token_type_ids"}
-        assert all(array.shape == (3, 24) and array.dtype == np.int64 for array in feed.values())
+        width = longest if dynamic else 24
+        assert all(array.shape == (3, width) and array.dtype == np.int64 for array in feed.values())
         scores = device.predict_text(TEXTS)
-        np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)  # type: ignore[union-attr]
+        np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-3)  # type: ignore[union-attr]
+        roles = TextInputs("input_ids", "attention_mask", "token_type_ids")
+        padded = TextEncoder(device.tokenizer_bytes or b"", 24, roles, {n: "int64" for n in feed}).encode(
+            TEXTS
+        )
+        np.testing.assert_allclose(scores, device.predict(padded), atol=1e-3)  # padding changes nothing
 
 
 def test_the_per_class_report_matches_scikit_learn_and_can_gate_on_macro_f1(
@@ -227,8 +240,17 @@ def test_tensorrt_profiles_refuse_dynamic_int8(files: dict[str, Path], tmp_path:
         ))  # fmt: skip
 
 
-def test_fit_says_it_does_not_search_text_models_yet(files: dict[str, Path]) -> None:
-    result = CliRunner().invoke(
-        main, ["fit", str(files["model"]), "-t", "raspberry-pi-5", "--eval", str(files["evaluation"])]
-    )
-    assert result.exit_code == 2 and "fit does not search text models yet" in result.stderr
+@pytest.mark.slow
+def test_fit_searches_head_pruning_for_a_text_model(files: dict[str, Path], tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [
+        "fit", str(files["model"]), "-t", "raspberry-pi-5", "--tokenizer", str(files["tokenizer"]),
+        "--labels", str(files["labels"]), "--eval", str(files["evaluation"]), "--train-data", str(files["train"]),
+        "--prune-ratios", "0,0.5", "--format", "onnx", "--precision", "dynamic", "-o", str(tmp_path / "fit.ekb"),
+        "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    candidates = json.loads(result.stdout)["candidates"]
+    assert [c["prune"] for c in candidates] == [0.0, 0.5]
+    assert all(c["top1"] is not None and c["top1"] >= 90 for c in candidates)
+    assert candidates[0]["parameters"] is None and 0 < candidates[1]["parameters"] < 18_276  # the unpruned: 18,276
+    assert candidates[1]["size_bytes"] < candidates[0]["size_bytes"]

@@ -14,6 +14,7 @@ from text_models import INTENTS, encode
 from edgekit.compress import parameter_count
 from edgekit.compress_transformer import TransformerPruningError, find_units, importance, prune_transformer
 from edgekit.convert import ConvertOptions, convert
+from edgekit.fit_report import write_convert_report
 from edgekit.profiles import load_profile
 from edgekit.runtime import Model
 
@@ -84,6 +85,7 @@ def test_a_heads_score_is_the_loss_sensitivity_to_masking_it(model: Any, held: A
         assert scores["attention"][head] == pytest.approx(finite_difference, rel=0.05, abs=1e-7)
 
 
+@pytest.mark.slow
 def test_convert_prunes_a_transformer_distills_it_and_runs_it_from_text(
     intent_files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -103,6 +105,9 @@ def test_convert_prunes_a_transformer_distills_it_and_runs_it_from_text(
     assert record.top1_before is not None and record.top1_after is not None
     assert record.top1_before - record.top1_after <= 1.0
     assert pruned.manifest.artifacts[0].size < full.manifest.artifacts[0].size
+    write_convert_report(tmp_path / "report.html", pruned, load_profile("raspberry-pi-5"), "intent")
+    page = (tmp_path / "report.html").read_text()
+    assert "Per class: float → fp32" in page and "<td>set_temperature</td>" in page and "weighted avg" in page
     device = Model.load(pruned.output, allow_unsigned=True)
     scores = device.predict_text(["turn on the kitchen lights", "start the office fan"])
     assert [INTENTS[i] for i in np.argmax(scores, axis=-1)] == ["lights_on", "fan_on"]  # type: ignore[call-overload]

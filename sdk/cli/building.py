@@ -268,7 +268,7 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
 @click.command("fit")
 @click.argument("model", type=click.Path(path_type=Path))
 @target_option
-@evaluation_option(required=True, help="Held-out .npz with x and labels y.")
+@evaluation_option(required=True, help="Held-out .npz with x and labels y (a text model: .jsonl).")
 @calibration_option
 @train_data_option
 @click.option(
@@ -283,6 +283,8 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
 @click.option("--max-minutes", type=click.FloatRange(min=0), default=30.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same search, same choice.")
 @max_accuracy_drop_option
+@_text_options
+@click.option("--labels", type=click.Path(path_type=Path), default=None, help="Class names, one per line.")
 @report_option
 @sign_key_option
 @output_option("Bundle to write. Default: MODEL's name with .ekb in the current folder.")
@@ -302,6 +304,8 @@ def fit_command(ctx: click.Context, model: Path, output: Path | None, as_json: b
       edgekit fit model.keras --target jetson-nano --train-data train.npz --eval eval.npz \\
           --calibration calib.npz --report fit.html -o best.ekb
       edgekit fit model.keras -t my-hub.toml --eval eval.npz --format tflite --json
+      edgekit fit intent.keras -t raspberry-pi-5 --tokenizer tokenizer.json --labels intents.txt \\
+          --eval eval.jsonl --train-data train.jsonl --calibration calib.jsonl
     """
     from edgekit import views
     from edgekit.console import RichReporter, quiet_native_output

@@ -26,6 +26,7 @@ from edgekit.convert.select import select
 from edgekit.convert.state import state_pairs
 from edgekit.convert.text import prepare_text
 from edgekit.converters import ConversionSettings
+from edgekit.converters.onnx import for_tensorrt
 from edgekit.converters.source import detect_kind, load_source
 from edgekit.report import Reporter, SilentReporter
 from edgekit.samples import run_samples
@@ -127,7 +128,7 @@ def _build(
             "reference": drift_baseline,
             "primary_output": primary,
             "state": state,
-            "text": text.spec if text is not None else None,
+            "text": text.entry([c.entry for c in chosen], for_tensorrt(options.profile)) if text else None,
             **extra,
         }
         converters = [converter for converter, _ in plans]

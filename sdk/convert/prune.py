@@ -14,7 +14,7 @@ from edgekit.convert.candidate import max_accuracy_drop
 from edgekit.convert.manifest import default_name
 from edgekit.convert.options import ConvertOptions
 from edgekit.convert.plan import Inputs
-from edgekit.convert.text import text_encoder, tokenize
+from edgekit.convert.text import model_inputs, text_encoder
 from edgekit.converters.source import load_source
 from edgekit.data import Dataset, load_dataset
 from edgekit.errors import AccuracyBudgetError, DataError, ModelFormatError
@@ -39,8 +39,8 @@ def prune_source(
         encoder = found[0] if found else None
         data = _Data(
             _training_data(options, encoder, inputs.labels, reporter),
-            _tokenized(inputs.evaluation, encoder, inputs.labels),
-            _tokenized(inputs.calibration, encoder, inputs.labels),
+            model_inputs(inputs.evaluation, encoder, inputs.labels),
+            model_inputs(inputs.calibration, encoder, inputs.labels),
         )
         model = source.keras_model
         if options.prune_mode == "structured" and is_transformer(model):
@@ -124,7 +124,7 @@ def _training_data(
     if options.train_data is None:
         reporter.warn("--prune without --train-data: pruned once, not fine-tuned; accuracy will suffer")
         return None
-    data = _tokenized(load_dataset(options.train_data, "training"), encoder, labels)
+    data = model_inputs(load_dataset(options.train_data, "training"), encoder, labels)
     assert data is not None
     if data.y is None:
         raise DataError(
@@ -132,14 +132,6 @@ def _training_data(
             'save it with y=labels (or a "label" on every .jsonl line)'
         )
     return keras_inputs(data), data.y
-
-
-def _tokenized(
-    data: Dataset | None, encoder: TextEncoder | None, labels: tuple[str, ...] | None
-) -> Dataset | None:
-    if data is not None and data.text is not None and encoder is None:
-        raise DataError("a .jsonl data file holds text: pass the model's --tokenizer tokenizer.json")
-    return tokenize(data, encoder, labels) if encoder is not None else data
 
 
 def _accuracies(model: Any, pruned: Any, evaluation: Dataset | None) -> tuple[float | None, float | None]:

@@ -3,6 +3,7 @@ calibration and evaluation data tokenized by it, before any other data check."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -13,7 +14,7 @@ from edgekit.convert.plan import Inputs
 from edgekit.converters.source import SourceModel
 from edgekit.data import Dataset
 from edgekit.errors import DataError, InputError
-from edgekit.manifest import TextSpec
+from edgekit.manifest import ArtifactEntry, TextSpec
 from edgekit.report import Reporter
 from edgekit.samples import Samples
 from edgekit.text import MAX_TOKENIZER_BYTES, TOKENIZER_FILE, TextEncoder, TextInputs, label_indices
@@ -29,6 +30,17 @@ class BundledTokenizer:
     raw: bytes
     encoder: TextEncoder
 
+    def entry(self, artifacts: Sequence[ArtifactEntry], fixed: bool) -> TextSpec:
+        """The manifest's ``text``: with a dynamic length when every artifact's ids input
+        takes any sequence length, unless ``fixed`` (TensorRT: one shape, one engine)."""
+        dynamic = not fixed and all(
+            len(tensor.shape) > 1 and tensor.shape[1] is None
+            for entry in artifacts
+            for tensor in entry.inputs
+            if tensor.name == self.spec.ids
+        )
+        return self.spec.model_copy(update={"dynamic_length": dynamic})
+
 
 def prepare_text(
     source: SourceModel, inputs: Inputs, options: ConvertOptions, reporter: Reporter
@@ -37,8 +49,8 @@ def prepare_text(
     Without it, text data is refused in one line."""
     found = text_encoder(source, options)
     if found is None:
-        if any(d is not None and d.text is not None for d in (inputs.calibration, inputs.evaluation)):
-            raise DataError("a .jsonl data file holds text: pass the model's --tokenizer tokenizer.json")
+        for data in (inputs.calibration, inputs.evaluation):
+            model_inputs(data, None, None)  # refuses text without a tokenizer
         return inputs, None
     encoder, raw = found
     roles, length = encoder.inputs, encoder.length
@@ -110,3 +122,12 @@ def tokenize(data: Dataset | None, encoder: TextEncoder, names: tuple[str, ...] 
     labels = data.text.labels
     y = None if labels is None else label_indices(labels, names, f"data {data.path}")
     return Dataset(data.path, Samples(feed), y, data.text)
+
+
+def model_inputs(
+    data: Dataset | None, encoder: TextEncoder | None, labels: tuple[str, ...] | None
+) -> Dataset | None:
+    """``data`` as the model takes it: .jsonl texts tokenized by ``encoder``, which they need."""
+    if data is not None and data.text is not None and encoder is None:
+        raise DataError("a .jsonl data file holds text: pass the model's --tokenizer tokenizer.json")
+    return tokenize(data, encoder, labels) if encoder is not None else data
