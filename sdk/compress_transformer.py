@@ -132,9 +132,10 @@ def importance(
             f"head pruning scores heads by the loss of one class-score output; this model has "
             f"{len(model.outputs)} outputs"
         )
-    count = min(SCORING_SAMPLES, len(next(iter(x.values()))) if isinstance(x, dict) else len(x))
-    if y is None:
-        y = np.argmax(model.predict(x, batch_size=256, verbose=0), axis=-1)
+    scored = slice(0, SCORING_SAMPLES)
+    x = {k: v[scored] for k, v in x.items()} if isinstance(x, dict) else x[scored]
+    count = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    y = np.argmax(model.predict(x, batch_size=256, verbose=0), axis=-1) if y is None else y[scored]
     variables = {name: _weight(model.get_layer(name), "attention_output/kernel") for name in units.heads}
     variables.update(
         {inner: _weight(model.get_layer(outer), "kernel") for inner, (outer, _) in units.feed_forward.items()}
