@@ -1,15 +1,18 @@
 """Text models made on the spot: a corpus of smart-home commands from templates, a WordPiece
-tokenizer trained on it with ``tokenizers``, and a small Keras transformer encoder (token and
+tokenizer trained on it with ``tokenizers`` (the voice_commands example's recipe), and a small Keras transformer encoder (token and
 position embeddings, masked multi-head attention, a feed-forward block) that classifies the
 intent. Nothing is downloaded."""
 
 from __future__ import annotations
 
-import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "voice_commands"))
+from corpus import train_tokenizer, write_jsonl  # noqa: E402 (the example's own: one WordPiece recipe)
 
 INTENTS = ("lights_on", "lights_off", "set_temperature", "fan_on")
 ROOMS = ("kitchen", "bedroom", "living room", "bathroom", "garage", "office")
@@ -35,26 +38,6 @@ def commands(count: int, seed: int) -> list[dict[str, object]]:
         text = template.format(room=rng.choice(ROOMS), n=rng.randint(16, 28))
         records.append({"text": text, "label": label})
     return records
-
-
-def write_jsonl(path: Path, records: list[dict[str, object]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
-def train_tokenizer(path: Path, texts: list[str], vocab: int = 300) -> Path:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab, special_tokens=specials))
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tokenizer.save(str(path))
-    return path
 
 
 def encode(tokenizer: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOMS = ("kitchen", "bedroom", "living room", "bathroom", "garage", "office", "hallway", "kids room",
@@ -62,7 +63,7 @@ def commands(count: int, seed: int, typos: float = 0.15) -> list[dict[str, str]]
     return records
 
 
-def write_jsonl(path: Path, records: list[dict[str, str]]) -> Path:
+def write_jsonl(path: Path, records: Sequence[Mapping[str, object]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
