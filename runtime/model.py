@@ -173,6 +173,30 @@ class Model:
         truncated to its sequence length (``text_truncated`` counts the cut ones)."""
         return self._named(self.run(self.text_encoder.encode(texts), texts))
 
+    def tag_text(self, texts: Sequence[str]) -> list[list[tuple[str, str | None]]]:
+        """A token classification model's tag for each space-separated word of each text,
+        named by the bundle's labels: ``[("kitchen", "B-ROOM"), ("lights", "B-DEVICE")]``,
+        scored at the word's first token. A word past the sequence length gets None."""
+        spec = self.manifest.text
+        if spec is not None and spec.task != "tokens":
+            raise InputError(f"{self.manifest.name} classifies whole texts, not words: use predict_text")
+        feed, starts = self.text_encoder.encode_words(texts)
+        outputs = self.run(feed, texts)
+        primary = self.manifest.primary_output
+        tags = outputs[self._names.index(primary) if primary in self._names else 0].argmax(axis=-1)
+        labels = self.manifest.labels
+
+        def name(index: int) -> str:
+            return labels[index] if labels and index < len(labels) else str(index)
+
+        return [
+            [
+                (word, name(int(row[p])) if p >= 0 else None)
+                for word, p in zip(text.split(), first, strict=True)
+            ]
+            for text, first, row in zip(texts, starts, tags, strict=True)
+        ]
+
     @property
     def text_encoder(self) -> TextEncoder:
         """The bundle's tokenizer, set up for this model's inputs (needs ``edgekit[text]``)."""

@@ -22,12 +22,17 @@ class ClassScores(_Strict):
 
 
 class ClassReport(_Strict):
-    """One model's predictions against the labels; ``classes[i]`` is class index i."""
+    """One model's predictions against the labels; ``classes[i]`` is class index i, or with
+    ``names`` the entity type ``names[i]``."""
 
     classes: tuple[ClassScores, ...]
     accuracy: float
     macro: ClassScores
     weighted: ClassScores
+    names: tuple[str, ...] | None = None
+    """Span reports (``edgekit.spans``): the entity type of each row; else rows are class indices."""
+    micro: ClassScores | None = None
+    """Span reports: every span counted alike (for classes, micro-F1 is the accuracy)."""
 
 
 class ClassComparison(_Strict):
@@ -45,9 +50,9 @@ def class_report(labels: np.ndarray, predicted: np.ndarray, classes: int) -> Cla
     true_positive = np.diag(matrix).astype(np.float64)
     support = matrix.sum(axis=1)
     predicted_count = matrix.sum(axis=0)
-    precision = _divide(true_positive, predicted_count)
-    recall = _divide(true_positive, support)
-    f1 = _divide(2 * precision * recall, precision + recall)
+    precision = safe_divide(true_positive, predicted_count)
+    recall = safe_divide(true_positive, support)
+    f1 = safe_divide(2 * precision * recall, precision + recall)
     rows = tuple(
         ClassScores(precision=float(p), recall=float(r), f1=float(f), support=int(s))
         for p, r, f, s in zip(precision, recall, f1, support, strict=True)
@@ -84,6 +89,15 @@ def compare_classes(float_out: np.ndarray, artifact_out: np.ndarray, labels: np.
     return ClassComparison(float_model=report(float_out), artifact=report(artifact_out))
 
 
-def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+def safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), 0.0)
+
+
+def metric_name(metric: str, level: str = "sample", spans: bool = False) -> str:
+    """What the gate compared, in words: "top-1 accuracy", "span macro-F1", ..."""
+    if metric == "agreement":
+        return "top-1 agreement with float"
+    if level == "word":
+        return "top-1 accuracy per word" if metric == "top1" else f"{'span' if spans else 'tag'} macro-F1"
+    return "top-1 accuracy" if metric == "top1" else "macro-F1"

@@ -110,7 +110,8 @@ def check_dataset(
         )
     if count < RECOMMENDED_SAMPLES:
         warnings.append(f"{where}: only {count} samples; {RECOMMENDED_SAMPLES}+ give reliable results")
-    y = _check_labels(data.y, count, where)
+    tagged = data.text is not None and data.y is not None and data.y.ndim == 2
+    y = data.y if tagged else _check_labels(data.y, count, where)  # tags: a label per token
     return Dataset(data.path, Samples(checked, frozenset(per_call)), y), warnings
 
 

@@ -11,6 +11,7 @@ from edgekit.classes import ClassComparison, ClassScores
 from edgekit.convert.candidate import max_accuracy_drop
 from edgekit.figures import missing, png_img, pyplot
 from edgekit.fit import FitResult, pareto
+from edgekit.views.classes import row_names
 
 if TYPE_CHECKING:
     from edgekit.convert import ConvertResult
@@ -40,21 +41,20 @@ def class_section(comparison: ClassComparison, labels: tuple[str, ...] | None, p
         return "".join(f"<td>{x:.3f} → {y:.3f}</td>" for x, y in pairs) + f"<td>{a.support}</td>"
 
     float_model, artifact = comparison.float_model, comparison.artifact
-    names = labels or tuple(str(i) for i in range(len(float_model.classes)))
     rows = [
         f"<tr><td>{html.escape(n)}</td>{cells(a, b)}</tr>"
-        for n, a, b in zip(names, float_model.classes, artifact.classes, strict=False)
+        for n, a, b in zip(row_names(comparison, labels), float_model.classes, artifact.classes, strict=True)
     ]
-    rows += [
-        f"<tr><th>{name}</th>{cells(a, b)}</tr>"
-        for name, a, b in (
-            ("macro avg", float_model.macro, artifact.macro),
-            ("weighted avg", float_model.weighted, artifact.weighted),
-        )
-    ]
+    averages = [("macro avg", float_model.macro, artifact.macro), ("weighted avg", float_model.weighted,
+                artifact.weighted)]  # fmt: skip
+    if float_model.micro and artifact.micro:
+        averages.insert(0, ("micro avg", float_model.micro, artifact.micro))
+    rows += [f"<tr><th>{name}</th>{cells(a, b)}</tr>" for name, a, b in averages]
+    spans = float_model.names is not None
+    what, unit = ("entity span", "Tag accuracy per word") if spans else ("class", "Accuracy")
     return (
-        f"<h2>Per class: float → {html.escape(precision)}</h2><p>Accuracy {float_model.accuracy:.3f} → "
-        f"{artifact.accuracy:.3f}.</p><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+        f"<h2>Per {what}: float → {html.escape(precision)}</h2><p>{unit} {float_model.accuracy:.3f} → "
+        f"{artifact.accuracy:.3f}.</p><table><tr><th>{what}</th><th>precision</th><th>recall</th><th>F1</th>"
         f"<th>support</th></tr>{''.join(rows)}</table>"
     )
 

@@ -45,6 +45,9 @@ class Accuracy(Strict):
     """Float model against the artifact on the same evaluation data."""
 
     metric: Literal["top1", "agreement", "macro-f1"]
+    level: Literal["sample", "word"] = Field(
+        default="sample", description="word: token classification, top-1 per word, macro-F1 per span or tag"
+    )
     output: str | None = Field(default=None, description="the output top-1 or agreement is measured on")
     samples: int
     float_model: float = Field(description="float model: top-1 % (labels) or 100")
@@ -168,6 +171,10 @@ class TextSpec(Strict):
     ids: str = Field(description="the input that takes token ids")
     mask: str | None = Field(default=None, description="the attention-mask input, if the model has one")
     type_ids: str | None = Field(default=None, description="the token-type input, if the model has one")
+    task: Literal["sequence", "tokens"] = Field(
+        default="sequence",
+        description="tokens: a tag per token (labels are the tags), scored at each word's first token",
+    )
 
 
 class Compression(Strict):

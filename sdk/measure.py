@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.classes import compare_classes
-from edgekit.errors import ConversionError
+from edgekit.classes import ClassComparison, class_report, compare_classes
+from edgekit.errors import ConversionError, DataError
 from edgekit.runtime.backends import Backend, zeros_feed
 from edgekit.samples import Feed
+from edgekit.spans import BIO_TAG, compare_spans
+from edgekit.text import IGNORED
 
 EVAL_BATCH = 256
 
@@ -55,7 +57,11 @@ def peak_memory_bytes(fmt: str, content: bytes, feed: Feed | None = None) -> int
 
 
 def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy in percent: how often the largest output is the label."""
+    """Top-1 accuracy in percent: how often the largest output is the label. Labels per
+    token (samples, tokens): per scored word, over the last axis."""
+    if np.ndim(labels) == 2:
+        scored = labels != IGNORED
+        return float(np.mean(np.asarray(outputs).argmax(axis=-1)[scored] == labels[scored]) * 100)
     scores = np.asarray(outputs).reshape(len(outputs), -1)
     return float(np.mean(scores.argmax(axis=1) == labels) * 100)
 
@@ -77,10 +83,17 @@ def similarity(float_out: np.ndarray, artifact_out: np.ndarray) -> dict[str, flo
 
 
 def compare_outputs(
-    float_out: np.ndarray, artifact_out: np.ndarray, labels: np.ndarray | None, gate_metric: str = "top1"
+    float_out: np.ndarray,
+    artifact_out: np.ndarray,
+    labels: np.ndarray | None,
+    gate_metric: str = "top1",
+    names: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Top-1 accuracy (or with ``gate_metric`` "macro-f1", macro-F1 in percent) of both, with
-    labels, and then each one's per-class report; else agreement. Plus cosine and max abs error."""
+    labels, and then each one's per-class report; else agreement. Plus cosine and max abs error.
+    Labels per token: see ``compare_words``."""
+    if labels is not None and np.ndim(labels) == 2:
+        return compare_words(float_out, artifact_out, labels, gate_metric, names)
     result: dict[str, Any] = similarity(float_out, artifact_out)
     if labels is None:
         result.update(metric="agreement", float_model=100.0, artifact=result["agreement"])
@@ -96,16 +109,45 @@ def compare_outputs(
     return result
 
 
+def compare_words(
+    float_out: np.ndarray, artifact_out: np.ndarray, labels: np.ndarray, gate_metric: str,
+    names: tuple[str, ...] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Token classification, scored at each word's first token (``labels`` holds ``IGNORED``
+    elsewhere): top-1 per word, and the report per entity span as seqeval counts them when
+    the tag names are BIO/IOBES tags, else per tag. "macro-f1" is the report's macro-F1."""
+    scored = labels != IGNORED
+    truth, tags = labels[scored], int(np.shape(float_out)[-1])
+    if truth.size and (truth.min() < 0 or truth.max() >= tags):
+        raise DataError(f"evaluation tags run from {truth.min()} to {truth.max()}; the model has {tags} tags")
+    outs = {"float_model": float_out, "artifact": artifact_out}
+    found = {key: out.argmax(axis=-1)[scored] for key, out in outs.items()}
+    if names is not None and all(BIO_TAG.match(name) for name in names):
+        classes = compare_spans(labels, float_out, artifact_out, names)
+    else:
+        classes = ClassComparison(**{key: class_report(truth, guess, tags) for key, guess in found.items()})
+    result: dict[str, Any] = similarity(float_out, artifact_out)
+    result.update(agreement=float(np.mean(found["float_model"] == found["artifact"]) * 100), level="word")
+    if gate_metric == "macro-f1":
+        scores = {key: 100 * getattr(classes, key).macro.f1 for key in found}
+    else:
+        scores = {key: float(np.mean(guess == truth) * 100) for key, guess in found.items()}
+    result.update(metric=gate_metric, classes=classes, **scores)
+    result["drop"] = result["float_model"] - result["artifact"]
+    return result
+
+
 def compare_all(
     float_outs: dict[str, np.ndarray],
     artifact_outs: dict[str, np.ndarray],
     primary: str,
     labels: np.ndarray | None,
     gate_metric: str = "top1",
+    names: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """``compare_outputs`` on the ``primary`` output; with several outputs, every output's
     similarity under ``outputs``."""
-    result = compare_outputs(float_outs[primary], artifact_outs[primary], labels, gate_metric)
+    result = compare_outputs(float_outs[primary], artifact_outs[primary], labels, gate_metric, names)
     result["output"] = primary
     if len(float_outs) > 1:
         result["outputs"] = {name: similarity(out, artifact_outs[name]) for name, out in float_outs.items()}

@@ -10,6 +10,7 @@ them, and the usual short forms).
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections.abc import Sequence
@@ -98,17 +99,30 @@ class TextEncoder:
         return int(self._tokenizer.get_vocab_size())
 
     def encode(self, texts: Sequence[str]) -> Feed:
+        return self._feed(self._encodings(texts), len(texts))
+
+    def encode_words(self, texts: Sequence[str]) -> tuple[Feed, list[list[int]]]:
+        """``encode``, and per text the position of each space-separated word's first token
+        (-1: cut off by the sequence length), where token classification scores the word."""
+        encodings = self._encodings(texts)
+        starts = [_first_tokens(e, text) for e, text in zip(encodings, texts, strict=True)]
+        return self._feed(encodings, len(texts)), starts
+
+    def _encodings(self, texts: Sequence[str]) -> list[Any]:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise InputError("predict_text takes a list of strings, one per sample")
         encodings = self._tokenizer.encode_batch(list(texts))
         self.truncated += sum(1 for e in encodings if e.overflowing)
+        return list(encodings)
+
+    def _feed(self, encodings: list[Any], count: int) -> Feed:
         columns = {"ids": "ids", "mask": "attention_mask", "type_ids": "type_ids"}
         feed = {}
         for role, attribute in columns.items():
             name = getattr(self.inputs, role)
             if name is not None:
                 values = [getattr(e, attribute) for e in encodings]
-                feed[name] = np.asarray(values, dtype=self._dtypes.get(name, "int64")).reshape(len(texts), -1)
+                feed[name] = np.asarray(values, dtype=self._dtypes.get(name, "int64")).reshape(count, -1)
         return feed
 
     def features(self, feed: Feed) -> np.ndarray:
@@ -122,10 +136,44 @@ class TextEncoder:
         return np.stack([tokens, unknown / np.maximum(tokens, 1)], axis=1).astype(np.float32)
 
 
+IGNORED = -100
+"""A token position no tag scores: special tokens, padding, and a word's later sub-words."""
+
+
+def align_tags(tags: Sequence[Sequence[int]], starts: Sequence[Sequence[int]], width: int) -> np.ndarray:
+    """Word tags (indices) as token labels, shaped (texts, ``width``): each word's tag at its
+    first token (``TextEncoder.encode_words``' starts), ``IGNORED`` elsewhere and for words
+    the sequence length cut off."""
+    y = np.full((len(tags), width), IGNORED, np.int64)
+    for row, (words, first) in enumerate(zip(tags, starts, strict=True)):
+        for position, tag in zip(first, words, strict=True):
+            if position >= 0:
+                y[row, position] = tag
+    return y
+
+
 TEXT_INPUT = "text"
 """A text model's drift input in telemetry: ``TextEncoder.features`` of each call, in the
 order of ``TEXT_FEATURES``."""
 TEXT_FEATURES = ("tokens", "unknown rate")
+
+
+def _first_tokens(encoding: Any, text: str) -> list[int]:
+    """Each space-separated word's first token, by the tokens' character offsets (which the
+    tokenizer keeps relative to the original text through normalization)."""
+    ends = [match.end() for match in re.finditer(r"\S+", text)]
+    first = [-1] * len(ends)
+    for position, ((start, end), special) in enumerate(
+        zip(encoding.offsets, encoding.special_tokens_mask, strict=True)
+    ):
+        while start < end and text[start].isspace():  # byte-level tokens carry their leading space
+            start += 1
+        if special or start >= end:
+            continue
+        word = bisect.bisect_right(ends, start)
+        if word < len(first) and first[word] < 0:
+            first[word] = position
+    return first
 
 
 def _pad_token(tokenizer: Any) -> str:
@@ -139,34 +187,53 @@ def _pad_token(tokenizer: Any) -> str:
 @dataclass(frozen=True)
 class TextData:
     """A ``.jsonl`` data file: one object per line with ``text`` and, for evaluation,
-    ``label`` (an int, or a class name from --labels)."""
+    ``label`` (an int, or a class name from --labels) or, for token classification,
+    ``tags``: one tag per space-separated word of the text (``B-ROOM``, ``I-ROOM``, ``O``)."""
 
     texts: tuple[str, ...]
     labels: tuple[Any, ...] | None
+    tags: tuple[tuple[Any, ...], ...] | None = None
 
 
 def read_jsonl(path: Path, role: str) -> TextData:
-    texts, labels = [], []
+    texts, labels, tags = [], [], []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"{role} data {path}, line {number}"
         try:
             record = json.loads(line)
         except ValueError as exc:
-            raise DataError(f"{role} data {path}, line {number}: not JSON ({exc})") from None
+            raise DataError(f"{where}: not JSON ({exc})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(
-                f'{role} data {path}, line {number}: no "text" string; write {{"text": ..., "label": ...}}'
-            )
+            raise DataError(f'{where}: no "text" string; write {{"text": ..., "label": ...}}')
         texts.append(record["text"])
         labels.append(record.get("label"))
+        tags.append(_tags(record, where))
     if not texts:
         raise DataError(f"{role} data {path}: no lines")
-    present = [label is not None for label in labels]
+    return TextData(
+        tuple(texts), _all_or_none(labels, "label", role, path), _all_or_none(tags, "tags", role, path)
+    )
+
+
+def _tags(record: dict[str, Any], where: str) -> tuple[Any, ...] | None:
+    tags = record.get("tags")
+    if tags is None:
+        return None
+    words = len(record["text"].split())
+    if not isinstance(tags, list) or len(tags) != words:
+        count = f"{len(tags)} tags" if isinstance(tags, list) else "tags that are not a list"
+        raise DataError(f'{where}: {count} for {words} words; give "tags" one tag per space-separated word')
+    return tuple(tags)
+
+
+def _all_or_none(values: list[Any], field: str, role: str, path: Path) -> tuple[Any, ...] | None:
+    present = [value is not None for value in values]
     if any(present) and not all(present):
         missing = present.index(False) + 1
-        raise DataError(f'{role} data {path}: the {missing}. record has no "label" while others do')
-    return TextData(tuple(texts), tuple(labels) if all(present) else None)
+        raise DataError(f'{role} data {path}: the {missing}. record has no "{field}" while others do')
+    return tuple(values) if all(present) else None
 
 
 def label_indices(labels: tuple[Any, ...], names: tuple[str, ...] | None, where: str) -> np.ndarray:

@@ -106,6 +106,14 @@ def intent_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tagger_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small transformer slot tagger (a tag per word) and its files (tests/text_models.py)."""
+    from text_models import slot_tagger
+
+    return slot_tagger(tmp_path_factory.mktemp("slots"), vocab=400)
+
+
+@pytest.fixture(scope="session")
 def digits_eval(digits_files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
     with np.load(digits_files["evaluation"]) as data:
         return data["x"], data["y"]

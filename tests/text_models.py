@@ -1,18 +1,23 @@
 """Text models made on the spot: a corpus of smart-home commands from templates, a WordPiece
-tokenizer trained on it with ``tokenizers`` (the voice_commands example's recipe), and a small Keras transformer encoder (token and
-position embeddings, masked multi-head attention, a feed-forward block) that classifies the
-intent. Nothing is downloaded."""
+tokenizer trained on it with ``tokenizers`` (the voice_commands example's recipe), and a
+small Keras transformer encoder (token and position embeddings, masked multi-head attention,
+a feed-forward block) that classifies the intent, or tags each word's slot. Nothing is
+downloaded."""
 
 from __future__ import annotations
 
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "voice_commands"))
-from corpus import train_tokenizer, write_jsonl  # noqa: E402 (the example's own: one WordPiece recipe)
+# the example's own: one WordPiece recipe, and its commands tagged word by word
+from corpus import TAGS, train_tokenizer, write_jsonl  # noqa: E402
+from corpus import commands as tagged_commands  # noqa: E402
+from encoder import tag_targets  # noqa: E402
 
 INTENTS = ("lights_on", "lights_off", "set_temperature", "fan_on")
 ROOMS = ("kitchen", "bedroom", "living room", "bathroom", "garage", "office")
@@ -53,15 +58,11 @@ def encode(tokenizer: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def intent_classifier(folder: Path, vocab: int, seed: int = 0) -> dict[str, Path]:
-    """Train the encoder on generated commands; its files: model, tokenizer, training,
-    calibration and evaluation data (.jsonl), and the intent names."""
+def _encoder(vocab: int) -> tuple[Any, Any, Any]:
+    """Token ids and mask in, one masked attention block's token vectors out."""
     import keras
     from keras import layers, ops
 
-    keras.utils.set_random_seed(seed)
-    train, held = commands(800, seed), commands(120, seed + 1)
-    tokenizer = train_tokenizer(folder / "tokenizer.json", [str(r["text"]) for r in train], vocab)
     ids = keras.Input((LENGTH,), dtype="int32", name="input_ids")
     mask = keras.Input((LENGTH,), dtype="int32", name="attention_mask")
     positions = ops.arange(LENGTH)
@@ -74,6 +75,48 @@ def intent_classifier(folder: Path, vocab: int, seed: int = 0) -> dict[str, Path
     x = layers.LayerNormalization()(
         x + layers.Dense(32, name="ffn_out")(layers.Dense(64, activation="gelu", name="ffn_in")(x))
     )
+    return ids, mask, x
+
+
+def slot_tagger(folder: Path, vocab: int, seed: int = 0) -> dict[str, Path]:
+    """The same encoder tagging each word's slot (B-ROOM, I-ROOM, B-DEVICE, ... O) on the
+    voice_commands example's tagged commands; its files as ``intent_classifier``'s, with
+    ``tags.txt`` as the labels."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    train, held = tagged_commands(800, seed), tagged_commands(150, seed + 1)
+    tokenizer = train_tokenizer(folder / "tokenizer.json", [r["text"] for r in train], vocab)
+    ids, mask, x = _encoder(vocab)
+    model = keras.Model([ids, mask], layers.Dense(len(TAGS), activation="softmax", name="slots")(x))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    feed, y, weights = tag_targets(str(tokenizer), train, LENGTH)
+    model.fit([feed["input_ids"], feed["attention_mask"]], y, sample_weight=weights, epochs=8, batch_size=32,
+              verbose=0)  # fmt: skip
+    model.save(folder / "slots.keras")
+    (folder / "tags.txt").write_text("\n".join(TAGS) + "\n")
+    return {
+        "model": folder / "slots.keras",
+        "tokenizer": tokenizer,
+        "calibration": write_jsonl(folder / "calib.jsonl", [{"text": r["text"]} for r in train[:100]]),
+        "evaluation": write_jsonl(
+            folder / "eval.jsonl", [{"text": r["text"], "tags": r["tags"]} for r in held]
+        ),
+        "labels": folder / "tags.txt",
+    }
+
+
+def intent_classifier(folder: Path, vocab: int, seed: int = 0) -> dict[str, Path]:
+    """Train the encoder on generated commands; its files: model, tokenizer, training,
+    calibration and evaluation data (.jsonl), and the intent names."""
+    import keras
+    from keras import layers, ops
+
+    keras.utils.set_random_seed(seed)
+    train, held = commands(800, seed), commands(120, seed + 1)
+    tokenizer = train_tokenizer(folder / "tokenizer.json", [str(r["text"]) for r in train], vocab)
+    ids, mask, x = _encoder(vocab)
     weights = ops.cast(mask, "float32")[:, :, None]
     pooled = ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
     out = layers.Dense(len(INTENTS), activation="softmax", name="intent")(pooled)

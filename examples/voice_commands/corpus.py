@@ -1,6 +1,7 @@
 """A generated corpus of smart-home commands: templates with synonyms, paraphrases, polite
 and casual openings, numbers, and typos, since nothing may be downloaded. Each command's
-intent is its label; its words are what a hub hears after speech-to-text."""
+intent is its label, and each word's slot its tag (``B-ROOM I-ROOM`` for "living room",
+``O`` outside every slot); its words are what a hub hears after speech-to-text."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOMS = ("kitchen", "bedroom", "living room", "bathroom", "garage", "office", "hallway", "kids room",
          "basement", "dining room")  # fmt: skip
@@ -34,10 +36,23 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
                   "wake me in {n} minutes", "start a {n} minute timer", "count down {n} minutes"),
 }  # fmt: skip
 INTENTS = tuple(TEMPLATES)
+SLOTS = ("ROOM", "DEVICE", "VALUE", "TIME")
+TAGS = ("O", *(f"{mark}-{slot}" for slot in SLOTS for mark in "BI"))
+DEVICES = {"lights", "light", "fan", "blinds", "shades", "ceiling"}
+UNITS = {"degrees", "minutes", "minute"}
+"""The word after a number that belongs to its slot: "21 degrees" is a VALUE, "5 minutes" a TIME."""
 
 
 def _typo(text: str, rng: random.Random) -> str:
-    """One slip of the recogniser or the thumb: a letter dropped, doubled or swapped."""
+    """One slip of the recogniser or the thumb, inside one word: a letter dropped, doubled or
+    swapped (so every word keeps its tag)."""
+    words = text.split(" ")
+    which = rng.choice([i for i, word in enumerate(words) if len(word) > 1 and word.isalpha()])
+    words[which] = _slip(words[which], rng)
+    return " ".join(words)
+
+
+def _slip(text: str, rng: random.Random) -> str:
     letters = [i for i, c in enumerate(text) if c.isalpha()]
     i = rng.choice(letters)
     kind = rng.randrange(3)
@@ -49,18 +64,42 @@ def _typo(text: str, rng: random.Random) -> str:
     return text[:i] + text[j] + text[i] + text[j + 1 :]
 
 
-def commands(count: int, seed: int, typos: float = 0.15) -> list[dict[str, str]]:
+def commands(count: int, seed: int, typos: float = 0.15) -> list[dict[str, Any]]:
+    """``count`` commands: ``{"text", "label", "tags"}``, the intent and one tag per word."""
     rng = random.Random(seed)
     records = []
     for _ in range(count):
         intent = rng.choice(INTENTS)
-        text = rng.choice(OPENINGS) + rng.choice(TEMPLATES[intent]).format(
-            room=rng.choice(ROOMS), on=rng.choice(ON), off=rng.choice(OFF), n=rng.randint(2, 30)
-        )
+        template = rng.choice(OPENINGS) + rng.choice(TEMPLATES[intent])
+        values = {"room": rng.choice(ROOMS), "on": rng.choice(ON), "off": rng.choice(OFF)}
+        words, tags = _tagged(template, {**values, "n": str(rng.randint(2, 30))}, intent)
+        text = " ".join(words)
         if rng.random() < typos:
             text = _typo(text, rng)
-        records.append({"text": text, "label": intent})
+        records.append({"text": text, "label": intent, "tags": tags})
     return records
+
+
+def _tagged(template: str, values: dict[str, str], intent: str) -> tuple[list[str], list[str]]:
+    """The template's words, filled in, and each one's tag."""
+    words: list[str] = []
+    tags: list[str] = []
+    for piece in template.split():
+        slot = {"{room}": "ROOM", "{n}": "TIME" if intent == "set_timer" else "VALUE"}.get(piece)
+        if piece.startswith("{"):
+            filled = values[piece[1:-1]].split()
+            words += filled
+            tags += [f"B-{slot}", *[f"I-{slot}"] * (len(filled) - 1)] if slot else ["O"] * len(filled)
+        elif piece in UNITS and tags and tags[-1][2:] in ("VALUE", "TIME"):
+            words.append(piece)
+            tags.append("I-" + tags[-1][2:])
+        elif piece in DEVICES:
+            words.append(piece)
+            tags.append("I-DEVICE" if words[-2:-1] == ["ceiling"] else "B-DEVICE")
+        else:
+            words.append(piece)
+            tags.append("O")
+    return words, tags
 
 
 def write_jsonl(path: Path, records: Sequence[Mapping[str, object]]) -> Path:

@@ -53,7 +53,8 @@ _telemetry_options = together(
     "texts",
     multiple=True,
     help="A text model: a text to classify, tokenized on the device by the bundle's tokenizer "
-    "(repeatable: one sample each). Needs edgekit[text].",
+    "(repeatable: one sample each); a token classification model tags each word and prints "
+    "the entities it found. Needs edgekit[text].",
 )
 @click.option(
     "--top-k",
@@ -101,11 +102,13 @@ def run(
     telemetry = _telemetry(fields.pop("telemetry_url"), fields.pop("fleet"), fields.pop("telemetry_config"))
     isolate = fields.pop("isolate")
     model = load_model(ctx, bundle, telemetry=telemetry, isolate=isolate, **_model_options(fields))
-    if texts:
-        outputs = model.predict_text(list(texts))
+    if texts and model.manifest.text is not None and model.manifest.text.task == "tokens":
+        result = views.tag_result(model, model.tag_text(list(texts)))
+    elif texts:
+        result = views.run_result(model, model.predict_text(list(texts)), top_k)
     else:
         outputs = model.predict(load_inputs(input_values, model.manifest, model.info.inputs))
-    result = views.run_result(model, outputs, top_k)
+        result = views.run_result(model, outputs, top_k)
     model.close()
     if telemetry is not None:
         result["telemetry"] = telemetry.status

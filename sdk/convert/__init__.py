@@ -109,8 +109,9 @@ def _build(
             options.profile, options.calibration_method, options.keep_float, input_shapes=shapes
         )
         job = Job(
-            options, source, settings, inputs.calibration, evaluation, float_out, inputs.primary, reporter
-        )
+            options, source, settings, inputs.calibration, evaluation, float_out, inputs.primary, reporter,
+            inputs.labels,
+        )  # fmt: skip
         chosen, tried = [], []
         for converter, precisions in plans:
             best, candidates = select(job, converter, precisions)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edgekit.bundle import sha256
+from edgekit.classes import metric_name
 from edgekit.convert.options import ConvertOptions
 from edgekit.converters import Artifact, ConversionSettings, Converter
 from edgekit.converters.source import SourceModel
@@ -55,6 +56,8 @@ class Job:
     primary: str | None
     """The output the gate's top-1 or agreement is measured on (``--eval-output``)."""
     reporter: Reporter
+    labels: tuple[str, ...] | None = None
+    """The class names (``--labels``); for token classification, the tags."""
 
 
 def max_accuracy_drop(profile: DeviceProfile, override: float | None = None) -> float:
@@ -178,6 +181,7 @@ def _evaluate(job: Job, artifact: Artifact, backend: Backend) -> tuple[Accuracy 
         job.primary,
         job.evaluation.y,
         job.options.gate_metric,
+        job.labels,
     )
     primary = job.float_out[job.primary]
     judged = job.primary if primary.size > len(primary) else None  # more than one value per sample
@@ -208,7 +212,9 @@ def gate(
     max_drop = max_accuracy_drop(options.profile, options.max_accuracy_drop)
     problem = None
     if result["drop"] > max_drop:
-        what = "top-1 accuracy" if result["metric"] == "top1" else "top-1 agreement with float"
+        classes = result.get("classes")
+        spans = classes is not None and classes.float_model.names is not None
+        what = metric_name(result["metric"], result.get("level", "sample"), spans)
         if result.get("outputs"):
             what += f" of output '{result['output']}'"
         problem = (

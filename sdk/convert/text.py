@@ -16,8 +16,15 @@ from edgekit.data import Dataset
 from edgekit.errors import DataError, InputError
 from edgekit.manifest import ArtifactEntry, TextSpec
 from edgekit.report import Reporter
-from edgekit.samples import Samples
-from edgekit.text import MAX_TOKENIZER_BYTES, TOKENIZER_FILE, TextEncoder, TextInputs, label_indices
+from edgekit.samples import Feed, Samples
+from edgekit.text import (
+    MAX_TOKENIZER_BYTES,
+    TOKENIZER_FILE,
+    TextEncoder,
+    TextInputs,
+    align_tags,
+    label_indices,
+)
 
 DEFAULT_SEQUENCE_LENGTH = 128
 
@@ -53,18 +60,20 @@ def prepare_text(
             model_inputs(data, None, None)  # refuses text without a tokenizer
         return inputs, None
     encoder, raw = found
-    roles, length = encoder.inputs, encoder.length
+    roles, length, tokens = encoder.inputs, encoder.length, token_task(source, options)
     spec = TextSpec(
         file=TOKENIZER_FILE, sha256=sha256(raw), size=len(raw), max_length=length,
         vocab_size=encoder.vocab_size, ids=roles.ids, mask=roles.mask, type_ids=roles.type_ids,
+        task="tokens" if tokens else "sequence",
     )  # fmt: skip
     tokenized = replace(
         inputs,
-        calibration=tokenize(inputs.calibration, encoder, inputs.labels),
-        evaluation=tokenize(inputs.evaluation, encoder, inputs.labels),
+        calibration=tokenize(inputs.calibration, encoder, inputs.labels, tokens),
+        evaluation=tokenize(inputs.evaluation, encoder, inputs.labels, tokens),
     )
     if encoder.truncated:
-        reporter.note(f"{encoder.truncated} texts were longer than {length} tokens and were truncated")
+        cut = ": their words past it are not scored" if tokens else ""
+        reporter.note(f"{encoder.truncated} texts were longer than {length} tokens and were truncated{cut}")
     return tokenized, BundledTokenizer(spec, raw, encoder)
 
 
@@ -115,13 +124,42 @@ def _check_vocabulary(source: SourceModel, encoder: TextEncoder) -> None:
         )
 
 
-def tokenize(data: Dataset | None, encoder: TextEncoder, names: tuple[str, ...] | None) -> Dataset | None:
+def token_task(source: SourceModel, options: ConvertOptions) -> bool:
+    """Token classification: the judged output (``--eval-output``, else the only one) has a
+    score per token, shaped (batch, tokens, tags)."""
+    outputs = [o for o in source.outputs if options.eval_output in (None, o.name)]
+    return len(outputs) == 1 and len(outputs[0].shape) == 3
+
+
+def tokenize(
+    data: Dataset | None, encoder: TextEncoder, names: tuple[str, ...] | None, tokens: bool = False
+) -> Dataset | None:
+    """Texts as model inputs; labels as class indices, or for ``tokens`` tags as a (samples,
+    tokens) array with each word's tag at its first token and ``IGNORED`` elsewhere."""
     if data is None or data.text is None:
         return data
-    feed = encoder.encode(list(data.text.texts))
-    labels = data.text.labels
-    y = None if labels is None else label_indices(labels, names, f"data {data.path}")
-    return Dataset(data.path, Samples(feed), y, data.text)
+    text, where = data.text, f"data {data.path}"
+    if tokens and text.tags is None and text.labels is not None:
+        raise DataError(f'{where}: the model tags every token; give each record "tags", one per word')
+    if not tokens and text.labels is None and text.tags is not None:
+        raise DataError(f'{where}: the model classifies whole texts; give each record a "label"')
+    if not tokens:
+        labels = text.labels
+        y = None if labels is None else label_indices(labels, names, where)
+        return Dataset(data.path, Samples(encoder.encode(list(text.texts))), y, text)
+    feed, starts = encoder.encode_words(list(text.texts))
+    return Dataset(data.path, Samples(feed), _tag_array(text.tags, starts, names, where, feed), text)
+
+
+def _tag_array(
+    tags: tuple[tuple, ...] | None, starts: list[list[int]], names: tuple[str, ...] | None, where: str,
+    feed: Feed,
+) -> np.ndarray | None:  # fmt: skip
+    if tags is None:
+        return None
+    flat = iter(label_indices(tuple(t for row in tags for t in row), names, where).tolist())
+    indices = [[next(flat) for _ in row] for row in tags]
+    return align_tags(indices, starts, next(iter(feed.values())).shape[1])
 
 
 def model_inputs(

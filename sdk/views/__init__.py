@@ -10,7 +10,7 @@ from edgekit.views.bundles import (
     size,
 )
 from edgekit.views.fit import fit_json, print_fit
-from edgekit.views.running import model_info, print_bench, print_run, run_result
+from edgekit.views.running import model_info, print_bench, print_run, run_result, tag_result
 
 __all__ = [
     "convert_json",
@@ -25,4 +25,5 @@ __all__ = [
     "profiles_table",
     "run_result",
     "size",
+    "tag_result",
 ]

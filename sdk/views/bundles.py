@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from edgekit.classes import metric_name
 from edgekit.manifest import ArtifactEntry, Manifest
 from edgekit.profiles import DeviceProfile
 from edgekit.views.classes import class_table
@@ -148,7 +149,8 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: b
         why = "no float model to compare" if ready_made else "no --eval"
         table.add_row("accuracy", f"[yellow]not checked ({why})[/]")
     else:
-        what = {"top1": "top-1", "macro-f1": "macro-F1"}.get(a.metric, "top-1 agreement")
+        spans = a.classes is not None and a.classes.float_model.names is not None
+        what = metric_name(a.metric, a.level, spans)
         table.add_row(
             "accuracy",
             f"{mark(a.drop <= a.max_drop)} {what} {a.float_model:.2f}% float → "

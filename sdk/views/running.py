@@ -42,6 +42,23 @@ def run_result(model: Any, outputs: Any, top_k: int | None) -> dict[str, Any]:
     return result
 
 
+def tag_result(model: Any, tagged: list[list[tuple[str, str | None]]]) -> dict[str, Any]:
+    """A token classification run: each text's words with their tags, and the entity spans."""
+    from edgekit.spans import entities
+
+    texts = []
+    for words in tagged:
+        spans = entities([tag or "O" for _, tag in words])
+        texts.append({
+            "words": [{"word": word, "tag": tag} for word, tag in words],
+            "entities": [
+                {"type": kind, "text": " ".join(w for w, _ in words[first : last + 1])}
+                for kind, first, last in spans
+            ],
+        })  # fmt: skip
+    return {"model": model_info(model), "texts": texts}
+
+
 def print_run(out: Console, model: Any, result: dict[str, Any]) -> None:
     info = model.info
     out.print(
@@ -56,6 +73,13 @@ def print_run(out: Console, model: Any, result: dict[str, Any]) -> None:
             f"{status['sent']} message(s) delivered{waiting}[/]",
             highlight=False,
         )
+    if "texts" in result:
+        table = Table("text", "entities", box=None, padding=(0, 2))
+        for text in result["texts"]:
+            found = ", ".join(f"{e['type']}: {e['text']}" for e in text["entities"]) or "-"
+            table.add_row(" ".join(w["word"] for w in text["words"]), found)
+        out.print(table)
+        return
     if "top_k" in result:
         table = Table("sample", "rank", "class", "label", "score", box=None, padding=(0, 2))
         for sample, ranked in enumerate(result["top_k"]):
