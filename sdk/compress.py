@@ -28,6 +28,7 @@ import numpy as np
 
 from edgekit.errors import DataError, ModelFormatError
 from edgekit.report import Reporter, SilentReporter
+from edgekit.text import IGNORED
 
 PRUNABLE = ("Conv2D", "Dense", "DepthwiseConv2D")
 PASS_THROUGH = (
@@ -143,10 +144,21 @@ def _fine_tune(
         )  # fmt: skip
 
 
+def one_hot(y: np.ndarray, classes: int) -> np.ndarray:
+    """Labels (any shape) as one-hot rows on a new last axis; ``IGNORED`` as all zeros."""
+    y = np.asarray(y)
+    rows = np.zeros((*y.shape, classes), np.float32)
+    known = y != IGNORED
+    rows[(*np.nonzero(known), y[known])] = 1.0
+    return rows
+
+
 def _hard_loss(model: Any) -> Any:
     import keras
 
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(model))
+    return keras.losses.SparseCategoricalCrossentropy(
+        from_logits=not ends_in_softmax(model), ignore_class=IGNORED
+    )
 
 
 def ends_in_softmax(model: Any) -> bool:
@@ -260,8 +272,9 @@ def distill(
     """Train ``student`` (an untrained Keras model) to mimic ``teacher``.
 
     Loss: ``alpha`` × cross-entropy with the labels + (1 − ``alpha``) × T² × KL(teacher ‖
-    student) on outputs softened at temperature T (Hinton et al., 2015). Models ending in
-    softmax are compared through their log-probabilities. Returns the trained student,
+    student) on outputs softened at temperature T (Hinton et al., 2015), per sample or, for
+    a token classifier, per token (tokens labelled ``IGNORED`` learn from the teacher alone).
+    Models ending in softmax are compared through their log-probabilities. Returns the trained student,
     compiled with the plain label loss, so it saves and converts like any Keras model.
     """
     import keras
@@ -277,13 +290,11 @@ def distill(
         teacher_out = teacher.predict(x, batch_size=256, verbose=0)
         advance(1)
     teacher_logits = np.log(np.clip(teacher_out, 1e-7, 1.0)) if ends_in_softmax(teacher) else teacher_out
-    targets = np.concatenate(
-        [np.eye(classes, dtype=np.float32)[y], teacher_logits.astype(np.float32)], axis=1
-    )
+    targets = np.concatenate([one_hot(y, classes), teacher_logits.astype(np.float32)], axis=-1)
     student_softmax = ends_in_softmax(student)
 
     def loss(y_true: Any, y_pred: Any) -> Any:
-        labels, soft = y_true[:, :classes], y_true[:, classes:]
+        labels, soft = y_true[..., :classes], y_true[..., classes:]
         logits = ops.log(ops.clip(y_pred, 1e-7, 1.0)) if student_softmax else y_pred
         hard = keras.losses.categorical_crossentropy(labels, logits, from_logits=True)
         teacher_p = ops.softmax(soft / temperature)

@@ -32,6 +32,7 @@ import numpy as np
 
 from edgekit.compress import ends_in_softmax
 from edgekit.errors import ModelFormatError
+from edgekit.text import IGNORED
 
 ATTENTION = "MultiHeadAttention"
 SCORING_SAMPLES = 512
@@ -140,7 +141,9 @@ def importance(
     variables.update(
         {inner: _weight(model.get_layer(outer), "kernel") for inner, (outer, _) in units.feed_forward.items()}
     )
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=not ends_in_softmax(model))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=not ends_in_softmax(model), ignore_class=IGNORED
+    )
     scores = {name: np.zeros(int(v.shape[0])) for name, v in variables.items()}  # heads, neurons lead
     for start in range(0, count, batch_size):
         rows = slice(start, start + batch_size)

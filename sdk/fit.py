@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edgekit.convert import ConvertOptions, ConvertResult, Inputs, build, max_accuracy_drop, write
 from edgekit.convert.plan import primary_output, read_labels
-from edgekit.convert.text import model_inputs, text_encoder
+from edgekit.convert.text import model_inputs, text_encoder, token_task
 from edgekit.converters import Converter
 from edgekit.converters.source import detect_kind, load_source
 from edgekit.data import check_dataset, load_dataset
@@ -81,7 +81,8 @@ class FitResult:
 def fit(options: FitOptions, reporter: Reporter | None = None) -> FitResult:
     reporter = reporter or SilentReporter()
     evaluation = load_dataset(options.evaluation, "evaluation")
-    if evaluation.y is None and (evaluation.text is None or evaluation.text.labels is None):
+    text = evaluation.text
+    if evaluation.y is None and (text is None or (text.labels is None and text.tags is None)):
         raise DataError(f"evaluation data {options.evaluation}: fit compares top-1, so it needs labels")
     kind = detect_kind(options.model)
     calibration = load_dataset(options.calibration, "calibration") if options.calibration else None
@@ -164,8 +165,10 @@ def _convert_options(options: FitOptions, precision: str, fmt: str, ratio: float
 def _baseline_top1(options: FitOptions, data: Inputs) -> float:
     """The unpruned float model's top-1 on the evaluation data (tokenized, for a text model)."""
     with load_source(options.model, None, data.kind) as source:
-        found = text_encoder(source, _convert_options(options, "fp32", "onnx", 0.0))
-        evaluation = model_inputs(data.evaluation, found[0] if found else None, data.labels)
+        conv = _convert_options(options, "fp32", "onnx", 0.0)
+        found = text_encoder(source, conv)
+        tokens = found is not None and token_task(source, conv)
+        evaluation = model_inputs(data.evaluation, found[0] if found else None, data.labels, tokens)
         assert evaluation is not None and evaluation.y is not None
         checked, _ = check_dataset(evaluation, source.inputs, "evaluation", force=True)
         outputs = run_samples(source.predict, checked.samples, lambda n: None)

@@ -77,6 +77,7 @@ def test_voice_commands(tmp_path: Path) -> None:
     assert numbers["heads"] == [16, 8] and numbers["pruned_parameters"] < 0.75 * numbers["parameters"]
     assert numbers["top1_before"] - numbers["top1_after"] <= 2.0 and numbers["artifact_top1"] >= 90
     assert numbers["jetson_precision"] in ("fp16", "int8") and numbers["spoken_right"] >= 5
+    assert numbers["slots_micro_f1"] >= 90 and numbers["slots_macro_f1_float"] - numbers["slots_macro_f1"] <= 1
     assert summary["telemetry"] is BROKER
     if BROKER:
         assert numbers["captured"] == 6  # every spoken command, de-identified (checked by the example)

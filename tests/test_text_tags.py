@@ -158,3 +158,21 @@ def test_tags_for_a_model_that_classifies_whole_texts_are_refused(
     with pytest.raises(DataError, match=r'the model tags every token; give each record "tags", one per word'):
         convert(ConvertOptions(model=tagger_files["model"], tokenizer=tagger_files["tokenizer"],
                                evaluation=labelled, output=tmp_path / "b.ekb", **options))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_pruned_slot_tagger_is_distilled_token_by_token(
+    tagger_files: dict[str, Path], tmp_path: Path
+) -> None:
+    pruned = convert(ConvertOptions(
+        model=tagger_files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "pruned.ekb",
+        format="onnx", precision="fp32", tokenizer=tagger_files["tokenizer"], evaluation=tagger_files["evaluation"],
+        labels=tagger_files["labels"], prune=0.5, train_data=tagger_files["train"], prune_epochs=2,
+    ))  # fmt: skip
+    record = pruned.manifest.compression
+    assert record is not None and record.method == "heads" and record.distilled
+    assert (record.heads, record.neurons) == ((2, 1), (64, 32)) and record.train_samples == 800
+    assert record.top1_before is not None and record.top1_after is not None  # per word
+    assert record.top1_before - record.top1_after <= 2.0
+    report = pruned.manifest.artifacts[0].metrics.accuracy.classes.artifact
+    assert report.micro.f1 > 0.85

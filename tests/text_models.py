@@ -100,11 +100,14 @@ def slot_tagger(folder: Path, vocab: int, seed: int = 0) -> dict[str, Path]:
         "model": folder / "slots.keras",
         "tokenizer": tokenizer,
         "calibration": write_jsonl(folder / "calib.jsonl", [{"text": r["text"]} for r in train[:100]]),
-        "evaluation": write_jsonl(
-            folder / "eval.jsonl", [{"text": r["text"], "tags": r["tags"]} for r in held]
-        ),
+        "evaluation": write_jsonl(folder / "eval.jsonl", [_tagged(r) for r in held]),
+        "train": write_jsonl(folder / "train.jsonl", [_tagged(r) for r in train]),
         "labels": folder / "tags.txt",
     }
+
+
+def _tagged(record: dict[str, Any]) -> dict[str, Any]:
+    return {"text": record["text"], "tags": record["tags"]}
 
 
 def intent_classifier(folder: Path, vocab: int, seed: int = 0) -> dict[str, Path]:

@@ -1,5 +1,6 @@
 """Voice commands: a smart-home hub understands what it is told, with a BERT-class encoder
-pruned to half its heads and feed-forward neurons, tokenized on the hub itself.
+pruned to half its heads and feed-forward neurons, and finds the slots of each command
+(room, device, value, time) with a slot tagger, both tokenized on the hub itself.
 
     python examples/voice_commands/run.py [--quick] [--out build/voice_commands]
 
@@ -9,7 +10,9 @@ WordPiece tokenizer is trained on them with Hugging Face `tokenizers`, and a 4-l
 the least important half of every layer's attention heads and feed-forward neurons, distils
 the smaller model from the full one, gates it on the held-out commands, and bundles the
 tokenizer. It is converted for a Raspberry Pi 5 and a Jetson Orin Nano, signed, installed
-on the hub, and run from text. With Mosquitto, the hub reports to the fleet, and the texts
+on the hub, and run from text. A smaller encoder of the same design tags every word's slot
+(B-ROOM, I-ROOM, ... O); it is gated on the span macro-F1 of its slots, counted as seqeval
+counts them. With Mosquitto, the hub reports to the fleet, and the texts
 it captures arrive with numbers, e-mail addresses and the household's names masked.
 Exit code 1 if a check fails.
 """
@@ -26,14 +29,16 @@ import numpy as np
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from common import Checks, Machines, arguments, heading, local_broker, run  # noqa: E402
-from corpus import INTENTS, commands, train_tokenizer, write_jsonl  # noqa: E402
-from encoder import build_encoder, encode  # noqa: E402
+from corpus import INTENTS, TAGS, commands, train_tokenizer, write_jsonl  # noqa: E402
+from encoder import build_encoder, encode, tag_targets  # noqa: E402
 
 from edgekit.console import quiet_native_output  # noqa: E402
 
 FLEET = "home-hubs"
 HOUSEHOLD = ("Alice", "Bob")
 """The names the hub's owner lists in its telemetry config (deid_names)."""
+SLOTS_HEARD = {0: ("ROOM", "kitchen"), 1: ("VALUE", "21 degrees"), 2: ("TIME", "5 minutes")}
+"""Slots the tagger must find in the first spoken commands."""
 SPOKEN = [
     ("turn on the kitchen lights", "lights_on"),
     ("could you set the bedroom to 21 degrees", "set_temperature"),
@@ -56,9 +61,12 @@ def main() -> int:
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "eval.jsonl", held)
     write_jsonl(out / "calib.jsonl", [{"text": r["text"]} for r in train[:200]])
+    write_jsonl(out / "slots-eval.jsonl", [{"text": r["text"], "tags": r["tags"]} for r in held])
     (out / "intents.txt").write_text("\n".join(INTENTS) + "\n")
+    (out / "tags.txt").write_text("\n".join(TAGS) + "\n")
     print("e.g. " + "; ".join(f"{r['text']!r} → {r['label']}" for r in train[:3]))
     parameters = _train(out, tokenizer, train, held, epochs)
+    _train_tagger(out, tokenizer, train, epochs)
 
     heading("2. prune half the heads and feed-forward neurons, distil, convert for a Raspberry Pi 5")
     key = out / "operator" / "publisher.key"
@@ -79,11 +87,22 @@ def main() -> int:
         "-o", out / "intent-jetson.ekb", *common,
     )  # fmt: skip
 
-    heading("4. the hub: trust the publisher, install, and understand commands from text")
+    heading("4. the slot tagger for the Raspberry Pi 5, gated on the span macro-F1 of its slots")
+    slots = machines.edgekit(
+        "convert", out / "slots.keras", "--target", "raspberry-pi-5", "--tokenizer", tokenizer,
+        "--calibration", out / "calib.jsonl", "--eval", out / "slots-eval.jsonl",
+        "--labels", out / "tags.txt", "--gate-metric", "macro-f1", "--name", "slots", "--sign-key", key,
+        "--report", out / "slots-pi5.html",
+        "-o", out / "slots-pi5.ekb", "--json",
+    )  # fmt: skip
+
+    heading("5. the hub: trust the publisher, install, and understand commands from text")
     machines.device("keys", "init", "--device")
     machines.device("trust", "add", key.with_suffix(".pub"))
     machines.device("install", out / "intent-pi5.ekb")
+    machines.device("install", out / "slots-pi5.ekb")
     machines.device("run", "intent", "--text", SPOKEN[0][0])
+    machines.device("run", "slots", "--text", SPOKEN[1][0])
     machines.edgekit("fleet", "init", FLEET, "--dir", out / "operator" / "fleet")
     device_fleet = machines.device_home / "fleets" / FLEET
     device_fleet.mkdir(parents=True)
@@ -92,9 +111,10 @@ def main() -> int:
     with local_broker(out / "broker") as broker:
         if broker:  # the collector subscribes first, so the broker keeps the fleet's messages for it
             _collect(machines, broker, out, "--duration", "0.5")
-        heard = _on_the_hub(machines, broker)
+        heard, found = _on_the_hub(machines, broker)
         captured = _collect(machines, broker, out, "--idle", "3") if broker else []
     _checks(checks, parameters, pi, jetson, heard)
+    _slot_checks(checks, slots, found)
     if broker is not None:
         _privacy_checks(checks, captured)
     return checks.finish(telemetry=broker is not None)
@@ -122,8 +142,21 @@ def _train(
     return int(model.count_params())
 
 
-def _on_the_hub(machines: Machines, broker: Any) -> list[str]:
-    """The hub's own program: text in, intents out, reported to the fleet."""
+def _train_tagger(out: Path, tokenizer: Path, train: list[dict[str, Any]], epochs: int) -> None:
+    with quiet_native_output():
+        import keras
+
+        keras.utils.set_random_seed(0)
+        model = build_encoder(vocab=1000, classes=len(TAGS), layers=2, hidden=128, per_token=True)
+        model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+        x, y, weights = tag_targets(str(tokenizer), train)
+        model.fit(x, y, sample_weight=weights, epochs=2 * epochs, batch_size=32, verbose=0)
+        model.save(out / "slots.keras")
+    print(f"slot tagger: {model.count_params():,} parameters, {len(TAGS)} tags")
+
+
+def _on_the_hub(machines: Machines, broker: Any) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """The hub's own program: text in, intents and slots out, intents reported to the fleet."""
     with machines.on_device(), quiet_native_output():
         from edgekit.runtime import Model, Telemetry
 
@@ -143,10 +176,17 @@ def _on_the_hub(machines: Machines, broker: Any) -> list[str]:
         model = Model.load("intent", telemetry=telemetry)
         scores = model.predict_text([text for text, _ in SPOKEN])
         model.close()
+        with Model.load("slots") as tagger:
+            tagged = tagger.tag_text([text for text, _ in SPOKEN])
+    from edgekit.spans import entities
+
     heard = [INTENTS[i] for i in np.argmax(scores, axis=-1)]  # type: ignore[call-overload]
-    for (text, _), intent in zip(SPOKEN, heard, strict=True):
-        print(f"  {text!r:<75} → {intent}")
-    return heard
+    found = []
+    for (text, _), intent, words in zip(SPOKEN, heard, tagged, strict=True):
+        spans = entities([tag or "O" for _, tag in words])
+        found.append([(kind, " ".join(w for w, _ in words[a : b + 1])) for kind, a, b in spans])
+        print(f"  {text!r:<75} → {intent} " + ", ".join(f"{k}={v!r}" for k, v in found[-1]))
+    return heard, found
 
 
 def _collect(machines: Machines, broker: Any, out: Path, *until: str) -> list[str]:
@@ -192,6 +232,22 @@ def _checks(
     )
     checks.check("the Jetson bundle is not dynamic int8", precision != "dynamic", f"precision {precision}")
     checks.check("the hub understands what it is told", right >= len(SPOKEN) - 1, f"{right} of {len(SPOKEN)}")
+
+
+def _slot_checks(checks: Checks, slots: dict[str, Any], found: list[list[tuple[str, str]]]) -> None:
+    accuracy = slots["manifest"]["artifacts"][0]["metrics"]["accuracy"]
+    artifact = accuracy["classes"]["artifact"]
+    checks.numbers.update({
+        "slots_precision": slots["manifest"]["artifacts"][0]["precision"],
+        "slots_macro_f1_float": accuracy["float_model"], "slots_macro_f1": accuracy["artifact"],
+        "slots_micro_f1": 100 * artifact["micro"]["f1"],
+    })  # fmt: skip
+    checks.check(
+        "the slot tagger finds the slots", artifact["micro"]["f1"] >= 0.9,
+        f"span micro-F1 {100 * artifact['micro']['f1']:.1f}% >= 90%",
+    )  # fmt: skip
+    missed = [slot for i, slot in SLOTS_HEARD.items() if slot not in found[i]]
+    checks.check("the hub hears the room, the value and the time", not missed, f"missed {missed}")
 
 
 def _privacy_checks(checks: Checks, texts: list[str]) -> None:

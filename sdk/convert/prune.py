@@ -14,7 +14,7 @@ from edgekit.convert.candidate import max_accuracy_drop
 from edgekit.convert.manifest import default_name
 from edgekit.convert.options import ConvertOptions
 from edgekit.convert.plan import Inputs
-from edgekit.convert.text import model_inputs, text_encoder
+from edgekit.convert.text import model_inputs, text_encoder, token_task
 from edgekit.converters.source import load_source
 from edgekit.data import Dataset, load_dataset
 from edgekit.errors import AccuracyBudgetError, DataError, ModelFormatError
@@ -37,10 +37,11 @@ def prune_source(
     with load_source(options.model, options.input_shape, inputs.kind) as source:
         found = text_encoder(source, options)
         encoder = found[0] if found else None
+        tokens = encoder is not None and token_task(source, options)
         data = _Data(
-            _training_data(options, encoder, inputs.labels, reporter),
-            model_inputs(inputs.evaluation, encoder, inputs.labels),
-            model_inputs(inputs.calibration, encoder, inputs.labels),
+            _training_data(options, encoder, inputs.labels, reporter, tokens),
+            model_inputs(inputs.evaluation, encoder, inputs.labels, tokens),
+            model_inputs(inputs.calibration, encoder, inputs.labels, tokens),
         )
         model = source.keras_model
         if options.prune_mode == "structured" and is_transformer(model):
@@ -119,17 +120,22 @@ def _prune_heads(
 
 
 def _training_data(
-    options: ConvertOptions, encoder: TextEncoder | None, labels: tuple[str, ...] | None, reporter: Reporter
+    options: ConvertOptions,
+    encoder: TextEncoder | None,
+    labels: tuple[str, ...] | None,
+    reporter: Reporter,
+    tokens: bool = False,
 ) -> tuple[Any, np.ndarray] | None:
     if options.train_data is None:
         reporter.warn("--prune without --train-data: pruned once, not fine-tuned; accuracy will suffer")
         return None
-    data = model_inputs(load_dataset(options.train_data, "training"), encoder, labels)
+    data = model_inputs(load_dataset(options.train_data, "training"), encoder, labels, tokens)
     assert data is not None
     if data.y is None:
+        what = '"tags" on every .jsonl line' if tokens else 'a "label" on every .jsonl line'
         raise DataError(
             f"training data {options.train_data}: --prune fine-tunes on labels; "
-            'save it with y=labels (or a "label" on every .jsonl line)'
+            f"save it with y=labels (or {what})"
         )
     return keras_inputs(data), data.y
 

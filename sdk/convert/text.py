@@ -163,9 +163,9 @@ def _tag_array(
 
 
 def model_inputs(
-    data: Dataset | None, encoder: TextEncoder | None, labels: tuple[str, ...] | None
+    data: Dataset | None, encoder: TextEncoder | None, labels: tuple[str, ...] | None, tokens: bool = False
 ) -> Dataset | None:
     """``data`` as the model takes it: .jsonl texts tokenized by ``encoder``, which they need."""
     if data is not None and data.text is not None and encoder is None:
         raise DataError("a .jsonl data file holds text: pass the model's --tokenizer tokenizer.json")
-    return tokenize(data, encoder, labels) if encoder is not None else data
+    return tokenize(data, encoder, labels, tokens) if encoder is not None else data
