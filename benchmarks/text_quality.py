@@ -4,7 +4,8 @@
 
 The model is examples/voice_commands' encoder (4 layers, hidden 256, 4 heads, 8 intents),
 trained here on its generated commands. "pruned" is edgekit's head and feed-forward pruning
-at 0.5, distilled from the unpruned model, as `convert --prune 0.5` does it. Each artifact is
+at 0.5, distilled from the unpruned model, as `convert --prune 0.5` does it; "3 blocks" is
+that and one whole block dropped, as `--prune 0.5 --drop-layers 1` does it. Each artifact is
 made by edgekit's converters and timed in the bare engine (an ONNX Runtime session, a LiteRT
 interpreter) at batch 1, sequence 32 and 128, as a ratio to the unpruned fp32 ONNX model at
 the same length. "fused" is ONNX Runtime's transformer optimizer (model_type bert) run on the
@@ -58,22 +59,32 @@ def train(folder: Path) -> tuple[Any, dict[str, Any]]:
     return model, data
 
 
-def pruned(model: Any, data: dict[str, Any]) -> tuple[Any, dict[str, np.ndarray]]:
+def pruned(model: Any, data: dict[str, Any], drop: int = 0) -> tuple[Any, Any]:
+    """As ``convert --prune 0.5 [--drop-layers drop]`` does it: score, prune, drop blocks, distil."""
     from edgekit.compress import distill
-    from edgekit.compress_transformer import find_units, importance, prune_transformer
+    from edgekit.compress_layers import drop_blocks
+    from edgekit.compress_transformer import LEARNING_RATE, find_units, importance, prune_transformer
 
     scores = importance(model, find_units(model), data["x"], data["y"])
     student, _ = prune_transformer(model, 0.5, scores)
-    return distill(model, student, (data["x"], data["y"]), epochs=3), scores
+    dropped: list[str] = []
+    if drop:
+        student, dropped = drop_blocks(student, drop, data["x"], data["y"])
+    student = distill(model, student, (data["x"], data["y"]), epochs=3, learning_rate=LEARNING_RATE)
+    return student, (scores, dropped)
 
 
-def longer(model: Any, length: int, scores: dict[str, np.ndarray] | None) -> Any:
+def longer(model: Any, length: int, kept: Any) -> Any:
     """The same weights at ``length`` tokens: the position table repeated."""
+    from edgekit.compress_layers import find_blocks, rewired
     from edgekit.compress_transformer import prune_transformer
 
     wide = build_encoder(1000, len(INTENTS), length=length)
-    if scores is not None:
+    if kept is not None:
+        scores, dropped = kept
         wide, _ = prune_transformer(wide, 0.5, scores)
+        blocks = find_blocks(wide)
+        wide = rewired(wide, blocks, [i for i, b in enumerate(blocks) if b.attention in dropped])
     for layer in model.layers:
         weights = layer.get_weights()
         if layer.name == "positions":
@@ -165,9 +176,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model, data = train(folder)
-        small, importance_scores = pruned(model, data)
+        small, kept = pruned(model, data)
+        shallow, shallow_kept = pruned(model, data, drop=1)
+        print(f"  pruned and dropped the block of {shallow_kept[1]}", file=sys.stderr)
         rows: dict[tuple[str, str], dict[str, Any]] = {}
-        for label, keras_model, kept in (("unpruned", model, None), ("pruned", small, importance_scores)):
+        variants = (("unpruned", model, None), ("pruned", small, kept), ("3 blocks", shallow, shallow_kept))
+        for label, keras_model, kept in variants:
             for length in LENGTHS:
                 variant = keras_model if length == 32 else longer(keras_model, length, kept)
                 for name, content in artifacts(variant, folder, data, length).items():

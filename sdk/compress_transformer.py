@@ -39,6 +39,11 @@ SCORING_SAMPLES = 512
 """Importance is estimated on the first this many samples: the ranking settles well before
 (Michel et al. score on a subset), and each batch costs a full backward pass."""
 PASS_THROUGH = ("Activation", "Dropout", "ReLU")
+LEARNING_RATE = 3e-4
+"""Adam's rate for distilling a pruned transformer. Transformers fine-tune at small rates
+(BERT: 2e-5 to 5e-5). Measured on examples/voice_commands' encoder at --prune 0.5 with 3
+epochs: macro-F1 96.3 at 1e-3 (distill's default), 98.8 at 3e-4 and 98.7 at 1e-4, against
+99.5 unpruned."""
 _HEAD_AXIS = {"query/kernel": 1, "query/bias": 0, "key/kernel": 1, "key/bias": 0,
               "value/kernel": 1, "value/bias": 0, "attention_output/kernel": 0}  # fmt: skip
 

@@ -180,8 +180,9 @@ class TextSpec(Strict):
 class Compression(Strict):
     """Pruning applied to the source model before conversion (``convert --prune``)."""
 
-    method: Literal["structured", "magnitude", "heads"] = Field(
-        description="heads: a transformer's attention heads and feed-forward neurons"
+    method: Literal["structured", "magnitude", "heads", "layers"] = Field(
+        description="heads: a transformer's attention heads and feed-forward neurons (and maybe "
+        "whole blocks); layers: whole transformer blocks only"
     )
     sparsity: float
     parameters_before: int
@@ -193,6 +194,8 @@ class Compression(Strict):
     heads: tuple[int, int] | None = Field(default=None, description="attention heads before, after")
     neurons: tuple[int, int] | None = Field(default=None, description="feed-forward neurons before, after")
     distilled: bool = Field(default=False, description="fine-tuned against the unpruned model's outputs")
+    layers: tuple[int, int] | None = Field(default=None, description="transformer blocks before, after")
+    dropped: tuple[str, ...] = Field(default=(), description="the dropped blocks, by their attention layer")
 
 
 class Manifest(Strict):

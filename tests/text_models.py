@@ -58,8 +58,9 @@ def encode(tokenizer: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _encoder(vocab: int) -> tuple[Any, Any, Any]:
-    """Token ids and mask in, one masked attention block's token vectors out."""
+def _encoder(vocab: int, blocks: int = 1) -> tuple[Any, Any, Any]:
+    """Token ids and mask in, ``blocks`` masked attention blocks' token vectors out (layers
+    attention, ffn_in, ffn_out, then attention_1, ffn_in_1, ...)."""
     import keras
     from keras import layers, ops
 
@@ -68,13 +69,15 @@ def _encoder(vocab: int) -> tuple[Any, Any, Any]:
     positions = ops.arange(LENGTH)
     x = layers.Embedding(vocab, 32)(ids) + layers.Embedding(LENGTH, 32)(positions)
     keep = ops.cast(mask, "bool")
-    attended = layers.MultiHeadAttention(num_heads=2, key_dim=16, name="attention")(
-        x, x, attention_mask=ops.logical_and(keep[:, None, :], keep[:, :, None])
-    )
-    x = layers.LayerNormalization()(x + attended)
-    x = layers.LayerNormalization()(
-        x + layers.Dense(32, name="ffn_out")(layers.Dense(64, activation="gelu", name="ffn_in")(x))
-    )
+    pairs = ops.logical_and(keep[:, None, :], keep[:, :, None])
+    for block in range(blocks):
+        suffix = f"_{block}" if block else ""
+        attended = layers.MultiHeadAttention(num_heads=2, key_dim=16, name=f"attention{suffix}")(
+            x, x, attention_mask=pairs
+        )
+        x = layers.LayerNormalization()(x + attended)
+        inner = layers.Dense(64, activation="gelu", name=f"ffn_in{suffix}")(x)
+        x = layers.LayerNormalization()(x + layers.Dense(32, name=f"ffn_out{suffix}")(inner))
     return ids, mask, x
 
 
@@ -110,7 +113,7 @@ def _tagged(record: dict[str, Any]) -> dict[str, Any]:
     return {"text": record["text"], "tags": record["tags"]}
 
 
-def intent_classifier(folder: Path, vocab: int, seed: int = 0) -> dict[str, Path]:
+def intent_classifier(folder: Path, vocab: int, seed: int = 0, blocks: int = 1) -> dict[str, Path]:
     """Train the encoder on generated commands; its files: model, tokenizer, training,
     calibration and evaluation data (.jsonl), and the intent names."""
     import keras
@@ -119,7 +122,7 @@ def intent_classifier(folder: Path, vocab: int, seed: int = 0) -> dict[str, Path
     keras.utils.set_random_seed(seed)
     train, held = commands(800, seed), commands(120, seed + 1)
     tokenizer = train_tokenizer(folder / "tokenizer.json", [str(r["text"]) for r in train], vocab)
-    ids, mask, x = _encoder(vocab)
+    ids, mask, x = _encoder(vocab, blocks)
     weights = ops.cast(mask, "float32")[:, :, None]
     pooled = ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
     out = layers.Dense(len(INTENTS), activation="softmax", name="intent")(pooled)

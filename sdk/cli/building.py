@@ -152,6 +152,16 @@ _pruning_options = together(
         show_default=True,
         help="Fine-tuning epochs after pruning.",
     ),
+    click.option(
+        "--drop-layers",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        metavar="N",
+        help="A transformer: remove N whole blocks (attention, feed-forward and norms), each the "
+        "one whose removal raises the loss least, then distil from the full model. Works with or "
+        "without --prune; the last block stays.",
+    ),
 )
 
 _override_options = together(

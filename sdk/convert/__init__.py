@@ -71,11 +71,11 @@ def build(
     if options.sign_key:
         load_signing_key(options.sign_key)  # a missing or wrong key fails before any work
     inputs = inputs or Inputs.read(options, kind)
-    if options.prune is None:
+    if options.prune is None and not options.drop_layers:
         return _build(options, inputs, plans, reporter, {})
     with tempfile.TemporaryDirectory(prefix="edgekit-prune-") as tmp:
         pruned, compression = prune_source(options, inputs, Path(tmp), reporter)
-        pruned_options = replace(options, model=pruned, prune=None)
+        pruned_options = replace(options, model=pruned, prune=None, drop_layers=0)
         return _build(
             pruned_options, replace(inputs, kind="keras"), plans, reporter, {"compression": compression}
         )

@@ -53,6 +53,8 @@ class ConvertOptions:
     train_data: Path | None = None
     """.npz with x and integer labels y, to fine-tune the pruned model."""
     prune_epochs: int = 5
+    drop_layers: int = 0
+    """A transformer: whole blocks to remove, each the one whose removal costs the least loss."""
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,11 @@ def prune_source(
             model_inputs(inputs.calibration, encoder, inputs.labels, tokens),
         )
         model = source.keras_model
-        if options.prune_mode == "structured" and is_transformer(model):
+        if options.drop_layers and not is_transformer(model):
+            raise ModelFormatError(
+                f"--drop-layers removes transformer blocks, and {options.model} has no attention layer"
+            )
+        if options.drop_layers or (options.prune_mode == "structured" and is_transformer(model)):
             pruned, record = _prune_heads(model, options, data, reporter)
         else:
             pruned, record = _prune_layers(model, options, data.train, reporter)
@@ -92,7 +96,8 @@ def _prune_heads(
     """Score heads and neurons on the training data (else the evaluation, else the
     calibration data), prune, then distill from the unpruned model."""
     from edgekit.compress import distill, parameter_count
-    from edgekit.compress_transformer import find_units, importance, prune_transformer
+    from edgekit.compress_layers import drop_blocks
+    from edgekit.compress_transformer import LEARNING_RATE, find_units, importance, prune_transformer
 
     units = find_units(model)
     scoring = data.train or next(
@@ -100,14 +105,29 @@ def _prune_heads(
     )
     if scoring is None:
         raise DataError("--prune on a transformer scores its heads on data: give --train-data or --eval")
-    with reporter.progress("Scoring attention heads", 1) as advance:
-        scores = importance(model, units, scoring[0], scoring[1])
-        advance(1)
-    pruned, left = prune_transformer(model, options.prune or 0.0, scores)
+    pruned, left = model, units
+    if options.prune:
+        with reporter.progress("Scoring attention heads", 1) as advance:
+            scores = importance(model, units, scoring[0], scoring[1])
+            advance(1)
+        pruned, left = prune_transformer(model, options.prune, scores)
+    dropped: list[str] = []
+    if options.drop_layers:
+        with reporter.progress("Choosing the blocks to drop", options.drop_layers) as advance:
+            pruned, dropped = drop_blocks(pruned, options.drop_layers, scoring[0], scoring[1], advance)
+        reporter.note(f"dropped the blocks of {', '.join(dropped)}")
+        left = find_units(pruned)
     if data.train is not None:
-        pruned = distill(model, pruned, data.train, epochs=options.prune_epochs, reporter=reporter)
+        pruned = distill(
+            model,
+            pruned,
+            data.train,
+            epochs=options.prune_epochs,
+            learning_rate=LEARNING_RATE,
+            reporter=reporter,
+        )
     return pruned, Compression(
-        method="heads",
+        method="heads" if options.prune else "layers",
         sparsity=options.prune or 0.0,
         parameters_before=parameter_count(model),
         parameters_after=parameter_count(pruned),
@@ -116,6 +136,8 @@ def _prune_heads(
         heads=(units.total_heads, left.total_heads),
         neurons=(units.total_neurons, left.total_neurons),
         distilled=data.train is not None,
+        layers=(len(units.heads), len(units.heads) - len(dropped)) if options.drop_layers else None,
+        dropped=tuple(dropped),
     )
 
 
