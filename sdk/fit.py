@@ -23,6 +23,7 @@ from edgekit.converters import Converter
 from edgekit.converters.source import detect_kind, load_source
 from edgekit.data import check_dataset, load_dataset
 from edgekit.errors import BudgetError, DataError, EdgekitError
+from edgekit.manifest import Accuracy
 from edgekit.measure import top1
 from edgekit.profiles import DeviceProfile
 from edgekit.report import Reporter, SilentReporter
@@ -76,6 +77,9 @@ class FitResult:
     stopped_early: bool
     layer_snr: tuple[tuple[str, float], ...] = ()
     """TFLite int8, unpruned model: each layer's output SNR (dB) against float."""
+    accuracy: Accuracy | None = None
+    """The chosen bundle's accuracy against its float model, with the per-class report."""
+    labels: tuple[str, ...] | None = None
 
 
 def fit(options: FitOptions, reporter: Reporter | None = None) -> FitResult:
@@ -96,10 +100,13 @@ def fit(options: FitOptions, reporter: Reporter | None = None) -> FitResult:
     chosen_index = _choose(candidates)
     candidates = _verdicts(candidates, chosen_index)
     chosen = candidates[chosen_index] if chosen_index is not None else None
+    accuracy = None
     if best is not None and chosen is not None:
         table = tuple(c.model_dump(mode="json") for c in candidates)
         write(best, options.sign_key, fit=table)
-    return FitResult(chosen, tuple(candidates), baseline, stopped, _layer_snr(options, data, formats))
+        accuracy = best.manifest.artifacts[0].metrics.accuracy
+    snr = _layer_snr(options, data, formats)
+    return FitResult(chosen, tuple(candidates), baseline, stopped, snr, accuracy, data.labels)
 
 
 def _plan(options: FitOptions, kind: str, formats: tuple[str, ...]) -> list[tuple[float, str, str]]:

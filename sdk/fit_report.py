@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
 
 def write_fit_report(path: Path, result: FitResult, profile: DeviceProfile, model_name: str) -> None:
-    atomic_write(path, render(result, profile, model_name).encode())
+    """The page, with the chosen bundle's per-class (or per entity span) report."""
+    classes = ""
+    if result.chosen is not None and result.accuracy is not None and result.accuracy.classes is not None:
+        classes = class_section(result.accuracy.classes, result.labels, result.chosen.precision)
+    atomic_write(path, render(result, profile, model_name, classes).encode())
 
 
 def write_convert_report(path: Path, result: ConvertResult, profile: DeviceProfile, model_name: str) -> None:

@@ -176,3 +176,16 @@ def test_a_pruned_slot_tagger_is_distilled_token_by_token(
     assert record.top1_before - record.top1_after <= 2.0
     report = pruned.manifest.artifacts[0].metrics.accuracy.classes.artifact
     assert report.micro.f1 > 0.85
+
+
+def test_fit_reports_the_chosen_taggers_spans(tagger_files: dict[str, Path], tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [
+        "fit", str(tagger_files["model"]), "-t", "raspberry-pi-5", "--tokenizer", str(tagger_files["tokenizer"]),
+        "--labels", str(tagger_files["labels"]), "--eval", str(tagger_files["evaluation"]), "--format", "onnx",
+        "--precision", "dynamic", "-o", str(tmp_path / "fit.ekb"), "--report", str(tmp_path / "fit.html"), "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["chosen"]["top1"] > 90  # per word
+    assert found["classes"]["artifact"]["names"] == ["DEVICE", "ROOM", "TIME", "VALUE"]
+    assert "Per entity span: float → dynamic" in (tmp_path / "fit.html").read_text()

@@ -26,6 +26,9 @@ def fit_json(result: FitResult, output: Path) -> dict[str, Any]:
             c.model_dump(mode="json") | {"pareto": i in front} for i, c in enumerate(result.candidates)
         ],
         "stopped_early": result.stopped_early,
+        "classes": result.accuracy.classes.model_dump(mode="json")
+        if result.accuracy and result.accuracy.classes
+        else None,
     }
 
 
