@@ -99,3 +99,27 @@ def test_deidentification_masks_each_pattern() -> None:
     assert mask("remind anna lee at 2026-12-02 09:30") == "remind [NAME] at [NUM]"
     assert mask("tomato soup") == "tomato soup"  # whole words only
     assert mask("x" * 1000) == "x" * 256
+
+
+def test_a_slot_tagger_reports_and_its_captured_text_is_deidentified(
+    tagger_files: dict[str, Path], fleet_dir: Path, tmp_path: Path
+) -> None:
+    tagger = convert(ConvertOptions(
+        model=tagger_files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "slots.ekb",
+        format="onnx", precision="fp32", tokenizer=tagger_files["tokenizer"],
+        calibration=tagger_files["calibration"], labels=tagger_files["labels"],
+    ))  # fmt: skip
+    assert tagger.manifest.reference is not None and tagger.manifest.reference.input == TEXT_INPUT
+    with LocalBroker(tmp_path / "broker") as broker:
+        gatherer = Gatherer(broker, fleet_dir, tmp_path / "collected")
+        telemetry = make_telemetry(broker.url, fleet_dir, tmp_path, capture="random:1", capture_max=4,
+                                   deid_names=("alice", "Bob"))  # fmt: skip
+        with Model.load(tagger.output, telemetry=telemetry, allow_unsigned=True) as model:
+            tagged = model.tag_text(PERSONAL)
+        collector = gatherer.run(lambda c: c.inferences >= 4 and c.sample_count >= 4)
+        gatherer.close()
+        collector.finish()
+    assert [len(words) for words in tagged] == [len(text.split()) for text in PERSONAL]
+    with np.load(tmp_path / "collected" / "samples.npz") as samples:
+        texts = [str(t) for t in samples["text"]]
+    assert sorted(texts) == sorted(Deidentifier(["alice", "Bob"])(text) for text in PERSONAL)

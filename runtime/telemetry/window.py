@@ -80,7 +80,9 @@ class Window:
         self.sample_pred = np.zeros(capture_slots, np.int64)
         self.sample_conf = np.zeros(capture_slots, np.float32)
         self._x = np.zeros((ROWS, *sample_shape), np.float32)
-        self._out = np.zeros((ROWS, *output_shape), np.float32)
+        # outputs are only counted for classifiers: others (a tagger's scores per token, any
+        # output with a dynamic dim) are not copied at all
+        self._out = np.zeros((ROWS, *output_shape) if classes else (ROWS, 0), np.float32)
         self._latency = np.zeros(ROWS)
         self._rows = 0
         self._edges_ms = np.asarray(LATENCY_EDGES_MS)
@@ -118,7 +120,8 @@ class Window:
             self._texts.extend(texts if texts is not None else [""] * n)  # a feed of tokens: no text
         end = self._rows + n
         self._x[self._rows : end] = x
-        self._out[self._rows : end] = outputs
+        if self.classes is not None:
+            self._out[self._rows : end] = outputs
         self._latency[self._rows : end] = seconds
         self._rows = end
 
