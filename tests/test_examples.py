@@ -26,7 +26,7 @@ def _example(name: str, tmp_path: Path) -> dict[str, Any]:
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=480,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
