@@ -4,8 +4,12 @@ A header (magic, chunk size, chunk count, total length), then per chunk a random
 nonce and the ciphertext with its tag. There is always at least one chunk, and the count
 must be the one the length needs, so no header can make a reader skip authentication.
 Every chunk's associated data binds the model name,
-version, file, chunk index, chunk count and total length, so a file cannot be swapped,
-reordered or truncated unnoticed. Keys are used for one model version only.
+version, file, chunk index, chunk count, total length and chunk size, so a file cannot be
+swapped, reordered, truncated or have any header byte changed unnoticed. Keys are used for
+one model version only.
+
+Files written before the chunk size was bound (``EKENC1``) are still read; there a changed
+chunk size that still parses yields the same plaintext, so nothing but that field is lost.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from edgekit.errors import StoreError
 
 CHUNK_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 64 << 20
-MAGIC = b"EKENC1\n\0"
+MAGIC = b"EKENC2\n\0"
+LEGACY_MAGIC = b"EKENC1\n\0"
+"""The format before the chunk size was in the associated data."""
 _HEADER = struct.Struct(">8sIIQ")  # magic, chunk size, chunk count, total length
 _NONCE = 12
 
@@ -33,7 +39,8 @@ def seal(data: bytes, key: bytes, name: str, version: int, file: str) -> bytes:
     for index in range(count):
         nonce = os.urandom(_NONCE)
         chunk = data[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
-        parts += [nonce, aead.encrypt(nonce, chunk, _aad(name, version, file, index, count, len(data)))]
+        aad = _aad(name, version, file, index, count, len(data), CHUNK_BYTES)
+        parts += [nonce, aead.encrypt(nonce, chunk, aad)]
     return b"".join(parts)
 
 
@@ -46,7 +53,7 @@ def unseal(path: Path, key: bytes, name: str, version: int, file: str) -> bytes:
     if len(sealed) < _HEADER.size:
         raise StoreError(f"{name} v{version}: {file} is truncated")
     magic, chunk_bytes, count, total = _HEADER.unpack_from(sealed)
-    if magic != MAGIC:
+    if magic not in (MAGIC, LEGACY_MAGIC):
         raise StoreError(f"{name} v{version}: {file} is not an edgekit encrypted file")
     # Even empty data is one authenticated chunk, and the count follows from the length: a
     # header rewritten to zero chunks, or to fewer than its length needs, never skips the tags.
@@ -58,7 +65,8 @@ def unseal(path: Path, key: bytes, name: str, version: int, file: str) -> bytes:
         nonce, body = view[offset : offset + _NONCE], view[offset + _NONCE : offset + _NONCE + size]
         offset += _NONCE + size
         try:
-            out.append(aead.decrypt(nonce, body, _aad(name, version, file, index, count, total)))
+            bound = chunk_bytes if magic == MAGIC else None
+            out.append(aead.decrypt(nonce, body, _aad(name, version, file, index, count, total, bound)))
         except (InvalidTag, ValueError):
             raise StoreError(
                 f"{name} v{version}: {file} fails authentication at chunk {index}; it was tampered with"
@@ -68,5 +76,9 @@ def unseal(path: Path, key: bytes, name: str, version: int, file: str) -> bytes:
     return b"".join(out)
 
 
-def _aad(name: str, version: int, file: str, index: int, count: int, total: int) -> bytes:
-    return f"edgekit/v1|{name}|{version}|{file}|{index}|{count}|{total}".encode()
+def _aad(
+    name: str, version: int, file: str, index: int, count: int, total: int, chunk_bytes: int | None
+) -> bytes:
+    if chunk_bytes is None:  # LEGACY_MAGIC
+        return f"edgekit/v1|{name}|{version}|{file}|{index}|{count}|{total}".encode()
+    return f"edgekit/v2|{name}|{version}|{file}|{index}|{count}|{total}|{chunk_bytes}".encode()

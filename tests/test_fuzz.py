@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 from test_bundle import CONTENT, _manifest
@@ -142,6 +143,29 @@ def test_sealed_files(data: bytes) -> None:
     except StoreError:
         return
     assert data == SEALED  # nothing else authenticates
+
+
+def test_every_header_byte_of_a_sealed_file_is_authenticated() -> None:
+    """What hypothesis found: a changed chunk size (header byte 8) that still parsed gave the
+    same plaintext. Every single-byte change of the header now fails."""
+    header = sealed._HEADER.size
+    for index in range(header):
+        path = FOLDER / f"header-{os.getpid()}.enc"
+        path.write_bytes(SEALED[:index] + bytes([SEALED[index] ^ 0x01]) + SEALED[index + 1 :])
+        with pytest.raises(StoreError):
+            sealed.unseal(path, DEVICE_KEY, "m", 1, "f")
+    path.write_bytes(sealed.LEGACY_MAGIC + SEALED[len(sealed.MAGIC) :])  # a downgrade to the old format
+    with pytest.raises(StoreError, match="fails authentication"):
+        sealed.unseal(path, DEVICE_KEY, "m", 1, "f")
+
+
+def test_files_of_the_first_sealed_format_are_still_read() -> None:
+    plain, aad = os.urandom(100), b"edgekit/v1|m|1|f|0|1|100"
+    nonce = os.urandom(12)
+    body = AESGCM(DEVICE_KEY).encrypt(nonce, plain, aad)
+    path = FOLDER / f"legacy-{os.getpid()}.enc"
+    path.write_bytes(sealed._HEADER.pack(sealed.LEGACY_MAGIC, sealed.CHUNK_BYTES, 1, 100) + nonce + body)
+    assert sealed.unseal(path, DEVICE_KEY, "m", 1, "f") == plain
 
 
 NODE = "ef" * 16
