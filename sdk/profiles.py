@@ -63,6 +63,8 @@ class Budget(_Section):
     model_storage_mb: float = Field(gt=0)
     latency_ms: float | None = Field(default=None, gt=0)
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=100)
+    max_sequence_length: int | None = Field(default=None, gt=0, le=8192)
+    """Tokens per text a text model is converted for, unless the model fixes its own."""
 
 
 class Precisions(_Section):

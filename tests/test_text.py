@@ -196,6 +196,24 @@ def test_an_onnx_text_model_as_optimum_exports_it(
         np.testing.assert_allclose(scores, device.predict(padded), atol=1e-3)  # padding changes nothing
 
 
+def test_the_sequence_length_comes_from_the_option_else_the_profile(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A model with a dynamic sequence: --max-sequence-length wins, else the profile's
+    max_sequence_length (64 on a Raspberry Pi 4, 128 on a Pi 5)."""
+    from onnx_graphs import bag_of_embeddings, save
+
+    model = save(bag_of_embeddings(300), tmp_path / "text.onnx")
+    for profile, option, length in (("raspberry-pi-4", None, 64), ("raspberry-pi-5", None, 128),
+                                    ("raspberry-pi-4", 40, 40)):  # fmt: skip
+        assert load_profile(profile).budget.max_sequence_length in (64, 128)
+        result = convert(ConvertOptions(
+            model=model, profile=load_profile(profile), output=tmp_path / f"{profile}.ekb", format="onnx",
+            precision="fp32", tokenizer=files["tokenizer"], max_sequence_length=option,
+        ))  # fmt: skip
+        assert result.manifest.text is not None and result.manifest.text.max_length == length
+
+
 def test_the_per_class_report_matches_scikit_learn_and_can_gate_on_macro_f1(
     files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -252,7 +270,9 @@ def test_fit_searches_head_pruning_for_a_text_model(files: dict[str, Path], tmp_
     candidates = json.loads(result.stdout)["candidates"]
     assert [c["prune"] for c in candidates] == [0.0, 0.5]
     assert all(c["top1"] is not None and c["top1"] >= 90 for c in candidates)
-    assert candidates[0]["parameters"] is None and 0 < candidates[1]["parameters"] < 18_276  # the unpruned: 18,276
+    assert (
+        candidates[0]["parameters"] is None and 0 < candidates[1]["parameters"] < 18_276
+    )  # the unpruned: 18,276
     assert candidates[1]["size_bytes"] < candidates[0]["size_bytes"]
 
 

@@ -121,7 +121,7 @@ _text_options = together(
         type=click.IntRange(min=1),
         default=None,
         help="Tokens per text (longer ones are truncated and counted). Default: the model's fixed "
-        "length, else 128.",
+        "length, else the profile's max_sequence_length, else 128.",
     ),
 )
 

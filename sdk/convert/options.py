@@ -41,7 +41,7 @@ class ConvertOptions:
     tokenizer: Path | None = None
     """A Hugging Face tokenizer.json: it travels in the bundle, and .jsonl data is tokenized by it."""
     max_sequence_length: int | None = None
-    """Tokens per text; default: the model's own fixed length, else 128."""
+    """Tokens per text; default: the model's own fixed length, else the profile's, else 128."""
     calibration_method: str = "minmax"
     keep_float: tuple[str, ...] = ()
     input_shape: tuple[int | None, ...] | None = None

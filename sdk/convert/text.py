@@ -85,8 +85,9 @@ def text_encoder(source: SourceModel, options: ConvertOptions) -> tuple[TextEnco
     raw = _read_tokenizer(options)
     roles = TextInputs.find([spec.name for spec in source.inputs])
     ids = next(spec for spec in source.inputs if spec.name == roles.ids)
-    length = options.max_sequence_length or (ids.shape[1] if len(ids.shape) > 1 else None)
-    length = length or DEFAULT_SEQUENCE_LENGTH
+    fixed = ids.shape[1] if len(ids.shape) > 1 else None
+    profile = options.profile.budget.max_sequence_length
+    length = options.max_sequence_length or fixed or profile or DEFAULT_SEQUENCE_LENGTH
     if len(ids.shape) > 1 and ids.shape[1] not in (None, length):
         raise InputError(
             f"--max-sequence-length {length}: the model's '{ids.name}' takes {ids.shape[1]} tokens"
