@@ -81,6 +81,7 @@ class Model:
         telemetry: Telemetry | None = None,
         max_bytes: int | None = None,
         isolate: bool | Isolation = False,
+        version: int | None = None,
     ) -> Model:
         """Load a ``.ekb`` bundle, or by name the active version from the encrypted store.
 
@@ -95,10 +96,11 @@ class Model:
         ``max_bytes`` caps a bundle file's artifacts (default for an unsigned one: its
         profile's storage budget). ``isolate`` runs the engine in a child process with memory
         and time limits (``Isolation``), for models nobody vouches for: a crash there is a
-        ``RuntimeBackendError`` here (see ``edgekit.runtime.isolated``).
+        ``RuntimeBackendError`` here (see ``edgekit.runtime.isolated``). ``version`` picks
+        an installed version of a store model other than the active one.
         """
         started = time.perf_counter()
-        manifest, contents, label, engines = _read(source, trust, allow_unsigned, max_bytes)
+        manifest, contents, label, engines = _read(source, trust, allow_unsigned, max_bytes, version)
         if engines is not None:
             # ONNX Runtime writes TensorRT engines to the cache folder in plaintext, and an
             # engine is the model: store models keep theirs in the store, encrypted, instead.
@@ -246,19 +248,21 @@ class Model:
 
 
 def _read(
-    source: str | Path, trust: Trust | None, allow_unsigned: bool, max_bytes: int | None
+    source: str | Path, trust: Trust | None, allow_unsigned: bool, max_bytes: int | None, version: int | None
 ) -> tuple[Manifest, dict[str, bytes], str, EngineCache | None]:
     """A bundle file, verified; or by name the active version from the encrypted store,
     decrypted in memory, with its engine cache. Also what to call it in ModelInfo."""
     path = Path(source)
     if path.suffix == ".ekb" or path.exists():
+        if version is not None:
+            raise InputError(f"{path} is a bundle file; a version picks one of a store model's versions")
         verify = (trust or Trust()).verifier(allow_unsigned, str(path))
         manifest, contents = read_bundle(path, verify, max_bytes)
         return manifest, contents, str(path), None
     from edgekit.runtime.store import Store
 
     store = Store()
-    manifest, contents = store.load(str(source))
+    manifest, contents = store.load(str(source), version)
     label = f"store:{manifest.name}/{manifest.version}"
     return manifest, contents, label, store.engines(manifest.name, manifest.version)
 

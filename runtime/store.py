@@ -147,6 +147,19 @@ class Store:
         with self.locked(shared=True):
             return [entry for name in self._names() for entry in self._listing(name)]
 
+    def active(self) -> dict[str, int | None]:
+        """Each model's active version (None where none is, or its record is unreadable):
+        cheap enough to poll, for a server that follows activations."""
+        with self.locked(shared=True):
+            found: dict[str, int | None] = {}
+            for name in self._names():
+                try:
+                    state = self._read_state(name)
+                except EdgekitError:
+                    state = None
+                found[name] = state.active if state else None
+            return found
+
     def _listing(self, name: str) -> list[Installed]:
         try:
             state, problem = self._read_state(name), None

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 import edgekit
-from edgekit.cli import building, bundles, device, fleet, keys, running
+from edgekit.cli import building, bundles, device, fleet, keys, running, serving
 from edgekit.cli.common import debug, error_line
 from edgekit.errors import EdgekitError
 
@@ -65,6 +65,7 @@ def main(ctx: click.Context, debug: bool) -> None:
       edgekit install model.ekb                      verified, stored encrypted
       edgekit run model --input x.npy --top-k 3      by name, from the store
       edgekit run model --input x.npy --telemetry mqtt://gateway:1883 --fleet factory-7
+      edgekit serve                                  every store model over KServe v2 REST and gRPC
     At the operator's desk:
       edgekit fleet init factory-7                   fleet keys; devices get .pub and .secret
       edgekit fleet watch --broker mqtt://broker:1883 --fleet factory-7
@@ -76,6 +77,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     route_warnings(ctx.obj["ui"])
 
 
-for family in (building, running, bundles, keys, device, fleet):
+for family in (building, running, serving, bundles, keys, device, fleet):
     for command in family.COMMANDS:
         main.add_command(command)

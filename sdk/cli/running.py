@@ -17,7 +17,7 @@ from edgekit.cli.options import (
     together,
 )
 
-_telemetry_options = together(
+telemetry_options = together(
     click.option(
         "--telemetry",
         "telemetry_url",
@@ -71,7 +71,7 @@ _telemetry_options = together(
     help="Run the engine in a child process with memory and time limits, for a model nobody "
     "vouches for: a crash there is an error line here.",
 )
-@_telemetry_options
+@telemetry_options
 @json_option
 @click.pass_context
 def run(
@@ -99,9 +99,11 @@ def run(
 
     if bool(texts) == bool(input_values):
         raise InputError("give the input batch with --input FILE, or a text model's texts with --text")
-    telemetry = _telemetry(fields.pop("telemetry_url"), fields.pop("fleet"), fields.pop("telemetry_config"))
+    telemetry = telemetry_from(
+        fields.pop("telemetry_url"), fields.pop("fleet"), fields.pop("telemetry_config")
+    )
     isolate = fields.pop("isolate")
-    model = load_model(ctx, bundle, telemetry=telemetry, isolate=isolate, **_model_options(fields))
+    model = load_model(ctx, bundle, telemetry=telemetry, isolate=isolate, **model_options(fields))
     if texts and model.manifest.text is not None and model.manifest.text.task == "tokens":
         result = views.tag_result(model, model.tag_text(list(texts)))
     elif texts:
@@ -147,7 +149,7 @@ def bench(
     from edgekit import views
     from edgekit.runtime.bench import bench as run_bench
 
-    model = load_model(ctx, bundle, **_model_options(fields))
+    model = load_model(ctx, bundle, **model_options(fields))
     result = run_bench(model, runs=runs, warmup=warmup, compare_bare=compare_bare)
     if as_json:
         print_json({"model": views.model_info(model), **result.as_dict()})
@@ -161,7 +163,7 @@ def bench(
         ctx.exit(1)
 
 
-def _model_options(fields: dict[str, Any]) -> dict[str, Any]:
+def model_options(fields: dict[str, Any]) -> dict[str, Any]:
     """The shared --threads, --format, --allow-unsigned and --max-size, as Model.load takes them."""
     names = {
         "threads": "threads",
@@ -172,7 +174,7 @@ def _model_options(fields: dict[str, Any]) -> dict[str, Any]:
     return {option: fields[field] for field, option in names.items()}
 
 
-def _telemetry(url: str | None, fleet: str | None, config: Path | None) -> Any:
+def telemetry_from(url: str | None, fleet: str | None, config: Path | None) -> Any:
     """A Telemetry from --telemetry URL --fleet NAME, or from --telemetry-config; None without."""
     if url is None and config is None:
         if fleet is not None:
