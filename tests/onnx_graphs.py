@@ -253,3 +253,21 @@ def bag_of_embeddings(
     ]  # fmt: skip
     outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", classes])]
     return _model(nodes, inputs, outputs, inits, opset)
+
+
+def slow_mlp(width: int = 1024, depth: int = 16, opset: int = 17) -> onnx.ModelProto:
+    """A model that takes its time: ``depth`` (width × width) MatMuls with one shared weight
+    and a Tanh between them, so that a batch of a few hundred rows runs for tens of
+    milliseconds. For a server's queues, timeouts and drains, with a real engine busy."""
+    rng = _rng(21)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])
+    nodes, last = [], "x"
+    for i in range(depth):
+        nodes += [
+            helper.make_node("MatMul", [last, "w"], [f"m{i}"], name=f"matmul{i}"),
+            helper.make_node("Tanh", [f"m{i}"], [f"t{i}"] if i < depth - 1 else ["y"], name=f"tanh{i}"),
+        ]
+        last = f"t{i}"
+    weight = rng.normal(0, 1 / np.sqrt(width), (width, width))
+    return _model(nodes, [x], [y], [_init("w", weight)], opset)

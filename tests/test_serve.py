@@ -5,6 +5,8 @@ every answer equals ``Model.predict`` on the same inputs."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,39 @@ def test_the_start_up_information_and_the_access_log(server: Server) -> None:
     assert any("GET /v2/models/fusion - 200" in line and line.endswith(" ms") for line in lines)
     assert any("POST /v2/models/fusion/infer fusion v1 200" in line for line in lines)
     assert json.dumps(server.info)  # one JSON line a script reads
+
+
+def test_the_shipped_stubs_are_what_the_proto_generates(tmp_path: Path) -> None:
+    import importlib.util
+
+    from edgekit.runtime.serve import proto
+
+    folder = Path(proto.__file__).parent
+    spec = importlib.util.spec_from_file_location("generate", folder / "generate.py")
+    assert spec and spec.loader
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    assert generate.main(tmp_path) == 0
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert made == ["grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_v2_pb2_grpc.py"]
+    for name in made:
+        assert (tmp_path / name).read_text() == (folder / name).read_text(), f"{name}: run generate.py"
+
+
+def test_the_runtime_needs_no_server_libraries(bundles: dict[str, Path]) -> None:
+    """Model.load and predict import neither Starlette, uvicorn nor grpc; without them,
+    edgekit serve says which extra to install, in one line."""
+    code = (
+        "import sys, numpy as np\n"
+        "from edgekit.runtime import Model\n"
+        f"m = Model.load({str(bundles['fusion'])!r})\n"
+        "m.predict({'image': np.zeros((1, 3, 8, 8), np.float32), 'ids': np.zeros((1, 5), np.int64)})\n"
+        "print(sorted(n for n in ('starlette', 'uvicorn', 'grpc') if n in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr
+    hidden = "import sys; sys.modules['starlette'] = None\nfrom edgekit.cli import main\nmain(['serve'])\n"
+    run = subprocess.run([sys.executable, "-c", hidden], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.strip() == (
+        "error: edgekit serve needs the 'starlette' package, which is not installed: pip install 'edgekit[serve]'"
+    )

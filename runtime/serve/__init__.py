@@ -7,6 +7,6 @@ network needs. Needs ``edgekit[serve]``; the rest of the runtime imports without
 
 from edgekit.runtime.serve.batching import BatchSettings
 from edgekit.runtime.serve.protocol import Limits, ProtocolError
-from edgekit.runtime.serve.server import TLS, ServeConfig, serve
+from edgekit.runtime.serve.server import TLS, ServeConfig, check_installed, serve
 
-__all__ = ["TLS", "BatchSettings", "Limits", "ProtocolError", "ServeConfig", "serve"]
+__all__ = ["TLS", "BatchSettings", "Limits", "ProtocolError", "ServeConfig", "check_installed", "serve"]

@@ -153,7 +153,7 @@ class Repository:
         model = self._loader(source.where, version)
         if model.manifest.name != source.name and source.store:
             raise EdgekitError(f"{source.where} holds {model.manifest.name}, not {source.name}")
-        return Served(model, self._settings(source.name))
+        return Served(model, self._settings(model.manifest.name))
 
     def _install(self, served: Served) -> None:
         with self._lock:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import logging
+import signal
 import socket
 import ssl
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import InputError, StoreError
+from edgekit.errors import InputError, MissingDependencyError, StoreError
 from edgekit.runtime.serve.batching import BatchSettings
 from edgekit.runtime.serve.protocol import Limits
 from edgekit.runtime.serve.repository import Repository, Source, source_of
@@ -103,8 +107,22 @@ def open_repository(config: ServeConfig) -> Repository:
     return repository
 
 
+SERVER_LIBRARIES = (("starlette", "starlette"), ("uvicorn", "uvicorn"), ("grpc", "grpcio"),
+                    ("google.protobuf", "protobuf"))  # fmt: skip
+"""(module, package) pairs that edgekit[serve] installs."""
+
+
+def check_installed() -> None:
+    for module, package in SERVER_LIBRARIES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise MissingDependencyError(package, "serve", "edgekit serve") from None
+
+
 def serve(config: ServeConfig, started: Callable[[dict[str, Any]], None]) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests (up to ``drain_s``)."""
+    check_installed()
     import uvicorn
 
     from edgekit.runtime.serve.rest import build_app
@@ -118,11 +136,26 @@ def serve(config: ServeConfig, started: Callable[[dict[str, Any]], None]) -> Non
         grpc_server, grpc_port = _grpc(config, repository) if config.grpc_port is not None else (None, None)
         info = _information(config, repository, sock.getsockname()[1], grpc_port)
         server = _announcing(uvicorn.Config(app, **_uvicorn_options(config)), lambda: started(info))
-        server.run(sockets=[sock])
+        with _sigterm_returns():
+            server.run(sockets=[sock])
     finally:
         if grpc_server is not None:
             grpc_server.stop(config.drain_s).wait()
         repository.close()
+
+
+@contextmanager
+def _sigterm_returns() -> Iterator[None]:
+    """uvicorn drains on SIGTERM, then raises the signal again for the handler it found: a
+    handler that returns lets gRPC drain and the engines close too, and the exit be 0."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _announcing(config: Any, on_started: Callable[[], None]) -> Any:

@@ -18,7 +18,7 @@ else:  # pragma: no cover
 from edgekit.cli.common import ui_console
 from edgekit.cli.options import artifact_format_option, bundle_options, json_option, threads_option, together
 from edgekit.cli.running import model_options, telemetry_from, telemetry_options
-from edgekit.errors import InputError, MissingDependencyError
+from edgekit.errors import InputError
 
 _file = click.Path(path_type=Path, dir_okay=False, exists=True)
 
@@ -88,11 +88,10 @@ def serve(ctx: click.Context, models: tuple[str, ...], **fields: Any) -> None:
       curl -X POST localhost:8000/v2/models/meter/infer \\
            -d '{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
     """
-    try:
-        from edgekit.runtime.serve import Limits, ServeConfig
-        from edgekit.runtime.serve import serve as run_server
-    except ImportError as exc:
-        raise MissingDependencyError(exc.name or "starlette", "serve", "edgekit serve") from None
+    from edgekit.runtime.serve import Limits, ServeConfig, check_installed
+    from edgekit.runtime.serve import serve as run_server
+
+    check_installed()
     as_json = fields.pop("as_json")
     access_log = fields.pop("access_log")
     telemetry = (fields.pop("telemetry_url"), fields.pop("fleet"), fields.pop("telemetry_config"))

@@ -19,7 +19,8 @@ HERE = Path(__file__).resolve().parent
 PACKAGE = Path("edgekit/runtime/serve/proto")
 
 
-def main() -> int:
+def main(out: Path = HERE) -> int:
+    """Write the stubs into ``out`` (default: beside the .proto); protoc's exit status."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / PACKAGE).mkdir(parents=True)
@@ -31,7 +32,7 @@ def main() -> int:
         if status:
             return status
         for made in (root / PACKAGE).glob("grpc_predict_v2_pb2*"):
-            shutil.copy(made, HERE / made.name)
+            shutil.copy(made, out / made.name)
     return 0
 
 
