@@ -114,3 +114,41 @@ def binary_outputs(body: bytes, header_length: int) -> dict[str, np.ndarray]:
         at += size
     assert at == len(body)
     return found
+
+
+def make_pki(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate, as
+    PEM files: what mutual TLS on a device needs (real keys, made here)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    files: dict[str, Path] = {}
+
+    def issue(name: str, issuer: tuple[x509.Name, Any] | None, extensions: list[tuple[Any, bool]]) -> tuple[x509.Name, Any]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"edgekit test {name}")])
+        signer_name, signer_key = issuer or (subject, key)
+        builder = x509.CertificateBuilder().subject_name(subject).issuer_name(signer_name).public_key(key.public_key())
+        builder = builder.serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        builder = builder.not_valid_after(now + datetime.timedelta(days=1))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        cert = builder.sign(signer_key, hashes.SHA256())
+        files[f"{name}.pem"] = folder / f"{name}.pem"
+        files[f"{name}.pem"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{name}.key"] = folder / f"{name}.key"
+        files[f"{name}.key"].write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+        return subject, key
+
+    ca = issue("ca", None, [(x509.BasicConstraints(ca=True, path_length=0), True)])
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    issue("server", ca, [(x509.SubjectAlternativeName(names), False)])
+    issue("client", ca, [(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), False)])
+    return files

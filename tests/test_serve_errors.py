@@ -230,3 +230,40 @@ def test_off_loopback_needs_a_token_or_mutual_tls(slow_bundle: Path) -> None:
         "error: --host 0.0.0.0 is reachable from the network: give --token-file FILE, or mutual TLS "
         "with --tls-cert, --tls-key and --tls-client-ca"
     )
+
+
+def test_mutual_tls_over_rest_and_grpc(slow_bundle: Path, tmp_path: Path) -> None:
+    """With --tls-client-ca, a client needs a certificate that CA signed, on both transports;
+    and mutual TLS is enough to leave loopback."""
+    import ssl
+
+    from serve_helpers import make_pki
+
+    from edgekit.runtime.serve import TLS, ServeConfig
+    from edgekit.runtime.serve.proto import grpc_predict_v2_pb2 as pb
+    from edgekit.runtime.serve.server import check_exposure
+
+    pki = make_pki(tmp_path)
+    tls = ("--tls-cert", str(pki["server.pem"]), "--tls-key", str(pki["server.key"]), "--tls-client-ca", str(pki["ca.pem"]))
+    check_exposure(ServeConfig(host="0.0.0.0", tls=TLS(pki["server.pem"], pki["server.key"], pki["ca.pem"])))
+    with serving(str(slow_bundle), *tls, log=tmp_path / "log") as server:
+        assert server.rest.startswith("https://127.0.0.1:") and server.info["mutual_tls"] is True
+        trusted = ssl.create_default_context(cafile=str(pki["ca.pem"]))
+        with httpx.Client(base_url=server.rest, verify=trusted) as anonymous, pytest.raises(httpx.TransportError):
+            anonymous.get("/v2").raise_for_status()
+        trusted.load_cert_chain(str(pki["client.pem"]), str(pki["client.key"]))
+        with httpx.Client(base_url=server.rest, verify=trusted) as client:
+            assert client.get("/v2/models/slow").json()["inputs"][0]["name"] == "x"
+        root = pki["ca.pem"].read_bytes()
+        anonymous_channel = grpc.secure_channel(server.grpc, grpc.ssl_channel_credentials(root))
+        with pytest.raises(grpc.RpcError) as caught:
+            pb_grpc_stub(anonymous_channel).ServerLive(pb.ServerLiveRequest(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        credentials = grpc.ssl_channel_credentials(root, pki["client.key"].read_bytes(), pki["client.pem"].read_bytes())
+        assert pb_grpc_stub(grpc.secure_channel(server.grpc, credentials)).ServerLive(pb.ServerLiveRequest()).live
+
+
+def pb_grpc_stub(channel: grpc.Channel) -> Any:
+    from edgekit.runtime.serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    return pb_grpc.GRPCInferenceServiceStub(channel)
