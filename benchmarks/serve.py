@@ -16,9 +16,9 @@ at least 2x the unbatched throughput at 32 clients on MobileNetV2.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -93,8 +93,27 @@ def in_process(bundle: Path, x: np.ndarray) -> Callable[[], Caller]:
     return lambda: lambda: model.predict(x)
 
 
+def engine_rows_per_second(bundle: Path, x: np.ndarray, seconds: float) -> dict[int, float]:
+    """What batching can buy at most: the engine alone, rows per second at batch 1, 8 and 32."""
+    from edgekit.runtime import Model
+
+    found = {}
+    with Model.load(bundle, allow_unsigned=True) as model:
+        for batch in (1, 8, 32):
+            stacked = np.repeat(x, batch, axis=0)
+            model.predict(stacked)
+            calls, began = 0, time.perf_counter()
+            while time.perf_counter() - began < seconds:
+                model.predict(stacked)
+                calls += 1
+            found[batch] = calls * batch / (time.perf_counter() - began)
+    return found
+
+
 def rest(url: str, name: str, x: np.ndarray, binary: bool) -> Callable[[], Caller]:
-    import httpx
+    """A REST client on the standard library's http.client: one keep-alive connection, the
+    request in one write, so that the client's own cost stays small next to the server's."""
+    from urllib.parse import urlsplit
 
     tensor = {"name": name, "shape": list(x.shape), "datatype": "FP32"}
     headers = {"content-type": "application/json"}
@@ -102,20 +121,23 @@ def rest(url: str, name: str, x: np.ndarray, binary: bool) -> Callable[[], Calle
         header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
                              "parameters": {"binary_data_output": True}}).encode()  # fmt: skip
         body = header + x.tobytes()
-        headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
+        headers = {
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        }
     else:
         body = json.dumps({"inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode()
+    where = urlsplit(url)
 
     def make() -> Caller:
-        # TCP_NODELAY, as curl and urllib3 set it: httpx sends headers and body in two writes,
-        # and without it Nagle's algorithm holds the body for the server's delayed ACK (40 ms).
-        nodelay = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-        client = httpx.Client(timeout=60, transport=nodelay)
+        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
 
         def call() -> None:
-            answer = client.post(url, content=body, headers=headers)
-            if answer.status_code != 200:
-                raise RuntimeError(answer.text)
+            connection.request("POST", where.path, body=body, headers=headers)
+            answer = connection.getresponse()
+            content = answer.read()
+            if answer.status != 200:
+                raise RuntimeError(content.decode())
 
         return call
 
@@ -139,14 +161,18 @@ def grpc_caller(address: str, model: str, name: str, x: np.ndarray) -> Callable[
     return make
 
 
-def measure(name: str, bundle: Path, x: np.ndarray, clients: list[int], seconds: float, folder: Path) -> list[dict[str, Any]]:
+def measure(
+    name: str, bundle: Path, x: np.ndarray, clients: list[int], seconds: float, folder: Path
+) -> list[dict[str, Any]]:
     import httpx
 
     rows = [{"model": name, "path": "Model.predict", "batching": "-", "cells": {
         n: drive(in_process(bundle, x), n, seconds) for n in clients}}]  # fmt: skip
     for batching in (False, True):
         flags = ("--max-batch", "32", "--max-delay-ms", "2") if batching else ()
-        with serving(str(bundle), "--allow-unsigned", "--no-access-log", *flags, log=folder / f"{name}-{batching}.log") as server:
+        with serving(
+            str(bundle), "--allow-unsigned", "--no-access-log", *flags, log=folder / f"{name}-{batching}.log"
+        ) as server:
             url = f"{server.rest}/v2/models/{name}/infer"
             input_name = httpx.get(f"{server.rest}/v2/models/{name}").json()["inputs"][0]["name"]
             paths = {
@@ -156,19 +182,62 @@ def measure(name: str, bundle: Path, x: np.ndarray, clients: list[int], seconds:
             }
             for path, make in paths.items():
                 cells = {n: drive(make, n, seconds) for n in clients}
-                rows.append({"model": name, "path": path, "batching": "on" if batching else "off", "cells": cells})
+                rows.append(
+                    {"model": name, "path": path, "batching": "on" if batching else "off", "cells": cells}
+                )
+            if not batching:
+                floors.update(floor(server.rest, server.grpc, seconds))
     return rows
 
 
+floors: dict[str, float] = {}
+"""p50 ms of a call that runs no model (REST GET /v2/health/live, gRPC ServerLive): the
+transport's own round trip, client included."""
+
+
+def floor(rest_url: str, grpc_address: str, seconds: float) -> dict[str, float]:
+    from urllib.parse import urlsplit
+
+    import grpc
+
+    from edgekit.runtime.serve.proto import grpc_predict_v2_pb2 as pb
+    from edgekit.runtime.serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    where = urlsplit(rest_url)
+
+    def make_rest() -> Caller:
+        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+
+        def call() -> None:
+            connection.request("GET", "/v2/health/live")
+            connection.getresponse().read()
+
+        return call
+
+    def make_grpc() -> Caller:
+        stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(grpc_address))
+        return lambda: stub.ServerLive(pb.ServerLiveRequest())
+
+    return {"REST": drive(make_rest, 1, seconds)[0], "gRPC": drive(make_grpc, 1, seconds)[0]}
+
+
 def table(rows: list[dict[str, Any]], clients: list[int]) -> str:
-    head = ["model", "path", "batching", "p50 ms", "p99 ms", "overhead p50"] + [f"req/s @{n}" for n in clients]
+    head = ["model", "path", "batching", "p50 ms", "p99 ms", "overhead p50"] + [
+        f"req/s @{n}" for n in clients
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = {row["model"]: row["cells"][clients[0]][0] for row in rows if row["path"] == "Model.predict"}
     for row in rows:
         p50, p99, _ = row["cells"][clients[0]]
         overhead = "-" if row["path"] == "Model.predict" else f"{p50 - base[row['model']]:+.2f} ms"
         rates = [f"{row['cells'][n][2]:.0f}" for n in clients]
-        lines.append("| " + " | ".join([row["model"], row["path"], row["batching"], f"{p50:.2f}", f"{p99:.2f}", overhead, *rates]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [row["model"], row["path"], row["batching"], f"{p50:.2f}", f"{p99:.2f}", overhead, *rates]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -179,15 +248,25 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32")
     args = parser.parse_args()
     clients = [int(n) for n in args.clients.split(",")]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    engines: dict[str, dict[int, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             folder = Path(tmp) / name
             folder.mkdir()
             bundle, x = build(name, folder)
             rows += measure(name, bundle, x, clients, args.seconds, folder)
-    print(f"latency at {clients[0]} client, batch 1 per request; throughput at {', '.join(map(str, clients))} clients")
+            engines[name] = engine_rows_per_second(bundle, x, args.seconds)
+    counts = ", ".join(map(str, clients))
+    print(f"latency at {clients[0]} client, batch 1 per request; throughput at {counts} clients")
     print(table(rows, clients))
+    print(
+        "a call that runs no model, p50 at 1 client: "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in floors.items())
+    )
+    for name, rates in engines.items():
+        alone = ", ".join(f"batch {b} {r:.0f} rows/s" for b, r in rates.items())
+        print(f"{name}, the engine alone: {alone}")
     for name in args.models.split(","):
         cells = {(r["path"], r["batching"]): r["cells"][clients[-1]][2] for r in rows if r["model"] == name}
         for path in ("REST binary", "gRPC"):

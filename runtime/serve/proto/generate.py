@@ -1,6 +1,6 @@
 """Regenerate the gRPC stubs from grpc_predict_v2.proto (needs grpcio-tools; not at run time).
 
-    python runtime/serve/proto/generate.py
+    python runtime/serve/proto/generate.py [OUT_FOLDER]
 
 The stubs import each other as ``edgekit.runtime.serve.proto``, so protoc runs on a copy of
 the .proto laid out under that package path.
@@ -37,4 +37,4 @@ def main(out: Path = HERE) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE))
