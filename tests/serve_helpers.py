@@ -130,12 +130,21 @@ def make_pki(folder: Path) -> dict[str, Path]:
     now = datetime.datetime.now(datetime.timezone.utc)
     files: dict[str, Path] = {}
 
-    def issue(name: str, issuer: tuple[x509.Name, Any] | None, extensions: list[tuple[Any, bool]]) -> tuple[x509.Name, Any]:
+    def issue(
+        name: str, issuer: tuple[x509.Name, Any] | None, extensions: list[tuple[Any, bool]]
+    ) -> tuple[x509.Name, Any]:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"edgekit test {name}")])
         signer_name, signer_key = issuer or (subject, key)
-        builder = x509.CertificateBuilder().subject_name(subject).issuer_name(signer_name).public_key(key.public_key())
-        builder = builder.serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(signer_name)
+            .public_key(key.public_key())
+        )
+        builder = builder.serial_number(x509.random_serial_number()).not_valid_before(
+            now - datetime.timedelta(minutes=5)
+        )
         builder = builder.not_valid_after(now + datetime.timedelta(days=1))
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical=critical)

@@ -244,12 +244,22 @@ def test_mutual_tls_over_rest_and_grpc(slow_bundle: Path, tmp_path: Path) -> Non
     from edgekit.runtime.serve.server import check_exposure
 
     pki = make_pki(tmp_path)
-    tls = ("--tls-cert", str(pki["server.pem"]), "--tls-key", str(pki["server.key"]), "--tls-client-ca", str(pki["ca.pem"]))
+    tls = (
+        "--tls-cert",
+        str(pki["server.pem"]),
+        "--tls-key",
+        str(pki["server.key"]),
+        "--tls-client-ca",
+        str(pki["ca.pem"]),
+    )
     check_exposure(ServeConfig(host="0.0.0.0", tls=TLS(pki["server.pem"], pki["server.key"], pki["ca.pem"])))
     with serving(str(slow_bundle), *tls, log=tmp_path / "log") as server:
         assert server.rest.startswith("https://127.0.0.1:") and server.info["mutual_tls"] is True
         trusted = ssl.create_default_context(cafile=str(pki["ca.pem"]))
-        with httpx.Client(base_url=server.rest, verify=trusted) as anonymous, pytest.raises(httpx.TransportError):
+        with (
+            httpx.Client(base_url=server.rest, verify=trusted) as anonymous,
+            pytest.raises(httpx.TransportError),
+        ):
             anonymous.get("/v2").raise_for_status()
         trusted.load_cert_chain(str(pki["client.pem"]), str(pki["client.key"]))
         with httpx.Client(base_url=server.rest, verify=trusted) as client:
@@ -259,8 +269,14 @@ def test_mutual_tls_over_rest_and_grpc(slow_bundle: Path, tmp_path: Path) -> Non
         with pytest.raises(grpc.RpcError) as caught:
             pb_grpc_stub(anonymous_channel).ServerLive(pb.ServerLiveRequest(), timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        credentials = grpc.ssl_channel_credentials(root, pki["client.key"].read_bytes(), pki["client.pem"].read_bytes())
-        assert pb_grpc_stub(grpc.secure_channel(server.grpc, credentials)).ServerLive(pb.ServerLiveRequest()).live
+        credentials = grpc.ssl_channel_credentials(
+            root, pki["client.key"].read_bytes(), pki["client.pem"].read_bytes()
+        )
+        assert (
+            pb_grpc_stub(grpc.secure_channel(server.grpc, credentials))
+            .ServerLive(pb.ServerLiveRequest())
+            .live
+        )
 
 
 def pb_grpc_stub(channel: grpc.Channel) -> Any:

@@ -21,8 +21,12 @@ def ask(client, module, inputs, binary):
         else:
             tensor.set_data_from_numpy(inputs[name])
         tensors.append(tensor)
-    wanted = [module.InferRequestedOutput(n, binary_data=binary) if module is triton_http
-              else module.InferRequestedOutput(n) for n in ("boxes", "scores")]
+    wanted = [
+        module.InferRequestedOutput(n, binary_data=binary)
+        if module is triton_http
+        else module.InferRequestedOutput(n)
+        for n in ("boxes", "scores")
+    ]
     answer = client.infer("fusion", tensors, outputs=wanted, request_id="triton-1")
     response = answer.get_response(as_json=True) if module is triton_grpc else answer.get_response()
     assert response["id"] == "triton-1" and response["model_version"] == "1", response
@@ -38,7 +42,7 @@ def main():
         assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("fusion")
         metadata = client.get_server_metadata(**({"as_json": True} if module is triton_grpc else {}))
         assert metadata["name"] == "edgekit" and "binary_tensor_data" in metadata["extensions"]
-        for binary in ((True, False) if module is triton_http else (True,)):
+        for binary in (True, False) if module is triton_http else (True,):
             for name, array in ask(client, module, inputs, binary).items():
                 found[f"{label}-{'binary' if binary else 'json'}-{name}"] = array
     np.savez(out, **found)
