@@ -4,17 +4,22 @@ gathered into batches that answer what serial calls answer."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from serve_helpers import Server, json_input, rest_outputs, serving
 
+from edgekit.cli import main
 from edgekit.convert import ConvertOptions, convert
+from edgekit.mosquitto import LocalBroker, find_mosquitto
 from edgekit.profiles import load_profile
 from edgekit.runtime import Model
 from edgekit.runtime.store import Store
@@ -150,3 +155,45 @@ def test_concurrent_requests_form_batches_that_answer_as_serial_calls(
     sizes = {int(k): v for k, v in stats["requests_per_call"].items()}
     assert stats["requests"] == 32 == sum(size * calls for size, calls in sizes.items())
     assert stats["batched_calls"] > 0 and max(sizes) <= 8, stats
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed (.ci/run installs it)")
+def test_served_requests_are_reported_like_in_process_calls(
+    meter: dict[int, Path], digits_eval: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """With --telemetry-config, every row served (batched or not) is counted in the model's
+    reports, and SIGTERM flushes the open window before the server exits."""
+    x = digits_eval[0][:12]
+    assert _cli("fleet", "init", "served").exit_code == 0
+    with LocalBroker(tmp_path / "broker") as broker:
+        common = ["--broker", broker.url, "--fleet", "served"]
+        out = tmp_path / "collected"
+        assert _cli("fleet", "collect", *common, "--out", str(out), "--duration", "0.3").exit_code == 0
+        config = tmp_path / "telemetry.toml"
+        config.write_text(
+            f'[telemetry]\nbroker = "{broker.url}"\nfleet = "served"\noutbox = "{tmp_path / "outbox.sqlite"}"\n'
+        )
+        args = (str(meter[1]), "--telemetry-config", str(config), "--max-batch", "4", "--max-delay-ms", "20")
+        with serving(*args, log=tmp_path / "serve.log") as server:
+            threads = [threading.Thread(target=_post, args=(server, x[i : i + 3])) for i in range(0, 12, 3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert server.stop() == 0
+        collect = _cli("fleet", "collect", *common, "--out", str(out), "--idle", "2", "--json")
+    assert collect.exit_code == 0, collect.output
+    summary = json.loads(collect.output)
+    assert summary["reports"] >= 1 and summary["inferences"] == 12
+
+
+def _post(server: Server, x: np.ndarray) -> None:
+    answer = httpx.post(
+        f"{server.rest}/v2/models/meter/infer", json={"inputs": [json_input("image", x, "FP32")]}
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def _cli(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
