@@ -1,4 +1,6 @@
-"""What ``predict`` checks before any byte reaches an engine: names, dtypes, ranks, dims.
+"""What ``predict`` checks before any byte reaches an engine: names, dtypes, ranks, dims,
+and that float inputs are finite (NaN and Inf are refused; out-of-range values are clipped
+where an int8 input quantizes them).
 
 Every error names the input and says what it takes, so one line is enough to fix the call.
 """
@@ -11,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ShapeError
+from edgekit.errors import DataError, ShapeError
 from edgekit.runtime.backends import TensorInfo
 from edgekit.samples import Feed
 
@@ -59,6 +61,13 @@ def check_input(info: TensorInfo, value: Any) -> np.ndarray:
             raise ShapeError(f"input '{info.name}' takes {describe(info)}, got shape {shape}")
     if shape and shape[0] == 0:
         raise ShapeError(f"input '{info.name}' is an empty batch")
+    if array.dtype.kind == "f" and not np.isfinite(array.sum()) and not np.isfinite(array).all():
+        # One sum is the cheap test; only a non-finite sum (NaN, Inf, or an overflow) looks closer.
+        where = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+        raise DataError(
+            f"input '{info.name}' holds {array[where]} at {list(where)}: inputs must be finite numbers; "
+            "replace missing values before predict"
+        )
     return array if array.dtype == want else array.astype(want)
 
 
