@@ -62,6 +62,7 @@ class FitOptions:
     max_minutes: float = 30.0
     seed: int = 0
     max_accuracy_drop: float | None = None
+    max_robustness_drop: float | None = None
     sign_key: Path | None = None
     tokenizer: Path | None = None
     """A text model's tokenizer.json; .jsonl data is tokenized by it, as in convert."""
@@ -164,6 +165,7 @@ def _convert_options(options: FitOptions, precision: str, fmt: str, ratio: float
         model=options.model, profile=options.profile, output=options.output, precision=precision, format=fmt,
         calibration=options.calibration, evaluation=options.evaluation, allow_accuracy_drop=True,
         allow_over_budget=True, max_accuracy_drop=options.max_accuracy_drop,
+        max_robustness_drop=options.max_robustness_drop,
         prune=ratio or None, train_data=options.train_data if ratio else None, tokenizer=options.tokenizer,
         max_sequence_length=options.max_sequence_length, labels=options.labels,
     )  # fmt: skip

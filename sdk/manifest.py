@@ -41,6 +41,17 @@ class OutputSimilarity(Strict):
     max_abs_error: float
 
 
+class Robustness(Strict):
+    """``--max-robustness-drop``: top-1 under common corruptions, float against the artifact."""
+
+    corruptions: tuple[str, ...]
+    severities: tuple[int, ...]
+    float_model: float = Field(description="float model: mean top-1 % over every corruption and severity")
+    artifact: float = Field(description="artifact: the same mean")
+    drop: float = Field(description="percentage points lost under corruption")
+    max_drop: float
+
+
 class Accuracy(Strict):
     """Float model against the artifact on the same evaluation data."""
 
@@ -59,6 +70,7 @@ class Accuracy(Strict):
     max_abs_error: float
     outputs: dict[str, OutputSimilarity] | None = Field(default=None, description="several outputs: each one")
     classes: ClassComparison | None = Field(default=None, description="with labels: per-class scores of both")
+    robustness: Robustness | None = Field(default=None, description="with --max-robustness-drop")
     gate: Literal["passed", "overridden"]
 
 

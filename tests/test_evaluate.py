@@ -205,3 +205,35 @@ def test_non_finite_inputs_are_refused_and_out_of_range_ones_clipped(
             huge = np.full((1, 8, 8, 1), 1e30, np.float32)
             assert np.isfinite(np.asarray(model.predict(huge))).all()
             assert np.asarray(model.predict(np.zeros((1, 8, 8, 1), np.float32))).shape == (1, 10)
+
+
+def test_the_robustness_gate_refuses_a_fragile_int8_model_and_passes_a_sound_one(
+    digits_files: dict[str, Path], digits_eval: Any, tmp_path: Path
+) -> None:
+    """Calibrated on dimmed images (0.3× intensity), int8 clips every brighter activation:
+    clean top-1 stays within 3 points, and under corruption it loses more than 3. Calibrated
+    on the real distribution, the same gate passes, and the manifest records both means."""
+    from edgekit.errors import AccuracyBudgetError
+
+    with np.load(digits_files["calibration"]) as data:
+        np.savez(tmp_path / "dim.npz", x=data["x"] * 0.3)
+    common = ["--target", "raspberry-pi-5", "--format", "tflite", "--precision", "int8",
+              "--eval", str(digits_files["evaluation"]), "--max-accuracy-drop", "3", "--max-robustness-drop", "3"]  # fmt: skip
+    sound = CliRunner().invoke(main, ["convert", str(digits_files["model"]), *common, "--calibration",
+                                      str(digits_files["calibration"]), "-o", str(tmp_path / "sound.ekb"), "--json"])  # fmt: skip
+    assert sound.exit_code == 0, sound.output
+    accuracy = json.loads(sound.stdout)["manifest"]["artifacts"][0]["metrics"]["accuracy"]
+    robustness = accuracy["robustness"]
+    assert accuracy["gate"] == "passed" and robustness["drop"] <= 3 and robustness["max_drop"] == 3
+    assert robustness["corruptions"] == ["gaussian noise", "blur", "brightness", "contrast", "jpeg"]
+    assert 50 < robustness["float_model"] < 100 and robustness["artifact"] > 50
+    fragile = ConvertOptions(
+        model=digits_files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "fragile.ekb",
+        format="tflite", precision="int8", calibration=tmp_path / "dim.npz", evaluation=digits_files["evaluation"],
+        max_accuracy_drop=3.0, max_robustness_drop=3.0,
+    )  # fmt: skip
+    with pytest.raises(
+        AccuracyBudgetError, match=r"top-1 under common corruptions [\d.]+% vs float [\d.]+%: drop"
+    ):
+        convert(fragile)
+    assert not (tmp_path / "fragile.ekb").exists()

@@ -17,6 +17,7 @@ from edgekit.cli.options import (
     format_option,
     json_option,
     max_accuracy_drop_option,
+    max_robustness_drop_option,
     output_option,
     precision_option,
     report_option,
@@ -166,6 +167,7 @@ _pruning_options = together(
 
 _override_options = together(
     max_accuracy_drop_option,
+    max_robustness_drop_option,
     click.option(
         "--gate-metric",
         type=click.Choice(["top1", "macro-f1"]),
@@ -293,6 +295,7 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
 @click.option("--max-minutes", type=click.FloatRange(min=0), default=30.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same search, same choice.")
 @max_accuracy_drop_option
+@max_robustness_drop_option
 @_text_options
 @click.option("--labels", type=click.Path(path_type=Path), default=None, help="Class names, one per line.")
 @report_option

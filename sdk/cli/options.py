@@ -164,6 +164,17 @@ max_accuracy_drop_option = click.option(
 )
 
 
+max_robustness_drop_option = click.option(
+    "--max-robustness-drop",
+    type=click.FloatRange(min=0, max=100),
+    default=None,
+    metavar="POINTS",
+    help="Refuse an artifact whose top-1 under common corruptions (noise, blur, brightness, contrast, "
+    "JPEG for images; feature noise, dropout, drift for tables; mean over severities 1-5) falls more "
+    "than POINTS below the float model's. Needs --eval with labels. Default: not checked.",
+)
+
+
 def output_option(help: str) -> Decorator:
     return click.option("--output", "-o", type=_path(), default=None, help=help)
 

@@ -22,6 +22,7 @@ from edgekit.convert.manifest import build_manifest, reference
 from edgekit.convert.options import ConvertOptions, ConvertResult
 from edgekit.convert.plan import Inputs, check_data, data_shapes, plan
 from edgekit.convert.prune import prune_source
+from edgekit.convert.robustness import robustness_check
 from edgekit.convert.select import select
 from edgekit.convert.state import state_pairs
 from edgekit.convert.text import prepare_text
@@ -108,9 +109,11 @@ def _build(
         settings = ConversionSettings(
             options.profile, options.calibration_method, options.keep_float, input_shapes=shapes
         )
+        output = [spec.name for spec in source.outputs].index(inputs.primary) if inputs.primary else 0
+        robust = robustness_check(options.max_robustness_drop, evaluation, source.predict, output)
         job = Job(
             options, source, settings, inputs.calibration, evaluation, float_out, inputs.primary, reporter,
-            inputs.labels,
+            inputs.labels, robust,
         )  # fmt: skip
         chosen, tried = [], []
         for converter, precisions in plans:

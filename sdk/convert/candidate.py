@@ -12,6 +12,7 @@ import numpy as np
 from edgekit.bundle import sha256
 from edgekit.classes import metric_name
 from edgekit.convert.options import ConvertOptions
+from edgekit.convert.robustness import RobustnessCheck
 from edgekit.converters import Artifact, ConversionSettings, Converter
 from edgekit.converters.source import SourceModel
 from edgekit.data import Dataset
@@ -58,6 +59,8 @@ class Job:
     reporter: Reporter
     labels: tuple[str, ...] | None = None
     """The class names (``--labels``); for token classification, the tags."""
+    robustness: RobustnessCheck | None = None
+    """``--max-robustness-drop``: the corrupted evaluation data, and float's accuracy on it."""
 
 
 def max_accuracy_drop(profile: DeviceProfile, override: float | None = None) -> float:
@@ -185,7 +188,18 @@ def _evaluate(job: Job, artifact: Artifact, backend: Backend) -> tuple[Accuracy 
     )
     primary = job.float_out[job.primary]
     judged = job.primary if primary.size > len(primary) else None  # more than one value per sample
-    return gate(result, len(job.evaluation), job.options, artifact.precision, judged)
+    accuracy, problem = gate(result, len(job.evaluation), job.options, artifact.precision, judged)
+    if job.robustness is None:
+        return accuracy, problem
+    output = list(job.float_out).index(job.primary)
+    robust = job.robustness.measure(backend.run, output)
+    if problem is None and robust.drop > robust.max_drop:
+        problem = (
+            f"top-1 under common corruptions {robust.artifact:.2f}% vs float {robust.float_model:.2f}%: "
+            f"drop {robust.drop:.2f} pp > allowed {robust.max_drop:.2f} pp"
+        )
+    verdict = "overridden" if problem else "passed"
+    return accuracy.model_copy(update={"robustness": robust, "gate": verdict}), problem
 
 
 def _by_name(backend: Backend, outs: list[np.ndarray], names: list[str]) -> dict[str, np.ndarray]:

@@ -30,6 +30,8 @@ class ConvertOptions:
     state: tuple[tuple[str, str], ...] = ()
     """(output, input) pairs of a streaming model's recurrent state; default: found from names."""
     max_accuracy_drop: float | None = None
+    max_robustness_drop: float | None = None
+    """Points of top-1 under common corruptions the artifact may lose against float; None: not checked."""
     allow_accuracy_drop: bool = False
     allow_over_budget: bool = False
     force: bool = False
