@@ -35,6 +35,23 @@ def test_calibration_error_on_known_cases() -> None:
     np.testing.assert_allclose(probabilities(logits), confident_and_half_wrong)
 
 
+def test_rank_correlation_is_spearmans_with_ties() -> None:
+    from scipy.stats import spearmanr
+
+    from edgekit.evaluate.explain import rank_correlation, top_overlap
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a = rng.integers(0, 4, 64).astype(float)
+        b = a + rng.normal(0, 1, 64)
+        assert rank_correlation(a, b) == pytest.approx(spearmanr(a, b).statistic)
+    assert rank_correlation(np.zeros(9), np.arange(9.0)) == 0.0
+    assert (
+        top_overlap(np.arange(100.0), np.arange(100.0)) == 1.0
+        and top_overlap(np.arange(100.0), -np.arange(100.0)) == 0.0
+    )
+
+
 def _sklearn_report(labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     from sklearn.metrics import classification_report
 
@@ -119,6 +136,14 @@ def test_a_tabular_model_gets_feature_corruptions(tabular: dict[str, Path]) -> N
     assert set(corruptions) == {"feature noise", "dropout", "drift"}
     assert all(len(values) == 5 for values in corruptions.values())
     assert result.float_model.report.accuracy > 0.8 and result.artifacts[0].agreement > 90
+    attribution = result.artifacts[0].attribution
+    assert (
+        attribution is not None
+        and attribution.method == "SHAP permutation"
+        and attribution.top_overlap is None
+    )
+    assert len(attribution.moved) == 5 and set(attribution.per_class) == {"0", "1", "2"}
+    assert attribution.rank_correlation > 0.5  # int8 keeps the float model's feature ranking mostly
 
 
 def test_an_onnx_only_source_is_stressed_model_agnostically(tmp_path: Path, publisher: Path) -> None:
@@ -138,7 +163,14 @@ def test_an_onnx_only_source_is_stressed_model_agnostically(tmp_path: Path, publ
     result = evaluate(EvaluateOptions(bundle, source, tmp_path / "eval.npz", report=tmp_path / "r.html"))
     assert result.float_model.report.accuracy == 1.0 and result.float_model.robustness.adversarial is None
     assert result.attack.startswith("none: the source is not a Keras model") and result.epsilons == []
-    assert "the source is not a Keras model" in (tmp_path / "r.html").read_text()
+    assert result.explanation == "occlusion on every model (patches grayed to the image mean)"
+    page = (tmp_path / "r.html").read_text()
+    assert "the source is not a Keras model" in page and "occlusion on every model" in page
+    attribution = result.artifacts[0].attribution
+    assert attribution is not None and len(result.explained) == 12 and -1 <= attribution.rank_correlation <= 1
+    same = evaluate(EvaluateOptions(tmp_path / "float.ekb", source, tmp_path / "eval.npz", quick=True))
+    exact = same.artifacts[0].attribution  # the float model converted at fp32 explains as float does
+    assert exact is not None and exact.rank_correlation > 0.99 and exact.top_overlap > 0.95
 
 
 def test_the_cli_writes_json_and_a_report_that_renders_in_chromium(
@@ -152,8 +184,9 @@ def test_the_cli_writes_json_and_a_report_that_renders_in_chromium(
     assert run.exit_code == 0, run.output
     numbers = json.loads(run.stdout)
     assert numbers["samples"] == 200 and numbers["artifacts"][0]["evaluation"]["name"] == "tflite int8"
-    # F1 bars, confusions, reliability, corruptions, attacks; and thumbnails where the models disagree
-    figures = 5 + bool(numbers["artifacts"][0]["disagreements"])
+    # F1 bars, confusions, reliability, corruptions, attacks, saliency maps; and thumbnails where
+    # the models disagree
+    figures = 6 + bool(numbers["artifacts"][0]["disagreements"])
     assert report.read_text().count("<img") == figures
     rendered = _render(report, tmp_path / "eval.png")
     assert rendered["errors"] == [] and rendered["images"] == figures and rendered["broken"] == 0

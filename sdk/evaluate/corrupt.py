@@ -71,8 +71,19 @@ IMAGE: dict[str, Corruption] = {
 }  # fmt: skip
 
 
+def channels_first(x: np.ndarray) -> bool:
+    """An NCHW batch (ONNX exports from PyTorch), told from NHWC by where 1 or 3 channels sit."""
+    return x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3)
+
+
+def to_nhwc(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 2, 3, 1) if channels_first(x) else x
+
+
 def corrupt_images(x: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
-    """``x`` corrupted by ``name`` at ``severity``, in the range of ``x`` itself."""
+    """``x`` corrupted by ``name`` at ``severity``, in the range of ``x`` itself (NHWC or NCHW)."""
+    if channels_first(x):
+        return corrupt_images(x.transpose(0, 2, 3, 1), name, severity, seed).transpose(0, 3, 1, 2)
     low, high = float(x.min()), float(x.max())
     span = high - low or 1.0
     unit = (np.asarray(x, np.float64) - low) / span

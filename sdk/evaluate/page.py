@@ -10,6 +10,7 @@ import numpy as np
 
 from edgekit.atomic import atomic_write
 from edgekit.classes import ClassComparison
+from edgekit.evaluate.corrupt import to_nhwc
 from edgekit.evaluate.run import Evaluation, ModelEvaluation
 from edgekit.figures import missing, png_img, pyplot
 from edgekit.fit_report import class_section
@@ -17,17 +18,20 @@ from edgekit.fit_report import class_section
 THUMBNAILS = 16
 
 
-def write_report(path: Path, result: Evaluation, x: np.ndarray) -> None:
-    atomic_write(path, render(result, x).encode())
+def write_report(
+    path: Path, result: Evaluation, x: np.ndarray, maps: dict[str, np.ndarray] | None = None
+) -> None:
+    atomic_write(path, render(result, x, maps or {}).encode())
 
 
 def _models(result: Evaluation) -> list[ModelEvaluation]:
     return [result.float_model, *(a.evaluation for a in result.artifacts)]
 
 
-def render(result: Evaluation, x: np.ndarray) -> str:
+def render(result: Evaluation, x: np.ndarray, maps: dict[str, np.ndarray]) -> str:
+    x = to_nhwc(x)  # thumbnails: channels last
     plt = pyplot()
-    figures = missing("plots") if plt is None else _figures(plt, result, x)
+    figures = missing("plots") if plt is None else _figures(plt, result, x, maps)
     rows = "".join(
         f"<tr><td>{html.escape(m.name)}</td><td>{100 * m.report.accuracy:.2f}</td>"
         f"<td>{100 * m.report.macro.f1:.2f}</td><td>{m.ece:.2f}</td><td>{m.robustness.mean:.2f}</td>"
@@ -75,7 +79,7 @@ def _versus(result: Evaluation, model: ModelEvaluation) -> str:
     )
 
 
-def _figures(plt: Any, result: Evaluation, x: np.ndarray) -> str:
+def _figures(plt: Any, result: Evaluation, x: np.ndarray, maps: dict[str, np.ndarray]) -> str:
     parts = [
         "<h2>Per-class F1</h2>", _f1_bars(plt, result),
         "<h2>Confusion matrices</h2>", _confusions(plt, result),
@@ -86,7 +90,59 @@ def _figures(plt: Any, result: Evaluation, x: np.ndarray) -> str:
         parts += ["<h2>Accuracy under attack (transferred from float)</h2>", _attack_curves(plt, result)]
     if x.ndim == 4 and x.shape[-1] in (1, 3):
         parts += ["<h2>Where float and artifact disagree</h2>", _disagreements(plt, result, x)]
+    if "float" in maps:
+        parts += [f"<h2>Explanations</h2><p>{html.escape(result.explanation)}.</p>", _agreement_table(result)]
+        parts.append(_saliency(plt, result, x, maps) if x.ndim == 4 else _attribution_bars(plt, maps))
     return "\n".join(parts)
+
+
+def _agreement_table(result: Evaluation) -> str:
+    rows = []
+    for artifact in result.artifacts:
+        found = artifact.attribution
+        if found is None:
+            continue
+        overlap = "-" if found.top_overlap is None else f"{found.top_overlap:.2f}"
+        worst = min(found.per_class.items(), key=lambda item: item[1])
+        moved = ", ".join(f"feature {i} ({change:.3f})" for i, change in found.moved[:3]) or "-"
+        rows.append(
+            f"<tr><td>{html.escape(artifact.evaluation.name)}</td><td>{found.rank_correlation:.3f}</td>"
+            f"<td>{overlap}</td><td>{html.escape(worst[0])} ({worst[1]:.3f})</td><td>{moved}</td></tr>"
+        )
+    return (
+        "<p>Agreement of each artifact's attributions with the float model's, on the same samples: "
+        "rank correlation (1: the same order of importance) and, for images, the overlap of the top 10% "
+        "of pixels.</p><table><tr><th>artifact</th><th>rank correlation</th><th>top-10% overlap</th>"
+        f"<th>least agreeing class</th><th>moved most</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _saliency(plt: Any, result: Evaluation, x: np.ndarray, maps: dict[str, np.ndarray]) -> str:
+    shown = min(6, len(result.explained))
+    columns = ["input", *maps]
+    figure, axes = plt.subplots(shown, len(columns), figsize=(1.6 * len(columns), 1.6 * shown), squeeze=False)
+    for row, index in enumerate(result.explained[:shown]):
+        image = x[index]
+        axes[row][0].imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+        for column, name in enumerate(maps, start=1):
+            axes[row][column].imshow(maps[name][row], cmap="inferno")
+        for column, name in enumerate(columns):
+            axes[row][column].axis("off")
+            if row == 0:
+                axes[row][column].set_title(name, fontsize=7)
+    return png_img(figure, "saliency maps")
+
+
+def _attribution_bars(plt: Any, maps: dict[str, np.ndarray]) -> str:
+    figure, axes = plt.subplots(figsize=(9, 3))
+    width = 0.8 / len(maps)
+    for i, (name, values) in enumerate(maps.items()):
+        mean = np.abs(values).mean(axis=0)
+        axes.bar(np.arange(len(mean)) + i * width, mean, width, label=name)
+    axes.set_xlabel("feature")
+    axes.set_ylabel("mean |SHAP value|")
+    axes.legend(fontsize=8)
+    return png_img(figure, "feature attributions")
 
 
 def _names(result: Evaluation, count: int) -> list[str]:
@@ -108,7 +164,8 @@ def _f1_bars(plt: Any, result: Evaluation) -> str:
         )
     axes.set_xticks(np.arange(count) + 0.4 - width / 2, _names(result, count))
     axes.set_ylabel("F1 (%)")
-    axes.legend(fontsize=8)
+    axes.set_ylim(0, 118)
+    axes.legend(fontsize=8, ncol=len(models), loc="upper center")
     return png_img(figure, "per-class F1")
 
 

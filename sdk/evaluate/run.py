@@ -14,6 +14,7 @@ from edgekit.classes import ClassReport, class_report
 from edgekit.errors import DataError, InputError
 from edgekit.evaluate import attack
 from edgekit.evaluate.corrupt import SEVERITIES, suite
+from edgekit.evaluate.explain import Agreement
 from edgekit.evaluate.scores import ReliabilityBin, calibration, confusion
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -79,6 +80,8 @@ class ArtifactEvaluation(_Strict):
     """Σ corruption errors of the artifact / Σ of the float model (1.0: equally robust)."""
     robustness_drop: float
     """Float's mean accuracy under corruption minus the artifact's, in points."""
+    attribution: Agreement | None = None
+    """How the artifact's attributions agree with the float model's."""
 
 
 class Evaluation(_Strict):
@@ -94,6 +97,10 @@ class Evaluation(_Strict):
     """How the adversarial examples were made, or why there are none."""
     float_model: ModelEvaluation
     artifacts: list[ArtifactEvaluation]
+    explained: list[int] = []
+    """The samples whose attributions were made and compared."""
+    explanation: str = ""
+    """How they were made."""
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgekit.bundle import read_manifest
 from edgekit.evaluate import attack
+from edgekit.evaluate.explain import Explainer
 from edgekit.evaluate.run import (
     EvaluateOptions,
     Evaluation,
@@ -28,7 +29,7 @@ CHUNK = 256
 def stages(options: EvaluateOptions, artifacts: int, kind_corruptions: int = 5) -> int:
     """How many ticks ``evaluate`` makes: a progress bar's total."""
     models = 1 + artifacts
-    return models * (kind_corruptions + 1) + 2
+    return models * (kind_corruptions + 1) + 3
 
 
 def evaluate(options: EvaluateOptions, tick: Tick = lambda _: None) -> Evaluation:
@@ -54,6 +55,9 @@ def evaluate(options: EvaluateOptions, tick: Tick = lambda _: None) -> Evaluatio
         float_eval, float_scores = model_evaluation(
             "float", float_predict, x, y, classes, corrupted, adversarial, tick
         )
+        explainer = Explainer(kind, x, y, float_scores, _names(manifest.labels, classes))
+        explainer.explain_float(float_predict, source.keras_model, output)
+        tick("float explained")
         compared = []
         for entry in manifest.artifacts:
             with Model.load(
@@ -66,17 +70,18 @@ def evaluate(options: EvaluateOptions, tick: Tick = lambda _: None) -> Evaluatio
                 evaluation, scores = model_evaluation(
                     label, predict, x, y, classes, corrupted, adversarial, tick
                 )
-                compared.append(compare(float_eval, float_scores, evaluation, scores))
+                found = compare(float_eval, float_scores, evaluation, scores)
+                compared.append(found.model_copy(update={"attribution": explainer.explain(label, predict)}))
     result = Evaluation(
         model=manifest.name, version=manifest.version, samples=len(x), kind=kind,
         labels=list(manifest.labels) if manifest.labels else None, severities=list(options.severities),
         epsilons=list(options.epsilons) if adversarial else [], attack=how, float_model=float_eval,
-        artifacts=compared,
+        artifacts=compared, explained=explainer.indices.tolist(), explanation=explainer.how,
     )  # fmt: skip
     if options.report is not None:
         from edgekit.evaluate.page import write_report
 
-        write_report(options.report, result, x)
+        write_report(options.report, result, x, explainer.maps)
     return result
 
 
@@ -104,6 +109,10 @@ def _chunked(predict: Predict) -> Predict:
         return np.concatenate([np.asarray(predict(x[i : i + CHUNK])) for i in range(0, len(x), CHUNK)])
 
     return run
+
+
+def _names(labels: Any, classes: int) -> list[str]:
+    return list(labels) if labels and len(labels) == classes else [str(i) for i in range(classes)]
 
 
 def _output_index(names: list[str], primary: str | None) -> int:
