@@ -93,14 +93,11 @@ def _attacks(
     if not np.issubdtype(x.dtype, np.floating):
         return None, f"none: the input is {x.dtype}, and gradients need a float input"
     logits = not np.allclose(probabilities(predict(x[:8])), predict(x[:8]), atol=1e-4)
-    bounds = (float(x.min()), float(x.max()))
-    crafted: dict[str, list[np.ndarray]] = {"fgsm": [], "pgd": []}
-    for epsilon in options.epsilons:
-        for kind, craft in (("fgsm", attack.fgsm), ("pgd", attack.pgd)):
-            parts = [craft(keras_model, x[i : i + CHUNK], y[i : i + CHUNK], epsilon, bounds, output, logits)
-                     for i in range(0, len(x), CHUNK)]  # fmt: skip
-            crafted[kind].append(np.concatenate(parts))
-    how = f"FGSM and PGD ({attack.PGD_STEPS} steps) on the float model with TensorFlow gradients"
+    classes = int(predict(x[:1]).reshape(1, -1).shape[1])
+    crafted = attack.craft(keras_model, x, y, options.epsilons, classes, output, logits)
+    how = (
+        f"FGSM and PGD ({attack.PGD_STEPS} steps) from the Adversarial Robustness Toolbox on the float model"
+    )
     return crafted, how + ", replayed on each artifact"
 
 
