@@ -98,6 +98,14 @@ class TextEncoder:
     def vocab_size(self) -> int:
         return int(self._tokenizer.get_vocab_size())
 
+    @property
+    def unknown_id(self) -> int:
+        """The unknown token's id, or the padding id for a vocabulary without one."""
+        return self._unknown_id if self._unknown_id >= 0 else self._pad_id
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        return [str(self._tokenizer.id_to_token(int(i))) for i in ids]
+
     def encode(self, texts: Sequence[str]) -> Feed:
         return self._feed(self._encodings(texts), len(texts))
 

@@ -270,3 +270,28 @@ def test_the_robustness_gate_refuses_a_fragile_int8_model_and_passes_a_sound_one
     ):
         convert(fragile)
     assert not (tmp_path / "fragile.ekb").exists()
+
+
+def test_a_text_classifier_gets_text_corruptions_and_token_attributions(
+    intent_files: dict[str, Path], tmp_path: Path, publisher: Path
+) -> None:
+    made = {}
+    for fmt, precision in (("onnx", "fp32"), ("tflite", "dynamic")):
+        made[fmt] = convert(ConvertOptions(
+            model=intent_files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / f"{fmt}.ekb",
+            format=fmt, precision=precision, tokenizer=intent_files["tokenizer"], labels=intent_files["labels"],
+            name="intent", sign_key=publisher,
+        )).output  # fmt: skip
+    for fmt, bundle in made.items():
+        report = tmp_path / f"{fmt}.html"
+        result = evaluate(EvaluateOptions(bundle, intent_files["model"], intent_files["evaluation"], quick=True,
+                                          report=report))  # fmt: skip
+        assert result.kind == "text" and result.attack.startswith("none: a text model takes token ids")
+        assert set(result.float_model.robustness.corruptions) == {"typos", "dropped words", "swapped words"}
+        assert result.labels is not None and set(result.float_model.report.classes[0].model_dump()) >= {"f1"}
+        attribution = result.artifacts[0].attribution
+        assert attribution is not None and attribution.method == "token occlusion"
+        if fmt == "onnx":  # fp32: the float model's own attributions
+            assert attribution.rank_correlation > 0.99
+        page = report.read_text()
+        assert "token occlusion on every model" in page and page.count("<span style=") > 20

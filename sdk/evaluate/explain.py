@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from edgekit.evaluate.corrupt import channels_first
 from edgekit.evaluate.scores import probabilities
 
-Predict = Callable[[np.ndarray], np.ndarray]
+Predict = Callable[[Any], np.ndarray]
 EXPLAINED = 12
 """Samples explained per model: attributions cost one call per patch or permutation."""
 
@@ -97,9 +97,10 @@ def shap_values(predict: Predict, x: np.ndarray, background: np.ndarray, classes
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rho of two maps, flattened, ties ranked by their mean rank (as scipy does);
-    0 where either map is constant."""
-    ranks = [_average_ranks(m.ravel()) for m in (a, b)]
+    """Spearman's rho of two maps, flattened, ties ranked by their mean rank (as scipy does),
+    over the places both define (NaN: a text's padding); 0 where either map is constant."""
+    both = np.isfinite(a.ravel()) & np.isfinite(b.ravel())
+    ranks = [_average_ranks(m.ravel()[both]) for m in (a, b)]
     if ranks[0].std() == 0 or ranks[1].std() == 0:
         return 0.0
     return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
@@ -119,15 +120,15 @@ def top_overlap(a: np.ndarray, b: np.ndarray, share: float = 0.1) -> float:
 
 
 def agreement(
-    method: str, float_maps: np.ndarray, maps: np.ndarray, labels: np.ndarray, names: list[str], image: bool
+    method: str, float_maps: np.ndarray, maps: np.ndarray, labels: np.ndarray, names: list[str], kind: str
 ) -> Agreement:
     rhos = np.array([rank_correlation(f, m) for f, m in zip(float_maps, maps, strict=True)])
     per_class = {names[int(c)]: float(rhos[labels == c].mean()) for c in np.unique(labels)}
-    overlap = (
-        float(np.mean([top_overlap(f, m) for f, m in zip(float_maps, maps, strict=True)])) if image else None
-    )
+    overlap = None
+    if kind == "image":
+        overlap = float(np.mean([top_overlap(f, m) for f, m in zip(float_maps, maps, strict=True)]))
     moved: list[tuple[int, float]] = []
-    if not image:
+    if kind == "tabular":
         change = np.abs(np.abs(maps).mean(axis=0) - np.abs(float_maps).mean(axis=0))
         moved = [(int(i), float(change[i])) for i in np.argsort(change)[::-1][:5]]
     return Agreement(method=method, rank_correlation=float(rhos.mean()), top_overlap=overlap,
@@ -149,19 +150,28 @@ class Explainer:
     """Explains the float model once, then each artifact the same way on the same samples
     (each explained for the class the float model predicts), keeping the maps for the report."""
 
-    def __init__(self, kind: str, x: np.ndarray, labels: np.ndarray, float_scores: np.ndarray,
-                 names: list[str]) -> None:  # fmt: skip
-        self.kind, self.names = kind, names
-        self.indices = pick(labels) if kind in ("image", "tabular") else np.array([], np.int64)
-        self.x, self.labels = x[self.indices], labels[self.indices]
+    def __init__(self, kind: str, x: Any, labels: np.ndarray, float_scores: np.ndarray,
+                 names: list[str], encoder: Any = None) -> None:  # fmt: skip
+        self.kind, self.names, self.encoder = kind, names, encoder
+        self.indices = pick(labels) if kind in ("image", "tabular", "text") else np.array([], np.int64)
+        if isinstance(x, dict):
+            self.x: Any = {name: value[self.indices] for name, value in x.items()}
+        else:
+            self.x, self.background = x[self.indices], x[:100]
+        self.labels = labels[self.indices]
         self.classes = np.asarray(float_scores)[self.indices].reshape(len(self.indices), -1).argmax(axis=1)
-        self.background = x[:100]
         self.maps: dict[str, np.ndarray] = {}
+        self.tokens: list[list[str]] | None = None
         self.how = {"image": "occlusion on every model (patches grayed to the image mean)",
-                    "tabular": "SHAP's permutation explainer on every model's predict function"}.get(
-            kind, "none: attributions are made for image and tabular inputs")  # fmt: skip
+                    "tabular": "SHAP's permutation explainer on every model's predict function",
+                    "text": "token occlusion on every model (each real token masked out in turn)"}.get(
+            kind, "none: attributions are made for image, tabular and text inputs")  # fmt: skip
 
     def _attribute(self, predict: Predict) -> np.ndarray:
+        if self.kind == "text":
+            from edgekit.evaluate.text import token_occlusion
+
+            return token_occlusion(predict, self.x, self.classes, self.encoder)
         if self.kind == "image" and channels_first(self.x):
             nhwc = self.x.transpose(0, 2, 3, 1)
             return occlusion(lambda batch: predict(batch.transpose(0, 3, 1, 2)), nhwc, self.classes)
@@ -176,8 +186,10 @@ class Explainer:
             self.how = "none: tabular attributions need SHAP (pip install 'edgekit[evaluate]')"
             return
         self.maps["float"] = self._attribute(predict)
-        gradients = keras_model is not None and not channels_first(self.x)
-        if self.kind == "image" and gradients and np.issubdtype(self.x.dtype, np.floating):
+        if self.kind == "text":
+            self.tokens = [self.encoder.token_strings(row) for row in self.x[self.encoder.inputs.ids]]
+        gradients = self.kind == "image" and keras_model is not None and not channels_first(self.x)
+        if gradients and np.issubdtype(self.x.dtype, np.floating):
             self.maps["float, integrated gradients"] = integrated_gradients(
                 keras_model, self.x, self.classes, output
             )
@@ -187,7 +199,5 @@ class Explainer:
         if "float" not in self.maps:
             return None
         self.maps[name] = self._attribute(predict)
-        method = "occlusion" if self.kind == "image" else "SHAP permutation"
-        return agreement(
-            method, self.maps["float"], self.maps[name], self.labels, self.names, self.kind == "image"
-        )
+        method = {"image": "occlusion", "tabular": "SHAP permutation", "text": "token occlusion"}[self.kind]
+        return agreement(method, self.maps["float"], self.maps[name], self.labels, self.names, self.kind)

@@ -19,19 +19,29 @@ THUMBNAILS = 16
 
 
 def write_report(
-    path: Path, result: Evaluation, x: np.ndarray, maps: dict[str, np.ndarray] | None = None
-) -> None:
-    atomic_write(path, render(result, x, maps or {}).encode())
+    path: Path, result: Evaluation, x: Any, maps: dict[str, np.ndarray] | None = None,
+    texts: list[str] | None = None, tokens: list[list[str]] | None = None,
+) -> None:  # fmt: skip
+    """``x``: the inputs (an image or feature array), or for a text model its feed, with
+    ``texts`` and the explained samples' ``tokens``."""
+    atomic_write(path, render(result, x, maps or {}, texts, tokens).encode())
 
 
 def _models(result: Evaluation) -> list[ModelEvaluation]:
     return [result.float_model, *(a.evaluation for a in result.artifacts)]
 
 
-def render(result: Evaluation, x: np.ndarray, maps: dict[str, np.ndarray]) -> str:
-    x = to_nhwc(x)  # thumbnails: channels last
+def render(
+    result: Evaluation, x: Any, maps: dict[str, np.ndarray], texts: list[str] | None = None,
+    tokens: list[list[str]] | None = None,
+) -> str:  # fmt: skip
     plt = pyplot()
-    figures = missing("plots") if plt is None else _figures(plt, result, x, maps)
+    if texts is not None:
+        figures = "" if plt is None else _figures(plt, result, np.empty((0,)), {})
+        figures += _text_sections(result, texts, maps, tokens)
+    else:
+        x = to_nhwc(x)  # thumbnails: channels last
+        figures = missing("plots") if plt is None else _figures(plt, result, x, maps)
     rows = "".join(
         f"<tr><td>{html.escape(m.name)}</td><td>{100 * m.report.accuracy:.2f}</td>"
         f"<td>{100 * m.report.macro.f1:.2f}</td><td>{m.ece:.2f}</td><td>{m.robustness.mean:.2f}</td>"
@@ -244,3 +254,38 @@ def _disagreements(plt: Any, result: Evaluation, x: np.ndarray) -> str:
         )
         parts.append(png_img(figure, f"disagreements {artifact.evaluation.name}"))
     return "\n".join(parts)
+
+
+def _text_sections(
+    result: Evaluation, texts: list[str], maps: dict[str, np.ndarray], tokens: list[list[str]] | None
+) -> str:
+    parts = ["<h2>Where float and artifact disagree</h2>"]
+    for artifact in result.artifacts:
+        shown = artifact.disagreements[:THUMBNAILS]
+        items = "".join(f"<li>#{i}: {html.escape(texts[i])}</li>" for i in shown)
+        parts.append(f"<p>{html.escape(artifact.evaluation.name)}: {len(artifact.disagreements)} of "
+                     f"{result.samples} texts.</p><ul>{items}</ul>")  # fmt: skip
+    if "float" in maps and tokens is not None:
+        how = html.escape(result.explanation)
+        shading = "darker: the token matters more to the predicted class"
+        parts += [f"<h2>Explanations</h2><p>{how}; {shading}.</p>", _agreement_table(result), "<table>"]
+        for row, index in enumerate(result.explained[:8]):
+            parts.append(f"<tr><th colspan=2>#{index}: {html.escape(texts[index])}</th></tr>")
+            for name, values in maps.items():
+                parts.append(
+                    f"<tr><td>{html.escape(name)}</td><td>{_shaded(tokens[row], values[row])}</td></tr>"
+                )
+        parts.append("</table>")
+    return "\n".join(parts)
+
+
+def _shaded(tokens: list[str], weights: np.ndarray) -> str:
+    real = np.isfinite(weights)
+    top = float(np.nanmax(np.abs(weights))) if real.any() else 0.0
+    spans = []
+    for token, weight, shown in zip(tokens, weights, real, strict=True):
+        if not shown:
+            continue
+        alpha = abs(float(weight)) / top if top > 0 else 0.0
+        spans.append(f'<span style="background:rgba(214,39,40,{alpha:.2f})">{html.escape(token)}</span>')
+    return " ".join(spans)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -17,7 +18,8 @@ from edgekit.evaluate.corrupt import SEVERITIES, suite
 from edgekit.evaluate.explain import Agreement
 from edgekit.evaluate.scores import ReliabilityBin, calibration, confusion
 
-Predict = Callable[[np.ndarray], np.ndarray]
+Predict = Callable[[Any], np.ndarray]
+"""A model's class scores for inputs: an array, or a text model's feed by input name."""
 Tick = Callable[[str], None]
 
 
@@ -89,7 +91,7 @@ class Evaluation(_Strict):
     version: int
     samples: int
     kind: str
-    """"image", "tabular" or "other": which corruptions ran."""
+    """"image", "tabular", "text" or "other": which corruptions ran."""
     labels: list[str] | None
     severities: list[int]
     epsilons: list[float]
@@ -108,8 +110,8 @@ def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def model_evaluation(
-    name: str, predict: Predict, x: np.ndarray, y: np.ndarray, classes: int,
-    corrupted: dict[str, list[np.ndarray]], adversarial: dict[str, list[np.ndarray]] | None, tick: Tick,
+    name: str, predict: Predict, x: Any, y: np.ndarray, classes: int,
+    corrupted: dict[str, list[Any]], adversarial: dict[str, list[np.ndarray]] | None, tick: Tick,
 ) -> tuple[ModelEvaluation, np.ndarray]:  # fmt: skip
     """One model on the clean data, every corrupted copy and every adversarial set."""
     scores = predict(x)

@@ -3,6 +3,7 @@ float, run everything on everything, and write the report."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from edgekit.evaluate.run import (
     single_input,
 )
 from edgekit.evaluate.scores import probabilities
+from edgekit.manifest import Manifest
 
 CHUNK = 256
 
@@ -32,30 +34,35 @@ def stages(options: EvaluateOptions, artifacts: int, kind_corruptions: int = 5) 
     return models * (kind_corruptions + 1) + 3
 
 
+@dataclass
+class Case:
+    """What every model is run on: the inputs (an array, or a text model's feed), the labels,
+    the corrupted copies, and the attacks."""
+
+    x: Any
+    y: np.ndarray
+    kind: str
+    corrupted: dict[str, list[Any]]
+    adversarial: dict[str, list[np.ndarray]] | None
+    how: str
+    texts: list[str] | None = None
+    encoder: Any = None
+
+
 def evaluate(options: EvaluateOptions, tick: Tick = lambda _: None) -> Evaluation:
     from edgekit.converters.source import load_source
-    from edgekit.data import check_dataset, load_dataset
     from edgekit.runtime import Model
 
     manifest = read_manifest(options.bundle)
-    data = load_dataset(options.evaluation, "evaluation")
     with load_source(options.source) as source:
-        name = single_input([spec.name for spec in source.inputs])
-        checked, _ = check_dataset(data, source.inputs, "evaluation", force=True)
-        x = checked.samples.arrays[name][: options.samples]
         output = _output_index([o.name for o in source.outputs], manifest.primary_output)
-        float_predict = _chunked(lambda batch: source.predict({name: batch})[output])
-        float_scores = float_predict(x[:1])
-        classes = int(float_scores.reshape(1, -1).shape[1])
-        y = check_labels(checked.y, classes, options.evaluation)[: len(x)]
-        kind, corrupted = corrupted_copies(x, options.severities)
-        tick("corruptions made")
-        adversarial, how = _attacks(source.keras_model, x, y, output, float_predict, options)
-        tick("attacks crafted on float")
+        case, float_predict = _case(options, manifest, source, output, tick)
+        classes = int(float_predict(_rows(case.x, 0, 1)).reshape(1, -1).shape[1])
         float_eval, float_scores = model_evaluation(
-            "float", float_predict, x, y, classes, corrupted, adversarial, tick
+            "float", float_predict, case.x, case.y, classes, case.corrupted, case.adversarial, tick
         )
-        explainer = Explainer(kind, x, y, float_scores, _names(manifest.labels, classes))
+        names = _names(manifest.labels, classes)
+        explainer = Explainer(case.kind, case.x, case.y, float_scores, names, case.encoder)
         explainer.explain_float(float_predict, source.keras_model, output)
         tick("float explained")
         compared = []
@@ -63,26 +70,59 @@ def evaluate(options: EvaluateOptions, tick: Tick = lambda _: None) -> Evaluatio
             with Model.load(
                 options.bundle, format=entry.format, allow_unsigned=options.allow_unsigned
             ) as model:
-                names = [o.name for o in model.info.outputs]
-                index = _output_index(names, manifest.primary_output)
+                index = _output_index([o.name for o in model.info.outputs], manifest.primary_output)
                 predict = _chunked(lambda batch, m=model, i=index: m.run(batch)[i])
                 label = f"{entry.format} {entry.precision}"
                 evaluation, scores = model_evaluation(
-                    label, predict, x, y, classes, corrupted, adversarial, tick
+                    label, predict, case.x, case.y, classes, case.corrupted, case.adversarial, tick
                 )
                 found = compare(float_eval, float_scores, evaluation, scores)
                 compared.append(found.model_copy(update={"attribution": explainer.explain(label, predict)}))
     result = Evaluation(
-        model=manifest.name, version=manifest.version, samples=len(x), kind=kind,
+        model=manifest.name, version=manifest.version, samples=len(case.y), kind=case.kind,
         labels=list(manifest.labels) if manifest.labels else None, severities=list(options.severities),
-        epsilons=list(options.epsilons) if adversarial else [], attack=how, float_model=float_eval,
+        epsilons=list(options.epsilons) if case.adversarial else [], attack=case.how, float_model=float_eval,
         artifacts=compared, explained=explainer.indices.tolist(), explanation=explainer.how,
     )  # fmt: skip
     if options.report is not None:
         from edgekit.evaluate.page import write_report
 
-        write_report(options.report, result, x, explainer.maps)
+        write_report(options.report, result, case.x, explainer.maps, case.texts, explainer.tokens)
     return result
+
+
+def _case(
+    options: EvaluateOptions, manifest: Manifest, source: Any, output: int, tick: Tick
+) -> tuple[Case, Predict]:
+    from edgekit.data import check_dataset, load_dataset
+
+    data = load_dataset(options.evaluation, "evaluation")
+    if manifest.text is not None:
+        return _text_case(options, manifest, data, source, output), _chunked(
+            lambda feed: source.predict(feed)[output]
+        )
+    name = single_input([spec.name for spec in source.inputs])
+    checked, _ = check_dataset(data, source.inputs, "evaluation", force=True)
+    x = checked.samples.arrays[name][: options.samples]
+    predict = _chunked(lambda batch: source.predict({name: batch})[output])
+    classes = int(predict(x[:1]).reshape(1, -1).shape[1])
+    y = check_labels(checked.y, classes, options.evaluation)[: len(x)]
+    kind, corrupted = corrupted_copies(x, options.severities)
+    tick("corruptions made")
+    adversarial, how = _attacks(source.keras_model, x, y, output, predict, options)
+    tick("attacks crafted on float")
+    return Case(x, y, kind, corrupted, adversarial, how), predict
+
+
+def _text_case(options: EvaluateOptions, manifest: Manifest, data: Any, source: Any, output: int) -> Case:
+    from edgekit.evaluate.text import text_case
+    from edgekit.runtime import Model
+
+    with Model.load(options.bundle, allow_unsigned=options.allow_unsigned) as model:
+        encoder = model.text_encoder
+    found = text_case(data, encoder, manifest.labels, options.severities, options.samples)
+    how = "none: a text model takes token ids, which have no gradients; the text corruptions stress it"
+    return Case(found.feed, found.labels, "text", found.corrupted, None, how, found.texts, encoder)
 
 
 def _attacks(
@@ -101,9 +141,21 @@ def _attacks(
     return crafted, how + ", replayed on each artifact"
 
 
+def _rows(x: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of an array, or of every array of a feed."""
+    if isinstance(x, dict):
+        return {name: value[start:stop] for name, value in x.items()}
+    return x[start:stop]
+
+
+def _count(x: Any) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
 def _chunked(predict: Predict) -> Predict:
-    def run(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.asarray(predict(x[i : i + CHUNK])) for i in range(0, len(x), CHUNK)])
+    def run(x: Any) -> np.ndarray:
+        parts = [np.asarray(predict(_rows(x, i, i + CHUNK))) for i in range(0, _count(x), CHUNK)]
+        return np.concatenate(parts)
 
     return run
 
