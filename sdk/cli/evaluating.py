@@ -44,8 +44,9 @@ def evaluate(ctx: click.Context, as_json: bool, **fields: Any) -> None:
 
     Per class (precision, recall, F1, support, as scikit-learn lays them out), confusion
     matrices, calibration (expected calibration error, reliability diagrams), accuracy under
-    common corruptions at severities 1 to 5, and under FGSM and PGD attacks crafted on the
-    float model (Keras sources) and replayed on each artifact.
+    common corruptions at severities 1 to 5, under FGSM and PGD attacks crafted on the
+    float model (Keras sources) and replayed on each artifact, and each model's attributions
+    compared with float's (see docs/evaluate.md).
 
     \b
       edgekit evaluate digits.ekb --source digits.keras --eval eval.npz --report eval.html
