@@ -74,9 +74,10 @@ class Store:
 
     def install(
         self, bundle: Path, *, allow_unsigned: bool = False, allow_downgrade: bool = False,
-        trust: Trust | None = None, max_bytes: int | None = None,
+        trust: Trust | None = None, max_bytes: int | None = None, data: bytes | None = None,
     ) -> Installed:  # fmt: skip
         """Verify ``bundle`` (signature, then every hash), then store it encrypted and active.
+        With ``data`` the bundle comes from memory (an agent's download), named by ``bundle``.
 
         ``highest`` is raised first, then the version written, then activated: a crash
         between any two steps leaves a state that is consistent and that ``install`` finishes."""
@@ -87,7 +88,7 @@ class Store:
             verify(manifest_bytes, signature)
             captured.append(signature)
 
-        manifest, contents = read_bundle(bundle, verify_and_remember, max_bytes)
+        manifest, contents = read_bundle(bundle, verify_and_remember, max_bytes, data)
         with self.locked():
             name, version = manifest.name, manifest.version
             state = self._read_state(name)

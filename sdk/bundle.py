@@ -6,6 +6,8 @@ bytes covers the whole bundle. Readers check every hash before an artifact is us
 
 from __future__ import annotations
 
+import io
+
 import hashlib
 import os
 import tempfile
@@ -123,7 +125,7 @@ Verifier = Callable[[bytes, "bytes | None"], None]
 
 
 def read_bundle(
-    path: Path, verify: Verifier | None = None, max_bytes: int | None = None
+    path: Path, verify: Verifier | None = None, max_bytes: int | None = None, data: bytes | None = None
 ) -> tuple[Manifest, dict[str, bytes]]:
     """Read a bundle in the order docs/security.md states: the archive's entries, the
     signature over the raw manifest bytes (with ``verify``), the manifest, then every
@@ -131,8 +133,9 @@ def read_bundle(
 
     Artifacts are capped at ``max_bytes`` in all; without it, an unsigned bundle that
     ``verify`` accepts (``allow_unsigned``) at its profile's storage budget. Reading without
-    ``verify`` (the build side: sign, inspect a fresh output) is not capped."""
-    with Archive(path) as archive:
+    ``verify`` (the build side: sign, inspect a fresh output) is not capped. With ``data``,
+    the bundle is read from those bytes in memory and ``path`` only names it."""
+    with Archive(path, io.BytesIO(data) if data is not None else None) as archive:
         manifest_bytes = _manifest_bytes(archive)
         signature = None
         if SIGNATURE in archive.names:

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 import edgekit
-from edgekit.cli import building, bundles, device, evaluating, fleet, keys, running, serving
+from edgekit.cli import building, bundles, device, evaluating, fleet, keys, rollout, running, serving
 from edgekit.cli.common import debug, error_line
 from edgekit.errors import EdgekitError
 
@@ -77,6 +77,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     route_warnings(ctx.obj["ui"])
 
 
-for family in (building, evaluating, running, serving, bundles, keys, device, fleet):
+for family in (building, evaluating, running, serving, bundles, keys, device, fleet, rollout):
     for command in family.COMMANDS:
         main.add_command(command)

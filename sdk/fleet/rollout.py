@@ -1,0 +1,159 @@
+"""The operator's side of a rollout over MQTT: what the fleet reports (retained agent
+statuses and documents), signed documents published, and bundles as retained chunks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
+
+from edgekit.errors import EdgekitError, InputError
+from edgekit.fleet.inbox import Inbox
+from edgekit.paths import edgekit_home
+from edgekit.runtime.agent.document import (
+    FLEET_WIDE,
+    AgentStatus,
+    Deployment,
+    agent_filter,
+    rollout_filter,
+    seal_document,
+)
+from edgekit.runtime.agent.fetch import chunk_topic
+from edgekit.runtime.telemetry.broker import Broker
+from edgekit.signing import signature_entry
+
+log = logging.getLogger("edgekit.fleet")
+CHUNK_BYTES = 256 * 1024
+
+
+@dataclass
+class FleetState:
+    """The latest retained agent status per node and document per group."""
+
+    fleet: str
+    agents: dict[str, AgentStatus] = field(default_factory=dict)
+    documents: dict[str | None, Deployment] = field(default_factory=dict)
+
+    def take(self, topic: str, payload: bytes) -> AgentStatus | Deployment | None:
+        """Record one message on the agent or rollout topics; others are None."""
+        parts = topic.split("/")
+        if len(parts) != 4 or not payload:
+            return None
+        try:
+            if parts[3] == "agent":
+                status = AgentStatus.model_validate_json(payload)
+                if status.node != parts[2]:
+                    return None
+                self.agents[status.node] = status
+                return status
+            if parts[2] == "rollout":
+                document = Deployment.model_validate_json(_document_bytes(payload))
+                self.documents[document.group] = document
+                return document
+        except (ValidationError, ValueError, KeyError):
+            log.debug("skipping a malformed message on %s", topic)
+        return None
+
+    def in_scope(self, group: str | None, online: bool = True) -> list[AgentStatus]:
+        return [
+            s for s in self.agents.values()
+            if (group is None or s.group == group) and (not online or s.phase != "offline")
+        ]  # fmt: skip
+
+    def running(self, model: str, group: str | None) -> Counter[int]:
+        return Counter(s.running for s in self.in_scope(group) if s.model in (model, None) and s.running)
+
+    def groups(self) -> dict[str | None, list[AgentStatus]]:
+        found: dict[str | None, list[AgentStatus]] = {}
+        for status in self.agents.values():
+            found.setdefault(status.group, []).append(status)
+        return found
+
+
+def _document_bytes(payload: bytes) -> bytes:
+    import base64
+
+    return base64.b64decode(json.loads(payload)["document"], validate=True)
+
+
+def connect(broker: Broker, fleet: str, extra: tuple[str, ...] = ()) -> Inbox:
+    return Inbox(broker, [agent_filter(fleet), rollout_filter(fleet), *extra]).start()
+
+
+def snapshot(inbox: Inbox, state: FleetState, quiet_s: float = 0.5, most_s: float = 3.0) -> FleetState:
+    """Read the retained messages: until ``quiet_s`` passes without one, or ``most_s``."""
+    started = last = time.monotonic()
+    while time.monotonic() - started < most_s and time.monotonic() - last < quiet_s:
+        message = inbox.get(timeout=0.05)
+        if message is not None:
+            state.take(message[0], message[1])
+            last = time.monotonic()
+    return state
+
+
+def publish(inbox: Inbox, topic: str, payload: bytes, retain: bool = True) -> None:
+    info = inbox.client.publish(topic, payload, qos=1, retain=retain)
+    info.wait_for_publish(timeout=30)
+    if not info.is_published():
+        raise EdgekitError(f"broker {inbox.broker.url} did not acknowledge {topic} within 30 s")
+
+
+def publish_document(inbox: Inbox, document: Deployment, key: Ed25519PrivateKey) -> None:
+    entry = signature_entry(document.canonical_bytes(), key)
+    publish(inbox, document.topic, seal_document(document, entry))
+
+
+def publish_chunks(inbox: Inbox, fleet: str, data: bytes, sha256: str, chunk: int = CHUNK_BYTES) -> str:
+    """The bundle as retained chunks ``.../bundles/SHA/INDEX``, for devices that reach only the broker."""
+    topic = chunk_topic(fleet, sha256)
+    for index, offset in enumerate(range(0, len(data), chunk)):
+        publish(inbox, f"{topic}/{index}", data[offset : offset + chunk])
+    return topic
+
+
+def next_serial(state: FleetState) -> int:
+    """Above every document the fleet holds, and above the clock in ms, so two machines'
+    documents keep increasing."""
+    return max([int(time.time() * 1000), *(d.serial + 1 for d in state.documents.values())])
+
+
+def history_path(fleet: str, path: Path | None) -> Path:
+    return path or edgekit_home() / "fleets" / fleet / "rollouts.jsonl"
+
+
+def record(path: Path, event: dict[str, Any]) -> None:
+    """Append one decision to the rollout history (JSON lines, fsynced)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"time": round(time.time(), 3), **event}, sort_keys=True) + "\n"
+    with open(path, "a") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_history(path: Path, rollout: str | None = None) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in events if rollout is None or e.get("rollout") == rollout]
+
+
+def group_label(group: str | None) -> str:
+    return group or FLEET_WIDE
+
+
+def check_document_group(state: FleetState, group: str | None) -> Deployment:
+    document = state.documents.get(group)
+    if document is None:
+        where = f"group {group}" if group else "the fleet"
+        raise InputError(f"no rollout document for {where} on the broker; start one with: edgekit fleet deploy")
+    return document
