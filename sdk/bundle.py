@@ -6,9 +6,8 @@ bytes covers the whole bundle. Readers check every hash before an artifact is us
 
 from __future__ import annotations
 
-import io
-
 import hashlib
+import io
 import os
 import tempfile
 import zipfile

@@ -28,7 +28,6 @@ def classifier(seed: int, faulty: bool = False):  # type: ignore[no-untyped-def]
     """x [N, 4] in [0, 1) -> softmax over 3 classes. ``faulty`` also gathers a row indexed by
     floor(5 * max(x)): out of range when max(x) >= 0.8, so ONNX Runtime raises on most real
     inputs while zeros (the agent's smoke check) pass."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -147,7 +146,7 @@ def _workload(fleet: str, broker: str, device_id: str, rate: float, halt: thread
     from edgekit.runtime import Model, Telemetry
     from edgekit.runtime.store import Store
 
-    telemetry = Telemetry(broker, fleet, device_id=device_id, window_s=1.0, k_anonymity=1)
+    telemetry = None
     rng = np.random.default_rng(abs(hash(device_id)) % 2**32)
     model, loaded = None, None
     while not halt.wait(1.0 / rate):
@@ -157,12 +156,15 @@ def _workload(fleet: str, broker: str, device_id: str, rate: float, halt: thread
         if active != loaded:
             if model is not None:
                 model.close()
+                telemetry.close()
+            telemetry = Telemetry(broker, fleet, device_id=device_id, window_s=1.0, k_anonymity=1)
             model, loaded = Model.load("meter", telemetry=telemetry), active
         try:
             model.predict(rng.random((1, 4), dtype=np.float32))
         except Exception:  # counted by telemetry as an error, as an application would see it
             pass
-    telemetry.close()
+    if telemetry is not None:
+        telemetry.close()
 
 
 def main() -> None:
@@ -184,7 +186,9 @@ def main() -> None:
                               retry_s=(0.5, 1.0, 2.0))).start()  # fmt: skip
     worker = None
     if not args.no_workload:
-        worker = threading.Thread(target=_workload, args=(args.fleet, args.broker, args.device_id, args.rate, halt))
+        worker = threading.Thread(
+            target=_workload, args=(args.fleet, args.broker, args.device_id, args.rate, halt)
+        )
         worker.start()
     halt.wait()
     if worker is not None:

@@ -136,7 +136,9 @@ class Agent:
     def _publish(self, status: AgentStatus) -> None:
         client = self._client
         if client is not None:
-            client.publish(agent_topic(self.config.fleet, status.node), status.model_dump_json(), qos=1, retain=True)
+            client.publish(
+                agent_topic(self.config.fleet, status.node), status.model_dump_json(), qos=1, retain=True
+            )
 
     def _report(self, **fields: Any) -> None:
         """Update the status and publish it (it waits in paho's queue while offline)."""
@@ -248,7 +250,9 @@ class Agent:
         self._report(phase="active", running=self.store.active().get(name), desired=desired, **context)
         return None
 
-    def _change(self, document: Deployment, running: int | None, target: int, context: dict[str, Any]) -> None:
+    def _change(
+        self, document: Deployment, running: int | None, target: int, context: dict[str, Any]
+    ) -> None:
         name = document.model.name
         installed = {e.version for e in self.store.installed() if e.name == name and e.problem is None}
         if running is not None and target < running:
@@ -266,7 +270,9 @@ class Agent:
         elif target == document.model.version:
             self._install(document, context)
         else:
-            raise EdgekitError(f"{name} v{target} is not installed here and the document carries v{document.model.version}")
+            raise EdgekitError(
+                f"{name} v{target} is not installed here and the document carries v{document.model.version}"
+            )
         self._smoke(name, running, target)
 
     def _install(self, document: Deployment, context: dict[str, Any]) -> None:
@@ -324,7 +330,9 @@ class Agent:
         except Exception as exc:
             if running is not None:
                 self.store.activate(name, running)
-            raise EdgekitError(f"{name} v{target} does not run here ({exc}); v{running} stays active") from exc
+            raise EdgekitError(
+                f"{name} v{target} does not run here ({exc}); v{running} stays active"
+            ) from exc
 
     def _fail(self, document: Deployment, reason: str, context: dict[str, Any], desired: int | None) -> None:
         log.warning("agent: %s: %s", document.rollout, reason)

@@ -182,4 +182,3 @@ def open_document(payload: bytes, trust: Trust, where: str) -> tuple[Deployment,
     except ValidationError as exc:
         raise DocumentError(f"{where}: malformed deployment document ({exc.errors()[0]['msg']})") from None
     return document, key_id
-

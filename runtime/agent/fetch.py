@@ -52,7 +52,9 @@ def check_space(folder: Path, size: int) -> None:
 
 def verify(data: bytes | bytearray, bundle: BundleRef) -> bytes:
     if len(data) != bundle.size:
-        raise FetchError(f"the bundle is {len(data)} bytes, the document declares {bundle.size}", permanent=True)
+        raise FetchError(
+            f"the bundle is {len(data)} bytes, the document declares {bundle.size}", permanent=True
+        )
     digest = hashlib.sha256(data).hexdigest()
     if digest != bundle.sha256:
         raise FetchError(
@@ -89,7 +91,9 @@ def _get(url: str, data: bytearray, size: int, progress: Progress, halt: threadi
             data.clear()  # the server ignored the range: start over
         while chunk := response.read(READ_BYTES):
             if len(data) + len(chunk) > size:
-                raise FetchError(f"{url} sends more than the {size} bytes the document declares", permanent=True)
+                raise FetchError(
+                    f"{url} sends more than the {size} bytes the document declares", permanent=True
+                )
             data.extend(chunk)
             progress(len(data) / size)
             if halt.is_set():

@@ -19,7 +19,9 @@ _key_option = click.option(
     "--key", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True,
     help="The publisher's private key (edgekit keys init --publisher); devices trust its .pub.",
 )  # fmt: skip
-_group_option = click.option("--group", default=None, help="One group of the fleet. Default: the whole fleet.")
+_group_option = click.option(
+    "--group", default=None, help="One group of the fleet. Default: the whole fleet."
+)
 _history_option = click.option(
     "--history", type=click.Path(path_type=Path, dir_okay=False), default=None,
     help="Rollout history (JSON lines). Default: $EDGEKIT_HOME/fleets/FLEET/rollouts.jsonl.",
@@ -87,29 +89,74 @@ def agent(fleet: str, group: str | None, device_id: str | None, fleet_dir: Path 
 @broker_options
 @_key_option
 @_group_option
-@click.option("--canary", default="10%", show_default=True, callback=_fraction,
-              help="Share of the devices that get it first.")
-@click.option("--watch", "watch_s", default="15m", show_default=True, callback=_duration,
-              help="How long the canaries are watched before a decision (90s, 15m, 1h).")
-@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.01, show_default=True,
-              help="How much the canaries' error rate may exceed the control group's.")
-@click.option("--max-p95-ms", type=click.FloatRange(0), default=40.0, show_default=True,
-              help="How many ms the canaries' p95 latency may exceed the control group's.")
-@click.option("--max-drift", type=click.FloatRange(0), default=0.25, show_default=True,
-              help="How much the canaries' drift score (PSI) may exceed the control group's.")
-@click.option("--min-calls", type=click.IntRange(1), default=100, show_default=True,
-              help="Calls the canaries must answer before they can be promoted.")
-@click.option("--serve", default=None, metavar="HOST:PORT",
-              help="Serve the bundle over HTTP from here (devices resume downloads).")
+@click.option(
+    "--canary",
+    default="10%",
+    show_default=True,
+    callback=_fraction,
+    help="Share of the devices that get it first.",
+)
+@click.option(
+    "--watch",
+    "watch_s",
+    default="15m",
+    show_default=True,
+    callback=_duration,
+    help="How long the canaries are watched before a decision (90s, 15m, 1h).",
+)
+@click.option(
+    "--max-error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    show_default=True,
+    help="How much the canaries' error rate may exceed the control group's.",
+)
+@click.option(
+    "--max-p95-ms",
+    type=click.FloatRange(0),
+    default=40.0,
+    show_default=True,
+    help="How many ms the canaries' p95 latency may exceed the control group's.",
+)
+@click.option(
+    "--max-drift",
+    type=click.FloatRange(0),
+    default=0.25,
+    show_default=True,
+    help="How much the canaries' drift score (PSI) may exceed the control group's.",
+)
+@click.option(
+    "--min-calls",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Calls the canaries must answer before they can be promoted.",
+)
+@click.option(
+    "--serve",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve the bundle over HTTP from here (devices resume downloads).",
+)
 @click.option("--public-host", default=None, help="The host name devices use for --serve. Default: its host.")
-@click.option("--bundle-url", default=None, help="Devices fetch the bundle from this URL (an existing server).")
+@click.option(
+    "--bundle-url", default=None, help="Devices fetch the bundle from this URL (an existing server)."
+)
 @click.option("--no-mqtt-copy", is_flag=True, help="Do not also publish the bundle as retained MQTT chunks.")
-@click.option("--settle", "settle_s", default="2m", show_default=True, callback=_duration,
-              help="After the decision, how long to wait for every device to follow it.")
+@click.option(
+    "--settle",
+    "settle_s",
+    default="2m",
+    show_default=True,
+    callback=_duration,
+    help="After the decision, how long to wait for every device to follow it.",
+)
 @_history_option
 @json_option
 @click.pass_context
-def fleet_deploy(ctx: click.Context, bundle: Path, broker: str, fleet: str, as_json: bool, **fields: Any) -> None:
+def fleet_deploy(
+    ctx: click.Context, bundle: Path, broker: str, fleet: str, as_json: bool, **fields: Any
+) -> None:
     """Roll BUNDLE out to a fleet: canaries first, watched, then promoted or rolled back.
 
     \b
@@ -182,7 +229,8 @@ def _override(phase: str) -> Any:
 
         final = override(_broker(broker, **tls), fleet, group, key, phase, history)
         target = final.target(is_canary=False)
-        say(as_json, {"rollout": final.rollout, "phase": final.phase, "version": target, "serial": final.serial},
+        data = {"rollout": final.rollout, "phase": final.phase, "version": target, "serial": final.serial}
+        say(as_json, data,
             f"rollout {final.rollout}: {final.phase} by hand; every device goes to v{target}")  # fmt: skip
 
     return command

@@ -34,7 +34,7 @@ class BundleServer:
 
     def url(self, public_host: str | None = None) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{public_host or host}:{port}{self.path}"
+        return f"http://{public_host or str(host)}:{port}{self.path}"
 
     def start(self) -> BundleServer:
         self.thread.start()
@@ -60,7 +60,9 @@ class BundleServer:
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(owner.data) - start))
                 if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(owner.data) - 1}/{len(owner.data)}")
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{len(owner.data) - 1}/{len(owner.data)}"
+                    )
                 self.end_headers()
                 owner.send(self.wfile, start)
 

@@ -101,7 +101,9 @@ class Rollout:
         self.server: BundleServer | None = None
 
     def run(self) -> Outcome:
-        inbox = connect(self.options.broker, self.options.fleet, (fleet_filter(self.options.fleet, "report"),))
+        inbox = connect(
+            self.options.broker, self.options.fleet, (fleet_filter(self.options.fleet, "report"),)
+        )
         try:
             return self._run(inbox)
         finally:
@@ -114,13 +116,14 @@ class Rollout:
         scope = self.state.in_scope(self.options.group)
         if not scope:
             where = f"group {self.options.group}" if self.options.group else f"fleet {self.options.fleet}"
-            raise EdgekitError(f"no edgekit agent of {where} is online on {self.options.broker.url}; "
-                               "start one on each device: edgekit agent --broker URL --fleet NAME")  # fmt: skip
+            raise EdgekitError(f"no edgekit agent of {where} is online on {self.options.broker.url}; start "
+                               "one on each device: edgekit agent --broker URL --fleet NAME")  # fmt: skip
         previous = self._previous(scope)
         canaries = self._canaries(scope)
         self.document = Deployment(
-            fleet=self.options.fleet, group=self.options.group, rollout=self.id, serial=next_serial(self.state),
-            issued=time.time(), phase="canary", previous=previous, canary=canaries,
+            fleet=self.options.fleet, group=self.options.group, rollout=self.id,
+            serial=next_serial(self.state), issued=time.time(), phase="canary", previous=previous,
+            canary=canaries,
             model=BundleRef(name=self.name, version=self.version, sha256=self.sha256, size=len(self.data),
                             sources=self._sources(inbox)),
         )  # fmt: skip
@@ -143,8 +146,8 @@ class Rollout:
         versions = [s.models.get(self.name) for s in scope if s.models.get(self.name)]
         previous = max(set(versions), key=versions.count) if versions else None
         if previous is not None and previous >= self.version:
-            raise InputError(f"{self.name} v{self.version} is not newer than v{previous}, which the devices run; "
-                             "convert it with a higher --version")  # fmt: skip
+            raise InputError(f"{self.name} v{self.version} is not newer than v{previous}, which the devices "
+                             "run; convert it with a higher --version")  # fmt: skip
         return previous
 
     def _canaries(self, scope: list[AgentStatus]) -> Canary:
@@ -156,7 +159,9 @@ class Rollout:
     def _sources(self, inbox: Inbox) -> tuple[Source, ...]:
         sources = []
         if self.options.serve:
-            self.server = BundleServer(self.options.bundle, self.sha256, self.options.serve, self.options.serve_rate)
+            self.server = BundleServer(
+                self.options.bundle, self.sha256, self.options.serve, self.options.serve_rate
+            )
             sources.append(Source(kind="http", url=self.server.start().url(self.options.public_host)))
         if self.options.bundle_url:
             sources.append(Source(kind="http", url=self.options.bundle_url))
@@ -244,7 +249,9 @@ class Rollout:
         """Wait until every online device in scope runs what the final document asks."""
         deadline = time.monotonic() + self.options.settle_s
         while time.monotonic() < deadline:
-            pending = [s for s in self.state.in_scope(self.options.group) if not _settled(s, final, self.name)]
+            pending = [
+                s for s in self.state.in_scope(self.options.group) if not _settled(s, final, self.name)
+            ]
             if not pending:
                 return True
             message = inbox.get(timeout=0.2)
@@ -276,7 +283,9 @@ def override(broker: Broker, fleet: str, group: str | None, key_path: Path, phas
         allowed = {"promoted": ("canary",), "aborted": ("canary", "promoted")}[phase]
         if current.phase not in allowed:
             raise InputError(f"rollout {current.rollout} is {current.phase}; it cannot be {phase} now")
-        final = current.model_copy(update={"phase": phase, "serial": next_serial(state), "issued": time.time()})
+        final = current.model_copy(
+            update={"phase": phase, "serial": next_serial(state), "issued": time.time()}
+        )
         publish_document(inbox, final, key)
     finally:
         inbox.stop()

@@ -92,7 +92,9 @@ def judge(canary: Window, control: Window, rules: Rules) -> Verdict:
         if mine - theirs > limit
     ]
     if canary.calls < rules.min_calls:
-        return Verdict(None, f"the canaries answered {canary.calls} calls, fewer than {rules.min_calls}", numbers)
+        return Verdict(
+            None, f"the canaries answered {canary.calls} calls, fewer than {rules.min_calls}", numbers
+        )
     if broken:
         return Verdict(False, "; ".join(broken), numbers)
     return Verdict(True, "every rule holds", numbers)

@@ -155,5 +155,7 @@ def check_document_group(state: FleetState, group: str | None) -> Deployment:
     document = state.documents.get(group)
     if document is None:
         where = f"group {group}" if group else "the fleet"
-        raise InputError(f"no rollout document for {where} on the broker; start one with: edgekit fleet deploy")
+        raise InputError(
+            f"no rollout document for {where} on the broker; start one with: edgekit fleet deploy"
+        )
     return document

@@ -35,13 +35,12 @@ def deploy_progress(out: Console, as_json: bool) -> Callable[[str, dict[str, Any
 
 
 def _watch_line(event: dict[str, Any]) -> str:
-    canary, control = event["canary"], event["control"]
-    return (
-        f"  {event['left_s']:>6.0f} s left: canaries {canary['calls']} calls, errors "
-        f"{100 * canary['error_rate']:.2f}%, p95 {canary['p95_ms']:g} ms, drift {canary['drift']:.3f} | control "
-        f"{control['calls']} calls, errors {100 * control['error_rate']:.2f}%, p95 {control['p95_ms']:g} ms, "
-        f"drift {control['drift']:.3f}"
-    )
+    sides = [
+        f"{side} {n['calls']} calls, errors {100 * n['error_rate']:.2f}%, "
+        f"p95 {n['p95_ms']:g} ms, drift {n['drift']:.3f}"
+        for side, n in (("canaries", event["canary"]), ("control", event["control"]))
+    ]
+    return f"  {event['left_s']:>6.0f} s left: " + " | ".join(sides)
 
 
 def print_outcome(out: Console, outcome: Outcome) -> None:
