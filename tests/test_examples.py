@@ -59,6 +59,10 @@ def test_factory_vibration(tmp_path: Path) -> None:
         assert flagged == {"line-2-pump", "line-3-fan"}  # the two injected sensor drifts, only those
         assert all(max(scores) < 0.25 for name, scores in drift.items() if name not in flagged)
         assert all(len(scores) == 8 for scores in drift.values())
+        promoted, rolled_back = summary["numbers"]["rollout_v2"], summary["numbers"]["rollout_v3"]
+        assert promoted["decision"] == "promoted" and promoted["running"] == {"2": 5}
+        assert rolled_back["decision"] == "rolled-back" and "p95" in rolled_back["reason"]
+        assert rolled_back["running"] == {"2": 5} and rolled_back["canaries"] == 1
 
 
 def test_jetson_vision(tmp_path: Path) -> None:
@@ -77,7 +81,9 @@ def test_voice_commands(tmp_path: Path) -> None:
     assert numbers["heads"] == [16, 8] and numbers["pruned_parameters"] < 0.75 * numbers["parameters"]
     assert numbers["top1_before"] - numbers["top1_after"] <= 2.0 and numbers["artifact_top1"] >= 90
     assert numbers["jetson_precision"] in ("fp16", "int8") and numbers["spoken_right"] >= 5
-    assert numbers["slots_micro_f1"] >= 90 and numbers["slots_macro_f1_float"] - numbers["slots_macro_f1"] <= 1
+    assert (
+        numbers["slots_micro_f1"] >= 90 and numbers["slots_macro_f1_float"] - numbers["slots_macro_f1"] <= 1
+    )
     assert summary["telemetry"] is BROKER
     if BROKER:
         assert numbers["captured"] == 6  # every spoken command, de-identified (checked by the example)

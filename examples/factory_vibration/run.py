@@ -9,7 +9,10 @@ defect frequencies). A small 1-D conv net learns normal / outer race / inner rac
 the profile lists, measures them here and ships the fastest that passes. Six gateways run
 it, reporting to a local Mosquitto broker; two have accelerometers that drift slowly (one
 loses calibration, one gains a DC bias). `edgekit fleet watch` flags those two, and only
-those. Exit code 1 if a check fails.
+those. Then a v2 retrained on the month's readings goes to five gateways through a canary
+(`edgekit agent` on each, `edgekit fleet deploy` on the operator's side) and is promoted, and
+a v3 too slow for them is rolled back automatically on its p95 latency. Exit code 1 if a
+check fails.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from common import Checks, Machines, arguments, heading, local_broker, run  # noqa: E402
+from rollout import roll_out  # noqa: E402
 from signals import CLASSES, SKF_6205, Sensor, build_classifier, readings  # noqa: E402
 
 from edgekit.bundle import read_manifest  # noqa: E402
@@ -128,9 +132,12 @@ def main() -> int:
         events = [json.loads(line) for line in watch_json.communicate(timeout=60)[0].splitlines()]
         table = watch_table.communicate(timeout=60)[0]
 
-    heading("5. what `edgekit fleet watch` showed at the end")
-    print(table)
-    _fleet_checks(checks, out, schedule, events, accuracy)
+        heading("5. what `edgekit fleet watch` showed at the end")
+        print(table)
+        _fleet_checks(checks, out, schedule, events, accuracy)
+        x_new = np.concatenate([x for windows_ in traffic.values() for x, _ in windows_])
+        y_new = np.concatenate([labels for windows_ in traffic.values() for _, labels in windows_])
+        roll_out(machines, checks, out, broker.url, key, x_new, y_new)
     return checks.finish(telemetry=True)
 
 

@@ -52,6 +52,8 @@ class AgentConfig:
     """As the device's telemetry: status and reports then carry the same pseudonym."""
     backoff_max_s: float = 30.0
     chunk_idle_s: float = 60.0
+    heartbeat_s: float = 30.0
+    """The status is published again this often: the operator's "last seen"."""
     retry_s: tuple[float, ...] = field(default=(2.0, 5.0, 15.0, 60.0))
 
 
@@ -74,6 +76,7 @@ class Agent:
         self._client: Any = None
         self._retry: tuple[float, bytes, int] | None = None
         self._attempts = 0
+        self._published = 0.0
         self._worker = threading.Thread(target=self._work, name="edgekit-agent", daemon=True)
 
     def _models(self) -> dict[str, int]:
@@ -112,9 +115,9 @@ class Agent:
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.reconnect_delay_set(0.5, self.config.backoff_max_s)
+        self._client = client  # before the network thread starts: on_connect publishes through it
         client.connect_async(self.config.broker.host, self.config.broker.port, keepalive=30)
         client.loop_start()
-        self._client = client
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -135,6 +138,7 @@ class Agent:
 
     def _publish(self, status: AgentStatus) -> None:
         client = self._client
+        self._published = time.monotonic()
         if client is not None:
             client.publish(
                 agent_topic(self.config.fleet, status.node), status.model_dump_json(), qos=1, retain=True
@@ -154,6 +158,8 @@ class Agent:
     def _work(self) -> None:
         while not self.halt.is_set():
             self._roll_epoch()
+            if time.monotonic() - self._published >= self.config.heartbeat_s:
+                self._report(phase=self.status.phase, reason=self.status.reason)
             try:
                 topic, payload = self.queue.get(timeout=0.5)
             except queue.Empty:
@@ -282,7 +288,7 @@ class Agent:
         data = self._fetch(document, lambda done: self._progress(done, bundle.version, context))
         self._report(phase="installing", desired=bundle.version, **context)
         label = Path(f"{bundle.name}-v{bundle.version}.ekb")
-        installed = self.store.install(label, trust=self.trust, data=data, max_bytes=bundle.size)
+        installed = self.store.install(label, trust=self.trust, data=data)
         if (installed.name, installed.version) != (bundle.name, bundle.version):
             self.store.rollback(installed.name)
             raise EdgekitError(f"the bundle holds {installed.name} v{installed.version}, "

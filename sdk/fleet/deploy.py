@@ -147,7 +147,7 @@ class Rollout:
         previous = max(set(versions), key=versions.count) if versions else None
         if previous is not None and previous >= self.version:
             raise InputError(f"{self.name} v{self.version} is not newer than v{previous}, which the devices "
-                             "run; convert it with a higher --version")  # fmt: skip
+                             "run; convert it with a higher --model-version")  # fmt: skip
         return previous
 
     def _canaries(self, scope: list[AgentStatus]) -> Canary:
