@@ -114,6 +114,7 @@ class Agent:
         client.will_set(agent_topic(self.config.fleet, node), offline.model_dump_json(), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.on_connect_fail = self._on_connect_fail
         client.reconnect_delay_set(0.5, self.config.backoff_max_s)
         self._client = client  # before the network thread starts: on_connect publishes through it
         client.connect_async(self.config.broker.host, self.config.broker.port, keepalive=30)
@@ -128,6 +129,10 @@ class Agent:
         if self._chunks is not None:
             client.subscribe(f"{self._chunks.topic}/+", qos=1)
         self._publish(self.status)
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        log.warning("agent: cannot reach broker %s; retrying (the active version keeps serving)",
+                    self.config.broker.url)  # fmt: skip
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         chunks = self._chunks

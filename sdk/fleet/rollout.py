@@ -3,10 +3,11 @@ statuses and documents), signed documents published, and bundles as retained chu
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,6 @@ class FleetState:
             if (group is None or s.group == group) and (not online or s.phase != "offline")
         ]  # fmt: skip
 
-    def running(self, model: str, group: str | None) -> Counter[int]:
-        return Counter(s.running for s in self.in_scope(group) if s.model in (model, None) and s.running)
-
     def groups(self) -> dict[str | None, list[AgentStatus]]:
         found: dict[str | None, list[AgentStatus]] = {}
         for status in self.agents.values():
@@ -78,8 +76,6 @@ class FleetState:
 
 
 def _document_bytes(payload: bytes) -> bytes:
-    import base64
-
     return base64.b64decode(json.loads(payload)["document"], validate=True)
 
 
@@ -130,8 +126,6 @@ def history_path(fleet: str, path: Path | None) -> Path:
 
 def record(path: Path, event: dict[str, Any]) -> None:
     """Append one decision to the rollout history (JSON lines, fsynced)."""
-    import os
-
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"time": round(time.time(), 3), **event}, sort_keys=True) + "\n"
     with open(path, "a") as handle:
