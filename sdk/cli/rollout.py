@@ -54,8 +54,9 @@ def _fraction(ctx: click.Context, param: click.Parameter, value: str) -> float:
               help="Where fleet.secret is. Default: $EDGEKIT_HOME/fleets/FLEET.")  # fmt: skip
 @click.option("--epoch-s", type=click.FloatRange(min=1), default=86400.0, show_default=True,
               help="How long one pseudonym lasts: as the device's telemetry.")  # fmt: skip
+@json_option
 def agent(fleet: str, group: str | None, device_id: str | None, fleet_dir: Path | None, epoch_s: float,
-          **tls: Any) -> None:  # fmt: skip
+          as_json: bool, **tls: Any) -> None:  # fmt: skip
     """Keep this device on the version its fleet's signed rollout documents ask for.
 
     \b
@@ -75,6 +76,11 @@ def agent(fleet: str, group: str | None, device_id: str | None, fleet_dir: Path 
     logging.getLogger("edgekit.agent").setLevel(logging.INFO)
     config = AgentConfig(_broker(**tls), fleet, check_group(group), device_id, fleet_dir, epoch_s)
     running = Agent(config).start()
+    status = {"fleet": fleet, "group": group, "node": running.status.node, "broker": config.broker.url}
+    if as_json:
+        print_json(status)
+    else:
+        logging.getLogger("edgekit.agent").info("agent: node %s of fleet %s", status["node"], fleet)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
