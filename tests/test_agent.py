@@ -140,8 +140,8 @@ def test_tampered_oversized_and_too_large_for_the_disk_are_refused_and_v1_keeps_
     raw = bytearray(tampered.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     tampered.write_bytes(bytes(raw))
-    server = BundleServer(tampered, "x" * 64, "127.0.0.1:0").start()
-    real = BundleServer(bundles[2], "y" * 64, "127.0.0.1:0").start()
+    server = BundleServer(tampered.read_bytes(), "x" * 64, "127.0.0.1:0").start()
+    real = BundleServer(bundles[2].read_bytes(), "y" * 64, "127.0.0.1:0").start()
     try:
         _send(device, _document(bundles[2], 40, url=server.url()), publisher)
         _failed_with(device, 40, "sha256")
@@ -185,3 +185,27 @@ def test_the_agent_status_is_retained_on_the_broker_with_the_reason(
         and status.models == {"meter": 1}
         and "Connection refused" in (status.reason or "")
     )
+
+
+def test_promote_re_signs_only_a_document_signed_by_its_own_key(
+    device: dict[str, Any], bundles: dict[int, Path], publisher: Path, tmp_path: Path
+) -> None:
+    from edgekit.errors import SignatureError
+    from edgekit.fleet.deploy import override
+    from edgekit.runtime.telemetry.broker import Broker
+    from edgekit.signing import create_publisher_key
+
+    stranger = tmp_path / "stranger.key"
+    create_publisher_key(stranger)
+    _send(device, _document(bundles[2], 60, phase="canary"), stranger)
+    broker = Broker.parse(device["broker"].url)
+    with pytest.raises(SignatureError, match="not signed by key"):
+        override(broker, FLEET, "line-3", publisher, "promoted", tmp_path / "history.jsonl")
+    assert not (tmp_path / "history.jsonl").exists()
+    _send(device, _document(bundles[2], 61, phase="canary"), publisher)
+    until(
+        lambda: device["agent"].state.serials.get("edgekit/hub-fleet/rollout/line-3") == 61,
+        "our own document",
+    )
+    final = override(broker, FLEET, "line-3", publisher, "promoted", tmp_path / "history.jsonl")
+    assert final.phase == "promoted" and final.serial > 61 and final.rollout == "r61"

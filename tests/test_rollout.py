@@ -146,7 +146,7 @@ def test_kill_9_mid_download_or_install_leaves_a_version_and_finishes_on_restart
     sha = hashlib.sha256(data).hexdigest()
     rng = random.Random(7)
     with LocalBroker(tmp_path / "broker") as broker:
-        server = BundleServer(bundle, sha, "127.0.0.1:0", rate=len(data) / 1.5).start()  # 1.5 s a download
+        server = BundleServer(data, sha, "127.0.0.1:0", rate=len(data) / 1.5).start()  # 1.5 s a download
         inbox = connect(Broker.parse(broker.url), FLEET)
         document = Deployment(fleet=FLEET, group="line-3", rollout="kill-test", serial=1, issued=0,
                               phase="promoted", previous=1,

@@ -35,7 +35,7 @@ from edgekit.runtime.agent.fetch import Chunks, FetchError, check_space, check_u
 from edgekit.runtime.agent.state import AgentState
 from edgekit.runtime.store import Store
 from edgekit.runtime.telemetry.broker import Broker
-from edgekit.runtime.telemetry.privacy import DeviceFleetKeys, machine_id, pseudonym
+from edgekit.runtime.telemetry.privacy import DeviceFleetKeys, epoch_at, machine_id, pseudonym
 from edgekit.signing import Trust
 
 log = logging.getLogger("edgekit.agent")
@@ -83,7 +83,7 @@ class Agent:
         return {name: version for name, version in self.store.active().items() if version is not None}
 
     def epoch(self, now: float | None = None) -> int:
-        return int((now if now is not None else time.time()) // self.config.epoch_s)
+        return epoch_at(self.config.epoch_s, now)
 
     def node(self, epoch: int | None = None) -> str:
         return pseudonym(self.secret, self.device_id, self.epoch() if epoch is None else epoch)
@@ -168,9 +168,9 @@ class Agent:
             try:
                 topic, payload = self.queue.get(timeout=0.5)
             except queue.Empty:
-                if self._retry is not None and time.monotonic() >= self._retry[0]:
-                    self._handle("", self._retry[1])
-                continue
+                if self._retry is None or time.monotonic() < self._retry[0]:
+                    continue
+                topic, payload = "", self._retry[1]
             try:
                 self._handle(topic, payload)
             except Exception as exc:  # never let the worker die; report and go on
@@ -191,7 +191,7 @@ class Agent:
     def _handle(self, topic: str, payload: bytes) -> None:
         where = f"deployment document on {topic or 'the saved state'}"
         try:
-            document, _ = open_document(payload, self.trust, where)
+            document, _ = open_document(payload, self.trust.check, where)
         except SignatureError as exc:
             return self._refuse("untrusted", str(exc))
         except DocumentError as exc:

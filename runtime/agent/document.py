@@ -16,13 +16,17 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgekit.bundle import SignatureEntry
 from edgekit.errors import InputError, SignatureError
 from edgekit.runtime.telemetry.schema import FLEET_NAME, KINDS, MAX_SEQ
-from edgekit.signing import Trust
+from edgekit.signing import key_id
 
 FLEET_WIDE = "_fleet"
 """The topic level of a document for a whole fleet (group names cannot start with '_')."""
@@ -163,7 +167,30 @@ def seal_document(document: Deployment, signature_entry: bytes) -> bytes:
     return json.dumps(envelope, sort_keys=True).encode()
 
 
-def open_document(payload: bytes, trust: Trust, where: str) -> tuple[Deployment, str]:
+Check = Callable[[bytes, bytes, str], str]
+"""Verifies (signed bytes, signature entry, where) and returns the key id: ``Trust.check`` on a
+device, ``signed_by`` for an operator re-signing its own document."""
+
+
+def signed_by(key: Ed25519PublicKey) -> Check:
+    """A ``Check`` that accepts only ``key``'s signatures."""
+
+    def check(raw: bytes, signature: bytes, where: str) -> str:
+        entry = SignatureEntry.parse(signature, where)
+        try:
+            if entry.key_id != key_id(key):
+                raise InvalidSignature
+            key.verify(base64.b64decode(entry.signature, validate=True), raw)
+        except (InvalidSignature, ValueError):
+            raise SignatureError(
+                f"{where} is not signed by key {key_id(key)}; start a new rollout with: edgekit fleet deploy"
+            ) from None
+        return entry.key_id
+
+    return check
+
+
+def open_document(payload: bytes, check: Check, where: str) -> tuple[Deployment, str]:
     """The document in ``payload`` and the key id that signed it, or a DocumentError
     (SignatureError for a missing, untrusted or wrong signature)."""
     if len(payload) > MAX_DOCUMENT_BYTES:
@@ -176,9 +203,9 @@ def open_document(payload: bytes, trust: Trust, where: str) -> tuple[Deployment,
         raise DocumentError(f"{where}: not a deployment document ({exc})") from None
     if not isinstance(signature, dict):
         raise SignatureError(f"{where}: the deployment document is not signed")
-    key_id = trust.check(raw, json.dumps(signature, sort_keys=True).encode(), where)
+    signer = check(raw, json.dumps(signature, sort_keys=True).encode(), where)
     try:
         document = Deployment.model_validate_json(raw)
     except ValidationError as exc:
         raise DocumentError(f"{where}: malformed deployment document ({exc.errors()[0]['msg']})") from None
-    return document, key_id
+    return document, signer

@@ -19,6 +19,7 @@ from edgekit.runtime.telemetry.outbox import BudgetSpent, Outbox
 from edgekit.runtime.telemetry.privacy import (
     DeviceFleetKeys,
     Noise,
+    epoch_at,
     machine_id,
     pseudonym,
     seal_sample,
@@ -169,7 +170,7 @@ class Telemetry:
     # -- windows ---------------------------------------------------------------------
 
     def epoch(self, now: float | None = None) -> int:
-        return int((now if now is not None else time.time()) // self.config.epoch_s)
+        return epoch_at(self.config.epoch_s, now)
 
     def node(self) -> str:
         """This device's pseudonym for the current epoch."""

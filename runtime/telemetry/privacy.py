@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,11 @@ def pseudonym(secret: bytes, device_id: str, epoch: int) -> str:
     pseudonym reveals nothing; pseudonyms of two epochs cannot be linked."""
     message = f"edgekit-node-v1|{epoch}|{device_id}".encode()
     return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+
+
+def epoch_at(epoch_s: float, now: float | None = None) -> int:
+    """The pseudonym epoch at ``now``: the device's telemetry and its agent must agree on it."""
+    return int((now if now is not None else time.time()) // epoch_s)
 
 
 def machine_id() -> str:

@@ -7,7 +7,6 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from edgekit.errors import InputError
@@ -18,11 +17,11 @@ _RANGE = re.compile(r"^bytes=(\d+)-$")
 class BundleServer:
     """``http://HOST:PORT/SHA256.ekb`` -> the bundle's bytes; anything else is 404."""
 
-    def __init__(self, bundle: Path, sha256: str, address: str, rate: float | None = None) -> None:
+    def __init__(self, data: bytes, sha256: str, address: str, rate: float | None = None) -> None:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise InputError(f"--serve {address!r}: write it as HOST:PORT, such as 0.0.0.0:8765")
-        self.data = bundle.read_bytes()
+        self.data = data
         self.path = f"/{sha256}.ekb"
         self.rate = rate
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +20,13 @@ from edgekit.fleet.messages import Skip, parse
 from edgekit.fleet.rollout import (
     CHUNK_BYTES,
     FleetState,
-    check_document_group,
     connect,
     history_path,
     next_serial,
     publish_chunks,
     publish_document,
     record,
+    signed_document,
     snapshot,
 )
 from edgekit.runtime.agent.document import (
@@ -143,25 +144,22 @@ class Rollout:
         return self._finish(inbox, final, verdict.reason, verdict)
 
     def _previous(self, scope: list[AgentStatus]) -> int | None:
-        versions = [s.models.get(self.name) for s in scope if s.models.get(self.name)]
-        previous = max(set(versions), key=versions.count) if versions else None
+        versions = Counter(s.models[self.name] for s in scope if s.models.get(self.name))
+        previous = versions.most_common(1)[0][0] if versions else None
         if previous is not None and previous >= self.version:
             raise InputError(f"{self.name} v{self.version} is not newer than v{previous}, which the devices "
                              "run; convert it with a higher --model-version")  # fmt: skip
         return previous
 
     def _canaries(self, scope: list[AgentStatus]) -> Canary:
-        epochs = [s.epoch for s in scope]
-        epoch = max(set(epochs), key=epochs.count)
+        epoch = Counter(s.epoch for s in scope).most_common(1)[0][0]
         nodes = canary_order(self.id, [s.node for s in scope if s.epoch == epoch])
         return Canary(epoch=epoch, nodes=tuple(nodes[: canary_count(self.options.canary, len(nodes))]))
 
     def _sources(self, inbox: Inbox) -> tuple[Source, ...]:
         sources = []
         if self.options.serve:
-            self.server = BundleServer(
-                self.options.bundle, self.sha256, self.options.serve, self.options.serve_rate
-            )
+            self.server = BundleServer(self.data, self.sha256, self.options.serve, self.options.serve_rate)
             sources.append(Source(kind="http", url=self.server.start().url(self.options.public_host)))
         if self.options.bundle_url:
             sources.append(Source(kind="http", url=self.options.bundle_url))
@@ -279,7 +277,7 @@ def override(broker: Broker, fleet: str, group: str | None, key_path: Path, phas
     inbox = connect(broker, fleet)
     try:
         state = snapshot(inbox, FleetState(fleet))
-        current = check_document_group(state, group)
+        current = signed_document(state, group, key)
         allowed = {"promoted": ("canary",), "aborted": ("canary", "promoted")}[phase]
         if current.phase not in allowed:
             raise InputError(f"rollout {current.rollout} is {current.phase}; it cannot be {phase} now")

@@ -23,8 +23,10 @@ from edgekit.runtime.agent.document import (
     AgentStatus,
     Deployment,
     agent_filter,
+    open_document,
     rollout_filter,
     seal_document,
+    signed_by,
 )
 from edgekit.runtime.agent.fetch import chunk_topic
 from edgekit.runtime.telemetry.broker import Broker
@@ -41,6 +43,8 @@ class FleetState:
     fleet: str
     agents: dict[str, AgentStatus] = field(default_factory=dict)
     documents: dict[str | None, Deployment] = field(default_factory=dict)
+    """As read, unverified: for display. ``signed_document`` verifies one before it is reused."""
+    envelopes: dict[str | None, bytes] = field(default_factory=dict)
 
     def take(self, topic: str, payload: bytes) -> AgentStatus | Deployment | None:
         """Record one message on the agent or rollout topics; others are None."""
@@ -57,6 +61,7 @@ class FleetState:
             if parts[2] == "rollout":
                 document = Deployment.model_validate_json(_document_bytes(payload))
                 self.documents[document.group] = document
+                self.envelopes[document.group] = payload
                 return document
         except (ValidationError, ValueError, KeyError):
             log.debug("skipping a malformed message on %s", topic)
@@ -145,11 +150,12 @@ def group_label(group: str | None) -> str:
     return group or FLEET_WIDE
 
 
-def check_document_group(state: FleetState, group: str | None) -> Deployment:
-    document = state.documents.get(group)
-    if document is None:
-        where = f"group {group}" if group else "the fleet"
-        raise InputError(
-            f"no rollout document for {where} on the broker; start one with: edgekit fleet deploy"
-        )
+def signed_document(state: FleetState, group: str | None, key: Ed25519PrivateKey) -> Deployment:
+    """The group's document in force, verified as signed by ``key``: anyone who can publish
+    to the broker could have put one there, and ``promote`` re-signs what it reads."""
+    payload = state.envelopes.get(group)
+    where = f"the rollout document of group {group}" if group else "the fleet's rollout document"
+    if payload is None:
+        raise InputError(f"{where}: none on the broker; start a rollout with: edgekit fleet deploy")
+    document, _ = open_document(payload, signed_by(key.public_key()), where)
     return document
