@@ -100,7 +100,7 @@ def test_anything_that_goes_wrong_with_one_message_is_unprocessable_not_a_crash(
     assert view.handle(REPORT, encoded(report())) is None and view.skipped["unprocessable"] == 1
     monkeypatch.undo()
     assert collector.handle(REPORT, encoded(report(seq=2))) == "report"
-    collector.flush()
+    collector.finish()
     dead = json.loads((tmp_path / "deadletter.jsonl").read_text())
     assert dead["reason"] == "unprocessable" and "a bug no test foresaw" in dead["detail"]
     assert json.loads((tmp_path / "collect.json").read_text())["skipped"]["unprocessable"] == 1

@@ -76,9 +76,11 @@ class Gatherer:
             message = self.inbox.get(0.1)
             if message is None:
                 continue
-            if self.collector.handle(message[0], message[1]) == "report":
-                self.order.append(read_message(Report, json.loads(message[1]))[0].seq)
+            before = self.collector.reports
+            kind = self.collector.handle(message[0], message[1])
             self.collector.flush()
+            if kind == "report" and self.collector.reports > before:  # new, not a redelivery
+                self.order.append(read_message(Report, json.loads(message[1]))[0].seq)
             self.inbox.ack([(message[2], message[3])])
         return self.collector
 
@@ -236,7 +238,10 @@ def test_replayed_messages_are_dropped_by_sequence_number(
     collector.flush()
     assert collector.reports == 3 and collector.skipped["duplicate"] == 2
     restarted = Collector("f7", tmp_path / "collected", load_collector_key("f7", fleet_dir))
-    assert restarted.handle(*captured[0]) == "duplicate"  # the seen set survives a restart
+    assert restarted.handle(*captured[0]) == "report"  # new to this process...
+    restarted.flush()
+    assert restarted.reports == 0 and restarted.skipped["duplicate"] == 1  # ...but already in the database
+    assert restarted.state()["reports"] == 3 and restarted.state()["skipped"]["duplicate"] == 3
 
 
 def test_full_outbox_drops_the_oldest_and_says_so(
@@ -488,7 +493,7 @@ def test_collector_counts_and_skips_bad_messages(
     gatherer.close()
     assert collector.reports == 2  # a field this version does not know is ignored and counted...
     assert collector.unknown_fields == 1
-    assert "line3-cam2" not in (tmp_path / "collected" / "reports.jsonl").read_text()  # ...and never stored
+    assert "line3-cam2" not in json.dumps(collector.read_reports())  # ...and never stored
     assert collector.skipped["malformed"] == 2  # garbage, a broken sample
     assert collector.skipped["unknown_version"] == 1 and collector.skipped["oversized"] == 1
 
@@ -559,6 +564,6 @@ def test_a_two_output_detector_reports_its_scores_output(
     model.close()
     collector = gatherer.run(lambda c: c.reports >= 1)
     gatherer.close()
-    report = json.loads((tmp_path / "collected" / "reports.jsonl").read_text().splitlines()[0])
+    report = collector.read_reports()[0]
     assert report["inferences"] == 60 and len(report["classes"]) == 3 and sum(report["classes"]) == 60
     assert report["drift"] is not None and collector.reports == 1

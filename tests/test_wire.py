@@ -47,7 +47,7 @@ def test_an_older_collector_reads_a_newer_device_and_counts_the_unknown_fields(t
     assert sorted(message.unknown_fields) == ["battery", "model.quantizer"]
     collector = Collector("f7", tmp_path, x25519.X25519PrivateKey.generate())
     assert collector.handle(TOPIC, _newer(_report(seq=1))) == "report"
-    collector.flush()
+    collector.finish()
     state = json.loads((tmp_path / "collect.json").read_text())
     assert state["reports"] == 1 and state["unknown_fields"] == 2
     assert "battery" not in (tmp_path / "reports.jsonl").read_text()

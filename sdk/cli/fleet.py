@@ -9,7 +9,14 @@ import click
 from rich.console import Console
 
 from edgekit.cli.common import print_json, say
-from edgekit.cli.options import broker_options, duration_option, idle_option, json_option
+from edgekit.cli.options import (
+    broker_options,
+    db_option,
+    duration_option,
+    fleet_dir_option,
+    idle_option,
+    json_option,
+)
 
 
 @click.group()
@@ -78,15 +85,16 @@ def fleet_watch(fleet: str, duration: float | None, idle: float | None, as_json:
 
 @fleet.command("collect")
 @broker_options
+@db_option(required=False)
 @click.option(
-    "--out", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output folder."
-)
-@click.option(
-    "--fleet-dir",
+    "--out",
+    "-o",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Folder with fleet.key. Default: $EDGEKIT_HOME/fleets/FLEET.",
+    help="Folder for the exports when collect stops (samples.npz, drift.html...). With no --db, the "
+    "database is OUT/fleet.sqlite.",
 )
+@fleet_dir_option
 @click.option(
     "--group",
     default="edgekit-collectors",
@@ -108,32 +116,86 @@ def fleet_watch(fleet: str, duration: float | None, idle: float | None, as_json:
 def fleet_collect(
     ctx: click.Context, broker: str, duration: float | None, idle: float | None, as_json: bool, **fields: Any
 ) -> None:
-    """Collect retraining samples and a drift report from a fleet.
+    """Collect a fleet's reports, samples and statuses into the fleet database.
 
     \b
-    Samples are decrypted with the fleet's private key and written to OUT/shards/, and
-    merged into OUT/samples.npz (arrays x, pred, confidence, node, seq: seq orders a
-    node's samples in time), which `edgekit convert --calibration` takes as it is.
-    OUT/drift.json and OUT/drift.html show each node's drift over time; OUT/collect.json
-    counts reports, gaps and skipped messages.
+    Each message is committed before it is acknowledged to the broker, keyed by node,
+    epoch and sequence number: a redelivered message is one row, and a collector that
+    dies loses nothing. Run several with one --group (an MQTT 5 shared subscription) and
+    one PostgreSQL to split a large fleet. Samples stay sealed in the database; each is
+    checked to decrypt with the fleet key (which stays on this machine).
     Malformed, unknown-version and duplicate messages are counted and skipped.
     \b
     Examples:
-      edgekit fleet collect --broker mqtt://localhost:1883 --fleet factory-7 --out data/ --idle 30
+      edgekit fleet collect --broker mqtt://gw:1883 --fleet factory-7 --db fleet.sqlite
+      edgekit fleet collect --broker mqtt://gw:1883 --fleet factory-7 \\
+          --db postgresql://ops@db/fleet --group ingest        # run N of these
+      edgekit fleet collect --broker mqtt://gw:1883 --fleet factory-7 --out data/ --idle 30
       edgekit convert model.keras --target raspberry-pi-4 --calibration data/samples.npz -o v2.ekb
+    With --out, collect exports there when it stops, as `edgekit fleet export` does.
     """
     from edgekit.fleet import CollectConfig, Limits, collect
     from edgekit.views.fleet import collect_progress, print_collect_summary
 
+    if fields["db"] is None and fields["out"] is None:
+        raise click.UsageError("give --db (SQLite path or postgresql:// URL) or --out FOLDER")
     tls = {name: fields.pop(name) for name in ("tls_ca", "tls_cert", "tls_key")}
     config = CollectConfig(_broker(broker, **tls), limits=Limits(duration, idle), **fields)
     progress = None if as_json else collect_progress(ctx.obj["ui"])
     summary = collect(config, progress)
     if as_json:
-        summary.pop("seen")
         print_json(summary)
     else:
-        print_collect_summary(ctx.obj["ui"], summary, config.out)
+        print_collect_summary(ctx.obj["ui"], summary)
+
+
+@fleet.command("export")
+@db_option(required=True)
+@click.option("--fleet", required=True, help="Fleet name.")
+@click.option(
+    "--out", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output folder."
+)
+@fleet_dir_option
+@click.option("--labelled", is_flag=True, help="Only samples an operator labelled, with their labels as y.")
+@json_option
+def fleet_export(
+    db: str, fleet: str, out: Path, fleet_dir: Path | None, labelled: bool, as_json: bool
+) -> None:
+    """Export a fleet's data from the database for retraining and review.
+
+    \b
+    OUT/samples.npz: arrays x, pred, confidence, node, seq (and y when every sample has a
+    label: see --labelled), which `edgekit convert --calibration` and `--eval` take.
+    OUT/drift.html and drift.json: each node's drift over time. OUT/reports.jsonl: every
+    report. OUT/deadletter.jsonl: skipped messages. OUT/collect.json: the totals and gaps.
+    Samples are decrypted here, with fleet.key.
+    \b
+    Examples:
+      edgekit fleet export --db fleet.sqlite --fleet factory-7 --out data/
+      edgekit fleet export --db fleet.sqlite --fleet factory-7 --out labelled/ --labelled
+      edgekit convert model.keras --target raspberry-pi-4 --eval labelled/samples.npz -o v2.ekb
+    """
+    from edgekit.fleet import drift_report, export, load_collector_key, open_engine
+    from edgekit.fleet.export import check_fleet_known
+    from edgekit.fleet.queries import fleet_state, read_reports
+
+    key = load_collector_key(fleet, fleet_dir)
+    engine = open_engine(db)
+    try:
+        check_fleet_known(engine, fleet)
+        summary = {
+            **fleet_state(engine, fleet),
+            "drift": drift_report(fleet, read_reports(engine, fleet))["fleet"],
+        }
+        written = export(engine, fleet, out, key, summary, labelled)
+    finally:
+        engine.dispose()
+    say(
+        as_json,
+        {**summary, "out": str(out), "files": written},
+        f"{summary['reports']} reports, {summary['samples']} samples of fleet {fleet} exported to {out}: "
+        + ", ".join(written),
+    )
 
 
 def _broker(broker: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None) -> Any:

@@ -216,3 +216,18 @@ broker_options = together(
     click.option("--tls-key", type=_path(dir_okay=False), help="Client key."),
 )
 """--broker, --fleet and the TLS files, shared by the fleet commands."""
+
+
+def db_option(required: bool) -> Any:
+    return click.option(
+        "--db", required=required, default=None,
+        help="Fleet database: a SQLite file path, or postgresql://USER@HOST[:PORT]/DB.",
+    )  # fmt: skip
+
+
+fleet_dir_option = click.option(
+    "--fleet-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder with fleet.key. Default: $EDGEKIT_HOME/fleets/FLEET.",
+)

@@ -1,85 +1,77 @@
-"""``fleet collect``: a fleet's samples and reports, made durable before they are
-acknowledged, and the loop that does it."""
+"""``fleet collect``: a fleet's reports, samples and statuses, committed to the fleet database
+before they are acknowledged, and the loop that does it."""
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import logging
-import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from edgekit.atomic import atomic_write, fsync_dir
 from edgekit.errors import EdgekitError
-from edgekit.fleet.drift import drift_html, drift_report
+from edgekit.fleet.database import add_counts, insert_new, open_engine, tables
+from edgekit.fleet.drift import drift_report
+from edgekit.fleet.export import SENT_ARRAYS, TEXT_ARRAY, export
 from edgekit.fleet.inbox import Inbox, Limits, subscriptions
 from edgekit.fleet.keys import load_collector_key
 from edgekit.fleet.messages import SKIP_REASONS, Skip, parse
+from edgekit.fleet.queries import KEY, fleet_state, read_reports, report_columns
 from edgekit.runtime.telemetry.broker import Broker
 from edgekit.runtime.telemetry.privacy import open_sample
 from edgekit.runtime.telemetry.schema import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("edgekit.fleet")
 
-SENT_ARRAYS = ("x", "pred", "confidence")
-"""What a device seals into a sample message: inputs, predicted class, confidence."""
-TEXT_ARRAY = "text"
-"""A text model's samples also carry the texts, de-identified on the device."""
-SAMPLE_ARRAYS = (*SENT_ARRAYS, "node", "seq")
-"""samples.npz: what the device sent, and the node and message sequence number it came in
-(a window's samples follow its report, so ``seq`` orders them in time)."""
 ACK_EVERY = 256
-"""Messages taken before they are made durable and acknowledged (or every half second)."""
-MAX_SEQ_STEP = 100_000
-"""A node's sequence number may skip this many (messages its outbox dropped); a larger jump
-is counted as an anomaly and starts a new run, not a gap of that size."""
+"""Messages taken before they are committed and acknowledged (or every half second)."""
 
 
 class Collector:
-    """Turns a fleet's reports and samples into retraining data and a drift report.
+    """Writes a fleet's reports, samples and statuses into the fleet database.
 
-    ``out`` holds ``shards/*.npz`` (decrypted samples), ``samples.npz`` (all of them, arrays
-    ``SAMPLE_ARRAYS``: usable as --calibration), ``reports.jsonl``, ``collect.json`` (counts, the
-    sequence numbers seen, gaps) and ``drift.json`` / ``drift.html``. Every skipped message but a
-    duplicate is set aside in ``deadletter.jsonl`` with its topic and reason. Restarting on the
-    same folder carries on: shards and the seen sequence numbers are reloaded.
+    Every message is classified and validated (see ``parse``), then held until ``flush``
+    commits the batch; a caller acknowledges the messages to the broker only after that. A
+    sample is checked to decrypt with the fleet key, and stored sealed, as it came, with its
+    predictions and confidences in ``sample_rows`` for labelling. Every skipped message but a
+    duplicate is set aside in the ``skipped`` table with its topic and reason.
+
+    ``db`` is a SQLite path or a postgresql:// URL; without it, ``out/fleet.sqlite``. With
+    ``out``, ``finish`` exports there what ``fleet export`` does. The counts on the object are
+    this collector's; ``state()`` is the whole database's.
     """
 
-    def __init__(self, fleet: str, out: Path, private_key: x25519.X25519PrivateKey) -> None:
+    def __init__(
+        self, fleet: str, out: Path | None, private_key: x25519.X25519PrivateKey, db: str | None = None
+    ) -> None:
+        if db is None and out is None:
+            raise EdgekitError("give a database (--db) or an output folder (--out)")
         self.fleet = fleet
         self.out = out
         self.key = private_key
-        (out / "shards").mkdir(parents=True, exist_ok=True)
-        self.state_path = out / "collect.json"
-        state = _load_state(self.state_path)
-        self.shards: list[str] = state.get("shards", [])
-        self.seen: dict[str, set[int]] = {n: _expand(r) for n, r in state.get("seen", {}).items()}
-        self.skipped = {reason: state.get("skipped", {}).get(reason, 0) for reason in SKIP_REASONS}
-        self.reports = int(state.get("reports", 0))
-        self.inferences = int(state.get("inferences", 0))
-        self.sample_count = int(state.get("samples", 0))
-        self.unknown_fields = int(state.get("unknown_fields", 0))
-        for orphan in (out / "shards").glob("*.npz"):  # written, but a crash came before collect.json
-            if orphan.name not in self.shards:
-                orphan.unlink()
-        self._pending: list[dict[str, np.ndarray]] = []
-        self._pending_reports: list[str] = []
-        self._pending_inferences = 0
-        self._pending_seen: dict[str, set[int]] = {}
-        self._dead: list[str] = []
+        self.engine = open_engine(db or str(Path(out or ".") / "fleet.sqlite"))
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self.reports = self.inferences = self.sample_count = self.unknown_fields = 0
+        self._pending: dict[str, list[dict[str, Any]]] = {
+            "reports": [],
+            "samples": [],
+            "rows": [],
+            "statuses": [],
+        }
+        self._keys: set[tuple[str, int, int]] = set()
+        self._dead: list[dict[str, Any]] = []
+        self._skips: Counter[str] = Counter()
+        self._unknown = 0
 
     def handle(self, topic: str, payload: bytes) -> str:
         """Take one message; returns what happened: report, sample, status or a skip reason.
-        Never raises: whatever goes wrong with one message skips it, counted and set aside."""
+        Never raises: whatever goes wrong with one message skips it, counted and set aside.
+        A message already in the database is found a duplicate at ``flush``."""
         try:
             return self._take(topic, payload)
         except Skip as skip:
@@ -89,29 +81,39 @@ class Collector:
             log.warning(
                 "edgekit: a message on %s could not be processed (%s); set aside", topic[:200], detail
             )
-        self.skipped[reason] += 1
+        self._skips[reason] += 1
         if reason != "duplicate":
-            self._dead.append(_dead_letter(topic, payload, reason, detail))
+            self._dead.append(_dead_letter(self.fleet, topic, payload, reason, detail))
         return reason
 
     def _take(self, topic: str, payload: bytes) -> str:
         message = parse(self.fleet, topic, payload)
+        now = time.time()
         if message.kind == "status":
+            self._pending["statuses"].append(
+                {"node": message.node, "at": now, "fleet": self.fleet, "status": message.status}
+            )
             return "status"
-        seq = message.report.seq if message.report else message.header.seq  # type: ignore[union-attr]
-        if seq in self.seen.get(message.node, ()) or seq in self._pending_seen.get(message.node, ()):
+        header = message.report or message.header
+        assert header is not None
+        key = (message.node, header.epoch, header.seq)
+        if key in self._keys:
             raise Skip("duplicate")
+        common = {"node": key[0], "epoch": key[1], "seq": key[2], "fleet": self.fleet, "received": now,
+                  "model": header.model.name, "version": header.model.version}  # fmt: skip
         if message.report is not None:
-            self._pending_reports.append(message.report.model_dump_json())
-            self._pending_inferences += message.report.inferences
+            self._pending["reports"].append({**common, **report_columns(message.report)})
         else:
-            self._pending.append(self._open(message.head, message.body, message.node, seq))
-        self._pending_seen.setdefault(message.node, set()).add(seq)
-        self.unknown_fields += len(message.unknown_fields)
+            rows = self._rows(message.head, message.body)
+            self._pending["samples"].append({**common, "count": len(rows), "sealed": payload})
+            self._pending["rows"] += [{"node": key[0], "epoch": key[1], "seq": key[2], "idx": i, **row}
+                                      for i, row in enumerate(rows)]  # fmt: skip
+        self._keys.add(key)
+        self._unknown += len(message.unknown_fields)
         return message.kind
 
-    def _open(self, head: bytes, body: bytes, node: str, seq: int) -> dict[str, np.ndarray]:
-        """A sample's arrays, decrypted, with the node and sequence number it came in."""
+    def _rows(self, head: bytes, body: bytes) -> list[dict[str, Any]]:
+        """Each sample's prediction and confidence; Skip unless the arrays decrypt and agree."""
         try:
             arrays = open_sample(head, body, self.key)
         except ValueError:
@@ -122,141 +124,70 @@ class Collector:
         text = arrays.get(TEXT_ARRAY)
         if text is not None and (text.dtype.kind != "U" or text.shape != (count,)):
             raise Skip("malformed")
-        return {
-            **{name: arrays[name] for name in SENT_ARRAYS},
-            **({TEXT_ARRAY: text} if text is not None else {}),
-            "node": np.full(count, node),
-            "seq": np.full(count, seq, np.int64),
-        }
+        pred, confidence = arrays["pred"].reshape(-1), arrays["confidence"].reshape(-1)
+        if len(pred) != count or len(confidence) != count:
+            raise Skip("malformed")
+        return [{"pred": int(p), "confidence": float(c)} for p, c in zip(pred, confidence, strict=True)]
 
     def flush(self) -> None:
-        """Make everything taken so far durable: shard, reports, then collect.json."""
-        if self._pending:
-            name = f"samples-{len(self.shards) + 1:05d}.npz"
-            buffer = io.BytesIO()
-            np.savez(buffer, **_merge(self._pending))
-            atomic_write(self.out / "shards" / name, buffer.getvalue())
-            self.sample_count += sum(len(a["x"]) for a in self._pending)
-            self.shards.append(name)
-        if self._pending_reports:
-            _append_lines(self.out / "reports.jsonl", self._pending_reports)
-            self.reports += len(self._pending_reports)
-            self.inferences += self._pending_inferences
-        if self._dead:
-            _append_lines(self.out / "deadletter.jsonl", self._dead)
-        for node, seqs in self._pending_seen.items():
-            self.seen.setdefault(node, set()).update(seqs)
-        self._pending, self._pending_reports, self._pending_seen, self._dead = [], [], {}, []
-        self._pending_inferences = 0
-        atomic_write(self.state_path, json.dumps(self.state(), indent=2).encode())
+        """Commit everything taken so far in one transaction; what was already there is
+        counted as a duplicate. Only after this returns may the messages be acknowledged."""
+        table = tables()
+        pending = self._pending
+        with self.engine.begin() as connection:
+            reports = insert_new(connection, table["reports"], pending["reports"], KEY)
+            samples = insert_new(connection, table["samples"], pending["samples"], KEY)
+            rows = [row for row in pending["rows"] if (row["node"], row["epoch"], row["seq"]) in samples]
+            if rows:
+                connection.execute(table["sample_rows"].insert(), rows)
+            insert_new(connection, table["statuses"], pending["statuses"], ("node", "at"))
+            if self._dead:
+                connection.execute(table["skipped"].insert(), self._dead)
+            duplicates = len(pending["reports"]) + len(pending["samples"]) - len(reports) - len(samples)
+            self._skips["duplicate"] += duplicates
+            add_counts(connection, self.fleet, {**self._skips, "unknown_fields": self._unknown})
+        self.reports += len(reports)
+        self.inferences += sum(r["inferences"] for r in pending["reports"] if _key(r) in reports)
+        self.sample_count += sum(s["count"] for s in pending["samples"] if _key(s) in samples)
+        self.unknown_fields += self._unknown
+        for reason, count in self._skips.items():
+            self.skipped[reason] += count
+        self._pending = {name: [] for name in pending}
+        self._keys, self._dead, self._skips, self._unknown = set(), [], Counter(), 0
 
     def state(self) -> dict[str, Any]:
-        runs = {node: _runs(seqs) for node, seqs in self.seen.items()}
-        return {
-            "fleet": self.fleet,
-            "reports": self.reports,
-            "inferences": self.inferences,
-            "samples": self.sample_count,
-            "shards": self.shards,
-            "skipped": self.skipped,
-            "unknown_fields": self.unknown_fields,
-            "seen": {node: _ranges(seqs) for node, seqs in sorted(self.seen.items())},
-            "gaps": {node: gaps for node, found in runs.items() if (gaps := _gaps(found))},
-            "seq_jumps": {node: len(found) - 1 for node, found in runs.items() if len(found) > 1},
-        }
+        """The database's totals for this fleet: reports, inferences, samples, skipped
+        messages by reason, and per node the sequence numbers missing and the jumps."""
+        return fleet_state(self.engine, self.fleet)
 
     def read_reports(self) -> list[dict[str, Any]]:
-        """Every report collected, deduplicated (a crash between writes may repeat a line)."""
-        path = self.out / "reports.jsonl"
-        if not path.exists():
-            return []
-        unique: dict[tuple[str, int], dict[str, Any]] = {}
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                report = json.loads(line)
-                unique[(report["node"], report["seq"])] = report
-            except (ValueError, KeyError, TypeError):
-                continue  # blank, or a line a crash cut short: its message was never acknowledged
-        return sorted(unique.values(), key=lambda r: (r["node"], r["seq"]))
+        """Every report collected, as the wire schema has it, in (node, seq) order."""
+        return read_reports(self.engine, self.fleet)
 
     def finish(self) -> dict[str, Any]:
-        """Flush, merge the shards into samples.npz, and write the drift report."""
+        """Flush; with ``out``, export there (samples.npz, reports.jsonl, drift.json/.html,
+        collect.json, deadletter.jsonl). Returns the database's state with the drift summary."""
         self.flush()
-        if self.shards:
-            parts = [np.load(self.out / "shards" / name, allow_pickle=False) for name in self.shards]
-            buffer = io.BytesIO()
-            np.savez(buffer, **_merge(parts))
-            atomic_write(self.out / "samples.npz", buffer.getvalue())
         drift = drift_report(self.fleet, self.read_reports())
-        atomic_write(self.out / "drift.json", json.dumps(drift, indent=2).encode())
-        atomic_write(self.out / "drift.html", drift_html(drift).encode())
-        fsync_dir(self.out)
-        return {**self.state(), "drift": drift["fleet"], "out": str(self.out)}
+        summary = {**self.state(), "drift": drift["fleet"], "db": _shown(self.engine),
+                   "out": None if self.out is None else str(self.out)}  # fmt: skip
+        if self.out is not None:
+            export(self.engine, self.fleet, self.out, self.key, summary)
+        self.engine.dispose()
+        return summary
 
 
-def _merge(parts: list[Any]) -> dict[str, Any]:
-    texts = all(TEXT_ARRAY in part for part in parts)
-    names = (*SAMPLE_ARRAYS, TEXT_ARRAY) if texts else SAMPLE_ARRAYS
-    return {name: np.concatenate([part[name] for part in parts]) for name in names}
+def _key(row: dict[str, Any]) -> tuple[str, int, int]:
+    return row["node"], row["epoch"], row["seq"]
 
 
-def _ranges(seqs: set[int]) -> list[list[int]]:
-    ranges: list[list[int]] = []
-    for seq in sorted(seqs):
-        if ranges and seq == ranges[-1][1] + 1:
-            ranges[-1][1] = seq
-        else:
-            ranges.append([seq, seq])
-    return ranges
+def _shown(engine: Any) -> str:
+    return str(engine.url.render_as_string(hide_password=True))
 
 
-def _expand(ranges: list[list[int]]) -> set[int]:
-    return {seq for start, end in ranges for seq in range(start, end + 1)}
-
-
-def _runs(seqs: set[int]) -> list[list[int]]:
-    """Sorted sequence numbers split where one jumps by more than MAX_SEQ_STEP."""
-    runs: list[list[int]] = []
-    for seq in sorted(seqs):
-        if runs and seq - runs[-1][-1] <= MAX_SEQ_STEP:
-            runs[-1].append(seq)
-        else:
-            runs.append([seq])
-    return runs
-
-
-def _gaps(runs: list[list[int]]) -> int:
-    """Sequence numbers missing inside the runs (a jump between runs is not a gap)."""
-    return sum(run[-1] - run[0] + 1 - len(run) for run in runs)
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        state = json.loads(path.read_text())
-        if not isinstance(state, dict):
-            raise ValueError("not an object")
-        return state
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise EdgekitError(
-            f"{path} is corrupt ({exc}); move it away to start a new collection there"
-        ) from None
-
-
-def _dead_letter(topic: str, payload: bytes, reason: str, detail: str) -> str:
-    kept = payload[:MAX_PAYLOAD_BYTES]
-    entry = {"topic": topic[:1024], "reason": reason, "detail": detail, "bytes": len(payload),
-             "payload": base64.b64encode(kept).decode(), "truncated": len(kept) < len(payload)}  # fmt: skip
-    return json.dumps(entry)
-
-
-def _append_lines(path: Path, lines: list[str]) -> None:
-    with open(path, "a") as handle:
-        for line in lines:
-            handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+def _dead_letter(fleet: str, topic: str, payload: bytes, reason: str, detail: str) -> dict[str, Any]:
+    return {"fleet": fleet, "at": time.time(), "topic": topic[:1024], "reason": reason, "detail": detail,
+            "bytes": len(payload), "payload": payload[:MAX_PAYLOAD_BYTES]}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -265,7 +196,9 @@ class CollectConfig:
 
     broker: Broker
     fleet: str
-    out: Path
+    out: Path | None = None
+    db: str | None = None
+    """SQLite path or postgresql:// URL; default OUT/fleet.sqlite."""
     fleet_dir: Path | None = None
     group: str = "edgekit-collectors"
     """Shared-subscription group; "none" subscribes plainly."""
@@ -285,9 +218,11 @@ def collect(config: CollectConfig, progress: Callable[[Collector], None] | None 
     what was not acknowledged is delivered again, and sequence numbers drop the repeats.
     ``progress`` is called after each acknowledgement.
     """
-    collector = Collector(config.fleet, config.out, load_collector_key(config.fleet, config.fleet_dir))
+    key = load_collector_key(config.fleet, config.fleet_dir)
+    collector = Collector(config.fleet, config.out, key, config.db)
     shared = None if config.group == "none" else config.group
-    inbox = Inbox(config.broker, subscriptions(config.fleet, ("report", "sample"), shared), config.session_id)
+    topics = subscriptions(config.fleet, ("report", "sample", "status"), shared)
+    inbox = Inbox(config.broker, topics, config.session_id)
     inbox.start()
     unacked: list[tuple[int, int]] = []
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import IO, Any
 
 import click
@@ -80,11 +79,13 @@ def collect_progress(ui: IO[str]) -> Callable[[Collector], None]:
     return show
 
 
-def print_collect_summary(ui: IO[str], summary: dict[str, Any], out: Path) -> None:
+def print_collect_summary(ui: IO[str], summary: dict[str, Any]) -> None:
     click.echo("", file=ui)
     skipped = ", ".join(f"{n} {reason}" for reason, n in summary["skipped"].items() if n) or "none"
     drifting = ", ".join(node[:12] for node in summary["drift"]["drifting_nodes"]) or "none"
     click.echo(
         f"{summary['reports']} reports ({summary['inferences']} inferences), "
-        f"{summary['samples']} samples in {out}; skipped: {skipped}; drifting: {drifting}"
+        f"{summary['samples']} samples in {summary['db']}"
+        + (f", exported to {summary['out']}" if summary["out"] else "")
+        + f"; skipped: {skipped}; drifting: {drifting}"
     )
