@@ -169,7 +169,12 @@ class Collector:
         collect.json, deadletter.jsonl). Returns the database's state with the drift summary."""
         self.flush()
         drift = drift_report(self.fleet, self.read_reports())
-        summary = {**self.state(), "drift": drift["fleet"], "db": _shown(self.engine),
+        mine = {
+            "reports": self.reports,
+            "samples": self.sample_count,
+            "duplicates": self.skipped["duplicate"],
+        }
+        summary = {**self.state(), "drift": drift["fleet"], "collected": mine, "db": _shown(self.engine),
                    "out": None if self.out is None else str(self.out)}  # fmt: skip
         if self.out is not None:
             export(self.engine, self.fleet, self.out, self.key, summary)

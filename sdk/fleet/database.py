@@ -252,10 +252,7 @@ def insert_new(
     """Insert ``rows``, skipping any whose key is already there; returns the keys inserted."""
     if not rows:
         return set()
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = _insert(connection)
     statement = insert(table).on_conflict_do_nothing().returning(*(table.c[name] for name in key))
     return {tuple(row) for row in connection.execute(statement, rows)}
 
@@ -266,10 +263,7 @@ def add_counts(connection: Any, fleet: str, counts: dict[str, int]) -> None:
     if not counts:
         return
     table = tables()["counters"]
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = _insert(connection)
     statement = insert(table)
     statement = statement.on_conflict_do_update(
         index_elements=["fleet", "name"], set_={"value": table.c.value + statement.excluded.value}
@@ -277,3 +271,10 @@ def add_counts(connection: Any, fleet: str, counts: dict[str, int]) -> None:
     connection.execute(
         statement, [{"fleet": fleet, "name": n, "value": v} for n, v in sorted(counts.items())]
     )
+
+
+def _insert(connection: Any) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (the same clause on both engines)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert

@@ -98,7 +98,7 @@ def export(
     arrays = sample_arrays(engine, fleet, key, labelled)
     if arrays is not None:
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
         atomic_write(out / "samples.npz", buffer.getvalue())
         written.append("samples.npz")
     reports = read_reports(engine, fleet)

@@ -3,6 +3,7 @@ reports as the wire schema has them."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from edgekit.fleet.database import tables
@@ -81,3 +82,16 @@ def read_reports(engine: Any, fleet: str, since: float | None = None) -> list[di
         query = query.where(reports.c.end_s >= since)
     with engine.connect() as connection:
         return [row[0] for row in connection.execute(query.order_by(reports.c.node, reports.c.seq))]
+
+
+def set_label(engine: Any, node: str, epoch: int, seq: int, idx: int, label: int | None) -> bool:
+    """An operator's label for one captured sample (None clears it); False when no such sample."""
+    import sqlalchemy as sa
+
+    rows = tables()["sample_rows"]
+    where = sa.and_(rows.c.node == node, rows.c.epoch == epoch, rows.c.seq == seq, rows.c.idx == idx)
+    with engine.begin() as connection:
+        done = connection.execute(
+            rows.update().where(where).values(label=label, labelled_at=None if label is None else time.time())
+        )
+    return bool(done.rowcount)

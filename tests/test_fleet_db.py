@@ -1,0 +1,222 @@
+"""The fleet database on both engines: a real SQLite file and a real PostgreSQL server (started
+here, as the tests start Mosquitto). Idempotent writes, migrations and the refusal of a newer
+schema, exports and labels, one-line errors, and collectors that scale out."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from fleet_sim import Publisher, SimDevice, digits
+
+from edgekit.cli import main
+from edgekit.fleet import Collector, init_fleet, load_collector_key, open_engine
+from edgekit.fleet.database import SCHEMA_VERSION, tables
+from edgekit.fleet.queries import set_label
+from edgekit.mosquitto import LocalBroker, find_mosquitto
+from edgekit.postgres import LocalPostgres, find_postgres
+
+needs_postgres = pytest.mark.skipif(
+    find_postgres() is None, reason="PostgreSQL is not installed (.ci/run installs it)"
+)
+needs_mosquitto = pytest.mark.skipif(
+    find_mosquitto() is None, reason="mosquitto is not installed (.ci/run installs it)"
+)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[LocalPostgres]:
+    if find_postgres() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    with LocalPostgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "fleet.sqlite")
+    server: LocalPostgres = request.getfixturevalue("postgres")
+    name = f"t{time.monotonic_ns()}"
+    subprocess.run([str(server.bin / "createdb"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "edgekit", name],
+                   check=True, capture_output=True)  # fmt: skip
+    return server.url.rsplit("/", 1)[0] + "/" + name
+
+
+def _messages(key: Any) -> tuple[list[tuple[str, bytes]], np.ndarray]:
+    x, _ = digits()
+    devices = [SimDevice("line1"), SimDevice("line2", drift=0.4)]
+    messages = []
+    for window in range(3):
+        for device in devices:
+            messages.append(
+                (f"edgekit/f7/{device.node}/report", device.report(time.time() - 60 * (3 - window)))
+            )
+            rows = x[window * 4 : window * 4 + 4]
+            sample = device.sample(rows, np.arange(4), np.full(4, 0.4), key)
+            messages.append((f"edgekit/f7/{device.node}/sample", sample))
+    return messages, x
+
+
+def test_a_redelivered_message_is_one_row_and_labels_reach_the_export(db_url: str, tmp_path: Path) -> None:
+    fleet = init_fleet("f7", tmp_path / "fleet")
+    key = load_collector_key("f7", fleet)
+    messages, x = _messages(key.public_key())
+    first = Collector("f7", None, key, db_url)
+    for message in messages[:8]:
+        assert first.handle(*message) in ("report", "sample")
+    first.flush()
+    second = Collector("f7", tmp_path / "out", key, db_url)  # a second collector, given everything again
+    for message in messages:
+        second.handle(*message)
+    second.flush()
+    assert (first.reports, second.reports) == (4, 2) and second.skipped["duplicate"] == 8
+    state = second.state()
+    assert state["reports"] == 6 and state["samples"] == 24 and state["gaps"] == {}
+    assert state["inferences"] == 6 * 600 and state["skipped"]["duplicate"] == 8
+    engine = open_engine(db_url)
+    node = SimDevice("line2").node
+    assert set_label(engine, node, 1, 2, 3, 7) and not set_label(engine, node, 1, 999, 0, 7)
+    summary = second.finish()
+    assert summary["drift"]["drifting_nodes"] == [node]
+    with np.load(tmp_path / "out" / "samples.npz") as exported:
+        assert exported["x"].shape == (24, 8, 8, 1) and "y" not in exported  # not every sample has a label
+        assert {row.tobytes() for row in exported["x"]} == {row.tobytes() for row in x[:12]}
+    result = CliRunner().invoke(main, ["fleet", "export", "--db", db_url, "--fleet", "f7", "--out",
+                                       str(tmp_path / "labelled"), "--fleet-dir", str(fleet), "--labelled", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "labelled" / "samples.npz") as labelled:
+        assert labelled["y"].tolist() == [7] and labelled["x"][0].tobytes() == x[3].tobytes()
+    assert json.loads(result.output)["samples"] == 24
+    engine.dispose()
+
+
+def test_a_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.sqlite"
+    engine = open_engine(str(path))
+    with engine.begin() as connection:
+        connection.execute(
+            tables()["schema_version"].insert().values(version=SCHEMA_VERSION + 4, applied=0.0)
+        )
+    engine.dispose()
+    init_fleet("f7", tmp_path / "fleet")
+    result = CliRunner().invoke(main, ["fleet", "export", "--db", str(path), "--fleet", "f7", "--out",
+                                       str(tmp_path / "o"), "--fleet-dir", str(tmp_path / "fleet")])  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: this fleet database has schema version {SCHEMA_VERSION + 4}, written by a newer edgekit; "
+        f"this edgekit reads up to version {SCHEMA_VERSION}: upgrade edgekit"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        (
+            "postgresql://ops@127.0.0.1:1/fleet",
+            "cannot open the fleet database postgresql://ops@127.0.0.1:1/fleet:",
+        ),
+        (
+            "postgresql://ops:secret@127.0.0.1:1/fleet",
+            "cannot open the fleet database postgresql://ops@127.0.0.1:1/",
+        ),
+        ("mysql://ops@db/fleet", "--db mysql://ops@db/fleet: give a file path (SQLite) or postgresql://"),
+    ],
+)
+def test_a_wrong_or_unreachable_database_is_one_line(url: str, says: str, tmp_path: Path) -> None:
+    init_fleet("f7", tmp_path / "fleet")
+    result = CliRunner().invoke(main, ["fleet", "export", "--db", url, "--fleet", "f7", "--out", str(tmp_path / "o"),
+                                       "--fleet-dir", str(tmp_path / "fleet")])  # fmt: skip
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert says in result.output and "secret" not in result.output
+
+
+def test_migrations_apply_once_and_the_schema_is_recorded(db_url: str) -> None:
+    import sqlalchemy as sa
+
+    for _ in range(2):
+        engine = open_engine(db_url)
+        with engine.connect() as connection:
+            versions = connection.execute(sa.select(tables()["schema_version"].c.version)).scalars().all()
+            names = set(sa.inspect(connection).get_table_names())
+        engine.dispose()
+    assert versions == [SCHEMA_VERSION]
+    assert {"reports", "samples", "sample_rows", "statuses", "skipped", "counters", "rollout_events"} <= names
+
+
+def _collector(broker: LocalBroker, db: str, home: Path, session: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "edgekit", "fleet", "collect", "--broker", broker.url, "--fleet", "f7",
+               "--db", db, "--group", "ingest", "--session", session, "--json"]  # fmt: skip
+    return subprocess.Popen(command, env={**os.environ, "EDGEKIT_HOME": str(home)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _count(engine: Any) -> tuple[int, int]:
+    import sqlalchemy as sa
+
+    with engine.connect() as connection:
+        return connection.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT node) FROM reports")).one()  # type: ignore[no-any-return]
+
+
+@needs_mosquitto
+@pytest.mark.slow
+def test_three_collectors_share_one_postgres_and_a_kill_loses_and_repeats_nothing(
+    postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    init_fleet("f7", home / "fleets" / "f7")
+    devices = [SimDevice(f"gw{i}") for i in range(30)]
+    windows = 60
+    with LocalBroker(tmp_path / "broker") as broker:
+        collectors = [_collector(broker, postgres.url, home, f"c{i}") for i in range(3)]
+        engine = open_engine(postgres.url)
+        time.sleep(3)  # subscribed (and the schema migrated once, under the lock)
+        publisher = Publisher(broker.port, "f7")
+        start = time.time() - windows * 60
+        for window in range(windows):
+            for device in devices:
+                publisher.send(device, "report", device.report(start + window * 60))
+            if window == windows // 3:
+                collectors[1].send_signal(signal.SIGSTOP)  # it takes messages, and never acks them
+            if window == windows // 2:
+                publisher.wait()
+                collectors[1].send_signal(signal.SIGKILL)
+                collectors[1].wait()
+                time.sleep(1.5)  # the others commit what they took
+                held = (window + 1) * len(devices) - _count(engine)[0]
+                collectors[1] = _collector(broker, postgres.url, home, "c1")  # the same session comes back
+            time.sleep(0.01)
+        publisher.close()
+        expected = windows * len(devices)
+        deadline = time.monotonic() + 60
+        while _count(engine)[0] < expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1.5)  # anything redelivered late would show now
+        for collector in collectors:
+            collector.send_signal(signal.SIGINT)
+        summaries = [json.loads(c.communicate(timeout=30)[0]) for c in collectors]
+    import sqlalchemy as sa
+
+    with engine.connect() as connection:
+        per_node = connection.execute(sa.text("SELECT node, COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) "
+                                              "FROM reports GROUP BY node")).all()  # fmt: skip
+    engine.dispose()
+    assert _count(engine) == (expected, len(devices))
+    assert all(
+        rows == distinct == windows and (low, high) == (1, windows)
+        for _, rows, distinct, low, high in per_node
+    )
+    assert held > 0  # messages the killed collector had taken were missing until it came back
+    assert all(summary["collected"]["reports"] > 0 for summary in summaries)  # the group split the load
+    final = summaries[-1]
+    assert final["reports"] == expected and final["gaps"] == {} and final["skipped"]["malformed"] == 0
