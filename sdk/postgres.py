@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from edgekit.errors import MissingDependencyError
+from edgekit.errors import EdgekitError
 
 INSTALL_HINT = (
     "install PostgreSQL (Debian, Ubuntu: apt-get install postgresql; macOS: brew install postgresql)"
@@ -37,7 +37,7 @@ class LocalPostgres:
     def __init__(self) -> None:
         self.bin = find_postgres()
         if self.bin is None:
-            raise MissingDependencyError(f"PostgreSQL is not installed: {INSTALL_HINT}")
+            raise EdgekitError(f"PostgreSQL is not installed: {INSTALL_HINT}")
         self.folder = Path(tempfile.mkdtemp(prefix="edgekit-pg-"))
         self.data = self.folder / "data"
         self.port = _free_port()

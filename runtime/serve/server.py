@@ -62,7 +62,7 @@ class ServeConfig:
 
 def check_exposure(config: ServeConfig) -> None:
     """Off loopback, a token or mutual TLS is required: a model server is not an open door."""
-    if _loopback(config.host) or config.token or (config.tls and config.tls.client_ca):
+    if is_loopback(config.host) or config.token or (config.tls and config.tls.client_ca):
         return
     raise InputError(
         f"--host {config.host} is reachable from the network: give --token-file FILE, or mutual TLS "
@@ -70,7 +70,7 @@ def check_exposure(config: ServeConfig) -> None:
     )
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +199,71 @@ def fleet_export(
         f"{summary['reports']} reports, {summary['samples']} samples of fleet {fleet} exported to {out}: "
         + ", ".join(written),
     )
+
+
+@fleet.command("dashboard")
+@db_option(required=True)
+@click.option("--fleet", default=None, help="Fleet name. Default: the only fleet in the database.")
+@fleet_dir_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port to listen on."
+)
+@click.option(
+    "--token-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+    help="A file holding the access token; required off loopback.",
+)  # fmt: skip
+@click.option(
+    "--bundle", "bundles", multiple=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A deployed bundle: its reference data gives the expected class shares and per-feature drift. "
+    "Repeatable.",
+)  # fmt: skip
+@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="Serve HTTPS with this certificate (PEM).")  # fmt: skip
+@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="The certificate's private key.")  # fmt: skip
+@json_option
+def fleet_dashboard(token_file: Path | None, bundles: tuple[Path, ...], as_json: bool, **fields: Any) -> None:
+    """A web dashboard over the fleet database, at http://127.0.0.1:8080.
+
+    \b
+    Pages: Fleet (one row per device: online, version, rate, latency, errors, drift,
+    drops; sortable and filterable), Device (time series), Drift (which devices and
+    features drift, since when), Samples (the captured samples, decrypted here with
+    fleet.key, to label: labels go to the database and to `fleet export --labelled`),
+    and Rollouts (canary against control, the decisions; from `fleet deploy --db`).
+    Pages update live. Everything is served from edgekit: no CDN, works offline.
+    \b
+    Off loopback a token is required: open http(s)://HOST:PORT/?token=TOKEN once (a
+    secure, HttpOnly cookie keeps it), or send Authorization: Bearer TOKEN. Reach it over
+    HTTPS there (--tls-cert/--tls-key, or a proxy).
+    \b
+    Examples:
+      edgekit fleet dashboard --db fleet.sqlite
+      edgekit fleet dashboard --db postgresql://ops@db/fleet --fleet factory-7 --bundle v2.ekb
+      edgekit fleet dashboard --db fleet.sqlite --host 0.0.0.0 --token-file ops.token \\
+          --tls-cert site.crt --tls-key site.key
+    """
+    from edgekit.fleet.dashboard import DashboardConfig, run_dashboard
+
+    if (fields["tls_cert"] is None) != (fields["tls_key"] is None):
+        raise click.UsageError("give --tls-cert and --tls-key together")
+    token = token_file.read_text().strip().encode() if token_file else None
+    if token_file is not None and not token:
+        raise click.UsageError(f"{token_file} is empty: put the token in it")
+    config = DashboardConfig(token=token, bundles=bundles, **fields)
+    run_dashboard(config, partial(_started, as_json))
+
+
+def _started(as_json: bool, info: dict[str, Any]) -> None:
+    """One line when the dashboard listens: JSON for scripts, or where to open it."""
+    if as_json:
+        click.echo(json.dumps(info, sort_keys=True))
+    else:
+        click.echo(
+            f"dashboard of fleet {info['fleet']}: {info['url']} (database {info['db']}); Ctrl-C stops it"
+        )
+    sys.stdout.flush()
 
 
 def _broker(broker: str, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None) -> Any:

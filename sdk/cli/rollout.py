@@ -22,10 +22,15 @@ _key_option = click.option(
 _group_option = click.option(
     "--group", default=None, help="One group of the fleet. Default: the whole fleet."
 )
-_history_option = click.option(
-    "--history", type=click.Path(path_type=Path, dir_okay=False), default=None,
-    help="Rollout history (JSON lines). Default: $EDGEKIT_HOME/fleets/FLEET/rollouts.jsonl.",
-)  # fmt: skip
+def _history_option(command: Any) -> Any:
+    command = click.option(
+        "--db", default=None,
+        help="Fleet database the events also go to, for the dashboard (SQLite path or postgresql:// URL).",
+    )(command)
+    return click.option(
+        "--history", type=click.Path(path_type=Path, dir_okay=False), default=None,
+        help="Rollout history (JSON lines). Default: $EDGEKIT_HOME/fleets/FLEET/rollouts.jsonl.",
+    )(command)  # fmt: skip
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -228,12 +233,12 @@ def _override(phase: str) -> Any:
     @_group_option
     @_history_option
     @json_option
-    def command(broker: str, fleet: str, key: Path, group: str | None, history: Path | None, as_json: bool,
-                **tls: Any) -> None:  # fmt: skip
+    def command(broker: str, fleet: str, key: Path, group: str | None, history: Path | None, db: str | None,
+                as_json: bool, **tls: Any) -> None:  # fmt: skip
         from edgekit.cli.common import say
         from edgekit.fleet.deploy import override
 
-        final = override(_broker(broker, **tls), fleet, group, key, phase, history)
+        final = override(_broker(broker, **tls), fleet, group, key, phase, history, db)
         target = final.target(is_canary=False)
         data = {"rollout": final.rollout, "phase": final.phase, "version": target, "serial": final.serial}
         say(as_json, data,

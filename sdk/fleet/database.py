@@ -174,9 +174,7 @@ def open_engine(url: str, connect_timeout: float = 5.0) -> Any:
     try:
         import sqlalchemy as sa
     except ImportError:
-        raise MissingDependencyError(
-            "the fleet database needs SQLAlchemy: pip install 'edgekit[fleet]'"
-        ) from None
+        raise MissingDependencyError("sqlalchemy", "fleet", "the fleet database") from None
     full = engine_url(url)
     if full.startswith("sqlite:///"):
         Path(full.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +201,7 @@ def _require_psycopg() -> None:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        raise MissingDependencyError("PostgreSQL needs psycopg 3: pip install 'edgekit[fleet]'") from None
+        raise MissingDependencyError("psycopg", "fleet", "a PostgreSQL fleet database") from None
 
 
 def _sqlite_pragmas(connection: Any, record: Any) -> None:
@@ -278,3 +276,18 @@ def _insert(connection: Any) -> Any:
     from sqlalchemy.dialects import postgresql, sqlite
 
     return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+
+
+def record_event(url: str, fleet: str, event: dict[str, Any]) -> None:
+    """One rollout event into ``rollout_events``."""
+    engine = open_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                tables()["rollout_events"].insert().values(
+                    fleet=fleet, at=event["time"], rollout=str(event.get("rollout", ""))[:128],
+                    event=str(event.get("event", ""))[:32], body=event,
+                )
+            )  # fmt: skip
+    finally:
+        engine.dispose()

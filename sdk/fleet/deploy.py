@@ -20,12 +20,12 @@ from edgekit.fleet.messages import Skip, parse
 from edgekit.fleet.rollout import (
     CHUNK_BYTES,
     FleetState,
+    History,
     connect,
     history_path,
     next_serial,
     publish_chunks,
     publish_document,
-    record,
     signed_document,
     snapshot,
 )
@@ -62,6 +62,8 @@ class DeployOptions:
     serve_rate: float | None = None
     settle_s: float = 120.0
     history: Path | None = None
+    db: str | None = None
+    """The fleet database, where the events also go (SQLite path or postgresql:// URL)."""
 
 
 @dataclass
@@ -95,7 +97,7 @@ class Rollout:
         self.sha256 = hashlib.sha256(self.data).hexdigest()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         self.id = re.sub(r"[^A-Za-z0-9._-]", "-", f"{self.name}-v{self.version}-{stamp}")[:64]
-        self.history = history_path(options.fleet, options.history)
+        self.history = History(history_path(options.fleet, options.history), options.fleet, options.db)
         self.state = FleetState(options.fleet)
         self.canary, self.control = Window(), Window()
         self.document: Deployment | None = None
@@ -131,7 +133,7 @@ class Rollout:
         publish_document(inbox, self.document, self.key)
         started = {"event": "started", "rollout": self.id, "model": self.name, "version": self.version,
                    "previous": previous, "devices": len(scope), "canaries": len(canaries.nodes)}  # fmt: skip
-        record(self.history, started)
+        self.history.record(started)
         self.progress("started", started)
         verdict, overridden = self._watch(inbox, canaries)
         if overridden is not None:
@@ -231,7 +233,7 @@ class Rollout:
         event = {"event": "decision", "rollout": self.id, "decision": final.phase, "by_hand": manual,
                  "reason": reason, "numbers": verdict.numbers}  # fmt: skip
         if not manual:  # a by-hand decision is recorded by the command that made it
-            record(self.history, event)
+            self.history.record(event)
         self.progress("decided", event)
         scope = self.state.in_scope(self.options.group)
         outcome = Outcome(self.id, final.phase, reason, verdict.numbers,
@@ -239,7 +241,7 @@ class Rollout:
         outcome.settled = self._settle(inbox, final)
         running = [s.models.get(self.name) for s in self.state.in_scope(self.options.group)]
         outcome.running = {v: running.count(v) for v in sorted({r for r in running if r})}
-        record(self.history, {"event": "settled" if outcome.settled else "unsettled", "rollout": self.id,
+        self.history.record({"event": "settled" if outcome.settled else "unsettled", "rollout": self.id,
                               "running": outcome.summary()["running"]})  # fmt: skip
         return outcome
 
@@ -271,7 +273,7 @@ def deploy(options: DeployOptions, progress: Progress) -> Outcome:
 
 
 def override(broker: Broker, fleet: str, group: str | None, key_path: Path, phase: str,
-             history: Path | None = None) -> Deployment:  # fmt: skip
+             history: Path | None = None, db: str | None = None) -> Deployment:  # fmt: skip
     """``rollout promote`` or ``abort``: a new document that overrides the rules."""
     key = load_signing_key(key_path)
     inbox = connect(broker, fleet)
@@ -287,6 +289,8 @@ def override(broker: Broker, fleet: str, group: str | None, key_path: Path, phas
         publish_document(inbox, final, key)
     finally:
         inbox.stop()
-    record(history_path(fleet, history), {"event": "decision", "rollout": current.rollout, "decision": phase,
-                                          "by_hand": True, "reason": f"{phase} by hand"})  # fmt: skip
+    History(history_path(fleet, history), fleet, db).record(
+        {"event": "decision", "rollout": current.rollout, "decision": phase, "by_hand": True,
+         "reason": f"{phase} by hand"}
+    )  # fmt: skip
     return final

@@ -139,6 +139,23 @@ def record(path: Path, event: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+@dataclass(frozen=True)
+class History:
+    """Where rollout events go: the JSON lines file, and the fleet database when ``db`` is
+    given, for the dashboard's rollouts page."""
+
+    path: Path
+    fleet: str
+    db: str | None = None
+
+    def record(self, event: dict[str, Any]) -> None:
+        record(self.path, event)
+        if self.db is not None:
+            from edgekit.fleet.database import record_event
+
+            record_event(self.db, self.fleet, {"time": round(time.time(), 3), **event})
+
+
 def read_history(path: Path, rollout: str | None = None) -> list[dict[str, Any]]:
     if not path.exists():
         return []

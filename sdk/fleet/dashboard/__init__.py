@@ -1,0 +1,99 @@
+"""``edgekit fleet dashboard``: a web console over the fleet database.
+
+Pages: the fleet (one row per device pseudonym), a device's time series, drift by device and
+feature, the sample queue with labelling, and rollouts. Everything is served from this
+package (no CDN): the pages are server-rendered HTML with SVG charts, and a small script
+polls for live updates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import EdgekitError, InputError, MissingDependencyError
+
+log = logging.getLogger("edgekit.fleet")
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    db: str
+    fleet: str | None = None
+    fleet_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: bytes | None = None
+    bundles: tuple[Path, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def open_dashboard(config: DashboardConfig) -> tuple[Any, dict[str, Any]]:
+    """The ASGI app for ``config`` and what the start line says."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("starlette", "fleet", "the dashboard") from None
+    from edgekit.fleet.dashboard.app import Dashboard, build_app
+    from edgekit.fleet.dashboard.data import fleets
+    from edgekit.fleet.database import open_engine
+    from edgekit.fleet.keys import load_collector_key
+    from edgekit.runtime.serve.server import is_loopback
+
+    exposed = not is_loopback(config.host)
+    if exposed and config.token is None:
+        raise InputError(f"--host {config.host} is reachable from the network: give --token-file FILE "
+                         "(and reach "
+                         "the dashboard over HTTPS: --tls-cert and --tls-key, or a proxy)")  # fmt: skip
+    engine = open_engine(config.db)
+    fleet = config.fleet or _only_fleet(fleets(engine), config.db)
+    board = Dashboard(
+        engine, fleet, load_collector_key(fleet, config.fleet_dir), config.token,
+        _references(config.bundles), secure_cookie=exposed or config.tls_cert is not None,
+    )  # fmt: skip
+    scheme = "https" if config.tls_cert else "http"
+    shown = str(engine.url.render_as_string(hide_password=True))
+    info = {"fleet": fleet, "url": f"{scheme}://{config.host}:{config.port}/", "db": shown,
+            "token": config.token is not None}  # fmt: skip
+    return build_app(board), info
+
+
+def _only_fleet(found: list[str], db: str) -> str:
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise EdgekitError(
+            f"{db} holds no reports yet: start edgekit fleet collect --db {db}, or give --fleet"
+        )
+    raise InputError(f"{db} holds fleets {', '.join(found)}: choose one with --fleet")
+
+
+def _references(bundles: tuple[Path, ...]) -> dict[tuple[str, int], Any]:
+    """Each bundle's reference statistics by (model, version): the baseline the pages compare with."""
+    from edgekit.bundle import read_manifest
+
+    found = {}
+    for path in bundles:
+        manifest = read_manifest(path)
+        if manifest.reference is not None:
+            found[(manifest.name, manifest.version)] = manifest.reference
+    return found
+
+
+def run_dashboard(config: DashboardConfig, started: Callable[[dict[str, Any]], None]) -> None:
+    """Serve until Ctrl-C or SIGTERM."""
+    import uvicorn
+
+    app, info = open_dashboard(config)
+    options: dict[str, Any] = {"host": config.host, "port": config.port, "log_level": "warning",
+                               "access_log": False, "lifespan": "off"}  # fmt: skip
+    if config.tls_cert is not None:
+        options.update(ssl_certfile=str(config.tls_cert), ssl_keyfile=str(config.tls_key))
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    started(info)
+    server.run()

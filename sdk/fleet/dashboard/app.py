@@ -1,0 +1,240 @@
+"""The dashboard's web app (Starlette): pages, the fragments that live updates poll, sample
+previews decrypted in this process, labels written back, exports, and the token guard."""
+
+from __future__ import annotations
+
+import hmac
+import io
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from html import escape
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from edgekit.fleet.dashboard import data, pages
+from edgekit.fleet.dashboard.rollouts import rollout_sections
+from edgekit.fleet.export import open_message, sample_arrays
+from edgekit.fleet.queries import set_label
+from edgekit.manifest import ReferenceStats
+
+COOKIE = "edgekit_dashboard"
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self'; frame-ancestors 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass
+class Dashboard:
+    engine: Any
+    fleet: str
+    key: x25519.X25519PrivateKey
+    token: bytes | None = None
+    references: dict[tuple[str, int], ReferenceStats] = field(default_factory=dict)
+    secure_cookie: bool = False
+
+
+def build_app(board: Dashboard) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    opened = lru_cache(maxsize=256)(lambda node, epoch, seq: _open(board, node, epoch, seq))
+
+    def html(text: str, status: int = 200) -> Response:
+        return HTMLResponse(text, status_code=status, headers=HEADERS)
+
+    def reference(model: str, version: int) -> list[float] | None:
+        found = board.references.get((model, version))
+        return None if found is None or found.classes is None else list(found.classes)
+
+    async def fleet_page(request: Request) -> Response:
+        return html(pages.fleet_page(board.fleet, data.fleet_rows(board.engine, board.fleet)))
+
+    async def fleet_fragment(request: Request) -> Response:
+        return html(pages.fleet_rows_html(data.fleet_rows(board.engine, board.fleet)))
+
+    def _series(request: Request) -> tuple[str, list[dict[str, Any]], list[float] | None]:
+        node = request.path_params["node"]
+        series = data.device_series(board.engine, node)
+        return node, series, reference(series[-1]["model"], series[-1]["version"]) if series else None
+
+    async def device_page(request: Request) -> Response:
+        node, series, ref = _series(request)
+        status = 200 if series else 404
+        return html(pages.device_page(board.fleet, node, series, ref), status)
+
+    async def device_fragment(request: Request) -> Response:
+        _, series, ref = _series(request)
+        return html(pages.device_charts(series, ref))
+
+    async def drift_page(request: Request) -> Response:
+        return html(
+            pages.drift_page(board.fleet, data.drift_table(board.engine, board.fleet, board.references))
+        )
+
+    async def drift_fragment(request: Request) -> Response:
+        return html(pages.drift_rows_html(data.drift_table(board.engine, board.fleet, board.references)))
+
+    async def samples_page(request: Request) -> Response:
+        show = request.query_params.get("show", "unlabelled")
+        show = show if show in ("unlabelled", "labelled", "all") else "unlabelled"
+        rows = data.sample_queue(board.engine, board.fleet, show)
+        cards = [pages.sample_card(row, _preview(row, opened)) for row in rows]
+        counts = {name: len(data.sample_queue(board.engine, board.fleet, name, limit=10**6))
+                  for name in ("unlabelled", "labelled", "all")}  # fmt: skip
+        return html(pages.samples_page(board.fleet, cards, show, counts))
+
+    async def sample_image(request: Request) -> Response:
+        p = request.path_params
+        arrays = opened(p["node"], p["epoch"], p["seq"])
+        if arrays is None or p["idx"] >= len(arrays["x"]):
+            return Response("no such sample", 404, headers=HEADERS)
+        png = thumbnail(arrays["x"][p["idx"]])
+        if png is None:
+            return Response("this sample is not an image", 404, headers=HEADERS)
+        return Response(
+            png, media_type="image/png", headers={**HEADERS, "Cache-Control": "private, max-age=3600"}
+        )
+
+    async def label(request: Request) -> Response:
+        p = request.path_params
+        form = parse_qs((await request.body()).decode(errors="replace")[:1000])
+        text = (form.get("label") or [""])[0].strip()
+        value = int(text) if text.isdigit() and int(text) < 1_000_000 else None
+        if text and value is None:
+            return Response("a label is a class index: 0, 1, 2...", 400, headers=HEADERS)
+        if not set_label(board.engine, p["node"], p["epoch"], p["seq"], p["idx"], value):
+            return Response("no such sample", 404, headers=HEADERS)
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse({"label": value}, headers=HEADERS)
+        return RedirectResponse(request.headers.get("referer") or "/samples", 303, headers=HEADERS)
+
+    async def export(request: Request) -> Response:
+        labelled = request.query_params.get("labelled") == "1"
+        arrays = sample_arrays(board.engine, board.fleet, board.key, labelled)
+        if arrays is None:
+            return Response("no samples to export", 404, headers=HEADERS)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        name = "labelled-samples.npz" if labelled else "samples.npz"
+        attachment = {**HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
+        return Response(buffer.getvalue(), media_type="application/octet-stream", headers=attachment)
+
+    async def rollouts_page(request: Request) -> Response:
+        return html(pages.rollouts_page(board.fleet, rollout_sections(board.engine, board.fleet)))
+
+    async def rollouts_fragment(request: Request) -> Response:
+        page = pages.rollouts_page(board.fleet, rollout_sections(board.engine, board.fleet))
+        return html(page.split('data-source="/fragment/rollouts">', 1)[1].rsplit("</div></main>", 1)[0])
+
+    key = "{node:str}/{epoch:int}/{seq:int}/{idx:int}"
+    routes = [
+        Route("/", fleet_page), Route("/fragment/fleet", fleet_fragment),
+        Route("/device/{node:str}", device_page), Route("/fragment/device/{node:str}", device_fragment),
+        Route("/drift", drift_page), Route("/fragment/drift", drift_fragment),
+        Route("/samples", samples_page), Route(f"/sample/{key}.png", sample_image),
+        Route(f"/label/{key}", label, methods=["POST"]), Route("/export/samples.npz", export),
+        Route("/rollouts", rollouts_page), Route("/fragment/rollouts", rollouts_fragment),
+        Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
+    ]  # fmt: skip
+    return Guard(Starlette(routes=routes), board.token, board.secure_cookie)
+
+
+def _open(board: Dashboard, node: str, epoch: int, seq: int) -> dict[str, np.ndarray] | None:
+    sealed = data.sealed_message(board.engine, node, epoch, seq)
+    return None if sealed is None else open_message(sealed, board.key)
+
+
+def _preview(row: dict[str, Any], opened: Callable[..., dict[str, np.ndarray] | None]) -> str:
+    arrays = opened(row["node"], row["epoch"], row["seq"])
+    if arrays is None:
+        return '<p class="muted">gone</p>'
+    if "text" in arrays:
+        return f"<blockquote>{escape(str(arrays['text'][row['idx']]))}</blockquote>"
+    x = arrays["x"][row["idx"]]
+    if image_like(x):
+        key = f"{row['node']}/{row['epoch']}/{row['seq']}/{row['idx']}"
+        return f'<img src="/sample/{key}.png" alt="sample {row["seq"]}.{row["idx"]}" width="96" height="96">'
+    values = ", ".join(f"{v:.4g}" for v in np.asarray(x, float).reshape(-1)[:16])
+    return f'<code class="values">{values}{" …" if x.size > 16 else ""}</code>'
+
+
+def image_like(x: np.ndarray) -> bool:
+    """H×W, or H×W×C with 1, 3 or 4 channels, each side at least 4."""
+    squeezed = x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x
+    if squeezed.ndim == 2:
+        return min(squeezed.shape) >= 4
+    return squeezed.ndim == 3 and squeezed.shape[-1] in (3, 4) and min(squeezed.shape[:2]) >= 4
+
+
+def thumbnail(x: np.ndarray, size: int = 96) -> bytes | None:
+    """The sample as a PNG, scaled to its own range, nearest-neighbour up to ``size``."""
+    if not image_like(x):
+        return None
+    from PIL import Image
+
+    pixels = np.asarray(x, float)
+    pixels = pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels
+    low, high = float(pixels.min()), float(pixels.max())
+    scaled = ((pixels - low) / (high - low or 1.0) * 255).astype(np.uint8)
+    image = Image.fromarray(scaled)
+    scale = max(1, size // max(image.size))
+    image = image.resize((image.size[0] * scale, image.size[1] * scale), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Guard:
+    """With a token, every request needs it: ``Authorization: Bearer TOKEN``, or the cookie
+    that opening ``/?token=TOKEN`` once sets (HttpOnly, SameSite=Strict, Secure over TLS).
+    Without one it answers 401. Labels must come from this origin."""
+
+    def __init__(self, app: Any, token: bytes | None, secure: bool) -> None:
+        self.app, self.token, self.secure = app, token, secure
+
+    async def __call__(self, scope: Any, receive: Callable[[], Awaitable[Any]], send: Any) -> None:
+        from starlette.requests import Request
+        from starlette.responses import PlainTextResponse, RedirectResponse
+
+        if scope["type"] != "http" or self.token is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        given = request.query_params.get("token")
+        if given is not None and scope["method"] == "GET" and self._same(given.encode()):
+            response = RedirectResponse(scope["path"], 303)
+            response.set_cookie(COOKIE, self.token.decode(), httponly=True, samesite="strict",
+                                secure=self.secure, path="/")  # fmt: skip
+            await response(scope, receive, send)
+            return
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
+        cookie = request.cookies.get(COOKIE, "").encode()
+        origin = request.headers.get("origin")
+        foreign = (
+            scope["method"] == "POST" and origin is not None and origin.split("://")[-1] != request.url.netloc
+        )
+        if not (self._same(bearer) or self._same(cookie)) or foreign:
+            denied = PlainTextResponse(
+                "a token is required: open /?token=TOKEN once, or send Authorization: Bearer TOKEN",
+                401, headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+            await denied(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _same(self, given: bytes) -> bool:
+        assert self.token is not None
+        return bool(given) and hmac.compare_digest(given, self.token)

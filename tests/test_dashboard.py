@@ -1,0 +1,257 @@
+"""The fleet dashboard in a real browser (Debian's headless Chromium, driven by Playwright),
+over a database that a real `fleet collect` fills from a real Mosquitto, with simulated
+devices publishing. Screenshots go to build/artifacts/dashboard/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from fleet_sim import Publisher, SimDevice, digits
+
+from edgekit.cli import main
+from edgekit.fleet import init_fleet, load_collector_key, open_engine
+from edgekit.fleet.database import record_event
+from edgekit.mosquitto import LocalBroker, find_mosquitto
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "artifacts" / "dashboard"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    find_mosquitto() is None, reason="mosquitto is not installed (.ci/run installs it)"
+)
+
+
+def _port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _rows(db: str) -> int:
+    import sqlalchemy as sa
+
+    engine = open_engine(db)
+    with engine.connect() as connection:
+        count = connection.execute(sa.text("SELECT COUNT(*) FROM reports")).scalar()
+    engine.dispose()
+    return int(count or 0)
+
+
+def _until(check: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+class Site:
+    """A fleet of simulated devices, a collector into SQLite, and a dashboard over it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.home = folder / "home"
+        self.fleet_dir = init_fleet("f7", self.home / "fleets" / "f7")
+        self.key = load_collector_key("f7", self.fleet_dir)
+        self.db = str(folder / "fleet.sqlite")
+        self.broker = LocalBroker(folder / "broker").start()
+        env = {**os.environ, "EDGEKIT_HOME": str(self.home)}
+        self.collector = subprocess.Popen(
+            [sys.executable, "-m", "edgekit", "fleet", "collect", "--broker", self.broker.url, "--fleet", "f7",
+             "--db", self.db, "--group", "none", "--json"], env=env, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(2)
+        self.publisher = Publisher(self.broker.port, "f7")
+        self.devices = [SimDevice("line1-cam1", version=2), SimDevice("line1-cam2", version=2),
+                        SimDevice("line2-cam1", version=1, latency_ms=8.0), SimDevice("line3-cam1", version=1,
+                                                                                       drift=0.6, error_rate=0.02)]  # fmt: skip
+        self.x, _ = digits()
+        start = time.time() - 20 * 60
+        for window in range(20):
+            for device in self.devices:
+                self.publisher.send(device, "report", device.report(start + window * 60))
+        for index, device in enumerate(self.devices[2:]):
+            rows = self.x[index * 6 : index * 6 + 6]
+            sample = device.sample(rows, np.arange(6) % 10, np.linspace(0.3, 0.6, 6), self.key.public_key())
+            self.publisher.send(device, "sample", sample)
+        for device in self.devices[:3]:
+            self.publisher.status(device, "online")
+        self.publisher.status(self.devices[3], "offline")
+        self.publisher.wait()
+        _until(lambda: _rows(self.db) == 80)
+        decided = time.time() - 5 * 60
+        for event in ({"event": "started", "rollout": "digits-v2", "model": "digits", "version": 2, "previous": 1,
+                       "devices": 4, "canaries": 1, "time": start},
+                      {"event": "decision", "rollout": "digits-v2", "decision": "promoted", "by_hand": False,
+                       "reason": "every rule holds", "time": decided,
+                       "numbers": {"canary": {"error_rate": 0.0, "p95_ms": 5.0, "drift": 0.02},
+                                   "control": {"error_rate": 0.01, "p95_ms": 10.0, "drift": 0.3},
+                                   "limits": {"max_error_rate": 0.01, "max_p95_ms": 10.0, "max_drift": 0.25}}}):  # fmt: skip
+            record_event(self.db, "f7", event)
+        self.port = _port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dashboard = self.serve()
+
+    def serve(self, *extra: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edgekit", "fleet", "dashboard", "--db", self.db, "--port", str(self.port),
+             "--json", *extra], env={**os.environ, "EDGEKIT_HOME": str(self.home)}, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        started = json.loads(process.stdout.readline())  # type: ignore[union-attr]
+        assert started["fleet"] == "f7" and started["url"] == self.url + "/"
+        _until(lambda: _answers(self.url))
+        return process
+
+    def close(self) -> None:
+        for process in (self.dashboard, self.collector):
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=20)
+        self.publisher.close()
+        self.broker.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/static/dashboard.css", timeout=1).status_code in (200, 401)
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    running = Site(tmp_path_factory.mktemp("dashboard"))
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def _tab(browser: Any, errors: list[str]) -> Any:
+    tab = browser.new_page(viewport={"width": 1280, "height": 900})
+    tab.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    return tab
+
+
+def _shot(tab: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_the_fleet_page_shows_every_device_colours_drift_and_updates_live(site: Site, browser: Any) -> None:
+    errors: list[str] = []
+    tab = _tab(browser, errors)
+    tab.goto(site.url + "/")
+    rows = tab.locator("#fleet tbody tr")
+    assert rows.count() == 4
+    table = {row.get_attribute("data-node"): row.inner_text() for row in rows.all()}
+    for device in site.devices:
+        assert f"digits v{device.version}" in table[device.node]
+    drifting = tab.locator(f'tr[data-node="{site.devices[3].node}"] td.level-drift')
+    assert drifting.count() == 1 and "drift" in drifting.inner_text()
+    assert drifting.evaluate("cell => getComputedStyle(cell).backgroundColor") == "rgb(254, 226, 226)"
+    assert "offline" in table[site.devices[3].node] and "online" in table[site.devices[0].node]
+    tab.click('th[data-key="p95_ms"]')
+    tab.click('th[data-key="p95_ms"]')  # descending: the slow device first
+    assert tab.locator("#fleet tbody tr").first.get_attribute("data-node") == site.devices[2].node
+    _shot(tab, "fleet")
+    tab.fill("#filter", "drift")
+    assert tab.locator("#fleet tbody tr:not([hidden])").count() == 1
+    tab.fill("#filter", "")
+    newcomer = SimDevice("line4-cam1", version=2)
+    site.publisher.send(newcomer, "report", newcomer.report(time.time()))
+    site.publisher.wait()
+    tab.wait_for_selector(f'tr[data-node="{newcomer.node}"]', timeout=15000)  # no reload
+    assert tab.locator("#fleet tbody tr").count() == 5
+    assert errors == []
+
+
+def test_device_drift_and_rollout_pages_draw_their_charts(site: Site, browser: Any) -> None:
+    errors: list[str] = []
+    tab = _tab(browser, errors)
+    tab.goto(f"{site.url}/device/{site.devices[3].node}")
+    assert tab.locator("#charts svg").count() == 5  # latency, throughput, errors, drift, classes
+    assert tab.locator("#charts polyline").count() >= 5
+    _shot(tab, "device")
+    tab.goto(site.url + "/drift")
+    first = tab.locator("#drift tbody tr").first
+    assert first.get_attribute("data-node") == site.devices[3].node and "ago" in first.inner_text()
+    _shot(tab, "drift")
+    tab.goto(site.url + "/rollouts")
+    assert "digits-v2" in tab.inner_text("#rollouts") and tab.locator("#rollouts svg").count() == 2
+    assert "promoted" in tab.inner_text("#rollouts")
+    _shot(tab, "rollouts")
+    assert errors == []
+
+
+def test_a_sample_labelled_in_the_page_reaches_the_export(site: Site, browser: Any, tmp_path: Path) -> None:
+    errors: list[str] = []
+    tab = _tab(browser, errors)
+    tab.goto(site.url + "/samples")
+    cards = tab.locator("#samples figure.sample")
+    assert cards.count() == 12
+    assert tab.locator("#samples img").evaluate_all("all => all.every(i => i.complete && i.naturalWidth > 0)")
+    _shot(tab, "samples")
+    card = cards.first
+    node, epoch, seq, idx = card.get_attribute("data-key").split("/")
+    card.locator("input").fill("7")
+    card.locator("button").click()
+    tab.wait_for_selector("figure.sample.labelled")
+    assert card.locator("button").inner_text() == "Saved"
+    result = CliRunner().invoke(main, ["fleet", "export", "--db", site.db, "--fleet", "f7", "--out", str(tmp_path),
+                                       "--fleet-dir", str(site.fleet_dir), "--labelled"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "samples.npz") as exported:
+        assert exported["y"].tolist() == [7] and exported["node"].tolist() == [node]
+        assert exported["seq"].tolist() == [int(seq)]
+        sent = next(d for d in site.devices if d.node == node)
+        offset = site.devices[2:].index(sent) * 6 + int(idx)  # the digit that device sent there
+        assert exported["x"][0].tobytes() == site.x[offset].tobytes()
+    tab.goto(site.url + "/samples?show=labelled")
+    assert tab.locator("#samples figure.sample").count() == 1
+    assert errors == []
+
+
+def test_a_token_guards_every_page_off_loopback(site: Site, tmp_path: Path) -> None:
+    refused = subprocess.run([sys.executable, "-m", "edgekit", "fleet", "dashboard", "--db", site.db, "--host",
+                              "0.0.0.0"], capture_output=True, text=True, env={**os.environ, "EDGEKIT_HOME": str(site.home)})  # fmt: skip
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "give --token-file FILE" in refused.stderr
+    token = tmp_path / "ops.token"
+    token.write_text("s3cret-token\n")
+    site.dashboard.send_signal(signal.SIGINT)
+    site.dashboard.wait(timeout=20)
+    site.dashboard = site.serve("--token-file", str(token))
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        assert httpx.get(site.url + "/", headers=headers).status_code == 401
+        assert httpx.get(site.url + "/export/samples.npz", headers=headers).status_code == 401
+    assert httpx.get(site.url + "/", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+    opened = httpx.get(site.url + "/samples?token=s3cret-token")
+    assert opened.status_code == 303
+    cookie = opened.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    with httpx.Client(base_url=site.url, cookies=opened.cookies) as client:
+        assert client.get("/samples").status_code == 200
+        forged = client.post("/label/x/1/1/0", content="label=1", headers={"Origin": "http://evil.example"})
+        assert forged.status_code == 401
