@@ -111,16 +111,17 @@ def collect_until(collector, inbox, count: int, timeout: float) -> float:  # typ
     deadline = time.monotonic() + timeout
     pending: list[tuple[int, int]] = []
     last = time.perf_counter()
-    while collector.reports + len(collector._pending_reports) < count and time.monotonic() < deadline:
+    taken = 0
+    while collector.reports + taken < count and time.monotonic() < deadline:
         message = inbox.get(0.2)
         if message is not None:
-            collector.handle(message[0], message[1])
+            taken += collector.handle(message[0], message[1]) == "report"
             pending.append((message[2], message[3]))
             last = time.perf_counter()
         if pending and (len(pending) >= 256 or message is None):
             collector.flush()
             inbox.ack(pending)
-            pending = []
+            pending, taken = [], 0
     collector.flush()
     inbox.ack(pending)
     return last

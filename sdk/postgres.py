@@ -58,8 +58,14 @@ class LocalPostgres:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=on"
         self._run(str(bin_ / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"),
                   "-w", "start")  # fmt: skip
-        self._run(str(bin_ / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "edgekit", "edgekit")
+        self.create_database("edgekit")
         return self
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database on this server; returns its URL."""
+        assert self.bin is not None
+        self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "edgekit", name)
+        return self.url.rsplit("/", 1)[0] + "/" + name
 
     def stop(self) -> None:
         if self.bin is not None and (self.data / "postmaster.pid").exists():

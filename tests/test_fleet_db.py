@@ -47,10 +47,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "fleet.sqlite")
     server: LocalPostgres = request.getfixturevalue("postgres")
-    name = f"t{time.monotonic_ns()}"
-    subprocess.run([str(server.bin / "createdb"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "edgekit", name],
-                   check=True, capture_output=True)  # fmt: skip
-    return server.url.rsplit("/", 1)[0] + "/" + name
+    return server.create_database(f"t{time.monotonic_ns()}")
 
 
 def _messages(key: Any) -> tuple[list[tuple[str, bytes]], np.ndarray]:
