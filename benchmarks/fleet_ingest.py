@@ -144,7 +144,8 @@ def main() -> None:
             for n in (1, 2, 4):
                 url = postgres.create_database(f"ingest{n}")
                 results[n] = args.reports / collectors(broker.port, url, folder / "home", args.reports, n)
-                ratios = f"{results[n] / results[1]:.2f}x one collector, {results[n] * took / args.reports:.2f}x bare"
+                versus_bare = results[n] * took / args.reports
+                ratios = f"{results[n] / results[1]:.2f}x one collector, {versus_bare:.2f}x bare"
                 name = f"{n} collector{'s' if n > 1 else ' '}"
                 print(f"{name} into PostgreSQL:      {results[n]:8,.0f} reports/s ({ratios})")
 
