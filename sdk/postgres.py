@@ -55,11 +55,21 @@ class LocalPostgres:
         bin_ = self.bin
         assert bin_ is not None
         self._run(str(bin_ / "initdb"), "-D", str(self.data), "-U", "edgekit", "--auth=trust", "-E", "UTF8")
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=on"
-        self._run(str(bin_ / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"),
-                  "-w", "start")  # fmt: skip
+        self.resume()
         self.create_database("edgekit")
         return self
+
+    def resume(self) -> None:
+        """Start the server on its data folder (after ``pause``, with everything it held)."""
+        assert self.bin is not None
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=on"
+        log = str(self.folder / "log")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected), keeping its data."""
+        assert self.bin is not None
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def create_database(self, name: str) -> str:
         """A new, empty database on this server; returns its URL."""
@@ -69,7 +79,7 @@ class LocalPostgres:
 
     def stop(self) -> None:
         if self.bin is not None and (self.data / "postmaster.pid").exists():
-            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+            self.pause()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> LocalPostgres:

@@ -61,16 +61,26 @@ class Site:
     """A fleet of simulated devices, a collector into SQLite, and a dashboard over it."""
 
     def __init__(self, folder: Path) -> None:
+        self.processes: list[subprocess.Popen[str]] = []
+        try:
+            self._start(folder)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, folder: Path) -> None:
         self.home = folder / "home"
         self.fleet_dir = init_fleet("f7", self.home / "fleets" / "f7")
         self.key = load_collector_key("f7", self.fleet_dir)
         self.db = str(folder / "fleet.sqlite")
         self.broker = LocalBroker(folder / "broker").start()
+        self.publisher: Publisher | None = None
         env = {**os.environ, "EDGEKIT_HOME": str(self.home)}
         self.collector = subprocess.Popen(
             [sys.executable, "-m", "edgekit", "fleet", "collect", "--broker", self.broker.url, "--fleet", "f7",
              "--db", self.db, "--group", "none", "--json"], env=env, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
+        self.processes.append(self.collector)
         time.sleep(2)
         self.publisher = Publisher(self.broker.port, "f7")
         self.devices = [SimDevice("line1-cam1", version=2), SimDevice("line1-cam2", version=2),
@@ -108,17 +118,21 @@ class Site:
             [sys.executable, "-m", "edgekit", "fleet", "dashboard", "--db", self.db, "--port", str(self.port),
              "--json", *extra], env={**os.environ, "EDGEKIT_HOME": str(self.home)}, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
+        self.processes.append(process)
         started = json.loads(process.stdout.readline())  # type: ignore[union-attr]
         assert started["fleet"] == "f7" and started["url"] == self.url + "/"
         _until(lambda: _answers(self.url))
         return process
 
     def close(self) -> None:
-        for process in (self.dashboard, self.collector):
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=20)
-        self.publisher.close()
-        self.broker.stop()
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                process.wait(timeout=20)
+        if getattr(self, "publisher", None) is not None:
+            self.publisher.close()  # type: ignore[union-attr]
+        if getattr(self, "broker", None) is not None:
+            self.broker.stop()
 
 
 def _answers(url: str) -> bool:

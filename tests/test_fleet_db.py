@@ -151,6 +151,16 @@ def test_migrations_apply_once_and_the_schema_is_recorded(db_url: str) -> None:
     assert {"reports", "samples", "sample_rows", "statuses", "skipped", "counters", "rollout_events"} <= names
 
 
+@pytest.fixture
+def reaper() -> Iterator[list[list[subprocess.Popen[str]]]]:
+    groups: list[list[subprocess.Popen[str]]] = []
+    yield groups
+    for process in (process for group in groups for process in group):
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _collector(broker: LocalBroker, db: str, home: Path, session: str) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "edgekit", "fleet", "collect", "--broker", broker.url, "--fleet", "f7",
                "--db", db, "--group", "ingest", "--session", session, "--json"]  # fmt: skip
@@ -168,7 +178,7 @@ def _count(engine: Any) -> tuple[int, int]:
 @needs_mosquitto
 @pytest.mark.slow
 def test_three_collectors_share_one_postgres_and_a_kill_loses_and_repeats_nothing(
-    postgres: LocalPostgres, tmp_path: Path
+    postgres: LocalPostgres, tmp_path: Path, reaper: list[list[subprocess.Popen[str]]]
 ) -> None:
     home = tmp_path / "home"
     init_fleet("f7", home / "fleets" / "f7")
@@ -176,6 +186,7 @@ def test_three_collectors_share_one_postgres_and_a_kill_loses_and_repeats_nothin
     windows = 60
     with LocalBroker(tmp_path / "broker") as broker:
         collectors = [_collector(broker, postgres.url, home, f"c{i}") for i in range(3)]
+        reaper.append(collectors)  # killed at teardown, should an assertion fail first
         engine = open_engine(postgres.url)
         time.sleep(3)  # subscribed (and the schema migrated once, under the lock)
         publisher = Publisher(broker.port, "f7")
@@ -217,3 +228,45 @@ def test_three_collectors_share_one_postgres_and_a_kill_loses_and_repeats_nothin
     assert all(summary["collected"]["reports"] > 0 for summary in summaries)  # the group split the load
     final = summaries[-1]
     assert final["reports"] == expected and final["gaps"] == {} and final["skipped"]["malformed"] == 0
+
+
+@needs_mosquitto
+@pytest.mark.slow
+def test_a_database_outage_holds_the_acks_and_loses_nothing(postgres: LocalPostgres, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    init_fleet("f7", home / "fleets" / "f7")
+    url = postgres.create_database("outage")
+    devices = [SimDevice(f"gw{i}") for i in range(10)]
+    with LocalBroker(tmp_path / "broker") as broker:
+        command = [sys.executable, "-m", "edgekit", "fleet", "collect", "--broker", broker.url, "--fleet", "f7",
+                   "--db", url, "--group", "none", "--json", "--idle", "6"]  # fmt: skip
+        collector = subprocess.Popen(command, env={**os.environ, "EDGEKIT_HOME": str(home)}, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            time.sleep(2.5)
+            publisher = Publisher(broker.port, "f7")
+            start = time.time() - 3600
+            for window in range(20):
+                if window == 5:
+                    publisher.wait()
+                    time.sleep(1)
+                    postgres.pause()  # the database goes away mid-run
+                if window == 12:
+                    publisher.wait()
+                    time.sleep(2)  # the collector has held messages it cannot commit
+                    postgres.resume()
+                for device in devices:
+                    publisher.send(device, "report", device.report(start + window * 60))
+            publisher.close()
+            out, err = collector.communicate(timeout=60)
+        finally:
+            if collector.poll() is None:
+                collector.kill()
+    assert collector.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["reports"] == 200 and summary["gaps"] == {} and summary["skipped"]["duplicate"] == 0
+    warnings = [line for line in err.splitlines() if "fleet database" in line]
+    assert (
+        len(warnings) == 2 and "is unavailable" in warnings[0] and "nothing was acknowledged" in warnings[0]
+    )
+    assert "is back after" in warnings[1] and "Traceback" not in err

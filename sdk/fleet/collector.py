@@ -15,7 +15,14 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from edgekit.errors import EdgekitError
-from edgekit.fleet.database import add_counts, insert_new, open_engine, tables
+from edgekit.fleet.database import (
+    DatabaseUnavailable,
+    add_counts,
+    insert_new,
+    open_engine,
+    tables,
+    unavailable_as_error,
+)  # fmt: skip
 from edgekit.fleet.drift import drift_report
 from edgekit.fleet.export import SENT_ARRAYS, TEXT_ARRAY, export
 from edgekit.fleet.inbox import Inbox, Limits, subscriptions
@@ -131,7 +138,23 @@ class Collector:
 
     def flush(self) -> None:
         """Commit everything taken so far in one transaction; what was already there is
-        counted as a duplicate. Only after this returns may the messages be acknowledged."""
+        counted as a duplicate. Only after this returns may the messages be acknowledged.
+        Raises DatabaseUnavailable with everything still held, to retry."""
+        with unavailable_as_error(self.engine):
+            reports, samples, duplicates = self._commit()
+        pending = self._pending
+        self._skips["duplicate"] += duplicates
+        self.reports += len(reports)
+        self.inferences += sum(r["inferences"] for r in pending["reports"] if _key(r) in reports)
+        self.sample_count += sum(s["count"] for s in pending["samples"] if _key(s) in samples)
+        self.unknown_fields += self._unknown
+        for reason, count in self._skips.items():
+            self.skipped[reason] += count
+        self._pending = {name: [] for name in pending}
+        self._keys, self._dead, self._skips, self._unknown = set(), [], Counter(), 0
+
+    def _commit(self) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]], int]:
+        """One transaction: the new rows, and the counts; nothing held changes here."""
         table = tables()
         pending = self._pending
         with self.engine.begin() as connection:
@@ -144,16 +167,9 @@ class Collector:
             if self._dead:
                 connection.execute(table["skipped"].insert(), self._dead)
             duplicates = len(pending["reports"]) + len(pending["samples"]) - len(reports) - len(samples)
-            self._skips["duplicate"] += duplicates
-            add_counts(connection, self.fleet, {**self._skips, "unknown_fields": self._unknown})
-        self.reports += len(reports)
-        self.inferences += sum(r["inferences"] for r in pending["reports"] if _key(r) in reports)
-        self.sample_count += sum(s["count"] for s in pending["samples"] if _key(s) in samples)
-        self.unknown_fields += self._unknown
-        for reason, count in self._skips.items():
-            self.skipped[reason] += count
-        self._pending = {name: [] for name in pending}
-        self._keys, self._dead, self._skips, self._unknown = set(), [], Counter(), 0
+            counts = {**self._skips, "duplicate": self._skips["duplicate"] + duplicates}
+            add_counts(connection, self.fleet, {**counts, "unknown_fields": self._unknown})
+        return reports, samples, duplicates
 
     def state(self) -> dict[str, Any]:
         """The database's totals for this fleet: reports, inferences, samples, skipped
@@ -235,9 +251,11 @@ def collect(config: CollectConfig, progress: Callable[[Collector], None] | None 
     except KeyboardInterrupt:
         pass
     finally:
-        summary = collector.finish()
-        inbox.ack(unacked)
-        inbox.stop()
+        try:
+            summary = collector.finish()  # raises if the database is down: nothing is acknowledged
+            inbox.ack(unacked)
+        finally:
+            inbox.stop()
     return summary
 
 
@@ -246,6 +264,7 @@ def _take(
     progress: Callable[[Collector], None],
 ) -> None:  # fmt: skip
     started = last = flushed = time.monotonic()
+    outage = Outage()
     while not config.limits.reached(started, last):
         if config.max_samples is not None and collector.sample_count >= config.max_samples:
             return
@@ -254,9 +273,41 @@ def _take(
             last = time.monotonic()
             collector.handle(message[0], message[1])
             unacked.append((message[2], message[3]))
-        if unacked and (len(unacked) >= ACK_EVERY or time.monotonic() - flushed > 0.5 or message is None):
-            collector.flush()  # durable first, then acknowledged
+        due = len(unacked) >= ACK_EVERY or time.monotonic() - flushed > 0.5 or message is None
+        if unacked and due and outage.ready():
+            try:
+                collector.flush()  # durable first, then acknowledged
+            except DatabaseUnavailable as exc:
+                outage.failed(str(exc))
+                continue
+            outage.cleared()
             inbox.ack(unacked)
             unacked.clear()
             flushed = time.monotonic()
             progress(collector)
+
+
+class Outage:
+    """Capped backoff while the database is unreachable or full, with one warning when it
+    goes and one when it is back; messages keep waiting unacknowledged meanwhile."""
+
+    def __init__(self, most_s: float = 5.0) -> None:
+        self.most_s, self.delay, self.next_try = most_s, 0.25, 0.0
+        self.since: float | None = None
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.next_try
+
+    def failed(self, reason: str) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("edgekit: %s", reason)
+        self.next_try = time.monotonic() + self.delay
+        self.delay = min(self.delay * 2, self.most_s)
+
+    def cleared(self) -> None:
+        if self.since is not None:
+            log.warning(
+                "edgekit: the fleet database is back after %.1f s; carrying on", time.monotonic() - self.since
+            )
+        self.since, self.delay = None, 0.25

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,26 @@ log = logging.getLogger("edgekit.fleet")
 
 SCHEMA_VERSION = 1
 """The newest schema this edgekit writes; a database at a higher version is refused."""
+
+
+class DatabaseUnavailable(EdgekitError):
+    """The database went away or cannot write (a server down, a full disk): nothing of the
+    batch was committed, so nothing is acknowledged, and the batch can be retried."""
+
+
+@contextmanager
+def unavailable_as_error(engine: Any) -> Iterator[None]:
+    """SQLAlchemy's connection and I/O errors as one line that says what happens next."""
+    import sqlalchemy as sa
+
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise DatabaseUnavailable(
+            f"the fleet database {engine.url.render_as_string(hide_password=True)} is unavailable "
+            f"({reason}); nothing was acknowledged, retrying"
+        ) from None
 
 
 def _tables() -> Any:
