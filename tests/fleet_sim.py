@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric import x25519
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edgekit.manifest import ReferenceStats
 from edgekit.runtime.telemetry.privacy import seal_sample
 from edgekit.runtime.telemetry.schema import (
     CONFIDENCE_EDGES,
@@ -28,6 +29,7 @@ from edgekit.runtime.telemetry.schema import (
     SampleHeader,
     topic,
 )
+from edgekit.runtime.telemetry.stats import bin_counts, plan_for, psi
 
 
 def node_of(name: str) -> str:
@@ -36,7 +38,10 @@ def node_of(name: str) -> str:
 
 @dataclass
 class SimDevice:
-    """One device: ``latency_ms`` is its typical latency, ``drift`` its drift score."""
+    """One device: ``latency_ms`` is its typical latency, ``drift`` its drift score. With a
+    bundle's ``reference`` and real ``inputs``, each window bins 200 of them (plus ``shift``)
+    as the device does, and its drift is the PSI of those bins and classes, as measured on a
+    device."""
 
     name: str
     version: int = 1
@@ -45,6 +50,9 @@ class SimDevice:
     drift: float = 0.02
     seq: int = 0
     epoch: int = 1
+    reference: ReferenceStats | None = None
+    inputs: np.ndarray | None = None
+    shift: float = 0.0
 
     @property
     def node(self) -> str:
@@ -58,18 +66,35 @@ class SimDevice:
         np.add.at(latency, np.searchsorted(LATENCY_EDGES_MS, spread), 1)
         classes = np.bincount(rng.integers(0, 10, inferences), minlength=10)
         confidence = np.bincount(rng.integers(5, 10, inferences), minlength=len(CONFIDENCE_EDGES) + 1)
-        psi = self.drift * rng.uniform(0.9, 1.1)
+        level = self.drift * rng.uniform(0.9, 1.1)
+        drift, bins = Drift(input_psi=level, output_psi=level / 2, score=level), None
+        if self.reference is not None and self.inputs is not None:
+            drift, bins = self._measured(rng, classes)
         report = Report(
             v=SCHEMA_VERSION, kind="report", node=self.node, epoch=self.epoch, seq=self.seq,
             start=end - window_s, end=end, model=ModelRef(name="digits", version=self.version, format="onnx",
                                                           precision="int8"),
             inferences=inferences, calls=inferences, errors=int(self.error_rate * inferences),
             latency_ms=tuple(int(c) for c in latency), classes=tuple(int(c) for c in classes),
-            confidence=tuple(int(c) for c in confidence), feature_bins=None, inputs=None,
-            drift=Drift(input_psi=psi, output_psi=psi / 2, score=psi), samples=0, dropped=0,
+            confidence=tuple(int(c) for c in confidence), feature_bins=bins, inputs=None,
+            drift=drift, samples=0, dropped=0,
             privacy=Privacy(k=5, suppressed_buckets=0),
         )  # fmt: skip
         return report.model_dump_json().encode()
+
+    def _measured(
+        self, rng: np.random.Generator, classes: np.ndarray
+    ) -> tuple[Drift, tuple[tuple[int, ...], ...]]:
+        assert self.reference is not None and self.inputs is not None
+        batch = self.inputs[rng.choice(len(self.inputs), 200)] + self.shift
+        counts = bin_counts(plan_for(self.reference)(batch), np.asarray(self.reference.edges))
+        input_psi = max(
+            psi(np.asarray(e), row) for e, row in zip(self.reference.expected, counts, strict=True)
+        )
+        output_psi = psi(np.asarray(self.reference.classes), classes) if self.reference.classes else 0.0
+        drift = Drift(input_psi=round(input_psi, 4), output_psi=round(output_psi, 4),
+                      score=round(max(input_psi, output_psi), 4))  # fmt: skip
+        return drift, tuple(tuple(int(c) for c in row) for row in counts)
 
     def sample(
         self, x: np.ndarray, pred: np.ndarray, confidence: np.ndarray, key: x25519.X25519PublicKey

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 from fleet_sim import Publisher, SimDevice, digits
 
+from edgekit.bundle import read_manifest
 from edgekit.cli import main
 from edgekit.fleet import init_fleet, load_collector_key, open_engine
 from edgekit.fleet.database import record_event
@@ -60,15 +61,16 @@ def _until(check: Any, timeout: float = 20.0) -> None:
 class Site:
     """A fleet of simulated devices, a collector into SQLite, and a dashboard over it."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, bundle: Path) -> None:
         self.processes: list[subprocess.Popen[str]] = []
+        self.bundle = bundle
         try:
-            self._start(folder)
+            self._start(folder, bundle)
         except BaseException:
             self.close()
             raise
 
-    def _start(self, folder: Path) -> None:
+    def _start(self, folder: Path, bundle: Path) -> None:
         self.home = folder / "home"
         self.fleet_dir = init_fleet("f7", self.home / "fleets" / "f7")
         self.key = load_collector_key("f7", self.fleet_dir)
@@ -83,10 +85,15 @@ class Site:
         self.processes.append(self.collector)
         time.sleep(2)
         self.publisher = Publisher(self.broker.port, "f7")
-        self.devices = [SimDevice("line1-cam1", version=2), SimDevice("line1-cam2", version=2),
-                        SimDevice("line2-cam1", version=1, latency_ms=8.0), SimDevice("line3-cam1", version=1,
-                                                                                       drift=0.6, error_rate=0.02)]  # fmt: skip
         self.x, _ = digits()
+        reference = read_manifest(bundle).reference
+        real = {
+            "reference": reference,
+            "inputs": self.x,
+        }  # binned against the bundle's reference, as on a device
+        self.devices = [SimDevice("line1-cam1", version=2, **real), SimDevice("line1-cam2", version=2, **real),
+                        SimDevice("line2-cam1", version=1, latency_ms=8.0),
+                        SimDevice("line3-cam1", version=2, error_rate=0.02, shift=0.3, **real)]  # fmt: skip
         start = time.time() - 20 * 60
         for window in range(20):
             for device in self.devices:
@@ -111,7 +118,7 @@ class Site:
             record_event(self.db, "f7", event)
         self.port = _port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.dashboard = self.serve()
+        self.dashboard = self.serve("--bundle", str(bundle))
 
     def serve(self, *extra: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(
@@ -143,8 +150,8 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    running = Site(tmp_path_factory.mktemp("dashboard"))
+def site(tmp_path_factory: pytest.TempPathFactory, converted: Any) -> Iterator[Site]:
+    running = Site(tmp_path_factory.mktemp("dashboard"), converted("int8").output)
     yield running
     running.close()
 
@@ -206,11 +213,15 @@ def test_device_drift_and_rollout_pages_draw_their_charts(site: Site, browser: A
     tab = _tab(browser, errors)
     tab.goto(f"{site.url}/device/{site.devices[3].node}")
     assert tab.locator("#charts svg").count() == 5  # latency, throughput, errors, drift, classes
+    assert "bundle's reference" in tab.inner_text("#charts")  # the classes against the manifest's
     assert tab.locator("#charts polyline").count() >= 5
     _shot(tab, "device")
     tab.goto(site.url + "/drift")
     first = tab.locator("#drift tbody tr").first
     assert first.get_attribute("data-node") == site.devices[3].node and "ago" in first.inner_text()
+    assert first.locator("span.level-drift").count() >= 1  # its features, each PSI against the reference
+    steady = tab.locator(f'#drift tr[data-node="{site.devices[0].node}"]')
+    assert steady.locator("span.level-drift").count() == 0 and "channel 0 mean" in steady.inner_text()
     _shot(tab, "drift")
     tab.goto(site.url + "/rollouts")
     assert "digits-v2" in tab.inner_text("#rollouts") and tab.locator("#rollouts svg").count() == 2
@@ -256,7 +267,7 @@ def test_a_token_guards_every_page_off_loopback(site: Site, tmp_path: Path) -> N
     token.write_text("s3cret-token\n")
     site.dashboard.send_signal(signal.SIGINT)
     site.dashboard.wait(timeout=20)
-    site.dashboard = site.serve("--token-file", str(token))
+    site.dashboard = site.serve("--token-file", str(token), "--bundle", str(site.bundle))
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         assert httpx.get(site.url + "/", headers=headers).status_code == 401
         assert httpx.get(site.url + "/export/samples.npz", headers=headers).status_code == 401

@@ -138,6 +138,16 @@ def feature_psi(series: list[dict[str, Any]], reference: ReferenceStats, last: i
     ]
 
 
+def feature_name(reference: ReferenceStats, index: int) -> str:
+    """What feature ``index`` of the reference measures (see edgekit.runtime.telemetry.stats)."""
+    if reference.features == "values":
+        return f"value {index}"
+    if reference.features == "channels":
+        channels = len(reference.edges) // 2
+        return f"channel {index % channels} {'mean' if index < channels else 'std'}"
+    return ("mean", "std")[index] if index < 2 else f"feature {index}"
+
+
 def drift_table(
     engine: Any, fleet: str, references: dict[tuple[str, int], ReferenceStats]
 ) -> list[dict[str, Any]]:
@@ -148,10 +158,11 @@ def drift_table(
         reference = references.get((row["model"], row["version"]))
         features = feature_psi(series, reference) if reference else None
         top = sorted(enumerate(features or []), key=lambda f: -f[1])[:3]
+        named = [(feature_name(reference, i), value) for i, value in top] if reference else []
         rows.append({
             **row, "since": drift_since(series),
             "input_psi": series[-1]["input_psi"], "output_psi": series[-1]["output_psi"],
-            "features": [{"feature": i, "psi": value, "level": drift_level(value)} for i, value in top],
+            "features": [{"feature": n, "psi": v, "level": drift_level(v)} for n, v in named],
             "trend": [point["drift"] for point in series[-40:]],
         })  # fmt: skip
     return sorted(rows, key=lambda r: -(r["drift"] or 0))

@@ -120,7 +120,7 @@ def drift_rows_html(rows: list[dict[str, Any]]) -> str:
         since = "-" if r["since"] is None else ago(r["since"])
         features = (
             ", ".join(
-                f'<span class="level-{f["level"]}">feature {f["feature"]}: {f["psi"]:.2f}</span>'
+                f'<span class="level-{f["level"]}">{escape(f["feature"])}: {f["psi"]:.2f}</span>'
                 for f in r["features"]
             )
             or '<span class="muted">per-feature PSI needs --bundle</span>'
