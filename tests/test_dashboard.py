@@ -224,7 +224,9 @@ def test_device_drift_and_rollout_pages_draw_their_charts(site: Site, browser: A
     assert steady.locator("span.level-drift").count() == 0 and "channel 0 mean" in steady.inner_text()
     _shot(tab, "drift")
     tab.goto(site.url + "/rollouts")
-    assert "digits-v2" in tab.inner_text("#rollouts") and tab.locator("#rollouts svg").count() == 2
+    assert (
+        "digits-v2" in tab.inner_text("#rollouts") and tab.locator("#rollouts svg").count() == 4
+    )  # 3 rules, p95
     assert "promoted" in tab.inner_text("#rollouts")
     _shot(tab, "rollouts")
     assert errors == []

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from rollout_helpers import Device, make_bundles, make_device, until
 
+from edgekit.fleet import open_engine
+from edgekit.fleet.dashboard.rollouts import rollout_sections
 from edgekit.fleet.rollout import read_history
 from edgekit.mosquitto import LocalBroker, find_mosquitto
 
@@ -88,7 +90,8 @@ def test_healthy_v2_is_promoted_and_a_faulty_v3_rolled_back_on_20_devices(
             assert promoted["numbers"]["canary"]["calls"] >= 60 and promoted["settled"]
             assert [d.active() for d in devices] == [2] * 20
 
-            code, rolled = _deploy(broker, fleet["bundles"][3], publisher, history, *rules)
+            db = str(tmp_path / "fleet.sqlite")  # this one's events also go to the fleet database
+            code, rolled = _deploy(broker, fleet["bundles"][3], publisher, history, *rules, "--db", db)
             assert code == 1 and rolled["decision"] == "rolled-back", rolled
             assert "error rate" in rolled["reason"] and rolled["settled"]
             assert [d.active() for d in devices] == [2] * 20
@@ -99,6 +102,12 @@ def test_healthy_v2_is_promoted_and_a_faulty_v3_rolled_back_on_20_devices(
     numbers = next(e for e in decision if e["event"] == "decision")["numbers"]
     assert numbers["canary"]["error_rate"] > 0.3 and numbers["control"]["error_rate"] == 0
     assert numbers["limits"]["max_error_rate"] == 0.01
+    engine = open_engine(db)
+    sections = rollout_sections(engine, FLEET)  # what the dashboard's Rollouts page shows
+    engine.dispose()
+    assert [(s["rollout"], s["decision"]) for s in sections] == [(rolled["rollout"], "rolled-back")]
+    assert [e["event"] for e in sections[0]["events"]] == ["started", "decision", "settled"]
+    assert sections[0]["events"][1]["body"]["numbers"] == numbers
 
 
 def test_a_broker_outage_mid_rollout_resumes_when_it_returns(

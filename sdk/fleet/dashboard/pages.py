@@ -177,7 +177,8 @@ def rollouts_page(fleet: str, rollouts: list[dict[str, Any]]) -> str:
         )
         sections.append(f"""<section class="rollout"><h2>{escape(item["rollout"])}
 <span class="phase-{escape(item["decision"] or "running")}">{escape(item["decision"] or "watching")}</span></h2>
-<p>{escape(item["reason"] or "")}</p>{item["charts"]}<table><tbody>{events}</tbody></table></section>""")
+<p>{escape(item["reason"] or "")}</p>{item["charts"]}
+<p class="muted">Dashed: what the rule allowed, the control group's value plus its limit.</p><table><tbody>{events}</tbody></table></section>""")
     body = "".join(sections) or '<p class="muted">no rollouts recorded: run fleet deploy with --db</p>'
     return layout(
         fleet, "Rollouts", f'<div id="rollouts" data-source="/fragment/rollouts">{body}</div>', "/rollouts"

@@ -28,15 +28,19 @@ def rollout_sections(engine: Any, fleet: str) -> list[dict[str, Any]]:
     return sorted(sections, key=lambda s: -s["events"][0]["at"])
 
 
+METRICS = (("error_rate", "error rate"), ("p95_ms", "p95 latency (ms)"), ("drift", "drift (PSI)"))
+
+
 def _numbers_chart(numbers: dict[str, Any]) -> str:
+    """Per rule, the canaries against the control group at the decision, and what was allowed."""
     canary, control, limits = numbers.get("canary", {}), numbers.get("control", {}), numbers.get("limits", {})
-    metrics = ("error_rate", "p95_ms", "drift")
-    groups = {
-        "canary": [float(canary.get(m) or 0) for m in metrics],
-        "control": [float(control.get(m) or 0) for m in metrics],
-    }
-    rules = ", ".join(f"{name} +{value:g}" for name, value in limits.items() if name.startswith("max_"))
-    return svg.bars(f"at the decision: canary against control (limits: {rules})", groups, metrics)
+    charts = []
+    for metric, title in METRICS:
+        mine, theirs = float(canary.get(metric) or 0), float(control.get(metric) or 0)
+        limit = limits.get(f"max_{metric}")
+        allowed = None if limit is None else theirs + float(limit)
+        charts.append(svg.comparison(title, {"canary": mine, "control": theirs}, allowed))
+    return '<div class="decision">' + "".join(charts) + "</div>"
 
 
 def _versions_chart(

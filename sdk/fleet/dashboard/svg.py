@@ -85,6 +85,31 @@ def bars(title: str, groups: dict[str, Sequence[float]], labels: Sequence[str]) 
     return f'<figure class="chart"><figcaption>{escape(title)}</figcaption>{svg}</figure>'
 
 
+def comparison(title: str, values: dict[str, float], allowed: float | None) -> str:
+    """Horizontal bars, one per group, on one scale, with a dashed line at ``allowed``
+    (the control group's value plus the rule's limit)."""
+    width, row = 300, 24
+    top = max([*values.values(), allowed or 0.0]) * 1.15 or 1.0
+    scale = (width - 90) / top
+    parts = []
+    for index, (name, value) in enumerate(values.items()):
+        y = 8 + index * row
+        parts.append(f'<text x="0" y="{y + 13}" font-size="11">{escape(name)}</text>')
+        parts.append(f'<rect x="60" y="{y}" width="{max(value * scale, 1):.1f}" height="16" '
+                     f'fill="{PALETTE[index % len(PALETTE)]}"/>')  # fmt: skip
+        parts.append(
+            f'<text x="{64 + value * scale:.1f}" y="{y + 13}" font-size="11">{_number(value)}</text>'
+        )
+    height = 12 + len(values) * row
+    if allowed is not None:
+        x = 60 + allowed * scale
+        parts.append(f'<line x1="{x:.1f}" y1="2" x2="{x:.1f}" y2="{height - 2}" stroke="#f59e0b" '
+                     f'stroke-dasharray="4 3"><title>allowed {_number(allowed)}</title></line>')  # fmt: skip
+    svg = (f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
+           f'xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>')  # fmt: skip
+    return f'<figure class="chart small"><figcaption>{escape(title)}</figcaption>{svg}</figure>'
+
+
 def sparkline(values: Sequence[float | None], limit: float) -> str:
     """A small trend line, red where it crosses ``limit``."""
     found = [v for v in values if v is not None]
