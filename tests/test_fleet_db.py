@@ -84,6 +84,7 @@ def test_a_redelivered_message_is_one_row_and_labels_reach_the_export(db_url: st
     engine = open_engine(db_url)
     node = SimDevice("line2").node
     assert set_label(engine, node, 1, 2, 3, 7) and not set_label(engine, node, 1, 999, 0, 7)
+    _check_dashboard_queries(engine, node)
     summary = second.finish()
     assert summary["drift"]["drifting_nodes"] == [node]
     with np.load(tmp_path / "out" / "samples.npz") as exported:
@@ -96,6 +97,25 @@ def test_a_redelivered_message_is_one_row_and_labels_reach_the_export(db_url: st
         assert labelled["y"].tolist() == [7] and labelled["x"][0].tobytes() == x[3].tobytes()
     assert json.loads(result.output)["samples"] == 24
     engine.dispose()
+
+
+def _check_dashboard_queries(engine: Any, drifting: str) -> None:
+    """What the dashboard's pages read, on this engine."""
+    from edgekit.fleet.dashboard import data
+    from edgekit.fleet.database import record_event
+
+    rows = data.fleet_rows(engine, "f7")
+    assert [r["level"] for r in rows if r["node"] == drifting] == ["drift"] and len(rows) == 2
+    series = data.device_series(engine, drifting)
+    assert len(series) == 3 and series[0]["end"] < series[-1]["end"] and data.class_shares(series) is not None
+    assert data.drift_since(series) == series[0]["end"]
+    assert data.sample_counts(engine, "f7") == {"unlabelled": 23, "labelled": 1, "all": 24}
+    queue = data.sample_queue(engine, "f7", "labelled")
+    assert [(q["node"], q["seq"], q["idx"], q["label"]) for q in queue] == [(drifting, 2, 3, 7)]
+    assert data.sealed_message(engine, drifting, 1, 2) is not None
+    record_event(str(engine.url.render_as_string(hide_password=False)), "f7",
+                 {"time": 1.0, "event": "started", "rollout": "r1", "model": "digits", "version": 2})  # fmt: skip
+    assert [e["body"]["version"] for e in data.rollout_events(engine, "f7")] == [2]
 
 
 def test_a_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
@@ -132,10 +152,13 @@ def test_a_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
 )
 def test_a_wrong_or_unreachable_database_is_one_line(url: str, says: str, tmp_path: Path) -> None:
     init_fleet("f7", tmp_path / "fleet")
-    result = CliRunner().invoke(main, ["fleet", "export", "--db", url, "--fleet", "f7", "--out", str(tmp_path / "o"),
-                                       "--fleet-dir", str(tmp_path / "fleet")])  # fmt: skip
-    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
-    assert says in result.output and "secret" not in result.output
+    fleet = ["--fleet", "f7", "--fleet-dir", str(tmp_path / "fleet")]
+    for command in (["fleet", "export", "--db", url, *fleet, "--out", str(tmp_path / "o")],
+                    ["fleet", "collect", "--db", url, *fleet, "--broker", "mqtt://127.0.0.1:1"],
+                    ["fleet", "dashboard", "--db", url, *fleet]):  # fmt: skip
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+        assert says in result.output and "secret" not in result.output
 
 
 def test_migrations_apply_once_and_the_schema_is_recorded(db_url: str) -> None:

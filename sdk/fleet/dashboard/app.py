@@ -92,8 +92,7 @@ def build_app(board: Dashboard) -> Any:
         show = show if show in ("unlabelled", "labelled", "all") else "unlabelled"
         rows = data.sample_queue(board.engine, board.fleet, show)
         cards = [pages.sample_card(row, _preview(row, opened)) for row in rows]
-        counts = {name: len(data.sample_queue(board.engine, board.fleet, name, limit=10**6))
-                  for name in ("unlabelled", "labelled", "all")}  # fmt: skip
+        counts = data.sample_counts(board.engine, board.fleet)
         return html(pages.samples_page(board.fleet, cards, show, counts))
 
     async def sample_image(request: Request) -> Response:

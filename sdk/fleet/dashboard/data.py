@@ -193,6 +193,22 @@ def sample_queue(engine: Any, fleet: str, only: str = "unlabelled", limit: int =
         return [dict(row) for row in connection.execute(query).mappings()]
 
 
+def sample_counts(engine: Any, fleet: str) -> dict[str, int]:
+    """How many captured samples are unlabelled, labelled, and all."""
+    import sqlalchemy as sa
+
+    table = tables()
+    rows, samples = table["sample_rows"], table["samples"]
+    labelled = sa.func.count(rows.c.label)
+    query = sa.select(sa.func.count(), labelled).select_from(
+        rows.join(samples, sa.and_(rows.c.node == samples.c.node, rows.c.epoch == samples.c.epoch,
+                                   rows.c.seq == samples.c.seq))  # fmt: skip
+    ).where(samples.c.fleet == fleet)
+    with engine.connect() as connection:
+        total, done = connection.execute(query).one()
+    return {"unlabelled": int(total - done), "labelled": int(done), "all": int(total)}
+
+
 def sealed_message(engine: Any, node: str, epoch: int, seq: int) -> bytes | None:
     import sqlalchemy as sa
 
