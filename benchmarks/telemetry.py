@@ -89,8 +89,9 @@ def _generate(url: str, reports: int, ready: multiprocessing.synchronize.Event) 
     client.connect("127.0.0.1", port)
     client.loop_start()
     node = "ab" * 16
+    now = time.time()  # a collector refuses windows that are not near its clock
     base = Report(
-        v=1, kind="report", node=node, epoch=1, seq=1, start=0.0, end=60.0,
+        v=1, kind="report", node=node, epoch=1, seq=1, start=now - 60, end=now,
         model=ModelRef(name="digits", version=1, format="tflite", precision="int8"),
         inferences=100, calls=100, errors=0, latency_ms=(0, 0, 100) + (0,) * 13, classes=(10,) * 10,
         confidence=(0,) * 9 + (100,), feature_bins=((10,) * 10, (10,) * 10), inputs=None, drift=None,
