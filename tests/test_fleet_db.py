@@ -76,6 +76,11 @@ def test_a_redelivered_message_is_one_row_and_labels_reach_the_export(db_url: st
     second = Collector("f7", tmp_path / "out", key, db_url)  # a second collector, given everything again
     for message in messages:
         second.handle(*message)
+    status = f"edgekit/f7/{SimDevice('line1').node}/status"
+    for state in (b"online", b"online", b"offline"):  # a retained status comes again at each reconnect
+        assert second.handle(status, state) == "status"
+    second.flush()
+    second.handle(status, b"offline")
     second.flush()
     assert (first.reports, second.reports) == (4, 2) and second.skipped["duplicate"] == 8
     state = second.state()
@@ -106,6 +111,10 @@ def _check_dashboard_queries(engine: Any, drifting: str) -> None:
 
     rows = data.fleet_rows(engine, "f7")
     assert [r["level"] for r in rows if r["node"] == drifting] == ["drift"] and len(rows) == 2
+    assert {r["status"] for r in rows if r["node"] != drifting} == {"offline"}
+    with engine.connect() as connection:
+        history = connection.execute(tables()["statuses"].select().order_by(tables()["statuses"].c.at)).all()
+    assert [row.status for row in history] == ["online", "offline"]  # changes only
     series = data.device_series(engine, drifting)
     assert len(series) == 3 and series[0]["end"] < series[-1]["end"] and data.class_shares(series) is not None
     assert data.drift_since(series) == series[0]["end"]

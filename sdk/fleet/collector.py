@@ -163,7 +163,9 @@ class Collector:
             rows = [row for row in pending["rows"] if (row["node"], row["epoch"], row["seq"]) in samples]
             if rows:
                 connection.execute(table["sample_rows"].insert(), rows)
-            insert_new(connection, table["statuses"], pending["statuses"], ("node", "at"))
+            insert_new(
+                connection, table["statuses"], _changes(connection, pending["statuses"]), ("node", "at")
+            )
             if self._dead:
                 connection.execute(table["skipped"].insert(), self._dead)
             duplicates = len(pending["reports"]) + len(pending["samples"]) - len(reports) - len(samples)
@@ -196,6 +198,25 @@ class Collector:
             export(self.engine, self.fleet, self.out, self.key, summary)
         self.engine.dispose()
         return summary
+
+
+def _changes(connection: Any, statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The statuses that change a node's last one: a retained status delivered again at each
+    reconnect is not history."""
+    import sqlalchemy as sa
+
+    table = tables()["statuses"]
+    last: dict[str, str | None] = {}
+    changed = []
+    for status in statuses:
+        node = status["node"]
+        if node not in last:
+            query = sa.select(table.c.status).where(table.c.node == node).order_by(table.c.at.desc()).limit(1)
+            last[node] = connection.execute(query).scalar()
+        if last[node] != status["status"]:
+            changed.append(status)
+            last[node] = status["status"]
+    return changed
 
 
 def _key(row: dict[str, Any]) -> tuple[str, int, int]:
