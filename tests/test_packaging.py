@@ -17,4 +17,14 @@ def test_every_package_folder_is_listed_in_pyproject() -> None:
         for init in (ROOT / folder).rglob("__init__.py"):
             parts = init.parent.relative_to(ROOT / folder).parts
             found.add(".".join((package, *parts)))
-    assert found == set(setuptools["packages"])
+    data_only = set(setuptools["package-data"]) - found  # folders of files only, such as the dashboard's
+    assert found | data_only == set(setuptools["packages"])
+    for name in data_only:
+        folder = _folder(name, setuptools["package-dir"])
+        assert folder.is_dir() and not any(folder.glob("*.py")), name
+
+
+def _folder(package: str, dirs: dict[str, str]) -> Path:
+    """Where ``package`` lives, by the longest package-dir entry it starts with."""
+    prefix = max((p for p in dirs if package == p or package.startswith(p + ".")), key=len)
+    return ROOT / dirs[prefix] / Path(*package[len(prefix) :].strip(".").split("."))
