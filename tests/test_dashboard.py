@@ -4,6 +4,7 @@ devices publishing. Screenshots go to build/artifacts/dashboard/."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -282,3 +283,28 @@ def test_a_token_guards_every_page_off_loopback(site: Site, tmp_path: Path) -> N
         assert client.get("/samples").status_code == 200
         forged = client.post("/label/x/1/1/0", content="label=1", headers={"Origin": "http://evil.example"})
         assert forged.status_code == 401
+
+
+def test_samples_are_shown_as_what_they_are() -> None:
+    from PIL import Image
+
+    from edgekit.fleet.dashboard.app import _preview, image_like, thumbnail
+
+    x, _ = digits()
+    row = {"node": "ab" * 16, "epoch": 1, "seq": 4, "idx": 1}
+    image = _preview(row, lambda *key: {"x": x[:2]})
+    assert image.startswith('<img src="/sample/' + "ab" * 16 + '/1/4/1.png"')
+    with Image.open(io.BytesIO(thumbnail(x[1]) or b"")) as png:
+        assert png.size == (96, 96) and png.mode == "L"
+    tabular = _preview(row, lambda *key: {"x": np.array([[0.5, 4000.0, 0.0005], [1.0, 2.0, 3.0]])})
+    assert tabular == '<code class="values">1, 2, 3</code>'
+    text = _preview(
+        row, lambda *key: {"x": np.zeros((2, 8)), "text": np.array(["hi", "turn on the <b>light</b>"])}
+    )
+    assert text == "<blockquote>turn on the &lt;b&gt;light&lt;/b&gt;</blockquote>"  # escaped
+    assert (
+        not image_like(np.zeros(12))
+        and not image_like(np.zeros((2, 2)))
+        and image_like(np.zeros((32, 32, 3)))
+    )
+    assert _preview(row, lambda *key: None) == '<p class="muted">gone</p>'
