@@ -24,7 +24,9 @@ from edgekit.cli.options import (
 
 @click.group()
 def fleet() -> None:
-    """Operate a fleet: its keys, a live view, and retraining data (see docs/telemetry.md)."""
+    """Operate a fleet: keys, a live view, the fleet database and dashboard, rollouts.
+
+    See docs/telemetry.md, docs/fleet.md and docs/rollout.md."""
 
 
 @fleet.command("init")
