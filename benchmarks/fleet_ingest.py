@@ -117,7 +117,7 @@ def collectors(port: int, url: str, home: Path, count: int, n: int) -> float:
             connection.commit()
     took = time.time() - started
     for process in running:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         process.wait()
     engine.dispose()
     return took

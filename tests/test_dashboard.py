@@ -135,7 +135,7 @@ class Site:
     def close(self) -> None:
         for process in self.processes:
             if process.poll() is None:
-                process.send_signal(signal.SIGINT)
+                process.send_signal(signal.SIGTERM)
                 process.wait(timeout=20)
         if getattr(self, "publisher", None) is not None:
             self.publisher.close()  # type: ignore[union-attr]
@@ -268,7 +268,7 @@ def test_a_token_guards_every_page_off_loopback(site: Site, tmp_path: Path) -> N
     assert "give --token-file FILE" in refused.stderr
     token = tmp_path / "ops.token"
     token.write_text("s3cret-token\n")
-    site.dashboard.send_signal(signal.SIGINT)
+    site.dashboard.send_signal(signal.SIGTERM)
     site.dashboard.wait(timeout=20)
     site.dashboard = site.serve("--token-file", str(token), "--bundle", str(site.bundle))
     for headers in ({}, {"Authorization": "Bearer wrong"}):

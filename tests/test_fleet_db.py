@@ -243,7 +243,7 @@ def test_three_collectors_share_one_postgres_and_a_kill_loses_and_repeats_nothin
             time.sleep(0.5)
         time.sleep(1.5)  # anything redelivered late would show now
         for collector in collectors:
-            collector.send_signal(signal.SIGINT)
+            collector.send_signal(signal.SIGTERM)
         summaries = [json.loads(c.communicate(timeout=30)[0]) for c in collectors]
     import sqlalchemy as sa
 

@@ -4,10 +4,13 @@ before they are acknowledged, and the loop that does it."""
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,7 +271,8 @@ def collect(config: CollectConfig, progress: Callable[[Collector], None] | None 
     inbox.start()
     unacked: list[tuple[int, int]] = []
     try:
-        _take(collector, inbox, config, unacked, progress or (lambda _: None))
+        with _sigterm_stops():
+            _take(collector, inbox, config, unacked, progress or (lambda _: None))
     except KeyboardInterrupt:
         pass
     finally:
@@ -278,6 +282,24 @@ def collect(config: CollectConfig, progress: Callable[[Collector], None] | None 
         finally:
             inbox.stop()
     return summary
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM (systemd's stop, docker stop) ends a collection as Ctrl-C does: what was taken
+    is committed and acknowledged, and the summary printed."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _take(
