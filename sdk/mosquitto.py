@@ -47,7 +47,7 @@ class LocalBroker:
         self.binary = binary
         self.folder = folder
         self.tls = tls
-        self.port = port or _free_port()
+        self.port = port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
         lines = [
             f"listener {self.port} 127.0.0.1",
@@ -111,7 +111,7 @@ class LocalBroker:
         self.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

@@ -6,12 +6,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
+from edgekit.mosquitto import free_port
 
 INSTALL_HINT = (
     "install PostgreSQL (Debian, Ubuntu: apt-get install postgresql; macOS: brew install postgresql)"
@@ -40,7 +40,7 @@ class LocalPostgres:
             raise EdgekitError(f"PostgreSQL is not installed: {INSTALL_HINT}")
         self.folder = Path(tempfile.mkdtemp(prefix="edgekit-pg-"))
         self.data = self.folder / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql://edgekit@127.0.0.1:{self.port}/edgekit"
 
     def _run(self, *command: str) -> None:
@@ -91,9 +91,3 @@ class LocalPostgres:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,19 +26,13 @@ from edgekit.bundle import read_manifest
 from edgekit.cli import main
 from edgekit.fleet import init_fleet, load_collector_key, open_engine
 from edgekit.fleet.database import record_event
-from edgekit.mosquitto import LocalBroker, find_mosquitto
+from edgekit.mosquitto import LocalBroker, find_mosquitto, free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "artifacts" / "dashboard"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     find_mosquitto() is None, reason="mosquitto is not installed (.ci/run installs it)"
 )
-
-
-def _port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _rows(db: str) -> int:
@@ -117,7 +110,7 @@ class Site:
                                    "control": {"error_rate": 0.01, "p95_ms": 10.0, "drift": 0.3},
                                    "limits": {"max_error_rate": 0.01, "max_p95_ms": 10.0, "max_drift": 0.25}}}):  # fmt: skip
             record_event(self.db, "f7", event)
-        self.port = _port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.dashboard = self.serve("--bundle", str(bundle))
 

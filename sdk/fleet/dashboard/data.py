@@ -25,36 +25,35 @@ def fleets(engine: Any) -> list[str]:
         return sorted(connection.execute(sa.select(reports.c.fleet).distinct()).scalars())
 
 
+def _newest_per_node(table: Any, fleet: str, column: str) -> Any:
+    """The join condition that keeps each node's row with the highest ``column``."""
+    import sqlalchemy as sa
+
+    newest = (
+        sa.select(table.c.node, sa.func.max(table.c[column]).label(column))
+        .where(table.c.fleet == fleet)
+        .group_by(table.c.node)
+        .subquery()
+    )
+    return newest, sa.and_(table.c.node == newest.c.node, table.c[column] == newest.c[column])
+
+
 def _latest(engine: Any, fleet: str) -> list[Any]:
     """Each node's latest report."""
     import sqlalchemy as sa
 
     reports = tables()["reports"]
-    newest = (
-        sa.select(reports.c.node, sa.func.max(reports.c.seq).label("seq"))
-        .where(reports.c.fleet == fleet)
-        .group_by(reports.c.node)
-        .subquery()
-    )
-    query = sa.select(reports).join(
-        newest, sa.and_(reports.c.node == newest.c.node, reports.c.seq == newest.c.seq)
-    )
+    query = sa.select(reports).join(*_newest_per_node(reports, fleet, "seq")).where(reports.c.fleet == fleet)
     with engine.connect() as connection:
-        return list(connection.execute(query.where(reports.c.fleet == fleet)).mappings())
+        return list(connection.execute(query).mappings())
 
 
 def _statuses(engine: Any, fleet: str) -> dict[str, tuple[str, float]]:
     import sqlalchemy as sa
 
     statuses = tables()["statuses"]
-    newest = (
-        sa.select(statuses.c.node, sa.func.max(statuses.c.at).label("at"))
-        .where(statuses.c.fleet == fleet)
-        .group_by(statuses.c.node)
-        .subquery()
-    )
     query = sa.select(statuses.c.node, statuses.c.status, statuses.c.at).join(
-        newest, sa.and_(statuses.c.node == newest.c.node, statuses.c.at == newest.c.at)
+        *_newest_per_node(statuses, fleet, "at")
     )
     with engine.connect() as connection:
         return {node: (status, at) for node, status, at in connection.execute(query)}
@@ -200,10 +199,20 @@ def sample_counts(engine: Any, fleet: str) -> dict[str, int]:
     table = tables()
     rows, samples = table["sample_rows"], table["samples"]
     labelled = sa.func.count(rows.c.label)
-    query = sa.select(sa.func.count(), labelled).select_from(
-        rows.join(samples, sa.and_(rows.c.node == samples.c.node, rows.c.epoch == samples.c.epoch,
-                                   rows.c.seq == samples.c.seq))  # fmt: skip
-    ).where(samples.c.fleet == fleet)
+    query = (
+        sa.select(sa.func.count(), labelled)
+        .select_from(
+            rows.join(
+                samples,
+                sa.and_(
+                    rows.c.node == samples.c.node,
+                    rows.c.epoch == samples.c.epoch,
+                    rows.c.seq == samples.c.seq,
+                ),
+            )  # fmt: skip
+        )
+        .where(samples.c.fleet == fleet)
+    )
     with engine.connect() as connection:
         total, done = connection.execute(query).one()
     return {"unlabelled": int(total - done), "labelled": int(done), "all": int(total)}
