@@ -46,7 +46,7 @@ def tflite(model: Any, folder: Path, calibration: np.ndarray | None) -> tuple[by
 
 
 def row(name: str, model: Any, folder: Path, runs: int, calibration: Any, data: Any = None) -> dict[str, Any]:
-    from edgekit.compress import nonzero_parameters, parameter_count
+    from edgekit.compress.pruning import nonzero_parameters, parameter_count
 
     fp32, int8 = tflite(model, folder, calibration)
     top1 = None
@@ -72,7 +72,7 @@ def student() -> Any:
         keras.layers.Conv2D(16, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(),
         keras.layers.Flatten(), keras.layers.Dense(64, activation="relu"),
         keras.layers.Dense(10, activation="softmax"),
-    ])  # fmt: skip
+    ])
 
 
 def main() -> None:
@@ -86,7 +86,7 @@ def main() -> None:
     from digits import build_digits_cnn, digits_splits
 
     from edgekit import compress
-    from edgekit.compress import PruningError
+    from edgekit.compress.pruning import PruningError
 
     data = digits_splits(0)
     train = (data["x_train"], data["y_train"])

@@ -110,9 +110,9 @@ def bare_latency_ms(content: bytes, threads: int, runs: int) -> float:
 def measure(name: str, paths: dict[str, Path], folder: Path, threads: int, runs: int) -> list[dict]:
     import keras
 
-    from edgekit.bundle import read_bundle
     from edgekit.convert import ConvertOptions, convert
-    from edgekit.profiles import load_profile
+    from edgekit.core.bundle import read_bundle
+    from edgekit.core.profiles import load_profile
 
     calibration = np.load(paths["calibration"])["x"]
 
@@ -121,7 +121,7 @@ def measure(name: str, paths: dict[str, Path], folder: Path, threads: int, runs:
             model=paths["model"], profile=load_profile("x86-gateway"), precision=precision,
             output=folder / f"{name}-{precision}.ekb", calibration=paths["calibration"],
             evaluation=paths["evaluation"], allow_accuracy_drop=True, allow_over_budget=True,
-        )  # fmt: skip
+        )
         return convert(options).output
 
     def export() -> tuple[Path, float]:
@@ -166,7 +166,7 @@ def measure(name: str, paths: dict[str, Path], folder: Path, threads: int, runs:
 def print_table(rows: list[dict]) -> None:
     print("| model | precision | size | size vs fp32 | accuracy vs float | cosine | latency | "
           "latency vs fp32 | convert: bare / export+bare / edgekit | edgekit vs bare | "
-          "edgekit vs export+bare |")  # fmt: skip
+          "edgekit vs export+bare |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         fp32 = next(r for r in rows if r["model"] == row["model"] and r["precision"] == "fp32")

@@ -100,7 +100,7 @@ def collectors(port: int, url: str, home: Path, count: int, n: int) -> float:
             ],
             env=env,
             stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
     engine = open_engine(url)
@@ -129,14 +129,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from edgekit.fleet import init_fleet
-    from edgekit.mosquitto import LocalBroker
-    from edgekit.postgres import LocalPostgres
+    from edgekit.testing.mosquitto import LocalBroker
+    from edgekit.testing.postgres import LocalPostgres
 
     with tempfile.TemporaryDirectory() as tmp, LocalPostgres() as postgres:
         folder = Path(tmp)
         init_fleet("bench", folder / "home" / "fleets" / "bench")
         print(f"{args.reports} reports from 200 simulated devices, Mosquitto and PostgreSQL on loopback, "
-              f"{os.cpu_count()} cores")  # fmt: skip
+              f"{os.cpu_count()} cores")
         results = {}
         with LocalBroker(folder / "broker") as broker:
             took = bare(broker.port, args.reports)

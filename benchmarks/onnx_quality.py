@@ -49,9 +49,9 @@ def ort_latency_ms(content: bytes, threads: int, runs: int) -> float:
 def measure(
     name: str, paths: dict[str, Path], folder: Path, threads: int, runs: int
 ) -> tuple[list[dict], str]:
-    from edgekit.bundle import read_bundle
     from edgekit.convert import ConvertOptions, convert
-    from edgekit.profiles import load_profile
+    from edgekit.core.bundle import read_bundle
+    from edgekit.core.profiles import load_profile
 
     # Random-weight MobileNetV2 has tiny top-1 margins; measure raw fidelity, no fallback.
     max_drop = None if name == "digits" else 100.0
@@ -61,7 +61,7 @@ def measure(
             model=paths["model"], profile=load_profile("x86-gateway"), format="onnx", precision=precision,
             output=folder / f"{name}-{precision}.ekb", calibration=paths["calibration"],
             evaluation=paths["evaluation"], max_accuracy_drop=max_drop,
-        )  # fmt: skip
+        )
         manifest, contents = read_bundle(convert(options).output)
         entry = manifest.artifacts[0]
         return entry.model_dump(mode="json"), contents[entry.path]
@@ -75,7 +75,7 @@ def measure(
             "metric": accuracy["metric"], "float": accuracy["float_model"], "artifact": accuracy["artifact"],
             "latency_ms": ort_latency_ms(content, threads, runs),
             "float_nodes": len((entry["quantization"] or {}).get("float_nodes", [])),
-        })  # fmt: skip
+        })
         print(f"  measured {name} onnx {precision}", file=sys.stderr, flush=True)
     auto, _ = run("auto")
     selection = auto["selection"]
@@ -85,7 +85,7 @@ def measure(
 
 def print_table(rows: list[dict]) -> None:
     print("| model | precision | size | size vs fp32 | agreement with float | top-1 | ORT latency "
-          "| latency vs fp32 |")  # fmt: skip
+          "| latency vs fp32 |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         fp32 = next(r for r in rows if r["model"] == row["model"] and r["precision"] == "fp32")

@@ -33,13 +33,13 @@ CASES = (("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int
 
 def build(name: str, paths: dict[str, Path], folder: Path, fmt: str, precision: str) -> Path:
     from edgekit.convert import ConvertOptions, convert
-    from edgekit.profiles import load_profile
+    from edgekit.core.profiles import load_profile
 
     options = ConvertOptions(
         model=paths["model"], profile=load_profile("x86-gateway"), format=fmt, precision=precision,
         output=folder / f"{name}-{fmt}-{precision}.ekb", calibration=paths["calibration"],
         max_accuracy_drop=100.0,
-    )  # fmt: skip
+    )
     return convert(options).output
 
 
@@ -57,7 +57,7 @@ def make_fusion(folder: Path) -> dict[str, Path]:
     keras.Model([features, ids], outputs).save(folder / "fusion.keras")
     rng = np.random.default_rng(0)
     np.savez(folder / "calibration.npz", features=rng.normal(0, 1, (100, 8)).astype(np.float32),
-             ids=rng.integers(0, 50, (100, 5)).astype(np.int32))  # fmt: skip
+             ids=rng.integers(0, 50, (100, 5)).astype(np.int32))
     return {"model": folder / "fusion.keras", "calibration": folder / "calibration.npz"}
 
 

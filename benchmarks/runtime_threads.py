@@ -47,7 +47,7 @@ print((status("VmHWM:") - base) * 1024)
 def memory_added(bundle: Path, interpreters: int) -> int:
     """Peak memory that loading and running ``interpreters`` copies adds, in a fresh process."""
     out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(bundle), str(interpreters)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+                         capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
 
 
@@ -88,7 +88,7 @@ def main() -> None:
                  memory_added(bundle, 1)),
                 ("interpreter per thread", throughput([m.predict for m in own], x, args.calls),
                  memory_added(bundle, args.threads)),
-            )  # fmt: skip
+            )
             for design, rate, memory in rows:
                 print(f"| digits tflite {precision} | {design} | {rate:,.0f} | {memory / 2**20:.1f} MB |")
 

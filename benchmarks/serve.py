@@ -44,7 +44,7 @@ Caller = Callable[[], None]
 
 def build(name: str, folder: Path) -> tuple[Path, np.ndarray]:
     from edgekit.convert import ConvertOptions, convert
-    from edgekit.profiles import load_profile
+    from edgekit.core.profiles import load_profile
 
     paths = MAKERS[name](folder)
     with np.load(paths["calibration"]) as data:
@@ -52,7 +52,7 @@ def build(name: str, folder: Path) -> tuple[Path, np.ndarray]:
     result = convert(ConvertOptions(
         model=paths["model"], profile=load_profile("x86-gateway"), format="onnx", precision="fp32",
         output=folder / f"{name}.ekb", name=name,
-    ))  # fmt: skip
+    ))
     return result.output, sample
 
 
@@ -76,7 +76,7 @@ def drive(make: Callable[[], Caller], clients: int, seconds: float) -> tuple[flo
                 began = time.perf_counter()
                 call()
                 mine.append(time.perf_counter() - began)
-        except Exception as exc:  # noqa: BLE001 - reported after the run, never silently dropped
+        except Exception as exc:  # reported after the run, never silently dropped
             failures.append(exc)
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
@@ -128,7 +128,7 @@ def rest(url: str, name: str, x: np.ndarray, binary: bool) -> Callable[[], Calle
     headers = {"content-type": "application/json"}
     if binary:
         header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
-                             "parameters": {"binary_data_output": True}}).encode()  # fmt: skip
+                             "parameters": {"binary_data_output": True}}).encode()
         body = header + x.tobytes()
         headers = {
             "content-type": "application/octet-stream",
@@ -292,7 +292,7 @@ def main() -> None:
         cells = {(r["path"], r["batching"]): r["cells"][clients[-1]][2] for r in rows if r["model"] == name}
         for path in ("REST binary", "gRPC"):
             gains = ", ".join(f"{cells[path, f'32, {d} ms'] / cells[path, 'off']:.2f}x at {d} ms"
-                              for d in BATCHING if d)  # fmt: skip
+                              for d in BATCHING if d)
             print(f"{name} {path}: batching gives {gains} the unbatched throughput at {clients[-1]} clients")
 
 

@@ -33,7 +33,7 @@ def make_mlp(folder: Path) -> dict[str, Path]:
     import keras
 
     model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(512), keras.layers.Dense(256),
-                              keras.layers.Dense(10)])  # fmt: skip
+                              keras.layers.Dense(10)])
     path = folder / "mlp.keras"
     model.save(path)
     return {"model": path}
@@ -51,7 +51,7 @@ def median_ms(action, repeats: int) -> float:  # type: ignore[no-untyped-def]
 def openssl_mb_s() -> float | None:
     try:
         out = subprocess.run(["openssl", "speed", "-evp", "aes-256-gcm", "-seconds", "1"],
-                             capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+                             capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     row = next((line for line in out.splitlines() if line.startswith("AES-256-GCM")), None)
@@ -64,9 +64,9 @@ def main() -> None:
     args = parser.parse_args()
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from edgekit.bundle import read_bundle
     from edgekit.convert import ConvertOptions, convert
-    from edgekit.profiles import load_profile
+    from edgekit.core.bundle import read_bundle
+    from edgekit.core.profiles import load_profile
     from edgekit.runtime import Model
     from edgekit.runtime.backends.tflite import import_interpreter
     from edgekit.runtime.keys import create_device_key
@@ -85,7 +85,7 @@ def main() -> None:
             folder.mkdir()
             bundle = convert(ConvertOptions(model=maker(folder)["model"], profile=load_profile("x86-gateway"),
                                             format="tflite", precision="fp32", name=name,
-                                            output=folder / f"{name}.ekb")).output  # fmt: skip
+                                            output=folder / f"{name}.ekb")).output
             manifest, contents = read_bundle(bundle)
             plain = folder / "model.tflite"
             plain.write_bytes(contents[manifest.artifacts[0].path])
@@ -102,7 +102,7 @@ def main() -> None:
             mark = "✓" if store_ms <= 1.10 * file_ms + 5 else "✗"
             size = plain.stat().st_size / 2**20
             print(f"| {name} | {size:.1f} MB | {file_ms:.1f} ms | {store_ms:.1f} ms | "
-                  f"{store_ms / file_ms:.2f}× | ≤ 1.10× + 5 ms {mark} |")  # fmt: skip
+                  f"{store_ms / file_ms:.2f}× | ≤ 1.10× + 5 ms {mark} |")
     data = np.random.default_rng(0).bytes(1 << 20)
     aead, nonce = AESGCM(AESGCM.generate_key(bit_length=256)), os.urandom(12)
     sealed = aead.encrypt(nonce, data, b"aad")
@@ -111,7 +111,7 @@ def main() -> None:
     limit_text = f"{limit:,.0f} MB/s" if limit else "openssl not found"
     rate = len(data) / seconds / 1e6
     print(f"\nAES-256-GCM decrypt through cryptography, 1 MiB chunks: {rate:,.0f} MB/s; "
-          f"openssl speed -evp aes-256-gcm (16 KiB blocks): {limit_text}")  # fmt: skip
+          f"openssl speed -evp aes-256-gcm (16 KiB blocks): {limit_text}")
 
 
 if __name__ == "__main__":

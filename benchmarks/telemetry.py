@@ -34,13 +34,13 @@ def build_bundle(folder: Path) -> tuple[Path, np.ndarray]:
     from convert_quality import make_digits
 
     from edgekit.convert import ConvertOptions, convert
-    from edgekit.profiles import load_profile
+    from edgekit.core.profiles import load_profile
 
     paths = make_digits(folder)
     options = ConvertOptions(
         model=paths["model"], profile=load_profile("x86-gateway"), format="tflite", precision="int8",
         output=folder / "digits.ekb", calibration=paths["calibration"],
-    )  # fmt: skip
+    )
     with np.load(paths["evaluation"]) as data:
         return convert(options).output, data["x"]
 
@@ -80,7 +80,8 @@ def _generate(url: str, reports: int, ready: multiprocessing.synchronize.Event) 
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edgekit.runtime.telemetry.schema import ModelRef, Privacy, Report
+    from edgekit.core.telemetry import ModelRef, Privacy, Report
+    from edgekit.core.validation import updated
 
     port = int(url.rsplit(":", 1)[1])
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -96,9 +97,9 @@ def _generate(url: str, reports: int, ready: multiprocessing.synchronize.Event) 
         inferences=100, calls=100, errors=0, latency_ms=(0, 0, 100) + (0,) * 13, classes=(10,) * 10,
         confidence=(0,) * 9 + (100,), feature_bins=((10,) * 10, (10,) * 10), inputs=None, drift=None,
         samples=0, dropped=0, privacy=Privacy(k=5, suppressed_buckets=0),
-    )  # fmt: skip
+    )
     payloads = [
-        base.model_copy(update={"seq": seq}).model_dump_json().encode() for seq in range(1, reports + 1)
+        updated(base, seq=seq).model_dump_json().encode() for seq in range(1, reports + 1)
     ]
     ready.wait()
     infos = [client.publish(f"edgekit/bench/{node}/report", p, qos=1) for p in payloads]
@@ -164,7 +165,7 @@ def zero_loss(bundle: Path, x: np.ndarray, broker, folder: Path, queued: int) ->
     telemetry = Telemetry(
         broker.url, "bench", device_id="bench-device", fleet_dir=folder / "fleet",
         outbox=folder / "replay.sqlite", window_s=3600, backoff_max_s=1.0, close_timeout_s=600,
-    )  # fmt: skip
+    )
     model = Model.load(bundle, telemetry=telemetry, allow_unsigned=True)
     started = time.perf_counter()
     for i in range(queued):
@@ -200,7 +201,7 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=20000)
     parser.add_argument("--queued", type=int, default=10000)
     args = parser.parse_args()
-    from edgekit.mosquitto import LocalBroker
+    from edgekit.testing.mosquitto import LocalBroker
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

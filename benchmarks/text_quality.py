@@ -61,9 +61,9 @@ def train(folder: Path) -> tuple[Any, dict[str, Any]]:
 
 def pruned(model: Any, data: dict[str, Any], drop: int = 0) -> tuple[Any, Any]:
     """As ``convert --prune 0.5 [--drop-layers drop]`` does it: score, prune, drop blocks, distil."""
-    from edgekit.compress import distill
-    from edgekit.compress_layers import drop_blocks
-    from edgekit.compress_transformer import LEARNING_RATE, find_units, importance, prune_transformer
+    from edgekit.compress.layers import drop_blocks
+    from edgekit.compress.pruning import distill
+    from edgekit.compress.transformer import LEARNING_RATE, find_units, importance, prune_transformer
 
     scores = importance(model, find_units(model), data["x"], data["y"])
     student, _ = prune_transformer(model, 0.5, scores)
@@ -76,8 +76,8 @@ def pruned(model: Any, data: dict[str, Any], drop: int = 0) -> tuple[Any, Any]:
 
 def longer(model: Any, length: int, kept: Any) -> Any:
     """The same weights at ``length`` tokens: the position table repeated."""
-    from edgekit.compress_layers import find_blocks, rewired
-    from edgekit.compress_transformer import prune_transformer
+    from edgekit.compress.layers import find_blocks, rewired
+    from edgekit.compress.transformer import prune_transformer
 
     wide = build_encoder(1000, len(INTENTS), length=length)
     if kept is not None:
@@ -96,7 +96,7 @@ def longer(model: Any, length: int, kept: Any) -> Any:
 
 def artifacts(model: Any, folder: Path, data: dict[str, Any], length: int) -> dict[str, bytes]:
     from edgekit.convert import ConvertOptions, build
-    from edgekit.profiles import load_profile
+    from edgekit.core.profiles import load_profile
 
     path = folder / f"{model.name}-{id(model)}.keras"
     model.save(path)
@@ -107,10 +107,10 @@ def artifacts(model: Any, folder: Path, data: dict[str, Any], length: int) -> di
                 model=path, profile=load_profile("x86-gateway"), output=folder / "unused.ekb", format=fmt,
                 precision=precision, tokenizer=data["tokenizer"], calibration=data["calibration"],
                 max_sequence_length=length, allow_accuracy_drop=True, allow_over_budget=True,
-            )  # fmt: skip
+            )
             try:
                 result = build(options)
-            except Exception as exc:  # noqa: BLE001 - a precision that does not convert is a row too
+            except Exception as exc:  # a precision that does not convert is a row too
                 print(f"  {fmt} {precision} at {length}: {str(exc).splitlines()[0][:100]}", file=sys.stderr)
                 continue
             made[f"{fmt} {precision}"] = result.contents[result.manifest.artifacts[0].path]
@@ -158,7 +158,7 @@ def _onnx_dtype(session: Any, name: str) -> Any:
 
 
 def scores(run: Any, data: dict[str, Any]) -> tuple[float, float]:
-    from edgekit.classes import class_report
+    from edgekit.core.classes import class_report
 
     x, y = data["x_eval"], data["y_eval"]
     predicted = np.array([np.argmax(run({k: v[i : i + 1] for k, v in x.items()})) for i in range(len(y))])
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from edgekit.compress import parameter_count
+    from edgekit.compress.pruning import parameter_count
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -202,13 +202,13 @@ def print_table(rows: dict[tuple[str, str], dict[str, Any]], args: argparse.Name
     base = rows[("unpruned", "onnx fp32")]
     print(f"\nbatch 1, {args.threads} threads, median of {args.runs}; ratios: unpruned fp32 ONNX time / this")
     print(f"{'model':<9} {'artifact':<17} {'params':>9} {'size KB':>8} {'ms @32':>7} {'×':>5} "
-          f"{'ms @128':>8} {'×':>5} {'top-1':>6} {'macro-F1':>8}")  # fmt: skip
+          f"{'ms @128':>8} {'×':>5} {'top-1':>6} {'macro-F1':>8}")
     for (label, name), row in rows.items():
         if "ms32" not in row or "ms128" not in row:
             continue
         print(f"{label:<9} {name:<17} {row['params']:>9,} {row['size'] / 1024:>8.0f} {row['ms32']:>7.3f} "
               f"{base['ms32'] / row['ms32']:>5.2f} {row['ms128']:>8.3f} {base['ms128'] / row['ms128']:>5.2f} "
-              f"{row['top1']:>6.1f} {row['f1']:>8.1f}")  # fmt: skip
+              f"{row['top1']:>6.1f} {row['f1']:>8.1f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from edgekit.converters.base import (
     converter_for,
     format_choices,
     precision_choices,
+    ready_made,
 )
 from edgekit.converters.onnx import ONNXConverter
 from edgekit.converters.tflite import TFLiteConverter
@@ -26,4 +27,5 @@ __all__ = [
     "converter_for",
     "format_choices",
     "precision_choices",
+    "ready_made",
 ]

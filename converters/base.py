@@ -5,17 +5,23 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal, get_args
 
 import numpy as np
 
-from edgekit.errors import InputError
-from edgekit.formats import FORMATS, PRECISIONS, Format, Precision, check_precision
-from edgekit.samples import Samples
+from edgekit.core import formats
+from edgekit.core.errors import InputError
+from edgekit.core.formats import PRECISIONS, Format, Precision, SourceKind, check_precision
+from edgekit.core.manifest import QuantizationScheme
+from edgekit.core.samples import Samples
 
 if TYPE_CHECKING:
     from edgekit.converters.source import SourceModel
-    from edgekit.profiles import DeviceProfile
+    from edgekit.core.profiles import DeviceProfile
+
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+"""How int8 chooses activation ranges from the calibration data (ONNX Runtime's calibrators)."""
+CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = get_args(CalibrationMethod)
 
 Advance = Callable[[int], None]
 """Called with the number of calibration samples consumed since the last call."""
@@ -26,7 +32,7 @@ class ConversionSettings:
     """What a conversion needs beyond the model and the precision."""
 
     profile: DeviceProfile
-    calibration_method: str = "minmax"
+    calibration_method: CalibrationMethod = "minmax"
     keep_float: tuple[str, ...] = ()
     """Node-name patterns (fnmatch) the user keeps in float."""
     float_nodes: tuple[str, ...] = ()
@@ -44,7 +50,7 @@ class Artifact:
     seconds: float
     calibration_samples: int = 0
     opset: int | None = None
-    quantization: dict[str, Any] | None = None
+    quantization: QuantizationScheme | None = None
     """How it was quantized: scheme, symmetry, per-channel, calibration method, float nodes."""
     notes: tuple[str, ...] = field(default=())
 
@@ -58,8 +64,10 @@ class Converter(ABC):
     """Precisions that need calibration data (``--calibration``)."""
     fallback_precisions: ClassVar[frozenset[Precision]] = frozenset({"int8"})
     """Precisions whose accuracy fallback keeps nodes in float (``rank_sensitive_nodes``)."""
-    source_kinds: ClassVar[frozenset[str]]
+    source_kinds: ClassVar[frozenset[SourceKind]]
     """Which source model kinds (keras, h5, saved_model, onnx) this converter takes."""
+    ready_made_kinds: ClassVar[frozenset[SourceKind]] = frozenset()
+    """Source kinds that already are an artifact of this format, packaged as they are."""
     registry: ClassVar[dict[str, type[Converter]]] = {}
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -69,14 +77,25 @@ class Converter(ABC):
             raise TypeError(f"{cls.__name__} must set a 'format' class attribute")
         if key in Converter.registry:
             raise TypeError(f"two converters claim format '{key}'")
-        if key not in FORMATS or not set(cls.precisions) <= set(PRECISIONS):
-            raise TypeError(f"{cls.__name__}: add its format and precisions to edgekit.formats first")
+        if key not in formats.FORMATS or not set(cls.precisions) <= set(PRECISIONS):
+            raise TypeError(f"{cls.__name__}: add its format and precisions to edgekit.core.formats first")
         Converter.registry[key] = cls
 
     @classmethod
     def check_precision(cls, precision: str) -> Precision:
         """``precision`` if this converter makes it, else a one-line error with the choices."""
         return check_precision(precision, cls.precisions, cls.format)
+
+    @classmethod
+    def refusal(cls, precision: Precision, profile: DeviceProfile) -> str | None:
+        """Why an artifact at ``precision`` cannot serve ``profile``'s engines, or None."""
+        return None
+
+    @classmethod
+    def picks_fastest(cls, profile: DeviceProfile) -> bool:
+        """Whether ``--precision auto`` keeps the fastest passing precision, measured on this
+        host, rather than the profile's first that passes (int8 is not always faster)."""
+        return False
 
     @abstractmethod
     def convert(
@@ -121,6 +140,11 @@ def precision_choices() -> tuple[str, ...]:
 def format_choices() -> tuple[str, ...]:
     """What ``--format`` accepts: every registered format."""
     return tuple(sorted(Converter.registry))
+
+
+def ready_made(kind: str) -> bool:
+    """Whether a source of ``kind`` already is an artifact, packaged as it is (no float model)."""
+    return any(kind in converter.ready_made_kinds for converter in Converter.registry.values())
 
 
 def converter_for(fmt: str) -> Converter:

@@ -8,12 +8,17 @@ their ``keras.Input`` names. The TFLite converter and tf2onnx both read this sig
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edgekit.converters.source_model import SourceModel
 
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+    from tensorflow.types.experimental import ConcreteFunction
 
-def output_names(model: Any) -> list[str]:
+
+def output_names(model: keras.Model) -> list[str]:
     """One name per output, the producing layer's, made unique where a layer gives several."""
     names: list[str] = []
     layers = getattr(model, "output_names", None) or [model.layers[-1].name]  # a Sequential's last layer
@@ -26,14 +31,16 @@ def output_names(model: Any) -> list[str]:
     return names
 
 
-def input_names(model: Any) -> list[str]:
+def input_names(model: keras.Model) -> list[str]:
     """Each input's ``keras.Input`` layer name (a tensor's own name is ``keras_tensor_N``
     until the model is saved and loaded)."""
     history = [getattr(getattr(t, "_keras_history", None), "operation", None) for t in model.inputs]
     return [str(getattr(op, "name", None) or t.name) for op, t in zip(history, model.inputs, strict=True)]
 
 
-def serving_function(model: Any, shapes: dict[str, tuple[int | None, ...]] | None = None) -> Any:
+def serving_function(
+    model: keras.Model, shapes: dict[str, tuple[int | None, ...]] | None = None
+) -> ConcreteFunction:
     """``model``'s inference as a ``tf.function`` with named inputs and a dict of named
     outputs. ``shapes`` fixes inputs' dynamic dims by name: ``keras.applications`` models
     leave height and width dynamic by default, which XNNPACK and ONNX Runtime cannot prepare
@@ -48,7 +55,7 @@ def serving_function(model: Any, shapes: dict[str, tuple[int | None, ...]] | Non
     ]
 
     @tf.function(input_signature=signature)
-    def serve(*args: Any) -> dict[str, Any]:
+    def serve(*args: tf.Tensor) -> dict[str, tf.Tensor]:
         result = model(list(args) if len(args) > 1 else args[0], training=False)
         values = result if isinstance(result, (list, tuple)) else [result]
         return dict(zip(outputs, values, strict=True))
@@ -57,7 +64,7 @@ def serving_function(model: Any, shapes: dict[str, tuple[int | None, ...]] | Non
 
 
 def export_saved_model(
-    model: Any, export_dir: Path, shapes: dict[str, tuple[int | None, ...]] | None = None
+    model: keras.Model, export_dir: Path, shapes: dict[str, tuple[int | None, ...]] | None = None
 ) -> None:
     """Write ``model``'s inference function as ``serving_default``, inputs and outputs named
     (``shapes``: as for ``serving_function``)."""
@@ -70,7 +77,7 @@ def export_saved_model(
 
 
 def exported_variant(
-    source: SourceModel, model: Any, shapes: dict[str, tuple[int | None, ...]], tag: str
+    source: SourceModel, model: keras.Model, shapes: dict[str, tuple[int | None, ...]], tag: str
 ) -> Path:
     """A SavedModel of ``model`` (the source's Keras model, or a copy named by ``tag``) with
     ``shapes`` fixed, beside the source's own export; written once per variant."""

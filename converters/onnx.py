@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -34,15 +34,17 @@ from edgekit.converters.onnx_sensitivity import channel_robust_sqnr, sqnr_drop, 
 from edgekit.converters.onnx_source import dynamic_dims, fix_input_dims, import_onnx
 from edgekit.converters.source import first_line
 from edgekit.converters.tf_to_onnx import from_tensorflow
-from edgekit.errors import ConversionError, DataError, InputError
-from edgekit.formats import PRECISIONS, Format, Precision
-from edgekit.samples import Samples
+from edgekit.core.errors import ConversionError, DataError, InputError
+from edgekit.core.formats import PRECISIONS, TENSORRT, Format, Precision, SourceKind
+from edgekit.core.manifest import QuantizationScheme
+from edgekit.core.samples import Samples
 
 if TYPE_CHECKING:
-    from edgekit.converters.source import SourceModel
-    from edgekit.profiles import DeviceProfile
+    from onnx import ModelProto
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+    from edgekit.converters.source import SourceModel
+    from edgekit.core.profiles import DeviceProfile
+
 MIN_QDQ_OPSET = 13
 MAX_PROTOBUF_BYTES = 2**31 - 1
 _CALIBRATION_BATCH = 32
@@ -59,7 +61,7 @@ def target_opset(profile: DeviceProfile) -> int:
 def for_tensorrt(profile: DeviceProfile) -> bool:
     return (
         profile.accelerator.tensorrt_version is not None
-        and "TensorrtExecutionProvider" in profile.runtime.execution_providers
+        and TENSORRT in profile.runtime.execution_providers
     )
 
 
@@ -68,13 +70,26 @@ class ONNXConverter(Converter):
     precisions: ClassVar[tuple[Precision, ...]] = PRECISIONS
     calibrated_precisions: ClassVar[frozenset[Precision]] = frozenset({"int8"})
     fallback_precisions: ClassVar[frozenset[Precision]] = frozenset({"int8", "fp16"})
-    source_kinds: ClassVar[frozenset[str]] = frozenset({"keras", "h5", "saved_model", "onnx"})
+    source_kinds: ClassVar[frozenset[SourceKind]] = frozenset({"keras", "h5", "saved_model", "onnx"})
+
+    @classmethod
+    def refusal(cls, precision: Precision, profile: DeviceProfile) -> str | None:
+        if precision == "dynamic" and TENSORRT in profile.runtime.execution_providers:
+            return (
+                "TensorRT cannot run DynamicQuantizeLinear, and the CUDA provider runs those ops "
+                "on the host; use int8 (QDQ) or fp16"
+            )
+        return None
+
+    @classmethod
+    def picks_fastest(cls, profile: DeviceProfile) -> bool:
+        return profile.accelerator.kind == "none"  # a GPU profile's speed cannot be measured here
 
     def __init__(self) -> None:
-        self._float: dict[tuple[Any, ...], Any] = {}
-        self._prepared: dict[tuple[Any, ...], bytes] = {}
+        self._float: dict[tuple[object, ...], ModelProto] = {}
+        self._prepared: dict[tuple[object, ...], bytes] = {}
         self._peaks: dict[int, dict[str, float]] = {}
-        self._float_activations: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._float_activations: dict[tuple[object, ...], dict[str, np.ndarray]] = {}
 
     def convert(
         self,
@@ -87,11 +102,13 @@ class ONNXConverter(Converter):
         notes: list[str] = []
         started = time.perf_counter()
         model = self._float_model(source, settings)
-        quantization: dict[str, Any] | None = None
+        quantization: QuantizationScheme | None = None
         samples = 0
         if precision == "fp16":
             model = to_float16(model, settings.float_nodes)
-            quantization = {"scheme": "onnx-float16", "io": "float32", "float_nodes": settings.float_nodes}
+            quantization = QuantizationScheme(
+                scheme="onnx-float16", io="float32", float_nodes=settings.float_nodes
+            )
         elif precision in ("dynamic", "int8"):
             if precision == "int8" and calibration is None:
                 raise DataError("int8 needs calibration data: pass --calibration FILE.npz")
@@ -166,7 +183,7 @@ class ONNXConverter(Converter):
 
         return {"onnx": import_onnx().__version__, "onnxruntime": onnxruntime.__version__}
 
-    def _float_model(self, source: SourceModel, settings: ConversionSettings) -> Any:
+    def _float_model(self, source: SourceModel, settings: ConversionSettings) -> ModelProto:
         opset = target_opset(settings.profile)
         key = (id(source), opset, settings.input_shapes)
         if key not in self._float:
@@ -177,8 +194,8 @@ class ONNXConverter(Converter):
         return self._float[key]
 
     def _prepared_model(
-        self, source: SourceModel, model: Any, calibration: Samples | None, notes: list[str]
-    ) -> Any:
+        self, source: SourceModel, model: ModelProto, calibration: Samples | None, notes: list[str]
+    ) -> ModelProto:
         """Opset 13+, dynamic dims fixed from the data, ORT's quantization pre-processing."""
         onnx = import_onnx()
         shapes = _call_shapes(calibration) if calibration is not None else {}
@@ -203,7 +220,7 @@ def _call_shapes(samples: Samples) -> dict[str, tuple[int, ...]]:
     return {name: tuple(np.shape(value)) for name, value in feed.items()}
 
 
-def _with_min_opset(model: Any, opset: int, notes: list[str]) -> Any:
+def _with_min_opset(model: ModelProto, opset: int, notes: list[str]) -> ModelProto:
     current = _opset(model)
     if current >= opset:
         return model
@@ -220,7 +237,7 @@ def _with_min_opset(model: Any, opset: int, notes: list[str]) -> Any:
     return upgraded
 
 
-def _pre_process(model: Any, notes: list[str]) -> bytes:
+def _pre_process(model: ModelProto, notes: list[str]) -> bytes:
     """ONNX Runtime's quantization pre-processing; without symbolic shapes if that fails."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -238,7 +255,7 @@ def _pre_process(model: Any, notes: list[str]) -> bytes:
         return Path("prepared.onnx").read_bytes()
 
 
-def resolve_nodes(model: Any, settings: ConversionSettings) -> list[str]:
+def resolve_nodes(model: ModelProto, settings: ConversionSettings) -> list[str]:
     """Node names matching ``--keep-float`` patterns, plus those the accuracy fallback chose."""
     names = [node.name for node in model.graph.node]
     chosen = list(settings.float_nodes)
@@ -253,13 +270,13 @@ def resolve_nodes(model: Any, settings: ConversionSettings) -> list[str]:
 
 
 def _quantize(
-    prepared: Any,
+    prepared: ModelProto,
     precision: str,
     calibration: Samples | None,
     advance: Advance,
     settings: ConversionSettings,
     float_nodes: list[str],
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[ModelProto, QuantizationScheme]:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -273,10 +290,9 @@ def _quantize(
         onnx.save(prepared, "prepared.onnx")
         if precision == "dynamic":
             quantize_dynamic("prepared.onnx", "quantized.onnx", weight_type=QuantType.QInt8,
-                             nodes_to_exclude=float_nodes)  # fmt: skip
-            return onnx.load("quantized.onnx"), {
-                "scheme": "onnx-dynamic", "weights": "int8", "float_nodes": float_nodes,
-            }  # fmt: skip
+                             nodes_to_exclude=float_nodes)
+            scheme = QuantizationScheme(scheme="onnx-dynamic", weights="int8", float_nodes=tuple(float_nodes))
+            return onnx.load("quantized.onnx"), scheme
         assert calibration is not None
         symmetric = for_tensorrt(settings.profile)
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -291,15 +307,15 @@ def _quantize(
                 weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=float_nodes,
                 extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
                                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
-            )  # fmt: skip
+            )
         except Exception as exc:  # ORT raises plain exceptions from calibration and quantization
             raise ConversionError(f"ONNX int8 quantization failed: {first_line(exc)}") from exc
-        return onnx.load("quantized.onnx"), {
-            "scheme": "onnx-qdq", "weights": "int8 symmetric",
-            "activations": "int8 symmetric" if symmetric else "uint8 asymmetric",
-            "per_channel": True, "calibration_method": settings.calibration_method,
-            "target": "tensorrt" if symmetric else "cpu", "float_nodes": float_nodes,
-        }  # fmt: skip
+        return onnx.load("quantized.onnx"), QuantizationScheme(
+            scheme="onnx-qdq", weights="int8 symmetric",
+            activations="int8 symmetric" if symmetric else "uint8 asymmetric",
+            per_channel=True, calibration_method=settings.calibration_method,
+            target="tensorrt" if symmetric else "cpu", float_nodes=tuple(float_nodes),
+        )
 
 
 class _Reader:
@@ -320,7 +336,7 @@ class _Reader:
         return feed
 
 
-def _named_nodes(model: Any) -> Any:
+def _named_nodes(model: ModelProto) -> ModelProto:
     """``model``, or a copy with a unique name for every unnamed node (PaddleOCR's exporter
     leaves some unnamed): float node lists and the casts fp16 inserts go by name."""
     if all(node.name for node in model.graph.node):
@@ -336,17 +352,17 @@ def _named_nodes(model: Any) -> Any:
     return named
 
 
-def _serialize(model: Any) -> bytes:
+def _serialize(model: ModelProto) -> bytes:
     if model.ByteSize() > MAX_PROTOBUF_BYTES:
         raise ConversionError("the ONNX model is over 2 GB, which one protobuf cannot hold")
     return model.SerializeToString()
 
 
-def _opset(model: Any) -> int:
+def _opset(model: ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _copy(model: Any) -> Any:
+def _copy(model: ModelProto) -> ModelProto:
     return import_onnx().load_from_string(model.SerializeToString())
 
 

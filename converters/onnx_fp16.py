@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.converters.onnx_source import import_onnx
-from edgekit.errors import MissingDependencyError
+from edgekit.core.errors import MissingDependencyError
+
+if TYPE_CHECKING:
+    from onnx import ModelProto, NodeProto
 
 FP16_MAX = 65504.0
 FP16_SAFE = FP16_MAX / 4
@@ -32,7 +35,7 @@ variance (a mean of squares) are where fp16 loses a transformer's accuracy, and 
 cheap next to the matrix products around them."""
 
 
-def to_float16(model: Any, float_nodes: Iterable[str] = ()) -> Any:
+def to_float16(model: ModelProto, float_nodes: Iterable[str] = ()) -> ModelProto:
     """``model`` in fp16 with float32 inputs and outputs; ``float_nodes`` stay in fp32, and so
     do the ``FP32_OPS`` and every Cast to float32 (onnxconverter-common retypes such a cast's
     output to fp16 but not its ``to``, and ONNX Runtime then refuses the model: tf2onnx's
@@ -50,11 +53,11 @@ def to_float16(model: Any, float_nodes: Iterable[str] = ()) -> Any:
     )
 
 
-def _casts_to_float32(node: Any) -> bool:
+def _casts_to_float32(node: NodeProto) -> bool:
     return any(a.name == "to" and a.i == 1 for a in node.attribute)
 
 
-def activation_peaks(model: Any, feeds: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
+def activation_peaks(model: ModelProto, feeds: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
     """Per tensor of ``model``, the largest magnitude it takes on ``feeds``."""
     from onnxruntime.quantization import qdq_loss_debug as debug
 
@@ -69,7 +72,7 @@ def activation_peaks(model: Any, feeds: Iterator[dict[str, np.ndarray]]) -> dict
     }
 
 
-def rank_overflowing_nodes(model: Any, peaks: dict[str, float]) -> list[tuple[str, ...]]:
+def rank_overflowing_nodes(model: ModelProto, peaks: dict[str, float]) -> list[tuple[str, ...]]:
     """First, every node that takes a constant fp16 conversion would clamp (one group: the
     damage is certain); then, for each activation past ``FP16_SAFE``, largest first, the
     nodes that produce or consume it."""

@@ -7,12 +7,15 @@ is ranked by how much SQNR it loses against the tensors it is computed from.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.converters.base import channel_snr_db
 from edgekit.converters.onnx_source import import_onnx
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 
 def channel_robust_sqnr(
@@ -35,7 +38,7 @@ IDEAL_SQNR_DB = 50.0
 """About what int8 rounding alone leaves of a well-scaled signal (6 dB per bit, plus ~2)."""
 
 
-def sqnr_drop(model: Any, sqnr: dict[str, float], tensor: str) -> float:
+def sqnr_drop(model: ModelProto, sqnr: dict[str, float], tensor: str) -> float:
     """SQNR of the tensors ``tensor`` is computed from, minus its own."""
     producers = {out: node for node in model.graph.node for out in node.output}
     upstream: list[float] = []
@@ -53,7 +56,7 @@ def sqnr_drop(model: Any, sqnr: dict[str, float], tensor: str) -> float:
     return min(upstream, default=IDEAL_SQNR_DB) - sqnr[tensor]
 
 
-def static_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+def static_shapes(model: ModelProto) -> dict[str, tuple[int, ...]]:
     """Per tensor, its dims after the batch dim, where shape inference knows them all."""
     onnx = import_onnx()
     inferred = onnx.shape_inference.infer_shapes(model)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.converters.source_model import SourceModel, TensorSpec, first_line, hash_path
-from edgekit.errors import MissingDependencyError, ModelFormatError, RuntimeBackendError
+from edgekit.core.errors import MissingDependencyError, ModelFormatError, RuntimeBackendError
+
+if TYPE_CHECKING:
+    from onnx import ModelProto, TensorProto, ValueInfoProto
 
 
 def import_onnx() -> Any:
@@ -58,14 +61,14 @@ def load_onnx_source(path: Path, input_shape: tuple[int | None, ...] | None) -> 
     )
 
 
-def graph_inputs(model: Any) -> list[Any]:
+def graph_inputs(model: ModelProto) -> list[ValueInfoProto]:
     """Real inputs: old exporters also list every initializer as a graph input."""
     initializers = {t.name for t in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in initializers]
 
 
 def fix_input_dims(
-    model: Any, name: str, shape: tuple[int | None, ...], where: str, given_by: str = "--input-shape"
+    model: ModelProto, name: str, shape: tuple[int | None, ...], where: str, given_by: str = "--input-shape"
 ) -> None:
     """Give each dynamic dim of input ``name``, by position, the value in ``shape``; ``None``
     leaves that dim alone. ``given_by`` says where the shape came from, for the errors."""
@@ -92,17 +95,17 @@ def fix_input_dims(
             dim.dim_value = value
 
 
-def dynamic_dims(model: Any, name: str) -> list[int]:
+def dynamic_dims(model: ModelProto, name: str) -> list[int]:
     """Indices of input ``name``'s dynamic dims other than the batch dim."""
     dims = _input(model, name).type.tensor_type.shape.dim
     return [i for i, d in enumerate(dims) if i > 0 and not d.HasField("dim_value")]
 
 
-def _input(model: Any, name: str) -> Any:
+def _input(model: ModelProto, name: str) -> ValueInfoProto:
     return next(value for value in graph_inputs(model) if value.name == name)
 
 
-def _spec(value_info: Any) -> TensorSpec:
+def _spec(value_info: ValueInfoProto) -> TensorSpec:
     onnx = import_onnx()
     tensor_type = value_info.type.tensor_type
     shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
@@ -110,12 +113,12 @@ def _spec(value_info: Any) -> TensorSpec:
     return TensorSpec(name=value_info.name, shape=shape, dtype=dtype)
 
 
-def _float32_bytes(tensor: Any) -> int:
+def _float32_bytes(tensor: TensorProto) -> int:
     count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
     return count * 4
 
 
-def _model_files(path: Path, model: Any) -> list[Path]:
+def _model_files(path: Path, model: ModelProto) -> list[Path]:
     """The .onnx file, then its external data files in name order."""
     data = {
         path.parent / entry.value

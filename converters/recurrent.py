@@ -9,10 +9,13 @@ the same layers unrolled are plain ops that convert, with the same weights and o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edgekit.converters.keras_export import exported_variant
 from edgekit.converters.source_model import SourceModel
+
+if TYPE_CHECKING:
+    import keras
 
 
 def saved_model_for_tflite(source: SourceModel, shapes: dict[str, tuple[int | None, ...]]) -> Path:
@@ -27,24 +30,24 @@ def saved_model_for_tflite(source: SourceModel, shapes: dict[str, tuple[int | No
     return exported_variant(source, unrolled_if_recurrent(model), shapes, "-unrolled" if unroll else "")
 
 
-def unrolled_if_recurrent(model: Any) -> Any:
+def unrolled_if_recurrent(model: keras.Model) -> keras.Model:
     """``model``, or with recurrent layers over a fixed sequence length, an unrolled copy."""
     if recurrent_layers(model) and _sequence_length(model) is not None:
         return unrolled(model)
     return model
 
 
-def recurrent_layers(model: Any) -> list[str]:
+def recurrent_layers(model: keras.Model) -> list[str]:
     import keras
 
     return [layer.name for layer in model.layers if isinstance(layer, keras.layers.RNN)]
 
 
-def unrolled(model: Any) -> Any:
+def unrolled(model: keras.Model) -> keras.Model:
     """A copy of ``model`` with every recurrent layer unrolled, and the same weights."""
     import keras
 
-    def clone(layer: Any) -> Any:
+    def clone(layer: keras.Layer) -> keras.Layer:
         config = layer.get_config()
         if isinstance(layer, keras.layers.RNN):
             config = {**config, "unroll": True}
@@ -55,7 +58,7 @@ def unrolled(model: Any) -> Any:
     return copy
 
 
-def _sequence_length(model: Any) -> int | None:
+def _sequence_length(model: keras.Model) -> int | None:
     """The time steps of a (batch, time, features) input, when fixed; unrolling needs them."""
     shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else ()
     return shape[1] if len(shape) == 3 and shape[1] is not None else None

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,8 +30,17 @@ from edgekit.converters.source_model import (
     first_line,
     hash_path,
 )
-from edgekit.errors import EdgekitError, MissingDependencyError, ModelFormatError
-from edgekit.samples import Feed
+from edgekit.core.errors import EdgekitError, MissingDependencyError, ModelFormatError
+from edgekit.core.formats import SourceKind
+from edgekit.core.samples import Feed
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    import tensorflow as tf
+    from tensorflow.types.experimental import ConcreteFunction
+
+    from edgekit.runtime.backends import TensorInfo
 
 __all__ = ["ACCEPTED", "SourceModel", "TensorSpec", "detect_kind", "first_line", "hash_path", "load_source"]
 
@@ -51,7 +60,7 @@ def import_tensorflow() -> Any:
 
 @contextmanager
 def load_source(
-    path: Path, input_shape: tuple[int | None, ...] | None = None, kind: str | None = None
+    path: Path, input_shape: tuple[int | None, ...] | None = None, kind: SourceKind | None = None
 ) -> Iterator[SourceModel]:
     """Load ``path`` (of ``kind``, detected when not given); Keras models are exported to a
     temporary SavedModel, removed on exit.
@@ -75,7 +84,7 @@ def load_source(
             yield _from_keras(tf, path, kind, Path(tmp) / "saved_model")
 
 
-def _from_keras(tf: Any, path: Path, kind: str, export_dir: Path) -> SourceModel:
+def _from_keras(tf: ModuleType, path: Path, kind: SourceKind, export_dir: Path) -> SourceModel:
     import keras
 
     try:
@@ -99,7 +108,7 @@ def _from_keras(tf: Any, path: Path, kind: str, export_dir: Path) -> SourceModel
 
 
 def _from_saved_model(
-    tf: Any, path: Path, inputs_order: list[str] | None = None, outputs_order: list[str] | None = None
+    tf: ModuleType, path: Path, inputs_order: list[str] | None = None, outputs_order: list[str] | None = None
 ) -> SourceModel:
     """``inputs_order``, ``outputs_order``: the names in the model's own order (Keras knows
     it); else the signature's input order and the outputs in natural name order."""
@@ -135,7 +144,9 @@ def _from_saved_model(
     )
 
 
-def signature_function(signature: Any, shapes: dict[str, tuple[int | None, ...]]) -> Any:
+def signature_function(
+    signature: ConcreteFunction, shapes: dict[str, tuple[int | None, ...]]
+) -> ConcreteFunction:
     """A SavedModel's serving ``signature`` as a concrete function with inputs' dynamic dims
     fixed by name (see ``serving_function`` for why)."""
     tf = import_tensorflow()
@@ -144,7 +155,7 @@ def signature_function(signature: Any, shapes: dict[str, tuple[int | None, ...]]
     return tf.function(lambda **inputs: signature(**inputs)).get_concrete_function(**fixed)
 
 
-def natural_key(name: str) -> list[Any]:
+def natural_key(name: str) -> list[int | str]:
     """``output_2`` before ``output_10``."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
@@ -161,7 +172,7 @@ def _from_tflite(path: Path) -> SourceModel:
     def no_float_model(feed: Feed) -> list[np.ndarray]:
         raise ModelFormatError(f"{path}: a ready-made TFLite file has no float model to compare with")
 
-    def spec(info: Any) -> TensorSpec:  # data is given as float; the runtime quantizes it
+    def spec(info: TensorInfo) -> TensorSpec:  # data is given as float; the runtime quantizes it
         return TensorSpec(info.name, info.shape, "float32" if info.quantized else info.dtype)
 
     return SourceModel(
@@ -177,7 +188,7 @@ def _from_tflite(path: Path) -> SourceModel:
     )
 
 
-def _spec(tensor: Any, name: str | None = None) -> TensorSpec:
+def _spec(tensor: tf.TensorSpec, name: str | None = None) -> TensorSpec:
     shape = tuple(None if d is None else int(d) for d in tensor.shape)
     dtype = getattr(tensor.dtype, "name", str(tensor.dtype))
     return TensorSpec(name=name or str(getattr(tensor, "name", None) or "input"), shape=shape, dtype=dtype)

@@ -9,12 +9,18 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit.errors import ModelFormatError
-from edgekit.samples import Feed
+from edgekit.core.errors import ModelFormatError
+from edgekit.core.formats import SourceKind
+from edgekit.core.samples import Feed
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+    from onnx import ModelProto
 
 ACCEPTED = "a Keras .keras file, a legacy Keras .h5 file, a TensorFlow SavedModel directory, or an .onnx file"
 
@@ -35,7 +41,7 @@ class SourceModel:
     """A loaded float model: what it takes, what it gives, and how to run it."""
 
     path: Path
-    kind: str
+    kind: SourceKind
     sha256: str
     size_bytes: int
     inputs: tuple[TensorSpec, ...]
@@ -44,13 +50,13 @@ class SourceModel:
     _predict: Callable[[Feed], list[np.ndarray]] = field(repr=False)
     saved_model_dir: Path | None = None
     """TensorFlow sources: the exported SavedModel the converters read."""
-    onnx_model: Any = field(default=None, repr=False)
+    onnx_model: ModelProto | None = field(default=None, repr=False)
     """ONNX sources: the checked float ModelProto, external data loaded."""
     tflite_content: bytes | None = field(default=None, repr=False)
     """Ready-made TFLite sources: shipped as they are, with no float model to compare."""
-    keras_model: Any = field(default=None, repr=False)
+    keras_model: keras.Model | None = field(default=None, repr=False)
     """Keras sources: the loaded model (for pruning)."""
-    loaded: Any = field(default=None, repr=False)
+    loaded: tf.Module | None = field(default=None, repr=False)
     """TensorFlow sources: the loaded SavedModel (its signature needs it alive)."""
 
     def predict(self, feed: Feed) -> list[np.ndarray]:
@@ -58,7 +64,7 @@ class SourceModel:
         return self._predict(feed)
 
 
-def detect_kind(path: Path) -> str:
+def detect_kind(path: Path) -> SourceKind:
     if not path.exists():
         raise ModelFormatError(f"{path}: no such file or directory")
     if path.is_dir():

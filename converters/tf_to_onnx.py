@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,10 +19,16 @@ from edgekit.converters.keras_export import serving_function
 from edgekit.converters.recurrent import recurrent_layers, unrolled_if_recurrent
 from edgekit.converters.source import first_line, import_tensorflow
 from edgekit.converters.source_model import SourceModel
-from edgekit.errors import ConversionError, MissingDependencyError
+from edgekit.core.errors import ConversionError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from onnx import ModelProto
+    from tensorflow.types.experimental import ConcreteFunction
 
 
-def from_tensorflow(source: SourceModel, opset: int, shapes: dict[str, tuple[int | None, ...]]) -> Any:
+def from_tensorflow(source: SourceModel, opset: int, shapes: dict[str, tuple[int | None, ...]]) -> ModelProto:
     tf = import_tensorflow()
     try:
         import tf2onnx
@@ -62,8 +68,11 @@ def from_tensorflow(source: SourceModel, opset: int, shapes: dict[str, tuple[int
     return model
 
 
-def _signature_function(tf: Any, source: SourceModel, shapes: dict[str, tuple[int | None, ...]]) -> Any:
+def _signature_function(
+    tf: ModuleType, source: SourceModel, shapes: dict[str, tuple[int | None, ...]]
+) -> ConcreteFunction:
     """A SavedModel's serving signature as a function of its inputs in order, dims fixed."""
+    assert source.loaded is not None  # every TensorFlow source keeps its SavedModel loaded
     signature = source.loaded.signatures["serving_default"]
     specs = signature.structured_input_signature[1]
     names = [spec.name for spec in source.inputs]
@@ -71,14 +80,14 @@ def _signature_function(tf: Any, source: SourceModel, shapes: dict[str, tuple[in
     input_signature = [tf.TensorSpec(shapes.get(n, specs[n].shape), specs[n].dtype, name=n) for n in names]
 
     @tf.autograph.experimental.do_not_convert
-    def serve(*args: Any) -> dict[str, Any]:
+    def serve(*args: object) -> dict[str, object]:
         result = signature(**dict(zip(names, args, strict=True)))
         return {name: result[name] for name in outputs}
 
     return tf.function(serve, input_signature=input_signature)
 
 
-def _frozen(tf: Any, function: Any) -> Any:
+def _frozen(tf: ModuleType, function: ConcreteFunction) -> ConcreteFunction:
     """The serving function with every captured tensor and variable folded in as a constant.
     tf2onnx turns captures it does not freeze into extra graph inputs: a Keras Normalization
     layer's mean and variance would become two inputs the caller must feed."""
@@ -87,7 +96,7 @@ def _frozen(tf: Any, function: Any) -> Any:
     return convert_variables_to_constants_v2(function.get_concrete_function())
 
 
-def _order_outputs(model: Any, names: list[str]) -> None:
+def _order_outputs(model: ModelProto, names: list[str]) -> None:
     """The graph's outputs in the source model's order."""
     by_name = {value.name: value for value in model.graph.output}
     ordered = [type(by_name[name])() for name in names]
@@ -97,7 +106,7 @@ def _order_outputs(model: Any, names: list[str]) -> None:
     model.graph.output.extend(ordered)
 
 
-def _rename_tensor(model: Any, old: str, new: str) -> None:
+def _rename_tensor(model: ModelProto, old: str, new: str) -> None:
     for value in (*model.graph.input, *model.graph.output):
         if value.name == old:
             value.name = new
@@ -106,7 +115,7 @@ def _rename_tensor(model: Any, old: str, new: str) -> None:
         node.output[:] = [new if n == old else n for n in node.output]
 
 
-def _rename_dim_param(model: Any, old: str, new: str) -> None:
+def _rename_dim_param(model: ModelProto, old: str, new: str) -> None:
     for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param == old:
@@ -127,7 +136,7 @@ _ERFC_OP = re.compile(r"^Tensorflow op \[[^\]]*: Erfc\] is not supported$")
 _ERFC_ONLY = re.compile(r"^Unsupported ops: Counter\(\{'Erfc': \d+\}\)$")
 
 
-def _erfc_as_erf(model: Any) -> None:
+def _erfc_as_erf(model: ModelProto) -> None:
     """tf2onnx writes TensorFlow's Erfc (Keras 3's exact gelu) as an ``Erfc`` node, which ONNX
     does not have: write each as 1 - Erf(x)."""
     from onnx import helper, numpy_helper

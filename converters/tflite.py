@@ -18,18 +18,22 @@ import io
 import math
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter, channel_snr_db
 from edgekit.converters.recurrent import saved_model_for_tflite
 from edgekit.converters.source import import_tensorflow, signature_function
-from edgekit.errors import ConversionError, DataError, InputError
-from edgekit.formats import PRECISIONS, Format, Precision
-from edgekit.samples import Samples
+from edgekit.core.errors import ConversionError, DataError, InputError
+from edgekit.core.formats import PRECISIONS, Format, Precision, SourceKind
+from edgekit.core.manifest import QuantizationScheme
+from edgekit.core.samples import Samples
+from edgekit.core.validation import updated
 
 if TYPE_CHECKING:
+    import tensorflow as tf
+
     from edgekit.converters.source import SourceModel
 
 
@@ -37,7 +41,8 @@ class TFLiteConverter(Converter):
     format: ClassVar[Format] = "tflite"
     precisions: ClassVar[tuple[Precision, ...]] = PRECISIONS
     calibrated_precisions: ClassVar[frozenset[Precision]] = frozenset({"int8"})
-    source_kinds: ClassVar[frozenset[str]] = frozenset({"keras", "h5", "saved_model", "tflite"})
+    source_kinds: ClassVar[frozenset[SourceKind]] = frozenset({"keras", "h5", "saved_model", "tflite"})
+    ready_made_kinds: ClassVar[frozenset[SourceKind]] = frozenset({"tflite"})
 
     def convert(
         self,
@@ -49,7 +54,7 @@ class TFLiteConverter(Converter):
     ) -> Artifact:
         if source.tflite_content is not None:  # a ready-made file ships as it is
             return Artifact(self.format, precision, source.tflite_content, 0.0,
-                            quantization=_SCHEMES.get(precision))  # fmt: skip
+                            quantization=_SCHEMES.get(precision))
         tf = import_tensorflow()
         converter = self._converter(source, precision, calibration, advance, dict(settings.input_shapes))
         samples = len(calibration) if precision == "int8" and calibration is not None else 0
@@ -85,7 +90,7 @@ class TFLiteConverter(Converter):
             seconds=time.perf_counter() - started,
             calibration_samples=samples,
             quantization=(
-                _SCHEMES["int8"] | {"io": "float32", "float_nodes": tuple(float_nodes)}
+                updated(_SCHEMES["int8"], io="float32", float_nodes=tuple(float_nodes))
                 if float_nodes
                 else _SCHEMES.get(precision)
             ),
@@ -98,12 +103,13 @@ class TFLiteConverter(Converter):
         calibration: Samples | None,
         advance: Advance,
         shapes: dict[str, tuple[int | None, ...]] | None = None,
-    ) -> Any:
+    ) -> tf.lite.TFLiteConverter:
         tf = import_tensorflow()
         shapes = shapes or {}
         if source.keras_model is not None or not shapes:
             converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_for_tflite(source, shapes)))
         else:  # a SavedModel source with dims left dynamic
+            assert source.loaded is not None
             function = signature_function(source.loaded.signatures["serving_default"], shapes)
             converter = tf.lite.TFLiteConverter.from_concrete_functions([function], source.loaded)
         if precision != "fp32":
@@ -207,10 +213,12 @@ def detect_precision(content: bytes) -> str:
     return "fp32"
 
 
-_SCHEMES: dict[str, dict[str, Any]] = {
-    "fp16": {"scheme": "tflite-float16-weights"},
-    "dynamic": {"scheme": "tflite-dynamic-range", "weights": "int8"},
-    "int8": {"scheme": "tflite-full-integer", "weights": "int8", "activations": "int8", "per_channel": True},
+_SCHEMES: dict[str, QuantizationScheme] = {
+    "fp16": QuantizationScheme(scheme="tflite-float16-weights"),
+    "dynamic": QuantizationScheme(scheme="tflite-dynamic-range", weights="int8"),
+    "int8": QuantizationScheme(
+        scheme="tflite-full-integer", weights="int8", activations="int8", per_channel=True
+    ),
 }
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.mosquitto import INSTALL_HINT, LocalBroker, find_mosquitto
+from edgekit.testing.mosquitto import INSTALL_HINT, LocalBroker, find_mosquitto
 
 QUICK_ENV = "EDGEKIT_EXAMPLES_QUICK"
 

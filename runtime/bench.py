@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.core.samples import Feed
 from edgekit.runtime.feeds import check_feed
 from edgekit.runtime.model import Model
-from edgekit.samples import Feed
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,14 @@ def sample_input(model: Model, batch: int = 1) -> Feed:
     for info in model.info.inputs:
         shape = tuple(batch if i == 0 and d is None else (d or 1) for i, d in enumerate(info.shape))
         dtype = np.dtype("float32" if info.quantized else info.dtype)
-        low, high = ranges.get(info.name, (None, None))
+        span = ranges.get(info.name)
         if dtype.kind == "f":
-            value = rng.normal(0, 1, shape) if low is None else rng.uniform(low, high, shape)
+            value = rng.normal(0, 1, shape) if span is None else rng.uniform(span[0], span[1], shape)
             feed[info.name] = value.astype(dtype)
         elif dtype.kind == "b":
             feed[info.name] = np.ones(shape, dtype)
         else:
-            bounds = (0, 0) if low is None else (int(np.ceil(low)), int(np.floor(high)))
+            bounds = (0, 0) if span is None else (int(np.ceil(span[0])), int(np.floor(span[1])))
             feed[info.name] = rng.integers(bounds[0], bounds[1] + 1, shape).astype(dtype)
     return feed
 

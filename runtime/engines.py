@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgekit.atomic import atomic_write
-from edgekit.errors import StoreError
+from edgekit.core.atomic import atomic_write
+from edgekit.core.errors import StoreError
 from edgekit.runtime.sealed import seal, unseal
 
 if TYPE_CHECKING:

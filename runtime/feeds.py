@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import DataError, ShapeError
+from edgekit.core.errors import DataError, ShapeError
+from edgekit.core.samples import Feed
 from edgekit.runtime.backends import TensorInfo
-from edgekit.samples import Feed
 
 _TAKES = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 

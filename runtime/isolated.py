@@ -17,13 +17,18 @@ import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.errors import InferenceError, RuntimeBackendError
+from edgekit.core.errors import InferenceError, RuntimeBackendError
+from edgekit.core.formats import ExecutionProvider
+from edgekit.core.samples import Feed
 from edgekit.runtime.backends.base import Backend, TensorInfo
-from edgekit.samples import Feed
+
+if TYPE_CHECKING:
+    from edgekit.runtime.engines import EngineCache
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class Recipe:
     format: str
     content: bytes
     threads: int
-    providers: tuple[str, ...] = ()
+    providers: tuple[ExecutionProvider, ...] = ()
     precision: str = "fp32"
 
 
@@ -119,7 +124,7 @@ class IsolatedBackend(Backend, register=False):  # type: ignore[call-arg]
         why = _death(self._child.exitcode, self._memory_mb)
         self._stop()
         raise RuntimeBackendError(f"the isolated model's process died during {doing} ({why}); "
-                                  "the next call starts a new one")  # fmt: skip
+                                  "the next call starts a new one")
 
     def _stop(self) -> None:
         if self._child is not None and self._child.is_alive():
@@ -149,7 +154,7 @@ def _serve(conn: Connection, recipe: Recipe, memory_mb: int) -> None:
         backend = build(recipe)
     except MemoryError:
         raise SystemExit(3) from None
-    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+    except Exception as exc:  # reported to the parent as one line
         conn.send_bytes(b"ER" + f"{type(exc).__name__}: {exc}".encode())
         return
     info = {
@@ -170,7 +175,7 @@ def _call(backend: Backend, request: bytes) -> bytes:
         outputs = backend.run(unpack(request))
     except MemoryError:
         raise SystemExit(3) from None
-    except Exception as exc:  # noqa: BLE001 - the engine's message, for the parent's InferenceError
+    except Exception as exc:  # the engine's message, for the parent's InferenceError
         return b"ER" + str(exc).encode()
     return b"OK" + pack(outputs, [str(index) for index in range(len(outputs))])
 
@@ -207,13 +212,9 @@ def unpack(data: bytes) -> dict[str, np.ndarray]:
     return arrays
 
 
-def build(recipe: Recipe, engines: Any = None, trt_cache_dir: Any = None) -> Backend:
+def build(recipe: Recipe, engines: EngineCache | None = None, trt_cache_dir: Path | None = None) -> Backend:
     """The backend for ``recipe``: what ``Model.load`` runs in process, and the child here."""
-    from edgekit.runtime.backends import ONNXBackend, backend_for
-    from edgekit.runtime.backends.onnx import ProviderSettings
+    from edgekit.runtime.backends import Placement, backend_for
 
-    if recipe.format == "onnx":
-        settings = ProviderSettings(precision=recipe.precision, trt_cache_dir=trt_cache_dir)
-        return ONNXBackend(recipe.content, recipe.threads, providers=recipe.providers, settings=settings,
-                           engines=engines)  # fmt: skip
-    return backend_for(recipe.format)(recipe.content, recipe.threads)
+    placement = Placement(recipe.providers, recipe.precision, engines, trt_cache_dir)
+    return backend_for(recipe.format).place(recipe.content, recipe.threads, placement)

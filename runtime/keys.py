@@ -18,9 +18,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
-from edgekit.errors import KeyProviderError
-from edgekit.paths import edgekit_home
-from edgekit.signing import read_secret, write_secret
+from edgekit.core.errors import KeyProviderError
+from edgekit.core.paths import edgekit_home
+from edgekit.core.signing import read_secret, write_secret
 
 DEVICE_KEY_BYTES = 32
 ENV_KEY = "EDGEKIT_DEVICE_KEY"
@@ -88,5 +88,5 @@ def _decode(data: bytes, where: str) -> bytes:
         key = b""
     if len(key) != DEVICE_KEY_BYTES:
         raise KeyProviderError(f"{where}: not a base64 {DEVICE_KEY_BYTES}-byte key; create one with: "
-                               "edgekit keys init --device")  # fmt: skip
+                               "edgekit keys init --device")
     return key

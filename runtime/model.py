@@ -7,28 +7,24 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit.bundle import read_bundle
-from edgekit.errors import EdgekitError, InputError, RuntimeBackendError
-from edgekit.manifest import ArtifactEntry, Manifest
-from edgekit.runtime.backends import Backend, TensorInfo, zeros_feed
-from edgekit.runtime.backends.onnx import import_onnxruntime
-from edgekit.runtime.backends.tflite import import_interpreter
+from edgekit.core.bundle import read_bundle
+from edgekit.core.errors import InputError, RuntimeBackendError
+from edgekit.core.formats import ExecutionProvider
+from edgekit.core.manifest import ArtifactEntry, Manifest
+from edgekit.core.signing import Trust
+from edgekit.core.text import TEXT_FEATURES, TEXT_INPUT, TextEncoder, TextInputs
+from edgekit.runtime.backends import Backend, TensorInfo, backend_for, zeros_feed
 from edgekit.runtime.feeds import check_feed
 from edgekit.runtime.isolated import IsolatedBackend, Isolation, Recipe, build
 from edgekit.runtime.stream import Stream
-from edgekit.signing import Trust
-from edgekit.text import TEXT_FEATURES, TEXT_INPUT, TextEncoder, TextInputs
 
 if TYPE_CHECKING:
     from edgekit.runtime.engines import EngineCache
     from edgekit.runtime.telemetry import Telemetry
-
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -73,7 +69,7 @@ class Model:
         *,
         threads: int | None = None,
         format: str | None = None,
-        providers: tuple[str, ...] | None = None,
+        providers: tuple[ExecutionProvider, ...] | None = None,
         trt_cache_dir: Path | None = None,
         warmup: bool = False,
         allow_unsigned: bool = False,
@@ -109,7 +105,7 @@ class Model:
         runtime = manifest.target.runtime
         threads = threads or min(runtime.threads, os.cpu_count() or 1)
         recipe = Recipe(entry.format, contents[entry.path], threads,
-                        providers or runtime.execution_providers, entry.precision)  # fmt: skip
+                        providers or runtime.execution_providers, entry.precision)
         if isolate:
             backend: Backend = IsolatedBackend(
                 recipe, isolate if isinstance(isolate, Isolation) else Isolation()
@@ -298,22 +294,13 @@ def choose_artifact(manifest: Manifest, fmt: str | None = None) -> ArtifactEntry
             "pip install 'edgekit[tflite]' or 'edgekit[onnx]'"
         )
     order: list[str] = list(manifest.target.runtime.formats)
-    if any(a.format == "onnx" for a in runnable) and _gpu_provider_available():
-        order = ["onnx", *order]
+    gpu = [a.format for a in runnable if backend_for(a.format).runs_on_gpu()]
+    order = [*gpu, *order]
     return min(runnable, key=lambda a: order.index(a.format) if a.format in order else len(order))
 
 
 def _engine_installed(fmt: str) -> bool:
-    try:
-        (import_onnxruntime if fmt == "onnx" else import_interpreter)()
-    except EdgekitError:
-        return False
-    return True
-
-
-def _gpu_provider_available() -> bool:
-    available: list[Any] = import_onnxruntime().get_available_providers()
-    return any(p in available for p in GPU_PROVIDERS)
+    return fmt in Backend.registry and backend_for(fmt).available()
 
 
 def reported_tensors(manifest: Manifest, backend: Backend) -> tuple[str, int]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import InputError, MissingDependencyError
-from edgekit.manifest import Manifest
+from edgekit.core.errors import InputError, MissingDependencyError
+from edgekit.core.manifest import Manifest
 from edgekit.runtime.backends import TensorInfo
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -28,7 +28,7 @@ def load_image(path: Path, manifest: Manifest, spec: TensorInfo) -> np.ndarray:
         raise MissingDependencyError("pillow", "image", "image input") from exc
     _, *dims = spec.shape
     height, width, channels = dims if layout == "NHWC" else (dims[1], dims[2], dims[0])
-    if None in (height, width) or channels not in (1, 3):
+    if height is None or width is None or channels not in (1, 3):
         raise InputError(f"{path}: the model input {spec.shape} is not a fixed-size gray or RGB image")
     try:
         with Image.open(path) as image:

@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edgekit.errors import StoreError
+from edgekit.core.errors import StoreError
 
 CHUNK_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 64 << 20

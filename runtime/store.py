@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edgekit.atomic import atomic_write, fsync_dir, write_file
-from edgekit.bundle import (
+from edgekit.core.atomic import atomic_write, fsync_dir, write_file
+from edgekit.core.bundle import (
     MANIFEST,
     MAX_SIGNATURE_BYTES,
     SIGNATURE,
@@ -39,13 +39,14 @@ from edgekit.bundle import (
     parse_manifest,
     read_bundle,
 )
-from edgekit.errors import EdgekitError, KeyProviderError, StoreError
-from edgekit.manifest import Manifest
-from edgekit.paths import edgekit_home
+from edgekit.core.errors import EdgekitError, KeyProviderError, StoreError
+from edgekit.core.manifest import Manifest
+from edgekit.core.paths import edgekit_home
+from edgekit.core.signing import Trust
+from edgekit.core.validation import updated
 from edgekit.runtime.keys import FileKeyProvider, KeyProvider, default_provider, fingerprint
 from edgekit.runtime.sealed import seal, unseal
 from edgekit.runtime.store_records import VersionState, read_state, state_bytes, unwrap_key, wrap_key
-from edgekit.signing import Trust
 
 if TYPE_CHECKING:
     from edgekit.runtime.engines import EngineCache
@@ -75,7 +76,7 @@ class Store:
     def install(
         self, bundle: Path, *, allow_unsigned: bool = False, allow_downgrade: bool = False,
         trust: Trust | None = None, max_bytes: int | None = None, data: bytes | None = None,
-    ) -> Installed:  # fmt: skip
+    ) -> Installed:
         """Verify ``bundle`` (signature, then every hash), then store it encrypted and active.
         With ``data`` the bundle comes from memory (an agent's download), named by ``bundle``.
 
@@ -95,7 +96,7 @@ class Store:
             final = self.root / name / str(version)
             if final.exists():
                 raise StoreError(f"{name} v{version} is already installed; activate it with: "
-                                 f"edgekit models activate {name} {version}")  # fmt: skip
+                                 f"edgekit models activate {name} {version}")
             highest = state.highest if state else 0
             if version < highest and not allow_downgrade:
                 raise StoreError(
@@ -115,7 +116,7 @@ class Store:
             state = self._read_state(name)
             if state is None or not (self.root / name / str(version)).is_dir():
                 raise StoreError(f"{name} v{version} is not installed; see: edgekit models list")
-            self._write_state(name, state.model_copy(update={"active": version}))
+            self._write_state(name, updated(state, active=version))
 
     def rollback(self, name: str) -> int:
         """Activate the newest installed version older than the active one."""
@@ -124,7 +125,7 @@ class Store:
             older = [v for v in self._versions(name) if v < (active or 0)]
             if state is None or not older:
                 raise StoreError(f"{name} has no installed version older than v{active}")
-            self._write_state(name, state.model_copy(update={"active": max(older)}))
+            self._write_state(name, updated(state, active=max(older)))
             return max(older)
 
     def remove(self, name: str, version: int) -> None:
@@ -170,7 +171,7 @@ class Store:
         for version in self._versions(name):
             signer, bad_signature = self._signer(name, version)
             found.append(Installed(name, version, state is not None and state.active == version,
-                                   signer, problem or bad_signature))  # fmt: skip
+                                   signer, problem or bad_signature))
         return found
 
     def _signer(self, name: str, version: int) -> tuple[str | None, str | None]:

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekit.errors import StoreError
+from edgekit.core.errors import StoreError
 from edgekit.runtime.keys import fingerprint
 
 KeyFor = Callable[[str, str], bytes]

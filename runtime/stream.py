@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit.errors import RuntimeBackendError, ShapeError
+from edgekit.core.errors import RuntimeBackendError, ShapeError
 
 if TYPE_CHECKING:
     from edgekit.runtime.model import Model

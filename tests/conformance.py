@@ -104,7 +104,7 @@ def _two_inputs(folder: Path) -> Any:
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, activation="relu")(image))
     x = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()([x, meta]))
     model = keras.Model([image, meta], [keras.layers.Dense(3, name="scores")(x), keras.layers.Dense(4, name="box")(x)],
-                        name="fusion")  # fmt: skip
+                        name="fusion")
     rng = np.random.default_rng(2)
     data = {"image": rng.uniform(0, 1, (SAMPLES, 16, 16, 3)).astype(np.float32),
             "meta": rng.normal(0, 1, (SAMPLES, 5)).astype(np.float32)}  # fmt: skip
@@ -184,8 +184,8 @@ def made(row: Row) -> tuple[Path, dict[str, np.ndarray], Any]:
 
 def run_cell(row: Row, fmt: str, precision: str, folder: Path) -> Cell:
     from edgekit.convert import ConvertOptions, convert
-    from edgekit.errors import AccuracyBudgetError, ConversionError, EdgekitError, RuntimeBackendError
-    from edgekit.profiles import load_profile
+    from edgekit.core.errors import AccuracyBudgetError, ConversionError, EdgekitError, RuntimeBackendError
+    from edgekit.core.profiles import load_profile
     from edgekit.runtime import Model
 
     path, data, predict = made(row)
@@ -195,7 +195,7 @@ def run_cell(row: Row, fmt: str, precision: str, folder: Path) -> Cell:
             model=path, profile=load_profile("x86-gateway"), output=folder / "m.ekb", format=fmt,
             precision=precision, calibration=folder / "data.npz", evaluation=folder / "data.npz",
             force=True, eval_output=row.eval_output,
-        ))  # fmt: skip
+        ))
     except EdgekitError as exc:  # a refusal of the model, not of the test's own inputs
         message = str(exc)
         typed = isinstance(exc, (AccuracyBudgetError, ConversionError, RuntimeBackendError))

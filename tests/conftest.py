@@ -17,9 +17,9 @@ except ImportError:  # tests/legacy runs in a slim virtualenv: the legacy runtim
     settings = None
 
 from edgekit.convert import ConvertOptions, convert
-from edgekit.profiles import load_profile
+from edgekit.core.profiles import load_profile
+from edgekit.core.signing import Trust
 from edgekit.runtime.keys import create_device_key
-from edgekit.signing import Trust
 
 if TYPE_CHECKING:
     from edgekit.convert import ConvertResult
@@ -69,7 +69,7 @@ digits = _load_example_module("quickstart_digits", ROOT / "examples" / "quicksta
 @pytest.fixture(scope="session", autouse=True)
 def publisher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A temporary EDGEKIT_HOME whose trust store accepts one publisher key; its private key."""
-    from edgekit.signing import Trust, create_publisher_key
+    from edgekit.core.signing import Trust, create_publisher_key
 
     home = tmp_path_factory.mktemp("edgekit-home")
     os.environ["EDGEKIT_HOME"] = str(home)
@@ -154,7 +154,7 @@ def converted(
                 model=digits_files["model"], profile=load_profile(profile), output=out, format="tflite",
                 precision=precision, calibration=digits_files["calibration"],
                 evaluation=digits_files["evaluation"], name="digits", version=2, sign_key=publisher,
-            )  # fmt: skip
+            )
             cache[precision, profile] = convert(options)
         return cache[precision, profile]
 
@@ -175,7 +175,7 @@ def onnx_converted(
                 model=digits_files["model"], profile=load_profile(profile), output=out, format="onnx",
                 precision=precision, calibration=digits_files["calibration"],
                 evaluation=digits_files["evaluation"], calibration_method=method, sign_key=publisher,
-            ))  # fmt: skip
+            ))
         return cache[key]
 
     return get

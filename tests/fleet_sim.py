@@ -16,9 +16,8 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric import x25519
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgekit.manifest import ReferenceStats
-from edgekit.runtime.telemetry.privacy import seal_sample
-from edgekit.runtime.telemetry.schema import (
+from edgekit.core.manifest import ReferenceStats
+from edgekit.core.telemetry import (
     CONFIDENCE_EDGES,
     LATENCY_EDGES_MS,
     SCHEMA_VERSION,
@@ -29,6 +28,7 @@ from edgekit.runtime.telemetry.schema import (
     SampleHeader,
     topic,
 )
+from edgekit.runtime.telemetry.privacy import seal_sample
 from edgekit.runtime.telemetry.stats import bin_counts, plan_for, psi
 
 
@@ -79,7 +79,7 @@ class SimDevice:
             confidence=tuple(int(c) for c in confidence), feature_bins=bins, inputs=None,
             drift=drift, samples=0, dropped=0,
             privacy=Privacy(k=5, suppressed_buckets=0),
-        )  # fmt: skip
+        )
         return report.model_dump_json().encode()
 
     def _measured(
@@ -93,7 +93,7 @@ class SimDevice:
         )
         output_psi = psi(np.asarray(self.reference.classes), classes) if self.reference.classes else 0.0
         drift = Drift(input_psi=round(input_psi, 4), output_psi=round(output_psi, 4),
-                      score=round(max(input_psi, output_psi), 4))  # fmt: skip
+                      score=round(max(input_psi, output_psi), 4))
         return drift, tuple(tuple(int(c) for c in row) for row in counts)
 
     def sample(
@@ -102,7 +102,7 @@ class SimDevice:
         self.seq += 1
         header = SampleHeader(v=SCHEMA_VERSION, kind="sample", node=self.node, epoch=self.epoch, seq=self.seq,
                               model=ModelRef(name="digits", version=self.version, format="onnx", precision="int8"),
-                              count=len(x))  # fmt: skip
+                              count=len(x))
         arrays = {
             "x": x.astype(np.float32),
             "pred": pred.astype(np.int64),

@@ -20,14 +20,14 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    import edgekit.archive  # noqa: F401 - instrumented: the zip checks
-    from edgekit.bundle import parse_manifest, read_bundle
-    from edgekit.errors import EdgekitError
+    import edgekit.core.archive  # noqa: F401 - instrumented: the zip checks
+    from edgekit.core.bundle import parse_manifest, read_bundle
+    from edgekit.core.errors import EdgekitError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_bundle import CONTENT, _manifest  # noqa: E402
 
-from edgekit.bundle import write_bundle  # noqa: E402
+from edgekit.core.bundle import write_bundle  # noqa: E402
 
 FOLDER = Path(tempfile.mkdtemp(prefix="edgekit-atheris-"))
 atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from test_bundle import _manifest
 
-from edgekit.bundle import sha256
-from edgekit.manifest import Manifest
+from edgekit.core.bundle import sha256
+from edgekit.core.manifest import Manifest
+from edgekit.core.validation import updated
 
 ZEROS = bytes(1 << 20)
 
@@ -53,11 +54,11 @@ def _declare(path: Path, name: str, size: int) -> None:
 
 def unsigned_manifest(content: bytes, profile: str = "raspberry-pi-5", size: int | None = None) -> Manifest:
     """The test manifest for one artifact ``content`` (its size as given, or true)."""
-    from edgekit.profiles import load_profile
+    from edgekit.core.profiles import load_profile
 
     manifest = _manifest(content)
     size = len(content) if size is None else size
-    entry = manifest.artifacts[0].model_copy(update={"size": size, "sha256": sha256(content)})
+    entry = updated(manifest.artifacts[0], size=size, sha256=sha256(content))
     return manifest.model_copy(
         update={"artifacts": (entry,), "profile": load_profile(profile).model_dump(mode="json")}
     )
@@ -66,7 +67,7 @@ def unsigned_manifest(content: bytes, profile: str = "raspberry-pi-5", size: int
 _PEAK = """
 import json, sys
 from pathlib import Path
-from edgekit.errors import EdgekitError
+from edgekit.core.errors import EdgekitError
 from edgekit.runtime import Model
 from edgekit.runtime.store import Store
 

@@ -103,7 +103,7 @@ def custom_op_model() -> onnx.ModelProto:
 def save(model: onnx.ModelProto, path: Path, external: bool = False) -> Path:
     if external:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.stem + ".weights", size_threshold=0)  # fmt: skip
+                        location=path.stem + ".weights", size_threshold=0)
     else:
         onnx.save_model(model, str(path))
     return path

@@ -51,7 +51,7 @@ def classifier(seed: int, faulty: bool = False):  # type: ignore[no-untyped-def]
     graph = helper.make_graph(
         nodes, "meter", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 3])], initializers,
-    )  # fmt: skip
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -60,7 +60,7 @@ def make_bundles(folder: Path, publisher: Path, versions: dict[int, bool]) -> di
     import onnx
 
     from edgekit.convert import ConvertOptions, convert
-    from edgekit.profiles import load_profile
+    from edgekit.core.profiles import load_profile
 
     out = {}
     for version, faulty in versions.items():
@@ -69,15 +69,15 @@ def make_bundles(folder: Path, publisher: Path, versions: dict[int, bool]) -> di
         out[version] = convert(ConvertOptions(
             model=source, profile=load_profile("x86-gateway"), output=folder / f"meter-v{version}.ekb",
             format="onnx", precision="fp32", name="meter", version=version, sign_key=publisher,
-        )).output  # fmt: skip
+        )).output
     return out
 
 
 def make_device(home: Path, publisher: Path, fleet_keys: Path, fleet: str, first: Path | None) -> Path:
     """A device's EDGEKIT_HOME: device key, trusted publisher, fleet keys, ``first`` installed."""
+    from edgekit.core.signing import Trust
     from edgekit.runtime.keys import FileKeyProvider, create_device_key
     from edgekit.runtime.store import Store
-    from edgekit.signing import Trust
 
     home.mkdir(parents=True)
     create_device_key(home / "device.key")
@@ -105,9 +105,9 @@ class Device:
             command += ["--group", self.group]
         if not workload:
             command.append("--no-workload")
-        log = open(self.home / "device.log", "ab")  # noqa: SIM115 (the process owns it)
+        log = open(self.home / "device.log", "ab")  # the process owns it
         self.process = subprocess.Popen(command, env={**os.environ, "EDGEKIT_HOME": str(self.home)},
-                                        stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                                        stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def kill(self) -> None:
@@ -183,7 +183,7 @@ def main() -> None:
     halt = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: halt.set())
     agent = Agent(AgentConfig(Broker.parse(args.broker), args.fleet, args.group, args.device_id,
-                              retry_s=(0.5, 1.0, 2.0))).start()  # fmt: skip
+                              retry_s=(0.5, 1.0, 2.0))).start()
     worker = None
     if not args.no_workload:
         worker = threading.Thread(

@@ -153,7 +153,7 @@ def make_pki(folder: Path) -> dict[str, Path]:
         files[f"{name}.pem"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         files[f"{name}.key"] = folder / f"{name}.key"
         files[f"{name}.key"].write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         return subject, key
 
     ca = issue("ca", None, [(x509.BasicConstraints(ca=True, path_length=0), True)])

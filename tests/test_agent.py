@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from rollout_helpers import make_bundles, until
 
-from edgekit.mosquitto import LocalBroker, find_mosquitto
+from edgekit.core.validation import updated
+from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
 
 pytestmark = pytest.mark.skipif(
     find_mosquitto() is None, reason="needs Mosquitto (apt-get install mosquitto)"
@@ -27,7 +28,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, publisher: Path) -> dict[i
 @pytest.fixture
 def device(home: Path, bundles: dict[int, Path], tmp_path: Path):  # type: ignore[no-untyped-def]
     from edgekit.fleet import init_fleet
-    from edgekit.fleet.rollout import connect
+    from edgekit.rollout.fleet import connect
     from edgekit.runtime.agent import Agent, AgentConfig
     from edgekit.runtime.store import Store
     from edgekit.runtime.telemetry.broker import Broker
@@ -43,22 +44,22 @@ def device(home: Path, bundles: dict[int, Path], tmp_path: Path):  # type: ignor
 
 
 def _document(bundle: Path, serial: int, url: str | None = None, **changes: Any):  # type: ignore[no-untyped-def]
-    from edgekit.runtime.agent.document import BundleRef, Deployment, Source
+    from edgekit.core.deployment import BundleRef, Deployment, Source
 
     data = bundle.read_bytes()
     source = (
         Source(kind="http", url=url) if url else Source(kind="mqtt", topic="edgekit/x/bundles/y", chunk=4096)
     )
     model = BundleRef(name="meter", version=2, sha256=hashlib.sha256(data).hexdigest(), size=len(data),
-                      sources=(source,))  # fmt: skip
+                      sources=(source,))
     fields = {"fleet": FLEET, "group": "line-3", "rollout": f"r{serial}", "serial": serial, "issued": 0.0,
               "phase": "promoted", "previous": 1, "model": model, **changes}  # fmt: skip
     return Deployment(**fields)
 
 
 def _send(device: dict[str, Any], document: Any, key: Path) -> None:
-    from edgekit.fleet.rollout import publish_document
-    from edgekit.signing import load_signing_key
+    from edgekit.core.signing import load_signing_key
+    from edgekit.rollout.fleet import publish_document
 
     publish_document(device["operator"], document, load_signing_key(key))
 
@@ -81,14 +82,14 @@ def _failed_with(device: dict[str, Any], serial: int, words: str) -> None:
 def test_a_document_installs_over_mqtt_chunks_and_a_replay_is_refused(
     device: dict[str, Any], bundles: dict[int, Path], publisher: Path
 ) -> None:
-    from edgekit.fleet.rollout import publish_chunks
+    from edgekit.rollout.fleet import publish_chunks
 
     data = bundles[2].read_bytes()
     topic = publish_chunks(device["operator"], FLEET, data, hashlib.sha256(data).hexdigest(), chunk=4096)
     document = _document(bundles[2], 10)
-    source = document.model.sources[0].model_copy(update={"topic": topic})
-    _send(device, document.model_copy(update={"model": document.model.model_copy(update={"sources": (source,)})}),
-          publisher)  # fmt: skip
+    source = updated(document.model.sources[0], topic=topic)
+    _send(device, updated(document, model=updated(document.model, sources=(source,))),
+          publisher)
     agent = device["agent"]
     until(lambda: agent.status.phase == "active" and agent.status.running == 2, "v2 from MQTT chunks")
     assert _active() == 2
@@ -101,7 +102,7 @@ def test_a_document_installs_over_mqtt_chunks_and_a_replay_is_refused(
 def test_a_document_signed_by_an_unknown_key_is_refused(
     device: dict[str, Any], bundles: dict[int, Path], tmp_path: Path
 ) -> None:
-    from edgekit.signing import create_publisher_key
+    from edgekit.core.signing import create_publisher_key
 
     stranger = tmp_path / "stranger.key"
     create_publisher_key(stranger)
@@ -115,9 +116,9 @@ def test_a_document_signed_by_an_unknown_key_is_refused(
 def test_a_document_for_another_fleet_on_this_topic_is_refused(
     device: dict[str, Any], bundles: dict[int, Path], publisher: Path
 ) -> None:
-    from edgekit.fleet.rollout import publish
-    from edgekit.runtime.agent.document import rollout_topic, seal_document
-    from edgekit.signing import load_signing_key, signature_entry
+    from edgekit.core.deployment import rollout_topic, seal_document
+    from edgekit.core.signing import load_signing_key, signature_entry
+    from edgekit.rollout.fleet import publish
 
     other = _document(bundles[2], 30, fleet="other-fleet")
     payload = seal_document(other, signature_entry(other.canonical_bytes(), load_signing_key(publisher)))
@@ -133,7 +134,7 @@ def test_a_document_for_another_fleet_on_this_topic_is_refused(
 def test_tampered_oversized_and_too_large_for_the_disk_are_refused_and_v1_keeps_running(
     device: dict[str, Any], bundles: dict[int, Path], publisher: Path, tmp_path: Path
 ) -> None:
-    from edgekit.fleet.bundle_server import BundleServer
+    from edgekit.rollout.bundle_server import BundleServer
 
     tampered = tmp_path / "tampered.ekb"
     shutil.copy(bundles[2], tampered)
@@ -147,12 +148,12 @@ def test_tampered_oversized_and_too_large_for_the_disk_are_refused_and_v1_keeps_
         _failed_with(device, 40, "sha256")
         short = _document(bundles[2], 41, url=real.url())
         short = short.model_copy(
-            update={"model": short.model.model_copy(update={"size": short.model.size - 100})}
+            update={"model": updated(short.model, size=short.model.size - 100)}
         )
         _send(device, short, publisher)
         _failed_with(device, 41, "more than")
         huge = _document(bundles[2], 42, url=real.url())
-        huge = huge.model_copy(update={"model": huge.model.model_copy(update={"size": 1 << 40})})
+        huge = updated(huge, model=updated(huge.model, size=1 << 40))
         _send(device, huge, publisher)
         _failed_with(device, 42, "not enough disk space")
     finally:
@@ -163,7 +164,7 @@ def test_tampered_oversized_and_too_large_for_the_disk_are_refused_and_v1_keeps_
 def test_the_agent_status_is_retained_on_the_broker_with_the_reason(
     device: dict[str, Any], bundles: dict[int, Path], publisher: Path
 ) -> None:
-    from edgekit.fleet.rollout import FleetState, snapshot
+    from edgekit.rollout.fleet import FleetState, snapshot
 
     _send(device, _document(bundles[2], 50, url="http://127.0.0.1:9/nothing.ekb"), publisher)
     agent = device["agent"]
@@ -190,10 +191,10 @@ def test_the_agent_status_is_retained_on_the_broker_with_the_reason(
 def test_promote_re_signs_only_a_document_signed_by_its_own_key(
     device: dict[str, Any], bundles: dict[int, Path], publisher: Path, tmp_path: Path
 ) -> None:
-    from edgekit.errors import SignatureError
-    from edgekit.fleet.deploy import override
+    from edgekit.core.errors import SignatureError
+    from edgekit.core.signing import create_publisher_key
+    from edgekit.rollout.deploy import override
     from edgekit.runtime.telemetry.broker import Broker
-    from edgekit.signing import create_publisher_key
 
     stranger = tmp_path / "stranger.key"
     create_publisher_key(stranger)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.bundle import read_bundle, sha256, write_bundle
-from edgekit.errors import BundleError
-from edgekit.manifest import ArtifactEntry, Manifest, Metrics, Preprocessing, Source, Tensor
-from edgekit.profiles import load_profile
+from edgekit.core.bundle import read_bundle, sha256, write_bundle
+from edgekit.core.errors import BundleError
+from edgekit.core.manifest import ArtifactEntry, Manifest, Metrics, Preprocessing, Source, Tensor
+from edgekit.core.profiles import load_profile
 
 CONTENT = b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 8
 
@@ -19,18 +19,18 @@ def _manifest(content: bytes = CONTENT, path: str = "model.int8.tflite") -> Mani
         size_bytes=len(content), float_parameter_bytes=4 * len(content), size_ratio=0.25,
         peak_memory_bytes=1 << 20, host_latency_ms=0.1, conversion_seconds=0.5,
         calibration_samples=100, within_budget=True,
-    )  # fmt: skip
+    )
     tensor = Tensor(name="x", shape=(None, 8, 8, 1), dtype="float32")
     entry = ArtifactEntry(
         path=path, format="tflite", precision="int8", sha256=sha256(content), size=len(content),
         inputs=(tensor,), outputs=(tensor,), metrics=metrics,
-    )  # fmt: skip
+    )
     return Manifest(
         format_version=1, name="digits", version=3, created="2026-01-01T00:00:00+00:00",
         source=Source(file="m.keras", kind="keras", sha256="0" * 64, size_bytes=10),
         profile=load_profile("raspberry-pi-5").model_dump(mode="json"), artifacts=(entry,),
         preprocessing=Preprocessing(layout="NHWC", input_range=(0.0, 1.0)), tools={"edgekit": "0"},
-    )  # fmt: skip
+    )
 
 
 def _rewrite(

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import edgekit
 from edgekit.cli import main
-from edgekit.profiles import shipped_profile_ids
+from edgekit.core.profiles import shipped_profile_ids
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -12,7 +12,7 @@ from conftest import digits
 from helpers import run_one
 
 from edgekit import compress
-from edgekit.compress import PruningError, nonzero_parameters, parameter_count
+from edgekit.compress.pruning import PruningError, nonzero_parameters, parameter_count
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +172,9 @@ def test_tflite_debugger_finds_the_int8_sensitive_layer_and_float_restores_accur
     from edgekit.converters.base import ConversionSettings
     from edgekit.converters.source import load_source
     from edgekit.converters.tflite import TFLiteConverter
-    from edgekit.profiles import load_profile
+    from edgekit.core.profiles import load_profile
+    from edgekit.core.samples import Samples
     from edgekit.runtime.backends import TFLiteBackend
-    from edgekit.samples import Samples
 
     path = tmp_path / "sensitive.keras"
     calibration = np.load(digits_files["calibration"])["x"]
@@ -194,7 +194,7 @@ def test_tflite_debugger_finds_the_int8_sensitive_layer_and_float_restores_accur
             model=path, profile=load_profile("raspberry-pi-5"), format="tflite", precision="int8",
             calibration=digits_files["calibration"], evaluation=digits_files["evaluation"],
             output=tmp_path / "out.ekb", **options,
-        ))  # fmt: skip
+        ))
 
     mixed = run().manifest.artifacts[0]  # the accuracy fallback keeps the first group in float
     assert mixed.metrics.accuracy is not None and mixed.metrics.accuracy.drop <= 1.0
@@ -213,8 +213,8 @@ def test_convert_prune_makes_a_smaller_bundle_and_records_it(
 ) -> None:
     from click.testing import CliRunner
 
-    from edgekit.bundle import read_manifest
     from edgekit.cli import main
+    from edgekit.core.bundle import read_manifest
 
     np.savez(tmp_path / "train.npz", x=data["x_train"], y=data["y_train"])
     out = tmp_path / "small.ekb"
@@ -249,8 +249,8 @@ def test_fit_picks_what_fits_a_tight_profile_and_refuses_when_nothing_does(
 
     from click.testing import CliRunner
 
-    from edgekit.bundle import read_manifest
     from edgekit.cli import main
+    from edgekit.core.bundle import read_manifest
 
     np.savez(tmp_path / "train.npz", x=data["x_train"], y=data["y_train"])
     tight = write_profile(model_storage_mb=0.05)  # 51 KB: the unpruned int8 file is about 80 KB

@@ -13,11 +13,11 @@ from ai_edge_litert.interpreter import Interpreter
 from click.testing import CliRunner
 from helpers import run_one
 
-from edgekit.bundle import read_bundle
 from edgekit.cli import main
 from edgekit.convert import ConvertOptions, ConvertResult, convert
 from edgekit.converters import Converter
-from edgekit.profiles import load_profile
+from edgekit.core.bundle import read_bundle
+from edgekit.core.profiles import load_profile, shipped_profile_ids
 from edgekit.runtime.backends import TFLiteBackend
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
@@ -127,12 +127,12 @@ def _error_line(stderr: str) -> str:
 def test_auto_takes_the_profiles_order(digits_files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "auto.ekb"
     code, stdout, _ = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-4",
-                           "--eval", str(digits_files["evaluation"]), "-o", str(out), "--json")  # fmt: skip
+                           "--eval", str(digits_files["evaluation"]), "-o", str(out), "--json")
     assert code == 0
     report = json.loads(stdout)
     assert [t["precision"] for t in report["tried"]] == ["fp16"]  # int8 needs calibration
     code, stdout, _ = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-4",
-                           "-c", str(digits_files["calibration"]), "-o", str(out), "--json")  # fmt: skip
+                           "-c", str(digits_files["calibration"]), "-o", str(out), "--json")
     report = json.loads(stdout)
     assert report["manifest"]["artifacts"][0]["precision"] == "int8"
     assert any("accuracy of the converted model is not checked" in w for w in report["warnings"])
@@ -154,7 +154,7 @@ def test_auto_falls_back_when_int8_fails_the_gate(
     out = tmp_path / "auto.ekb"
     code, stdout, _ = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-4", "-c",
                            str(bad_calibration), "--eval", str(digits_files["evaluation"]),
-                           "-o", str(out), "--json")  # fmt: skip
+                           "-o", str(out), "--json")
     assert code == 0
     tried = json.loads(stdout)["tried"]
     assert [t["precision"] for t in tried] == ["int8", "fp16"]
@@ -219,12 +219,12 @@ def test_blown_budget_fails_unless_allowed(
 def test_h5_and_saved_model_inputs_convert_to_the_same_function(
     converted: Convert, digits_h5: Path, digits_saved_model: Path, tmp_path: Path,
     digits_eval: tuple[np.ndarray, np.ndarray],
-) -> None:  # fmt: skip
+) -> None:
     x, _ = digits_eval
     reference = run_one(TFLiteBackend(_artifact(converted("fp32"))), x)
     for source in (digits_h5, digits_saved_model):
         result = convert(ConvertOptions(model=source, profile=load_profile("generic-arm64"),
-                                        output=tmp_path / f"{source.name}.ekb", precision="fp32"))  # fmt: skip
+                                        output=tmp_path / f"{source.name}.ekb", precision="fp32"))
         assert result.manifest.source.kind == ("h5" if source == digits_h5 else "saved_model")
         np.testing.assert_allclose(run_one(TFLiteBackend(_artifact(result)), x), reference, atol=1e-5)
 
@@ -279,7 +279,7 @@ def test_labels_are_stored(digits_files: dict[str, Path], tmp_path: Path) -> Non
     labels.write_text("\n".join(f"digit {i}" for i in range(10)))
     out = tmp_path / "m.ekb"
     code, _, stderr = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-5", "-p", "dynamic",
-                           "--labels", str(labels), "-o", str(out))  # fmt: skip
+                           "--labels", str(labels), "-o", str(out))
     assert code == 0, stderr
     assert read_bundle(out)[0].labels == tuple(f"digit {i}" for i in range(10))
     inspected = CliRunner().invoke(main, ["inspect", str(out)], env={"COLUMNS": "200"})
@@ -289,10 +289,10 @@ def test_labels_are_stored(digits_files: dict[str, Path], tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("profile", sorted(__import__("edgekit.profiles").profiles.shipped_profile_ids()))
+@pytest.mark.parametrize("profile", sorted(shipped_profile_ids()))
 def test_every_shipped_profile_converts(digits_files: dict[str, Path], tmp_path: Path, profile: str) -> None:
     result = convert(ConvertOptions(model=digits_files["model"], profile=load_profile(profile),
-                                    output=tmp_path / "m.ekb", calibration=digits_files["calibration"]))  # fmt: skip
+                                    output=tmp_path / "m.ekb", calibration=digits_files["calibration"]))
     entry = result.manifest.artifacts[0]
     runtime = load_profile(profile).runtime
     assert entry.format == runtime.formats[0]

@@ -22,11 +22,11 @@ import pytest
 from click.testing import CliRunner
 from fleet_sim import Publisher, SimDevice, digits
 
-from edgekit.bundle import read_manifest
 from edgekit.cli import main
+from edgekit.core.bundle import read_manifest
 from edgekit.fleet import init_fleet, load_collector_key, open_engine
 from edgekit.fleet.database import record_event
-from edgekit.mosquitto import LocalBroker, find_mosquitto, free_port
+from edgekit.testing.mosquitto import LocalBroker, find_mosquitto, free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "artifacts" / "dashboard"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -75,7 +75,7 @@ class Site:
         self.collector = subprocess.Popen(
             [sys.executable, "-m", "edgekit", "fleet", "collect", "--broker", self.broker.url, "--fleet", "f7",
              "--db", self.db, "--group", "none", "--json"], env=env, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        )
         self.processes.append(self.collector)
         time.sleep(2)
         self.publisher = Publisher(self.broker.port, "f7")
@@ -108,7 +108,7 @@ class Site:
                        "reason": "every rule holds", "time": decided,
                        "numbers": {"canary": {"error_rate": 0.0, "p95_ms": 5.0, "drift": 0.02},
                                    "control": {"error_rate": 0.01, "p95_ms": 10.0, "drift": 0.3},
-                                   "limits": {"max_error_rate": 0.01, "max_p95_ms": 10.0, "max_drift": 0.25}}}):  # fmt: skip
+                                   "limits": {"max_error_rate": 0.01, "max_p95_ms": 10.0, "max_drift": 0.25}}}):
             record_event(self.db, "f7", event)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -118,7 +118,7 @@ class Site:
         process = subprocess.Popen(
             [sys.executable, "-m", "edgekit", "fleet", "dashboard", "--db", self.db, "--port", str(self.port),
              "--json", *extra], env={**os.environ, "EDGEKIT_HOME": str(self.home)}, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        )
         self.processes.append(process)
         started = json.loads(process.stdout.readline())  # type: ignore[union-attr]
         assert started["fleet"] == "f7" and started["url"] == self.url + "/"
@@ -241,7 +241,7 @@ def test_a_sample_labelled_in_the_page_reaches_the_export(site: Site, browser: A
     tab.wait_for_selector("figure.sample.labelled")
     assert card.locator("button").inner_text() == "Saved"
     result = CliRunner().invoke(main, ["fleet", "export", "--db", site.db, "--fleet", "f7", "--out", str(tmp_path),
-                                       "--fleet-dir", str(site.fleet_dir), "--labelled"])  # fmt: skip
+                                       "--fleet-dir", str(site.fleet_dir), "--labelled"])
     assert result.exit_code == 0, result.output
     with np.load(tmp_path / "samples.npz") as exported:
         assert exported["y"].tolist() == [7] and exported["node"].tolist() == [node]
@@ -256,7 +256,7 @@ def test_a_sample_labelled_in_the_page_reaches_the_export(site: Site, browser: A
 
 def test_a_token_guards_every_page_off_loopback(site: Site, tmp_path: Path) -> None:
     refused = subprocess.run([sys.executable, "-m", "edgekit", "fleet", "dashboard", "--db", site.db, "--host",
-                              "0.0.0.0"], capture_output=True, text=True, env={**os.environ, "EDGEKIT_HOME": str(site.home)})  # fmt: skip
+                              "0.0.0.0"], capture_output=True, text=True, env={**os.environ, "EDGEKIT_HOME": str(site.home)})
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert "give --token-file FILE" in refused.stderr
     token = tmp_path / "ops.token"

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekit.convert.data import check_dataset, load_dataset
 from edgekit.converters.source import TensorSpec
-from edgekit.data import check_dataset, load_dataset
-from edgekit.errors import DataError, ShapeError
+from edgekit.core.errors import DataError, ShapeError
 
 SPEC = TensorSpec("image", (None, 8, 8, 1), "float32")
 
@@ -94,7 +94,7 @@ def test_labels_are_checked(tmp_path: Path) -> None:
 def test_feature_ranges_far_apart_are_warned_about_before_int8() -> None:
     from sklearn.datasets import load_breast_cancer, load_digits
 
-    from edgekit.data import feature_spread_warning
+    from edgekit.convert.data import feature_spread_warning
 
     tabular = load_breast_cancer().data.astype(np.float32)  # 0.0005 to 4,000, as raw sensors are
     warning = feature_spread_warning(tabular, "calibration data c.npz")

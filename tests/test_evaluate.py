@@ -16,10 +16,10 @@ from click.testing import CliRunner
 
 from edgekit.cli import main
 from edgekit.convert import ConvertOptions, convert
-from edgekit.errors import DataError
+from edgekit.core.errors import DataError
+from edgekit.core.profiles import load_profile
 from edgekit.evaluate import EvaluateOptions, evaluate
 from edgekit.evaluate.scores import calibration, probabilities
-from edgekit.profiles import load_profile
 from edgekit.runtime import Model
 
 
@@ -115,7 +115,7 @@ def tabular(tmp_path_factory: pytest.TempPathFactory, publisher: Path) -> dict[s
     x, y = x[order], y[order]
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((13,)), keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(3, activation="softmax")])  # fmt: skip
+                              keras.layers.Dense(3, activation="softmax")])
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x[:120], y[:120], epochs=60, verbose=0)
     model.save(folder / "wine.keras")
@@ -125,7 +125,7 @@ def tabular(tmp_path_factory: pytest.TempPathFactory, publisher: Path) -> dict[s
         model=folder / "wine.keras", profile=load_profile("raspberry-pi-5"), output=folder / "wine.ekb",
         format="tflite", precision="int8", calibration=folder / "calib.npz", evaluation=folder / "eval.npz",
         sign_key=publisher, force=True,
-    )).output  # fmt: skip
+    )).output
     return {"model": folder / "wine.keras", "bundle": bundle, "eval": folder / "eval.npz"}
 
 
@@ -152,14 +152,14 @@ def test_an_onnx_only_source_is_stressed_model_agnostically(tmp_path: Path, publ
     with Model.load(convert(ConvertOptions(
         model=source, profile=load_profile("x86-gateway"), output=tmp_path / "float.ekb", format="onnx",
         precision="fp32", sign_key=publisher,
-    )).output) as reference:  # fmt: skip
+    )).output) as reference:
         y = np.asarray(reference.predict(x)).argmax(axis=1)  # labels: what the float model says
     np.savez(tmp_path / "eval.npz", x=x, y=y)
     np.savez(tmp_path / "calib.npz", x=x[:64])
     bundle = convert(ConvertOptions(
         model=source, profile=load_profile("x86-gateway"), output=tmp_path / "int8.ekb", format="onnx",
         precision="int8", calibration=tmp_path / "calib.npz", sign_key=publisher, max_accuracy_drop=100.0,
-    )).output  # fmt: skip
+    )).output
     result = evaluate(EvaluateOptions(bundle, source, tmp_path / "eval.npz", report=tmp_path / "r.html"))
     assert result.float_model.report.accuracy == 1.0 and result.float_model.robustness.adversarial is None
     assert result.attack.startswith("none: the source is not a Keras model") and result.epsilons == []
@@ -180,7 +180,7 @@ def test_the_cli_writes_json_and_a_report_that_renders_in_chromium(
     run = CliRunner().invoke(main, [
         "evaluate", str(converted("int8").output), "--source", str(digits_files["model"]),
         "--eval", str(digits_files["evaluation"]), "--quick", "--report", str(report), "--json",
-    ])  # fmt: skip
+    ])
     assert run.exit_code == 0, run.output
     numbers = json.loads(run.stdout)
     assert numbers["samples"] == 200 and numbers["artifacts"][0]["evaluation"]["name"] == "tflite int8"
@@ -246,14 +246,14 @@ def test_the_robustness_gate_refuses_a_fragile_int8_model_and_passes_a_sound_one
     """Calibrated on dimmed images (0.3× intensity), int8 clips every brighter activation:
     clean top-1 stays within 3 points, and under corruption it loses more than 3. Calibrated
     on the real distribution, the same gate passes, and the manifest records both means."""
-    from edgekit.errors import AccuracyBudgetError
+    from edgekit.core.errors import AccuracyBudgetError
 
     with np.load(digits_files["calibration"]) as data:
         np.savez(tmp_path / "dim.npz", x=data["x"] * 0.3)
     common = ["--target", "raspberry-pi-5", "--format", "tflite", "--precision", "int8",
               "--eval", str(digits_files["evaluation"]), "--max-accuracy-drop", "3", "--max-robustness-drop", "3"]  # fmt: skip
     sound = CliRunner().invoke(main, ["convert", str(digits_files["model"]), *common, "--calibration",
-                                      str(digits_files["calibration"]), "-o", str(tmp_path / "sound.ekb"), "--json"])  # fmt: skip
+                                      str(digits_files["calibration"]), "-o", str(tmp_path / "sound.ekb"), "--json"])
     assert sound.exit_code == 0, sound.output
     accuracy = json.loads(sound.stdout)["manifest"]["artifacts"][0]["metrics"]["accuracy"]
     robustness = accuracy["robustness"]
@@ -264,7 +264,7 @@ def test_the_robustness_gate_refuses_a_fragile_int8_model_and_passes_a_sound_one
         model=digits_files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "fragile.ekb",
         format="tflite", precision="int8", calibration=tmp_path / "dim.npz", evaluation=digits_files["evaluation"],
         max_accuracy_drop=3.0, max_robustness_drop=3.0,
-    )  # fmt: skip
+    )
     with pytest.raises(
         AccuracyBudgetError, match=r"top-1 under common corruptions [\d.]+% vs float [\d.]+%: drop"
     ):
@@ -281,11 +281,11 @@ def test_a_text_classifier_gets_text_corruptions_and_token_attributions(
             model=intent_files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / f"{fmt}.ekb",
             format=fmt, precision=precision, tokenizer=intent_files["tokenizer"], labels=intent_files["labels"],
             name="intent", sign_key=publisher,
-        )).output  # fmt: skip
+        )).output
     for fmt, bundle in made.items():
         report = tmp_path / f"{fmt}.html"
         result = evaluate(EvaluateOptions(bundle, intent_files["model"], intent_files["evaluation"], quick=True,
-                                          report=report))  # fmt: skip
+                                          report=report))
         assert result.kind == "text" and result.attack.startswith("none: a text model takes token ids")
         assert set(result.float_model.robustness.corruptions) == {"typos", "dropped words", "swapped words"}
         assert result.labels is not None and set(result.float_model.report.classes[0].model_dump()) >= {"f1"}

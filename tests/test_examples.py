@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edgekit.mosquitto import find_mosquitto
+from edgekit.testing.mosquitto import find_mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKER = find_mosquitto() is not None

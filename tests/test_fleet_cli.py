@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgekit.cli import main
-from edgekit.mosquitto import LocalBroker, find_mosquitto
+from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
 
 pytestmark = pytest.mark.skipif(
     find_mosquitto() is None, reason="mosquitto is not installed (.ci/run installs it)"
@@ -85,9 +85,9 @@ def test_run_watch_collect_and_convert_the_samples(
         "convert", str(digits_files["model"]), "--target", "raspberry-pi-5", "--precision", "int8",
         "--calibration", str(out / "samples.npz"), "--eval", str(digits_files["evaluation"]),
         "-o", str(tmp_path / "v2.ekb"), "--json",
-    )  # fmt: skip
+    )
     assert v2.exit_code == 0, v2.output
-    from edgekit.bundle import read_manifest
+    from edgekit.core.bundle import read_manifest
 
     manifest = read_manifest(tmp_path / "v2.ekb")
     assert manifest.artifacts[0].metrics.calibration_samples == 40

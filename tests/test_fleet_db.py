@@ -23,8 +23,8 @@ from edgekit.cli import main
 from edgekit.fleet import Collector, init_fleet, load_collector_key, open_engine
 from edgekit.fleet.database import SCHEMA_VERSION, tables
 from edgekit.fleet.queries import set_label
-from edgekit.mosquitto import LocalBroker, find_mosquitto
-from edgekit.postgres import LocalPostgres, find_postgres
+from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
+from edgekit.testing.postgres import LocalPostgres, find_postgres
 
 needs_postgres = pytest.mark.skipif(
     find_postgres() is None, reason="PostgreSQL is not installed (.ci/run installs it)"
@@ -96,7 +96,7 @@ def test_a_redelivered_message_is_one_row_and_labels_reach_the_export(db_url: st
         assert exported["x"].shape == (24, 8, 8, 1) and "y" not in exported  # not every sample has a label
         assert {row.tobytes() for row in exported["x"]} == {row.tobytes() for row in x[:12]}
     result = CliRunner().invoke(main, ["fleet", "export", "--db", db_url, "--fleet", "f7", "--out",
-                                       str(tmp_path / "labelled"), "--fleet-dir", str(fleet), "--labelled", "--json"])  # fmt: skip
+                                       str(tmp_path / "labelled"), "--fleet-dir", str(fleet), "--labelled", "--json"])
     assert result.exit_code == 0, result.output
     with np.load(tmp_path / "labelled" / "samples.npz") as labelled:
         assert labelled["y"].tolist() == [7] and labelled["x"][0].tobytes() == x[3].tobytes()
@@ -123,7 +123,7 @@ def _check_dashboard_queries(engine: Any, drifting: str) -> None:
     assert [(q["node"], q["seq"], q["idx"], q["label"]) for q in queue] == [(drifting, 2, 3, 7)]
     assert data.sealed_message(engine, drifting, 1, 2) is not None
     record_event(str(engine.url.render_as_string(hide_password=False)), "f7",
-                 {"time": 1.0, "event": "started", "rollout": "r1", "model": "digits", "version": 2})  # fmt: skip
+                 {"time": 1.0, "event": "started", "rollout": "r1", "model": "digits", "version": 2})
     assert [e["body"]["version"] for e in data.rollout_events(engine, "f7")] == [2]
 
 
@@ -137,7 +137,7 @@ def test_a_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
     engine.dispose()
     init_fleet("f7", tmp_path / "fleet")
     result = CliRunner().invoke(main, ["fleet", "export", "--db", str(path), "--fleet", "f7", "--out",
-                                       str(tmp_path / "o"), "--fleet-dir", str(tmp_path / "fleet")])  # fmt: skip
+                                       str(tmp_path / "o"), "--fleet-dir", str(tmp_path / "fleet")])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         f"error: this fleet database has schema version {SCHEMA_VERSION + 4}, written by a newer edgekit; "
@@ -164,7 +164,7 @@ def test_a_wrong_or_unreachable_database_is_one_line(url: str, says: str, tmp_pa
     fleet = ["--fleet", "f7", "--fleet-dir", str(tmp_path / "fleet")]
     for command in (["fleet", "export", "--db", url, *fleet, "--out", str(tmp_path / "o")],
                     ["fleet", "collect", "--db", url, *fleet, "--broker", "mqtt://127.0.0.1:1"],
-                    ["fleet", "dashboard", "--db", url, *fleet]):  # fmt: skip
+                    ["fleet", "dashboard", "--db", url, *fleet]):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
         assert says in result.output and "secret" not in result.output
@@ -197,7 +197,7 @@ def _collector(broker: LocalBroker, db: str, home: Path, session: str) -> subpro
     command = [sys.executable, "-m", "edgekit", "fleet", "collect", "--broker", broker.url, "--fleet", "f7",
                "--db", db, "--group", "ingest", "--session", session, "--json"]  # fmt: skip
     return subprocess.Popen(command, env={**os.environ, "EDGEKIT_HOME": str(home)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _count(engine: Any) -> tuple[int, int]:
@@ -249,7 +249,7 @@ def test_three_collectors_share_one_postgres_and_a_kill_loses_and_repeats_nothin
 
     with engine.connect() as connection:
         per_node = connection.execute(sa.text("SELECT node, COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) "
-                                              "FROM reports GROUP BY node")).all()  # fmt: skip
+                                              "FROM reports GROUP BY node")).all()
     engine.dispose()
     assert _count(engine) == (expected, len(devices))
     assert all(
@@ -273,7 +273,7 @@ def test_a_database_outage_holds_the_acks_and_loses_nothing(postgres: LocalPostg
         command = [sys.executable, "-m", "edgekit", "fleet", "collect", "--broker", broker.url, "--fleet", "f7",
                    "--db", url, "--group", "none", "--json", "--idle", "6"]  # fmt: skip
         collector = subprocess.Popen(command, env={**os.environ, "EDGEKIT_HOME": str(home)}, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                     stderr=subprocess.PIPE, text=True)
         try:
             time.sleep(2.5)
             publisher = Publisher(broker.port, "f7")

@@ -10,9 +10,9 @@ import pytest
 
 from edgekit.cli import main
 from edgekit.converters import Converter, converter_for, format_choices, precision_choices
-from edgekit.errors import InputError
-from edgekit.formats import FORMATS, PRECISIONS, TENSORRT_FP16, TENSORRT_INT8
-from edgekit.profiles import Precisions, RuntimePreferences
+from edgekit.core.errors import InputError
+from edgekit.core.formats import FORMATS, PRECISIONS, TENSORRT_FP16, TENSORRT_INT8
+from edgekit.core.profiles import Precisions, RuntimePreferences
 from edgekit.runtime.backends.onnx import ProviderSettings, provider_options
 
 
@@ -40,7 +40,7 @@ def test_every_converter_uses_the_shared_vocabulary() -> None:
 
 
 def test_a_converter_with_a_precision_outside_the_vocabulary_cannot_register() -> None:
-    with pytest.raises(TypeError, match="edgekit.formats"):
+    with pytest.raises(TypeError, match="edgekit.core.formats"):
 
         class Int4Converter(Converter):  # noqa: F841
             format: ClassVar = "int4-format"  # type: ignore[assignment]

@@ -27,16 +27,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_bundle import CONTENT, _manifest
 
-from edgekit.archive import load_npz
-from edgekit.bundle import read_bundle, write_bundle
-from edgekit.errors import EdgekitError, StoreError
+from edgekit.core.archive import load_npz
+from edgekit.core.bundle import read_bundle, write_bundle
+from edgekit.core.errors import EdgekitError, StoreError
+from edgekit.core.signing import Trust, create_publisher_key, load_signing_key, signature_entry
 from edgekit.fleet import Collector, FleetView, Skip, parse
 from edgekit.fleet.messages import SKIP_REASONS
 from edgekit.runtime import sealed
 from edgekit.runtime.isolated import pack, unpack
 from edgekit.runtime.store_records import VersionState, read_state, state_bytes, unwrap_key, wrap_key
 from edgekit.runtime.telemetry.privacy import read_sample_header
-from edgekit.signing import Trust, create_publisher_key, load_signing_key, signature_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = Path(tempfile.mkdtemp(prefix="edgekit-fuzz-"))
@@ -47,7 +47,7 @@ TRUST.add(KEY)
 MANIFEST = _manifest()
 GOOD = FOLDER / "good.ekb"
 write_bundle(GOOD, MANIFEST, {MANIFEST.artifacts[0].path: CONTENT},
-             signature_entry(MANIFEST.canonical_bytes(), load_signing_key(FOLDER / "publisher.key")))  # fmt: skip
+             signature_entry(MANIFEST.canonical_bytes(), load_signing_key(FOLDER / "publisher.key")))
 GOOD_BYTES = GOOD.read_bytes()
 
 json_values = st.recursive(
@@ -113,7 +113,7 @@ def _key_for(seal: str, what: str) -> bytes:
 
 
 @given(st.one_of(mutated(state_bytes("m", VersionState(active=1, highest=2), DEVICE_KEY)),
-                 json_values.map(lambda v: json.dumps(v).encode())))  # fmt: skip
+                 json_values.map(lambda v: json.dumps(v).encode())))
 def test_state_records(data: bytes) -> None:
     try:
         state = read_state(data, "m", _key_for)
@@ -241,7 +241,7 @@ def test_coverage_guided_fuzzing_of_the_bundle_reader(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "tests" / "fuzz_bundle.py"), "-max_total_time=30", "-rss_limit_mb=0",
          "-timeout=10", f"-artifact_prefix={tmp_path}/"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Done" in done.stderr, done.stderr[-3000:]
 

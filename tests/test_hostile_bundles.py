@@ -17,12 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hostile import bomb, peak_attempt, unsigned_manifest
 from test_bundle import CONTENT, _manifest
 
-from edgekit.bundle import read_bundle, write_bundle
 from edgekit.cli import main
-from edgekit.errors import BundleError, SignatureError, StoreError
+from edgekit.core.bundle import read_bundle, write_bundle
+from edgekit.core.errors import BundleError, SignatureError, StoreError
+from edgekit.core.signing import load_signing_key, signature_entry
+from edgekit.core.validation import updated
 from edgekit.runtime import Model, sealed
 from edgekit.runtime.store import Store
-from edgekit.signing import load_signing_key, signature_entry
 
 BOMB_MB = 256
 """Inflated size of each bomb: the reader used to hold all of it in memory at once."""
@@ -30,10 +31,10 @@ FLAT_MB = 100
 
 
 def signed(path: Path, publisher: Path, version: int = 3, content: bytes = CONTENT) -> Path:
-    manifest = _manifest(content).model_copy(update={"version": version})
+    manifest = updated(_manifest(content), version=version)
     key = load_signing_key(publisher)
     write_bundle(path, manifest, {manifest.artifacts[0].path: content},
-                 signature_entry(manifest.canonical_bytes(), key))  # fmt: skip
+                 signature_entry(manifest.canonical_bytes(), key))
     return path
 
 
@@ -63,7 +64,7 @@ def test_zip_bombs_with_a_lying_size_are_refused_with_flat_memory(
                 {"manifest.sig": 150},
             ),
             "manifest.sig is corrupt",
-        ),  # fmt: skip
+        ),
         # unsigned and accepted as such: the artifact declares what the manifest says
         "artifact": (
             bomb(tmp_path / "a.ekb", {"manifest.json": good, artifact: BOMB_MB}, {artifact: len(CONTENT)}),
@@ -131,9 +132,9 @@ def test_corrupt_store_files_are_store_errors_and_list_marks_only_the_bad_model(
     home: Path, tmp_path: Path, publisher: Path
 ) -> None:
     for name in ("alpha", "beta", "gamma"):
-        manifest = _manifest().model_copy(update={"name": name})
+        manifest = updated(_manifest(), name=name)
         write_bundle(tmp_path / f"{name}.ekb", manifest, {manifest.artifacts[0].path: CONTENT},
-                     signature_entry(manifest.canonical_bytes(), load_signing_key(publisher)))  # fmt: skip
+                     signature_entry(manifest.canonical_bytes(), load_signing_key(publisher)))
         Store().install(tmp_path / f"{name}.ekb")
     models = home / "models"
     state = json.loads((models / "alpha" / "state.json").read_text())
@@ -250,7 +251,7 @@ def test_a_read_only_store_reads_and_refuses_writes_in_one_line(
     done = subprocess.run(
         ["unshare", "-rm", "sh", "-c", mount + f'"{sys.executable}" {script} {v4}'],
         capture_output=True, text=True, env=dict(os.environ), timeout=120,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("0 ['* digits v3")

@@ -19,9 +19,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from edgekit.cli import main
-from edgekit.fleet import Collector, FleetView, init_fleet, load_collector_key
-from edgekit.mosquitto import LocalBroker, find_mosquitto
-from edgekit.runtime.telemetry.schema import (
+from edgekit.core.telemetry import (
     SAMPLE_MAGIC,
     SCHEMA_VERSION,
     ModelRef,
@@ -29,6 +27,8 @@ from edgekit.runtime.telemetry.schema import (
     Report,
     SampleHeader,
 )
+from edgekit.fleet import Collector, FleetView, init_fleet, load_collector_key
+from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
 
 NODE = "cd" * 16
 REPORT = f"edgekit/f7/{NODE}/report"
@@ -43,7 +43,7 @@ def report(seq: int = 1, **fields: Any) -> dict[str, Any]:
         model=ModelRef(name="m", version=1, format="onnx", precision="fp32"),
         inferences=4, calls=4, errors=0, latency_ms=(4,) + (0,) * 15, classes=None, confidence=None,
         feature_bins=None, inputs=None, drift=None, samples=0, dropped=0, privacy=Privacy(k=5, suppressed_buckets=0),
-    ).model_dump(mode="json")  # fmt: skip
+    ).model_dump(mode="json")
     return {**good, "seq": seq, **fields}
 
 
@@ -110,7 +110,7 @@ def test_a_sample_whose_arrays_claim_more_than_they_hold_is_refused(tmp_path: Pa
     fleet = init_fleet("f7", tmp_path / "fleet")
     key = load_collector_key("f7", fleet)
     header = SampleHeader(v=1, kind="sample", node=NODE, epoch=1, seq=1,
-                          model=ModelRef(name="m", version=1, format="onnx", precision="fp32"), count=1)  # fmt: skip
+                          model=ModelRef(name="m", version=1, format="onnx", precision="fp32"), count=1)
     npy = io.BytesIO()
     np.lib.format.write_array_header_1_0(
         npy, {"descr": "<f4", "fortran_order": False, "shape": (4_000_000_000,)}

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from edgekit.cli import main
-from edgekit.errors import InferenceError, RuntimeBackendError
+from edgekit.core.errors import InferenceError, RuntimeBackendError
 from edgekit.runtime import Model
 from edgekit.runtime.backends import ONNXBackend
 from edgekit.runtime.isolated import Isolation, pack, unpack

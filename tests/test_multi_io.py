@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from edgekit.cli import main
 from edgekit.convert import ConvertOptions, convert
-from edgekit.errors import InputError, ShapeError
-from edgekit.profiles import load_profile
+from edgekit.core.errors import InputError, ShapeError
+from edgekit.core.profiles import load_profile
 from edgekit.runtime import Model
 
 
@@ -37,7 +37,7 @@ def test_two_inputs_two_outputs_convert_gate_and_run(fusion: Path, tmp_path: Pat
     result = convert(ConvertOptions(
         model=fusion, profile=load_profile("x86-gateway"), output=tmp_path / "fusion.ekb", precision=precision,
         calibration=calibration, evaluation=_save(tmp_path, "eval", **evaluation), max_accuracy_drop=5.0,
-    ))  # fmt: skip
+    ))
     entry = result.manifest.artifacts[0]
     assert [(t.name, t.dtype) for t in entry.inputs] == [
         ("image", "float32"),
@@ -62,7 +62,7 @@ def test_bad_multi_input_calls_name_the_input_and_leave_the_model_usable(
     fusion: Path, tmp_path: Path
 ) -> None:
     result = convert(ConvertOptions(model=fusion, profile=load_profile("x86-gateway"), output=tmp_path / "f.ekb",
-                                    precision="fp32"))  # fmt: skip
+                                    precision="fp32"))
     model = Model.load(result.output, allow_unsigned=True)
     data = onnx_graphs.image_and_ids_data(3)
     cases = [
@@ -84,7 +84,7 @@ def test_multi_output_eval_asks_which_output_unless_one_stands_out(tmp_path: Pat
     graph.graph.output[1].name = graph.graph.node[-1].output[0] = "head2"  # no longer named like scores
     model = onnx_graphs.save(graph, tmp_path / "heads.onnx")
     options = ConvertOptions(model=model, profile=load_profile("x86-gateway"), output=tmp_path / "h.ekb",
-                             precision="fp32", evaluation=_save(tmp_path, "eval", **onnx_graphs.image_and_ids_data(20)))  # fmt: skip
+                             precision="fp32", evaluation=_save(tmp_path, "eval", **onnx_graphs.image_and_ids_data(20)))
     with pytest.raises(
         InputError, match="the model has 2 outputs \\(boxes, head2\\); name the one --eval checks"
     ):
@@ -116,7 +116,7 @@ def vad(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     data = _stream_data(40)
     np.savez(folder / "eval.npz", **data)
     result = convert(ConvertOptions(model=path, profile=load_profile("x86-gateway"), output=folder / "vad.ekb",
-                                    precision="fp32", evaluation=folder / "eval.npz", eval_output="y"))  # fmt: skip
+                                    precision="fp32", evaluation=folder / "eval.npz", eval_output="y"))
     return result.output, graph
 
 
@@ -228,7 +228,7 @@ def test_keras_two_input_model_converts_with_named_outputs(
         model=path, profile=load_profile("x86-gateway"), output=tmp_path / "k.ekb", format=fmt,
         precision=precision, calibration=_save(tmp_path, "calib", **data),
         evaluation=_save(tmp_path, "eval", **data), max_accuracy_drop=5.0,
-    ))  # fmt: skip
+    ))
     entry = result.manifest.artifacts[0]
     assert {t.name for t in entry.inputs} == {"features", "ids"} and {t.name for t in entry.outputs} == {
         "cls",
@@ -263,9 +263,9 @@ def test_pruning_a_two_input_keras_model(tmp_path: Path) -> None:
     )
     rng = np.random.default_rng(0)
     train = _save(tmp_path, "train", features=rng.normal(size=(200, 8)).astype(np.float32),
-                  ids=rng.integers(0, 20, (200, 5)).astype(np.int32), y=rng.integers(0, 3, 200))  # fmt: skip
+                  ids=rng.integers(0, 20, (200, 5)).astype(np.int32), y=rng.integers(0, 3, 200))
     options = ConvertOptions(model=tmp_path / "m.keras", profile=load_profile("x86-gateway"), output=tmp_path / "p.ekb",
-                             precision="fp32", prune=0.5, train_data=train, prune_epochs=1)  # fmt: skip
+                             precision="fp32", prune=0.5, train_data=train, prune_epochs=1)
     with pytest.raises(
         InputError, match="'concatenate\\w*' \\(Concatenate\\) joins 2 branches.*--prune-mode magnitude"
     ):

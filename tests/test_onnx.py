@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from edgekit.bundle import read_bundle
 from edgekit.cli import main
 from edgekit.convert import ConvertOptions, ConvertResult, convert
 from edgekit.converters.onnx import target_opset
-from edgekit.profiles import load_profile
-from edgekit.report import SilentReporter
+from edgekit.core.bundle import read_bundle
+from edgekit.core.profiles import load_profile
+from edgekit.views.progress import SilentReporter
 
 Convert = Callable[..., ConvertResult]
 
@@ -40,7 +40,7 @@ def _top1(content: bytes, x: np.ndarray, y: np.ndarray) -> float:
     ("precision", "method"),
     [("fp32", "minmax"), ("fp16", "minmax"), ("dynamic", "minmax"), ("int8", "minmax"),
      ("int8", "entropy"), ("int8", "percentile")],
-)  # fmt: skip
+)
 def test_keras_to_onnx_runs_and_keeps_accuracy(
     onnx_converted: Convert, digits_eval: tuple[np.ndarray, np.ndarray], precision: str, method: str
 ) -> None:
@@ -80,7 +80,7 @@ def test_opset_follows_the_tensorrt_version(digits_files: dict[str, Path], tmp_p
     assert target_opset(load_profile("jetson-nano")) == 13  # TensorRT 8.2
     assert target_opset(load_profile("jetson-orin-nano")) == 17
     result = convert(ConvertOptions(model=digits_files["model"], profile=load_profile("jetson-nano"),
-                                    output=tmp_path / "n.ekb", precision="fp16"))  # fmt: skip
+                                    output=tmp_path / "n.ekb", precision="fp16"))
     assert (result.manifest.artifacts[0].format, result.manifest.artifacts[0].opset) == ("onnx", 13)
 
 
@@ -101,7 +101,7 @@ def _convert_onnx(
                        calibration=_data(tmp_path, shape), evaluation=_data(tmp_path, shape, name="eval"),
                        **options),
         reporter,
-    )  # fmt: skip
+    )
     return result, reporter
 
 
@@ -195,7 +195,7 @@ def test_keep_float_by_hand_and_a_pattern_that_matches_nothing(tmp_path: Path) -
     result, _ = _convert_onnx(path, tmp_path, (3, 8, 8), precision="int8", keep_float=("f*",))
     assert result.manifest.artifacts[0].quantization.float_nodes == ("flatten", "fc")  # type: ignore[union-attr]
     code, stderr = _cli("convert", str(path), "-t", "x86-gateway", "-p", "int8", "-c", str(_data(tmp_path, (3, 8, 8))),
-                        "--keep-float", "zzz*", "-o", str(tmp_path / "z.ekb"))  # fmt: skip
+                        "--keep-float", "zzz*", "-o", str(tmp_path / "z.ekb"))
     assert code == 2 and "--keep-float 'zzz*' matches no node" in stderr and not (tmp_path / "z.ekb").exists()
 
 
@@ -209,7 +209,7 @@ def test_auto_on_a_cpu_profile_picks_the_fastest_that_passes(
 ) -> None:
     out = tmp_path / "auto.ekb"
     code, _ = _cli("convert", str(digits_files["model"]), "-t", "x86-gateway", "--format", "onnx",
-                   "-c", str(digits_files["calibration"]), "--eval", str(digits_files["evaluation"]), "-o", str(out))  # fmt: skip
+                   "-c", str(digits_files["calibration"]), "--eval", str(digits_files["evaluation"]), "-o", str(out))
     assert code == 0
     entry = read_bundle(out)[0].artifacts[0]
     selection = entry.selection
@@ -226,7 +226,7 @@ def test_auto_on_a_gpu_profile_follows_the_order_and_says_it_did_not_measure(
 ) -> None:
     out = tmp_path / "gpu.ekb"
     code, _ = _cli("convert", str(digits_files["model"]), "-t", "jetson-orin-nano",
-                   "-c", str(digits_files["calibration"]), "--eval", str(digits_files["evaluation"]), "-o", str(out))  # fmt: skip
+                   "-c", str(digits_files["calibration"]), "--eval", str(digits_files["evaluation"]), "-o", str(out))
     assert code == 0
     entry = read_bundle(out)[0].artifacts[0]
     assert (entry.format, entry.precision) == ("onnx", "int8")  # the profile's GPU path, first in order
@@ -237,7 +237,7 @@ def test_auto_on_a_gpu_profile_follows_the_order_and_says_it_did_not_measure(
 def test_format_both_ships_tflite_and_onnx(digits_files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "both.ekb"
     code, stderr = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-5", "--format", "both",
-                        "-p", "fp32", "-o", str(out))  # fmt: skip
+                        "-p", "fp32", "-o", str(out))
     assert code == 0, stderr
     manifest, contents = read_bundle(out)
     assert sorted(a.format for a in manifest.artifacts) == ["onnx", "tflite"]
@@ -292,7 +292,7 @@ def normalized_mlp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     norm = keras.layers.Normalization()
     norm.adapt(x)
     model = keras.Sequential([keras.Input((30,)), norm, keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(2, activation="softmax")])  # fmt: skip
+                              keras.layers.Dense(2, activation="softmax")])
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x[:400], y[:400], epochs=20, verbose=0)
     folder = tmp_path_factory.mktemp("normalized")
@@ -313,7 +313,7 @@ def test_a_normalization_layer_becomes_constants_not_inputs(
     result = convert(ConvertOptions(
         model=normalized_mlp["model"], profile=load_profile("x86-gateway"), output=tmp_path / "mlp.ekb",
         precision=precision, calibration=normalized_mlp["calibration"], evaluation=normalized_mlp["evaluation"],
-    ))  # fmt: skip
+    ))
     entry = result.manifest.artifacts[0]
     model, _ = _model(result)
     assert len(model.graph.input) == 1  # the data only: mean and variance are constants, not inputs
@@ -332,7 +332,7 @@ def test_fp16_that_overflows_keeps_the_overflowing_nodes_in_fp32(tmp_path: Path)
     np.savez(tmp_path / "eval.npz", x=x)
     reporter = _NoteCollector()
     result = convert(ConvertOptions(model=path, profile=load_profile("x86-gateway"), output=tmp_path / "o.ekb",
-                                    precision="fp16", evaluation=tmp_path / "eval.npz"), reporter)  # fmt: skip
+                                    precision="fp16", evaluation=tmp_path / "eval.npz"), reporter)
     entry = result.manifest.artifacts[0]
     assert any("missed the accuracy budget" in note and "wide" in note for note in reporter.notes)
     assert entry.quantization is not None and "wide" in entry.quantization.float_nodes
@@ -352,7 +352,7 @@ def test_tabular_tflite_int8_keeps_the_input_normalization_in_float(
         model=normalized_mlp["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "mlp.ekb",
         format="tflite", precision="int8", calibration=normalized_mlp["calibration"],
         evaluation=normalized_mlp["evaluation"],
-    ), reporter)  # fmt: skip
+    ), reporter)
     first = next(note for note in reporter.notes if "missed the accuracy budget" in note)
     assert "normalization" in first.split("keeping")[1]  # the input's normalization, first
     entry = result.manifest.artifacts[0]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.bundle import read_bundle
+from edgekit.core.bundle import read_bundle
 
 NOISE = ("I0000", "W0000", "WARNING: All log messages", "oneDNN", "cuda", "Traceback", "absl")
 
@@ -28,7 +28,7 @@ def test_convert_output_is_free_of_tensorflow_noise(digits_files: dict[str, Path
     out = tmp_path / "d.ekb"
     proc = _edgekit("convert", str(digits_files["model"]), "-t", "raspberry-pi-5", "-p", "int8",
                     "-c", str(digits_files["calibration"]), "--eval", str(digits_files["evaluation"]),
-                    "-o", str(out))  # fmt: skip
+                    "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     for marker in NOISE:
         assert marker not in proc.stderr + proc.stdout, marker
@@ -56,7 +56,7 @@ def test_user_error_is_one_line_and_debug_shows_the_traceback(
 _WRITER = """
 import sys
 from pathlib import Path
-from edgekit.bundle import write_bundle
+from edgekit.core.bundle import write_bundle
 sys.path.insert(0, {tests!r})
 from test_bundle import _manifest
 content = bytes(range(256)) * (1 << 20)  # 256 MiB: slow to deflate
@@ -69,7 +69,7 @@ def test_kill_9_mid_write_keeps_the_old_bundle(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from test_bundle import CONTENT, _manifest
 
-    from edgekit.bundle import write_bundle
+    from edgekit.core.bundle import write_bundle
 
     target = tmp_path / "m.ekb"
     write_bundle(target, _manifest(), {"model.int8.tflite": CONTENT})
@@ -89,8 +89,8 @@ import os, resource, signal, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_bundle import _manifest
-from edgekit.bundle import write_bundle
-from edgekit.errors import BundleError
+from edgekit.core.bundle import write_bundle
+from edgekit.core.errors import BundleError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 content = os.urandom(256 * 1024)  # incompressible, so the zip outgrows the limit
@@ -105,7 +105,7 @@ def test_full_disk_is_a_clear_error_and_keeps_the_old_bundle(tmp_path: Path) -> 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_bundle import CONTENT, _manifest
 
-    from edgekit.bundle import write_bundle
+    from edgekit.core.bundle import write_bundle
 
     target = tmp_path / "m.ekb"
     write_bundle(target, _manifest(), {"model.int8.tflite": CONTENT})
@@ -121,7 +121,7 @@ def test_full_disk_is_a_clear_error_and_keeps_the_old_bundle(tmp_path: Path) -> 
 def test_the_readme_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     script = Path(__file__).resolve().parents[1] / "examples" / "quickstart" / "run.py"
     proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--epochs", "8"],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "installed digits v1 (signed by" in proc.stdout
     assert "tflite int8" in proc.stdout and "hashes verified" in proc.stdout

@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgekit.cli import main
-from edgekit.errors import ProfileError
-from edgekit.profiles import load_all_profiles, load_profile, shipped_profile_ids
+from edgekit.core.errors import ProfileError
+from edgekit.core.profiles import load_all_profiles, load_profile, shipped_profile_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {

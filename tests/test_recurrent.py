@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgekit.convert import ConvertOptions, convert
-from edgekit.profiles import load_profile
+from edgekit.core.profiles import load_profile
 from edgekit.runtime import Model
 
 STEPS, FEATURES, CLASSES = 16, 3, 3
@@ -63,7 +63,7 @@ def test_recurrent_models_convert_to_tflite_and_agree_with_keras(
         model=sensor_model["model"], profile=load_profile("raspberry-pi-4"), output=tmp_path / "sensor.ekb",
         format="tflite", precision=precision, calibration=sensor_model["calibration"],
         evaluation=sensor_model["evaluation"],
-    ))  # fmt: skip
+    ))
     assert result.manifest.artifacts[0].metrics.accuracy.gate == "passed"  # type: ignore[union-attr]
     with np.load(sensor_model["evaluation"]) as data:
         x = data["x"]

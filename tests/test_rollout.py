@@ -17,8 +17,8 @@ from rollout_helpers import Device, make_bundles, make_device, until
 
 from edgekit.fleet import open_engine
 from edgekit.fleet.dashboard.rollouts import rollout_sections
-from edgekit.fleet.rollout import read_history
-from edgekit.mosquitto import LocalBroker, find_mosquitto
+from edgekit.rollout.history import read_history
+from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
 
 pytestmark = [
     pytest.mark.slow,
@@ -61,7 +61,7 @@ def _deploy(
 
 
 def _online(broker: LocalBroker, count: int) -> None:
-    from edgekit.fleet.rollout import FleetState, connect, snapshot
+    from edgekit.rollout.fleet import FleetState, connect, snapshot
     from edgekit.runtime.telemetry.broker import Broker
 
     def ready() -> bool:
@@ -142,13 +142,13 @@ def test_a_broker_outage_mid_rollout_resumes_when_it_returns(
 def test_kill_9_mid_download_or_install_leaves_a_version_and_finishes_on_restart(
     tmp_path: Path, fleet: dict[str, Any], publisher: Path
 ) -> None:
-    from edgekit.fleet.bundle_server import BundleServer
-    from edgekit.fleet.rollout import connect, publish_document
-    from edgekit.runtime.agent.document import BundleRef, Deployment, Source
+    from edgekit.core.deployment import BundleRef, Deployment, Source
+    from edgekit.core.signing import load_signing_key
+    from edgekit.rollout.bundle_server import BundleServer
+    from edgekit.rollout.fleet import connect, publish_document
     from edgekit.runtime.keys import FileKeyProvider
     from edgekit.runtime.store import Store
     from edgekit.runtime.telemetry.broker import Broker
-    from edgekit.signing import load_signing_key
 
     bundle = fleet["bundles"][2]
     data = bundle.read_bytes()
@@ -160,7 +160,7 @@ def test_kill_9_mid_download_or_install_leaves_a_version_and_finishes_on_restart
         document = Deployment(fleet=FLEET, group="line-3", rollout="kill-test", serial=1, issued=0,
                               phase="promoted", previous=1,
                               model=BundleRef(name="meter", version=2, sha256=sha, size=len(data),
-                                              sources=(Source(kind="http", url=server.url()),)))  # fmt: skip
+                                              sources=(Source(kind="http", url=server.url()),)))
         publish_document(inbox, document, load_signing_key(publisher))
         inbox.stop()
         points = 50

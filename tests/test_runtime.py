@@ -16,13 +16,14 @@ from ai_edge_litert.interpreter import Interpreter
 from click.testing import CliRunner
 from third_party import third_party_model
 
-from edgekit.bundle import read_bundle, sha256, write_bundle
 from edgekit.cli import main
-from edgekit.errors import EdgekitError, RuntimeBackendError, ShapeError
+from edgekit.core.bundle import read_bundle, sha256, write_bundle
+from edgekit.core.errors import EdgekitError, RuntimeBackendError, ShapeError
+from edgekit.core.signing import Trust
+from edgekit.core.validation import updated
 from edgekit.runtime import Model
 from edgekit.runtime.backends.onnx import ONNXBackend, ProviderSettings, provider_options
 from edgekit.runtime.bench import bare_call, bench
-from edgekit.signing import Trust
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
@@ -114,7 +115,7 @@ def test_gpu_providers_fall_back_to_cuda_then_cpu(onnx_converted, caplog: pytest
 
     caplog.set_level(logging.WARNING, "edgekit.runtime")
     backend = ONNXBackend(content, providers=[TRT, CUDA, CPU], settings=ProviderSettings(precision="int8"),
-                          available=[TRT, CUDA, CPU], session_factory=session_factory)  # fmt: skip
+                          available=[TRT, CUDA, CPU], session_factory=session_factory)
     assert [[name for name, _ in r] for r in requests] == [[TRT, CUDA, CPU], [CUDA, CPU], [CPU]]
     assert requests[0][0][1]["trt_int8_enable"] == "True"
     assert backend.provider == CPU
@@ -133,7 +134,7 @@ def test_missing_providers_are_reported_in_info(onnx_converted) -> None:  # type
 def test_two_format_bundle_picks_what_this_device_runs(digits_files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "both.ekb"
     result = CliRunner().invoke(main, ["convert", str(digits_files["model"]), "-t", "jetson-orin-nano",
-                                       "--format", "both", "-p", "fp32", "-o", str(out)])  # fmt: skip
+                                       "--format", "both", "-p", "fp32", "-o", str(out)])
     assert result.exit_code == 0, result.stderr
     # jetson-orin-nano lists onnx first; without a GPU provider that order still holds.
     assert Model.load(out, allow_unsigned=True).info.format == "onnx"
@@ -187,9 +188,9 @@ def test_corrupt_artifact_and_custom_op_fail_at_load(converted, tmp_path: Path) 
     manifest, contents = read_bundle(converted("fp32").output)
     entry = manifest.artifacts[0]
     garbage = b"TFL3" + bytes(range(256)) * 4
-    fake = entry.model_copy(update={"sha256": sha256(garbage), "size": len(garbage)})
+    fake = updated(entry, sha256=sha256(garbage), size=len(garbage))
     corrupt = tmp_path / "corrupt.ekb"
-    write_bundle(corrupt, manifest.model_copy(update={"artifacts": (fake,)}), {entry.path: garbage})
+    write_bundle(corrupt, updated(manifest, artifacts=(fake,)), {entry.path: garbage})
     with pytest.raises(RuntimeBackendError, match="the TFLite runtime could not load the model"):
         Model.load(corrupt, allow_unsigned=True)
     custom = third_party_model("face_landmark_with_attention.tflite")
@@ -238,7 +239,7 @@ def test_run_cli_prints_top_k_labels(converted, digits_eval, tmp_path: Path) -> 
     x, y = digits_eval
     np.save(tmp_path / "sample.npy", x[:4])
     result = CliRunner().invoke(main, ["run", str(converted("int8").output), "-i", str(tmp_path / "sample.npy"),
-                                       "--top-k", "3", "--json"])  # fmt: skip
+                                       "--top-k", "3", "--json"])
     assert result.exit_code == 0, result.stderr
     top = json.loads(result.stdout)["top_k"]
     assert len(top) == 4 and all(len(t) == 3 for t in top)
@@ -270,7 +271,7 @@ def test_bench_fails_a_blown_latency_budget(digits_files, write_profile, tmp_pat
     path.write_text(tomli_w.dumps(data))
     out = tmp_path / "slow.ekb"
     assert CliRunner().invoke(main, ["convert", str(digits_files["model"]), "-t", str(path), "-p", "fp32",
-                                     "-o", str(out)]).exit_code == 0  # fmt: skip
+                                     "-o", str(out)]).exit_code == 0
     result = CliRunner().invoke(main, ["bench", str(out), "--runs", "20", "--allow-unsigned"])
     assert result.exit_code == 1 and "breaks the profile's 1e-06 ms budget" in result.stderr
 
@@ -280,7 +281,7 @@ def test_unsigned_bundles_need_an_explicit_yes(
 ) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "unsigned.ekb"
     assert CliRunner().invoke(main, ["convert", str(digits_files["model"]), "-t", "raspberry-pi-5",
-                                     "-p", "fp32", "-o", str(out)]).exit_code == 0  # fmt: skip
+                                     "-p", "fp32", "-o", str(out)]).exit_code == 0
     with pytest.raises(EdgekitError, match="is not signed; sign it with: edgekit sign"):
         Model.load(out)
     caplog.set_level(logging.WARNING, "edgekit")

@@ -18,7 +18,7 @@ import pytest
 from serve_helpers import Server, binary_outputs, binary_request, json_input, rest_outputs, serving
 
 from edgekit.convert import ConvertOptions, convert
-from edgekit.profiles import load_profile
+from edgekit.core.profiles import load_profile
 from edgekit.runtime import Model
 
 TEXTS = ["turn on the kitchen lights", "set the garage to 21 degrees"]
@@ -28,7 +28,7 @@ TEXTS = ["turn on the kitchen lights", "set the garage to 21 degrees"]
 def bundles(
     converted: Any, digits_files: dict[str, Path], intent_files: dict[str, Path],
     tmp_path_factory: pytest.TempPathFactory, publisher: Path,
-) -> dict[str, Path]:  # fmt: skip
+) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("serve")
     fusion = onnx_graphs.save(onnx_graphs.image_and_ids(), folder / "fusion.onnx")
     made = {"digits": converted("int8").output}
@@ -44,7 +44,7 @@ def bundles(
         made[name] = convert(ConvertOptions(
             model=model, profile=load_profile("x86-gateway"), output=folder / f"{name}.ekb", format="onnx",
             precision="fp32", name=name, sign_key=publisher, **extra,
-        )).output  # fmt: skip
+        )).output
     return made
 
 
@@ -127,7 +127,7 @@ def test_infer_over_rest_equals_predict(
             # the binary tensor data extension: raw inputs in, raw outputs out, bit for bit
             raw, length = binary_request({n: (a, types[n]) for n, a in inputs.items()}, list(expected)[:1])
             answer = client.post(f"/v2/models/{name}/infer", content=raw,
-                                 headers={"Inference-Header-Content-Length": str(length)})  # fmt: skip
+                                 headers={"Inference-Header-Content-Length": str(length)})
             assert answer.status_code == 200, answer.text
             assert answer.headers["content-type"] == "application/octet-stream"
             got = binary_outputs(answer.content, int(answer.headers["inference-header-content-length"]))
@@ -194,7 +194,7 @@ def test_the_start_up_information_and_the_access_log(server: Server) -> None:
     by_name = {m["name"]: m for m in server.info["models"]}
     assert set(by_name) == {"digits", "digits_onnx", "fusion", "intent"}
     assert (by_name["digits"]["format"], by_name["digits"]["precision"], by_name["digits"]["version"]) == (
-        "tflite", "int8", 2)  # fmt: skip
+        "tflite", "int8", 2)
     assert server.info["rest"].startswith("http://127.0.0.1:") and server.info["token"] is False
     data = onnx_graphs.image_and_ids_data(1)
     body = {"inputs": [json_input("image", data["image"], "FP32"), json_input("ids", data["ids"], "INT64")]}

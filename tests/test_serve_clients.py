@@ -18,7 +18,7 @@ import pytest
 from serve_helpers import serving
 
 from edgekit.convert import ConvertOptions, convert
-from edgekit.profiles import load_profile
+from edgekit.core.profiles import load_profile
 from edgekit.runtime import Model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_the_triton_client_calls_edgekit_serve(tmp_path: Path, publisher: Path) 
     bundle = convert(ConvertOptions(
         model=fusion, profile=load_profile("x86-gateway"), output=tmp_path / "fusion.ekb", format="onnx",
         precision="fp32", sign_key=publisher,
-    )).output  # fmt: skip
+    )).output
     inputs = onnx_graphs.image_and_ids_data(3, seed=9)
     np.savez(tmp_path / "case.npz", **inputs)
     with Model.load(bundle) as model:
@@ -63,10 +63,10 @@ def test_the_triton_client_calls_edgekit_serve(tmp_path: Path, publisher: Path) 
         rest = server.rest.removeprefix("http://")
         check = ROOT / "tests" / "clients" / "triton_check.py"
         run = subprocess.run([str(python), str(check), rest, server.grpc, str(tmp_path / "case.npz"),
-                              str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=300)  # fmt: skip
+                              str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
     with np.load(tmp_path / "out.npz") as answers:
         assert sorted(answers) == sorted(f"{way}-{name}" for way in ("http-binary", "http-json", "grpc-binary")
-                                         for name in ("boxes", "scores"))  # fmt: skip
+                                         for name in ("boxes", "scores"))
         for key in answers:
             np.testing.assert_allclose(answers[key], expected[key.rsplit("-", 1)[1]], rtol=1e-6, atol=1e-6)

@@ -21,7 +21,7 @@ import pytest
 from serve_helpers import Server, json_input, serving
 
 from edgekit.convert import ConvertOptions, convert
-from edgekit.profiles import load_profile
+from edgekit.core.profiles import load_profile
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -34,7 +34,7 @@ def guarded(
     bundle = convert(ConvertOptions(
         model=digits_files["model"], profile=load_profile("x86-gateway"), output=folder / "meter.ekb",
         format="onnx", precision="fp32", name="meter", sign_key=publisher,
-    )).output  # fmt: skip
+    )).output
     (folder / "token").write_text(TOKEN + "\n")
     args = (
         "--token-file",
@@ -66,7 +66,7 @@ def test_the_bad_request_matrix_over_rest(
     name = httpx.get(f"{guarded.rest}/v2/models/meter", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert name["inputs"][0]["name"] == "image"
     header = json.dumps({"inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": 256}}]}).encode()  # fmt: skip
+                                     "parameters": {"binary_data_size": 256}}]}).encode()
     cases: list[tuple[str, dict[str, Any], int, str]] = [
         ("malformed JSON", {"content": b'{"inputs": [', "path": "meter"}, 400, "not valid JSON"),
         ("wrong datatype", {"json": {"inputs": [json_input("image", x.astype(np.int64), "INT64")]}}, 400, "input 'image' takes FP32, got INT64"),
@@ -160,13 +160,13 @@ def slow_bundle(tmp_path_factory: pytest.TempPathFactory, publisher: Path) -> Pa
     return convert(ConvertOptions(
         model=model, profile=load_profile("x86-gateway"), output=folder / "slow.ekb", format="onnx",
         precision="fp32", name="slow", sign_key=publisher,
-    )).output  # fmt: skip
+    )).output
 
 
 def _slow_request(rows: int = 1024) -> tuple[bytes, dict[str, str]]:
     x = np.random.default_rng(0).normal(size=(rows, 1024)).astype(np.float32)
     header = json.dumps({"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()  # fmt: skip
+                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()
     return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
@@ -224,7 +224,7 @@ def test_sigterm_finishes_the_requests_in_flight(slow_bundle: Path, tmp_path: Pa
 
 def test_off_loopback_needs_a_token_or_mutual_tls(slow_bundle: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "edgekit", "serve", str(slow_bundle), "--host", "0.0.0.0"],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+                         capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.strip().splitlines()[-1] == (
         "error: --host 0.0.0.0 is reachable from the network: give --token-file FILE, or mutual TLS "

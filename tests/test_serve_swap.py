@@ -19,10 +19,10 @@ from serve_helpers import Server, json_input, rest_outputs, serving
 
 from edgekit.cli import main
 from edgekit.convert import ConvertOptions, convert
-from edgekit.mosquitto import LocalBroker, find_mosquitto
-from edgekit.profiles import load_profile
+from edgekit.core.profiles import load_profile
 from edgekit.runtime import Model
 from edgekit.runtime.store import Store
+from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_install_and_rollback_under_load_fail_no_request(
         while not stop.is_set():
             try:
                 reply = stub.ModelInfer(request)
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded
+            except Exception as exc:  # every failure is recorded
                 failures.append(str(exc))
                 continue
             got = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(reply.outputs[0].shape)

@@ -20,15 +20,16 @@ from click.testing import CliRunner
 from helpers import run_one
 from test_bundle import _rewrite
 
-from edgekit.bundle import read_bundle, write_bundle
 from edgekit.cli import main
-from edgekit.errors import BundleError, KeyProviderError, SignatureError, StoreError
+from edgekit.core.bundle import read_bundle, write_bundle
+from edgekit.core.errors import BundleError, KeyProviderError, SignatureError, StoreError
+from edgekit.core.signing import create_publisher_key, load_signing_key, signature_entry
+from edgekit.core.validation import updated
 from edgekit.runtime import Model
 from edgekit.runtime import store as store_module
 from edgekit.runtime.backends import ONNXBackend, TFLiteBackend
 from edgekit.runtime.keys import EnvKeyProvider, FileKeyProvider
 from edgekit.runtime.store import Store
-from edgekit.signing import create_publisher_key, load_signing_key, signature_entry
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def forbid_parsers(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-
 def variant(bundle: Path, out: Path, publisher: Path, version: int) -> Path:
     """The same bundle at another version, signed by the session's publisher."""
     manifest, contents = read_bundle(bundle)
-    manifest = manifest.model_copy(update={"version": version})
+    manifest = updated(manifest, version=version)
     write_bundle(
         out, manifest, contents, signature_entry(manifest.canonical_bytes(), load_signing_key(publisher))
     )
@@ -183,7 +184,7 @@ import sys, time
 from pathlib import Path
 from edgekit.runtime.keys import FileKeyProvider
 from edgekit.runtime.store import Store
-from edgekit.signing import Trust
+from edgekit.core.signing import Trust
 home = Path(sys.argv[1])
 store = Store(home=home, keys=FileKeyProvider(home / "device.key"))
 print("ready", flush=True)
@@ -401,10 +402,10 @@ def test_onnx_external_data_references_are_refused(tmp_path: Path) -> None:
     import onnx
     import onnx_graphs
 
-    from edgekit.errors import RuntimeBackendError
+    from edgekit.core.errors import RuntimeBackendError
 
     onnx.save_model(onnx_graphs.conv_classifier(opset=13), str(tmp_path / "m.onnx"), save_as_external_data=True,
-                    location="w.bin", size_threshold=0)  # fmt: skip
+                    location="w.bin", size_threshold=0)
     for location in ("w.bin", "../../../../etc/hostname"):  # beside the process, and outside it
         model = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
         for tensor in model.graph.initializer:
@@ -426,7 +427,7 @@ def test_concurrent_installs_are_serialized(converted, home: Path, tmp_path: Pat
     def install(bundle: Path) -> None:
         try:
             Store().install(bundle, allow_downgrade=True)
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+        except BaseException as exc:  # collected for the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=install, args=(b,)) for b in bundles]
@@ -469,7 +470,9 @@ def test_tensorrt_engine_is_compiled_once_and_kept_encrypted(
     import onnx
     import onnxruntime as ort
 
-    from edgekit.runtime.backends.onnx import CPU, TRT, ProviderSettings
+    from edgekit.core.formats import CPU
+    from edgekit.core.formats import TENSORRT as TRT
+    from edgekit.runtime.backends.onnx import ProviderSettings
 
     bundle = variant(
         onnx_converted("int8", profile="jetson-orin-nano").output, tmp_path / "v.ekb", publisher, 1
@@ -495,7 +498,7 @@ def test_tensorrt_engine_is_compiled_once_and_kept_encrypted(
     def load() -> ONNXBackend:
         engines = Store().engines(manifest.name, manifest.version)
         return ONNXBackend(content, providers=[TRT, CPU], settings=ProviderSettings(precision="int8"),
-                           available=[TRT, CPU], session_factory=factory, engines=engines, compiler=compiler)  # fmt: skip
+                           available=[TRT, CPU], session_factory=factory, engines=engines, compiler=compiler)
 
     first = load()
     assert first.engine_cache == "built" and len(compiled) == 1 and compiled[0]["trt_int8_enable"] == "True"
@@ -530,7 +533,7 @@ def test_tensorrt_engine_is_compiled_once_and_kept_encrypted(
 
     engines = Store().engines(manifest.name, manifest.version)
     plain = ONNXBackend(content, providers=[TRT, CPU], available=[TRT, CPU], session_factory=factory,
-                        engines=engines, compiler=broken)  # fmt: skip
+                        engines=engines, compiler=broken)
     assert plain.engine_cache is None and opened[-1] == content
     assert "TensorRT engine not cached (onnxruntime 1.19.0 has no compile API" in caplog.text
 

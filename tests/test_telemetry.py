@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from mqtt_helpers import Tap, issue, make_ca
 
+from edgekit.core.telemetry import Report, read_message
 from edgekit.fleet import Collector, Inbox, init_fleet, load_collector_key, subscriptions
-from edgekit.mosquitto import BrokerTLS, LocalBroker, find_mosquitto
 from edgekit.runtime import Model, Telemetry
 from edgekit.runtime.telemetry.broker import Broker
 from edgekit.runtime.telemetry.privacy import open_sample, pseudonym, read_sample_header
-from edgekit.runtime.telemetry.schema import Report, read_message
+from edgekit.testing.mosquitto import BrokerTLS, LocalBroker, find_mosquitto
 
 pytestmark = pytest.mark.skipif(
     find_mosquitto() is None, reason="mosquitto is not installed (.ci/run installs it)"
@@ -499,14 +499,14 @@ def test_collector_counts_and_skips_bad_messages(
 
 
 def _report_json(node: str, seq: int) -> str:
-    from edgekit.runtime.telemetry.schema import ModelRef, Privacy
+    from edgekit.core.telemetry import ModelRef, Privacy
 
     return Report(
         v=1, kind="report", node=node, epoch=1, seq=seq, start=time.time() - 1.0, end=time.time(),
         model=ModelRef(name="digits", version=1, format="tflite", precision="int8"),
         inferences=5, calls=5, errors=0, latency_ms=(5,) + (0,) * 15, classes=None, confidence=None,
         feature_bins=None, inputs=None, drift=None, samples=0, dropped=0, privacy=Privacy(k=5, suppressed_buckets=0),
-    ).model_dump_json()  # fmt: skip
+    ).model_dump_json()
 
 
 def test_missing_fleet_secret_is_one_clear_error(tmp_path: Path) -> None:
@@ -547,13 +547,13 @@ def test_a_two_output_detector_reports_its_scores_output(
     import onnx_graphs
 
     from edgekit.convert import ConvertOptions, convert
-    from edgekit.profiles import load_profile
+    from edgekit.core.profiles import load_profile
 
     model_path = onnx_graphs.save(onnx_graphs.image_and_ids(), tmp_path / "fusion.onnx")
     data = onnx_graphs.image_and_ids_data(60)
     np.savez(tmp_path / "calib.npz", **data)
     result = convert(ConvertOptions(model=model_path, profile=load_profile("x86-gateway"), precision="fp32",
-                                    output=tmp_path / "fusion.ekb", calibration=tmp_path / "calib.npz"))  # fmt: skip
+                                    output=tmp_path / "fusion.ekb", calibration=tmp_path / "calib.npz"))
     assert result.manifest.primary_output == "scores" and result.manifest.reference is not None
     assert result.manifest.reference.input == "image"
     gatherer = Gatherer(broker, fleet_dir, tmp_path / "collected")

@@ -17,11 +17,11 @@ from text_models import INTENTS, encode, write_jsonl
 
 from edgekit.cli import main
 from edgekit.convert import ConvertOptions, convert
-from edgekit.errors import DataError, InputError
-from edgekit.profiles import load_profile
+from edgekit.core.errors import DataError, InputError
+from edgekit.core.profiles import load_profile
+from edgekit.core.text import TextInputs
 from edgekit.runtime import Model
 from edgekit.runtime.store import Store
-from edgekit.text import TextInputs
 
 TEXTS = ["turn on the kitchen lights", "set the garage to 21 degrees", "start the office fan"]
 
@@ -42,7 +42,7 @@ def bundles(
             model=files["model"], profile=load_profile("raspberry-pi-5"), output=folder / f"intent-{fmt}.ekb",
             format=fmt, precision=precision, calibration=files["calibration"], evaluation=files["evaluation"],
             labels=files["labels"], tokenizer=files["tokenizer"], name="intent", sign_key=publisher,
-        ))  # fmt: skip
+        ))
     return made
 
 
@@ -57,7 +57,7 @@ def test_the_tokenizer_travels_in_the_bundle_and_the_device_runs_from_text(
     for fmt, result in bundles.items():
         text = result.manifest.text
         assert text is not None and (text.ids, text.mask, text.type_ids, text.max_length) == (
-            "input_ids", "attention_mask", None, 16)  # fmt: skip
+            "input_ids", "attention_mask", None, 16)
         assert result.manifest.artifacts[0].metrics.accuracy.artifact >= 95.0
         with zipfile.ZipFile(result.output) as archive:
             assert archive.read("tokenizer.json") == files["tokenizer"].read_bytes()
@@ -86,7 +86,7 @@ print(sorted(m for m in ("tensorflow", "transformers", "torch", "keras") if m in
 def test_the_device_side_imports_neither_tensorflow_nor_transformers(bundles: dict[str, Any]) -> None:
     for result in bundles.values():
         done = subprocess.run([sys.executable, "-c", _DEVICE, str(result.output)], capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
+                              timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.split() == [str(INTENTS.index("lights_off")), "[]"]
 
@@ -133,7 +133,7 @@ def test_text_errors_are_one_line(files: dict[str, Path], bundles: dict[str, Any
     with pytest.raises(InputError, match="a tokenizer cannot fill image"):
         TextInputs.find(["input_ids", "attention_mask", "image"])
     assert TextInputs.find(["input_ids", "token_type_ids", "attention_mask"]) == TextInputs(
-        "input_ids", "attention_mask", "token_type_ids")  # fmt: skip
+        "input_ids", "attention_mask", "token_type_ids")
     with pytest.raises(InputError, match="takes a list of strings"):
         Model.load(bundles["onnx"].output).predict_text("one string")  # type: ignore[arg-type]
 
@@ -153,7 +153,7 @@ def test_jsonl_labels_may_be_class_indices(files: dict[str, Path], tmp_path: Pat
     result = convert(ConvertOptions(
         model=files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "i.ekb", format="tflite",
         precision="fp32", tokenizer=files["tokenizer"], evaluation=indexed,
-    ))  # fmt: skip
+    ))
     assert result.manifest.artifacts[0].metrics.accuracy.metric == "top1"  # type: ignore[union-attr]
 
 
@@ -166,22 +166,22 @@ def test_an_onnx_text_model_as_optimum_exports_it(
     from onnx_graphs import bag_of_embeddings, save
     from tokenizers import Tokenizer
 
-    from edgekit.text import TextEncoder
+    from edgekit.core.text import TextEncoder
 
     model = save(bag_of_embeddings(300), tmp_path / "text.onnx")
     longest = max(len(e.ids) for e in Tokenizer.from_file(str(files["tokenizer"])).encode_batch(TEXTS))
     assert longest < 24
     for profile, precision, dynamic in (("x86-gateway", "fp32", True), ("x86-gateway", "dynamic", True),
-                                        ("jetson-orin-nano", "fp16", False)):  # fmt: skip
+                                        ("jetson-orin-nano", "fp16", False)):
         result = convert(ConvertOptions(
             model=model, profile=load_profile(profile), output=tmp_path / f"{precision}.ekb", format="onnx",
             precision=precision, tokenizer=files["tokenizer"], calibration=files["calibration"],
             evaluation=files["evaluation"], labels=files["labels"], max_sequence_length=24, sign_key=publisher,
             max_accuracy_drop=100.0,
-        ))  # fmt: skip
+        ))
         text = result.manifest.text
         assert text is not None and (text.mask, text.type_ids, text.max_length, text.dynamic_length) == (
-            "attention_mask", "token_type_ids", 24, dynamic)  # fmt: skip
+            "attention_mask", "token_type_ids", 24, dynamic)
         device = Model.load(result.output)
         feed = device.text_encoder.encode(TEXTS)
         assert set(feed) == {"input_ids", "attention_mask", "token_type_ids"}
@@ -205,12 +205,12 @@ def test_the_sequence_length_comes_from_the_option_else_the_profile(
 
     model = save(bag_of_embeddings(300), tmp_path / "text.onnx")
     for profile, option, length in (("raspberry-pi-4", None, 64), ("raspberry-pi-5", None, 128),
-                                    ("raspberry-pi-4", 40, 40)):  # fmt: skip
+                                    ("raspberry-pi-4", 40, 40)):
         assert load_profile(profile).budget.max_sequence_length in (64, 128)
         result = convert(ConvertOptions(
             model=model, profile=load_profile(profile), output=tmp_path / f"{profile}.ekb", format="onnx",
             precision="fp32", tokenizer=files["tokenizer"], max_sequence_length=option,
-        ))  # fmt: skip
+        ))
         assert result.manifest.text is not None and result.manifest.text.max_length == length
 
 
@@ -219,7 +219,7 @@ def test_the_per_class_report_matches_scikit_learn_and_can_gate_on_macro_f1(
 ) -> None:
     from sklearn.metrics import classification_report
 
-    from edgekit.classes import class_report
+    from edgekit.core.classes import class_report
 
     rng = np.random.default_rng(3)
     labels, predicted = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
@@ -230,16 +230,16 @@ def test_the_per_class_report_matches_scikit_learn_and_can_gate_on_macro_f1(
     for index, row in enumerate(ours.classes):
         expected = theirs[str(index)]
         assert (row.precision, row.recall, row.f1, row.support) == pytest.approx(
-            (expected["precision"], expected["recall"], expected["f1-score"], expected["support"]))  # fmt: skip
+            (expected["precision"], expected["recall"], expected["f1-score"], expected["support"]))
     for ours_avg, key in ((ours.macro, "macro avg"), (ours.weighted, "weighted avg")):
         assert (ours_avg.precision, ours_avg.recall, ours_avg.f1) == pytest.approx(
-            (theirs[key]["precision"], theirs[key]["recall"], theirs[key]["f1-score"]))  # fmt: skip
+            (theirs[key]["precision"], theirs[key]["recall"], theirs[key]["f1-score"]))
     assert ours.accuracy == pytest.approx(np.mean(labels == predicted))
     result = convert(ConvertOptions(
         model=files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "f1.ekb", format="tflite",
         precision="dynamic", tokenizer=files["tokenizer"], evaluation=files["evaluation"], labels=files["labels"],
         gate_metric="macro-f1",
-    ))  # fmt: skip
+    ))
     accuracy = result.manifest.artifacts[0].metrics.accuracy
     assert accuracy is not None and accuracy.metric == "macro-f1" and accuracy.classes is not None
     assert accuracy.artifact == pytest.approx(100 * accuracy.classes.artifact.macro.f1)
@@ -255,7 +255,7 @@ def test_tensorrt_profiles_refuse_dynamic_int8(files: dict[str, Path], tmp_path:
         convert(ConvertOptions(
             model=files["model"], profile=load_profile("jetson-orin-nano"), output=tmp_path / "j.ekb",
             format="onnx", precision="dynamic", tokenizer=files["tokenizer"],
-        ))  # fmt: skip
+        ))
 
 
 @pytest.mark.slow
@@ -265,7 +265,7 @@ def test_fit_searches_head_pruning_for_a_text_model(files: dict[str, Path], tmp_
         "--labels", str(files["labels"]), "--eval", str(files["evaluation"]), "--train-data", str(files["train"]),
         "--prune-ratios", "0,0.5", "--format", "onnx", "--precision", "dynamic", "-o", str(tmp_path / "fit.ekb"),
         "--json",
-    ])  # fmt: skip
+    ])
     assert result.exit_code == 0, result.output
     candidates = json.loads(result.stdout)["candidates"]
     assert [c["prune"] for c in candidates] == [0.0, 0.5]
@@ -283,5 +283,5 @@ def test_keras_gelu_converts_to_onnx_without_a_false_error_line(
     convert(ConvertOptions(
         model=files["model"], profile=load_profile("x86-gateway"), output=tmp_path / "g.ekb", format="onnx",
         precision="fp32", tokenizer=files["tokenizer"],
-    ))  # fmt: skip
+    ))
     assert not [r for r in caplog.records if r.levelname == "ERROR" and "Erfc" in r.getMessage()]

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgekit.compress_layers import drop_blocks, find_blocks, rewired
-from edgekit.compress_transformer import TransformerPruningError
+from edgekit.compress.layers import drop_blocks, find_blocks, rewired
+from edgekit.compress.transformer import TransformerPruningError
 from edgekit.convert import ConvertOptions, convert
-from edgekit.errors import ModelFormatError
-from edgekit.profiles import load_profile
+from edgekit.core.errors import ModelFormatError
+from edgekit.core.profiles import load_profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "voice_commands"))
 from encoder import build_encoder  # noqa: E402
@@ -129,7 +129,7 @@ def test_convert_drops_a_block_distills_and_gates(tmp_path: Path, intent_files: 
     common = dict(
         profile=load_profile("raspberry-pi-5"), format="onnx", precision="fp32", tokenizer=files["tokenizer"],
         evaluation=files["evaluation"], labels=files["labels"], train_data=files["train"], prune_epochs=3,
-    )  # fmt: skip
+    )
     full = convert(ConvertOptions(model=files["model"], output=tmp_path / "full.ekb", **common))  # type: ignore[arg-type]
     both = convert(
         ConvertOptions(model=files["model"], output=tmp_path / "both.ekb", drop_layers=1, prune=0.5, **common)

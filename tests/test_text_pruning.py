@@ -11,11 +11,16 @@ import numpy as np
 import pytest
 from text_models import INTENTS, encode
 
-from edgekit.compress import parameter_count
-from edgekit.compress_transformer import TransformerPruningError, find_units, importance, prune_transformer
+from edgekit.compress.pruning import parameter_count
+from edgekit.compress.transformer import (
+    TransformerPruningError,
+    find_units,
+    importance,
+    prune_transformer,
+)
 from edgekit.convert import ConvertOptions, convert
-from edgekit.fit_report import write_convert_report
-from edgekit.profiles import load_profile
+from edgekit.core.profiles import load_profile
+from edgekit.fit.report import write_convert_report
 from edgekit.runtime import Model
 
 
@@ -92,12 +97,12 @@ def test_convert_prunes_a_transformer_distills_it_and_runs_it_from_text(
     common = dict(
         profile=load_profile("raspberry-pi-5"), format="onnx", precision="fp32", tokenizer=intent_files["tokenizer"],
         evaluation=intent_files["evaluation"], labels=intent_files["labels"],
-    )  # fmt: skip
+    )
     full = convert(ConvertOptions(model=intent_files["model"], output=tmp_path / "full.ekb", **common))  # type: ignore[arg-type]
     pruned = convert(ConvertOptions(
         model=intent_files["model"], output=tmp_path / "pruned.ekb", prune=0.5, train_data=intent_files["train"],
         prune_epochs=2, **common,  # type: ignore[arg-type]
-    ))  # fmt: skip
+    ))
     record = pruned.manifest.compression
     assert record is not None and record.method == "heads" and record.distilled
     assert (record.heads, record.neurons) == ((2, 1), (64, 32))

@@ -15,12 +15,12 @@ from text_models import TAGS, write_jsonl
 
 from edgekit.cli import main
 from edgekit.convert import ConvertOptions, convert
-from edgekit.errors import DataError
-from edgekit.fit_report import write_convert_report
-from edgekit.profiles import load_profile
+from edgekit.core.errors import DataError
+from edgekit.core.profiles import load_profile
+from edgekit.core.spans import entities, span_report
+from edgekit.core.text import IGNORED, TextEncoder, TextInputs, align_tags, read_jsonl
+from edgekit.fit.report import write_convert_report
 from edgekit.runtime import Model
-from edgekit.spans import entities, span_report
-from edgekit.text import IGNORED, TextEncoder, TextInputs, align_tags, read_jsonl
 
 SPOKEN = ["turn on the living room lights", "set a timer for 5 minutes", "heat the kitchen to 21 degrees"]
 
@@ -43,7 +43,7 @@ def test_span_report_matches_seqeval_on_random_tags() -> None:
         for name, row in rows.items():
             want = theirs[name]
             assert (row.precision, row.recall, row.f1, row.support) == pytest.approx(
-                (want["precision"], want["recall"], want["f1-score"], want["support"])), name  # fmt: skip
+                (want["precision"], want["recall"], want["f1-score"], want["support"])), name
         assert ours.accuracy == pytest.approx(accuracy_score(true, found))
         compared += 1
     assert compared > 350
@@ -100,7 +100,7 @@ def tagger(tagger_files: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
         output=tmp_path_factory.mktemp("tagger") / "slots.ekb", format="onnx", precision="dynamic",
         calibration=tagger_files["calibration"], evaluation=tagger_files["evaluation"],
         labels=tagger_files["labels"], tokenizer=tagger_files["tokenizer"], name="slots", gate_metric="macro-f1",
-    ))  # fmt: skip
+    ))
 
 
 def test_a_slot_tagger_converts_gates_on_span_f1_and_tags_words_on_the_device(
@@ -153,11 +153,11 @@ def test_tags_for_a_model_that_classifies_whole_texts_are_refused(
     options = {"profile": load_profile("raspberry-pi-5"), "format": "onnx", "precision": "fp32"}
     with pytest.raises(DataError, match=r'the model classifies whole texts; give each record a "label"'):
         convert(ConvertOptions(model=intent_files["model"], tokenizer=intent_files["tokenizer"],
-                               evaluation=tagger_files["evaluation"], output=tmp_path / "a.ekb", **options))  # fmt: skip
+                               evaluation=tagger_files["evaluation"], output=tmp_path / "a.ekb", **options))
     labelled = write_jsonl(tmp_path / "labelled.jsonl", [{"text": "turn on the lights", "label": 0}] * 20)
     with pytest.raises(DataError, match=r'the model tags every token; give each record "tags", one per word'):
         convert(ConvertOptions(model=tagger_files["model"], tokenizer=tagger_files["tokenizer"],
-                               evaluation=labelled, output=tmp_path / "b.ekb", **options))  # fmt: skip
+                               evaluation=labelled, output=tmp_path / "b.ekb", **options))
 
 
 @pytest.mark.slow
@@ -168,7 +168,7 @@ def test_a_pruned_slot_tagger_is_distilled_token_by_token(
         model=tagger_files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "pruned.ekb",
         format="onnx", precision="fp32", tokenizer=tagger_files["tokenizer"], evaluation=tagger_files["evaluation"],
         labels=tagger_files["labels"], prune=0.5, train_data=tagger_files["train"], prune_epochs=2,
-    ))  # fmt: skip
+    ))
     record = pruned.manifest.compression
     assert record is not None and record.method == "heads" and record.distilled
     assert (record.heads, record.neurons) == ((2, 1), (64, 32)) and record.train_samples == 800
@@ -183,7 +183,7 @@ def test_fit_reports_the_chosen_taggers_spans(tagger_files: dict[str, Path], tmp
         "fit", str(tagger_files["model"]), "-t", "raspberry-pi-5", "--tokenizer", str(tagger_files["tokenizer"]),
         "--labels", str(tagger_files["labels"]), "--eval", str(tagger_files["evaluation"]), "--format", "onnx",
         "--precision", "dynamic", "-o", str(tmp_path / "fit.ekb"), "--report", str(tmp_path / "fit.html"), "--json",
-    ])  # fmt: skip
+    ])
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)
     assert found["chosen"]["top1"] > 90  # per word

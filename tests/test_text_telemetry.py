@@ -13,12 +13,12 @@ from test_telemetry import Gatherer, make_telemetry
 from text_models import INTENTS
 
 from edgekit.convert import ConvertOptions, convert
+from edgekit.core.profiles import load_profile
+from edgekit.core.text import TEXT_INPUT
 from edgekit.fleet import init_fleet
-from edgekit.mosquitto import LocalBroker, find_mosquitto
-from edgekit.profiles import load_profile
 from edgekit.runtime import Model
 from edgekit.runtime.telemetry.deid import Deidentifier
-from edgekit.text import TEXT_INPUT
+from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
 
 pytestmark = pytest.mark.skipif(
     find_mosquitto() is None, reason="mosquitto is not installed (.ci/run installs it)"
@@ -43,7 +43,7 @@ def bundle(intent_files: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
         model=intent_files["model"], profile=load_profile("raspberry-pi-5"),
         output=tmp_path_factory.mktemp("text-telemetry") / "intent.ekb", format="onnx", precision="fp32",
         tokenizer=intent_files["tokenizer"], calibration=intent_files["calibration"], labels=intent_files["labels"],
-    ))  # fmt: skip
+    ))
 
 
 def test_the_text_reference_bins_token_counts_and_unknown_rates(bundle: Any) -> None:
@@ -108,12 +108,12 @@ def test_a_slot_tagger_reports_and_its_captured_text_is_deidentified(
         model=tagger_files["model"], profile=load_profile("raspberry-pi-5"), output=tmp_path / "slots.ekb",
         format="onnx", precision="fp32", tokenizer=tagger_files["tokenizer"],
         calibration=tagger_files["calibration"], labels=tagger_files["labels"],
-    ))  # fmt: skip
+    ))
     assert tagger.manifest.reference is not None and tagger.manifest.reference.input == TEXT_INPUT
     with LocalBroker(tmp_path / "broker") as broker:
         gatherer = Gatherer(broker, fleet_dir, tmp_path / "collected")
         telemetry = make_telemetry(broker.url, fleet_dir, tmp_path, capture="random:1", capture_max=4,
-                                   deid_names=("alice", "Bob"))  # fmt: skip
+                                   deid_names=("alice", "Bob"))
         with Model.load(tagger.output, telemetry=telemetry, allow_unsigned=True) as model:
             tagged = model.tag_text(PERSONAL)
         collector = gatherer.run(lambda c: c.inferences >= 4 and c.sample_count >= 4)

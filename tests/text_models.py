@@ -96,7 +96,7 @@ def slot_tagger(folder: Path, vocab: int, seed: int = 0) -> dict[str, Path]:
     model.compile("adam", "sparse_categorical_crossentropy")
     feed, y, weights = tag_targets(str(tokenizer), train, LENGTH)
     model.fit([feed["input_ids"], feed["attention_mask"]], y, sample_weight=weights, epochs=8, batch_size=32,
-              verbose=0)  # fmt: skip
+              verbose=0)
     model.save(folder / "slots.keras")
     (folder / "tags.txt").write_text("\n".join(TAGS) + "\n")
     return {

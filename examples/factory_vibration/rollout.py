@@ -84,7 +84,7 @@ def roll_out(
             "--precision", "fp32", "--name", "bearing-faults", "--model-version", str(version),
             "--calibration", out / "calib.npz", *checked, "--sign-key", key,
             "-o", out / f"bearing-v{version}.ekb",
-        )  # fmt: skip
+        )
     gateways = [
         _gateway_home(out, name, key) for name in ("press-1", "press-2", "lathe-1", "lathe-2", "mill-1")
     ]
@@ -119,13 +119,13 @@ def roll_out(
     everywhere = promoted["settled"] and promoted["running"] == {"2": 5}
     checks.check("the retrained v2 is promoted to every gateway",
                  promoted["decision"] == "promoted" and everywhere,
-                 f"{promoted['decision']}: {promoted['reason']}; running {promoted['running']}")  # fmt: skip
+                 f"{promoted['decision']}: {promoted['reason']}; running {promoted['running']}")
     canary = slow_one["numbers"]["canary"]
     checks.check("the slow v3 is rolled back on its p95",
                  slow_one["decision"] == "rolled-back" and "p95" in slow_one["reason"]
                  and slow_one["running"] == {"2": 5},
                  f"{slow_one['reason']}; canary p95 {canary['p95_ms']} ms; "
-                 f"running {slow_one['running']}")  # fmt: skip
+                 f"running {slow_one['running']}")
     row = status[0]
     checks.check("rollout status agrees", row["phase"] == "rolled-back" and row["healthy"] == 5, f"{row}")
 
@@ -145,9 +145,9 @@ def _deploy(machines: Machines, bundle: Path, common: tuple[Any, ...]) -> dict[s
 
 def _gateway_home(out: Path, name: str, key: Path) -> Path:
     """What imaging a gateway does: a device key, the trusted publisher, the fleet secret, v1."""
+    from edgekit.core.signing import Trust
     from edgekit.runtime.keys import FileKeyProvider, create_device_key
     from edgekit.runtime.store import Store
-    from edgekit.signing import Trust
 
     home = out / "gateways" / name
     home.mkdir(parents=True)
@@ -163,13 +163,13 @@ def _gateway_home(out: Path, name: str, key: Path) -> Path:
 
 
 def _start(home: Path, broker_url: str) -> subprocess.Popen[bytes]:
-    log = open(home / "gateway.log", "ab")  # noqa: SIM115 (the process owns it)
+    log = open(home / "gateway.log", "ab")  # the process owns it
     command = [sys.executable, __file__, "--gateway", home.name, "--broker", broker_url]
     return subprocess.Popen(command, env={**os.environ, "EDGEKIT_HOME": str(home)}, stdout=log, stderr=log)
 
 
 def _wait_online(broker_url: str, count: int) -> None:
-    from edgekit.fleet.rollout import FleetState, connect, snapshot
+    from edgekit.rollout.fleet import FleetState, connect, snapshot
     from edgekit.runtime.telemetry.broker import Broker
 
     deadline = time.monotonic() + 120

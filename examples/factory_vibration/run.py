@@ -32,9 +32,9 @@ from common import Checks, Machines, arguments, heading, local_broker, run  # no
 from rollout import roll_out  # noqa: E402
 from signals import CLASSES, SKF_6205, Sensor, build_classifier, readings  # noqa: E402
 
-from edgekit.bundle import read_manifest  # noqa: E402
-from edgekit.console import quiet_native_output  # noqa: E402
+from edgekit.core.bundle import read_manifest  # noqa: E402
 from edgekit.runtime.telemetry.stats import PSI_SIGNIFICANT  # noqa: E402
+from edgekit.views.console import quiet_native_output  # noqa: E402
 
 FLEET = "factory-7"
 FIELD_MIX = np.array([0.7, 0.1, 0.1, 0.1])
@@ -90,7 +90,7 @@ def main() -> int:
         "convert", out / "bearing.keras", "--target", "x86-gateway", "--precision", "auto",
         "--calibration", out / "calib.npz", "--eval", out / "eval.npz", "--name", "bearing-faults",
         "--sign-key", key, "-o", out / "bearing.ekb",
-    )  # fmt: skip
+    )
     manifest = read_manifest(out / "bearing.ekb")
     artifact = manifest.artifacts[0]
     assert artifact.metrics.accuracy is not None and artifact.selection is not None
@@ -156,7 +156,7 @@ def _run_fleet(machines: Machines, url: str, traffic: dict[str, list[Any]]) -> d
         telemetry = Telemetry(
             url, FLEET, device_id=name, window_s=3600,
             outbox=machines.device_home / "telemetry" / f"{name}.sqlite",
-        )  # fmt: skip
+        )
         model = Model.load("bearing-faults", threads=1, telemetry=telemetry)
         for x, labels in traffic[name]:
             found = np.array([int(np.argmax(model.predict(reading[np.newaxis]))) for reading in x])

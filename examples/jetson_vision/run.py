@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import Checks, Machines, arguments, heading, run  # noqa: E402
 
-from edgekit.bundle import read_bundle  # noqa: E402
-from edgekit.console import quiet_native_output  # noqa: E402
+from edgekit.core.bundle import read_bundle  # noqa: E402
+from edgekit.views.console import quiet_native_output  # noqa: E402
 
 TARGET = "jetson-orin-nano"
 SIDE = 32  # MobileNetV2's smallest input
@@ -84,7 +84,7 @@ def main() -> int:
             "convert", out / "mobilenet_v2.keras", "--target", TARGET, "--precision", precision,
             "--calibration", out / "calib.npz", "--eval", out / "eval.npz", "--name", "vision",
             "--model-version", str(version), "--sign-key", key, "-o", bundles[precision],
-        )  # fmt: skip
+        )
     _artifact_checks(checks, bundles)
 
     heading("3. the device: trust the publisher, install, run with the Jetson's provider order")
@@ -130,7 +130,7 @@ def _artifact_checks(checks: Checks, bundles: dict[str, Path]) -> None:
                 symmetric and quantize > 0 and entry.quantization is not None
                 and entry.quantization.target == "tensorrt",
                 f"{quantize} QuantizeLinear nodes, {len(zero_points)} zero points, all 0",
-            )  # fmt: skip
+            )
         else:
             halves = sum(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
             checks.check("fp16 weights are float16", halves > 0, f"{halves} float16 initializers")

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.console import quiet_native_output
 from edgekit.runtime.telemetry.stats import PSI_SIGNIFICANT
+from edgekit.views.console import quiet_native_output
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
@@ -90,7 +90,7 @@ def main() -> int:
         "convert", out / "meter_v1.keras", "--target", "raspberry-pi-4", "--precision", "int8",
         "--calibration", out / "calib.npz", "--eval", out / "eval.npz", "--name", "meter",
         "--sign-key", key, "-o", out / "meter-v1.ekb",
-    )  # fmt: skip
+    )
 
     heading("3. the hub: trust the publisher, install v1 into the encrypted store")
     machines.device("keys", "init", "--device")
@@ -121,7 +121,7 @@ def main() -> int:
                     capture=f"low-confidence:{CONFIDENT}",
                     capture_max=512,
                     capture_max_bytes=1 << 20,
-                )  # fmt: skip
+                )
                 if broker
                 else None
             )
@@ -170,7 +170,7 @@ def main() -> int:
             "convert", out / "meter_v2.keras", "--target", "raspberry-pi-4", "--precision", "int8",
             "--calibration", out / "field.npz", "--eval", out / "eval_v2.npz", "--force", "--name", "meter",
             "--model-version", "2", "--sign-key", key, "-o", out / "meter-v2.ekb",
-        )  # fmt: skip
+        )
         machines.device("install", out / "meter-v2.ekb")
 
         heading("7. v2 reads the fogged meter")
@@ -207,7 +207,7 @@ def _collector(machines: Machines, broker: Any, out: Path) -> Any:
         return machines.edgekit(
             "fleet", "collect", "--broker", broker.url, "--fleet", FLEET, "--group", "none",
             "--fleet-dir", out / "operator" / "fleet", "--out", out / "collected", *flags,
-        )  # fmt: skip
+        )
 
     return collect
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 ROOMS = ("kitchen", "bedroom", "living room", "bathroom", "garage", "office", "hallway", "kids room",
-         "basement", "dining room")  # fmt: skip
+         "basement", "dining room")
 ON, OFF = ("turn on", "switch on", "power up", "start"), ("turn off", "switch off", "shut off", "kill")
 OPENINGS = ("", "", "", "please ", "hey hub ", "could you ", "can you please ", "i want to ", "ok ")
 TEMPLATES: dict[str, tuple[str, ...]] = {

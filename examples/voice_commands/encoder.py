@@ -74,7 +74,7 @@ def tag_targets(
     at its first token (edgekit's own word alignment), no loss anywhere else."""
     from corpus import TAGS
 
-    from edgekit.text import IGNORED, TextEncoder, TextInputs, align_tags
+    from edgekit.core.text import IGNORED, TextEncoder, TextInputs, align_tags
 
     dtypes = {"input_ids": "int32", "attention_mask": "int32"}
     encoder = TextEncoder(Path(tokenizer_path).read_bytes(), length, TextInputs(*dtypes), dtypes)

@@ -32,7 +32,7 @@ from common import Checks, Machines, arguments, heading, local_broker, run  # no
 from corpus import INTENTS, TAGS, commands, train_tokenizer, write_jsonl  # noqa: E402
 from encoder import build_encoder, encode, tag_targets  # noqa: E402
 
-from edgekit.console import quiet_native_output  # noqa: E402
+from edgekit.views.console import quiet_native_output  # noqa: E402
 
 FLEET = "home-hubs"
 HOUSEHOLD = ("Alice", "Bob")
@@ -79,13 +79,13 @@ def main() -> int:
     pi = machines.edgekit(
         "convert", out / "intent.keras", "--target", "raspberry-pi-5", "--report", out / "intent-pi5.html",
         "-o", out / "intent-pi5.ekb", *common,
-    )  # fmt: skip
+    )
 
     heading("3. the same for a Jetson Orin Nano: fp16 ONNX for TensorRT, softmax and layer norms in fp32")
     jetson = machines.edgekit(
         "convert", out / "intent.keras", "--target", "jetson-orin-nano", "--precision", "fp16",
         "-o", out / "intent-jetson.ekb", *common,
-    )  # fmt: skip
+    )
 
     heading("4. the slot tagger for the Raspberry Pi 5, gated on the span macro-F1 of its slots")
     slots = machines.edgekit(
@@ -94,7 +94,7 @@ def main() -> int:
         "--labels", out / "tags.txt", "--gate-metric", "macro-f1", "--name", "slots", "--sign-key", key,
         "--report", out / "slots-pi5.html",
         "-o", out / "slots-pi5.ekb", "--json",
-    )  # fmt: skip
+    )
 
     heading("5. the hub: trust the publisher, install, and understand commands from text")
     machines.device("keys", "init", "--device")
@@ -138,7 +138,7 @@ def _train(
             np.mean(model.predict(x_held, verbose=0).argmax(-1) == [INTENTS.index(r["label"]) for r in held])
         )
     print(f"trained on {len(train)} commands ({epochs} epochs), {model.count_params():,} parameters, "
-          f"{accuracy:.1%} of held-out commands right")  # fmt: skip
+          f"{accuracy:.1%} of held-out commands right")
     return int(model.count_params())
 
 
@@ -169,7 +169,7 @@ def _on_the_hub(machines: Machines, broker: Any) -> tuple[list[str], list[list[t
                 capture="random:1",
                 capture_max=len(SPOKEN),
                 deid_names=HOUSEHOLD,
-            )  # fmt: skip
+            )
             if broker
             else None
         )
@@ -178,7 +178,7 @@ def _on_the_hub(machines: Machines, broker: Any) -> tuple[list[str], list[list[t
         model.close()
         with Model.load("slots") as tagger:
             tagged = tagger.tag_text([text for text, _ in SPOKEN])
-    from edgekit.spans import entities
+    from edgekit.core.spans import entities
 
     heard = [INTENTS[i] for i in np.argmax(scores, axis=-1)]  # type: ignore[call-overload]
     found = []
@@ -194,7 +194,7 @@ def _collect(machines: Machines, broker: Any, out: Path, *until: str) -> list[st
     machines.edgekit(
         "fleet", "collect", "--broker", broker.url, "--fleet", FLEET, "--group", "none",
         "--fleet-dir", out / "operator" / "fleet", "--out", out / "collected", *until, "--json",
-    )  # fmt: skip
+    )
     samples = out / "collected" / "samples.npz"
     if not samples.exists():
         return []
@@ -241,11 +241,11 @@ def _slot_checks(checks: Checks, slots: dict[str, Any], found: list[list[tuple[s
         "slots_precision": slots["manifest"]["artifacts"][0]["precision"],
         "slots_macro_f1_float": accuracy["float_model"], "slots_macro_f1": accuracy["artifact"],
         "slots_micro_f1": 100 * artifact["micro"]["f1"],
-    })  # fmt: skip
+    })
     checks.check(
         "the slot tagger finds the slots", artifact["micro"]["f1"] >= 0.9,
         f"span micro-F1 {100 * artifact['micro']['f1']:.1f}% >= 90%",
-    )  # fmt: skip
+    )
     missed = [slot for i, slot in SLOTS_HEARD.items() if slot not in found[i]]
     checks.check("the hub hears the room, the value and the time", not missed, f"missed {missed}")
 

@@ -17,13 +17,15 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from edgekit.errors import EdgekitError, SignatureError
-from edgekit.paths import edgekit_home
-from edgekit.runtime.agent.document import (
+from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edgekit.core.deployment import (
     AgentStatus,
     Deployment,
     DocumentError,
@@ -31,12 +33,15 @@ from edgekit.runtime.agent.document import (
     open_document,
     rollout_filter,
 )
+from edgekit.core.errors import EdgekitError, SignatureError
+from edgekit.core.paths import edgekit_home
+from edgekit.core.signing import Trust
+from edgekit.core.validation import updated
 from edgekit.runtime.agent.fetch import Chunks, FetchError, check_space, check_url, fetch_http
 from edgekit.runtime.agent.state import AgentState
 from edgekit.runtime.store import Store
 from edgekit.runtime.telemetry.broker import Broker
 from edgekit.runtime.telemetry.privacy import DeviceFleetKeys, epoch_at, machine_id, pseudonym
-from edgekit.signing import Trust
 
 log = logging.getLogger("edgekit.agent")
 
@@ -71,9 +76,9 @@ class Agent:
         self.refused: dict[str, int] = {}
         self.last_refused: str | None = None
         self.status = AgentStatus(node=self.node(), epoch=self.epoch(), group=config.group,
-                                  time=time.time(), phase="idle", models=self._models())  # fmt: skip
+                                  time=time.time(), phase="idle", models=self._models())
         self._chunks: Chunks | None = None
-        self._client: Any = None
+        self._client: Client | None = None
         self._retry: tuple[float, bytes, int] | None = None
         self._attempts = 0
         self._published = 0.0
@@ -100,7 +105,7 @@ class Agent:
     def stop(self) -> None:
         self.halt.set()
         self._worker.join(timeout=30)
-        self._publish(self.status.model_copy(update={"phase": "offline", "time": time.time()}))
+        self._publish(updated(self.status, phase="offline", time=time.time()))
         client, self._client = self._client, None
         if client is not None:
             client.disconnect()
@@ -110,17 +115,20 @@ class Agent:
         node = self.node()
         client = self.config.broker.client(f"edgekit-agent-{node}")
         offline = AgentStatus(node=node, epoch=self.epoch(), group=self.config.group, time=time.time(),
-                              phase="offline")  # fmt: skip
+                              phase="offline")
         client.will_set(agent_topic(self.config.fleet, node), offline.model_dump_json(), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_connect_fail = self._on_connect_fail
-        client.reconnect_delay_set(0.5, self.config.backoff_max_s)
+        client.reconnect_delay_set(0.5, self.config.backoff_max_s)  # type: ignore[arg-type]  # paho says int; it sleeps floats
         self._client = client  # before the network thread starts: on_connect publishes through it
         client.connect_async(self.config.broker.host, self.config.broker.port, keepalive=30)
         client.loop_start()
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_connect(
+        self, client: Client, userdata: object, flags: ConnectFlags, reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason.is_failure:
             log.warning("agent: broker %s refused the connection: %s", self.config.broker.url, reason)
             return
@@ -130,11 +138,11 @@ class Agent:
             client.subscribe(f"{self._chunks.topic}/+", qos=1)
         self._publish(self.status)
 
-    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+    def _on_connect_fail(self, client: Client, userdata: object) -> None:
         log.warning("agent: cannot reach broker %s; retrying (the active version keeps serving)",
-                    self.config.broker.url)  # fmt: skip
+                    self.config.broker.url)
 
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+    def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
         chunks = self._chunks
         if chunks is not None and message.topic.startswith(chunks.topic + "/"):
             chunks.offer(message.topic, bytes(message.payload))
@@ -149,13 +157,13 @@ class Agent:
                 agent_topic(self.config.fleet, status.node), status.model_dump_json(), qos=1, retain=True
             )
 
-    def _report(self, **fields: Any) -> None:
+    def _report(self, **fields: object) -> None:
         """Update the status and publish it (it waits in paho's queue while offline)."""
         fields.setdefault("reason", None)
-        self.status = self.status.model_copy(update={
-            **fields, "time": time.time(), "refused": dict(self.refused), "last_refused": self.last_refused,
-            "models": self._models(),
-        })  # fmt: skip
+        self.status = updated(self.status,
+            **fields, time=time.time(), refused=dict(self.refused), last_refused=self.last_refused,
+            models=self._models(),
+        )
         self._publish(self.status)
 
     # --- the worker ----------------------------------------------------------------------
@@ -185,7 +193,7 @@ class Agent:
         old.publish(agent_topic(self.config.fleet, self.status.node), b"", qos=1, retain=True)
         old.disconnect()
         old.loop_stop()
-        self.status = self.status.model_copy(update={"node": self.node(), "epoch": self.epoch()})
+        self.status = updated(self.status, node=self.node(), epoch=self.epoch())
         self._connect()
 
     def _handle(self, topic: str, payload: bytes) -> None:
@@ -200,7 +208,7 @@ class Agent:
             return self._refuse(
                 "wrong_topic", f"{where} is signed for fleet {document.fleet}, group "
                 f"{document.group or '(all)'}; it was moved, and is ignored"
-            )  # fmt: skip
+            )
         if document.group not in (None, self.config.group):
             self.refused["other_group"] = self.refused.get("other_group", 0) + 1
             return None
@@ -212,7 +220,7 @@ class Agent:
             return self._refuse(
                 "replay", f"document {document.rollout} #{document.serial} is older than #{floor}, "
                 "the one in force on its topic: a replay, ignored"
-            )  # fmt: skip
+            )
         if document.serial < self.state.highest():
             self.state.serials[document.topic] = document.serial
             self.state.save()  # a fleet-wide document older than this group's own: superseded
@@ -262,14 +270,14 @@ class Agent:
         return None
 
     def _change(
-        self, document: Deployment, running: int | None, target: int, context: dict[str, Any]
+        self, document: Deployment, running: int | None, target: int, context: dict[str, object]
     ) -> None:
         name = document.model.name
         installed = {e.version for e in self.store.installed() if e.name == name and e.problem is None}
         if running is not None and target < running:
             if document.phase not in ("rolled-back", "aborted"):
                 raise EdgekitError(f"the document would take {name} from v{running} down to v{target}; "
-                                   "only a rollback document downgrades")  # fmt: skip
+                                   "only a rollback document downgrades")
             if target not in installed:
                 raise EdgekitError(f"cannot roll back to {name} v{target}: it is not installed here")
             while (self.store.active().get(name) or 0) > target:
@@ -286,7 +294,7 @@ class Agent:
             )
         self._smoke(name, running, target)
 
-    def _install(self, document: Deployment, context: dict[str, Any]) -> None:
+    def _install(self, document: Deployment, context: dict[str, object]) -> None:
         bundle = document.model
         check_space(self.store.root, bundle.size)
         self._report(phase="downloading", progress=0.0, desired=bundle.version, **context)
@@ -297,14 +305,14 @@ class Agent:
         if (installed.name, installed.version) != (bundle.name, bundle.version):
             self.store.rollback(installed.name)
             raise EdgekitError(f"the bundle holds {installed.name} v{installed.version}, "
-                               f"the document declares {bundle.name} v{bundle.version}")  # fmt: skip
+                               f"the document declares {bundle.name} v{bundle.version}")
         log.info("agent: installed %s v%d (%s)", bundle.name, bundle.version, document.rollout)
 
-    def _progress(self, done: float, version: int, context: dict[str, Any]) -> None:
+    def _progress(self, done: float, version: int, context: dict[str, object]) -> None:
         if done - (self.status.progress or 0.0) >= 0.1 or done >= 1.0:
             self._report(phase="downloading", progress=round(done, 3), desired=version, **context)
 
-    def _fetch(self, document: Deployment, progress: Any) -> bytes:
+    def _fetch(self, document: Deployment, progress: Callable[[float], None]) -> bytes:
         problems = []
         for source in document.model.sources:
             try:
@@ -319,7 +327,7 @@ class Agent:
                 problems.append(str(exc))
         raise FetchError("; ".join(problems) or "the document names no source")
 
-    def _fetch_chunks(self, chunks: Chunks, progress: Any) -> bytes:
+    def _fetch_chunks(self, chunks: Chunks, progress: Callable[[float], None]) -> bytes:
         self._chunks = chunks
         client = self._client
         if client is not None:
@@ -345,7 +353,9 @@ class Agent:
                 f"{name} v{target} does not run here ({exc}); v{running} stays active"
             ) from exc
 
-    def _fail(self, document: Deployment, reason: str, context: dict[str, Any], desired: int | None) -> None:
+    def _fail(
+        self, document: Deployment, reason: str, context: dict[str, object], desired: int | None
+    ) -> None:
         log.warning("agent: %s: %s", document.rollout, reason)
         self._retry, self._attempts = None, 0
         self.state.outcomes[document.serial] = reason
@@ -353,11 +363,11 @@ class Agent:
         running = self.store.active().get(document.model.name)
         self._report(phase="failed", reason=reason[:1024], running=running, desired=desired, **context)
 
-    def _later(self, document: Deployment, payload: bytes, reason: str, context: dict[str, Any],
-               desired: int | None) -> None:  # fmt: skip
+    def _later(self, document: Deployment, payload: bytes, reason: str, context: dict[str, object],
+               desired: int | None) -> None:
         delay = self.config.retry_s[min(self._attempts, len(self.config.retry_s) - 1)]
         self._attempts += 1
         self._retry = (time.monotonic() + delay, payload, document.serial)
         running = self.store.active().get(document.model.name)
         self._report(phase="failed", reason=f"{reason[:900]}; retrying in {delay:g} s", running=running,
-                     desired=desired, **context)  # fmt: skip
+                     desired=desired, **context)

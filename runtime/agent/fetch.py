@@ -19,8 +19,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from edgekit.errors import EdgekitError
-from edgekit.runtime.agent.document import BundleRef, Source
+from edgekit.core.deployment import BundleRef, Source
+from edgekit.core.errors import EdgekitError
 
 log = logging.getLogger("edgekit.agent")
 READ_BYTES = 64 * 1024
@@ -66,7 +66,7 @@ def verify(data: bytes | bytearray, bundle: BundleRef) -> bytes:
 
 
 def fetch_http(source: Source, bundle: BundleRef, progress: Progress, halt: threading.Event,
-               attempts: int = 5) -> bytes:  # fmt: skip
+               attempts: int = 5) -> bytes:
     """GET the bundle, resuming with ``Range`` after a dropped connection."""
     assert source.url is not None
     data = bytearray()
@@ -86,7 +86,7 @@ def fetch_http(source: Source, bundle: BundleRef, progress: Progress, halt: thre
 
 def _get(url: str, data: bytearray, size: int, progress: Progress, halt: threading.Event) -> None:
     request = urllib.request.Request(url, headers={"Range": f"bytes={len(data)}-"} if data else {})
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (http and https only)
+    with urllib.request.urlopen(request, timeout=30) as response:  # http and https only
         if response.status != 206:
             data.clear()  # the server ignored the range: start over
         while chunk := response.read(READ_BYTES):
@@ -148,10 +148,6 @@ class Chunks:
                     raise FetchError(f"bundle over MQTT: no chunk on {self.topic}/+ for {idle_s:g} s")
                 self.changed.wait(0.2)
         return verify(b"".join(self.parts[i] for i in range(self.count)), self.bundle)
-
-
-def chunk_topic(fleet: str, sha256: str) -> str:
-    return f"edgekit/{fleet}/bundles/{sha256}"
 
 
 def _mb(size: int) -> str:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgekit.atomic import atomic_write
+from edgekit.core.atomic import atomic_write
 
 
 @dataclass

@@ -6,12 +6,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from edgekit.errors import EdgekitError, InferenceError, RuntimeBackendError
-from edgekit.samples import Feed
+from edgekit.core.errors import EdgekitError, InferenceError, RuntimeBackendError
+from edgekit.core.formats import CPU, ExecutionProvider
+from edgekit.core.samples import Feed
+
+if TYPE_CHECKING:
+    from edgekit.runtime.engines import EngineCache
 
 
 @dataclass(frozen=True)
@@ -29,10 +34,27 @@ class TensorInfo:
         return self.scale is not None
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where an engine may run an artifact: what GPU engines read, and CPU engines ignore."""
+
+    providers: tuple[ExecutionProvider, ...] = (CPU,)
+    """ONNX Runtime's providers, best first (the profile's order)."""
+    precision: str | None = None
+    """The artifact's precision: TensorRT turns on fp16 and int8 kernels by it."""
+    engines: EngineCache | None = None
+    """Where compiled TensorRT engines are kept, encrypted (store models)."""
+    trt_cache_dir: Path | None = None
+
+
 class Backend(ABC):
-    """Runs one artifact held in memory. Subclasses register under ``format``."""
+    """Runs one artifact held in memory. Subclasses register under ``format``, and answer
+    what the runtime asks of a format: whether its engine is installed, whether it runs on
+    a GPU here, and its name on the Open Inference Protocol."""
 
     format: ClassVar[str]
+    platform: ClassVar[str]
+    """The KServe v2 platform name of this format (``onnx_onnxv1``, ``tflite_tflite``)."""
     registry: ClassVar[dict[str, type[Backend]]] = {}
 
     def __init_subclass__(cls, register: bool = True, **kwargs: object) -> None:
@@ -50,8 +72,28 @@ class Backend(ABC):
 
     @classmethod
     def import_engine(cls) -> None:
-        """Import the library that runs this format, so later loads measure only the model."""
+        """Import the library that runs this format, so later loads measure only the model;
+        a MissingDependencyError with the install line when it is not installed."""
         return None
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether this format's engine is installed here."""
+        try:
+            cls.import_engine()
+        except EdgekitError:
+            return False
+        return True
+
+    @classmethod
+    def runs_on_gpu(cls) -> bool:
+        """Whether this engine can run on a GPU on this machine (GPU first: the runtime prefers it)."""
+        return False
+
+    @classmethod
+    def place(cls, content: bytes, threads: int | None, placement: Placement) -> Backend:
+        """A backend for ``content`` where ``placement`` allows; CPU engines ignore it."""
+        return cls(content, threads)
 
     @abstractmethod
     def __init__(self, content: bytes, threads: int | None = None) -> None: ...

@@ -10,14 +10,17 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from edgekit.errors import MissingDependencyError, RuntimeBackendError
-from edgekit.formats import TENSORRT_FP16, TENSORRT_INT8
-from edgekit.runtime.backends.base import Backend, TensorInfo
-from edgekit.samples import Feed
+from edgekit.core.errors import MissingDependencyError, RuntimeBackendError
+from edgekit.core.formats import CPU, CUDA, GPU_PROVIDERS, TENSORRT, TENSORRT_FP16, TENSORRT_INT8
+from edgekit.core.samples import Feed
+from edgekit.runtime.backends.base import Backend, Placement, TensorInfo
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 _ONNX_DTYPES = {
     "tensor(float)": "float32",
@@ -29,8 +32,6 @@ _ONNX_DTYPES = {
     "tensor(int64)": "int64",
     "tensor(bool)": "bool",
 }
-CPU = "CPUExecutionProvider"
-TRT = "TensorrtExecutionProvider"
 log = logging.getLogger("edgekit.runtime")
 _MISSING_OP = re.compile(
     r"(?:Could not find an implementation for |not a registered function/op.*?|Fatal error: )([\w.:]+)\("
@@ -58,7 +59,7 @@ class ProviderSettings:
 
 def provider_options(provider: str, settings: ProviderSettings) -> dict[str, str]:
     """The options ONNX Runtime takes for ``provider``, as strings, as its C API wants them."""
-    if provider == "TensorrtExecutionProvider":
+    if provider == TENSORRT:
         options = {
             "trt_max_workspace_size": str(settings.trt_workspace_bytes),
             "trt_fp16_enable": str(settings.precision in TENSORRT_FP16),
@@ -71,7 +72,7 @@ def provider_options(provider: str, settings: ProviderSettings) -> dict[str, str
                 "trt_timing_cache_enable": "True",
             }
         return options
-    if provider == "CUDAExecutionProvider":
+    if provider == CUDA:
         return {"device_id": "0"}
     return {}
 
@@ -91,7 +92,7 @@ def compile_engine(content: bytes, options: dict[str, str]) -> bytes:
     if not hasattr(ort, "ModelCompiler"):
         raise RuntimeError(f"onnxruntime {ort.__version__} has no compile API (1.22 or later has)")
     session_options = ort.SessionOptions()
-    session_options.add_provider(TRT, options)
+    session_options.add_provider(TENSORRT, options)
     compiled: bytes = ort.ModelCompiler(
         session_options, content, embed_compiled_data_into_model=True
     ).compile_to_bytes()
@@ -102,10 +103,21 @@ def compile_engine(content: bytes, options: dict[str, str]) -> bytes:
 
 class ONNXBackend(Backend):
     format = "onnx"
+    platform = "onnx_onnxv1"
 
     @classmethod
     def import_engine(cls) -> None:
         import_onnxruntime()
+
+    @classmethod
+    def runs_on_gpu(cls) -> bool:
+        available: list[str] = import_onnxruntime().get_available_providers()
+        return any(p in available for p in GPU_PROVIDERS)
+
+    @classmethod
+    def place(cls, content: bytes, threads: int | None, placement: Placement) -> Backend:
+        settings = ProviderSettings(precision=placement.precision, trt_cache_dir=placement.trt_cache_dir)
+        return cls(content, threads, placement.providers, settings, engines=placement.engines)
 
     def __init__(
         self,
@@ -114,7 +126,7 @@ class ONNXBackend(Backend):
         providers: Sequence[str] | None = None,
         settings: ProviderSettings | None = None,
         available: Sequence[str] | None = None,
-        session_factory: Callable[..., Any] | None = None,
+        session_factory: Callable[..., ort.InferenceSession] | None = None,
         engines: EngineStore | None = None,
         compiler: Callable[[bytes, dict[str, str]], bytes] = compile_engine,
     ) -> None:
@@ -141,7 +153,7 @@ class ONNXBackend(Backend):
         self._session = self._open(
             content,
             options,
-            list(providers or ["CPUExecutionProvider"]),
+            list(providers or [CPU]),
             list(ort.get_available_providers() if available is None else available),
             settings or ProviderSettings(),
             session_factory or ort.InferenceSession,
@@ -154,17 +166,17 @@ class ONNXBackend(Backend):
     def _open(
         self,
         content: bytes,
-        options: Any,
+        options: ort.SessionOptions,
         wanted: list[str],
         available: list[str],
         settings: ProviderSettings,
-        factory: Callable[..., Any],
-    ) -> Any:
+        factory: Callable[..., ort.InferenceSession],
+    ) -> ort.InferenceSession:
         self.fallbacks += [f"{p} is not in this onnxruntime build" for p in wanted if p not in available]
         chain = [p for p in wanted if p in available and p != CPU] + [CPU]
         for index, provider in enumerate(chain):
             providers = [(p, provider_options(p, settings)) for p in chain[index:]]
-            engine = self._trt_engine(content, providers[0][1]) if provider == TRT else None
+            engine = self._trt_engine(content, providers[0][1]) if provider == TENSORRT else None
             try:
                 session = self._start(factory, content, engine, options, providers)
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
@@ -179,12 +191,12 @@ class ONNXBackend(Backend):
 
     def _start(
         self,
-        factory: Callable[..., Any],
+        factory: Callable[..., ort.InferenceSession],
         content: bytes,
         engine: tuple[str, bytes] | None,
-        options: Any,
+        options: ort.SessionOptions,
         providers: list[tuple[str, dict[str, str]]],
-    ) -> Any:
+    ) -> ort.InferenceSession:
         """A session on ``engine`` (key, compiled model) if it loads, else on ``content``."""
         if engine is not None:
             key, compiled = engine
@@ -235,7 +247,7 @@ class ONNXBackend(Backend):
         ]
 
 
-def _tensor_info(arg: Any) -> TensorInfo:
+def _tensor_info(arg: ort.NodeArg) -> TensorInfo:
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)
     return TensorInfo(name=arg.name, shape=shape, dtype=_ONNX_DTYPES.get(arg.type, arg.type))
 

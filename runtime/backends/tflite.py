@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import MissingDependencyError, RuntimeBackendError
+from edgekit.core.errors import MissingDependencyError, RuntimeBackendError
+from edgekit.core.samples import Feed
 from edgekit.runtime.backends.base import Backend, TensorInfo, dequantize, quantize
-from edgekit.samples import Feed
 
 # Best first. tensorflow.lite is last because importing it loads all of TensorFlow.
 _INTERPRETER_MODULES = (
@@ -48,6 +48,7 @@ def import_interpreter() -> tuple[Any, str]:
 
 class TFLiteBackend(Backend):
     format = "tflite"
+    platform = "tflite_tflite"
 
     @classmethod
     def import_engine(cls) -> None:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit.core.samples import Feed
 from edgekit.runtime.model import Model
 from edgekit.runtime.serve.protocol import ProtocolError
-from edgekit.samples import Feed
 
 log = logging.getLogger("edgekit.serve")
 
@@ -104,7 +104,7 @@ class Batcher:
                 raise ProtocolError(
                     503, f"{self.model.info.name}: {self.settings.max_queue} requests are already "
                     "waiting; retry later",
-                ) from None  # fmt: skip
+                ) from None
         return job.future
 
     def close(self) -> None:
@@ -158,7 +158,7 @@ class Batcher:
             texts = [t for job in jobs for t in job.texts or []] or None
             try:
                 outputs = self.model.run(feed, texts)
-            except Exception:  # noqa: BLE001 - one bad request must not fail the rest: run each alone
+            except Exception:  # one bad request must not fail the rest: run each alone
                 outputs = []
             if all(len(out) == sum(rows) for out in outputs) and outputs:
                 self._count(len(jobs))
@@ -170,7 +170,7 @@ class Batcher:
             self._count(1)
             try:
                 job.future.set_result(self.model.run(job.feed, job.texts))
-            except Exception as exc:  # noqa: BLE001 - the caller turns it into the protocol's error
+            except Exception as exc:  # the caller turns it into the protocol's error
                 job.future.set_exception(exc)
 
     def _count(self, size: int) -> None:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent import futures
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -22,6 +22,7 @@ from edgekit.runtime.serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from edgekit.runtime.serve.protocol import (
     Limits,
     ProtocolError,
+    TensorSpec,
     datatype,
     decode_tensor,
     from_buffer,
@@ -68,7 +69,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         except ProtocolError as exc:
             code = CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT)
             message = str(exc)
-        except Exception as exc:  # noqa: BLE001 - logged here; one line on the wire
+        except Exception as exc:  # logged here; one line on the wire
             log.exception("internal error in %s", what)
             code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
         finally:
@@ -81,26 +82,36 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         given = dict(context.invocation_metadata()).get("authorization", "")
         return hmac.compare_digest(str(given).encode(), self.expected)
 
-    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - the proto's names
+    def ServerLive(  # the proto's names
+        self, request: pb.ServerLiveRequest, context: grpc.ServicerContext
+    ) -> pb.ServerLiveResponse:
         return self._call(context, "ServerLive", lambda: pb.ServerLiveResponse(live=True))
 
-    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.ServicerContext
+    ) -> pb.ServerReadyResponse:
         return self._call(
             context, "ServerReady", lambda: pb.ServerReadyResponse(ready=bool(self.repository.names()))
         )
 
-    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.ServicerContext
+    ) -> pb.ModelReadyResponse:
         return self._call(context, "ModelReady", lambda: pb.ModelReadyResponse(
-            ready=self.repository.ready(request.name, request.version or None)))  # fmt: skip
+            ready=self.repository.ready(request.name, request.version or None)))
 
-    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ServerMetadataResponse:
         import edgekit
 
         return self._call(context, "ServerMetadata", lambda: pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=edgekit.__version__, extensions=list(EXTENSIONS)))  # fmt: skip
+            name=SERVER_NAME, version=edgekit.__version__, extensions=list(EXTENSIONS)))
 
-    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        def answer() -> Any:
+    def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        def answer() -> pb.ModelMetadataResponse:
             found = model_metadata(self.repository, request.name, request.version or None)
             tensors = {key: [pb.ModelMetadataResponse.TensorMetadata(**t) for t in found[key]]
                        for key in ("inputs", "outputs")}  # fmt: skip
@@ -110,10 +121,12 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return self._call(context, "ModelMetadata", answer)
 
-    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInferResponse:
         return self._call(context, "ModelInfer", lambda: self._infer(request))
 
-    def _infer(self, request: Any) -> Any:
+    def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         name, version = request.model_name, request.model_version or None
         served = self.repository.get(name, version)
         inputs = self._inputs(request, {t.name: t for t in served.inputs})
@@ -123,7 +136,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         except futures.TimeoutError:
             future.cancel()
             raise ProtocolError(504, f"{served.name} did not answer within {self.timeout_s:g} s") from None
-        except Exception as exc:  # noqa: BLE001 - the engine's own error types
+        except Exception as exc:  # the engine's own error types
             raise ProtocolError(400, f"{served.name} v{served.version}: {exc}") from None
         wanted = [(o.name, True) for o in request.outputs] or None
         reply = pb.ModelInferResponse(
@@ -134,7 +147,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             reply.raw_output_contents.append(raw_bytes(array))
         return reply
 
-    def _inputs(self, request: Any, specs: dict[str, Any]) -> dict[str, np.ndarray]:
+    def _inputs(self, request: pb.ModelInferRequest, specs: dict[str, TensorSpec]) -> dict[str, np.ndarray]:
         raw = list(request.raw_input_contents)
         if raw and len(raw) != len(request.inputs):
             raise ProtocolError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")

@@ -113,7 +113,7 @@ def from_buffer(name: str, raw: bytes | memoryview, dtype: np.dtype, shape: Sequ
         raise ProtocolError(
             400, f"input '{name}': {len(raw)} bytes of data for shape {list(shape)}, "
             f"which takes {count * dtype.itemsize}",
-        )  # fmt: skip
+        )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.core.errors import EdgekitError
+from edgekit.core.text import TEXT_INPUT
+from edgekit.runtime.backends import backend_for
 from edgekit.runtime.feeds import check_feed
 from edgekit.runtime.model import Model
 from edgekit.runtime.serve.batching import Batcher, BatchSettings, Retired
 from edgekit.runtime.serve.protocol import ProtocolError, TensorSpec, spec_of
-from edgekit.text import TEXT_INPUT
 
 log = logging.getLogger("edgekit.serve")
 
@@ -48,7 +49,7 @@ class Served:
 
     @property
     def platform(self) -> str:
-        return "onnx_onnxv1" if self.model.entry.format == "onnx" else "tflite_tflite"
+        return backend_for(self.model.entry.format).platform
 
     def submit(self, inputs: dict[str, np.ndarray]) -> Future[list[np.ndarray]]:
         """Check ``inputs`` as ``predict`` does (400 naming the input), then queue them."""
@@ -90,7 +91,7 @@ class Repository:
     def __init__(
         self, sources: Sequence[Source], loader: Loader, settings: Callable[[str], BatchSettings],
         active: Callable[[], dict[str, int | None]] | None = None, follow_new: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._loader, self._settings, self._active_versions = loader, settings, active
         self._sources: dict[str, Source] = {}
         self._follow_new = follow_new
@@ -103,7 +104,7 @@ class Repository:
             served = self._load(source, None)
             if served.name in self._sources:
                 raise EdgekitError(f"{source.where} and {self._sources[served.name].where} are both "
-                                   f"model {served.name}: serve one of them")  # fmt: skip
+                                   f"model {served.name}: serve one of them")
             self._sources[served.name] = source
             self._install(served)
 
@@ -209,7 +210,7 @@ class Repository:
             served = self._loaded.get((name, version)) or self._load(source, version)
         except EdgekitError as exc:
             log.error("%s v%d was activated but does not load (still serving the old version): %s",
-                      name, version, exc)  # fmt: skip
+                      name, version, exc)
             return
         self._install(served)
         log.info("%s: now serving v%d (was v%s)", name, version, current.version if current else "-")

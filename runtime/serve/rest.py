@@ -90,7 +90,7 @@ def build_app(repository: Repository, limits: Limits, timeout_s: float, token: b
             arrays = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
         except asyncio.TimeoutError:
             raise ProtocolError(504, f"{served.name} did not answer within {timeout_s:g} s") from None
-        except Exception as exc:  # noqa: BLE001 - the engine's own error types
+        except Exception as exc:  # the engine's own error types
             raise ProtocolError(400, f"{served.name} v{served.version}: {exc}") from None
         request.state.model = f"{served.name} v{served.version}"
         chosen = select_outputs(served.output_names, arrays, parsed.outputs)
@@ -176,13 +176,13 @@ class _Guard:
             response = JSONResponse(
                 {"error": "a bearer token is required: send Authorization: Bearer TOKEN"},
                 status_code=401, headers={"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
+            )
             await response(scope, receive, sending)
         else:
             await self.app(scope, receive, sending)
         state = scope.get("state", {})
         access.info("%s %s %s %d %.2f ms", scope["method"], scope["path"], state.get("model", "-"), status[0],
-                    (time.perf_counter() - started) * 1000)  # fmt: skip
+                    (time.perf_counter() - started) * 1000)
 
     def _authorized(self, scope: Scope) -> bool:
         assert self.expected is not None

@@ -14,12 +14,18 @@ from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import InputError, MissingDependencyError, StoreError
+from edgekit.core.errors import InputError, MissingDependencyError, StoreError
 from edgekit.runtime.serve.batching import BatchSettings
 from edgekit.runtime.serve.protocol import Limits
 from edgekit.runtime.serve.repository import Repository, Source, source_of
+
+if TYPE_CHECKING:
+    import grpc
+    import uvicorn
+
+    from edgekit.runtime.telemetry import Telemetry
 
 log = logging.getLogger("edgekit.serve")
 
@@ -53,7 +59,7 @@ class ServeConfig:
     """How often the store's active versions are checked."""
     load: Mapping[str, Any] = field(default_factory=dict)
     """Keyword arguments for every ``Model.load`` (threads, format, allow_unsigned, ...)."""
-    telemetry: Callable[[], Any] | None = None
+    telemetry: Callable[[], Telemetry] | None = None
     """Makes one ``Telemetry`` per loaded model version."""
 
     def settings(self, name: str) -> BatchSettings:
@@ -93,7 +99,7 @@ def open_repository(config: ServeConfig) -> Repository:
         sources = [Source(name, name, True) for name, active in sorted(store.active().items()) if active]
         if not sources:
             raise StoreError("the store has no active model: install one with edgekit install BUNDLE, "
-                             "or name bundle files to serve")  # fmt: skip
+                             "or name bundle files to serve")
 
     def loader(where: str, version: int | None) -> Model:
         telemetry = config.telemetry() if config.telemetry else None
@@ -108,7 +114,7 @@ def open_repository(config: ServeConfig) -> Repository:
 
 
 SERVER_LIBRARIES = (("starlette", "starlette"), ("uvicorn", "uvicorn"), ("grpc", "grpcio"),
-                    ("google.protobuf", "protobuf"))  # fmt: skip
+                    ("google.protobuf", "protobuf"))
 """(module, package) pairs that edgekit[serve] installs."""
 
 
@@ -158,7 +164,7 @@ def _sigterm_returns() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _announcing(config: Any, on_started: Callable[[], None]) -> Any:
+def _announcing(config: uvicorn.Config, on_started: Callable[[], None]) -> uvicorn.Server:
     """uvicorn's Server, calling ``on_started`` once it accepts connections."""
     import uvicorn
 
@@ -197,7 +203,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _grpc(config: ServeConfig, repository: Repository) -> tuple[Any, int]:
+def _grpc(config: ServeConfig, repository: Repository) -> tuple[grpc.Server, int]:
     import grpc
 
     from edgekit.runtime.serve.grpc_api import Servicer, add_service
@@ -224,7 +230,7 @@ def _grpc(config: ServeConfig, repository: Repository) -> tuple[Any, int]:
     return server, port
 
 
-def _grpc_credentials(tls: TLS) -> Any:
+def _grpc_credentials(tls: TLS) -> grpc.ServerCredentials:
     import grpc
 
     ca = tls.client_ca.read_bytes() if tls.client_ca else None
@@ -248,7 +254,7 @@ def _information(
         models.append({
             "name": name, "version": served.version, "format": info.format, "precision": info.precision,
             "provider": info.provider, "max_batch": batch,
-        })  # fmt: skip
+        })
     return {
         "rest": f"{scheme}://{host}:{port}", "grpc": f"{host}:{grpc_port}" if grpc_port else None,
         "models": models, "token": config.token is not None,

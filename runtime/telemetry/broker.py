@@ -6,10 +6,11 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlparse
 
-from edgekit.errors import InputError
+from paho.mqtt.client import Client
+
+from edgekit.core.errors import InputError
 
 PASSWORD_ENV = "EDGEKIT_MQTT_PASSWORD"
 
@@ -74,7 +75,7 @@ class Broker:
         """Without credentials, for log lines."""
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
-    def client(self, client_id: str) -> Any:
+    def client(self, client_id: str) -> Client:
         """A configured paho client, not yet connected."""
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion

@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgekit.errors import InputError
+from edgekit.core.errors import InputError
+from edgekit.core.telemetry import check_fleet_name
+from edgekit.core.validation import describe
 from edgekit.runtime.telemetry.broker import Broker
-from edgekit.runtime.telemetry.schema import check_fleet_name
 from edgekit.runtime.telemetry.window import Capture
-from edgekit.validation import describe
 
 
 class TelemetryConfigError(InputError):
@@ -105,4 +105,4 @@ class TelemetryConfig(BaseModel):
         return Broker.parse(
             self.broker, ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key,
             username=self.username, password=self.password,
-        )  # fmt: skip
+        )

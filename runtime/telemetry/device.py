@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.manifest import Manifest
-from edgekit.paths import edgekit_home
+from edgekit.core.manifest import Manifest
+from edgekit.core.paths import edgekit_home
+from edgekit.core.telemetry import SCHEMA_VERSION, Drift, ModelRef, Privacy, SampleHeader
 from edgekit.runtime.telemetry.config import TelemetryConfig, TelemetryConfigError
 from edgekit.runtime.telemetry.deid import Deidentifier
 from edgekit.runtime.telemetry.outbox import BudgetSpent, Outbox
@@ -27,7 +28,6 @@ from edgekit.runtime.telemetry.privacy import (
 )
 from edgekit.runtime.telemetry.publisher import Publisher
 from edgekit.runtime.telemetry.report import ReportDraft, input_stats, window_counts
-from edgekit.runtime.telemetry.schema import SCHEMA_VERSION, Drift, ModelRef, Privacy, SampleHeader
 from edgekit.runtime.telemetry.stats import feature_plan, plan_for, psi
 from edgekit.runtime.telemetry.window import Capture, Window
 
@@ -241,15 +241,15 @@ class Telemetry:
         return seq
 
     def _release_samples(self, window: Window, node: str, epoch: int) -> None:
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "x": window.sample_x[: window.samples].copy(),
             "pred": window.sample_pred[: window.samples].copy(),
             "confidence": window.sample_conf[: window.samples].copy(),
         }
         if window.sample_text:
             arrays["text"] = np.array(window.sample_text, dtype=str)
-        key = self.keys.public_key
-        assert key is not None and self._model is not None
+        key, model = self.keys.public_key, self._model
+        assert key is not None and model is not None
 
         def build(seq: int, dropped: int) -> bytes:
             header = SampleHeader(
@@ -258,7 +258,7 @@ class Telemetry:
                 node=node,
                 epoch=epoch,
                 seq=seq,
-                model=self._model,
+                model=model,
                 count=window.samples,  # type: ignore[arg-type]
             )
             return seal_sample(header, arrays, key)

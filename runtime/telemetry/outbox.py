@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.errors import EdgekitError
+from edgekit.core.errors import EdgekitError
+from edgekit.core.telemetry import Kind
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -37,7 +38,7 @@ class OutboxError(EdgekitError):
 class Entry:
     seq: int
     node: str
-    kind: str
+    kind: Kind
     payload: bytes
 
 
@@ -69,7 +70,7 @@ class Outbox:
 
     def put(
         self,
-        kind: str,
+        kind: Kind,
         node: str,
         build: Callable[[int, int], bytes],
         *,

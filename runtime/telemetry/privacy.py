@@ -17,10 +17,10 @@ import numpy as np
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from edgekit.archive import load_npz
-from edgekit.errors import InputError, MissingDependencyError
-from edgekit.paths import edgekit_home
-from edgekit.runtime.telemetry.schema import MAX_PAYLOAD_BYTES, SAMPLE_MAGIC, SampleHeader
+from edgekit.core.archive import load_npz
+from edgekit.core.errors import InputError, MissingDependencyError
+from edgekit.core.paths import edgekit_home
+from edgekit.core.telemetry import MAX_PAYLOAD_BYTES, SAMPLE_MAGIC, SampleHeader
 
 SECRET_FILE = "fleet.secret"
 PUBLIC_FILE = "fleet.pub"

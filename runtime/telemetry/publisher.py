@@ -12,11 +12,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edgekit.core.telemetry import topic
 from edgekit.runtime.telemetry.broker import Broker
 from edgekit.runtime.telemetry.outbox import Outbox
-from edgekit.runtime.telemetry.schema import topic
 
 log = logging.getLogger("edgekit.telemetry")
 
@@ -44,7 +47,7 @@ class Publisher(threading.Thread):
         self._backoff_max = backoff_max_s
         self._expiry = message_expiry_s
         self._halt = threading.Event()
-        self._client: Any = None
+        self._client: Client | None = None
         self._node: str | None = None
         self._connected = False
         self._inflight: dict[int, int] = {}
@@ -118,7 +121,10 @@ class Publisher(threading.Thread):
             self._fail(f"telemetry: cannot reach broker {self.broker.url}: {exc}; reports wait on disk")
             self._drop_client()
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_connect(
+        self, client: Client, userdata: object, flags: ConnectFlags, reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason.is_failure:
             self._fail(f"telemetry: broker {self.broker.url} refused the connection: {reason}")
             self._drop_client()
@@ -132,12 +138,17 @@ class Publisher(threading.Thread):
         self._state = "connected"
         self.last_error = None
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_disconnect(
+        self, client: Client, userdata: object, flags: DisconnectFlags, reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if client is self._client and not self._halt.is_set():
             self._fail(f"telemetry: lost broker {self.broker.url} ({reason}); reports wait on disk")
             self._drop_client()
 
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+    def _on_publish(
+        self, client: Client, userdata: object, mid: int, reason: ReasonCode, properties: Properties
+    ) -> None:
         seq = self._inflight.pop(mid, None)
         if seq is None:
             return  # the status message
@@ -179,8 +190,8 @@ class Publisher(threading.Thread):
 
     def _leave(self) -> None:
         """Clear the old pseudonym's retained status and disconnect."""
-        assert self._node is not None
         client = self._client
+        assert self._node is not None and client is not None
         self._client = None  # so that the disconnect below is not taken for a lost broker
         client.publish(topic(self.fleet, self._node, "status"), b"", qos=1, retain=True)
         client.loop(timeout=0.1)

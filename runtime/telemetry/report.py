@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit.runtime.telemetry.schema import SCHEMA_VERSION, Drift, InputStats, ModelRef, Privacy, Report
+from edgekit.core.telemetry import SCHEMA_VERSION, Drift, InputStats, ModelRef, Privacy, Report
 from edgekit.runtime.telemetry.window import Window
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit.manifest import ReferenceStats
+from edgekit.core.manifest import ReferenceStats
 
 BINS = 10
 MAX_VALUE_FEATURES = 32

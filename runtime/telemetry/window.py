@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from edgekit.manifest import ReferenceStats
-from edgekit.runtime.telemetry.schema import CONFIDENCE_EDGES, LATENCY_EDGES_MS
+from edgekit.core.manifest import ReferenceStats
+from edgekit.core.telemetry import CONFIDENCE_EDGES, LATENCY_EDGES_MS
 from edgekit.runtime.telemetry.stats import BINS, FeaturePlan, probabilities
 
 ROWS = 256

@@ -16,7 +16,7 @@ import click
 import edgekit
 from edgekit.cli import building, bundles, device, evaluating, fleet, keys, rollout, running, serving
 from edgekit.cli.common import debug, error_line
-from edgekit.errors import EdgekitError
+from edgekit.core.errors import EdgekitError
 
 
 class EdgekitGroup(click.Group):
@@ -71,7 +71,7 @@ def main(ctx: click.Context, debug: bool) -> None:
       edgekit fleet watch --broker mqtt://broker:1883 --fleet factory-7
       edgekit fleet collect --broker mqtt://broker:1883 --fleet factory-7 --out data/
     """
-    from edgekit.console import route_warnings, ui_stream
+    from edgekit.views.console import route_warnings, ui_stream
 
     ctx.obj = {"debug": debug, "ui": ui_stream()}
     route_warnings(ctx.obj["ui"])

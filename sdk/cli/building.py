@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import click
 from rich.console import Console
@@ -26,8 +26,14 @@ from edgekit.cli.options import (
     together,
     train_data_option,
 )
-from edgekit.converters.onnx import CALIBRATION_METHODS
-from edgekit.profiles import load_all_profiles
+from edgekit.compress.pruning import PRUNE_MODES
+from edgekit.converters.base import CALIBRATION_METHODS
+from edgekit.core.manifest import GateMetric
+from edgekit.core.profiles import load_all_profiles
+
+if TYPE_CHECKING:
+    from edgekit.convert import ConvertOptions
+    from edgekit.fit.search import FitOptions
 
 
 class RatiosType(click.ParamType):
@@ -139,7 +145,7 @@ _pruning_options = together(
     ),
     click.option(
         "--prune-mode",
-        type=click.Choice(["structured", "magnitude"]),
+        type=click.Choice(PRUNE_MODES),
         default="structured",
         show_default=True,
         help="structured removes whole channels (a smaller, faster model); magnitude zeroes weights "
@@ -170,7 +176,7 @@ _override_options = together(
     max_robustness_drop_option,
     click.option(
         "--gate-metric",
-        type=click.Choice(["top1", "macro-f1"]),
+        type=click.Choice(get_args(GateMetric)),
         default="top1",
         show_default=True,
         help="With --eval labels: what the accuracy gate compares. macro-f1 weighs every class alike "
@@ -237,7 +243,7 @@ _identity_options = together(
 @output_option("Bundle to write. Default: MODEL's name with .ekb in the current folder.")
 @json_option
 @click.pass_context
-def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool, **fields: Any) -> None:
+def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool, **params: Any) -> None:
     """Convert a trained model into a bundle sized and checked for a device.
 
     MODEL is a Keras .keras file, a legacy .h5 file, a TensorFlow SavedModel folder or an
@@ -259,18 +265,16 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
           --calibration calib.jsonl --eval eval.jsonl --labels intents.txt -o intent.ekb
     """
     from edgekit import views
-    from edgekit.console import RichReporter, quiet_native_output
-    from edgekit.convert import ConvertOptions
     from edgekit.convert import convert as run_convert
-    from edgekit.fit_report import write_convert_report
+    from edgekit.fit.report import write_convert_report
+    from edgekit.views.console import RichReporter, quiet_native_output
 
-    report = fields.pop("report")
-    options = ConvertOptions(model=model, output=output or _default_output(model), **fields)
+    options = convert_options(model, output or _default_output(model), params)
     ui = ui_console(ctx)
     with quiet_native_output(enabled=not debug(ctx)):
         result = run_convert(options, RichReporter(ui))
-    if report is not None:
-        write_convert_report(report, result, options.profile, model.name)
+    if params["report"] is not None:
+        write_convert_report(params["report"], result, options.profile, model.name)
     if as_json:
         print_json(views.convert_json(result))
     else:
@@ -303,7 +307,7 @@ def convert(ctx: click.Context, model: Path, output: Path | None, as_json: bool,
 @output_option("Bundle to write. Default: MODEL's name with .ekb in the current folder.")
 @json_option
 @click.pass_context
-def fit_command(ctx: click.Context, model: Path, output: Path | None, as_json: bool, **fields: Any) -> None:
+def fit_command(ctx: click.Context, model: Path, output: Path | None, as_json: bool, **params: Any) -> None:
     """Search pruning × format × precision and write the smallest bundle that fits the device.
 
     Every candidate is converted and measured (size, peak memory, host latency, top-1 on
@@ -321,24 +325,58 @@ def fit_command(ctx: click.Context, model: Path, output: Path | None, as_json: b
           --eval eval.jsonl --train-data train.jsonl --calibration calib.jsonl
     """
     from edgekit import views
-    from edgekit.console import RichReporter, quiet_native_output
-    from edgekit.fit import FitOptions, fit, nothing_fits
-    from edgekit.fit_report import write_fit_report
+    from edgekit.fit.report import write_fit_report
+    from edgekit.fit.search import fit, nothing_fits
+    from edgekit.views.console import RichReporter, quiet_native_output
 
-    report = fields.pop("report")
     output = output or _default_output(model)
-    formats, precisions = tuple(fields.pop("formats")) or None, tuple(fields.pop("precisions")) or None
-    options = FitOptions(model=model, output=output, formats=formats, precisions=precisions, **fields)
+    options = fit_options(model, output, params)
     with quiet_native_output(enabled=not debug(ctx)):
         result = fit(options, RichReporter(ui_console(ctx)))
-    if report is not None:
-        write_fit_report(report, result, options.profile, model.name)
+    if params["report"] is not None:
+        write_fit_report(params["report"], result, options.profile, model.name)
     if as_json:
         print_json(views.fit_json(result, output))
     else:
         views.print_fit(Console(), result, output)
     if result.chosen is None:
         raise nothing_fits(result, options.profile.id)
+
+
+def convert_options(model: Path, output: Path, params: dict[str, Any]) -> ConvertOptions:
+    """``convert``'s options from its click parameters, each by name: a renamed option
+    fails here, in every test that converts, not silently in a field left at its default."""
+    from edgekit.convert import ConvertOptions
+
+    return ConvertOptions(
+        model=model, profile=params["profile"], output=output, precision=params["precision"],
+        format=params["format"], calibration=params["calibration"], evaluation=params["evaluation"],
+        eval_output=params["eval_output"], telemetry_output=params["telemetry_output"], state=params["state"],
+        max_accuracy_drop=params["max_accuracy_drop"], max_robustness_drop=params["max_robustness_drop"],
+        allow_accuracy_drop=params["allow_accuracy_drop"], allow_over_budget=params["allow_over_budget"],
+        force=params["force"], name=params["name"], version=params["version"], labels=params["labels"],
+        gate_metric=params["gate_metric"], tokenizer=params["tokenizer"],
+        max_sequence_length=params["max_sequence_length"], calibration_method=params["calibration_method"],
+        keep_float=params["keep_float"], input_shape=params["input_shape"], sign_key=params["sign_key"],
+        prune=params["prune"], prune_mode=params["prune_mode"], train_data=params["train_data"],
+        prune_epochs=params["prune_epochs"], drop_layers=params["drop_layers"],
+    )
+
+
+def fit_options(model: Path, output: Path, params: dict[str, Any]) -> FitOptions:
+    """``fit``'s options from its click parameters, each by name (as ``convert_options``)."""
+    from edgekit.fit.search import FitOptions
+
+    return FitOptions(
+        model=model, profile=params["profile"], output=output, evaluation=params["evaluation"],
+        calibration=params["calibration"], train_data=params["train_data"],
+        prune_ratios=params["prune_ratios"], formats=tuple(params["formats"]) or None,
+        precisions=tuple(params["precisions"]) or None,
+        max_minutes=params["max_minutes"], seed=params["seed"], max_accuracy_drop=params["max_accuracy_drop"],
+        max_robustness_drop=params["max_robustness_drop"], sign_key=params["sign_key"],
+        tokenizer=params["tokenizer"], max_sequence_length=params["max_sequence_length"],
+        labels=params["labels"],
+    )
 
 
 def _default_output(model: Path) -> Path:

@@ -17,7 +17,7 @@ from edgekit.cli.options import json_option
 def inspect(bundle: Path, as_json: bool) -> None:
     """Show what a bundle holds and who signed it, after checking every artifact's hash."""
     from edgekit import views
-    from edgekit.signing import inspect_bundle
+    from edgekit.core.signing import inspect_bundle
 
     manifest, signature = inspect_bundle(bundle)
     if as_json:
@@ -34,7 +34,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @json_option
 def sign(bundle: Path, key_path: Path, as_json: bool) -> None:
     """Sign a bundle in place: Ed25519 over its manifest, which holds every artifact's hash."""
-    from edgekit.signing import load_signing_key, sign_bundle
+    from edgekit.core.signing import load_signing_key, sign_bundle
 
     identifier = sign_bundle(bundle, load_signing_key(key_path))
     say(as_json, {"bundle": str(bundle), "key_id": identifier}, f"signed {bundle} with key {identifier}")

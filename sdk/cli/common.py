@@ -37,8 +37,8 @@ def debug(ctx: click.Context) -> bool:
 
 def load_model(ctx: click.Context, source: Path, **options: Any) -> Any:
     """Model.load with the engines' native chatter quieted (edgekit's warnings still show)."""
-    from edgekit.console import quiet_native_output
     from edgekit.runtime import Model
+    from edgekit.views.console import quiet_native_output
 
     with quiet_native_output(enabled=not debug(ctx)):
         return Model.load(source, **options)

@@ -105,7 +105,7 @@ def trust() -> None:
 @json_option
 def trust_add(public_key: Path, as_json: bool) -> None:
     """Trust the publisher whose public key is PUBLIC_KEY (a .pub from keys init --publisher)."""
-    from edgekit.signing import Trust
+    from edgekit.core.signing import Trust
 
     identifier = Trust().add(public_key)
     say(as_json, {"key_id": identifier}, f"trusting key {identifier}")
@@ -115,7 +115,7 @@ def trust_add(public_key: Path, as_json: bool) -> None:
 @json_option
 def trust_list(as_json: bool) -> None:
     """List the trusted publisher keys."""
-    from edgekit.signing import Trust
+    from edgekit.core.signing import Trust
 
     identifiers = sorted(Trust().keys())
     say(as_json, identifiers, "\n".join(identifiers) or "no trusted keys")
@@ -126,7 +126,7 @@ def trust_list(as_json: bool) -> None:
 @json_option
 def trust_remove(key_id: str, as_json: bool) -> None:
     """Stop trusting a publisher key."""
-    from edgekit.signing import Trust
+    from edgekit.core.signing import Trust
 
     Trust().remove(key_id)
     say(as_json, {"removed": key_id}, f"no longer trusting {key_id}")

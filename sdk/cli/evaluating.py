@@ -55,7 +55,7 @@ def evaluate(ctx: click.Context, as_json: bool, **fields: Any) -> None:
     from rich.console import Console
     from rich.progress import Progress
 
-    from edgekit.bundle import read_manifest
+    from edgekit.core.bundle import read_manifest
     from edgekit.evaluate import EvaluateOptions, stages
     from edgekit.evaluate import evaluate as run
     from edgekit.views.evaluation import evaluation_table

@@ -214,16 +214,16 @@ def fleet_export(
 @click.option(
     "--token-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
     help="A file holding the access token; required off loopback.",
-)  # fmt: skip
+)
 @click.option(
     "--bundle", "bundles", multiple=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="A deployed bundle: its reference data gives the expected class shares and per-feature drift. "
     "Repeatable.",
-)  # fmt: skip
+)
 @click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help="Serve HTTPS with this certificate (PEM).")  # fmt: skip
+              help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help="The certificate's private key.")  # fmt: skip
+              help="The certificate's private key.")
 @json_option
 def fleet_dashboard(token_file: Path | None, bundles: tuple[Path, ...], as_json: bool, **fields: Any) -> None:
     """A web dashboard over the fleet database, at http://127.0.0.1:8080.

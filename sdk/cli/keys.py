@@ -31,7 +31,7 @@ def keys_init(kind: str | None, output: Path | None, as_json: bool) -> None:
     if kind is None:
         raise click.UsageError("say which key: --publisher or --device")
     if kind == "publisher":
-        from edgekit.signing import create_publisher_key
+        from edgekit.core.signing import create_publisher_key
 
         private = output or Path("publisher.key")
         public, identifier = create_publisher_key(private)

@@ -13,8 +13,8 @@ from typing import Any
 import click
 
 from edgekit.converters import format_choices, precision_choices
-from edgekit.errors import EdgekitError
-from edgekit.profiles import DeviceProfile, load_profile
+from edgekit.core.errors import EdgekitError
+from edgekit.core.profiles import DeviceProfile, load_profile
 
 Decorator = Callable[[Any], Any]
 
@@ -222,7 +222,7 @@ def db_option(required: bool) -> Any:
     return click.option(
         "--db", required=required, default=None,
         help="Fleet database: a SQLite file path, or postgresql://USER@HOST[:PORT]/DB.",
-    )  # fmt: skip
+    )
 
 
 fleet_dir_option = click.option(

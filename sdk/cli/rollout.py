@@ -7,7 +7,7 @@ import re
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,10 +15,13 @@ from edgekit.cli.common import print_json, ui_console
 from edgekit.cli.fleet import _broker, fleet
 from edgekit.cli.options import broker_options, json_option
 
+if TYPE_CHECKING:
+    from edgekit.rollout.deploy import DeployOptions
+
 _key_option = click.option(
     "--key", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True,
     help="The publisher's private key (edgekit keys init --publisher); devices trust its .pub.",
-)  # fmt: skip
+)
 _group_option = click.option(
     "--group", default=None, help="One group of the fleet. Default: the whole fleet."
 )
@@ -30,7 +33,7 @@ def _history_option(command: Any) -> Any:
     return click.option(
         "--history", type=click.Path(path_type=Path, dir_okay=False), default=None,
         help="Rollout history (JSON lines). Default: $EDGEKIT_HOME/fleets/FLEET/rollouts.jsonl.",
-    )(command)  # fmt: skip
+    )(command)
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -56,12 +59,12 @@ def _fraction(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @_group_option
 @click.option("--device-id", default=None, help="Default: this machine's id (as telemetry uses).")
 @click.option("--fleet-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where fleet.secret is. Default: $EDGEKIT_HOME/fleets/FLEET.")  # fmt: skip
+              help="Where fleet.secret is. Default: $EDGEKIT_HOME/fleets/FLEET.")
 @click.option("--epoch-s", type=click.FloatRange(min=1), default=86400.0, show_default=True,
-              help="How long one pseudonym lasts: as the device's telemetry.")  # fmt: skip
+              help="How long one pseudonym lasts: as the device's telemetry.")
 @json_option
 def agent(fleet: str, group: str | None, device_id: str | None, fleet_dir: Path | None, epoch_s: float,
-          as_json: bool, **tls: Any) -> None:  # fmt: skip
+          as_json: bool, **tls: Any) -> None:
     """Keep this device on the version its fleet's signed rollout documents ask for.
 
     \b
@@ -75,8 +78,8 @@ def agent(fleet: str, group: str | None, device_id: str | None, fleet_dir: Path 
     Example (a systemd unit is in docs/rollout.md):
       edgekit agent --broker mqtts://gw:8883 --fleet factory-7 --group line-3
     """
+    from edgekit.core.deployment import check_group
     from edgekit.runtime.agent import Agent, AgentConfig
-    from edgekit.runtime.agent.document import check_group
 
     logging.getLogger("edgekit.agent").setLevel(logging.INFO)
     config = AgentConfig(_broker(**tls), fleet, check_group(group), device_id, fleet_dir, epoch_s)
@@ -166,7 +169,7 @@ def agent(fleet: str, group: str | None, device_id: str | None, fleet_dir: Path 
 @json_option
 @click.pass_context
 def fleet_deploy(
-    ctx: click.Context, bundle: Path, broker: str, fleet: str, as_json: bool, **fields: Any
+    ctx: click.Context, bundle: Path, broker: str, fleet: str, as_json: bool, **params: Any
 ) -> None:
     """Roll BUNDLE out to a fleet: canaries first, watched, then promoted or rolled back.
 
@@ -181,22 +184,35 @@ def fleet_deploy(
       edgekit fleet deploy meter-v2.ekb --broker mqtt://gw --fleet factory-7 --key publisher.key \\
           --canary 10% --watch 15m --max-error-rate 0.01 --max-p95-ms 40 --max-drift 0.25
     """
-    from edgekit.fleet.deploy import DeployOptions, deploy
-    from edgekit.fleet.health import Rules
-    from edgekit.runtime.agent.document import check_group
+    from edgekit.rollout.deploy import deploy
     from edgekit.views.rollout import deploy_progress, print_outcome
 
-    tls = {name: fields.pop(name) for name in ("tls_ca", "tls_cert", "tls_key")}
-    rules = Rules(*(fields.pop(name) for name in ("max_error_rate", "max_p95_ms", "max_drift", "min_calls")))
-    fields["group"] = check_group(fields["group"])
-    fields["mqtt_copy"] = not fields.pop("no_mqtt_copy")
-    options = DeployOptions(bundle, _broker(broker, **tls), fleet, rules=rules, **fields)
+    options = deploy_options(bundle, broker, fleet, params)
     outcome = deploy(options, deploy_progress(ui_console(ctx), as_json))
     if as_json:
         print_json(outcome.summary())
     else:
         print_outcome(ui_console(ctx), outcome)
     ctx.exit(0 if outcome.decision == "promoted" else 1)
+
+
+def deploy_options(bundle: Path, broker: str, fleet: str, params: dict[str, Any]) -> DeployOptions:
+    """``fleet deploy``'s options from its click parameters, each by name."""
+    from edgekit.core.deployment import check_group
+    from edgekit.rollout.deploy import DeployOptions
+    from edgekit.rollout.health import Rules
+
+    rules = Rules(
+        max_error_rate=params["max_error_rate"], max_p95_ms=params["max_p95_ms"],
+        max_drift=params["max_drift"], min_calls=params["min_calls"],
+    )
+    return DeployOptions(
+        bundle=bundle, broker=_broker(broker, params["tls_ca"], params["tls_cert"], params["tls_key"]),
+        fleet=fleet, key=params["key"], group=check_group(params["group"]), canary=params["canary"],
+        watch_s=params["watch_s"], rules=rules, serve=params["serve"], public_host=params["public_host"],
+        bundle_url=params["bundle_url"], mqtt_copy=not params["no_mqtt_copy"], settle_s=params["settle_s"],
+        history=params["history"], db=params["db"],
+    )
 
 
 @fleet.group("rollout")
@@ -210,9 +226,9 @@ def rollout() -> None:
 @json_option
 @click.pass_context
 def rollout_status(ctx: click.Context, broker: str, fleet: str, group: str | None, as_json: bool,
-                   **tls: Any) -> None:  # fmt: skip
+                   **tls: Any) -> None:
     """Per group: the document in force, the devices running each version, healthy, phase."""
-    from edgekit.fleet.rollout import FleetState, connect, snapshot
+    from edgekit.rollout.fleet import FleetState, connect, snapshot
     from edgekit.views.rollout import print_status, status_rows
 
     inbox = connect(_broker(broker, **tls), fleet)
@@ -234,15 +250,15 @@ def _override(phase: str) -> Any:
     @_history_option
     @json_option
     def command(broker: str, fleet: str, key: Path, group: str | None, history: Path | None, db: str | None,
-                as_json: bool, **tls: Any) -> None:  # fmt: skip
+                as_json: bool, **tls: Any) -> None:
         from edgekit.cli.common import say
-        from edgekit.fleet.deploy import override
+        from edgekit.rollout.deploy import override
 
         final = override(_broker(broker, **tls), fleet, group, key, phase, history, db)
         target = final.target(is_canary=False)
         data = {"rollout": final.rollout, "phase": final.phase, "version": target, "serial": final.serial}
         say(as_json, data,
-            f"rollout {final.rollout}: {final.phase} by hand; every device goes to v{target}")  # fmt: skip
+            f"rollout {final.rollout}: {final.phase} by hand; every device goes to v{target}")
 
     return command
 

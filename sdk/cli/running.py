@@ -94,8 +94,8 @@ def run(
       edgekit run intent.ekb --text "turn on the kitchen lights" --top-k 1
     """
     from edgekit import views
-    from edgekit.data import load_inputs
-    from edgekit.errors import InputError
+    from edgekit.convert.data import load_inputs
+    from edgekit.core.errors import InputError
 
     if bool(texts) == bool(input_values):
         raise InputError("give the input batch with --input FILE, or a text model's texts with --text")
@@ -186,6 +186,7 @@ def telemetry_from(url: str | None, fleet: str | None, config: Path | None) -> A
         return Telemetry.from_file(config, broker=url, fleet=fleet)
     if fleet is None:
         raise click.UsageError("--telemetry needs --fleet NAME (the fleet whose keys are on this device)")
+    assert url is not None  # neither given returned above
     return Telemetry(url, fleet)
 
 

@@ -18,7 +18,7 @@ else:  # pragma: no cover
 from edgekit.cli.common import ui_console
 from edgekit.cli.options import artifact_format_option, bundle_options, json_option, threads_option, together
 from edgekit.cli.running import model_options, telemetry_from, telemetry_options
-from edgekit.errors import InputError
+from edgekit.core.errors import InputError
 
 _file = click.Path(path_type=Path, dir_okay=False, exists=True)
 
@@ -36,7 +36,7 @@ _network_options = together(
     click.option("--tls-key", type=_file, default=None, help="The private key of --tls-cert (PEM)."),
     click.option("--tls-client-ca", type=_file, default=None,
                  help="Mutual TLS: clients must present a certificate this CA signed."),
-)  # fmt: skip
+)
 _batch_options = together(
     click.option("--max-batch", type=click.IntRange(1, 4096), default=None,
                  help="Dynamic batching: gather concurrent requests up to this many rows. Default 1 (off)."),
@@ -46,7 +46,7 @@ _batch_options = together(
                  help="Requests waiting per model before new ones get 503. Default 64."),
     click.option("--config", "config_file", type=_file, default=None,
                  help="TOML: [batching] for every model, [models.NAME] for one (see docs/serve.md)."),
-)  # fmt: skip
+)
 _limit_options = together(
     click.option("--max-body-mb", type=click.FloatRange(0, min_open=True), default=64.0, show_default=True,
                  help="Largest request body (413 above it)."),
@@ -56,7 +56,7 @@ _limit_options = together(
                  show_default=True, help="Seconds per request, for its body to arrive and for its answer."),
     click.option("--access-log/--no-access-log", default=True, show_default=True,
                  help="One line per request on stderr: model, version, status, latency."),
-)  # fmt: skip
+)
 
 
 @click.command()
@@ -103,7 +103,7 @@ def serve(ctx: click.Context, models: tuple[str, ...], **fields: Any) -> None:
         timeout_s=fields["timeout_s"], load=model_options(fields),
         telemetry=(lambda: telemetry_from(*telemetry)) if any(telemetry) else None,
         **_batching(fields),
-    )  # fmt: skip
+    )
     _logging(access_log)
     console = ui_console(ctx)
     run_server(config, lambda info: _started(info, as_json, console))

@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgekit.bundle import write_bundle
 from edgekit.convert.candidate import Candidate, Job, max_accuracy_drop
 from edgekit.convert.manifest import build_manifest, reference
 from edgekit.convert.options import ConvertOptions, ConvertResult
@@ -26,12 +25,14 @@ from edgekit.convert.robustness import robustness_check
 from edgekit.convert.select import select
 from edgekit.convert.state import state_pairs
 from edgekit.convert.text import prepare_text
-from edgekit.converters import ConversionSettings
+from edgekit.converters import ConversionSettings, Converter, ready_made
 from edgekit.converters.onnx import for_tensorrt
 from edgekit.converters.source import detect_kind, load_source
-from edgekit.report import Reporter, SilentReporter
-from edgekit.samples import run_samples
-from edgekit.signing import load_signing_key, signature_entry
+from edgekit.core.bundle import write_bundle
+from edgekit.core.samples import run_samples
+from edgekit.core.signing import load_signing_key, signature_entry
+from edgekit.core.validation import updated
+from edgekit.views.progress import Reporter, SilentReporter
 
 __all__ = [
     "Candidate",
@@ -54,7 +55,7 @@ def convert(options: ConvertOptions, reporter: Reporter | None = None) -> Conver
 
 def write(result: ConvertResult, sign_key: Path | None, **fields: Any) -> ConvertResult:
     """Write ``result``'s bundle, signed with ``sign_key``; ``fields`` add to its manifest."""
-    manifest = result.manifest.model_copy(update=fields) if fields else result.manifest
+    manifest = updated(result.manifest, **fields) if fields else result.manifest
     key = load_signing_key(sign_key) if sign_key else None
     signature = signature_entry(manifest.canonical_bytes(), key) if key else None
     write_bundle(result.output, manifest, result.contents, signature)
@@ -83,7 +84,8 @@ def build(
 
 
 def _build(
-    options: ConvertOptions, inputs: Inputs, plans: list[Any], reporter: Reporter, extra: dict[str, Any]
+    options: ConvertOptions, inputs: Inputs, plans: list[tuple[Converter, list[str]]], reporter: Reporter,
+    extra: dict[str, Any],
 ) -> ConvertResult:
     with load_source(options.model, options.input_shape, inputs.kind) as source:
         inputs, text = prepare_text(source, inputs, options, reporter)
@@ -93,10 +95,10 @@ def _build(
             reporter.warn(message)
         checked = len(warnings)
         evaluation = inputs.evaluation
-        if inputs.kind == "tflite":
+        if ready_made(inputs.kind):
             evaluation = None
             warnings.append(
-                "a ready-made TFLite file ships as it is: no float model, so no accuracy gate was run"
+                f"a ready-made {inputs.kind} file ships as it is: no float model, so no accuracy gate was run"
             )
         elif evaluation is None:
             warnings.append("no --eval data: the accuracy of the converted model is not checked")
@@ -114,7 +116,7 @@ def _build(
         job = Job(
             options, source, settings, inputs.calibration, evaluation, float_out, inputs.primary, reporter,
             inputs.labels, robust,
-        )  # fmt: skip
+        )
         chosen, tried = [], []
         for converter, precisions in plans:
             best, candidates = select(job, converter, precisions)

@@ -9,20 +9,28 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edgekit.bundle import sha256
-from edgekit.classes import metric_name
+from edgekit.convert.data import Dataset
+from edgekit.convert.measure import Comparison, compare_all, host_latency_ms, peak_memory_bytes
 from edgekit.convert.options import ConvertOptions
 from edgekit.convert.robustness import RobustnessCheck
 from edgekit.converters import Artifact, ConversionSettings, Converter
 from edgekit.converters.source import SourceModel
-from edgekit.data import Dataset
-from edgekit.errors import ConversionError
-from edgekit.manifest import Accuracy, ArtifactEntry, Metrics, Quantization, QuantizationScheme, Tensor
-from edgekit.measure import compare_all, host_latency_ms, peak_memory_bytes
-from edgekit.profiles import DEFAULT_MAX_ACCURACY_DROP, DeviceProfile
-from edgekit.report import Reporter
+from edgekit.core.bundle import sha256
+from edgekit.core.classes import metric_name
+from edgekit.core.errors import ConversionError
+from edgekit.core.manifest import (
+    Accuracy,
+    ArtifactEntry,
+    GateVerdict,
+    Metrics,
+    Quantization,
+    Tensor,
+)
+from edgekit.core.profiles import DEFAULT_MAX_ACCURACY_DROP, DeviceProfile
+from edgekit.core.samples import Feed, run_samples
+from edgekit.core.validation import updated
 from edgekit.runtime.backends import Backend, TensorInfo, backend_for
-from edgekit.samples import Feed, run_samples
+from edgekit.views.progress import Reporter
 
 MB = 1024 * 1024
 MAX_FALLBACK_ROUNDS = 6
@@ -159,7 +167,7 @@ def _measure(job: Job, artifact: Artifact) -> Candidate:
         outputs=tuple(_tensor(t) for t in backend.outputs),
         metrics=metrics,
         opset=artifact.opset,
-        quantization=QuantizationScheme(**artifact.quantization) if artifact.quantization else None,
+        quantization=artifact.quantization,
     )
     return Candidate(entry, artifact.content, accuracy_problem, budget_problems)
 
@@ -199,7 +207,7 @@ def _evaluate(job: Job, artifact: Artifact, backend: Backend) -> tuple[Accuracy 
             f"drop {robust.drop:.2f} pp > allowed {robust.max_drop:.2f} pp"
         )
     verdict = "overridden" if problem else "passed"
-    return accuracy.model_copy(update={"robustness": robust, "gate": verdict}), problem
+    return updated(accuracy, robustness=robust, gate=verdict), problem
 
 
 def _by_name(backend: Backend, outs: list[np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
@@ -219,32 +227,42 @@ below these, the output no longer tracks the float model's."""
 
 
 def gate(
-    result: dict, samples: int, options: ConvertOptions, precision: str, judged: str | None = None
+    result: Comparison, samples: int, options: ConvertOptions, precision: str, judged: str | None = None
 ) -> tuple[Accuracy, str | None]:
     """The verdict: top-1 (or agreement) within the budget, and every output but ``judged``
     (the one top-1 measures meaningfully) above the cosine floor."""
     max_drop = max_accuracy_drop(options.profile, options.max_accuracy_drop)
     problem = None
-    if result["drop"] > max_drop:
-        classes = result.get("classes")
-        spans = classes is not None and classes.float_model.names is not None
-        what = metric_name(result["metric"], result.get("level", "sample"), spans)
-        if result.get("outputs"):
-            what += f" of output '{result['output']}'"
+    if result.drop > max_drop:
+        spans = result.classes is not None and result.classes.float_model.names is not None
+        what = metric_name(result.metric, result.level, spans)
+        if result.outputs:
+            what += f" of output '{result.output}'"
         problem = (
-            f"{what} {result['artifact']:.2f}% vs float {result['float_model']:.2f}%: "
-            f"drop {result['drop']:.2f} pp > allowed {max_drop:.2f} pp"
+            f"{what} {result.artifact:.2f}% vs float {result.float_model:.2f}%: "
+            f"drop {result.drop:.2f} pp > allowed {max_drop:.2f} pp"
         )
     floor = COSINE_FLOORS.get(precision, 0.0)
-    cosines = {name: each["cosine"] for name, each in (result.get("outputs") or {}).items()}
-    low = {name: c for name, c in (cosines or {result["output"]: result["cosine"]}).items()
+    cosines = {name: each.cosine for name, each in (result.outputs or {}).items()}
+    low = {name: c for name, c in (cosines or {result.output or "": result.similarity.cosine}).items()
            if c < floor and name != judged}  # fmt: skip
     if problem is None and low:
         name, cosine = min(low.items(), key=lambda item: item[1])
         which = f"output '{name}'" if cosines else "the output"
         problem = f"{which} has cosine {cosine:.4f} with float, below {floor} for {precision}"
-    verdict = "overridden" if problem else "passed"
-    return Accuracy(**result, samples=samples, max_drop=max_drop, gate=verdict), problem
+    verdict: GateVerdict = "overridden" if problem else "passed"
+    return accuracy_record(result, samples, max_drop, verdict), problem
+
+
+def accuracy_record(result: Comparison, samples: int, max_drop: float, gate: GateVerdict) -> Accuracy:
+    """The manifest's record of a comparison and its verdict."""
+    return Accuracy(
+        metric=result.metric, level=result.level, output=result.output, samples=samples,
+        float_model=result.float_model, artifact=result.artifact, drop=result.drop, max_drop=max_drop,
+        agreement=result.similarity.agreement, cosine=result.similarity.cosine,
+        max_abs_error=result.similarity.max_abs_error, outputs=result.outputs, classes=result.classes,
+        gate=gate,
+    )
 
 
 def budget_problems_of(size: int, peak: int, profile: DeviceProfile) -> tuple[str, ...]:

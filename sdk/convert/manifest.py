@@ -12,15 +12,16 @@ import numpy as np
 
 import edgekit
 from edgekit.convert.candidate import Candidate
+from edgekit.convert.data import Dataset
 from edgekit.convert.options import ConvertOptions
 from edgekit.converters import Converter
 from edgekit.converters.source import SourceModel
-from edgekit.data import Dataset
-from edgekit.manifest import FORMAT_VERSION, Manifest, Preprocessing, ReferenceStats, Source
-from edgekit.report import Reporter
+from edgekit.core.manifest import FORMAT_VERSION, Manifest, Preprocessing, ReferenceStats, Source
+from edgekit.core.samples import run_samples
+from edgekit.core.text import TEXT_INPUT, TextEncoder
+from edgekit.core.validation import updated
 from edgekit.runtime.telemetry.stats import reference_stats
-from edgekit.samples import run_samples
-from edgekit.text import TEXT_INPUT, TextEncoder
+from edgekit.views.progress import Reporter
 
 
 def build_manifest(
@@ -91,12 +92,11 @@ def reference(
             outs = run_samples(source.predict, data.samples, advance)
         outputs = {spec.name: out for spec, out in zip(source.outputs, outs, strict=True)}
     if encoder is not None:
-        return reference_stats(encoder.features(data.samples.arrays), outputs[primary], None).model_copy(
-            update={"input": TEXT_INPUT}
-        )
+        stats = reference_stats(encoder.features(data.samples.arrays), outputs[primary], None)
+        return updated(stats, input=TEXT_INPUT)
     spec = next(s for s in source.inputs if s.name == name)
     stats = reference_stats(data.samples.arrays[name], outputs[primary], layout(spec.shape, source.kind))
-    return stats.model_copy(update={"input": name}) if len(source.inputs) > 1 else stats
+    return updated(stats, input=name) if len(source.inputs) > 1 else stats
 
 
 def drift_input(source: SourceModel, data: Dataset) -> str | None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from edgekit.profiles import DeviceProfile
+from edgekit.compress.pruning import PruneMode
+from edgekit.converters.base import CalibrationMethod
+from edgekit.core.formats import FormatChoice, PrecisionChoice
+from edgekit.core.manifest import GateMetric
+from edgekit.core.profiles import DeviceProfile
 
 if TYPE_CHECKING:
     from edgekit.convert.candidate import Candidate
-    from edgekit.manifest import Manifest
+    from edgekit.core.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -18,8 +22,8 @@ class ConvertOptions:
     model: Path
     profile: DeviceProfile
     output: Path
-    precision: str = "auto"
-    format: str | None = None
+    precision: PrecisionChoice = "auto"
+    format: FormatChoice | None = None
     """A registered format, "both", or None for the profile's first format that fits the model."""
     calibration: Path | None = None
     evaluation: Path | None = None
@@ -38,20 +42,19 @@ class ConvertOptions:
     name: str | None = None
     version: int = 1
     labels: Path | None = None
-    gate_metric: Literal["top1", "macro-f1"] = "top1"
-    """With labels: what the accuracy gate compares (macro-F1 weighs every class alike)."""
+    gate_metric: GateMetric = "top1"
     tokenizer: Path | None = None
     """A Hugging Face tokenizer.json: it travels in the bundle, and .jsonl data is tokenized by it."""
     max_sequence_length: int | None = None
     """Tokens per text; default: the model's own fixed length, else the profile's, else 128."""
-    calibration_method: str = "minmax"
+    calibration_method: CalibrationMethod = "minmax"
     keep_float: tuple[str, ...] = ()
     input_shape: tuple[int | None, ...] | None = None
     sign_key: Path | None = None
     """An Ed25519 private key (edgekit keys init --publisher) to sign the bundle with."""
     prune: float | None = None
     """Fraction of channels (structured) or weights (magnitude) to prune before converting."""
-    prune_mode: str = "structured"
+    prune_mode: PruneMode = "structured"
     train_data: Path | None = None
     """.npz with x and integer labels y, to fine-tune the pruned model."""
     prune_epochs: int = 5

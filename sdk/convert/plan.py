@@ -12,19 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.convert.data import Dataset, check_dataset, feature_spread_warning, load_dataset
 from edgekit.convert.options import ConvertOptions
-from edgekit.converters import Converter, converter_for
+from edgekit.converters import Converter, converter_for, ready_made
 from edgekit.converters.source import SourceModel
-from edgekit.data import Dataset, check_dataset, feature_spread_warning, load_dataset
-from edgekit.errors import DataError, EdgekitError, InputError, ModelFormatError
-from edgekit.report import Reporter
+from edgekit.core.errors import DataError, EdgekitError, InputError, ModelFormatError
+from edgekit.core.formats import BOTH, FORMATS, SourceKind
+from edgekit.views.progress import Reporter
 
 
 @dataclass(frozen=True)
 class Inputs:
     """The files a run reads, each read once: the model's kind, the data and the labels."""
 
-    kind: str
+    kind: SourceKind
     calibration: Dataset | None
     evaluation: Dataset | None
     labels: tuple[str, ...] | None
@@ -32,7 +33,7 @@ class Inputs:
     """Once checked: the output the gate and telemetry look at, None when none stands out."""
 
     @classmethod
-    def read(cls, options: ConvertOptions, kind: str) -> Inputs:
+    def read(cls, options: ConvertOptions, kind: SourceKind) -> Inputs:
         labels = read_labels(options.labels)
         calibration = load_dataset(options.calibration, "calibration") if options.calibration else None
         evaluation = load_dataset(options.evaluation, "evaluation") if options.evaluation else None
@@ -42,15 +43,16 @@ class Inputs:
 def plan(options: ConvertOptions, kind: str, reporter: Reporter) -> list[tuple[Converter, list[str]]]:
     """The converters to run, each with the precisions to try in order."""
     converters = [converter_for(fmt) for fmt in choose_formats(options, kind, reporter)]
-    if kind == "tflite":
+    if ready_made(kind):
         return [(converters[0], [ready_made_precision(options)])]
     return [(converter, choose_precisions(options, converter, reporter)) for converter in converters]
 
 
 def choose_formats(options: ConvertOptions, kind: str, reporter: Reporter) -> list[str]:
     registry = Converter.registry
-    if options.format == "both":
-        wanted = ["tflite", "onnx"]
+    wanted: list[str]
+    if options.format == BOTH:
+        wanted = [fmt for fmt in FORMATS if fmt in registry]
     elif options.format:
         if options.format not in registry:
             raise InputError(
@@ -66,10 +68,10 @@ def choose_formats(options: ConvertOptions, kind: str, reporter: Reporter) -> li
             f"profile {options.profile.id} lists formats {list(options.profile.runtime.formats)}, "
             f"none of which can be made from a {kind} model; pass --format"
         )
-    for fmt in wanted:
-        if kind not in registry[fmt].source_kinds:
+    for name in wanted:
+        if kind not in registry[name].source_kinds:
             raise InputError(
-                f"--format {fmt} cannot be made from a {kind} model; an ONNX model converts to --format onnx"
+                f"--format {name} cannot be made from a {kind} model; an ONNX model converts to --format onnx"
             )
     return wanted
 
@@ -93,19 +95,19 @@ def choose_precisions(options: ConvertOptions, converter: Converter, reporter: R
     fmt = converter.format
     if options.precision != "auto":
         precision = converter.check_precision(options.precision)
-        providers = options.profile.runtime.execution_providers
-        if fmt == "onnx" and precision == "dynamic" and "TensorrtExecutionProvider" in providers:
-            raise InputError(
-                f"--precision dynamic on {options.profile.id}: TensorRT cannot run DynamicQuantizeLinear, "
-                "and the CUDA provider runs those ops on the host; use int8 (QDQ) or fp16"
-            )
+        refusal = converter.refusal(precision, options.profile)
+        if refusal is not None:
+            raise InputError(f"--precision {precision} on {options.profile.id}: {refusal}")
         if precision in converter.calibrated_precisions and options.calibration is None:
             raise DataError(
                 f"--precision {precision} needs calibration data: pass --calibration "
                 "FILE.npz with about 100-500 representative inputs"
             )
         return [precision]
-    order = [p for p in options.profile.runtime.precisions_for(fmt) if p in converter.precisions]
+    order = [
+        p for p in options.profile.runtime.precisions_for(fmt)
+        if p in converter.precisions and converter.refusal(p, options.profile) is None
+    ]  # fmt: skip
     if options.calibration is None:
         skipped = [p for p in order if p in converter.calibrated_precisions]
         if skipped:

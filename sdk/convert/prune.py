@@ -5,23 +5,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit.compress_transformer import is_transformer
+from edgekit.compress.pruning import KerasInputs
+from edgekit.compress.transformer import is_transformer
 from edgekit.convert.candidate import max_accuracy_drop
+from edgekit.convert.data import Dataset, load_dataset
 from edgekit.convert.manifest import default_name
+from edgekit.convert.measure import top1
 from edgekit.convert.options import ConvertOptions
 from edgekit.convert.plan import Inputs
 from edgekit.convert.text import model_inputs, text_encoder, token_task
 from edgekit.converters.source import load_source
-from edgekit.data import Dataset, load_dataset
-from edgekit.errors import AccuracyBudgetError, DataError, ModelFormatError
-from edgekit.manifest import Compression
-from edgekit.measure import top1
-from edgekit.report import Reporter
-from edgekit.text import TextEncoder
+from edgekit.core.errors import AccuracyBudgetError, DataError, ModelFormatError
+from edgekit.core.manifest import Compression
+from edgekit.core.text import TextEncoder
+from edgekit.core.validation import updated
+from edgekit.views.progress import Reporter
+
+if TYPE_CHECKING:
+    import keras
+
 
 
 def prune_source(
@@ -56,7 +62,7 @@ def prune_source(
     _gate(options, *accuracy)
     path = folder / f"{default_name(options.model)}.keras"
     pruned.save(path)
-    record = record.model_copy(update={"top1_before": accuracy[0], "top1_after": accuracy[1]})
+    record = updated(record, top1_before=accuracy[0], top1_after=accuracy[1])
     reporter.note(
         f"pruned {record.method}: {record.parameters_before:,} → {record.parameters_after:,} parameters"
     )
@@ -65,21 +71,22 @@ def prune_source(
 
 @dataclass(frozen=True)
 class _Data:
-    train: tuple[Any, np.ndarray] | None
+    train: tuple[KerasInputs, np.ndarray] | None
     evaluation: Dataset | None
     calibration: Dataset | None
 
 
 def _prune_layers(
-    model: Any, options: ConvertOptions, train: tuple[Any, np.ndarray] | None, reporter: Reporter
-) -> tuple[Any, Compression]:
-    from edgekit.compress import nonzero_parameters, parameter_count, prune
+    model: keras.Model, options: ConvertOptions, train: tuple[KerasInputs, np.ndarray] | None,
+    reporter: Reporter,
+) -> tuple[keras.Model, Compression]:
+    from edgekit.compress.pruning import nonzero_parameters, parameter_count, prune
 
     ratio = options.prune or 0.0
     pruned = prune(
         model, ratio, train, structured=options.prune_mode == "structured",
         epochs=options.prune_epochs, reporter=reporter,
-    )  # fmt: skip
+    )
     return pruned, Compression(
         method=options.prune_mode,  # type: ignore[arg-type]
         sparsity=ratio,
@@ -91,13 +98,13 @@ def _prune_layers(
 
 
 def _prune_heads(
-    model: Any, options: ConvertOptions, data: _Data, reporter: Reporter
-) -> tuple[Any, Compression]:
+    model: keras.Model, options: ConvertOptions, data: _Data, reporter: Reporter
+) -> tuple[keras.Model, Compression]:
     """Score heads and neurons on the training data (else the evaluation, else the
     calibration data), prune, then distill from the unpruned model."""
-    from edgekit.compress import distill, parameter_count
-    from edgekit.compress_layers import drop_blocks
-    from edgekit.compress_transformer import LEARNING_RATE, find_units, importance, prune_transformer
+    from edgekit.compress.layers import drop_blocks
+    from edgekit.compress.pruning import distill, parameter_count
+    from edgekit.compress.transformer import LEARNING_RATE, find_units, importance, prune_transformer
 
     units = find_units(model)
     scoring = data.train or next(
@@ -147,7 +154,7 @@ def _training_data(
     labels: tuple[str, ...] | None,
     reporter: Reporter,
     tokens: bool = False,
-) -> tuple[Any, np.ndarray] | None:
+) -> tuple[KerasInputs, np.ndarray] | None:
     if options.train_data is None:
         reporter.warn("--prune without --train-data: pruned once, not fine-tuned; accuracy will suffer")
         return None
@@ -162,19 +169,21 @@ def _training_data(
     return keras_inputs(data), data.y
 
 
-def _accuracies(model: Any, pruned: Any, evaluation: Dataset | None) -> tuple[float | None, float | None]:
+def _accuracies(
+    model: keras.Model, pruned: keras.Model, evaluation: Dataset | None
+) -> tuple[float | None, float | None]:
     """Top-1 before and after pruning, when the evaluation data has labels."""
     if evaluation is None or evaluation.y is None:
         return None, None
     return _keras_top1(model, evaluation), _keras_top1(pruned, evaluation)
 
 
-def _keras_top1(model: Any, data: Dataset) -> float:
+def _keras_top1(model: keras.Model, data: Dataset) -> float:
     assert data.y is not None
     return top1(model.predict(keras_inputs(data), batch_size=256, verbose=0), data.y)
 
 
-def keras_inputs(data: Dataset) -> Any:
+def keras_inputs(data: Dataset) -> KerasInputs:
     """What Keras takes: the array of a single-input model, else the arrays by input name."""
     arrays = data.samples.arrays
     return next(iter(arrays.values())) if len(arrays) == 1 else dict(arrays)

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit.data import Dataset
-from edgekit.errors import InputError
+from edgekit.convert.data import Dataset
+from edgekit.core.errors import InputError
+from edgekit.core.manifest import Robustness
+from edgekit.core.samples import Feed, Samples, run_samples
 from edgekit.evaluate.corrupt import SEVERITIES, suite
-from edgekit.manifest import Robustness
-from edgekit.samples import Feed, Samples, run_samples
 
 Run = Callable[[Feed], list[np.ndarray]]
 
@@ -33,7 +33,7 @@ class RobustnessCheck:
         return Robustness(
             corruptions=self.corruptions, severities=SEVERITIES, float_model=self.float_model,
             artifact=artifact, drop=self.float_model - artifact, max_drop=self.max_drop,
-        )  # fmt: skip
+        )
 
 
 def robustness_check(

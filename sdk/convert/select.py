@@ -9,18 +9,15 @@ from dataclasses import replace
 from edgekit.convert.candidate import Candidate, Job, build_candidate
 from edgekit.convert.options import ConvertOptions
 from edgekit.converters import Converter
-from edgekit.errors import AccuracyBudgetError, BudgetError
-from edgekit.manifest import CandidateRecord, Selection
+from edgekit.core.errors import AccuracyBudgetError, BudgetError
+from edgekit.core.manifest import CandidateRecord, Selection
+from edgekit.core.validation import updated
 
 
 def select(job: Job, converter: Converter, precisions: list[str]) -> tuple[Candidate, list[Candidate]]:
     """The candidate to ship for ``converter``, with the selection recorded; every one tried."""
     options = job.options
-    measured = (
-        options.precision == "auto"
-        and converter.format == "onnx"
-        and options.profile.accelerator.kind == "none"
-    )
+    measured = options.precision == "auto" and converter.picks_fastest(options.profile)
     tried: list[Candidate] = []
     for precision in precisions:
         tried.append(build_candidate(job, converter, precision))
@@ -31,7 +28,7 @@ def select(job: Job, converter: Converter, precisions: list[str]) -> tuple[Candi
     if measured and passing:
         chosen = min(passing, key=lambda c: c.entry.metrics.host_latency_ms)
     selection = _selection(options, converter.format, tried, measured and bool(passing))
-    return replace(chosen, entry=chosen.entry.model_copy(update={"selection": selection})), tried
+    return replace(chosen, entry=updated(chosen.entry, selection=selection)), tried
 
 
 def _selection(options: ConvertOptions, fmt: str, tried: list[Candidate], measured: bool) -> Selection:

@@ -7,9 +7,9 @@ Given with ``--state OUTPUT:INPUT``, or found from names the common exports use:
 from __future__ import annotations
 
 from edgekit.converters.source import SourceModel, TensorSpec
-from edgekit.errors import InputError
-from edgekit.manifest import StatePair
-from edgekit.report import Reporter
+from edgekit.core.errors import InputError
+from edgekit.core.manifest import StatePair
+from edgekit.views.progress import Reporter
 
 _FORMS = ("{}N", "{}n", "{}_out", "{}out", "{}_next", "new_{}", "next_{}", "out_{}")
 

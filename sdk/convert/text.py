@@ -8,16 +8,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edgekit.bundle import sha256
+from edgekit.convert.data import Dataset
 from edgekit.convert.options import ConvertOptions
 from edgekit.convert.plan import Inputs
 from edgekit.converters.source import SourceModel
-from edgekit.data import Dataset
-from edgekit.errors import DataError, InputError
-from edgekit.manifest import ArtifactEntry, TextSpec
-from edgekit.report import Reporter
-from edgekit.samples import Feed, Samples
-from edgekit.text import (
+from edgekit.core.bundle import sha256
+from edgekit.core.errors import DataError, InputError
+from edgekit.core.manifest import ArtifactEntry, TextSpec
+from edgekit.core.samples import Feed, Samples
+from edgekit.core.text import (
     MAX_TOKENIZER_BYTES,
     TOKENIZER_FILE,
     TextEncoder,
@@ -25,6 +24,8 @@ from edgekit.text import (
     align_tags,
     label_indices,
 )
+from edgekit.core.validation import updated
+from edgekit.views.progress import Reporter
 
 DEFAULT_SEQUENCE_LENGTH = 128
 
@@ -46,7 +47,7 @@ class BundledTokenizer:
             for tensor in entry.inputs
             if tensor.name == self.spec.ids
         )
-        return self.spec.model_copy(update={"dynamic_length": dynamic})
+        return updated(self.spec, dynamic_length=dynamic)
 
 
 def prepare_text(
@@ -65,7 +66,7 @@ def prepare_text(
         file=TOKENIZER_FILE, sha256=sha256(raw), size=len(raw), max_length=length,
         vocab_size=encoder.vocab_size, ids=roles.ids, mask=roles.mask, type_ids=roles.type_ids,
         task="tokens" if tokens else "sequence",
-    )  # fmt: skip
+    )
     tokenized = replace(
         inputs,
         calibration=tokenize(inputs.calibration, encoder, inputs.labels, tokens),
@@ -114,7 +115,7 @@ def _check_vocabulary(source: SourceModel, encoder: TextEncoder) -> None:
     feed[encoder.inputs.ids] = np.full_like(feed[encoder.inputs.ids], encoder.vocab_size - 1)
     try:
         outputs = source.predict(feed)
-    except Exception:  # noqa: BLE001 - TensorFlow and ONNX Runtime each raise their own type
+    except Exception:  # TensorFlow and ONNX Runtime each raise their own type
         raise InputError(
             f"the tokenizer has {encoder.vocab_size} tokens, more than the model's embedding takes: "
             "use the tokenizer the model was trained with"
@@ -155,7 +156,7 @@ def tokenize(
 def _tag_array(
     tags: tuple[tuple, ...] | None, starts: list[list[int]], names: tuple[str, ...] | None, where: str,
     feed: Feed,
-) -> np.ndarray | None:  # fmt: skip
+) -> np.ndarray | None:
     if tags is None:
         return None
     flat = iter(label_indices(tuple(t for row in tags for t in row), names, where).tolist())

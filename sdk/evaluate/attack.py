@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import MissingDependencyError
+from edgekit.core.errors import MissingDependencyError
 
 EPSILONS = (0.02, 0.05, 0.1)
 PGD_STEPS = 10
@@ -25,7 +25,7 @@ BATCH = 256
 def craft(
     model: Any, x: np.ndarray, labels: np.ndarray, epsilons: tuple[float, ...], classes: int,
     output: int = 0, logits: bool = False,
-) -> dict[str, list[np.ndarray]]:  # fmt: skip
+) -> dict[str, list[np.ndarray]]:
     """FGSM and PGD examples for each ε: Madry et al.'s PGD, one random start in the ε-ball
     and ``PGD_STEPS`` steps of ε/4."""
     try:
@@ -45,13 +45,13 @@ def craft(
     classifier = TensorFlowV2Classifier(
         model=model, nb_classes=classes, input_shape=x.shape[1:], clip_values=(low, high),
         loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=logits),
-    )  # fmt: skip
+    )
     crafted: dict[str, list[np.ndarray]] = {"fgsm": [], "pgd": []}
     for epsilon in epsilons:
         radius = epsilon * (high - low)
         fgsm = FastGradientMethod(classifier, eps=radius, batch_size=BATCH)
         pgd = ProjectedGradientDescent(classifier, eps=radius, eps_step=radius / 4, max_iter=PGD_STEPS,
-                                       num_random_init=1, batch_size=BATCH, verbose=False)  # fmt: skip
+                                       num_random_init=1, batch_size=BATCH, verbose=False)
         crafted["fgsm"].append(fgsm.generate(x=x, y=labels).astype(x.dtype))
         crafted["pgd"].append(pgd.generate(x=x, y=labels).astype(x.dtype))
     return crafted

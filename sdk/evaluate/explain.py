@@ -132,7 +132,7 @@ def agreement(
         change = np.abs(np.abs(maps).mean(axis=0) - np.abs(float_maps).mean(axis=0))
         moved = [(int(i), float(change[i])) for i in np.argsort(change)[::-1][:5]]
     return Agreement(method=method, rank_correlation=float(rhos.mean()), top_overlap=overlap,
-                     per_class=per_class, moved=moved)  # fmt: skip
+                     per_class=per_class, moved=moved)
 
 
 def pick(labels: np.ndarray, count: int = EXPLAINED) -> np.ndarray:
@@ -151,7 +151,7 @@ class Explainer:
     (each explained for the class the float model predicts), keeping the maps for the report."""
 
     def __init__(self, kind: str, x: Any, labels: np.ndarray, float_scores: np.ndarray,
-                 names: list[str], encoder: Any = None) -> None:  # fmt: skip
+                 names: list[str], encoder: Any = None) -> None:
         self.kind, self.names, self.encoder = kind, names, encoder
         self.indices = pick(labels) if kind in ("image", "tabular", "text") else np.array([], np.int64)
         if isinstance(x, dict):
@@ -165,7 +165,7 @@ class Explainer:
         self.how = {"image": "occlusion on every model (patches grayed to the image mean)",
                     "tabular": "SHAP's permutation explainer on every model's predict function",
                     "text": "token occlusion on every model (each real token masked out in turn)"}.get(
-            kind, "none: attributions are made for image, tabular and text inputs")  # fmt: skip
+            kind, "none: attributions are made for image, tabular and text inputs")
 
     def _attribute(self, predict: Predict) -> np.ndarray:
         if self.kind == "text":

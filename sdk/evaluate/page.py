@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.atomic import atomic_write
-from edgekit.classes import ClassComparison
+from edgekit.core.atomic import atomic_write
+from edgekit.core.classes import ClassComparison
 from edgekit.evaluate.corrupt import to_nhwc
 from edgekit.evaluate.run import Evaluation, ModelEvaluation
-from edgekit.figures import missing, png_img, pyplot
-from edgekit.fit_report import class_section
+from edgekit.fit.report import class_section
+from edgekit.views.figures import missing, png_img, pyplot
 
 THUMBNAILS = 16
 
@@ -21,7 +21,7 @@ THUMBNAILS = 16
 def write_report(
     path: Path, result: Evaluation, x: Any, maps: dict[str, np.ndarray] | None = None,
     texts: list[str] | None = None, tokens: list[list[str]] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """``x``: the inputs (an image or feature array), or for a text model its feed, with
     ``texts`` and the explained samples' ``tokens``."""
     atomic_write(path, render(result, x, maps or {}, texts, tokens).encode())
@@ -34,7 +34,7 @@ def _models(result: Evaluation) -> list[ModelEvaluation]:
 def render(
     result: Evaluation, x: Any, maps: dict[str, np.ndarray], texts: list[str] | None = None,
     tokens: list[list[str]] | None = None,
-) -> str:  # fmt: skip
+) -> str:
     plt = pyplot()
     if texts is not None:
         figures = "" if plt is None else _figures(plt, result, np.empty((0,)), {})
@@ -47,13 +47,13 @@ def render(
         f"<td>{100 * m.report.macro.f1:.2f}</td><td>{m.ece:.2f}</td><td>{m.robustness.mean:.2f}</td>"
         f"{_versus(result, m)}</tr>"
         for m in _models(result)
-    )  # fmt: skip
+    )
     classes = "".join(
         class_section(
             ClassComparison(float_model=result.float_model.report, artifact=a.evaluation.report),
             tuple(result.labels) if result.labels else None,
             a.evaluation.name,
-        )  # fmt: skip
+        )
         for a in result.artifacts
     )
     title = f"edgekit evaluate: {html.escape(result.model)} v{result.version}"
@@ -196,7 +196,7 @@ def _reliability(plt: Any, result: Evaluation) -> str:
     for model in _models(result):
         used = [b for b in model.reliability if b.count]
         axes.plot([b.confidence for b in used], [b.accuracy for b in used], marker="o",
-                  label=f"{model.name} (ECE {model.ece:.1f})")  # fmt: skip
+                  label=f"{model.name} (ECE {model.ece:.1f})")
     axes.set_xlabel("confidence")
     axes.set_ylabel("accuracy")
     axes.legend(fontsize=8)
@@ -264,7 +264,7 @@ def _text_sections(
         shown = artifact.disagreements[:THUMBNAILS]
         items = "".join(f"<li>#{i}: {html.escape(texts[i])}</li>" for i in shown)
         parts.append(f"<p>{html.escape(artifact.evaluation.name)}: {len(artifact.disagreements)} of "
-                     f"{result.samples} texts.</p><ul>{items}</ul>")  # fmt: skip
+                     f"{result.samples} texts.</p><ul>{items}</ul>")
     if "float" in maps and tokens is not None:
         how = html.escape(result.explanation)
         shading = "darker: the token matters more to the predicted class"

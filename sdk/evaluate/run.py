@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from edgekit.classes import ClassReport, class_report
-from edgekit.errors import DataError, InputError
+from edgekit.core.classes import ClassReport, class_report
+from edgekit.core.errors import DataError, InputError
 from edgekit.evaluate import attack
 from edgekit.evaluate.corrupt import SEVERITIES, suite
 from edgekit.evaluate.explain import Agreement
@@ -112,7 +112,7 @@ def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 def model_evaluation(
     name: str, predict: Predict, x: Any, y: np.ndarray, classes: int,
     corrupted: dict[str, list[Any]], adversarial: dict[str, list[np.ndarray]] | None, tick: Tick,
-) -> tuple[ModelEvaluation, np.ndarray]:  # fmt: skip
+) -> tuple[ModelEvaluation, np.ndarray]:
     """One model on the clean data, every corrupted copy and every adversarial set."""
     scores = predict(x)
     predicted = scores.reshape(len(scores), -1).argmax(axis=1)
@@ -134,11 +134,11 @@ def model_evaluation(
     return ModelEvaluation(
         name=name, report=class_report(y, predicted, classes), confusion=confusion(y, predicted, classes),
         ece=ece, reliability=bins, robustness=robustness,
-    ), scores  # fmt: skip
+    ), scores
 
 
 def compare(float_eval: ModelEvaluation, float_scores: np.ndarray, evaluation: ModelEvaluation,
-            scores: np.ndarray) -> ArtifactEvaluation:  # fmt: skip
+            scores: np.ndarray) -> ArtifactEvaluation:
     float_top = float_scores.reshape(len(float_scores), -1).argmax(axis=1)
     top = scores.reshape(len(scores), -1).argmax(axis=1)
     drops = [(i, 100 * (f.f1 - a.f1)) for i, (f, a) in
@@ -153,7 +153,7 @@ def compare(float_eval: ModelEvaluation, float_scores: np.ndarray, evaluation: M
         disagreements=np.flatnonzero(float_top != top).tolist(), f1_drops=drops[:5],
         mce_ratio=errors(evaluation) / max(errors(float_eval), 1e-9),
         robustness_drop=float_eval.robustness.mean - evaluation.robustness.mean,
-    )  # fmt: skip
+    )
 
 
 def corrupted_copies(x: np.ndarray, severities: tuple[int, ...]) -> tuple[str, dict[str, list[np.ndarray]]]:

@@ -55,5 +55,5 @@ def calibration(
         accuracy = float(correct[inside].mean()) if count else 0.0
         error += count / max(len(labels), 1) * abs(mean_confidence - accuracy)
         found.append(ReliabilityBin(low=float(low), high=float(high), count=count,
-                                    confidence=mean_confidence, accuracy=accuracy))  # fmt: skip
+                                    confidence=mean_confidence, accuracy=accuracy))
     return 100.0 * error, found

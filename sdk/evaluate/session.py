@@ -4,11 +4,13 @@ float, run everything on everything, and write the report."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.bundle import read_manifest
+from edgekit.core.bundle import read_manifest
+from edgekit.core.manifest import Manifest
+from edgekit.core.validation import updated
 from edgekit.evaluate import attack
 from edgekit.evaluate.explain import Explainer
 from edgekit.evaluate.run import (
@@ -23,7 +25,9 @@ from edgekit.evaluate.run import (
     single_input,
 )
 from edgekit.evaluate.scores import probabilities
-from edgekit.manifest import Manifest
+
+if TYPE_CHECKING:
+    from edgekit.runtime import Model
 
 CHUNK = 256
 
@@ -71,19 +75,19 @@ def evaluate(options: EvaluateOptions, tick: Tick = lambda _: None) -> Evaluatio
                 options.bundle, format=entry.format, allow_unsigned=options.allow_unsigned
             ) as model:
                 index = _output_index([o.name for o in model.info.outputs], manifest.primary_output)
-                predict = _chunked(lambda batch, m=model, i=index: m.run(batch)[i])
+                predict = _chunked(_output(model, index))
                 label = f"{entry.format} {entry.precision}"
                 evaluation, scores = model_evaluation(
                     label, predict, case.x, case.y, classes, case.corrupted, case.adversarial, tick
                 )
                 found = compare(float_eval, float_scores, evaluation, scores)
-                compared.append(found.model_copy(update={"attribution": explainer.explain(label, predict)}))
+                compared.append(updated(found, attribution=explainer.explain(label, predict)))
     result = Evaluation(
         model=manifest.name, version=manifest.version, samples=len(case.y), kind=case.kind,
         labels=list(manifest.labels) if manifest.labels else None, severities=list(options.severities),
         epsilons=list(options.epsilons) if case.adversarial else [], attack=case.how, float_model=float_eval,
         artifacts=compared, explained=explainer.indices.tolist(), explanation=explainer.how,
-    )  # fmt: skip
+    )
     if options.report is not None:
         from edgekit.evaluate.page import write_report
 
@@ -94,7 +98,7 @@ def evaluate(options: EvaluateOptions, tick: Tick = lambda _: None) -> Evaluatio
 def _case(
     options: EvaluateOptions, manifest: Manifest, source: Any, output: int, tick: Tick
 ) -> tuple[Case, Predict]:
-    from edgekit.data import check_dataset, load_dataset
+    from edgekit.convert.data import check_dataset, load_dataset
 
     data = load_dataset(options.evaluation, "evaluation")
     if manifest.text is not None:
@@ -150,6 +154,11 @@ def _rows(x: Any, start: int, stop: int) -> Any:
 
 def _count(x: Any) -> int:
     return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def _output(model: Model, index: int) -> Predict:
+    """``model``'s output ``index`` for a batch."""
+    return lambda batch: model.run(batch)[index]
 
 
 def _chunked(predict: Predict) -> Predict:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit.data import Dataset
-from edgekit.errors import DataError, InputError
+from edgekit.convert.data import Dataset
+from edgekit.core.errors import DataError, InputError
+from edgekit.core.samples import Feed
+from edgekit.core.text import TextEncoder, label_indices
 from edgekit.evaluate.scores import probabilities
-from edgekit.samples import Feed
-from edgekit.text import TextEncoder, label_indices
 
 RATES = (0.05, 0.1, 0.2, 0.3, 0.5)
 """The share of words each severity touches."""
@@ -58,7 +58,7 @@ class TextCase:
 
 
 def text_case(data: Dataset, encoder: TextEncoder, names: tuple[str, ...] | None,
-              severities: tuple[int, ...], samples: int | None) -> TextCase:  # fmt: skip
+              severities: tuple[int, ...], samples: int | None) -> TextCase:
     if data.text is None:
         raise DataError(f"evaluation data {data.path}: a text model is evaluated on .jsonl texts")
     if data.text.labels is None or data.text.tags is not None:
@@ -75,7 +75,7 @@ def text_case(data: Dataset, encoder: TextEncoder, names: tuple[str, ...] | None
 
 
 def token_occlusion(predict: Callable[[Feed], np.ndarray], feed: Feed, classes: np.ndarray,
-                    encoder: TextEncoder) -> np.ndarray:  # fmt: skip
+                    encoder: TextEncoder) -> np.ndarray:
     """(samples, tokens): how much masking each real token out lowers the class's
     probability; NaN at padding. Without a mask input, the token becomes the unknown token."""
     ids_name, mask_name = encoder.inputs.ids, encoder.inputs.mask

@@ -2,7 +2,7 @@
 database, its exports, and rollouts.
 
 ``watch`` and ``collect`` read the same topics; every message is validated against the wire
-schema in ``edgekit.runtime.telemetry.schema`` (under its versioning rule), and anything
+schema in ``edgekit.core.telemetry`` (under its versioning rule), and anything
 else is counted and skipped.
 """
 

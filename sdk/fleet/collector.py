@@ -17,7 +17,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from edgekit.errors import EdgekitError
+from edgekit.core.errors import EdgekitError
+from edgekit.core.telemetry import MAX_PAYLOAD_BYTES
 from edgekit.fleet.database import (
     DatabaseUnavailable,
     add_counts,
@@ -25,7 +26,7 @@ from edgekit.fleet.database import (
     open_engine,
     tables,
     unavailable_as_error,
-)  # fmt: skip
+)
 from edgekit.fleet.drift import drift_report
 from edgekit.fleet.export import SENT_ARRAYS, TEXT_ARRAY, export
 from edgekit.fleet.inbox import Inbox, Limits, subscriptions
@@ -34,7 +35,6 @@ from edgekit.fleet.messages import SKIP_REASONS, Skip, parse
 from edgekit.fleet.queries import KEY, fleet_state, read_reports, report_columns
 from edgekit.runtime.telemetry.broker import Broker
 from edgekit.runtime.telemetry.privacy import open_sample
-from edgekit.runtime.telemetry.schema import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("edgekit.fleet")
 
@@ -86,7 +86,7 @@ class Collector:
             return self._take(topic, payload)
         except Skip as skip:
             reason, detail = skip.reason, ""
-        except Exception as exc:  # noqa: BLE001 - one message must never stop the collection
+        except Exception as exc:  # one message must never stop the collection
             reason, detail = "unprocessable", f"{type(exc).__name__}: {exc}"[:300]
             log.warning(
                 "edgekit: a message on %s could not be processed (%s); set aside", topic[:200], detail
@@ -305,7 +305,7 @@ def _sigterm_stops() -> Iterator[None]:
 def _take(
     collector: Collector, inbox: Inbox, config: CollectConfig, unacked: list[tuple[int, int]],
     progress: Callable[[Collector], None],
-) -> None:  # fmt: skip
+) -> None:
     started = last = flushed = time.monotonic()
     outage = Outage()
     while not config.limits.reached(started, last):

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError, MissingDependencyError
+from edgekit.core.errors import EdgekitError, MissingDependencyError
 
 log = logging.getLogger("edgekit.fleet")
 
@@ -309,6 +309,6 @@ def record_event(url: str, fleet: str, event: dict[str, Any]) -> None:
                     fleet=fleet, at=event["time"], rollout=str(event.get("rollout", ""))[:128],
                     event=str(event.get("event", ""))[:32], body=event,
                 )
-            )  # fmt: skip
+            )
     finally:
         engine.dispose()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edgekit.figures import missing, png_img, pyplot
 from edgekit.fleet.messages import drift_level
 from edgekit.runtime.telemetry.stats import PSI_MODERATE, PSI_SIGNIFICANT
+from edgekit.views.figures import missing, png_img, pyplot
 
 
 def drift_report(fleet: str, reports: list[dict[str, Any]]) -> dict[str, Any]:

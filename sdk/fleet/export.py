@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from edgekit.atomic import atomic_write, fsync_dir
-from edgekit.errors import EdgekitError
+from edgekit.core.atomic import atomic_write, fsync_dir
+from edgekit.core.errors import EdgekitError
 from edgekit.fleet.database import tables
 from edgekit.fleet.drift import drift_html, drift_report
 from edgekit.fleet.queries import read_reports

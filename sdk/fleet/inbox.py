@@ -9,11 +9,14 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from edgekit.errors import EdgekitError
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edgekit.core.errors import EdgekitError
+from edgekit.core.telemetry import Kind, fleet_filter
 from edgekit.runtime.telemetry.broker import Broker
-from edgekit.runtime.telemetry.schema import Kind, fleet_filter
 
 log = logging.getLogger("edgekit.fleet")
 
@@ -101,10 +104,16 @@ class Inbox:
                 log.debug("reconnecting to %s: %s", self.broker.url, exc)
                 delay = min(delay * 2, 2.0)
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_disconnect(
+        self, client: Client, userdata: object, flags: DisconnectFlags, reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         self.connected = False
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_connect(
+        self, client: Client, userdata: object, flags: ConnectFlags, reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason.is_failure:
             log.warning("broker %s refused the connection: %s", self.broker.url, reason)
             return
@@ -112,7 +121,7 @@ class Inbox:
             client.subscribe(subscription, qos=1)
         self.connected = True
 
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+    def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
         self.queue.put((message.topic, bytes(message.payload), message.mid, message.qos))
 
     def get(self, timeout: float) -> tuple[str, bytes, int, int] | None:

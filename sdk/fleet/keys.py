@@ -8,8 +8,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from edgekit.atomic import atomic_write
-from edgekit.errors import DataError
+from edgekit.core.atomic import atomic_write
+from edgekit.core.errors import DataError
+from edgekit.core.signing import write_secret
+from edgekit.core.telemetry import check_fleet_name
 from edgekit.runtime.telemetry.privacy import (
     PRIVATE_FILE,
     PUBLIC_FILE,
@@ -17,8 +19,6 @@ from edgekit.runtime.telemetry.privacy import (
     fleet_dir,
     load_sample_key,
 )
-from edgekit.runtime.telemetry.schema import check_fleet_name
-from edgekit.signing import write_secret
 
 
 def init_fleet(fleet: str, folder: Path | None = None) -> Path:

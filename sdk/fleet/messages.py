@@ -11,8 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import from_json
 
-from edgekit.runtime.telemetry.privacy import split_sample
-from edgekit.runtime.telemetry.schema import (
+from edgekit.core.telemetry import (
     KINDS,
     LATENCY_EDGES_MS,
     MAX_PAYLOAD_BYTES,
@@ -22,11 +21,12 @@ from edgekit.runtime.telemetry.schema import (
     SampleHeader,
     read_message,
 )
+from edgekit.runtime.telemetry.privacy import split_sample
 from edgekit.runtime.telemetry.stats import PSI_MODERATE, PSI_SIGNIFICANT
 
 SKIP_REASONS = (
     "malformed", "unknown_version", "oversized", "duplicate", "undecryptable", "wrong_topic", "unprocessable",
-)  # fmt: skip
+)
 """Why a message was skipped; "unprocessable" is anything else that went wrong with one."""
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from edgekit.core.telemetry import Report
 from edgekit.fleet.database import tables
 from edgekit.fleet.messages import SKIP_REASONS, summarize
-from edgekit.runtime.telemetry.schema import Report
 
 KEY = ("node", "epoch", "seq")
 """What makes a message one row: a redelivery, to this collector or another, is written once."""
@@ -57,7 +57,7 @@ def fleet_state(engine: Any, fleet: str) -> dict[str, Any]:
         ).scalar()
         counts = dict(connection.execute(
             sa.select(counters.c.name, counters.c.value).where(counters.c.fleet == fleet)
-        ).tuples().all())  # fmt: skip
+        ).tuples().all())
         steps = connection.execute(sa.text(_STEPS), {"fleet": fleet, "most": MAX_SEQ_STEP}).all()
     return {
         "fleet": fleet,

@@ -40,7 +40,7 @@ class FleetView:
             return self._apply(topic, payload)
         except Skip as skip:
             self.skipped[skip.reason] += 1
-        except Exception as exc:  # noqa: BLE001 - one message must never stop the watch
+        except Exception as exc:  # one message must never stop the watch
             log.warning("edgekit: a message on %s could not be processed: %s", topic[:200], exc)
             self.skipped["unprocessable"] += 1
         return None

@@ -10,9 +10,10 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from edgekit.classes import metric_name
-from edgekit.manifest import ArtifactEntry, Manifest
-from edgekit.profiles import DeviceProfile
+from edgekit.converters import ready_made
+from edgekit.core.classes import metric_name
+from edgekit.core.manifest import ArtifactEntry, Manifest
+from edgekit.core.profiles import DeviceProfile
 from edgekit.views.classes import class_table
 
 if TYPE_CHECKING:
@@ -33,9 +34,9 @@ def profiles_table(profiles: list[DeviceProfile]) -> Table:
     table = Table(
         title="Device profiles (--target ID)", title_justify="left", box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0), pad_edge=False, show_edge=False,
-    )  # fmt: skip
+    )
     for column, justify in (("id", "left"), ("cpu", "left"), ("RAM", "right"), ("accelerator", "left"),
-                            ("formats", "left"), ("budget MB", "right")):  # fmt: skip
+                            ("formats", "left"), ("budget MB", "right")):
         table.add_column(column, no_wrap=True, justify=justify, style="bold" if column == "id" else None)  # type: ignore[arg-type]
     for p in profiles:
         table.add_row(
@@ -95,7 +96,7 @@ def print_convert_summary(ui: Console, out: Console, result: ConvertResult) -> N
     for entry in manifest.artifacts:
         if len(manifest.artifacts) > 1:
             out.print(f"[bold]{entry.path}[/]", highlight=False)
-        out.print(_artifact_table(entry, manifest.profile, manifest.source.kind == "tflite"), highlight=False)
+        out.print(_artifact_table(entry, manifest.profile, ready_made(manifest.source.kind)), highlight=False)
         _print_selection(out, entry)
         _print_classes(out, entry, manifest.labels)
 
@@ -233,6 +234,6 @@ def print_manifest(
                     str(q.zero_point) if q else "",
                 )
         out.print(tensors)
-        out.print(_artifact_table(entry, manifest.profile, manifest.source.kind == "tflite"))
+        out.print(_artifact_table(entry, manifest.profile, ready_made(manifest.source.kind)))
         _print_classes(out, entry, manifest.labels)
         _print_selection(out, entry)

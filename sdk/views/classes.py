@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
-from edgekit.classes import ClassComparison, ClassScores
+from edgekit.core.classes import ClassComparison, ClassScores
 
 
 def class_table(comparison: ClassComparison, labels: tuple[str, ...] | None, precision: str) -> Table:

@@ -15,7 +15,7 @@ def evaluation_table(result: Evaluation) -> Table:
         title=title, caption="in %; ECE in points; drop: float's accuracy under corruption minus this one's"
     )
     for column in ("model", "accuracy", "macro-F1", "ECE", "corrupted", "drop", "agreement",
-                   *(["PGD"] if attacked else [])):  # fmt: skip
+                   *(["PGD"] if attacked else [])):
         table.add_column(column, justify="left" if column == "model" else "right")
     rows = [(result.float_model, None), *((a.evaluation, a) for a in result.artifacts)]
     for model, compared in rows:
@@ -26,5 +26,5 @@ def evaluation_table(result: Evaluation) -> Table:
             "-" if compared is None else f"{compared.robustness_drop:+.2f}",
             "-" if compared is None else f"{compared.agreement:.2f}",
             *([f"{attack[-1]:.2f}"] if attacked and attack else []),
-        )  # fmt: skip
+        )
     return table

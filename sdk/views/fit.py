@@ -11,11 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from edgekit.fit import FitResult
+    from edgekit.fit.search import FitResult
 
 
 def fit_json(result: FitResult, output: Path) -> dict[str, Any]:
-    from edgekit.fit import pareto
+    from edgekit.fit.search import pareto
 
     front = set(pareto(result.candidates))
     return {
@@ -34,7 +34,7 @@ def fit_json(result: FitResult, output: Path) -> dict[str, Any]:
 
 def print_fit(out: Console, result: FitResult, output: Path) -> None:
     """The candidates as a table, each verdict on its own line below (it is long prose)."""
-    from edgekit.fit import pareto
+    from edgekit.fit.search import pareto
 
     front = set(pareto(result.candidates))
     table = Table(
@@ -47,7 +47,7 @@ def print_fit(out: Console, result: FitResult, output: Path) -> None:
             "-" if c.host_latency_ms is None else f"{c.host_latency_ms:.3g}",
             "-" if c.top1 is None else f"{c.top1:.2f}%", "yes" if i - 1 in front else "",
             style="green" if c.verdict.startswith("chosen") else "",
-        )  # fmt: skip
+        )
     out.print(table)
     for i, c in enumerate(result.candidates, 1):
         out.print(

@@ -10,8 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edgekit.fleet.deploy import Outcome
-from edgekit.fleet.rollout import FleetState, group_label
+from edgekit.rollout.deploy import Outcome
+from edgekit.rollout.fleet import FleetState, group_label
 
 
 def deploy_progress(out: Console, as_json: bool) -> Callable[[str, dict[str, Any]], None]:
@@ -22,7 +22,7 @@ def deploy_progress(out: Console, as_json: bool) -> Callable[[str, dict[str, Any
         if step == "started":
             out.print(f"rollout {event['rollout']}: {event['model']} v{event['version']} to "
                       f"{event['canaries']} canaries of {event['devices']} devices "
-                      f"(the others stay on v{event['previous']})")  # fmt: skip
+                      f"(the others stay on v{event['previous']})")
         elif step == "watching":
             line = _watch_line(event)
             if line != last.get("line"):
@@ -68,7 +68,7 @@ def status_rows(state: FleetState, group: str | None) -> list[dict[str, Any]]:
             "running": {str(v): n for v, n in sorted(running.items())}, "healthy": len(healthy),
             "failed": [{"node": s.node, "reason": s.reason} for s in online if s.phase == "failed"],
             "refused": sum(sum(s.refused.values()) for s in members),
-        })  # fmt: skip
+        })
     return rows
 
 
@@ -83,7 +83,7 @@ def print_status(out: Console, fleet: str, rows: list[dict[str, Any]]) -> None:
         running = ", ".join(f"v{v}: {n}" for v, n in row["running"].items()) or "-"
         table.add_row(group_label(row["group"]), row["rollout"] or "-", row["phase"] or "-", desired, running,
                       f"{row['healthy']}/{row['online']}", f"{row['online']}/{row['devices']}",
-                      str(len(row["failed"])), style="red" if row["failed"] else "")  # fmt: skip
+                      str(len(row["failed"])), style="red" if row["failed"] else "")
     out.print(table)
     for row in rows:
         for failed in row["failed"]:

@@ -44,7 +44,7 @@ def run_result(model: Any, outputs: Any, top_k: int | None) -> dict[str, Any]:
 
 def tag_result(model: Any, tagged: list[list[tuple[str, str | None]]]) -> dict[str, Any]:
     """A token classification run: each text's words with their tags, and the entity spans."""
-    from edgekit.spans import entities
+    from edgekit.core.spans import entities
 
     texts = []
     for words in tagged:
@@ -55,7 +55,7 @@ def tag_result(model: Any, tagged: list[list[tuple[str, str | None]]]) -> dict[s
                 {"type": kind, "text": " ".join(w for w, _ in words[first : last + 1])}
                 for kind, first, last in spans
             ],
-        })  # fmt: skip
+        })
     return {"model": model_info(model), "texts": texts}
 
 
@@ -85,7 +85,7 @@ def print_run(out: Console, model: Any, result: dict[str, Any]) -> None:
         for sample, ranked in enumerate(result["top_k"]):
             for rank, entry in enumerate(ranked, 1):
                 table.add_row(str(sample) if rank == 1 else "", str(rank), str(entry["class"]),
-                              entry["label"] or "-", f"{entry['score']:.4f}")  # fmt: skip
+                              entry["label"] or "-", f"{entry['score']:.4f}")
         out.print(table)
         return
     import numpy as np
@@ -109,7 +109,7 @@ def print_bench(out: Console, model: Any, result: Any) -> None:
     rows = [("edgekit", result.edgekit)] + ([("bare", result.bare)] if result.bare else [])
     for name, t in rows:
         table.add_row(name, f"{t.p50_ms:.3f} ms", f"{t.p90_ms:.3f} ms", f"{t.p99_ms:.3f} ms",
-                      f"{t.throughput_per_s:,.0f}/s")  # fmt: skip
+                      f"{t.throughput_per_s:,.0f}/s")
     out.print(table)
     if result.overhead_ratio is not None:
         out.print(

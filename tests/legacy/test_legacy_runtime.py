@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.errors import RuntimeBackendError
+from edgekit.core.errors import RuntimeBackendError
+from edgekit.core.signing import Trust
 from edgekit.runtime import Model
-from edgekit.signing import Trust
 
 BUNDLES = Path(__file__).resolve().parents[2] / "build" / "runtime-bundles"
 pytestmark = pytest.mark.skipif(

@@ -28,7 +28,7 @@ def main(out: Path = HERE) -> int:
         status = protoc.main([
             "protoc", f"-I{root}", f"--python_out={root}", f"--pyi_out={root}", f"--grpc_python_out={root}",
             str(root / PACKAGE / "grpc_predict_v2.proto"),
-        ])  # fmt: skip
+        ])
         if status:
             return status
         for made in (root / PACKAGE).glob("grpc_predict_v2_pb2*"):

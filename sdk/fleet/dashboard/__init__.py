@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError, InputError, MissingDependencyError
+from edgekit.core.errors import EdgekitError, InputError, MissingDependencyError
 
 log = logging.getLogger("edgekit.fleet")
 
@@ -49,13 +49,13 @@ def open_dashboard(config: DashboardConfig) -> tuple[Any, dict[str, Any]]:
     if exposed and config.token is None:
         raise InputError(f"--host {config.host} is reachable from the network: give --token-file FILE "
                          "(and reach "
-                         "the dashboard over HTTPS: --tls-cert and --tls-key, or a proxy)")  # fmt: skip
+                         "the dashboard over HTTPS: --tls-cert and --tls-key, or a proxy)")
     engine = open_engine(config.db)
     fleet = config.fleet or _only_fleet(fleets(engine), config.db)
     board = Dashboard(
         engine, fleet, load_collector_key(fleet, config.fleet_dir), config.token,
         _references(config.bundles), secure_cookie=exposed or config.tls_cert is not None,
-    )  # fmt: skip
+    )
     scheme = "https" if config.tls_cert else "http"
     shown = str(engine.url.render_as_string(hide_password=True))
     info = {"fleet": fleet, "url": f"{scheme}://{config.host}:{config.port}/", "db": shown,
@@ -75,7 +75,7 @@ def _only_fleet(found: list[str], db: str) -> str:
 
 def _references(bundles: tuple[Path, ...]) -> dict[tuple[str, int], Any]:
     """Each bundle's reference statistics by (model, version): the baseline the pages compare with."""
-    from edgekit.bundle import read_manifest
+    from edgekit.core.bundle import read_manifest
 
     found = {}
     for path in bundles:

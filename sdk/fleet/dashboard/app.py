@@ -16,11 +16,11 @@ from urllib.parse import parse_qs
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from edgekit.core.manifest import ReferenceStats
 from edgekit.fleet.dashboard import data, pages
 from edgekit.fleet.dashboard.rollouts import rollout_sections
 from edgekit.fleet.export import open_message, sample_arrays
 from edgekit.fleet.queries import set_label
-from edgekit.manifest import ReferenceStats
 
 COOKIE = "edgekit_dashboard"
 HEADERS = {
@@ -216,7 +216,7 @@ class Guard:
         if given is not None and scope["method"] == "GET" and self._same(given.encode()):
             response = RedirectResponse(scope["path"], 303)
             response.set_cookie(COOKIE, self.token.decode(), httponly=True, samesite="strict",
-                                secure=self.secure, path="/")  # fmt: skip
+                                secure=self.secure, path="/")
             await response(scope, receive, send)
             return
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
@@ -229,7 +229,7 @@ class Guard:
             denied = PlainTextResponse(
                 "a token is required: open /?token=TOKEN once, or send Authorization: Bearer TOKEN",
                 401, headers={"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
+            )
             await denied(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.core.manifest import ReferenceStats
 from edgekit.fleet.database import tables
 from edgekit.fleet.messages import drift_level
-from edgekit.manifest import ReferenceStats
 from edgekit.runtime.telemetry.stats import PSI_SIGNIFICANT, psi
 
 SILENT_AFTER_WINDOWS = 3
@@ -78,7 +78,7 @@ def fleet_rows(engine: Any, fleet: str, now: float | None = None) -> list[dict[s
             "p50_ms": report["p50_ms"], "p95_ms": report["p95_ms"],
             "error_rate": round(report["errors"] / report["calls"], 4) if report["calls"] else 0.0,
             "drift": report["drift"], "level": drift_level(report["drift"]), "dropped": report["dropped"],
-        })  # fmt: skip
+        })
     return sorted(rows, key=lambda row: row["node"])
 
 
@@ -100,7 +100,7 @@ def device_series(engine: Any, node: str, limit: int = 500) -> list[dict[str, An
             "input_psi": report["input_psi"], "output_psi": report["output_psi"], "drift": report["drift"],
             "classes": report["body"].get("classes"), "feature_bins": report["body"].get("feature_bins"),
             "model": report["model"], "version": report["version"],
-        })  # fmt: skip
+        })
     return series
 
 
@@ -163,7 +163,7 @@ def drift_table(
             "input_psi": series[-1]["input_psi"], "output_psi": series[-1]["output_psi"],
             "features": [{"feature": n, "psi": v, "level": drift_level(v)} for n, v in named],
             "trend": [point["drift"] for point in series[-40:]],
-        })  # fmt: skip
+        })
     return sorted(rows, key=lambda r: -(r["drift"] or 0))
 
 
@@ -180,7 +180,7 @@ def sample_queue(engine: Any, fleet: str, only: str = "unlabelled", limit: int =
             sa.and_(
                 rows.c.node == samples.c.node, rows.c.epoch == samples.c.epoch, rows.c.seq == samples.c.seq
             ),
-        )  # fmt: skip
+        )
         .where(samples.c.fleet == fleet)
     )
     if only == "unlabelled":
@@ -209,7 +209,7 @@ def sample_counts(engine: Any, fleet: str) -> dict[str, int]:
                     rows.c.epoch == samples.c.epoch,
                     rows.c.seq == samples.c.seq,
                 ),
-            )  # fmt: skip
+            )
         )
         .where(samples.c.fleet == fleet)
     )

@@ -17,7 +17,7 @@ COLUMNS = (
     ("node", "device"), ("status", "state"), ("last_seen", "last seen"), ("version", "model"),
     ("rate", "inferences/s"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("error_rate", "errors"),
     ("drift", "drift"), ("dropped", "drops"),
-)  # fmt: skip
+)
 
 
 def layout(fleet: str, title: str, body: str, here: str) -> str:

@@ -24,7 +24,7 @@ def rollout_sections(engine: Any, fleet: str) -> list[dict[str, Any]]:
             "rollout": rollout, "events": events, "charts": charts,
             "decision": decision["decision"] if decision else None,
             "reason": decision["reason"] if decision else f"v{started.get('version')} on canaries, watched",
-        })  # fmt: skip
+        })
     return sorted(sections, key=lambda s: -s["events"][0]["at"])
 
 

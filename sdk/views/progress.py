@@ -1,0 +1,37 @@
+"""How long-running work talks to whoever called it: notes, warnings, progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
+
+Advance = Callable[[int], None]
+"""Called with how many items were done since the last call."""
+
+
+class Reporter(Protocol):
+    def note(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+    def progress(self, description: str, total: int) -> AbstractContextManager[Advance]:
+        """A context manager yielding ``advance(n)``."""
+        ...
+
+
+class SilentReporter:
+    """For library use: collects warnings, shows nothing."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def note(self, message: str) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Advance]:
+        yield lambda n: None
