@@ -59,9 +59,7 @@ def unsigned_manifest(content: bytes, profile: str = "raspberry-pi-5", size: int
     manifest = _manifest(content)
     size = len(content) if size is None else size
     entry = updated(manifest.artifacts[0], size=size, sha256=sha256(content))
-    return manifest.model_copy(
-        update={"artifacts": (entry,), "profile": load_profile(profile).model_dump(mode="json")}
-    )
+    return updated(manifest, artifacts=(entry,), profile=load_profile(profile).model_dump(mode="json"))
 
 
 _PEAK = """

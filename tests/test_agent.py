@@ -147,9 +147,7 @@ def test_tampered_oversized_and_too_large_for_the_disk_are_refused_and_v1_keeps_
         _send(device, _document(bundles[2], 40, url=server.url()), publisher)
         _failed_with(device, 40, "sha256")
         short = _document(bundles[2], 41, url=real.url())
-        short = short.model_copy(
-            update={"model": updated(short.model, size=short.model.size - 100)}
-        )
+        short = updated(short, model=updated(short.model, size=short.model.size - 100))
         _send(device, short, publisher)
         _failed_with(device, 41, "more than")
         huge = _document(bundles[2], 42, url=real.url())

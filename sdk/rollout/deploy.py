@@ -283,9 +283,7 @@ def override(broker: Broker, fleet: str, group: str | None, key_path: Path, phas
         allowed = {"promoted": ("canary",), "aborted": ("canary", "promoted")}[phase]
         if current.phase not in allowed:
             raise InputError(f"rollout {current.rollout} is {current.phase}; it cannot be {phase} now")
-        final = current.model_copy(
-            update={"phase": phase, "serial": next_serial(state), "issued": time.time()}
-        )
+        final = updated(current, phase=phase, serial=next_serial(state), issued=time.time())
         publish_document(inbox, final, key)
     finally:
         inbox.stop()
