@@ -98,9 +98,11 @@ class Device:
     group: str | None
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self, broker: str, fleet: str, rate: float = 20.0, workload: bool = True) -> Device:
+    def start(
+        self, broker: str, fleet: str, rate: float = 20.0, workload: bool = True, heartbeat_s: float = 30.0
+    ) -> Device:
         command = [sys.executable, str(HERE / "rollout_helpers.py"), "--broker", broker, "--fleet", fleet,
-                   "--device-id", self.device_id, "--rate", str(rate)]  # fmt: skip
+                   "--device-id", self.device_id, "--rate", str(rate), "--heartbeat", str(heartbeat_s)]  # fmt: skip
         if self.group:
             command += ["--group", self.group]
         if not workload:
@@ -173,6 +175,7 @@ def main() -> None:
         parser.add_argument(flag, required=True)
     parser.add_argument("--group")
     parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--heartbeat", type=float, default=30.0)
     parser.add_argument("--no-workload", action="store_true")
     args = parser.parse_args()
     import signal
@@ -183,7 +186,7 @@ def main() -> None:
     halt = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: halt.set())
     agent = Agent(AgentConfig(Broker.parse(args.broker), args.fleet, args.group, args.device_id,
-                              retry_s=(0.5, 1.0, 2.0))).start()
+                              heartbeat_s=args.heartbeat, retry_s=(0.5, 1.0, 2.0))).start()
     worker = None
     if not args.no_workload:
         worker = threading.Thread(

@@ -37,7 +37,15 @@ from edgekit.core.errors import EdgekitError, SignatureError
 from edgekit.core.paths import edgekit_home
 from edgekit.core.signing import Trust
 from edgekit.core.validation import updated
-from edgekit.runtime.agent.fetch import Chunks, FetchError, check_space, check_url, fetch_http
+from edgekit.runtime.agent.fetch import (
+    Chunks,
+    FetchError,
+    Interrupted,
+    Stop,
+    check_space,
+    check_url,
+    fetch_http,
+)
 from edgekit.runtime.agent.state import AgentState
 from edgekit.runtime.store import Store
 from edgekit.runtime.telemetry.broker import Broker
@@ -82,7 +90,10 @@ class Agent:
         self._retry: tuple[float, bytes, int] | None = None
         self._attempts = 0
         self._published = 0.0
+        self._download: tuple[int, Stop] | None = None
+        """The serial being downloaded, and what stops it early."""
         self._worker = threading.Thread(target=self._work, name="edgekit-agent", daemon=True)
+        self._beat = threading.Thread(target=self._heartbeat, name="edgekit-agent-heartbeat", daemon=True)
 
     def _models(self) -> dict[str, int]:
         return {name: version for name, version in self.store.active().items() if version is not None}
@@ -100,11 +111,13 @@ class Agent:
             self.queue.put(("", self.state.document))
         self._connect()
         self._worker.start()
+        self._beat.start()
         return self
 
     def stop(self) -> None:
         self.halt.set()
         self._worker.join(timeout=30)
+        self._beat.join(timeout=5)
         self._publish(updated(self.status, phase="offline", time=time.time()))
         client, self._client = self._client, None
         if client is not None:
@@ -145,9 +158,24 @@ class Agent:
     def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
         chunks = self._chunks
         if chunks is not None and message.topic.startswith(chunks.topic + "/"):
-            chunks.offer(message.topic, bytes(message.payload))
+            if not chunks.offer(message.topic, bytes(message.payload)):
+                self.refused["bad_chunk"] = self.refused.get("bad_chunk", 0) + 1
         elif message.topic.startswith(rollout_filter(self.config.fleet)[:-1]) and message.payload:
             self.queue.put((message.topic, bytes(message.payload)))
+            self._preempt(message.topic, bytes(message.payload))
+
+    def _preempt(self, topic: str, payload: bytes) -> None:
+        """A newer document, signed by a trusted publisher, stops the download in progress
+        (a rollback must not wait behind a slow download); junk stops nothing."""
+        download = self._download
+        if download is None:
+            return
+        try:
+            document, _ = open_document(payload, self.trust.check, f"deployment document on {topic}")
+        except EdgekitError:
+            return
+        if document.fleet == self.config.fleet and document.topic == topic and document.serial > download[0]:
+            download[1].supersede(f"superseded by document {document.rollout} #{document.serial}")
 
     def _publish(self, status: AgentStatus) -> None:
         client = self._client
@@ -168,11 +196,15 @@ class Agent:
 
     # --- the worker ----------------------------------------------------------------------
 
+    def _heartbeat(self) -> None:
+        """The status again every ``heartbeat_s``, whatever the worker is doing (a download)."""
+        while not self.halt.wait(min(1.0, self.config.heartbeat_s)):
+            if time.monotonic() - self._published >= self.config.heartbeat_s:
+                self._publish(updated(self.status, time=time.time()))
+
     def _work(self) -> None:
         while not self.halt.is_set():
             self._roll_epoch()
-            if time.monotonic() - self._published >= self.config.heartbeat_s:
-                self._report(phase=self.status.phase, reason=self.status.reason)
             try:
                 topic, payload = self.queue.get(timeout=0.5)
             except queue.Empty:
@@ -257,6 +289,9 @@ class Agent:
         try:
             if target is not None and target != running:
                 self._change(document, running, target, context)
+        except Interrupted as exc:
+            log.info("agent: %s: the download stopped: %s", document.rollout, exc)
+            return None  # stopping, or a newer document waits in the queue
         except FetchError as exc:
             if not exc.permanent and not self.halt.is_set():
                 return self._later(document, payload, str(exc), context, desired)
@@ -314,26 +349,31 @@ class Agent:
 
     def _fetch(self, document: Deployment, progress: Callable[[float], None]) -> bytes:
         problems = []
-        for source in document.model.sources:
-            try:
-                if source.kind == "http":
-                    assert source.url is not None
-                    check_url(source.url)
-                    return fetch_http(source, document.model, progress, self.halt)
-                return self._fetch_chunks(Chunks(source, document.model), progress)
-            except FetchError as exc:
-                if exc.permanent:
-                    raise
-                problems.append(str(exc))
+        stop = Stop(self.halt)
+        self._download = (document.serial, stop)
+        try:
+            for source in document.model.sources:
+                try:
+                    if source.kind == "http":
+                        assert source.url is not None
+                        check_url(source.url)
+                        return fetch_http(source, document.model, progress, stop)
+                    return self._fetch_chunks(Chunks(source, document.model), progress, stop)
+                except FetchError as exc:
+                    if exc.permanent or isinstance(exc, Interrupted):
+                        raise
+                    problems.append(str(exc))
+        finally:
+            self._download = None
         raise FetchError("; ".join(problems) or "the document names no source")
 
-    def _fetch_chunks(self, chunks: Chunks, progress: Callable[[float], None]) -> bytes:
+    def _fetch_chunks(self, chunks: Chunks, progress: Callable[[float], None], stop: Stop) -> bytes:
         self._chunks = chunks
         client = self._client
         if client is not None:
             client.subscribe(f"{chunks.topic}/+", qos=1)
         try:
-            return chunks.wait(progress, self.halt, self.config.chunk_idle_s)
+            return chunks.wait(progress, stop, self.config.chunk_idle_s)
         finally:
             self._chunks = None
             if client is not None:

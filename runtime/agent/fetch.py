@@ -10,14 +10,20 @@ broker, so a reconnect receives the missing ones again.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
+import re
 import shutil
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
+from http.client import HTTPMessage
 from pathlib import Path
+from typing import IO
 
 from edgekit.core.deployment import BundleRef, Source
 from edgekit.core.errors import EdgekitError
@@ -26,6 +32,9 @@ log = logging.getLogger("edgekit.agent")
 READ_BYTES = 64 * 1024
 DISK_MARGIN = 16 * 1024 * 1024
 Progress = Callable[[float], None]
+INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
+"""A chunk index as the publisher writes it: ASCII digits (str.isdigit() takes '²', which int()
+refuses), no leading zero ('03' is another topic than '3')."""
 
 
 class FetchError(EdgekitError):
@@ -65,39 +74,112 @@ def verify(data: bytes | bytearray, bundle: BundleRef) -> bytes:
     return bytes(data)
 
 
-def fetch_http(source: Source, bundle: BundleRef, progress: Progress, halt: threading.Event,
-               attempts: int = 5) -> bytes:
-    """GET the bundle, resuming with ``Range`` after a dropped connection."""
+class Stop:
+    """Why a download ends early: the agent stops, or a newer signed document came."""
+
+    def __init__(self, halt: threading.Event) -> None:
+        self.halt = halt
+        self.reason: str | None = None
+        self._event = threading.Event()
+
+    def supersede(self, reason: str) -> None:
+        self.reason = reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self.halt.is_set() or self._event.is_set()
+
+    def wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.is_set() and time.monotonic() < deadline:
+            self._event.wait(min(0.2, max(deadline - time.monotonic(), 0)))
+
+    def check(self) -> None:
+        if self.halt.is_set():
+            raise Interrupted("the agent is stopping")
+        if self._event.is_set():
+            raise Interrupted(self.reason or "superseded")
+
+
+class Interrupted(FetchError):
+    """The download was stopped on purpose (see ``Stop``): not a failure of the document."""
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How slow a download may be before it is dropped and resumed: a server that trickles
+    would hold the agent for hours (12 KB at one byte a second is 3.3 hours)."""
+
+    window_s: float = 30.0
+    min_bytes_per_s: float = 1024.0
+    read_timeout_s: float = 30.0
+
+
+def fetch_http(source: Source, bundle: BundleRef, progress: Progress, stop: Stop,
+               attempts: int = 5, pace: Pace = Pace()) -> bytes:  # fmt: skip
+    """GET the bundle, resuming with ``Range`` after a dropped, short or too slow connection."""
     assert source.url is not None
     data = bytearray()
     failures, delay = 0, 0.5
     while True:
+        stop.check()
         try:
-            _get(source.url, data, bundle.size, progress, halt)
+            _get(source.url, data, bundle.size, progress, stop, pace)
             return verify(data, bundle)
-        except (OSError, urllib.error.URLError) as exc:
+        except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
             failures += 1
-            if failures >= attempts or halt.is_set():
+            if failures >= attempts or stop.is_set():
+                stop.check()
                 raise FetchError(f"cannot fetch {source.url}: {_reason(exc)}") from exc
             log.info("agent: download interrupted at %d bytes (%s); resuming", len(data), _reason(exc))
-            halt.wait(delay)
+            stop.wait(delay)
             delay = min(delay * 2, 10.0)
 
 
-def _get(url: str, data: bytearray, size: int, progress: Progress, halt: threading.Event) -> None:
+def _get(url: str, data: bytearray, size: int, progress: Progress, stop: Stop, pace: Pace) -> None:
     request = urllib.request.Request(url, headers={"Range": f"bytes={len(data)}-"} if data else {})
-    with urllib.request.urlopen(request, timeout=30) as response:  # http and https only
+    with _OPENER.open(request, timeout=pace.read_timeout_s) as response:
         if response.status != 206:
             data.clear()  # the server ignored the range: start over
-        while chunk := response.read(READ_BYTES):
+        window_start, window_bytes = time.monotonic(), 0
+        while chunk := response.read1(READ_BYTES):
             if len(data) + len(chunk) > size:
                 raise FetchError(
                     f"{url} sends more than the {size} bytes the document declares", permanent=True
                 )
             data.extend(chunk)
+            window_bytes += len(chunk)
             progress(len(data) / size)
-            if halt.is_set():
-                raise FetchError("the agent is stopping")
+            stop.check()
+            elapsed = time.monotonic() - window_start
+            if elapsed >= pace.window_s:
+                if window_bytes < pace.min_bytes_per_s * elapsed and len(data) < size:
+                    rate = window_bytes / elapsed
+                    raise TimeoutError(f"{rate:.0f} B/s, below {pace.min_bytes_per_s:g} B/s")
+                window_start, window_bytes = time.monotonic(), 0
+    if len(data) < size:
+        raise ConnectionResetError(f"the connection closed after {len(data)} of {size} bytes")
+
+
+class _HTTPOnly(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http:// and https:// only; anything else is final, not retried
+    (urllib's own refusal is an HTTPError, which would be retried as a passing fault)."""
+
+    def http_error_302(
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: HTTPMessage
+    ) -> object:
+        target = urllib.parse.urljoin(req.full_url, headers.get("location") or headers.get("uri") or "")
+        if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
+            raise FetchError(
+                f"{req.full_url} redirects to {target!r}: only http:// and https:// are fetched",
+                permanent=True,
+            )
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+_OPENER = urllib.request.build_opener(_HTTPOnly)
 
 
 def check_url(url: str) -> None:
@@ -115,39 +197,42 @@ class Chunks:
         self.bundle = bundle
         self.count = -(-bundle.size // source.chunk)
         self.parts: dict[int, bytes] = {}
-        self.problem: str | None = None
         self.changed = threading.Condition()
 
-    def offer(self, topic: str, payload: bytes) -> None:
+    def offer(self, topic: str, payload: bytes) -> bool:
+        """Keep a chunk that fits the document; False for one that does not, which is dropped
+        and the right one awaited: anyone on the broker can publish here, and only the
+        assembled bundle's sha256 decides."""
         index_text = topic[len(self.topic) + 1 :]
+        if not INDEX.fullmatch(index_text) or int(index_text) >= self.count:
+            return False
+        index = int(index_text)
+        expected = self.chunk if index < self.count - 1 else self.bundle.size - self.chunk * index
+        if len(payload) != expected:
+            return False
         with self.changed:
-            if not index_text.isdigit() or int(index_text) >= self.count:
-                self.problem = f"chunk {index_text!r} is not one of the {self.count} the document declares"
-            else:
-                index = int(index_text)
-                expected = self.chunk if index < self.count - 1 else self.bundle.size - self.chunk * index
-                if len(payload) != expected:
-                    self.problem = f"chunk {index} is {len(payload)} bytes, not {expected}"
-                else:
-                    self.parts[index] = payload
+            self.parts[index] = payload
             self.changed.notify_all()
+        return True
 
-    def wait(self, progress: Progress, halt: threading.Event, idle_s: float) -> bytes:
+    def wait(self, progress: Progress, stop: Stop, idle_s: float) -> bytes:
         """Every chunk, verified; FetchError when none arrives for ``idle_s`` seconds."""
         last, seen = time.monotonic(), -1
         with self.changed:
             while len(self.parts) < self.count:
-                if self.problem:
-                    raise FetchError(f"bundle over MQTT: {self.problem}", permanent=True)
-                if halt.is_set():
-                    raise FetchError("the agent is stopping")
+                stop.check()
                 if len(self.parts) != seen:
                     seen, last = len(self.parts), time.monotonic()
                     progress(seen / self.count)
                 elif time.monotonic() - last > idle_s:
                     raise FetchError(f"bundle over MQTT: no chunk on {self.topic}/+ for {idle_s:g} s")
                 self.changed.wait(0.2)
-        return verify(b"".join(self.parts[i] for i in range(self.count)), self.bundle)
+            data = b"".join(self.parts[i] for i in range(self.count))
+        try:
+            return verify(data, self.bundle)
+        except FetchError:
+            self.parts.clear()  # a stranger's chunk of the right size: the retained ones come again
+            raise FetchError("bundle over MQTT: the chunks do not add up to the document's sha256") from None
 
 
 def _mb(size: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from dataclasses import dataclass
@@ -81,6 +82,10 @@ class Broker:
         from paho.mqtt.enums import CallbackAPIVersion
 
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        # A callback's exception would end paho's network thread, silently: the process lives
+        # on, the broker publishes the last will, and nothing restarts it. paho logs it instead.
+        client.suppress_exceptions = True
+        client.enable_logger(logging.getLogger("edgekit.mqtt"))
         if self.tls:
             client.tls_set(
                 ca_certs=str(self.ca) if self.ca else None,

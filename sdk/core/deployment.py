@@ -204,11 +204,12 @@ def open_document(payload: bytes, check: Check, where: str) -> tuple[Deployment,
         envelope = json.loads(payload)
         raw = base64.b64decode(envelope["document"], validate=True)
         signature = envelope.get("signature")
-    except (ValueError, KeyError, TypeError) as exc:
+        signed = json.dumps(signature, sort_keys=True).encode()
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # "[" * 40000 recurses
         raise DocumentError(f"{where}: not a deployment document ({exc})") from None
     if not isinstance(signature, dict):
         raise SignatureError(f"{where}: the deployment document is not signed")
-    signer = check(raw, json.dumps(signature, sort_keys=True).encode(), where)
+    signer = check(raw, signed, where)
     try:
         document = Deployment.model_validate_json(raw)
     except ValidationError as exc:

@@ -7,11 +7,14 @@ import base64
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
+from edgekit.core.atomic import atomic_write
 from edgekit.core.deployment import (
     FLEET_WIDE,
     AgentStatus,
@@ -24,6 +27,7 @@ from edgekit.core.deployment import (
     signed_by,
 )
 from edgekit.core.errors import EdgekitError, InputError
+from edgekit.core.paths import edgekit_home
 from edgekit.core.signing import signature_entry
 from edgekit.fleet.inbox import Inbox
 from edgekit.runtime.telemetry.broker import Broker
@@ -41,6 +45,8 @@ class FleetState:
     documents: dict[str | None, Deployment] = field(default_factory=dict)
     """As read, unverified: for display. ``signed_document`` verifies one before it is reused."""
     envelopes: dict[str | None, bytes] = field(default_factory=dict)
+    skipped: Counter[str] = field(default_factory=Counter)
+    """Malformed messages set aside, by topic kind (agent, rollout): anyone can publish."""
 
     def take(self, topic: str, payload: bytes) -> AgentStatus | Deployment | None:
         """Record one message on the agent or rollout topics; others are None."""
@@ -59,7 +65,8 @@ class FleetState:
                 self.documents[document.group] = document
                 self.envelopes[document.group] = payload
                 return document
-        except (ValidationError, ValueError, KeyError):
+        except (ValidationError, ValueError, KeyError, TypeError, RecursionError):  # "[" * 40000 recurses
+            self.skipped[parts[3] if parts[3] == "agent" else "rollout"] += 1
             log.debug("skipping a malformed message on %s", topic)
         return None
 
@@ -103,8 +110,19 @@ def publish(inbox: Inbox, topic: str, payload: bytes, retain: bool = True) -> No
 
 
 def publish_document(inbox: Inbox, document: Deployment, key: Ed25519PrivateKey) -> None:
+    """Publish ``document`` signed, retained; the operator keeps a copy (``local_copy``)."""
     entry = signature_entry(document.canonical_bytes(), key)
-    publish(inbox, document.topic, seal_document(document, entry))
+    envelope = seal_document(document, entry)
+    path = local_copy(document.fleet, document.group)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, envelope)
+    publish(inbox, document.topic, envelope)
+
+
+def local_copy(fleet: str, group: str | None) -> Path:
+    """The last document this machine published for ``group``: anyone on the broker can
+    overwrite the retained one with junk, and ``abort`` must still work."""
+    return edgekit_home() / "fleets" / fleet / "documents" / f"{group_label(group)}.json"
 
 
 def publish_chunks(inbox: Inbox, fleet: str, data: bytes, sha256: str, chunk: int = CHUNK_BYTES) -> str:
@@ -128,9 +146,15 @@ def group_label(group: str | None) -> str:
 def signed_document(state: FleetState, group: str | None, key: Ed25519PrivateKey) -> Deployment:
     """The group's document in force, verified as signed by ``key``: anyone who can publish
     to the broker could have put one there, and ``promote`` re-signs what it reads."""
-    payload = state.envelopes.get(group)
     where = f"the rollout document of group {group}" if group else "the fleet's rollout document"
-    if payload is None:
+    kept = local_copy(state.fleet, group)
+    candidates = [state.envelopes.get(group), kept.read_bytes() if kept.is_file() else None]
+    found = []
+    for payload in filter(None, candidates):
+        try:
+            found.append(open_document(payload, signed_by(key.public_key()), where)[0])
+        except EdgekitError as exc:
+            log.warning("%s", exc)
+    if not found:
         raise InputError(f"{where}: none on the broker; start a rollout with: edgekit fleet deploy")
-    document, _ = open_document(payload, signed_by(key.public_key()), where)
-    return document
+    return max(found, key=lambda document: document.serial)
