@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -45,14 +46,21 @@ class Server:
 
 @contextmanager
 def serving(
-    *args: str, log: Path, env: Mapping[str, str] | None = None, wait_s: float = 120
+    *args: str, log: Path, env: Mapping[str, str] | None = None, wait_s: float = 120, nofile: int | None = None
 ) -> Iterator[Server]:
     """Start ``edgekit serve ARGS --json`` on free ports; SIGTERM it afterwards. Its stderr
-    (the access log) goes to ``log``, so that a full pipe never blocks the server."""
+    (the access log) goes to ``log``, so that a full pipe never blocks the server. ``nofile``:
+    the server's open-files limit (ulimit -n)."""
     command = [sys.executable, "-m", "edgekit", "serve", *args, "--port", "0", "--grpc-port", "0", "--json"]
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     with open(log, "w") as err:
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **(env or {})}
+            command, stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **(env or {})},
+            preexec_fn=limit,
         )
     try:
         assert process.stdout is not None

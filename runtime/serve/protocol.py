@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,9 +68,29 @@ def spec_of(info: TensorInfo) -> TensorSpec:
 
 @dataclass(frozen=True)
 class Limits:
+    """What one client, or many, may take of the server."""
+
     max_body_bytes: int = 64 << 20
     max_elements: int = 16 << 20
     """Elements per tensor, checked from the declared shape before anything is allocated."""
+    max_inflight_bytes: int = 256 << 20
+    """Request bodies being read at once, all clients together (the body limit alone lets N
+    clients hold N times it)."""
+    max_connections: int = 512
+    header_timeout_s: float = 10.0
+    """A client that has not sent a request's headers by then is disconnected (slowloris)."""
+
+
+MAX_DIMS = 32
+MAX_DIM = 2**31 - 1
+COUNT = re.compile(r"0|[1-9][0-9]{0,17}")
+"""A number in a header, path or parameter: ASCII digits only (str.isdigit() takes '²', which
+int() refuses), at most 18 of them (int() refuses 4,301 and more)."""
+
+
+def ascii_int(text: str | None) -> int | None:
+    """``text`` as a non-negative integer if it is one written plainly, else None."""
+    return int(text) if text is not None and COUNT.fullmatch(text) else None
 
 
 @dataclass
@@ -94,8 +115,12 @@ def decode_tensor(
         raise ProtocolError(400, f"input '{name}': unknown datatype '{datatype_name}'")
     if datatype_name != spec.datatype:
         raise ProtocolError(400, f"input '{name}' takes {spec.datatype}, got {datatype_name}")
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ProtocolError(400, f"input '{name}': a shape is a list of non-negative integers, got {shape}")
+    if len(shape) > MAX_DIMS:
+        raise ProtocolError(400, f"input '{name}': {len(shape)} dimensions, more than {MAX_DIMS}")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape):
+        raise ProtocolError(
+            400, f"input '{name}': a shape is a list of integers from 0 to {MAX_DIM}, got {str(shape)[:200]}"
+        )
     count = math.prod(shape)
     if count > limits.max_elements:
         raise ProtocolError(
@@ -170,15 +195,18 @@ def parse_rest(
     extension, with ``Inference-Header-Content-Length``)."""
     size = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > size:
+        declared = ascii_int(header_length)
+        if declared is None or declared > size:
             raise ProtocolError(
-                400, f"Inference-Header-Content-Length is {header_length}, and the body has {size} bytes"
+                400, f"Inference-Header-Content-Length is {header_length[:40]}, and the body has {size} bytes"
             )
-        size = int(header_length)
+        size = declared
     try:
         document = json.loads(body[:size])
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(400, f"the request is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(400, "the request's JSON is nested too deep") from None
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise ProtocolError(400, 'an inference request is a JSON object with an "inputs" list')
     binary = memoryview(body)[size:]

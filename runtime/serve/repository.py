@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from edgekit.runtime.backends import backend_for
 from edgekit.runtime.feeds import check_feed
 from edgekit.runtime.model import Model
 from edgekit.runtime.serve.batching import Batcher, BatchSettings, Retired
-from edgekit.runtime.serve.protocol import ProtocolError, TensorSpec, spec_of
+from edgekit.runtime.serve.protocol import ProtocolError, TensorSpec, ascii_int, spec_of
 
 log = logging.getLogger("edgekit.serve")
 
@@ -100,6 +101,8 @@ class Repository:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._every_s = 0.5
+        self._followed = time.monotonic()
         for source in sources:
             served = self._load(source, None)
             if served.name in self._sources:
@@ -131,7 +134,8 @@ class Repository:
         with self._lock:
             if not version:
                 return name in self._active
-            return version.isdigit() and (name, int(version)) in self._loaded
+            number = ascii_int(version)
+            return number is not None and (name, number) in self._loaded
 
     def versions(self, name: str) -> list[str]:
         with self._lock:
@@ -180,6 +184,7 @@ class Repository:
         """Follow the store's active versions in a thread until ``close``."""
         if self._active_versions is None:
             return
+        self._every_s = every_s
         self._watcher = threading.Thread(
             target=self._follow, args=(every_s,), name="serve-watch", daemon=True
         )
@@ -187,14 +192,23 @@ class Repository:
 
     def _follow(self, every_s: float) -> None:
         assert self._active_versions is not None
+        self._followed = time.monotonic()
         while not self._stop.wait(every_s):
             try:
-                active = self._active_versions()
-            except EdgekitError as exc:
-                log.warning("cannot read the store's active versions: %s", exc)
+                for name, version in self._active_versions().items():
+                    self._follow_one(name, version)
+            except Exception as exc:  # out of file handles, a broken store: say so, keep following
+                log.warning("cannot follow the store's active versions (retrying): %s", exc)
                 continue
-            for name, version in active.items():
-                self._follow_one(name, version)
+            self._followed = time.monotonic()
+
+    def following(self) -> bool:
+        """Whether hot swaps are followed: false once the store has not been read for a while,
+        so readiness says the server no longer serves what ``install`` activates."""
+        if self._watcher is None:
+            return True
+        stale = time.monotonic() - self._followed > max(10.0, 20 * self._every_s)
+        return self._watcher.is_alive() and not stale
 
     def _follow_one(self, name: str, version: int | None) -> None:
         source = self._sources.get(name)
@@ -208,7 +222,7 @@ class Repository:
             return
         try:
             served = self._loaded.get((name, version)) or self._load(source, version)
-        except EdgekitError as exc:
+        except (EdgekitError, OSError) as exc:
             log.error("%s v%d was activated but does not load (still serving the old version): %s",
                       name, version, exc)
             return
@@ -236,9 +250,10 @@ class Repository:
 
 
 def _version(text: str) -> int:
-    if not text.isdigit():
-        raise ProtocolError(400, f"a model version is a positive integer, got '{text}'")
-    return int(text)
+    number = ascii_int(text)
+    if not number:  # version 0 is no version: it must not name the active one
+        raise ProtocolError(400, f"a model version is a positive integer, got {text[:40]!r}")
+    return number
 
 
 def source_of(text: str) -> Source:

@@ -7,15 +7,16 @@ is logged here with its traceback and answered 500 with one line, never the trac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,6 +26,7 @@ from edgekit.runtime.serve.protocol import (
     HEADER_LENGTH,
     Limits,
     ProtocolError,
+    ascii_int,
     encode_rest,
     parse_rest,
     select_outputs,
@@ -53,12 +55,13 @@ def model_metadata(repository: Repository, name: str, version: str | None) -> di
 def build_app(repository: Repository, limits: Limits, timeout_s: float, token: bytes | None) -> ASGIApp:
     """The REST app over ``repository``; with ``token``, every request needs ``Authorization:
     Bearer TOKEN``."""
+    budget = BodyBudget(limits.max_inflight_bytes)
 
     async def live(request: Request) -> Response:
         return Response(status_code=200)
 
     async def ready(request: Request) -> Response:
-        return Response(status_code=200 if repository.names() else 400)
+        return Response(status_code=200 if repository.names() and repository.following() else 400)
 
     async def metadata(request: Request) -> Response:
         return JSONResponse(server_metadata())
@@ -69,22 +72,28 @@ def build_app(repository: Repository, limits: Limits, timeout_s: float, token: b
 
     async def model(request: Request) -> Response:
         params = request.path_params
-        return JSONResponse(model_metadata(repository, params["name"], params.get("version")))
+        found = await asyncio.to_thread(model_metadata, repository, params["name"], params.get("version"))
+        return JSONResponse(found)
 
     async def stats(request: Request) -> Response:
-        served = repository.get(request.path_params["name"], request.path_params.get("version"))
+        params = request.path_params
+        served = await asyncio.to_thread(repository.get, params["name"], params.get("version"))
         return JSONResponse(
             {"name": served.name, "version": str(served.version), **served.batcher.stats.json()}
         )
 
     async def infer(request: Request) -> Response:
         params = request.path_params
-        served = repository.get(params["name"], params.get("version"))
+        # a version not loaded yet loads here, and a large JSON body takes seconds to decode:
+        # both off the event loop, which every other request shares
+        served = await asyncio.to_thread(repository.get, params["name"], params.get("version"))
         request.state.model = f"{served.name}"
-        body = await _body(request, limits, timeout_s)
-        parsed = parse_rest(
-            body, request.headers.get(HEADER_LENGTH), {t.name: t for t in served.inputs}, limits
-        )
+        async with budget.reserve(request, limits):
+            body = await _body(request, limits, timeout_s)
+            specs = {t.name: t for t in served.inputs}
+            length = request.headers.get(HEADER_LENGTH)
+            parsed = await asyncio.to_thread(parse_rest, body, length, specs, limits)
+            del body
         served, future = repository.infer(params["name"], params.get("version"), parsed.inputs)
         try:
             arrays = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
@@ -115,12 +124,35 @@ def build_app(repository: Repository, limits: Limits, timeout_s: float, token: b
     return _Guard(app, token)
 
 
+class BodyBudget:
+    """Bytes of request bodies being read at once, all clients together. A request reserves
+    its declared length (or the body limit, when it declares none) before a byte is read, and
+    gets 503 when that would pass the budget: N clients holding N bodies cannot take N times
+    the body limit of memory. Used from the event loop only."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.used = total, 0
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, request: Request, limits: Limits) -> AsyncIterator[None]:
+        declared = ascii_int(request.headers.get("content-length"))
+        if declared is not None and declared > limits.max_body_bytes:
+            raise ProtocolError(
+                413, f"the body has {declared} bytes, over this server's limit of {limits.max_body_bytes}"
+            )
+        size = limits.max_body_bytes if declared is None else declared
+        if self.used + size > self.total:
+            raise ProtocolError(
+                503, f"the server is reading {self.used >> 20} MiB of other requests' bodies; retry"
+            )
+        self.used += size
+        try:
+            yield
+        finally:
+            self.used -= size
+
+
 async def _body(request: Request, limits: Limits, timeout_s: float) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-        raise ProtocolError(
-            413, f"the body has {declared} bytes, over this server's limit of {limits.max_body_bytes}"
-        )
 
     async def read() -> bytes:
         parts, size = [], 0
@@ -137,6 +169,8 @@ async def _body(request: Request, limits: Limits, timeout_s: float) -> bytes:
         return await asyncio.wait_for(read(), timeout_s)
     except asyncio.TimeoutError:
         raise ProtocolError(408, f"the request body did not arrive within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise ProtocolError(400, "the client closed the connection before its body arrived") from None
 
 
 async def _protocol_error(request: Request, exc: Exception) -> Response:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import ipaddress
 import logging
+import resource
 import signal
 import socket
 import ssl
@@ -178,15 +180,72 @@ def _announcing(config: uvicorn.Config, on_started: Callable[[], None]) -> uvico
 
 
 def _uvicorn_options(config: ServeConfig) -> dict[str, Any]:
+    connections = connection_limit(config.limits.max_connections)
     options: dict[str, Any] = {
         "log_config": None, "access_log": False, "lifespan": "off", "server_header": False,
         "timeout_graceful_shutdown": config.drain_s, "timeout_keep_alive": 5,
+        "http": guarded_protocol(connections, config.limits.header_timeout_s),
+        "limit_concurrency": connections,
     }  # fmt: skip
     if config.tls is not None:
         options.update(ssl_certfile=str(config.tls.cert), ssl_keyfile=str(config.tls.key))
         if config.tls.client_ca is not None:
             options.update(ssl_ca_certs=str(config.tls.client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
     return options
+
+
+def connection_limit(wanted: int) -> int:
+    """``wanted``, kept below the open-files limit: a server out of file handles fails its
+    store watcher and its model loads, not only the new connections."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(1, min(wanted, soft - 128)) if soft != resource.RLIM_INFINITY else wanted
+
+
+def guarded_protocol(max_connections: int, header_timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with what it lacks against slow and many clients: a
+    deadline for each request's headers, and a cap on open connections (over it, a new one
+    is closed at once, so its file handle is free again)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Guarded(HttpToolsProtocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                log.warning("closing a connection: %d are open, the limit is %d", len(self.connections) - 1,
+                            max_connections)  # fmt: skip
+                transport.abort()
+                return
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(header_timeout_s, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.transport.abort()
+
+    return Guarded
 
 
 def _bind(host: str, port: int) -> socket.socket:

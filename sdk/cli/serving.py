@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +19,9 @@ from edgekit.cli.common import ui_console
 from edgekit.cli.options import artifact_format_option, bundle_options, json_option, threads_option, together
 from edgekit.cli.running import model_options, telemetry_from, telemetry_options
 from edgekit.core.errors import InputError
+
+if TYPE_CHECKING:
+    from edgekit.runtime.serve import Limits
 
 _file = click.Path(path_type=Path, dir_okay=False, exists=True)
 
@@ -52,6 +55,12 @@ _limit_options = together(
                  help="Largest request body (413 above it)."),
     click.option("--max-elements", type=click.IntRange(1), default=16 << 20, show_default=True,
                  help="Most elements per tensor, checked from its shape before anything is allocated."),
+    click.option("--max-inflight-mb", type=click.FloatRange(0, min_open=True), default=256.0,
+                 show_default=True, help="Request bodies being read at once, in all: 503 above it."),
+    click.option("--max-connections", type=click.IntRange(1), default=512, show_default=True,
+                 help="Open REST connections; more are closed at once (kept below the open-files limit)."),
+    click.option("--header-timeout", "header_timeout_s", type=click.FloatRange(0, min_open=True),
+                 default=10.0, show_default=True, help="Seconds a client has to send a request's headers."),
     click.option("--timeout", "timeout_s", type=click.FloatRange(0, min_open=True), default=30.0,
                  show_default=True, help="Seconds per request, for its body to arrive and for its answer."),
     click.option("--access-log/--no-access-log", default=True, show_default=True,
@@ -88,7 +97,7 @@ def serve(ctx: click.Context, models: tuple[str, ...], **fields: Any) -> None:
       curl -X POST localhost:8000/v2/models/meter/infer \\
            -d '{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
     """
-    from edgekit.runtime.serve import Limits, ServeConfig, check_installed
+    from edgekit.runtime.serve import ServeConfig, check_installed
     from edgekit.runtime.serve import serve as run_server
 
     check_installed()
@@ -99,7 +108,7 @@ def serve(ctx: click.Context, models: tuple[str, ...], **fields: Any) -> None:
     config = ServeConfig(
         models=models, host=fields["host"], port=fields["port"],
         grpc_port=None if fields["no_grpc"] else fields["grpc_port"], token=_token(fields["token_file"]),
-        tls=_tls(fields), limits=Limits(int(fields["max_body_mb"] * (1 << 20)), fields["max_elements"]),
+        tls=_tls(fields), limits=_limits(fields),
         timeout_s=fields["timeout_s"], load=model_options(fields),
         telemetry=(lambda: telemetry_from(*telemetry)) if any(telemetry) else None,
         **_batching(fields),
@@ -107,6 +116,16 @@ def serve(ctx: click.Context, models: tuple[str, ...], **fields: Any) -> None:
     _logging(access_log)
     console = ui_console(ctx)
     run_server(config, lambda info: _started(info, as_json, console))
+
+
+def _limits(fields: dict[str, Any]) -> Limits:
+    from edgekit.runtime.serve import Limits
+
+    return Limits(
+        max_body_bytes=int(fields["max_body_mb"] * (1 << 20)), max_elements=fields["max_elements"],
+        max_inflight_bytes=int(fields["max_inflight_mb"] * (1 << 20)),
+        max_connections=fields["max_connections"], header_timeout_s=fields["header_timeout_s"],
+    )  # fmt: skip
 
 
 def _started(info: dict[str, Any], as_json: bool, console: Any) -> None:
