@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -254,6 +255,92 @@ def test_a_sample_labelled_in_the_page_reaches_the_export(site: Site, browser: A
     assert errors == []
 
 
+def _a_sample(site: Site) -> dict[str, Any]:
+    from edgekit.fleet.dashboard.data import sample_queue
+
+    engine = open_engine(site.db)
+    try:
+        return sample_queue(engine, "f7", "all")[0]
+    finally:
+        engine.dispose()
+
+
+def _label_of(site: Site, sample: dict[str, Any]) -> Any:
+    from edgekit.fleet.dashboard.data import sample_queue
+
+    engine = open_engine(site.db)
+    try:
+        found = [r for r in sample_queue(engine, "f7", "all") if all(r[k] == sample[k] for k in ("node", "epoch", "seq", "idx"))]
+        return found[0]["label"]
+    finally:
+        engine.dispose()
+
+
+def test_a_page_on_another_origin_cannot_write_a_label(site: Site, browser: Any, tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    sample = _a_sample(site)
+    before = _label_of(site, sample)
+    target = f"{site.url}/label/{sample['node']}/{sample['epoch']}/{sample['seq']}/{sample['idx']}"
+    attack = (f'<form id="f" method="post" action="{target}"><input name="label" value="7"></form>'
+              '<script>document.getElementById("f").submit()</script>').encode()  # fmt: skip
+
+    class Attacker(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # the stdlib's name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(attack)
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        tab = browser.new_page()
+        with tab.expect_response(lambda r: r.url.startswith(site.url + "/label/")) as posted:
+            tab.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        assert posted.value.status == 403
+        tab.close()
+    finally:
+        evil.shutdown()
+    assert _label_of(site, sample) == before
+
+
+def test_a_node_in_the_url_is_text_not_markup(site: Site, browser: Any) -> None:
+    hostile = '<meta http-equiv="refresh" content="0;url=about:blank">'  # followed, if it were markup
+    tab = browser.new_page()
+    answer = tab.goto(site.url + "/device/" + quote(hostile))
+    assert answer is not None and answer.status == 404
+    tab.wait_for_timeout(500)
+    assert tab.url.startswith(site.url) and tab.locator('meta[http-equiv="refresh"]').count() == 0
+    assert hostile in tab.inner_text("body")
+    for path in ("/static/dashboard.css", "/static/nope.css", "/nope", "/device/" + quote(hostile)):
+        policy = httpx.get(site.url + path).headers.get("content-security-policy", "")
+        assert "base-uri 'none'" in policy and "default-src 'self'" in policy, path
+    tab.close()
+
+
+def test_other_hosts_odd_numbers_big_bodies_and_foreign_referers_are_refused(site: Site) -> None:
+    for path in ("/", "/export/samples.npz", "/samples"):
+        assert httpx.get(site.url + path, headers={"Host": "evil.example"}).status_code == 421, path
+    sample = _a_sample(site)
+    key = f"{sample['node']}/{sample['epoch']}/{sample['seq']}/{sample['idx']}"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert httpx.post(f"{site.url}/label/{key}", content="label=²".encode(), headers=form).status_code == 400
+    huge = httpx.post(f"{site.url}/label/{key}", content=b"label=1&" + b"x" * (150 << 20), headers=form)
+    assert huge.status_code == 413
+    for path in (f"/label/{sample['node']}/{10**30}/1/0", f"/label/{'0' * 32}/1/1/0", "/label/x/1/1/0"):
+        assert httpx.post(site.url + path, content="label=1", headers=form).status_code == 404, path
+    assert httpx.get(f"{site.url}/sample/{sample['node']}/{10**30}/1/0.png").status_code == 404
+    moved = httpx.post(f"{site.url}/label/{key}", content="label=", headers={**form, "Referer": "https://evil.example/phish"})
+    assert moved.status_code == 303 and moved.headers["location"] == "/samples"
+    own = httpx.post(f"{site.url}/label/{key}", content="label=", headers={**form, "Referer": site.url + "/samples?show=all"})
+    assert own.headers["location"] == "/samples?show=all"
+
+
 def test_a_token_guards_every_page_off_loopback(site: Site, tmp_path: Path) -> None:
     refused = subprocess.run([sys.executable, "-m", "edgekit", "fleet", "dashboard", "--db", site.db, "--host",
                               "0.0.0.0"], capture_output=True, text=True, env={**os.environ, "EDGEKIT_HOME": str(site.home)})
@@ -275,7 +362,7 @@ def test_a_token_guards_every_page_off_loopback(site: Site, tmp_path: Path) -> N
     with httpx.Client(base_url=site.url, cookies=opened.cookies) as client:
         assert client.get("/samples").status_code == 200
         forged = client.post("/label/x/1/1/0", content="label=1", headers={"Origin": "http://evil.example"})
-        assert forged.status_code == 401
+        assert forged.status_code == 403
 
 
 def test_samples_are_shown_as_what_they_are() -> None:

@@ -55,12 +55,26 @@ def open_dashboard(config: DashboardConfig) -> tuple[Any, dict[str, Any]]:
     board = Dashboard(
         engine, fleet, load_collector_key(fleet, config.fleet_dir), config.token,
         _references(config.bundles), secure_cookie=exposed or config.tls_cert is not None,
+        hosts=allowed_hosts(config.host),
     )
     scheme = "https" if config.tls_cert else "http"
     shown = str(engine.url.render_as_string(hide_password=True))
     info = {"fleet": fleet, "url": f"{scheme}://{config.host}:{config.port}/", "db": shown,
             "token": config.token is not None}  # fmt: skip
     return build_app(board), info
+
+
+def allowed_hosts(host: str) -> frozenset[str] | None:
+    """The names a request's Host may give: the bound address, and on loopback the loopback
+    names too; None when bound to every address (a token is required there)."""
+    from edgekit.runtime.serve.server import is_loopback
+
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    names = {host.lower().strip("[]")}
+    if is_loopback(host):
+        names |= {"localhost", "127.0.0.1", "::1"}
+    return frozenset(names)
 
 
 def _only_fleet(found: list[str], db: str) -> str:

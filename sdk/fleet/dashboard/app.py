@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hmac
 import io
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -25,7 +26,7 @@ from edgekit.fleet.queries import set_label
 COOKIE = "edgekit_dashboard"
 HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self'; frame-ancestors 'none'; form-action 'self'"
+        "default-src 'self'; img-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -41,6 +42,15 @@ class Dashboard:
     token: bytes | None = None
     references: dict[tuple[str, int], ReferenceStats] = field(default_factory=dict)
     secure_cookie: bool = False
+    hosts: frozenset[str] | None = None
+    """The host names requests may name (DNS rebinding); None: any (bound to every address)."""
+
+
+NODE = re.compile(r"[0-9a-f]{32}")
+"""A pseudonym, as the telemetry schema defines it: anything else names no device."""
+NUMBER = re.compile(r"0|[1-9][0-9]{0,17}")
+"""ASCII digits only, as a label, epoch, sequence number or index (str.isdigit() takes '²')."""
+MAX_LABEL_BODY = 4096
 
 
 def build_app(board: Dashboard) -> Any:
@@ -67,7 +77,7 @@ def build_app(board: Dashboard) -> Any:
 
     def _series(request: Request) -> tuple[str, list[dict[str, Any]], list[float] | None]:
         node = request.path_params["node"]
-        series = data.device_series(board.engine, node)
+        series = data.device_series(board.engine, node) if NODE.fullmatch(node) else []
         return node, series, reference(series[-1]["model"], series[-1]["version"]) if series else None
 
     async def device_page(request: Request) -> Response:
@@ -96,7 +106,9 @@ def build_app(board: Dashboard) -> Any:
         return html(pages.samples_page(board.fleet, cards, show, counts))
 
     async def sample_image(request: Request) -> Response:
-        p = request.path_params
+        p = _sample_key(request)
+        if p is None:
+            return Response("no such sample", 404, headers=HEADERS)
         arrays = opened(p["node"], p["epoch"], p["seq"])
         if arrays is None or p["idx"] >= len(arrays["x"]):
             return Response("no such sample", 404, headers=HEADERS)
@@ -108,17 +120,19 @@ def build_app(board: Dashboard) -> Any:
         )
 
     async def label(request: Request) -> Response:
-        p = request.path_params
-        form = parse_qs((await request.body()).decode(errors="replace")[:1000])
-        text = (form.get("label") or [""])[0].strip()
-        value = int(text) if text.isdigit() and int(text) < 1_000_000 else None
+        p = _sample_key(request)
+        body = await _small_body(request, MAX_LABEL_BODY)
+        if body is None:
+            return Response(f"a label form is at most {MAX_LABEL_BODY} bytes", 413, headers=HEADERS)
+        text = (parse_qs(body.decode(errors="replace")).get("label") or [""])[0].strip()
+        value = int(text) if NUMBER.fullmatch(text) and int(text) < 1_000_000 else None
         if text and value is None:
             return Response("a label is a class index: 0, 1, 2...", 400, headers=HEADERS)
-        if not set_label(board.engine, p["node"], p["epoch"], p["seq"], p["idx"], value):
+        if p is None or not set_label(board.engine, p["node"], p["epoch"], p["seq"], p["idx"], value):
             return Response("no such sample", 404, headers=HEADERS)
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse({"label": value}, headers=HEADERS)
-        return RedirectResponse(request.headers.get("referer") or "/samples", 303, headers=HEADERS)
+        return RedirectResponse(_own_page(request, "/samples"), 303, headers=HEADERS)
 
     async def export(request: Request) -> Response:
         labelled = request.query_params.get("labelled") == "1"
@@ -148,7 +162,39 @@ def build_app(board: Dashboard) -> Any:
         Route("/rollouts", rollouts_page), Route("/fragment/rollouts", rollouts_fragment),
         Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
     ]  # fmt: skip
-    return Guard(Starlette(routes=routes), board.token, board.secure_cookie)
+    return Guard(Starlette(routes=routes), board.token, board.secure_cookie, board.hosts)
+
+
+def _sample_key(request: Any) -> dict[str, Any] | None:
+    """The sample a path names, or None when no stored sample can be it (not a pseudonym, or
+    numbers past what the database holds: 10^30 would overflow its integer columns)."""
+    p = request.path_params
+    if not NODE.fullmatch(p["node"]) or not all(0 <= p[k] < 2**62 for k in ("epoch", "seq", "idx")):
+        return None
+    return dict(p)
+
+
+async def _small_body(request: Any, limit: int) -> bytes | None:
+    """The body, or None once it passes ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if NUMBER.fullmatch(declared) and int(declared) > limit:
+        return None
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _own_page(request: Any, default: str) -> str:
+    """Where the Referer pointed, if it is a page of this dashboard: never another site."""
+    referer = urlsplit(request.headers.get("referer") or "")
+    own = referer.netloc == request.url.netloc and referer.path.startswith("/")
+    if own and not referer.path.startswith("//"):
+        return referer.path + (f"?{referer.query}" if referer.query else "")
+    return default
 
 
 def _open(board: Dashboard, node: str, epoch: int, seq: int) -> dict[str, np.ndarray] | None:
@@ -197,42 +243,83 @@ def thumbnail(x: np.ndarray, size: int = 96) -> bytes | None:
 
 
 class Guard:
-    """With a token, every request needs it: ``Authorization: Bearer TOKEN``, or the cookie
-    that opening ``/?token=TOKEN`` once sets (HttpOnly, SameSite=Strict, Secure over TLS).
-    Without one it answers 401. Labels must come from this origin."""
+    """What every request passes, token or not:
 
-    def __init__(self, app: Any, token: bytes | None, secure: bool) -> None:
-        self.app, self.token, self.secure = app, token, secure
+    - its Host must be one this dashboard is bound to (``hosts``): a page that rebinds its own
+      DNS name to 127.0.0.1 could otherwise read the pages and the decrypted sample exports;
+    - a POST must come from this origin (Origin, else Sec-Fetch-Site): a page on another site
+      could otherwise write labels, which feed ``fleet export --labelled`` and so ``--eval``;
+    - every response carries the security headers, static files and errors included.
+
+    With a token, every request needs it: ``Authorization: Bearer TOKEN``, or the cookie that
+    opening ``/?token=TOKEN`` once sets (HttpOnly, SameSite=Strict, Secure over TLS)."""
+
+    def __init__(
+        self, app: Any, token: bytes | None, secure: bool, hosts: frozenset[str] | None = None
+    ) -> None:
+        self.app, self.token, self.secure, self.hosts = app, token, secure, hosts
 
     async def __call__(self, scope: Any, receive: Callable[[], Awaitable[Any]], send: Any) -> None:
         from starlette.requests import Request
-        from starlette.responses import PlainTextResponse, RedirectResponse
+        from starlette.responses import PlainTextResponse
 
-        if scope["type"] != "http" or self.token is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
+        async def secured(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                named = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()
+                         if k.lower().encode() not in named]  # fmt: skip
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
         request = Request(scope)
-        given = request.query_params.get("token")
-        if given is not None and scope["method"] == "GET" and self._same(given.encode()):
-            response = RedirectResponse(scope["path"], 303)
-            response.set_cookie(COOKIE, self.token.decode(), httponly=True, samesite="strict",
-                                secure=self.secure, path="/")
-            await response(scope, receive, send)
+        problem = self._problem(request)
+        if problem is not None:
+            status, text = problem
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            await PlainTextResponse(text, status, headers=headers)(scope, receive, secured)
             return
+        if self.token is not None and self._opening(request):
+            await self._set_cookie(scope, receive, secured)
+            return
+        await self.app(scope, receive, secured)
+
+    def _problem(self, request: Any) -> tuple[int, str] | None:
+        host = (request.url.hostname or "").lower()
+        if self.hosts is not None and host not in self.hosts:
+            return 421, f"this dashboard does not answer for host {host[:100]!r}"
+        if request.method not in ("GET", "HEAD") and not self._same_origin(request):
+            return 403, "a form on another site cannot write to this dashboard"
+        if self.token is None or self._opening(request):
+            return None
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
         cookie = request.cookies.get(COOKIE, "").encode()
+        if not (self._same(bearer) or self._same(cookie)):
+            return 401, "a token is required: open /?token=TOKEN once, or send Authorization: Bearer TOKEN"
+        return None
+
+    @staticmethod
+    def _same_origin(request: Any) -> bool:
         origin = request.headers.get("origin")
-        foreign = (
-            scope["method"] == "POST" and origin is not None and origin.split("://")[-1] != request.url.netloc
-        )
-        if not (self._same(bearer) or self._same(cookie)) or foreign:
-            denied = PlainTextResponse(
-                "a token is required: open /?token=TOKEN once, or send Authorization: Bearer TOKEN",
-                401, headers={"WWW-Authenticate": "Bearer"},
-            )
-            await denied(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        if origin is not None:
+            return urlsplit(origin).netloc == request.url.netloc
+        return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+
+    def _opening(self, request: Any) -> bool:
+        given = request.query_params.get("token")
+        return given is not None and request.method == "GET" and self._same(given.encode())
+
+    async def _set_cookie(self, scope: Any, receive: Any, send: Any) -> None:
+        from starlette.responses import RedirectResponse
+
+        assert self.token is not None
+        response = RedirectResponse(scope["path"], 303)
+        response.set_cookie(COOKIE, self.token.decode(), httponly=True, samesite="strict", secure=self.secure,
+                            path="/")  # fmt: skip
+        await response(scope, receive, send)
 
     def _same(self, given: bytes) -> bool:
         assert self.token is not None

@@ -106,6 +106,7 @@ def device_charts(series: list[dict[str, Any]], reference: list[float] | None) -
 def device_page(fleet: str, node: str, series: list[dict[str, Any]], reference: list[float] | None) -> str:
     latest = series[-1] if series else None
     running = f"{escape(latest['model'])} v{latest['version']}" if latest else "-"
+    node = escape(node)
     body = f"""<p>Device <code>{node}</code> (a pseudonym of this epoch) runs {running};
 {len(series)} windows shown.</p>
 <div id="charts" data-source="/fragment/device/{node}">{device_charts(series, reference)}</div>"""
