@@ -157,7 +157,7 @@ def signature_function(
 
 def natural_key(name: str) -> list[int | str]:
     """``output_2`` before ``output_10``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    return [int(part) if part.isdigit() else part for part in re.split(r"([0-9]+)", name)]
 
 
 def _from_tflite(path: Path) -> SourceModel:

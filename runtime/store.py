@@ -43,7 +43,7 @@ from edgekit.core.errors import EdgekitError, KeyProviderError, StoreError
 from edgekit.core.manifest import Manifest
 from edgekit.core.paths import edgekit_home
 from edgekit.core.signing import Trust
-from edgekit.core.validation import updated
+from edgekit.core.validation import ascii_int, updated
 from edgekit.runtime.keys import FileKeyProvider, KeyProvider, default_provider, fingerprint
 from edgekit.runtime.sealed import seal, unseal
 from edgekit.runtime.store_records import VersionState, read_state, state_bytes, unwrap_key, wrap_key
@@ -335,7 +335,8 @@ class Store:
 
     def _versions(self, name: str) -> list[int]:
         folder = self.root / name
-        return sorted(int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit())
+        found = (ascii_int(p.name) for p in folder.glob("*") if p.is_dir())
+        return sorted(v for v in found if v)  # a stray '²' or '007' folder is no version
 
     def _recover(self) -> None:
         """Remove what a crash can leave (temp folders and files) and finish a cut-short

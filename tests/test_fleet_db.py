@@ -101,6 +101,12 @@ def test_a_redelivered_message_is_one_row_and_labels_reach_the_export(db_url: st
     with np.load(tmp_path / "labelled" / "samples.npz") as labelled:
         assert labelled["y"].tolist() == [7] and labelled["x"][0].tobytes() == x[3].tobytes()
     assert json.loads(result.output)["samples"] == 24
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # a folder under a file cannot be made, even by root (a read-only mount)
+    result = CliRunner().invoke(main, ["fleet", "export", "--db", db_url, "--fleet", "f7", "--out",
+                                       str(blocked / "out"), "--fleet-dir", str(fleet)])  # fmt: skip
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"cannot write the export to {blocked / 'out'}" in result.output
     engine.dispose()
 
 
@@ -157,10 +163,22 @@ def test_a_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
             "cannot open the fleet database postgresql://ops@127.0.0.1:1/",
         ),
         ("mysql://ops@db/fleet", "--db mysql://ops@db/fleet: give a file path (SQLite) or postgresql://"),
+        ("mysql://ops:secret@db/fleet", "--db mysql://ops@db/fleet: give a file path"),
+        ("http://ops:secret@db/fleet", "--db http://ops@db/fleet: give a file path"),
+        ("postgresql://ops:secret@127.0.0.1:abc/fleet", "--db postgresql://ops@127.0.0.1:abc/fleet: not a database URL"),
+        ("GARBAGE", "is not a fleet database (file is not a database)"),
+        ("TRUNCATED", "is not a fleet database"),
     ],
 )
 def test_a_wrong_or_unreachable_database_is_one_line(url: str, says: str, tmp_path: Path) -> None:
     init_fleet("f7", tmp_path / "fleet")
+    if url == "GARBAGE":
+        url = str(tmp_path / "garbage.sqlite")
+        Path(url).write_bytes(b"not a database at all " * 200)
+    elif url == "TRUNCATED":
+        url = str(tmp_path / "truncated.sqlite")
+        open_engine(url).dispose()
+        Path(url).write_bytes(Path(url).read_bytes()[:3000])
     fleet = ["--fleet", "f7", "--fleet-dir", str(tmp_path / "fleet")]
     for command in (["fleet", "export", "--db", url, *fleet, "--out", str(tmp_path / "o")],
                     ["fleet", "collect", "--db", url, *fleet, "--broker", "mqtt://127.0.0.1:1"],
@@ -168,6 +186,17 @@ def test_a_wrong_or_unreachable_database_is_one_line(url: str, says: str, tmp_pa
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
         assert says in result.output and "secret" not in result.output
+
+
+def test_readers_refuse_a_missing_database(tmp_path: Path) -> None:
+    init_fleet("f7", tmp_path / "fleet")
+    fleet = ["--fleet", "f7", "--fleet-dir", str(tmp_path / "fleet")]
+    missing = tmp_path / "nothing.sqlite"
+    for command in (["fleet", "export", "--db", str(missing), *fleet, "--out", str(tmp_path / "o")],
+                    ["fleet", "dashboard", "--db", str(missing), *fleet]):  # fmt: skip
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and "no fleet database at" in result.output, result.output
+        assert not missing.exists()
 
 
 def test_migrations_apply_once_and_the_schema_is_recorded(db_url: str) -> None:

@@ -129,6 +129,8 @@ def test_install_load_and_the_model_store_commands(
     for bundle in (v2, v3):
         result = runner.invoke(main, ["install", str(bundle)])
         assert result.exit_code == 0 and "signed by" in result.stdout, result.stderr
+    for stray in ("²", "007", "-1", "99999999999999999999999"):  # folders an operator left, not versions
+        (Store().root / "digits" / stray).mkdir()
     listed = json.loads(runner.invoke(main, ["models", "list", "--json"]).stdout)
     assert [(m["version"], m["active"]) for m in listed] == [(2, False), (3, True)]
     assert Model.load("digits").info.precision == "fp32"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
-import re
 import shutil
 import threading
 import time
@@ -27,14 +26,12 @@ from typing import IO
 
 from edgekit.core.deployment import BundleRef, Source
 from edgekit.core.errors import EdgekitError
+from edgekit.core.validation import ascii_int
 
 log = logging.getLogger("edgekit.agent")
 READ_BYTES = 64 * 1024
 DISK_MARGIN = 16 * 1024 * 1024
 Progress = Callable[[float], None]
-INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
-"""A chunk index as the publisher writes it: ASCII digits (str.isdigit() takes '²', which int()
-refuses), no leading zero ('03' is another topic than '3')."""
 
 
 class FetchError(EdgekitError):
@@ -203,10 +200,9 @@ class Chunks:
         """Keep a chunk that fits the document; False for one that does not, which is dropped
         and the right one awaited: anyone on the broker can publish here, and only the
         assembled bundle's sha256 decides."""
-        index_text = topic[len(self.topic) + 1 :]
-        if not INDEX.fullmatch(index_text) or int(index_text) >= self.count:
+        index = ascii_int(topic[len(self.topic) + 1 :])  # '03' is another topic than '3': not a chunk
+        if index is None or index >= self.count:
             return False
-        index = int(index_text)
         expected = self.chunk if index < self.count - 1 else self.bundle.size - self.chunk * index
         if len(payload) != expected:
             return False

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from edgekit.core.validation import ascii_int
 from edgekit.runtime.backends import TensorInfo
 
 DATATYPES: dict[str, np.dtype] = {
@@ -83,14 +83,7 @@ class Limits:
 
 MAX_DIMS = 32
 MAX_DIM = 2**31 - 1
-COUNT = re.compile(r"0|[1-9][0-9]{0,17}")
-"""A number in a header, path or parameter: ASCII digits only (str.isdigit() takes '²', which
-int() refuses), at most 18 of them (int() refuses 4,301 and more)."""
 
-
-def ascii_int(text: str | None) -> int | None:
-    """``text`` as a non-negative integer if it is one written plainly, else None."""
-    return int(text) if text is not None and COUNT.fullmatch(text) else None
 
 
 @dataclass

@@ -21,11 +21,12 @@ import numpy as np
 
 from edgekit.core.errors import EdgekitError
 from edgekit.core.text import TEXT_INPUT
+from edgekit.core.validation import ascii_int
 from edgekit.runtime.backends import backend_for
 from edgekit.runtime.feeds import check_feed
 from edgekit.runtime.model import Model
 from edgekit.runtime.serve.batching import Batcher, BatchSettings, Retired
-from edgekit.runtime.serve.protocol import ProtocolError, TensorSpec, ascii_int, spec_of
+from edgekit.runtime.serve.protocol import ProtocolError, TensorSpec, spec_of
 
 log = logging.getLogger("edgekit.serve")
 

@@ -22,11 +22,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import edgekit
+from edgekit.core.validation import ascii_int
 from edgekit.runtime.serve.protocol import (
     HEADER_LENGTH,
     Limits,
     ProtocolError,
-    ascii_int,
     encode_rest,
     parse_rest,
     select_outputs,

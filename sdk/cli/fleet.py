@@ -180,12 +180,13 @@ def fleet_export(
       edgekit fleet export --db fleet.sqlite --fleet factory-7 --out labelled/ --labelled
       edgekit convert model.keras --target raspberry-pi-4 --eval labelled/samples.npz -o v2.ekb
     """
+    from edgekit.core.errors import EdgekitError
     from edgekit.fleet import drift_report, export, load_collector_key, open_engine
     from edgekit.fleet.export import check_fleet_known
     from edgekit.fleet.queries import fleet_state, read_reports
 
     key = load_collector_key(fleet, fleet_dir)
-    engine = open_engine(db)
+    engine = open_engine(db, create=False)
     try:
         check_fleet_known(engine, fleet)
         summary = {
@@ -193,6 +194,10 @@ def fleet_export(
             "drift": drift_report(fleet, read_reports(engine, fleet))["fleet"],
         }
         written = export(engine, fleet, out, key, summary, labelled)
+    except OSError as exc:  # a read-only or full folder
+        raise EdgekitError(
+            f"cannot write the export to {out}: {exc.strerror or exc}; choose another --out"
+        ) from None
     finally:
         engine.dispose()
     say(

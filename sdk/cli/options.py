@@ -15,6 +15,7 @@ import click
 from edgekit.converters import format_choices, precision_choices
 from edgekit.core.errors import EdgekitError
 from edgekit.core.profiles import DeviceProfile, load_profile
+from edgekit.core.validation import ascii_int
 
 Decorator = Callable[[Any], Any]
 
@@ -46,7 +47,7 @@ class ShapeType(click.ParamType):
             part = part.strip()
             if part in ("N", "n", "?", "-1"):
                 dims.append(None)
-            elif part.isdigit() and int(part) > 0:
+            elif ascii_int(part):
                 dims.append(int(part))
             else:
                 self.fail(f"'{value}' is not a shape like 1,3,224,224 (N for a dynamic batch)", param, ctx)

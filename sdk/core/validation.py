@@ -4,6 +4,7 @@ copies of records."""
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -22,6 +23,16 @@ def describe(exc: ValidationError, noun: str = "key") -> str:
             message = err["msg"].removeprefix("Value error, ")
             parts.append(f"{noun} '{key}': {message[:1].lower()}{message[1:]} (got {err['input']!r})")
     return "; ".join(parts)
+
+
+ASCII_NUMBER = re.compile(r"0|[1-9][0-9]{0,17}")
+"""A number read from text (a topic, path, header or form): ASCII digits only, as written
+plainly: str.isdigit() takes '²', which int() refuses, and int() refuses 4,301 digits."""
+
+
+def ascii_int(text: str | None) -> int | None:
+    """``text`` as a non-negative integer if it is one written plainly, else None."""
+    return int(text) if text is not None and ASCII_NUMBER.fullmatch(text) else None
 
 
 Record = TypeVar("Record", bound=BaseModel)

@@ -186,36 +186,62 @@ def engine_url(url: str) -> str:
     if url.startswith("postgresql+psycopg://") or url.startswith("sqlite:///"):
         return url
     if "://" in url:
-        raise EdgekitError(f"--db {url}: give a file path (SQLite) or postgresql://USER@HOST/DB")
+        raise EdgekitError(f"--db {_shown(url)}: give a file path (SQLite) or postgresql://USER@HOST/DB")
     return f"sqlite:///{Path(url).expanduser()}"
 
 
-def open_engine(url: str, connect_timeout: float = 5.0) -> Any:
-    """An engine on ``url``, reachable and at this edgekit's schema (migrated if older)."""
+def open_engine(url: str, connect_timeout: float = 5.0, create: bool = True) -> Any:
+    """An engine on ``url``, reachable and at this edgekit's schema (migrated if older).
+    ``create=False`` (readers: the dashboard, export) refuses a SQLite file that is not there."""
     try:
         import sqlalchemy as sa
     except ImportError:
         raise MissingDependencyError("sqlalchemy", "fleet", "the fleet database") from None
     full = engine_url(url)
+    engine = None
+    try:
+        engine = _engine(sa, full, connect_timeout, create)
+        migrate(engine)
+    except (sa.exc.DatabaseError, sa.exc.ArgumentError, ValueError) as exc:
+        if engine is not None:
+            engine.dispose()
+        raise _refusal(sa, exc, url) from None
+    return engine
+
+
+def _refusal(sa: Any, exc: Exception, url: str) -> EdgekitError:
+    """One line for a database that cannot be opened, the password never shown."""
+    if isinstance(exc, sa.exc.OperationalError):
+        return EdgekitError(
+            f"cannot open the fleet database {_shown(url)}: {_first(exc)}; check the URL, "
+            "that the server runs, and the user's rights"
+        )
+    if isinstance(exc, sa.exc.DatabaseError):  # a garbage or truncated SQLite file
+        return EdgekitError(
+            f"{_shown(url)} is not a fleet database ({_first(exc)}); move it aside or give another --db"
+        )
+    return EdgekitError(f"--db {_shown(url)}: not a database URL ({exc}); see edgekit fleet collect --help")
+
+
+def _engine(sa: Any, full: str, connect_timeout: float, create: bool) -> Any:
     if full.startswith("sqlite:///"):
-        Path(full.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(full.removeprefix("sqlite:///"))
+        if not create and not path.is_file():
+            raise EdgekitError(f"no fleet database at {path}: start edgekit fleet collect --db {path} first")
+        path.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(full, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        _require_psycopg()
-        engine = sa.create_engine(
-            full, connect_args={"connect_timeout": int(max(1, connect_timeout))}, pool_pre_ping=True
-        )
-    try:
-        migrate(engine)
-    except sa.exc.OperationalError as exc:
-        engine.dispose()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise EdgekitError(
-            f"cannot open the fleet database {_shown(url)}: {reason}; check the URL, "
-            "that the server runs, and the user's rights"
-        ) from None
-    return engine
+        return engine
+    _require_psycopg()
+    return sa.create_engine(
+        full, connect_args={"connect_timeout": int(max(1, connect_timeout))}, pool_pre_ping=True
+    )
+
+
+def _first(exc: Any) -> str:
+    """The driver's own first line, without SQLAlchemy's background link."""
+    text = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
+    return (text.strip().splitlines() or ["?"])[0]
 
 
 def _require_psycopg() -> None:
@@ -234,8 +260,8 @@ def _sqlite_pragmas(connection: Any, record: Any) -> None:
 
 
 def _shown(url: str) -> str:
-    """The URL without a password."""
-    if "://" in url and "@" in url:
+    """The URL without a password, whatever its scheme."""
+    if "://" in url and "@" in url.split("://", 1)[1]:
         scheme, rest = url.split("://", 1)
         credentials, host = rest.rsplit("@", 1)
         return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from edgekit.core.errors import InputError
+from edgekit.core.validation import ascii_int
 
 _RANGE = re.compile(r"^bytes=(\d+)-$")
 
@@ -19,7 +20,7 @@ class BundleServer:
 
     def __init__(self, data: bytes, sha256: str, address: str, rate: float | None = None) -> None:
         host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or ascii_int(port) is None:
             raise InputError(f"--serve {address!r}: write it as HOST:PORT, such as 0.0.0.0:8765")
         self.data = data
         self.path = f"/{sha256}.ekb"

@@ -50,7 +50,7 @@ def open_dashboard(config: DashboardConfig) -> tuple[Any, dict[str, Any]]:
         raise InputError(f"--host {config.host} is reachable from the network: give --token-file FILE "
                          "(and reach "
                          "the dashboard over HTTPS: --tls-cert and --tls-key, or a proxy)")
-    engine = open_engine(config.db)
+    engine = open_engine(config.db, create=False)
     fleet = config.fleet or _only_fleet(fleets(engine), config.db)
     board = Dashboard(
         engine, fleet, load_collector_key(fleet, config.fleet_dir), config.token,

@@ -18,6 +18,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from edgekit.core.manifest import ReferenceStats
+from edgekit.core.validation import ascii_int
 from edgekit.fleet.dashboard import data, pages
 from edgekit.fleet.dashboard.rollouts import rollout_sections
 from edgekit.fleet.export import open_message, sample_arrays
@@ -48,8 +49,6 @@ class Dashboard:
 
 NODE = re.compile(r"[0-9a-f]{32}")
 """A pseudonym, as the telemetry schema defines it: anything else names no device."""
-NUMBER = re.compile(r"0|[1-9][0-9]{0,17}")
-"""ASCII digits only, as a label, epoch, sequence number or index (str.isdigit() takes '²')."""
 MAX_LABEL_BODY = 4096
 
 
@@ -125,7 +124,8 @@ def build_app(board: Dashboard) -> Any:
         if body is None:
             return Response(f"a label form is at most {MAX_LABEL_BODY} bytes", 413, headers=HEADERS)
         text = (parse_qs(body.decode(errors="replace")).get("label") or [""])[0].strip()
-        value = int(text) if NUMBER.fullmatch(text) and int(text) < 1_000_000 else None
+        value = ascii_int(text)
+        value = value if value is not None and value < 1_000_000 else None
         if text and value is None:
             return Response("a label is a class index: 0, 1, 2...", 400, headers=HEADERS)
         if p is None or not set_label(board.engine, p["node"], p["epoch"], p["seq"], p["idx"], value):
@@ -176,8 +176,8 @@ def _sample_key(request: Any) -> dict[str, Any] | None:
 
 async def _small_body(request: Any, limit: int) -> bytes | None:
     """The body, or None once it passes ``limit`` bytes (read no further)."""
-    declared = request.headers.get("content-length", "")
-    if NUMBER.fullmatch(declared) and int(declared) > limit:
+    declared = ascii_int(request.headers.get("content-length"))
+    if declared is not None and declared > limit:
         return None
     parts, size = [], 0
     async for chunk in request.stream():
