@@ -388,3 +388,11 @@ def test_samples_are_shown_as_what_they_are() -> None:
         and image_like(np.zeros((32, 32, 3)))
     )
     assert _preview(row, lambda *key: None) == '<p class="muted">gone</p>'
+
+
+def test_the_host_names_a_dashboard_answers_for() -> None:
+    from edgekit.fleet.dashboard import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1") == {"127.0.0.1", "localhost", "::1"}
+    assert allowed_hosts("10.0.0.5", ("Dash.Example",)) == {"10.0.0.5", "dash.example"}
+    assert allowed_hosts("0.0.0.0") is None  # every address: a token is required there

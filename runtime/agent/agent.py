@@ -199,7 +199,8 @@ class Agent:
     def _heartbeat(self) -> None:
         """The status again every ``heartbeat_s``, whatever the worker is doing (a download)."""
         while not self.halt.wait(min(1.0, self.config.heartbeat_s)):
-            if time.monotonic() - self._published >= self.config.heartbeat_s:
+            stale = time.monotonic() - self._published >= self.config.heartbeat_s
+            if stale and self.status.node == self.node():  # not the old pseudonym at an epoch's turn
                 self._publish(updated(self.status, time=time.time()))
 
     def _work(self) -> None:

@@ -201,11 +201,16 @@ def connection_limit(wanted: int) -> int:
     return max(1, min(wanted, soft - 128)) if soft != resource.RLIM_INFINITY else wanted
 
 
-def guarded_protocol(max_connections: int, header_timeout_s: float) -> type[asyncio.Protocol]:
+def guarded_protocol(max_connections: int, header_timeout_s: float) -> type[asyncio.Protocol] | str:
     """uvicorn's httptools protocol with what it lacks against slow and many clients: a
     deadline for each request's headers, and a cap on open connections (over it, a new one
     is closed at once, so its file handle is free again)."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # edgekit[serve] installs httptools; without it, uvicorn's own choice
+        log.warning("httptools is not installed: no header deadline or connection cap; "
+                    "pip install 'edgekit[serve]'")
+        return "auto"
 
     class Guarded(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None

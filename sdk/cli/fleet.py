@@ -213,6 +213,8 @@ def fleet_export(
 @click.option("--fleet", default=None, help="Fleet name. Default: the only fleet in the database.")
 @fleet_dir_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Another host name requests may give (a reverse proxy's); others get 421. Repeatable.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port to listen on."
 )

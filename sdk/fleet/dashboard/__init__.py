@@ -25,6 +25,8 @@ class DashboardConfig:
     fleet: str | None = None
     fleet_dir: Path | None = None
     host: str = "127.0.0.1"
+    allow_hosts: tuple[str, ...] = ()
+    """Host names beyond the bound address that requests may give (a reverse proxy's)."""
     port: int = 8080
     token: bytes | None = None
     bundles: tuple[Path, ...] = ()
@@ -55,7 +57,7 @@ def open_dashboard(config: DashboardConfig) -> tuple[Any, dict[str, Any]]:
     board = Dashboard(
         engine, fleet, load_collector_key(fleet, config.fleet_dir), config.token,
         _references(config.bundles), secure_cookie=exposed or config.tls_cert is not None,
-        hosts=allowed_hosts(config.host),
+        hosts=allowed_hosts(config.host, config.allow_hosts),
     )
     scheme = "https" if config.tls_cert else "http"
     shown = str(engine.url.render_as_string(hide_password=True))
@@ -64,14 +66,14 @@ def open_dashboard(config: DashboardConfig) -> tuple[Any, dict[str, Any]]:
     return build_app(board), info
 
 
-def allowed_hosts(host: str) -> frozenset[str] | None:
-    """The names a request's Host may give: the bound address, and on loopback the loopback
-    names too; None when bound to every address (a token is required there)."""
+def allowed_hosts(host: str, extra: tuple[str, ...] = ()) -> frozenset[str] | None:
+    """The names a request's Host may give: the bound address and ``extra``, and on loopback
+    the loopback names too; None when bound to every address (a token is required there)."""
     from edgekit.runtime.serve.server import is_loopback
 
     if host in ("0.0.0.0", "::", ""):
         return None
-    names = {host.lower().strip("[]")}
+    names = {host.lower().strip("[]"), *(name.lower() for name in extra)}
     if is_loopback(host):
         names |= {"localhost", "127.0.0.1", "::1"}
     return frozenset(names)
