@@ -196,3 +196,18 @@ def write_profile(tmp_path: Path):  # type: ignore[no-untyped-def]
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def meter(
+    digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, publisher: Path
+) -> dict[int, Path]:
+    """Two versions of one model that answer differently: v1 fp32, v2 dynamic int8."""
+    folder = tmp_path_factory.mktemp("meter")
+    return {
+        version: convert(ConvertOptions(
+            model=digits_files["model"], profile=load_profile("x86-gateway"), output=folder / f"meter-v{version}.ekb",
+            format="onnx", precision=precision, name="meter", version=version, sign_key=publisher,
+        )).output
+        for version, precision in ((1, "fp32"), (2, "dynamic"))
+    }  # fmt: skip

@@ -21,28 +21,12 @@ from click.testing import CliRunner
 from serve_helpers import Server, json_input, serving
 
 from edgekit.cli import main
-from edgekit.convert import ConvertOptions, convert
-from edgekit.core.profiles import load_profile
 from edgekit.runtime.store import Store
 
 
-@pytest.fixture(scope="module")
-def meters(
-    digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, publisher: Path
-) -> dict[int, Path]:
-    folder = tmp_path_factory.mktemp("meters")
-    return {
-        version: convert(ConvertOptions(
-            model=digits_files["model"], profile=load_profile("x86-gateway"), output=folder / f"m{version}.ekb",
-            format="onnx", precision="fp32", name="meter", version=version, sign_key=publisher,
-        )).output
-        for version in (1, 2)
-    }  # fmt: skip
-
-
 @pytest.fixture
-def stored(home: Path, meters: dict[int, Path], tmp_path: Path) -> Iterator[Server]:
-    Store().install(meters[1])
+def stored(home: Path, meter: dict[int, Path], tmp_path: Path) -> Iterator[Server]:
+    Store().install(meter[1])
     args = ("meter", "--header-timeout", "1", "--max-connections", "100", "--max-body-mb", "64",
             "--max-inflight-mb", "64")  # fmt: skip
     with serving(*args, log=tmp_path / "serve.log", nofile=256) as server:
@@ -108,7 +92,7 @@ def test_hostile_numbers_and_depths_get_400_and_one_line(
 
 
 def test_slow_headers_and_too_many_connections_neither_stop_serving_nor_hot_swaps(
-    stored: Server, meters: dict[int, Path], digits_eval: tuple[np.ndarray, np.ndarray]
+    stored: Server, meter: dict[int, Path], digits_eval: tuple[np.ndarray, np.ndarray]
 ) -> None:
     host, port = _address(stored)
     sockets = []
@@ -121,7 +105,7 @@ def test_slow_headers_and_too_many_connections_neither_stop_serving_nor_hot_swap
             pass
     assert _open_files(stored) < 256
     try:
-        assert CliRunner().invoke(main, ["install", str(meters[2])]).exit_code == 0
+        assert CliRunner().invoke(main, ["install", str(meter[2])]).exit_code == 0
         deadline = time.monotonic() + 30
         version = None
         with httpx.Client(base_url=stored.rest, timeout=10) as client:

@@ -18,26 +18,9 @@ from click.testing import CliRunner
 from serve_helpers import Server, json_input, rest_outputs, serving
 
 from edgekit.cli import main
-from edgekit.convert import ConvertOptions, convert
-from edgekit.core.profiles import load_profile
 from edgekit.runtime import Model
 from edgekit.runtime.store import Store
 from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
-
-
-@pytest.fixture(scope="module")
-def meter(
-    digits_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, publisher: Path
-) -> dict[int, Path]:
-    """Two versions of one model that answer differently: v1 fp32, v2 dynamic int8."""
-    folder = tmp_path_factory.mktemp("meter")
-    return {
-        version: convert(ConvertOptions(
-            model=digits_files["model"], profile=load_profile("x86-gateway"), output=folder / f"meter-v{version}.ekb",
-            format="onnx", precision=precision, name="meter", version=version, sign_key=publisher,
-        )).output
-        for version, precision in ((1, "fp32"), (2, "dynamic"))
-    }  # fmt: skip
 
 
 def _until(condition: Callable[[], bool], what: str, within_s: float = 60) -> None:
