@@ -149,12 +149,14 @@ def signed_document(state: FleetState, group: str | None, key: Ed25519PrivateKey
     where = f"the rollout document of group {group}" if group else "the fleet's rollout document"
     kept = local_copy(state.fleet, group)
     candidates = [state.envelopes.get(group), kept.read_bytes() if kept.is_file() else None]
-    found = []
+    found, refused = [], []
     for payload in filter(None, candidates):
         try:
             found.append(open_document(payload, signed_by(key.public_key()), where)[0])
         except EdgekitError as exc:
-            log.warning("%s", exc)
+            refused.append(exc)
+    if not found and refused:
+        raise refused[0]  # a document is there, but not one this key signed
     if not found:
         raise InputError(f"{where}: none on the broker; start a rollout with: edgekit fleet deploy")
     return max(found, key=lambda document: document.serial)
