@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import numpy as np
 from hypothesis import given
@@ -82,3 +83,22 @@ def test_chunks_may_be_offered_from_another_thread() -> None:
     for thread in threads:
         thread.join()
     assert sorted(chunks.parts) == [0, 1]
+
+
+def test_a_callback_that_raises_is_one_log_line_not_a_dead_network_thread(caplog: Any) -> None:
+    from paho.mqtt.client import MQTTMessage
+
+    from edgekit.runtime.telemetry.broker import Broker
+
+    client = Broker.parse("mqtt://127.0.0.1:1").client("guarded")
+
+    def broken(client: object, userdata: object, message: object) -> None:
+        raise ValueError("invalid literal for int() with base 10: '²'")
+
+    client.on_message = broken
+    message = MQTTMessage(topic=b"edgekit/f/bundles/s/\xc2\xb2")
+    with caplog.at_level("ERROR", "edgekit.mqtt"):
+        client._handle_on_message(message)  # what paho's network thread calls
+    assert [r.getMessage() for r in caplog.records] == [
+        "mqtt: Caught exception in on_message: invalid literal for int() with base 10: '²'"
+    ]

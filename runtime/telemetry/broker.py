@@ -13,6 +13,15 @@ from paho.mqtt.client import Client
 
 from edgekit.core.errors import InputError
 
+MQTT_LOG = logging.getLogger("edgekit.mqtt")
+
+
+def _callback_errors(client: Client, userdata: object, level: int, message: str) -> None:
+    """paho's word that a callback raised (and was stopped there): one error line. Its other
+    lines (every packet; "not connected" at each loop while the broker is away) stay out."""
+    if message.startswith("Caught exception in"):
+        MQTT_LOG.error("mqtt: %s", message)
+
 PASSWORD_ENV = "EDGEKIT_MQTT_PASSWORD"
 
 
@@ -85,7 +94,7 @@ class Broker:
         # A callback's exception would end paho's network thread, silently: the process lives
         # on, the broker publishes the last will, and nothing restarts it. paho logs it instead.
         client.suppress_exceptions = True
-        client.enable_logger(logging.getLogger("edgekit.mqtt"))
+        client.on_log = _callback_errors
         if self.tls:
             client.tls_set(
                 ca_certs=str(self.ca) if self.ca else None,
