@@ -19,7 +19,10 @@ from rollout_helpers import Device, make_bundles, make_device, until
 from edgekit.core.validation import updated
 from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
 
-pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="needs Mosquitto (apt-get install mosquitto)")
+pytestmark = [
+    pytest.mark.skipif(find_mosquitto() is None, reason="needs Mosquitto (apt-get install mosquitto)"),
+    pytest.mark.slow,  # an agent process, a broker and bundle servers per test: about 45 s in all
+]
 FLEET = "hostile-fleet"
 GROUP = "line-1"
 DEEP = b"[" * 40000

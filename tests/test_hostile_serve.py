@@ -52,6 +52,7 @@ def _good(x: np.ndarray) -> dict[str, object]:
     return {"inputs": [json_input("image", x, "FP32")]}
 
 
+@pytest.mark.slow
 def test_hostile_numbers_and_depths_get_400_and_one_line(
     stored: Server, digits_eval: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -90,6 +91,7 @@ def test_hostile_numbers_and_depths_get_400_and_one_line(
     assert "Traceback" not in log and "internal error" not in log, log[-3000:]
 
 
+@pytest.mark.slow
 def test_slow_headers_and_too_many_connections_neither_stop_serving_nor_hot_swaps(
     stored: Server, meter: dict[int, Path], digits_eval: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -135,6 +137,7 @@ def _closed_by_server(sock: socket.socket) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_clients_holding_large_bodies_together_stay_within_the_inflight_budget(stored: Server) -> None:
     baseline = _rss(stored)
     held = 30 << 20
