@@ -204,3 +204,60 @@ def test_a_slow_decode_does_not_hold_the_event_loop(monkeypatch: pytest.MonkeyPa
 
     asyncio.run(run())
     assert order == ["live 200", "big 400"]
+
+
+def test_a_version_loading_on_first_request_holds_no_other_request(
+    home: Path, meter: dict[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests by name (v1, loaded) keep being answered while a first request for v2 loads
+    it: the load stands in for a large model by waiting until the test has seen 30 answers to
+    v1, so a load on the event loop would hold them all (the test would time out, not pass).
+    Two first requests for v2 load it once. The p99 of the v1 requests is in the message."""
+    import asyncio
+
+    from edgekit.runtime.model import Model
+    from edgekit.runtime.serve import rest
+    from edgekit.runtime.serve.protocol import Limits
+    from edgekit.runtime.serve.server import ServeConfig, open_repository
+
+    store = Store()
+    store.install(meter[1])
+    store.install(meter[2])
+    store.activate("meter", 1)
+    release, loads = threading.Event(), []
+    real_load = Model.load
+
+    def large_load(where: str, version: int | None = None, **kwargs: object) -> Model:
+        if version == 2:
+            loads.append(version)
+            assert release.wait(30), "the v1 requests never got through"
+        return real_load(where, version=version, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Model, "load", large_load)
+    repository = open_repository(ServeConfig(models=("meter",), grpc_port=None))
+    app = rest.build_app(repository, Limits(), 60.0, None)
+    x = np.zeros((1, 8, 8, 1), np.float32)
+    latencies: list[float] = []
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+            first = [asyncio.create_task(client.post("/v2/models/meter/versions/2/infer", json=_good(x)))
+                     for _ in range(2)]  # fmt: skip
+            try:
+                while len(latencies) < 30:
+                    started = time.perf_counter()
+                    answer = await asyncio.wait_for(client.post("/v2/models/meter/infer", json=_good(x)), 20)
+                    assert answer.status_code == 200, answer.text
+                    latencies.append(time.perf_counter() - started)
+            finally:
+                release.set()
+            return [(await task).status_code for task in first]
+
+    try:
+        statuses = asyncio.run(run())
+    finally:
+        repository.close()
+    p99 = sorted(latencies)[int(0.99 * len(latencies))]
+    assert statuses == [200, 200], f"v1 p99 {p99 * 1e3:.1f} ms while v2 loaded"
+    assert loads == [2], "two first requests for v2 loaded it twice"

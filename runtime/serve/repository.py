@@ -100,6 +100,7 @@ class Repository:
         self._active: dict[str, Served] = {}
         self._loaded: dict[tuple[str, int], Served] = {}
         self._lock = threading.Lock()
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._every_s = 0.5
@@ -171,12 +172,23 @@ class Repository:
         if not source.store:
             served_as = self._active[name].version
             raise ProtocolError(404, f"{name} is served from a bundle file, as version {served_as} only")
-        try:
-            served = self._load(source, version)
-        except EdgekitError as exc:
-            raise ProtocolError(404, f"{name} v{version}: {exc}") from None
+        key = (name, version)
         with self._lock:
-            kept = self._loaded.setdefault((name, version), served)
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # many first requests for one version load it once; the others wait here
+            with self._lock:
+                served = self._loaded.get(key)
+            if served is not None:
+                return served
+            try:
+                served = self._load(source, version)
+            except EdgekitError as exc:
+                raise ProtocolError(404, f"{name} v{version}: {exc}") from None
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+            with self._lock:
+                kept = self._loaded.setdefault(key, served)
         if kept is not served:
             served.close()
         return kept
