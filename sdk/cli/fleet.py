@@ -111,7 +111,9 @@ def fleet_watch(fleet: str, duration: float | None, idle: float | None, as_json:
     "--session",
     default=None,
     help="Persistent session id, so messages wait at the broker while this collector is away. "
-    "Default: edgekit-collect-FLEET-GROUP-HOST.",
+    "Default: edgekit-collect-FLEET-GROUP-HOST-N, N the lowest slot no other collector on this "
+    "host holds (a restarted collector gets its own back). Two clients with one id take the "
+    "session from each other: collect stops with an error when that happens.",
 )
 @duration_option
 @idle_option

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from edgekit.fleet.inbox import Inbox, Limits, subscriptions
 from edgekit.fleet.keys import load_collector_key
 from edgekit.fleet.messages import SKIP_REASONS, Skip, parse
 from edgekit.fleet.queries import KEY, fleet_state, read_reports, report_columns
+from edgekit.fleet.sessions import SessionSlot
 from edgekit.runtime.telemetry.broker import Broker
 from edgekit.runtime.telemetry.privacy import open_sample
 
@@ -248,12 +248,12 @@ class CollectConfig:
     group: str = "edgekit-collectors"
     """Shared-subscription group; "none" subscribes plainly."""
     session: str | None = None
+    """Persistent session id; default: a slot of this host's own (see ``SessionSlot``)."""
     limits: Limits = Limits()
     max_samples: int | None = None
 
-    @property
-    def session_id(self) -> str:
-        return self.session or f"edgekit-collect-{self.fleet}-{self.group}-{socket.gethostname()}"
+    def claim_session(self) -> SessionSlot:
+        return SessionSlot(self.session) if self.session else SessionSlot.claim(self.fleet, self.group)
 
 
 def collect(config: CollectConfig, progress: Callable[[Collector], None] | None = None) -> dict[str, Any]:
@@ -267,20 +267,24 @@ def collect(config: CollectConfig, progress: Callable[[Collector], None] | None 
     collector = Collector(config.fleet, config.out, key, config.db)
     shared = None if config.group == "none" else config.group
     topics = subscriptions(config.fleet, ("report", "sample", "status"), shared)
-    inbox = Inbox(config.broker, topics, config.session_id)
-    inbox.start()
-    unacked: list[tuple[int, int]] = []
+    slot = config.claim_session()
+    inbox = Inbox(config.broker, topics, slot.session_id)
     try:
-        with _sigterm_stops():
-            _take(collector, inbox, config, unacked, progress or (lambda _: None))
-    except KeyboardInterrupt:
-        pass
-    finally:
+        inbox.start()
+        unacked: list[tuple[int, int]] = []
         try:
-            summary = collector.finish()  # raises if the database is down: nothing is acknowledged
-            inbox.ack(unacked)
+            with _sigterm_stops():
+                _take(collector, inbox, config, unacked, progress or (lambda _: None))
+        except KeyboardInterrupt:
+            pass
         finally:
-            inbox.stop()
+            try:
+                summary = {**collector.finish(), "session": slot.session_id}  # raises if the database is
+                inbox.ack(unacked)  # down: nothing is acknowledged
+            finally:
+                inbox.stop()
+    finally:
+        slot.release()
     return summary
 
 

@@ -20,6 +20,17 @@ from edgekit.runtime.telemetry.broker import Broker
 
 log = logging.getLogger("edgekit.fleet")
 
+SESSION_TAKEN_OVER = 142
+"""MQTT 5's DISCONNECT reason when another client connected with this client's id."""
+FLAPS, FLAP_WINDOW_S, SHORT_S = 5, 30.0, 10.0
+"""Mosquitto 2.0.11 closes a taken-over connection without that reason: this many
+connections closed by the broker within ``SHORT_S`` of their CONNACK, within
+``FLAP_WINDOW_S``, are read as two clients taking one session from each other."""
+
+
+class SessionTakenOver(EdgekitError):
+    """Another client connected with this one's session id."""
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -60,6 +71,9 @@ class Inbox:
         self.client = client
         self.session = session
         self.connected = False
+        self.taken_over: str | None = None
+        self._connected_at: float | None = None
+        self._flaps: list[float] = []
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._network, name="edgekit-inbox", daemon=True)
 
@@ -89,7 +103,7 @@ class Inbox:
     def _network(self) -> None:
         """paho's network loop, reconnecting with capped backoff whatever went wrong."""
         delay, attempt = 0.1, time.monotonic()
-        while not self._halt.is_set():
+        while not self._halt.is_set() and not self.taken_over:
             try:
                 up = self.client.loop(timeout=0.1) == 0  # also reads a pending CONNACK
                 if self.connected:
@@ -109,6 +123,24 @@ class Inbox:
         properties: Properties | None,
     ) -> None:
         self.connected = False
+        now, since = time.monotonic(), self._connected_at
+        self._connected_at = None
+        if self.session is None or self._halt.is_set():
+            return
+        # reconnecting would take the session back, and the two clients would never stop
+        if reason.value == SESSION_TAKEN_OVER:
+            self.taken_over = (
+                f"another client connected to {self.broker.url} as {self.session} and took this "
+                "collector's MQTT session"
+            )
+        elif since is not None and now - since < SHORT_S:
+            self._flaps = [t for t in self._flaps if now - t < FLAP_WINDOW_S] + [now]
+            if len(self._flaps) >= FLAPS:
+                self.taken_over = (
+                    f"{self.broker.url} closed this collector's connection {FLAPS} times in "
+                    f"{FLAP_WINDOW_S:g} s, each right after it connected: another client is taking "
+                    f"its MQTT session {self.session}"
+                )
 
     def _on_connect(
         self, client: Client, userdata: object, flags: ConnectFlags, reason: ReasonCode,
@@ -119,12 +151,20 @@ class Inbox:
             return
         for subscription in self.subscriptions:
             client.subscribe(subscription, qos=1)
+        self._connected_at = time.monotonic()
         self.connected = True
 
     def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
         self.queue.put((message.topic, bytes(message.payload), message.mid, message.qos))
 
     def get(self, timeout: float) -> tuple[str, bytes, int, int] | None:
+        """The next message, or None after ``timeout``; raises SessionTakenOver once another
+        client has taken this one's session."""
+        if self.taken_over and self.queue.empty():
+            raise SessionTakenOver(
+                f"{self.taken_over}; give each collector its own --session, or leave it out (each "
+                "then takes one of its own)"
+            )
         try:
             return self.queue.get(timeout=timeout)
         except queue.Empty:

@@ -1,0 +1,158 @@
+"""The fleet side run the way its help text invites: several collectors on one host with
+default options (each its own MQTT session, the same one again after a restart), a session
+taken over (one line naming --session), the dashboard with a slow query, and migrations
+frozen at what each version created."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from fleet_sim import Publisher, SimDevice
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgekit.fleet import init_fleet, open_engine
+from edgekit.fleet.sessions import SessionSlot
+from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
+
+needs_mosquitto = pytest.mark.skipif(
+    find_mosquitto() is None, reason="mosquitto is not installed (.ci/run installs it)"
+)
+
+
+def test_collectors_on_one_host_take_the_lowest_free_slot_and_get_theirs_back(tmp_path: Path) -> None:
+    slots = [SessionSlot.claim("f7", "ingest", tmp_path) for _ in range(3)]
+    ids = [slot.session_id for slot in slots]
+    assert len(set(ids)) == 3 and [i.rsplit("-", 1)[1] for i in ids] == ["0", "1", "2"]
+    slots[1].release()  # collector 1 restarts while 0 and 2 run: it is given its own session back
+    again = SessionSlot.claim("f7", "ingest", tmp_path)
+    assert again.session_id == ids[1]
+    assert SessionSlot.claim("f7", "other", tmp_path).session_id.endswith("-other-" + ids[0].split("-")[-2] + "-0")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from edgekit.fleet.sessions import SessionSlot; "
+         "slot = SessionSlot.claim('f7', 'kill', Path(sys.argv[1])); print(slot.session_id, flush=True); "
+         "time.sleep(60)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    held = holder.stdout.readline().strip()
+    other = SessionSlot.claim("f7", "kill", tmp_path)
+    assert other.session_id != held
+    other.release()
+    holder.kill()  # kill -9: the kernel releases its lock, and a new collector takes the slot
+    holder.wait()
+    assert SessionSlot.claim("f7", "kill", tmp_path).session_id == held
+
+
+def _collect(broker: LocalBroker, home: Path, db: str, *extra: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "edgekit", "fleet", "collect", "--broker", broker.url, "--fleet", "f7",
+               "--db", db, "--json", *extra]  # fmt: skip
+    return subprocess.Popen(command, env={**os.environ, "EDGEKIT_HOME": str(home)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@needs_mosquitto
+def test_a_session_taken_over_stops_the_collector_in_one_line_naming_session(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    home = tmp_path / "home"
+    init_fleet("f7", home / "fleets" / "f7")
+    with LocalBroker(tmp_path / "broker") as broker:
+        first = _collect(broker, home, str(tmp_path / "fleet.sqlite"), "--session", "line-7")
+        processes.append(first)
+        time.sleep(3)  # connected and subscribed
+        thief = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="line-7", protocol=mqtt.MQTTv5)
+        thief.connect("127.0.0.1", broker.port)
+        thief.loop_start()
+        try:
+            _, err = first.communicate(timeout=60)
+        finally:
+            thief.disconnect()
+            thief.loop_stop()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert first.returncode == 1 and len(lines) == 1, err
+    assert "MQTT session" in lines[0] and "own --session" in lines[0] and "line-7" in lines[0], lines
+
+
+def test_a_broker_that_says_session_taken_over_stops_the_inbox_at_once() -> None:
+    """Brokers that send MQTT 5's reason 142 (newer than this machine's Mosquitto 2.0.11) are
+    believed at the first DISCONNECT; the inbox stops reconnecting and says why."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from edgekit.fleet.inbox import Inbox, SessionTakenOver
+    from edgekit.runtime.telemetry.broker import Broker
+
+    inbox = Inbox(Broker.parse("mqtt://127.0.0.1:1"), ["edgekit/f7/+/report"], "line-7")
+    inbox._on_disconnect(inbox.client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=142), None)  # type: ignore[arg-type]
+    with pytest.raises(SessionTakenOver, match="as line-7 and took this collector's MQTT session"):
+        inbox.get(0.01)
+
+
+def _count(db: str) -> tuple[int, int]:
+    import sqlalchemy as sa
+
+    engine = open_engine(db)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT seq || node) FROM reports")).one()  # type: ignore[no-any-return]
+    finally:
+        engine.dispose()
+
+
+@needs_mosquitto
+@pytest.mark.slow
+def test_collectors_on_one_host_with_default_options_each_take_every_report_once(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """Three collectors, one host, one group, no --session (as --help shows them): each its
+    own session, no takeover, every report committed once and delivered once."""
+    home, db = tmp_path / "home", str(tmp_path / "fleet.sqlite")
+    init_fleet("f7", home / "fleets" / "f7")
+    open_engine(db).dispose()  # migrated before three processes open it
+    devices = [SimDevice(f"gw{i}") for i in range(3)]
+    windows = 40
+    with LocalBroker(tmp_path / "broker") as broker:
+        collectors = [_collect(broker, home, db, "--group", "ingest") for _ in range(3)]
+        processes.extend(collectors)
+        time.sleep(4)
+        publisher = Publisher(broker.port, "f7")
+        start = time.time() - windows
+        for window in range(windows):
+            for device in devices:
+                publisher.send(device, "report", device.report(start + window, window_s=1.0))
+            time.sleep(0.05)
+        publisher.close()
+        deadline = time.monotonic() + 30
+        while _count(db)[0] < windows * len(devices) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        time.sleep(1.5)  # a redelivery after a takeover would arrive now
+        for collector in collectors:
+            collector.send_signal(signal.SIGTERM)
+        results = [c.communicate(timeout=30) for c in collectors]
+    assert all(c.returncode == 0 for c in collectors), [err for _, err in results]
+    summaries = [json.loads(out) for out, _ in results]
+    assert len({s["session"] for s in summaries}) == 3
+    assert _count(db) == (windows * len(devices), windows * len(devices))
+    assert sum(s["collected"]["reports"] for s in summaries) == windows * len(devices)
+    assert sum(s["collected"]["duplicates"] for s in summaries) == 0, summaries
+    assert all("session" not in err for _, err in results)
