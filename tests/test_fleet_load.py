@@ -156,3 +156,49 @@ def test_collectors_on_one_host_with_default_options_each_take_every_report_once
     assert sum(s["collected"]["reports"] for s in summaries) == windows * len(devices)
     assert sum(s["collected"]["duplicates"] for s in summaries) == 0, summaries
     assert all("session" not in err for _, err in results)
+
+
+def test_a_slow_query_holds_only_its_own_dashboard_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fleet page's query stands in for a slow one by waiting until the device and drift
+    pages have answered beside it: handlers on the event loop would hold those (the test
+    would time out, not pass)."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    from edgekit.fleet import Collector, load_collector_key
+    from edgekit.fleet.dashboard import data
+    from edgekit.fleet.dashboard.app import Dashboard, build_app
+
+    key = load_collector_key("f7", init_fleet("f7", tmp_path / "fleet"))
+    db = str(tmp_path / "fleet.sqlite")
+    collector = Collector("f7", None, key, db)
+    device = SimDevice("line1")
+    for window in range(3):
+        collector.handle(f"edgekit/f7/{device.node}/report", device.report(time.time() - 60 * (3 - window)))
+    collector.flush()
+    release, real, calls = threading.Event(), data.fleet_rows, []
+
+    def slow_fleet_rows(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:  # the fleet page's; the drift page reads it too
+            assert release.wait(20), "the other pages never answered"
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(data, "fleet_rows", slow_fleet_rows)
+    app = build_app(Dashboard(collector.engine, "f7", key))
+
+    async def run() -> tuple[int, list[int]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            slow = asyncio.create_task(client.get("/"))
+            try:
+                others = [await asyncio.wait_for(client.get(path), 20)
+                          for path in (f"/device/{device.node}", "/drift", "/rollouts")]  # fmt: skip
+            finally:
+                release.set()
+            return (await slow).status_code, [answer.status_code for answer in others]
+
+    assert asyncio.run(run()) == (200, [200, 200, 200])
+    collector.engine.dispose()

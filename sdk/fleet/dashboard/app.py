@@ -54,11 +54,14 @@ MAX_LABEL_BODY = 4096
 
 def build_app(board: Dashboard) -> Any:
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
+    # Every handler but label is a plain function: Starlette runs it in its thread pool, so a
+    # slow query (SQLAlchemy is synchronous) holds that request only, not the event loop.
     opened = lru_cache(maxsize=256)(lambda node, epoch, seq: _open(board, node, epoch, seq))
 
     def html(text: str, status: int = 200) -> Response:
@@ -68,10 +71,10 @@ def build_app(board: Dashboard) -> Any:
         found = board.references.get((model, version))
         return None if found is None or found.classes is None else list(found.classes)
 
-    async def fleet_page(request: Request) -> Response:
+    def fleet_page(request: Request) -> Response:
         return html(pages.fleet_page(board.fleet, data.fleet_rows(board.engine, board.fleet)))
 
-    async def fleet_fragment(request: Request) -> Response:
+    def fleet_fragment(request: Request) -> Response:
         return html(pages.fleet_rows_html(data.fleet_rows(board.engine, board.fleet)))
 
     def _series(request: Request) -> tuple[str, list[dict[str, Any]], list[float] | None]:
@@ -79,24 +82,24 @@ def build_app(board: Dashboard) -> Any:
         series = data.device_series(board.engine, node) if NODE.fullmatch(node) else []
         return node, series, reference(series[-1]["model"], series[-1]["version"]) if series else None
 
-    async def device_page(request: Request) -> Response:
+    def device_page(request: Request) -> Response:
         node, series, ref = _series(request)
         status = 200 if series else 404
         return html(pages.device_page(board.fleet, node, series, ref), status)
 
-    async def device_fragment(request: Request) -> Response:
+    def device_fragment(request: Request) -> Response:
         _, series, ref = _series(request)
         return html(pages.device_charts(series, ref))
 
-    async def drift_page(request: Request) -> Response:
+    def drift_page(request: Request) -> Response:
         return html(
             pages.drift_page(board.fleet, data.drift_table(board.engine, board.fleet, board.references))
         )
 
-    async def drift_fragment(request: Request) -> Response:
+    def drift_fragment(request: Request) -> Response:
         return html(pages.drift_rows_html(data.drift_table(board.engine, board.fleet, board.references)))
 
-    async def samples_page(request: Request) -> Response:
+    def samples_page(request: Request) -> Response:
         show = request.query_params.get("show", "unlabelled")
         show = show if show in ("unlabelled", "labelled", "all") else "unlabelled"
         rows = data.sample_queue(board.engine, board.fleet, show)
@@ -104,7 +107,7 @@ def build_app(board: Dashboard) -> Any:
         counts = data.sample_counts(board.engine, board.fleet)
         return html(pages.samples_page(board.fleet, cards, show, counts))
 
-    async def sample_image(request: Request) -> Response:
+    def sample_image(request: Request) -> Response:
         p = _sample_key(request)
         if p is None:
             return Response("no such sample", 404, headers=HEADERS)
@@ -128,13 +131,16 @@ def build_app(board: Dashboard) -> Any:
         value = value if value is not None and value < 1_000_000 else None
         if text and value is None:
             return Response("a label is a class index: 0, 1, 2...", 400, headers=HEADERS)
-        if p is None or not set_label(board.engine, p["node"], p["epoch"], p["seq"], p["idx"], value):
+        found = p is not None and await run_in_threadpool(
+            set_label, board.engine, p["node"], p["epoch"], p["seq"], p["idx"], value
+        )
+        if not found:
             return Response("no such sample", 404, headers=HEADERS)
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse({"label": value}, headers=HEADERS)
         return RedirectResponse(_own_page(request, "/samples"), 303, headers=HEADERS)
 
-    async def export(request: Request) -> Response:
+    def export(request: Request) -> Response:
         labelled = request.query_params.get("labelled") == "1"
         arrays = sample_arrays(board.engine, board.fleet, board.key, labelled)
         if arrays is None:
@@ -145,10 +151,10 @@ def build_app(board: Dashboard) -> Any:
         attachment = {**HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
         return Response(buffer.getvalue(), media_type="application/octet-stream", headers=attachment)
 
-    async def rollouts_page(request: Request) -> Response:
+    def rollouts_page(request: Request) -> Response:
         return html(pages.rollouts_page(board.fleet, rollout_sections(board.engine, board.fleet)))
 
-    async def rollouts_fragment(request: Request) -> Response:
+    def rollouts_fragment(request: Request) -> Response:
         page = pages.rollouts_page(board.fleet, rollout_sections(board.engine, board.fleet))
         return html(page.split('data-source="/fragment/rollouts">', 1)[1].rsplit("</div></main>", 1)[0])
 
