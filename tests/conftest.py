@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from edgekit.convert import ConvertOptions, convert
 from edgekit.core.profiles import load_profile
 from edgekit.core.signing import Trust
 from edgekit.runtime.keys import create_device_key
+from edgekit.testing.postgres import LocalPostgres, find_postgres
 
 if TYPE_CHECKING:
     from edgekit.convert import ConvertResult
@@ -211,3 +213,22 @@ def meter(
         )).output
         for version, precision in ((1, "fp32"), (2, "dynamic"))
     }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One PostgreSQL server for the session (initdb in a temp folder, pg_ctl on a free port);
+    each test that needs it makes a database of its own."""
+    if find_postgres() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    with LocalPostgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh fleet database URL on each engine."""
+    if request.param == "sqlite":
+        return str(tmp_path / "fleet.sqlite")
+    server: LocalPostgres = request.getfixturevalue("postgres")
+    return server.create_database(f"t{time.monotonic_ns()}")

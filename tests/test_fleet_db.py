@@ -24,30 +24,11 @@ from edgekit.fleet import Collector, init_fleet, load_collector_key, open_engine
 from edgekit.fleet.database import SCHEMA_VERSION, tables
 from edgekit.fleet.queries import set_label
 from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
-from edgekit.testing.postgres import LocalPostgres, find_postgres
+from edgekit.testing.postgres import LocalPostgres
 
-needs_postgres = pytest.mark.skipif(
-    find_postgres() is None, reason="PostgreSQL is not installed (.ci/run installs it)"
-)
 needs_mosquitto = pytest.mark.skipif(
     find_mosquitto() is None, reason="mosquitto is not installed (.ci/run installs it)"
 )
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[LocalPostgres]:
-    if find_postgres() is None:
-        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
-    with LocalPostgres() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "fleet.sqlite")
-    server: LocalPostgres = request.getfixturevalue("postgres")
-    return server.create_database(f"t{time.monotonic_ns()}")
 
 
 def _messages(key: Any) -> tuple[list[tuple[str, bytes]], np.ndarray]:
@@ -208,7 +189,7 @@ def test_migrations_apply_once_and_the_schema_is_recorded(db_url: str) -> None:
             versions = connection.execute(sa.select(tables()["schema_version"].c.version)).scalars().all()
             names = set(sa.inspect(connection).get_table_names())
         engine.dispose()
-    assert versions == [SCHEMA_VERSION]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
     assert {"reports", "samples", "sample_rows", "statuses", "skipped", "counters", "rollout_events"} <= names
 
 

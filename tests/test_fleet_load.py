@@ -202,3 +202,83 @@ def test_a_slow_query_holds_only_its_own_dashboard_request(tmp_path: Path, monke
 
     assert asyncio.run(run()) == (200, [200, 200, 200])
     collector.engine.dispose()
+
+
+def _schema(engine: object) -> dict[str, object]:
+    """Tables, columns (name, type, nullable), primary keys and indexes, as the database has them."""
+    import sqlalchemy as sa
+
+    inspector = sa.inspect(engine)
+    return {
+        table: {
+            "columns": [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)],
+            "pk": inspector.get_pk_constraint(table)["constrained_columns"],
+            "indexes": sorted((i["name"], tuple(i["column_names"])) for i in inspector.get_indexes(table)),
+        }
+        for table in sorted(inspector.get_table_names())
+    }
+
+
+FROZEN = {1: "4d7b1fa5202c", 2: "111bfc91b70b"}
+"""A digest of the SQLite schema each version creates: a migration edited after it shipped
+changes it (append a migration instead)."""
+
+
+def _digest(schema: dict[str, object]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite", "postgresql"])
+def test_a_database_at_every_older_version_migrates_to_what_a_fresh_one_is(
+    engine_name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import sqlalchemy as sa
+
+    from edgekit.fleet.database import SCHEMA_VERSION, engine_url, migrate
+
+    def url(name: str) -> str:
+        if engine_name == "sqlite":
+            return str(tmp_path / f"{name}.sqlite")
+        return request.getfixturevalue("postgres").create_database(f"{name}{time.monotonic_ns()}")  # type: ignore[no-any-return]
+
+    fresh = open_engine(url("fresh"))
+    expected = _schema(fresh)
+    fresh.dispose()
+    for version in range(SCHEMA_VERSION):
+        old_url = url(f"v{version}")
+        old = sa.create_engine(engine_url(old_url))
+        assert migrate(old, target=version) == version
+        if engine_name == "sqlite" and version:
+            assert _digest(_schema(old)) == FROZEN[version], f"migration {version} creates another schema now"
+        old.dispose()
+        migrated = open_engine(old_url)
+        assert _schema(migrated) == expected, f"a database at version {version}, migrated"
+        with migrated.connect() as connection:
+            found = connection.execute(sa.text("SELECT version FROM schema_version ORDER BY version")).scalars()
+            assert list(found) == list(range(1, SCHEMA_VERSION + 1))
+        migrated.dispose()
+    if engine_name == "sqlite":
+        assert _digest(expected) == FROZEN[SCHEMA_VERSION]
+
+
+def test_rollout_events_reuse_one_engine_and_a_database_outage_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edgekit.fleet import database
+    from edgekit.rollout.history import History, read_history
+
+    opened: list[str] = []
+    real = database.open_engine
+    monkeypatch.setattr(database, "open_engine", lambda url, **kw: opened.append(url) or real(url, **kw))
+    db = str(tmp_path / "fleet.sqlite")
+    history = History(tmp_path / "rollouts.jsonl", "f7", db)
+    for event in ("started", "canary", "promoted"):
+        history.record({"event": event, "rollout": "r1"})
+    assert opened == [db]
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    History(tmp_path / "more.jsonl", "f7", str(blocked / "fleet.sqlite")).record({"event": "started"})
+    assert [e["event"] for e in read_history(tmp_path / "more.jsonl")] == ["started"]
+    assert "the event is in" in caplog.text

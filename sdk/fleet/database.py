@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from edgekit.core.errors import EdgekitError, MissingDependencyError
+from edgekit.fleet.migrations import MIGRATIONS, schema
 
 log = logging.getLogger("edgekit.fleet")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The newest schema this edgekit writes; a database at a higher version is refused."""
 
 
@@ -42,141 +44,28 @@ def unavailable_as_error(engine: Any) -> Iterator[None]:
         ) from None
 
 
-def _tables() -> Any:
-    """The schema's tables, built on first use (SQLAlchemy is imported only by fleet tools)."""
-    import sqlalchemy as sa
-    from sqlalchemy.dialects.postgresql import JSONB
-
-    body = sa.JSON().with_variant(JSONB(), "postgresql")
-    meta = sa.MetaData()
-
-    def keyed(name: str, *columns: Any) -> sa.Table:
-        return sa.Table(
-            name,
-            meta,
-            sa.Column("node", sa.String(32), primary_key=True),
-            sa.Column("epoch", sa.BigInteger, primary_key=True),
-            sa.Column("seq", sa.BigInteger, primary_key=True),
-            sa.Column("fleet", sa.String(64), nullable=False),
-            sa.Column("received", sa.Float, nullable=False),
-            *columns,
-        )
-
-    def model() -> tuple[sa.Column[Any], ...]:
-        return sa.Column("model", sa.String(128), nullable=False), sa.Column(
-            "version", sa.BigInteger, nullable=False
-        )
-
-    reports = keyed(
-        "reports",
-        *model(),
-        sa.Column("start_s", sa.Float, nullable=False),
-        sa.Column("end_s", sa.Float, nullable=False),
-        sa.Column("inferences", sa.BigInteger, nullable=False),
-        sa.Column("calls", sa.BigInteger, nullable=False),
-        sa.Column("errors", sa.BigInteger, nullable=False),
-        sa.Column("p50_ms", sa.Float),
-        sa.Column("p95_ms", sa.Float),
-        sa.Column("drift", sa.Float),
-        sa.Column("input_psi", sa.Float),
-        sa.Column("output_psi", sa.Float),
-        sa.Column("dropped", sa.BigInteger, nullable=False),
-        sa.Column("body", body, nullable=False),
-    )
-    sa.Index("reports_by_end", reports.c.end_s)
-    sa.Index("reports_by_node_end", reports.c.node, reports.c.end_s)
-    samples = keyed(
-        "samples",
-        *model(),
-        sa.Column("count", sa.Integer, nullable=False),
-        sa.Column("sealed", sa.LargeBinary, nullable=False),
-    )
-    sa.Index("samples_by_received", samples.c.received)
-    rows = sa.Table(
-        "sample_rows",
-        meta,
-        sa.Column("node", sa.String(32), primary_key=True),
-        sa.Column("epoch", sa.BigInteger, primary_key=True),
-        sa.Column("seq", sa.BigInteger, primary_key=True),
-        sa.Column("idx", sa.Integer, primary_key=True),
-        sa.Column("pred", sa.Integer, nullable=False),
-        sa.Column("confidence", sa.Float, nullable=False),
-        sa.Column("label", sa.Integer),
-        sa.Column("labelled_at", sa.Float),
-    )
-    sa.Index("sample_rows_by_confidence", rows.c.confidence)
-    sa.Table(
-        "statuses",
-        meta,
-        sa.Column("node", sa.String(32), primary_key=True),
-        sa.Column("at", sa.Float, primary_key=True),
-        sa.Column("fleet", sa.String(64), nullable=False),
-        sa.Column("status", sa.String(16), nullable=False),
-    )
-    sa.Table(
-        "skipped",
-        meta,
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
-        ),
-        sa.Column("fleet", sa.String(64), nullable=False),
-        sa.Column("at", sa.Float, nullable=False),
-        sa.Column("topic", sa.Text, nullable=False),
-        sa.Column("reason", sa.String(32), nullable=False),
-        sa.Column("detail", sa.Text, nullable=False),
-        sa.Column("bytes", sa.Integer, nullable=False),
-        sa.Column("payload", sa.LargeBinary, nullable=False),
-    )
-    sa.Table(
-        "counters",
-        meta,
-        sa.Column("fleet", sa.String(64), primary_key=True),
-        sa.Column("name", sa.String(64), primary_key=True),
-        sa.Column("value", sa.BigInteger, nullable=False),
-    )
-    rollouts = sa.Table(
-        "rollout_events",
-        meta,
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
-        ),
-        sa.Column("fleet", sa.String(64), nullable=False),
-        sa.Column("at", sa.Float, nullable=False),
-        sa.Column("rollout", sa.String(128), nullable=False),
-        sa.Column("event", sa.String(32), nullable=False),
-        sa.Column("body", body, nullable=False),
-    )
-    sa.Index("rollout_events_by_at", rollouts.c.at)
-    sa.Table(
-        "schema_version",
-        meta,
-        sa.Column("version", sa.Integer, nullable=False),
-        sa.Column("applied", sa.Float, nullable=False),
-    )
-    return meta
-
-
 _META: Any = None
 
 
 def tables() -> Any:
+    """The live schema's tables: every migration's definitions, in order (built on first use:
+    SQLAlchemy is imported only by fleet tools)."""
     global _META
     if _META is None:
-        _META = _tables()
+        _META = _defined(SCHEMA_VERSION)
     return _META.tables
 
 
-def _v1(connection: Any) -> None:
-    """The first schema: reports, samples and their rows, statuses, skipped messages, counters
-    and rollout events, with time indexes."""
-    meta = tables()
-    first = ("reports", "samples", "sample_rows", "statuses", "skipped", "counters", "rollout_events")
-    _META.create_all(connection, tables=[meta[name] for name in first])
+def _defined(version: int, connection: Any | None = None, applied_from: int = 0) -> Any:
+    """The tables as of ``version``; with ``connection``, the DDL of the versions after
+    ``applied_from`` emitted there."""
+    import sqlalchemy as sa
 
-
-MIGRATIONS: tuple[Callable[[Any], None], ...] = (_v1,)
-"""MIGRATIONS[n - 1] takes a database from version n - 1 to n. Append, never edit one."""
-assert len(MIGRATIONS) == SCHEMA_VERSION
+    meta = sa.MetaData()
+    schema(meta)
+    for number, migration in enumerate(MIGRATIONS[:version], start=1):
+        migration(meta, connection if number > applied_from else None)
+    return meta
 
 
 def engine_url(url: str) -> str:
@@ -228,7 +117,11 @@ def _engine(sa: Any, full: str, connect_timeout: float, create: bool) -> Any:
         path = Path(full.removeprefix("sqlite:///"))
         if not create and not path.is_file():
             raise EdgekitError(f"no fleet database at {path}: start edgekit fleet collect --db {path} first")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise EdgekitError(f"cannot make the folder for the fleet database {path}: {reason}") from None
         engine = sa.create_engine(full, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -268,27 +161,28 @@ def _shown(url: str) -> str:
     return url
 
 
-def migrate(engine: Any) -> int:
-    """Apply the migrations this database lacks, each in its own transaction; returns the
-    version. Several collectors may start at once: PostgreSQL serialises them on a lock."""
+def migrate(engine: Any, target: int = SCHEMA_VERSION) -> int:
+    """Apply the migrations this database lacks, up to ``target``, in one transaction; returns
+    the version. Several collectors may start at once: PostgreSQL serialises them on a lock."""
     import sqlalchemy as sa
 
-    meta = tables()
+    versions = tables()["schema_version"]
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(20200001)"))
-        meta["schema_version"].create(connection, checkfirst=True)
-        found = connection.execute(sa.select(sa.func.max(meta["schema_version"].c.version))).scalar() or 0
+        versions.create(connection, checkfirst=True)
+        found = connection.execute(sa.select(sa.func.max(versions.c.version))).scalar() or 0
         if found > SCHEMA_VERSION:
             raise EdgekitError(
                 f"this fleet database has schema version {found}, written by a newer edgekit; this "
                 f"edgekit reads up to version {SCHEMA_VERSION}: upgrade edgekit"
             )
-        for version in range(found + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[version - 1](connection)
-            connection.execute(meta["schema_version"].insert().values(version=version, applied=time.time()))
-            log.info("fleet database: schema version %d applied", version)
-    return SCHEMA_VERSION
+        if found < target:
+            _defined(target, connection, applied_from=found)
+            applied = [{"version": v, "applied": time.time()} for v in range(found + 1, target + 1)]
+            connection.execute(versions.insert(), applied)
+            log.info("fleet database: schema versions %d to %d applied", found + 1, target)
+    return max(found, target)
 
 
 def insert_new(
@@ -325,16 +219,19 @@ def _insert(connection: Any) -> Any:
     return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
 
 
+@lru_cache(maxsize=8)
+def _event_engine(url: str) -> Any:
+    """One engine per database for a process's rollout events, opened (and migrated) once."""
+    return open_engine(url)
+
+
 def record_event(url: str, fleet: str, event: dict[str, Any]) -> None:
     """One rollout event into ``rollout_events``."""
-    engine = open_engine(url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(
-                tables()["rollout_events"].insert().values(
-                    fleet=fleet, at=event["time"], rollout=str(event.get("rollout", ""))[:128],
-                    event=str(event.get("event", ""))[:32], body=event,
-                )
+    engine = _event_engine(url)
+    with unavailable_as_error(engine), engine.begin() as connection:
+        connection.execute(
+            tables()["rollout_events"].insert().values(
+                fleet=fleet, at=event["time"], rollout=str(event.get("rollout", ""))[:128],
+                event=str(event.get("event", ""))[:32], body=event,
             )
-    finally:
-        engine.dispose()
+        )

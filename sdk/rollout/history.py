@@ -4,13 +4,17 @@ and, with ``--db``, recorded in the fleet database for the dashboard's rollouts 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit.core.errors import EdgekitError
 from edgekit.core.paths import edgekit_home
+
+log = logging.getLogger("edgekit.rollout")
 
 
 def history_path(fleet: str, path: Path | None) -> Path:
@@ -41,7 +45,10 @@ class History:
         if self.db is not None:
             from edgekit.fleet.database import record_event
 
-            record_event(self.db, self.fleet, {"time": round(time.time(), 3), **event})
+            try:
+                record_event(self.db, self.fleet, {"time": round(time.time(), 3), **event})
+            except EdgekitError as exc:  # the rollout goes on: its history file has the event
+                log.warning("edgekit: %s; the event is in %s", exc, self.path)
 
 
 def read_history(path: Path, rollout: str | None = None) -> list[dict[str, Any]]:
