@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -106,6 +107,48 @@ def test_a_broker_that_says_session_taken_over_stops_the_inbox_at_once() -> None
     inbox._on_disconnect(inbox.client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=142), None)  # type: ignore[arg-type]
     with pytest.raises(SessionTakenOver, match="as line-7 and took this collector's MQTT session"):
         inbox.get(0.01)
+
+
+@needs_mosquitto
+def test_reports_nobody_is_subscribed_for_wait_in_the_outbox_until_a_collector_is(
+    tmp_path: Path, converted: Any, digits_eval: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mosquitto 2.0 keeps a collector's session over a restart but not its shared subscription:
+    what devices publish before the collector subscribes again is answered 'No matching
+    subscribers' and thrown away. The device keeps those reports on disk and sends them again."""
+    from edgekit.core.telemetry import Report, read_message
+    from edgekit.fleet import Collector, Inbox, load_collector_key, subscriptions
+    from edgekit.runtime import Model, Telemetry
+    from edgekit.runtime.telemetry.broker import Broker
+
+    x, _ = digits_eval
+    fleet_dir = init_fleet("f7", tmp_path / "fleet")
+    with LocalBroker(tmp_path / "broker") as broker:
+        shared = subscriptions("f7", ("report",), "g")
+        Inbox(Broker.parse(broker.url), shared, session="collector-1").start().stop()
+        broker.restart()
+        telemetry = Telemetry(broker.url, "f7", device_id="d1", fleet_dir=fleet_dir, outbox=tmp_path / "outbox",
+                              window_s=3600, backoff_max_s=0.3)  # fmt: skip
+        model = Model.load(converted("int8").output, telemetry=telemetry)
+        seqs = []
+        for i in range(8):
+            model.predict(x[i : i + 1])
+            seqs.append(telemetry.flush())
+        time.sleep(2)
+        assert telemetry.status["queued"] == 8, telemetry.status
+        assert "no collector is subscribed" in caplog.text
+        collector = Collector("f7", tmp_path / "collected", load_collector_key("f7", fleet_dir))
+        inbox = Inbox(Broker.parse(broker.url), shared, session="collector-1").start()
+        received = []
+        deadline = time.monotonic() + 30
+        while len(received) < 8 and time.monotonic() < deadline:
+            message = inbox.get(0.1)
+            if message is not None and collector.handle(message[0], message[1]) == "report":
+                received.append(read_message(Report, json.loads(message[1]))[0].seq)
+                inbox.ack([(message[2], message[3])])
+        inbox.stop()
+        model.close()
+    assert sorted(received) == seqs and telemetry.status["queued"] == 0
 
 
 def _count(db: str) -> tuple[int, int]:

@@ -4,6 +4,11 @@ One thread owns the paho client and runs its network loop, so nothing here ever 
 raises into ``predict``. A fresh client per connection means paho's in-memory queue never
 holds anything the outbox does not: after every (re)connect the outbox replays from its
 oldest entry, in sequence order, and the collector drops duplicates by sequence number.
+
+A PUBACK that says "No matching subscribers" (MQTT 5) means no collector has the message:
+the broker took it and threw it away, as Mosquitto 2.0 does right after a restart, before the
+collectors' shared subscriptions are made again. Such an entry stays in the outbox, and the
+publisher pauses (backing off while nobody listens) and replays from the oldest entry.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from edgekit.runtime.telemetry.broker import Broker
 from edgekit.runtime.telemetry.outbox import Outbox
 
 log = logging.getLogger("edgekit.telemetry")
+
+NO_MATCHING_SUBSCRIBERS = 0x10
 
 
 class Publisher(threading.Thread):
@@ -55,6 +62,8 @@ class Publisher(threading.Thread):
         self._cursor = 0
         self._backoff = 0.5
         self._next_attempt = 0.0
+        self._unheard_backoff = 0.5
+        self._held_until: float | None = None
         self._expired = 0.0
         self.sent = 0
         self.rejected = 0
@@ -92,7 +101,7 @@ class Publisher(threading.Thread):
                 return
             self._connect(wanted)
             return
-        if self._connected:
+        if self._connected and not self._holding():
             self._publish_pending()
         client = self._client  # a failed write may have dropped it
         if client is not None:
@@ -113,6 +122,7 @@ class Publisher(threading.Thread):
         self._client, self._node = client, node
         self._inflight.clear()
         self._cursor = 0
+        self._held_until = None
         try:
             client.connect(
                 self.broker.host, self.broker.port, keepalive=30, clean_start=True, properties=properties
@@ -152,6 +162,10 @@ class Publisher(threading.Thread):
         seq = self._inflight.pop(mid, None)
         if seq is None:
             return  # the status message
+        if reason.value == NO_MATCHING_SUBSCRIBERS:
+            self._unheard(seq)
+            return
+        self._unheard_backoff = 0.5
         if reason.is_failure:
             self.rejected += 1
             log.warning(
@@ -159,7 +173,29 @@ class Publisher(threading.Thread):
             )
         else:
             self.sent += 1
+            if self._state != "connected":
+                log.info("telemetry: a collector takes reports at %s again", self.broker.url)
+                self._state, self.last_error = "connected", None
         self._acked.append(seq)
+
+    def _unheard(self, seq: int) -> None:
+        """Nobody subscribed took ``seq``: keep it, and replay once the pause is over."""
+        if self._held_until is None:
+            self._held_until = time.monotonic() + self._unheard_backoff
+            self._fail(
+                f"telemetry: no collector is subscribed at {self.broker.url} (the broker answered "
+                f"'No matching subscribers'); reports wait on disk, sent again in {self._unheard_backoff:g} s"
+            )
+            self._unheard_backoff = min(self._unheard_backoff * 2, self._backoff_max)
+
+    def _holding(self) -> bool:
+        """Paused after an unheard message, until its time passes and the rest are answered."""
+        if self._held_until is None:
+            return False
+        if time.monotonic() < self._held_until or self._inflight:
+            return True
+        self._held_until, self._cursor = None, 0  # replay from the oldest entry still kept
+        return False
 
     def _publish_pending(self) -> None:
         from paho.mqtt.packettypes import PacketTypes

@@ -160,6 +160,9 @@ class Collector:
         """One transaction: the new rows, and the counts; nothing held changes here."""
         table = tables()
         pending = self._pending
+        committed = time.time()  # "received": when the fleet had it for good, not when it came
+        for row in (*pending["reports"], *pending["samples"]):
+            row["received"] = committed
         with self.engine.begin() as connection:
             reports = insert_new(connection, table["reports"], pending["reports"], KEY)
             samples = insert_new(connection, table["samples"], pending["samples"], KEY)
