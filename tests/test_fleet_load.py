@@ -325,3 +325,22 @@ def test_rollout_events_reuse_one_engine_and_a_database_outage_is_a_warning(
     History(tmp_path / "more.jsonl", "f7", str(blocked / "fleet.sqlite")).record({"event": "started"})
     assert [e["event"] for e in read_history(tmp_path / "more.jsonl")] == ["started"]
     assert "the event is in" in caplog.text
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_a_soak_with_faults_commits_every_report_once(tmp_path: Path) -> None:
+    """2,000 devices for two minutes through 4 collectors into PostgreSQL, while a collector is
+    killed with -9, PostgreSQL and the broker restart and (as root) the database disk fills."""
+    from edgekit.testing.postgres import find_postgres
+
+    if find_postgres() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from fleet_soak import SoakConfig, run_soak
+
+    result = run_soak(SoakConfig(devices=2000, rate=800, seconds=120), tmp_path, say=lambda line: None)
+    assert len(result.faults) >= 3, result.faults
+    assert result.published > 80_000 and result.committed == result.published, result
+    assert (result.lost, result.gaps) == (0, 0), result.lost_at
+    assert result.dashboard_p95_ms["fleet"] < 1000 and "Seq Scan" not in result.fleet_plan, result.fleet_plan
