@@ -102,9 +102,7 @@ def _publish(
         acked += _answered(answers, waiting, unheard)
         now = time.monotonic()
         if unheard and now >= retry_at:  # kept, as the agent's outbox keeps what nobody took
-            for item in unheard:
-                waiting[client.publish(*item, qos=1).mid] = item
-            unheard.clear()
+            _resend(client, unheard, waiting)
             retry_at = now + 0.5
         if now < due:
             time.sleep(min(due - now, 0.005))
@@ -128,14 +126,18 @@ def _publish(
     deadline = time.monotonic() + 120
     while acked < sent and time.monotonic() < deadline:
         acked += _answered(answers, waiting, unheard)
-        for item in unheard:
-            waiting[client.publish(*item, qos=1).mid] = item
-        unheard.clear()
+        _resend(client, unheard, waiting)
         time.sleep(0.2)
     client.disconnect()
     client.loop_stop()
     results.put({"sent": sent, "samples": samples, "unsent": sent - acked,
                  "seqs": {device.node: device.seq for device in devices}})  # fmt: skip
+
+
+def _resend(client: Any, unheard: list[tuple[str, bytes]], waiting: dict[int, tuple[str, bytes]]) -> None:
+    for item in unheard:
+        waiting[client.publish(*item, qos=1).mid] = item
+    unheard.clear()
 
 
 def _answered(answers: deque[tuple[int, int]], waiting: dict[int, tuple[str, bytes]],

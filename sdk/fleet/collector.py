@@ -109,7 +109,7 @@ class Collector:
         key = (message.node, header.epoch, header.seq)
         if key in self._keys:
             raise Skip("duplicate")
-        common = {"node": key[0], "epoch": key[1], "seq": key[2], "fleet": self.fleet, "received": now,
+        common = {"node": key[0], "epoch": key[1], "seq": key[2], "fleet": self.fleet,
                   "model": header.model.name, "version": header.model.version}  # fmt: skip
         if message.report is not None:
             self._pending["reports"].append({**common, **report_columns(message.report)})
