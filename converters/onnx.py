@@ -30,7 +30,7 @@ import numpy as np
 
 from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter
 from edgekit.converters.onnx_fp16 import activation_peaks, rank_overflowing_nodes, to_float16
-from edgekit.converters.onnx_sensitivity import channel_robust_sqnr, sqnr_drop, static_shapes
+from edgekit.converters.onnx_sensitivity import activation_sqnr, sqnr_drop
 from edgekit.converters.onnx_source import dynamic_dims, fix_input_dims, import_onnx
 from edgekit.converters.source import first_line
 from edgekit.converters.tf_to_onnx import from_tensorflow
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 MIN_QDQ_OPSET = 13
 MAX_PROTOBUF_BYTES = 2**31 - 1
-_CALIBRATION_BATCH = 32
+_SENSITIVITY_SAMPLES = 64
 
 
 def target_opset(profile: DeviceProfile) -> int:
@@ -89,7 +89,6 @@ class ONNXConverter(Converter):
         self._float: dict[tuple[object, ...], ModelProto] = {}
         self._prepared: dict[tuple[object, ...], bytes] = {}
         self._peaks: dict[int, dict[str, float]] = {}
-        self._float_activations: dict[tuple[object, ...], dict[str, np.ndarray]] = {}
 
     def convert(
         self,
@@ -142,33 +141,13 @@ class ONNXConverter(Converter):
             model = self._float_model(source, settings)
             if id(model) not in self._peaks:  # once per model: every fallback round reuses them
                 self._peaks[id(model)] = activation_peaks(
-                    model, (f for f, _ in calibration.head(64).batches(8))
+                    model, (f for f, _ in calibration.head(_SENSITIVITY_SAMPLES).batches(1))
                 )
             return rank_overflowing_nodes(model, self._peaks[id(model)])
-        from onnxruntime.quantization import qdq_loss_debug as debug
-
         onnx = import_onnx()
         prepared = self._prepared_model(source, self._float_model(source, settings), calibration, [])
-        sample = calibration.head(64)
-        key = (id(source), settings.input_shapes, len(sample))
-        models = [("qdq", artifact.content)]
-        if key not in self._float_activations:  # once: every fallback round reuses them
-            models.append(("float", prepared.SerializeToString()))
-        with tempfile.TemporaryDirectory(prefix="edgekit-qdq-debug-") as tmp, _cwd(tmp):
-            activations = {}
-            for name, content in models:
-                onnx.save(onnx.load_from_string(content), f"{name}.onnx")
-                debug.modify_model_output_intermediate_tensors(f"{name}.onnx", f"{name}_aug.onnx")
-                reader = _Reader(sample, lambda n: None)
-                activations[name] = debug.collect_activations(f"{name}_aug.onnx", reader)
-        self._float_activations.setdefault(key, activations.get("float", {}))
-        matched = debug.create_activation_matching(activations["qdq"], self._float_activations[key])
-        shapes = static_shapes(prepared)
-        sqnr = {
-            tensor: channel_robust_sqnr(pair["float"], pair["post_qdq"], shapes.get(tensor))
-            for tensor, pair in matched.items()
-            if "float" in pair and "post_qdq" in pair
-        }
+        feeds = (feed for feed, _ in calibration.head(_SENSITIVITY_SAMPLES).batches(1))
+        sqnr = activation_sqnr(prepared, onnx.load_from_string(artifact.content), feeds)
         ranked = sorted(sqnr, key=lambda tensor: sqnr_drop(prepared, sqnr, tensor), reverse=True)
         touching: dict[str, list[str]] = {}
         for node in prepared.graph.node:
@@ -210,7 +189,9 @@ class ONNXConverter(Converter):
                 notes.append(
                     f"fixed the dynamic dims of input '{name}' from the calibration data: {shapes[name][1:]}"
                 )
-            self._prepared[key] = _pre_process(model, notes)
+            # the pre-processing optimizer leaves the nodes it makes unnamed; float nodes go by name
+            prepared = _named_nodes(onnx.load_from_string(_pre_process(model, notes)))
+            self._prepared[key] = prepared.SerializeToString()
         return onnx.load_from_string(self._prepared[key])
 
 
@@ -297,9 +278,9 @@ def _quantize(
         symmetric = for_tensorrt(settings.profile)
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[settings.calibration_method]  # fmt: skip
-        # The histogram calibrators stack per-batch arrays, so they need equal batches.
-        batch = _CALIBRATION_BATCH if settings.calibration_method == "minmax" else 1
-        reader = _Reader(calibration, advance, batch)
+        # One sample a call: a model may fix its batch at 1, and the histogram calibrators
+        # stack per-call arrays, so they need equal calls anyway.
+        reader = _Reader(calibration, advance)
         try:
             quantize_static(
                 "prepared.onnx", "quantized.onnx", reader, quant_format=QuantFormat.QDQ, per_channel=True,
@@ -319,10 +300,10 @@ def _quantize(
 
 
 class _Reader:
-    """Feeds calibration data to ONNX Runtime in batches, advancing the progress bar."""
+    """Feeds calibration data to ONNX Runtime one sample a call, advancing the progress bar."""
 
-    def __init__(self, samples: Samples, advance: Advance, batch: int = _CALIBRATION_BATCH) -> None:
-        self._batches = samples.batches(batch)
+    def __init__(self, samples: Samples, advance: Advance) -> None:
+        self._batches = samples.batches(1)
         self._advance = advance
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:

@@ -4,17 +4,17 @@ fp16 holds magnitudes up to 65,504. A detector whose activations go past that (P
 PP-OCRv4 text detector does) overflows to inf in fp16, and its output is noise. The float
 model's activations on the data show which tensors those are: their producers and
 consumers stay in fp32 through onnxconverter-common's node block list, with casts between.
-The activations are collected once per model and reused by every fallback round.
+The peaks are measured once per model, one sample at a time, and reused by every fallback round.
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgekit.converters.onnx_sensitivity import session_with_outputs
 from edgekit.converters.onnx_source import import_onnx
 from edgekit.core.errors import MissingDependencyError
 
@@ -57,19 +57,19 @@ def _casts_to_float32(node: NodeProto) -> bool:
     return any(a.name == "to" and a.i == 1 for a in node.attribute)
 
 
-def activation_peaks(model: ModelProto, feeds: Iterator[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Per tensor of ``model``, the largest magnitude it takes on ``feeds``."""
-    from onnxruntime.quantization import qdq_loss_debug as debug
-
+def activation_peaks(model: ModelProto, feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Per float tensor of ``model``, the largest magnitude it takes on ``feeds``, one
+    feed at a time (memory: one feed's activations)."""
     onnx = import_onnx()
-    with tempfile.TemporaryDirectory(prefix="edgekit-fp16-") as tmp:
-        onnx.save(model, f"{tmp}/float.onnx")
-        debug.modify_model_output_intermediate_tensors(f"{tmp}/float.onnx", f"{tmp}/float_aug.onnx")
-        activations = debug.collect_activations(f"{tmp}/float_aug.onnx", _Feeds(feeds))
-    return {
-        name: max(float(np.max(np.abs(v))) if np.size(v) else 0.0 for v in values)
-        for name, values in activations.items()
-    }
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    floats = {v.name for v in (*graph.value_info, *graph.output) if v.type.tensor_type.elem_type == 1}
+    names = [o for node in model.graph.node if node.op_type != "Constant" for o in node.output if o in floats]
+    session = session_with_outputs(model, names)
+    peaks = dict.fromkeys(names, 0.0)
+    for feed in feeds:
+        for name, value in zip(names, session.run(names, feed), strict=True):
+            peaks[name] = max(peaks[name], _peak(np.asarray(value)))
+    return peaks
 
 
 def rank_overflowing_nodes(model: ModelProto, peaks: dict[str, float]) -> list[tuple[str, ...]]:
@@ -95,16 +95,3 @@ def rank_overflowing_nodes(model: ModelProto, peaks: dict[str, float]) -> list[t
 
 def _peak(array: np.ndarray) -> float:
     return float(np.max(np.abs(array), initial=0.0))
-
-
-class _Feeds:
-    """ONNX Runtime's calibration reader protocol over feeds."""
-
-    def __init__(self, feeds: Iterator[dict[str, np.ndarray]]) -> None:
-        self._feeds = feeds
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return self._feeds
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._feeds, None)

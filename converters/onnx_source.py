@@ -55,7 +55,7 @@ def load_onnx_source(path: Path, input_shape: tuple[int | None, ...] | None) -> 
         size_bytes=sum(f.stat().st_size for f in files),
         inputs=tuple(_spec(i) for i in inputs),
         outputs=tuple(_spec(o) for o in model.graph.output),
-        parameter_bytes=sum(_float32_bytes(t) for t in model.graph.initializer),
+        parameter_bytes=float_weight_bytes(model),
         _predict=session.run,
         onnx_model=model,
     )
@@ -113,9 +113,21 @@ def _spec(value_info: ValueInfoProto) -> TensorSpec:
     return TensorSpec(name=value_info.name, shape=shape, dtype=dtype)
 
 
-def _float32_bytes(tensor: TensorProto) -> int:
-    count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
-    return count * 4
+FLOAT_TYPES = frozenset({1, 10, 11, 16})  # float32, float16, double, bfloat16
+
+
+def float_weight_bytes(model: ModelProto) -> int:
+    """The model's float weights as float32 bytes: initializers, and the tensors of
+    ``Constant`` nodes (PaddlePaddle's exporter keeps every weight in one)."""
+    tensors = [*model.graph.initializer]
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            tensors += [a.t for a in node.attribute if a.name == "value"]
+    return sum(_elements(t) * 4 for t in tensors if t.data_type in FLOAT_TYPES)
+
+
+def _elements(tensor: TensorProto) -> int:
+    return int(np.prod(tensor.dims)) if len(tensor.dims) else 1
 
 
 def _model_files(path: Path, model: ModelProto) -> list[Path]:

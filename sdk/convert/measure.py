@@ -81,7 +81,7 @@ class Comparison:
     artifact: float
     """The artifact's, on the same scale: its top-1 %, macro-F1 % or agreement %."""
     similarity: OutputSimilarity
-    level: Literal["sample", "word"] = "sample"
+    level: Literal["sample", "word", "position", "map"] = "sample"
     classes: ClassComparison | None = None
     output: str | None = None
     outputs: dict[str, OutputSimilarity] | None = None
@@ -94,10 +94,15 @@ class Comparison:
 
 
 def similarity(float_out: np.ndarray, artifact_out: np.ndarray) -> OutputSimilarity:
-    """Per-sample top-1 agreement (%), mean cosine and max abs error of two outputs."""
+    """Top-1 agreement (%), mean cosine and max abs error of two outputs. Agreement is per
+    sample, or per position for a sequence of class scores (samples, positions, classes),
+    such as a text recognizer's (1, 40, 6625): one argmax over all of it means nothing."""
     f = float_out.reshape(len(float_out), -1).astype(np.float64)
     a = artifact_out.reshape(len(artifact_out), -1).astype(np.float64)
-    agreement = float(np.mean(f.argmax(axis=1) == a.argmax(axis=1)) * 100)
+    if is_sequence(float_out):
+        agreement = float(np.mean(float_out.argmax(axis=-1) == artifact_out.argmax(axis=-1)) * 100)
+    else:
+        agreement = float(np.mean(f.argmax(axis=1) == a.argmax(axis=1)) * 100)
     norms = np.linalg.norm(f, axis=1) * np.linalg.norm(a, axis=1)
     both_zero = (norms == 0) & ~f.any(axis=1) & ~a.any(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -107,6 +112,20 @@ def similarity(float_out: np.ndarray, artifact_out: np.ndarray) -> OutputSimilar
         cosine=float(np.mean(np.nan_to_num(per_sample, nan=0.0))),
         max_abs_error=float(np.max(np.abs(f - a))) if f.size else 0.0,
     )
+
+
+def is_sequence(output: np.ndarray) -> bool:
+    """Class scores per position: (samples, positions > 1, classes > 1)."""
+    return np.ndim(output) == 3 and np.shape(output)[1] > 1 and np.shape(output)[2] > 1
+
+
+def _level(output: np.ndarray) -> Literal["sample", "position", "map"]:
+    """What agreement means for ``output``: per sample for class scores (samples, classes),
+    per position for a sequence of them, nothing for anything else (a detector's score or
+    box map, whose largest value says nothing about a class): there only cosine judges."""
+    if is_sequence(output):
+        return "position"
+    return "sample" if np.ndim(output) <= 2 else "map"
 
 
 def compare_outputs(
@@ -123,7 +142,7 @@ def compare_outputs(
         return compare_words(float_out, artifact_out, labels, gate_metric, names)
     close = similarity(float_out, artifact_out)
     if labels is None:
-        return Comparison("agreement", 100.0, close.agreement, close)
+        return Comparison("agreement", 100.0, close.agreement, close, level=_level(float_out))
     if gate_metric == "macro-f1":
         classes = compare_classes(float_out, artifact_out, labels)
         return Comparison("macro-f1", 100 * classes.float_model.macro.f1, 100 * classes.artifact.macro.f1,

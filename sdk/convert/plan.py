@@ -14,8 +14,9 @@ import numpy as np
 
 from edgekit.convert.data import Dataset, check_dataset, feature_spread_warning, load_dataset
 from edgekit.convert.options import ConvertOptions
+from edgekit.convert.state import named_pairs
 from edgekit.converters import Converter, converter_for, ready_made
-from edgekit.converters.source import SourceModel
+from edgekit.converters.source import SourceModel, TensorSpec
 from edgekit.core.errors import DataError, EdgekitError, InputError, ModelFormatError
 from edgekit.core.formats import BOTH, FORMATS, SourceKind
 from edgekit.views.progress import Reporter
@@ -147,7 +148,7 @@ def check_data(source: SourceModel, inputs: Inputs, options: ConvertOptions) -> 
         spread = feature_spread_warning(x, where)
         if spread is not None:
             warnings.append(spread)
-    primary = primary_output(source, options.eval_output, required=checked[1] is not None)
+    primary = primary_output(source, options.eval_output, checked[1] is not None, options.state)
     classes = next(o.shape[-1] for o in source.outputs if o.name == primary) if primary else None
     labels = inputs.labels
     if labels is not None and classes is not None and classes != len(labels):
@@ -158,10 +159,16 @@ def check_data(source: SourceModel, inputs: Inputs, options: ConvertOptions) -> 
 _SCORE_NAME = re.compile(r"score|prob|logit|class|cls|label|pred", re.IGNORECASE)
 
 
-def primary_output(source: SourceModel, wanted: str | None, required: bool) -> str | None:
-    """The output named by ``--eval-output``, else the only one, else the only one shaped like
-    class scores (batch, classes), or the only such one named like scores (a detector's boxes
-    are shaped (batch, 4)); None, or with ``required`` an error, when none stands out."""
+def primary_output(
+    source: SourceModel, wanted: str | None, required: bool, state: tuple[tuple[str, str], ...] = ()
+) -> str | None:
+    """The output named by ``--eval-output``; else the only one that is not a recurrent state
+    (``--state``, or one its name shows); else the only one shaped like class scores
+    (batch, classes) or a sequence of them, or the only such one named like scores (a
+    detector's boxes are shaped (batch, 4)); else, when no output is shaped like class
+    scores (a detector's score and box maps), the first, and the gate then judges every
+    output by its cosine. None, or with ``required`` an error, when several class-shaped
+    outputs leave it open."""
     names = [spec.name for spec in source.outputs]
     if wanted is not None:
         if wanted not in names:
@@ -169,22 +176,30 @@ def primary_output(source: SourceModel, wanted: str | None, required: bool) -> s
                 f"--eval-output {wanted}: the model has no such output (outputs: {', '.join(names)})"
             )
         return wanted
-    if len(names) == 1:
-        return names[0]
-    scores = [
-        spec.name for spec in source.outputs
-        if len(spec.shape) == 2 and (spec.shape[-1] or 0) >= 2 and spec.dtype.startswith("float")
-    ]  # fmt: skip
+    states = {output for output, _ in state} or {pair.output for pair in named_pairs(source)}
+    candidates = [spec for spec in source.outputs if spec.name not in states] or list(source.outputs)
+    if len(candidates) == 1:
+        return candidates[0].name
+    scores = [spec.name for spec in candidates if _class_shaped(spec)]
     named = [name for name in scores if _SCORE_NAME.search(name)]
     for found in (scores, named):
         if len(found) == 1:
             return found[0]
+    if not scores:
+        return candidates[0].name
     if required:
         raise InputError(
             f"the model has {len(names)} outputs ({', '.join(names)}); name the one --eval checks "
             "top-1 or agreement on with --eval-output NAME (every output's cosine is reported)"
         )
     return None
+
+
+def _class_shaped(spec: TensorSpec) -> bool:
+    """(batch, classes) or (batch, positions, classes), float."""
+    if not spec.dtype.startswith("float") or len(spec.shape) not in (2, 3):
+        return False
+    return (spec.shape[-1] or 0) >= 2 and (len(spec.shape) == 2 or (spec.shape[1] or 2) > 1)
 
 
 def data_shapes(

@@ -21,16 +21,22 @@ def state_pairs(
     outputs = {spec.name: spec for spec in source.outputs}
     if given:
         return tuple(_checked(output, name, outputs, inputs) for output, name in given)
-    found = tuple(
-        StatePair(output=output, input=name)
-        for name, spec in inputs.items()
-        for output in (form.format(name) for form in _FORMS)
-        if output in outputs and _matches(outputs[output], spec)
-    )
+    found = named_pairs(source)
     if found:
         pairs = ", ".join(f"{p.output} → {p.input}" for p in found)
         reporter.note(f"state pairs found from their names: {pairs} (set them with --state OUTPUT:INPUT)")
     return found
+
+
+def named_pairs(source: SourceModel) -> tuple[StatePair, ...]:
+    """The state pairs that the output and input names and shapes show."""
+    outputs = {spec.name: spec for spec in source.outputs}
+    return tuple(
+        StatePair(output=output, input=spec.name)
+        for spec in source.inputs
+        for output in (form.format(spec.name) for form in _FORMS)
+        if output in outputs and _matches(outputs[output], spec)
+    )
 
 
 def _checked(

@@ -97,7 +97,7 @@ def safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 def metric_name(metric: str, level: str = "sample", spans: bool = False) -> str:
     """What the gate compared, in words: "top-1 accuracy", "span macro-F1", ..."""
     if metric == "agreement":
-        return "top-1 agreement with float"
+        return "top-1 agreement with float" + (" per position" if level == "position" else "")
     if level == "word":
         return "top-1 accuracy per word" if metric == "top1" else f"{'span' if spans else 'tag'} macro-F1"
     return "top-1 accuracy" if metric == "top1" else "macro-F1"

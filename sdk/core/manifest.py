@@ -63,8 +63,11 @@ class Accuracy(Strict):
     """Float model against the artifact on the same evaluation data."""
 
     metric: Metric
-    level: Literal["sample", "word"] = Field(
-        default="sample", description="word: token classification, top-1 per word, macro-F1 per span or tag"
+    level: Literal["sample", "word", "position", "map"] = Field(
+        default="sample",
+        description="word: token classification, top-1 per word, macro-F1 per span or tag; "
+        "position: agreement per position of a sequence of class scores; map: an output that is "
+        "not class scores (a detector's maps), judged by every output's cosine alone",
     )
     output: str | None = Field(default=None, description="the output top-1 or agreement is measured on")
     samples: int

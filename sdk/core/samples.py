@@ -57,8 +57,15 @@ class Samples:
             }
             yield feed, min(step, len(self) - start)
 
+    def sample_bytes(self) -> int:
+        """Bytes of input one sample holds, over every input."""
+        return max(1, sum(a[:1].nbytes for a in self.arrays.values()))
+
     def head(self, count: int) -> Samples:
         return Samples({name: a[:count] for name, a in self.arrays.items()}, self.per_call)
+
+
+BATCH_INPUT_BYTES = 256 * 1024
 
 
 def run_samples(
@@ -68,9 +75,11 @@ def run_samples(
     batch: int = 256,
 ) -> list[np.ndarray]:
     """Every output of ``predict`` over ``samples``, one array per output with the samples
-    along axis 0: batches are concatenated, per-call results stacked."""
+    along axis 0: batches are concatenated, per-call results stacked. Batches hold at most
+    ``BATCH_INPUT_BYTES`` of input: a model's activations grow with its batch, and 24
+    images of 320x320 in one call took a text detector's evaluation past 1 GB."""
     parts: list[list[np.ndarray]] = []
-    for feed, count in samples.batches(batch):
+    for feed, count in samples.batches(max(1, min(batch, BATCH_INPUT_BYTES // samples.sample_bytes()))):
         parts.append([np.asarray(out) for out in predict(feed)])
         advance(count)
     join = np.stack if samples.per_call else np.concatenate

@@ -149,6 +149,12 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: b
     if a is None:
         why = "no float model to compare" if ready_made else "no --eval"
         table.add_row("accuracy", f"[yellow]not checked ({why})[/]")
+    elif a.level == "map":
+        table.add_row(
+            "accuracy",
+            f"{mark(a.gate == 'passed')} cosine with float {a.cosine:.4f}, max abs error "
+            f"{a.max_abs_error:.3g} (n={a.samples}; no output is class scores, so cosine judges)",
+        )
     else:
         spans = a.classes is not None and a.classes.float_model.names is not None
         what = metric_name(a.metric, a.level, spans)
@@ -158,10 +164,10 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: b
             f"{a.artifact:.2f}% {entry.precision}: drop {a.drop:+.2f} pp (max {a.max_drop:g}, "
             f"n={a.samples})" + (f" on output '{a.output}'" if a.outputs else ""),
         )
-        for name, each in (a.outputs or {}).items():
-            table.add_row(
-                "", f"output '{name}': cosine {each.cosine:.4f}, max abs error {each.max_abs_error:.3g}"
-            )
+    for name, each in (a.outputs or {}).items() if a is not None else ():
+        table.add_row(
+            "", f"output '{name}': cosine {each.cosine:.4f}, max abs error {each.max_abs_error:.3g}"
+        )
     table.add_row("latency", f"{m.host_latency_ms:.3f} ms median, batch 1, on this host")
     q = entry.quantization
     if q is not None:
