@@ -16,7 +16,8 @@ import numpy as np
 
 from edgekit.converters.onnx_sensitivity import session_with_outputs
 from edgekit.converters.onnx_source import import_onnx
-from edgekit.core.errors import MissingDependencyError
+from edgekit.converters.source_model import first_line
+from edgekit.core.errors import ConversionError, MissingDependencyError
 
 if TYPE_CHECKING:
     from onnx import ModelProto, NodeProto
@@ -45,12 +46,58 @@ def to_float16(model: ModelProto, float_nodes: Iterable[str] = ()) -> ModelProto
     except ImportError as exc:
         raise MissingDependencyError("onnxconverter-common", "convert", "fp16 ONNX conversion") from exc
     casts = [n.name for n in model.graph.node if n.op_type == "Cast" and _casts_to_float32(n)]
-    return float16.convert_float_to_float16(
-        model,
-        keep_io_types=True,
-        node_block_list=[*float_nodes, *casts] or None,
-        op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
-    )
+    blocks = {"node_block_list": [*float_nodes, *casts] or None,
+              "op_block_list": [*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS]}  # fmt: skip
+    try:
+        try:
+            return float16.convert_float_to_float16(_lifted_constants(model), keep_io_types=True, **blocks)
+        except ValueError as exc:
+            if "second cast node" not in str(exc):
+                raise
+            # an output made by a node kept in fp32 (a final Softmax): onnxconverter-common
+            # then finds a Cast to fp16 straight into the output's Cast back and cannot
+            # remove the pair; an Identity before each output keeps them apart
+            lifted = _outputs_through_identity(_lifted_constants(model))
+            return float16.convert_float_to_float16(lifted, keep_io_types=True, **blocks)
+    except Exception as exc:  # onnxconverter-common raises plain exceptions on graphs it cannot take
+        raise ConversionError(f"fp16 conversion failed in onnxconverter-common: {first_line(exc)}") from exc
+
+
+def _lifted_constants(model: ModelProto) -> ModelProto:
+    """A copy of ``model`` whose ``Constant`` nodes are initializers. onnxconverter-common
+    converts every Constant node to fp16, clamped, even when only nodes kept in fp32 read
+    it; an initializer that only such nodes read stays fp32. PaddlePaddle exports hold
+    their weights in Constant nodes: PP-OCRv4's detector has BatchNorm variances near 1e8,
+    and kept in fp32 with its variance clamped its output was noise (cosine 0.36)."""
+    copy = _copy(model)
+    nodes = []
+    for node in copy.graph.node:
+        value = [a.t for a in node.attribute if a.name == "value"]
+        if node.op_type == "Constant" and value:
+            value[0].name = node.output[0]
+            copy.graph.initializer.append(value[0])
+        else:
+            nodes.append(node)
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    return copy
+
+
+def _outputs_through_identity(model: ModelProto) -> ModelProto:
+    """``model`` (changed in place) with each graph output coming out of an Identity node."""
+    onnx = import_onnx()
+    copy = model
+    for output in copy.graph.output:
+        inner = f"{output.name}_edgekit_fp16"
+        for node in copy.graph.node:
+            node.output[:] = [inner if name == output.name else name for name in node.output]
+            node.input[:] = [inner if name == output.name else name for name in node.input]
+        copy.graph.node.append(onnx.helper.make_node("Identity", [inner], [output.name], name=inner))
+    return copy
+
+
+def _copy(model: ModelProto) -> ModelProto:
+    return import_onnx().load_from_string(model.SerializeToString())
 
 
 def _casts_to_float32(node: NodeProto) -> bool:
