@@ -56,13 +56,13 @@ def _quantized_activations(float_model: ModelProto, qdq_model: ModelProto) -> di
     constant |= {o for n in float_model.graph.node if n.op_type == "Constant" for o in n.output}
     produced = {o for n in float_model.graph.node for o in n.output}
     produced |= {i.name for i in float_model.graph.input}
-    pairs = {}
+    pairs: dict[str, str] = {}
     for node in qdq_model.graph.node:
         if node.op_type != "DequantizeLinear":
             continue
         out = node.output[0]
         name = next((out[: -len(s)] for s in DEQUANTIZED if out.endswith(s)), None)
-        if name in produced and name not in constant:
+        if name is not None and name in produced and name not in constant:
             pairs.setdefault(name, out)
     return pairs
 
@@ -100,8 +100,8 @@ def _channel_powers(
     if shape and ref.size % int(np.prod(shape)) == 0:
         per_channel = int(np.prod(shape[1:], dtype=np.int64))
         ref, err = ref.reshape(-1, shape[0], per_channel), err.reshape(-1, shape[0], per_channel)
-        return np.sum(ref**2, axis=(0, 2)), np.sum(err**2, axis=(0, 2))
-    return np.sum(ref**2, keepdims=True), np.sum(err**2, keepdims=True)
+        return np.asarray(np.sum(ref**2, axis=(0, 2))), np.asarray(np.sum(err**2, axis=(0, 2)))
+    return np.atleast_1d(np.sum(ref**2)), np.atleast_1d(np.sum(err**2))
 
 
 IDEAL_SQNR_DB = 50.0
