@@ -132,6 +132,14 @@ def _fusion_onnx(opset: int) -> Callable[[Path], Any]:
     return make
 
 
+def _graph(build: Callable[[], Any], name: str, shape: tuple[int, ...]) -> Callable[[Path], Any]:
+    def make(folder: Path) -> Any:
+        data = {name: np.random.default_rng(4).uniform(0, 1, (SAMPLES, *shape)).astype(np.float32)}
+        return _onnx(build(), data, folder, build.__name__.strip("<>"))
+
+    return make
+
+
 def _silero(folder: Path) -> Any:
     from third_party import silero_vad
 
@@ -158,7 +166,11 @@ ROWS = (
         Row(f"ONNX image + int64 ids, two outputs, opset {op}", ("onnx",), _fusion_onnx(op))
         for op in (11, 13, 17, 18)
     ),
-    Row("Silero VAD 16k (silero-vad 6.2.3): audio, state, sample rate", ("onnx",), _silero, True, "output"),
+    Row("Silero VAD 16k (silero-vad 6.2.3): audio, state, sample rate", ("onnx",), _silero, True),
+    Row("ONNX CNN with its batch fixed at 1", ("onnx",), _graph(lambda: onnx_graphs.conv_classifier(13, batch=1),
+                                                               "image", (3, 8, 8))),
+    Row("ONNX detector head: two score maps, two box maps", ("onnx",),
+        _graph(onnx_graphs.score_and_box_maps, "image", (3, 16, 16))),
 )
 
 
