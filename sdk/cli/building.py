@@ -96,7 +96,8 @@ _output_options = together(
         default=None,
         metavar="NAME",
         help="Several outputs: the one --eval measures top-1 (labels) or agreement on; every output's "
-        "cosine is reported. Default: the only output shaped (batch, classes).",
+        "cosine is reported. Default: the only output that is not a state, else the only one shaped "
+        "(batch, classes) or (batch, positions, classes); with none so shaped, cosine judges every output.",
     ),
     click.option(
         "--telemetry-output",
