@@ -34,6 +34,7 @@ def load_onnx_source(path: Path, input_shape: tuple[int | None, ...] | None) -> 
         raise ModelFormatError(
             f"{path}: not a valid ONNX model ({first_line(exc)}); export it again"
         ) from exc
+    _merge_opset_imports(model)
     inputs = graph_inputs(model)
     if input_shape is not None:
         if len(inputs) != 1:
@@ -59,6 +60,21 @@ def load_onnx_source(path: Path, input_shape: tuple[int | None, ...] | None) -> 
         _predict=session.run,
         onnx_model=model,
     )
+
+
+def _merge_opset_imports(model: ModelProto) -> None:
+    """One opset import per domain, the highest, as onnxmltools merges them: skl2onnx writes
+    the default domain twice (microsoft/onnxruntime#15563), and ONNX Runtime's quantizer then
+    fails with "Failed to find proper ai.onnx domain"."""
+    highest: dict[str, int] = {}
+    for entry in model.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        highest[domain] = max(highest.get(domain, 0), entry.version)
+    if len(highest) == len(model.opset_import):
+        return
+    del model.opset_import[:]
+    for domain, version in highest.items():
+        model.opset_import.add(domain=domain, version=version)
 
 
 def graph_inputs(model: ModelProto) -> list[ValueInfoProto]:

@@ -89,3 +89,16 @@ def test_pp_lcnet_fp16_whose_last_node_stays_fp32_converts(tmp_path: Path) -> No
     entry = _convert(model, {"x": text_images(8, 224, 224)}, tmp_path, "fp16", allow_accuracy_drop=True)
     assert entry.precision == "fp16" and entry.metrics.accuracy is not None
     assert entry.metrics.accuracy.cosine >= 0.99
+
+
+def test_a_default_domain_imported_twice_is_merged_before_int8(tmp_path: Path) -> None:
+    """skl2onnx writes the default-domain opset import twice; ORT's quantizer then fails with
+    "Failed to find proper ai.onnx domain" (microsoft/onnxruntime#15563)."""
+    import onnx
+
+    graph = onnx_graphs.conv_classifier(opset=13)
+    graph.opset_import.append(onnx.helper.make_opsetid("", 9))
+    model = onnx_graphs.save(graph, tmp_path / "twice.onnx")
+    image = np.random.default_rng(2).normal(0, 1, (24, 3, 8, 8)).astype(np.float32)
+    entry = _convert(model, {"image": image}, tmp_path, "int8", allow_accuracy_drop=True)
+    assert entry.precision == "int8" and entry.opset == 13
