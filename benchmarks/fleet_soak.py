@@ -33,8 +33,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from soak_parts import CpuMeter, DatabaseDisk, soak_database  # noqa: E402
 
+from edgekit.runtime.telemetry.publisher import NO_MATCHING_SUBSCRIBERS  # noqa: E402
+
 SAMPLE_EVERY = 100
-NO_MATCHING_SUBSCRIBERS = 16
 PUBLISHERS = 4
 
 

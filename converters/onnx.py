@@ -31,7 +31,7 @@ import numpy as np
 from edgekit.converters.base import Advance, Artifact, ConversionSettings, Converter
 from edgekit.converters.onnx_fp16 import activation_peaks, rank_overflowing_nodes, to_float16
 from edgekit.converters.onnx_sensitivity import activation_sqnr, sqnr_drop
-from edgekit.converters.onnx_source import dynamic_dims, fix_input_dims, import_onnx
+from edgekit.converters.onnx_source import copy_model, dynamic_dims, fix_input_dims, import_onnx
 from edgekit.converters.source import first_line
 from edgekit.converters.tf_to_onnx import from_tensorflow
 from edgekit.core.errors import ConversionError, DataError, InputError
@@ -183,7 +183,7 @@ class ONNXConverter(Converter):
             model = _with_min_opset(model, MIN_QDQ_OPSET, notes)
             dynamic = [name for name in shapes if dynamic_dims(model, name)]
             if dynamic:
-                model = _copy(model)
+                model = copy_model(model)
             for name in dynamic:
                 fix_input_dims(model, name, (None, *shapes[name][1:]), "model", "the calibration data")
                 notes.append(
@@ -322,7 +322,7 @@ def _named_nodes(model: ModelProto) -> ModelProto:
     leaves some unnamed): float node lists and the casts fp16 inserts go by name."""
     if all(node.name for node in model.graph.node):
         return model
-    named = _copy(model)
+    named = copy_model(model)
     taken = {node.name for node in named.graph.node}
     for index, node in enumerate(named.graph.node):
         if not node.name:
@@ -341,10 +341,6 @@ def _serialize(model: ModelProto) -> bytes:
 
 def _opset(model: ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _copy(model: ModelProto) -> ModelProto:
-    return import_onnx().load_from_string(model.SerializeToString())
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgekit.converters.onnx_sensitivity import session_with_outputs
-from edgekit.converters.onnx_source import import_onnx
+from edgekit.converters.onnx_source import copy_model, import_onnx
 from edgekit.converters.source_model import first_line
 from edgekit.core.errors import ConversionError, MissingDependencyError
 
@@ -69,7 +69,7 @@ def _lifted_constants(model: ModelProto) -> ModelProto:
     it; an initializer that only such nodes read stays fp32. PaddlePaddle exports hold
     their weights in Constant nodes: PP-OCRv4's detector has BatchNorm variances near 1e8,
     and kept in fp32 with its variance clamped its output was noise (cosine 0.36)."""
-    copy = _copy(model)
+    copy = copy_model(model)
     nodes = []
     for node in copy.graph.node:
         value = [a.t for a in node.attribute if a.name == "value"]
@@ -86,18 +86,13 @@ def _lifted_constants(model: ModelProto) -> ModelProto:
 def _outputs_through_identity(model: ModelProto) -> ModelProto:
     """``model`` (changed in place) with each graph output coming out of an Identity node."""
     onnx = import_onnx()
-    copy = model
-    for output in copy.graph.output:
+    for output in model.graph.output:
         inner = f"{output.name}_edgekit_fp16"
-        for node in copy.graph.node:
+        for node in model.graph.node:
             node.output[:] = [inner if name == output.name else name for name in node.output]
             node.input[:] = [inner if name == output.name else name for name in node.input]
-        copy.graph.node.append(onnx.helper.make_node("Identity", [inner], [output.name], name=inner))
-    return copy
-
-
-def _copy(model: ModelProto) -> ModelProto:
-    return import_onnx().load_from_string(model.SerializeToString())
+        model.graph.node.append(onnx.helper.make_node("Identity", [inner], [output.name], name=inner))
+    return model
 
 
 def _casts_to_float32(node: NodeProto) -> bool:

@@ -23,6 +23,11 @@ def import_onnx() -> Any:
     return onnx
 
 
+def copy_model(model: ModelProto) -> ModelProto:
+    """A deep copy of ``model``."""
+    return import_onnx().load_from_string(model.SerializeToString())
+
+
 def load_onnx_source(path: Path, input_shape: tuple[int | None, ...] | None) -> SourceModel:
     onnx = import_onnx()
     try:

@@ -11,13 +11,12 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from edgekit.core.classes import ClassComparison, class_report, compare_classes
 from edgekit.core.errors import ConversionError, DataError
-from edgekit.core.manifest import GateMetric, Metric, OutputSimilarity
+from edgekit.core.manifest import GateMetric, Level, Metric, OutputSimilarity
 from edgekit.core.samples import Feed
 from edgekit.core.spans import BIO_TAG, compare_spans
 from edgekit.core.text import IGNORED
@@ -81,7 +80,7 @@ class Comparison:
     artifact: float
     """The artifact's, on the same scale: its top-1 %, macro-F1 % or agreement %."""
     similarity: OutputSimilarity
-    level: Literal["sample", "word", "position", "map"] = "sample"
+    level: Level = "sample"
     classes: ClassComparison | None = None
     output: str | None = None
     outputs: dict[str, OutputSimilarity] | None = None
@@ -119,7 +118,7 @@ def is_sequence(output: np.ndarray) -> bool:
     return np.ndim(output) == 3 and np.shape(output)[1] > 1 and np.shape(output)[2] > 1
 
 
-def _level(output: np.ndarray) -> Literal["sample", "position", "map"]:
+def _level(output: np.ndarray) -> Level:
     """What agreement means for ``output``: per sample for class scores (samples, classes),
     per position for a sequence of them, nothing for anything else (a detector's score or
     box map, whose largest value says nothing about a class): there only cosine judges."""

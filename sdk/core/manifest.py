@@ -57,13 +57,15 @@ Metric = Literal["top1", "agreement", "macro-f1"]
 GateMetric = Literal["top1", "macro-f1"]
 """With labels, what the accuracy gate compares (macro-F1 weighs every class alike)."""
 GateVerdict = Literal["passed", "overridden"]
+Level = Literal["sample", "word", "position", "map"]
+"""What one comparison is made over: see ``Accuracy.level``."""
 
 
 class Accuracy(Strict):
     """Float model against the artifact on the same evaluation data."""
 
     metric: Metric
-    level: Literal["sample", "word", "position", "map"] = Field(
+    level: Level = Field(
         default="sample",
         description="word: token classification, top-1 per word, macro-F1 per span or tag; "
         "position: agreement per position of a sequence of class scores; map: an output that is "
