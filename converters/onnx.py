@@ -34,7 +34,7 @@ from edgekit.converters.onnx_sensitivity import activation_sqnr, sqnr_drop
 from edgekit.converters.onnx_source import copy_model, dynamic_dims, fix_input_dims, import_onnx
 from edgekit.converters.source import first_line
 from edgekit.converters.tf_to_onnx import from_tensorflow
-from edgekit.core.errors import ConversionError, DataError, InputError
+from edgekit.core.errors import ConversionError, DataError, InputError, NothingToConvertError
 from edgekit.core.formats import PRECISIONS, TENSORRT, Format, Precision, SourceKind
 from edgekit.core.manifest import QuantizationScheme
 from edgekit.core.samples import Samples
@@ -105,6 +105,7 @@ class ONNXConverter(Converter):
         samples = 0
         if precision == "fp16":
             model = to_float16(model, settings.float_nodes)
+            _check_changed(model, precision)
             quantization = QuantizationScheme(
                 scheme="onnx-float16", io="float32", float_nodes=settings.float_nodes
             )
@@ -116,6 +117,7 @@ class ONNXConverter(Converter):
             prepared = self._prepared_model(source, model, shaped_by, notes)
             float_nodes = resolve_nodes(prepared, settings)
             model, quantization = _quantize(prepared, precision, calibration, advance, settings, float_nodes)
+            _check_changed(model, precision)
             samples = len(calibration) if precision == "int8" and calibration is not None else 0
         return Artifact(
             format=self.format,
@@ -315,6 +317,33 @@ class _Reader:
             return None
         self._advance(count)
         return feed
+
+
+_QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearConv", "QLinearMatMul",
+})  # fmt: skip
+
+
+def _check_changed(model: ModelProto, precision: str) -> None:
+    """Refuse a precision that left every node as it was: a graph of ONNX-ML operators
+    (TreeEnsemble, Scaler, LinearClassifier) has no int8 or fp16 kernels, and its "int8"
+    artifact would be the float model under another label."""
+    nodes = model.graph.node
+    if precision == "fp16":
+        changed = any(t.data_type == 10 for t in model.graph.initializer) or any(
+            n.op_type == "Cast" and any(a.name == "to" and a.i == 10 for a in n.attribute) for n in nodes
+        )
+    else:
+        changed = any(n.op_type in _QUANTIZED_OPS for n in nodes)
+    if changed:
+        return
+    kinds = ", ".join(dict.fromkeys(n.op_type for n in nodes if n.op_type not in ("Identity", "Cast")))
+    raise NothingToConvertError(
+        f"{precision} changes nothing in this model: none of its operators ({kinds or 'none'}) "
+        f"runs at {precision} in ONNX Runtime, so the artifact would be the float model under another "
+        "label; use --precision fp32"
+    )
 
 
 def _named_nodes(model: ModelProto) -> ModelProto:

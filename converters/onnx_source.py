@@ -40,6 +40,7 @@ def load_onnx_source(path: Path, input_shape: tuple[int | None, ...] | None) -> 
             f"{path}: not a valid ONNX model ({first_line(exc)}); export it again"
         ) from exc
     _merge_opset_imports(model)
+    notes = _zipmaps_as_tensors(model)
     inputs = graph_inputs(model)
     if input_shape is not None:
         if len(inputs) != 1:
@@ -64,6 +65,7 @@ def load_onnx_source(path: Path, input_shape: tuple[int | None, ...] | None) -> 
         parameter_bytes=float_weight_bytes(model),
         _predict=session.run,
         onnx_model=model,
+        notes=tuple(notes),
     )
 
 
@@ -80,6 +82,32 @@ def _merge_opset_imports(model: ModelProto) -> None:
     del model.opset_import[:]
     for domain, version in highest.items():
         model.opset_import.add(domain=domain, version=version)
+
+
+def _zipmaps_as_tensors(model: ModelProto) -> list[str]:
+    """Each output made by a ``ZipMap`` (skl2onnx's default for classifiers: a sequence of
+    {class: probability} maps, which no tensor API carries) becomes the (batch, classes)
+    probabilities it was made from, in place; one note per output changed."""
+    onnx = import_onnx()
+    outputs = {value.name: value for value in model.graph.output}
+    notes = []
+    for node in model.graph.node:
+        if node.op_type != "ZipMap" or node.output[0] not in outputs:
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        labels = attributes.get("classlabels_strings") or attributes.get("classlabels_int64s") or []
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in labels]
+        node.op_type, node.domain = "Identity", ""
+        del node.attribute[:]
+        value = outputs[node.output[0]]
+        tensor = onnx.helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, ["batch", len(classes)])
+        value.type.CopyFrom(tensor)
+        notes.append(
+            f"output '{value.name}' was a ZipMap (a sequence of maps); it is now the "
+            f"(batch, {len(classes)}) probabilities tensor, classes in the order {', '.join(classes)} "
+            "(skl2onnx writes this tensor itself with options={'zipmap': False})"
+        )
+    return notes
 
 
 def graph_inputs(model: ModelProto) -> list[ValueInfoProto]:
@@ -138,13 +166,16 @@ FLOAT_TYPES = frozenset({1, 10, 11, 16})  # float32, float16, double, bfloat16
 
 
 def float_weight_bytes(model: ModelProto) -> int:
-    """The model's float weights as float32 bytes: initializers, and the tensors of
-    ``Constant`` nodes (PaddlePaddle's exporter keeps every weight in one)."""
+    """The model's float weights as float32 bytes: initializers, tensors held by nodes
+    (PaddlePaddle's exporter keeps every weight in a ``Constant``), and float lists held by
+    nodes (ONNX-ML operators keep a tree ensemble's thresholds or a linear model's
+    coefficients in attributes)."""
     tensors = [*model.graph.initializer]
+    floats = 0
     for node in model.graph.node:
-        if node.op_type == "Constant":
-            tensors += [a.t for a in node.attribute if a.name == "value"]
-    return sum(_elements(t) * 4 for t in tensors if t.data_type in FLOAT_TYPES)
+        tensors += [a.t for a in node.attribute if a.HasField("t")]
+        floats += sum(len(a.floats) for a in node.attribute)
+    return sum(_elements(t) * 4 for t in tensors if t.data_type in FLOAT_TYPES) + floats * 4
 
 
 def _elements(tensor: TensorProto) -> int:

@@ -38,9 +38,11 @@ def unrolled_if_recurrent(model: keras.Model) -> keras.Model:
 
 
 def recurrent_layers(model: keras.Model) -> list[str]:
+    """Recurrent layers, and ``Bidirectional`` wrappers of them (a ``Wrapper``, not an ``RNN``)."""
     import keras
 
-    return [layer.name for layer in model.layers if isinstance(layer, keras.layers.RNN)]
+    kinds = (keras.layers.RNN, keras.layers.Bidirectional)
+    return [layer.name for layer in model.layers if isinstance(layer, kinds)]
 
 
 def unrolled(model: keras.Model) -> keras.Model:
@@ -48,14 +50,22 @@ def unrolled(model: keras.Model) -> keras.Model:
     import keras
 
     def clone(layer: keras.Layer) -> keras.Layer:
-        config = layer.get_config()
+        if isinstance(layer, keras.layers.Bidirectional):  # both directions, backward kept backward
+            return keras.layers.Bidirectional(
+                _unrolled_copy(layer.forward_layer), merge_mode=layer.merge_mode,
+                backward_layer=_unrolled_copy(layer.backward_layer), name=layer.name,
+            )
         if isinstance(layer, keras.layers.RNN):
-            config = {**config, "unroll": True}
-        return layer.__class__.from_config(config)
+            return _unrolled_copy(layer)
+        return layer.__class__.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def _unrolled_copy(layer: keras.Layer) -> keras.Layer:
+    return layer.__class__.from_config({**layer.get_config(), "unroll": True})
 
 
 def _sequence_length(model: keras.Model) -> int | None:

@@ -58,6 +58,8 @@ class SourceModel:
     """Keras sources: the loaded model (for pruning)."""
     loaded: tf.Module | None = field(default=None, repr=False)
     """TensorFlow sources: the loaded SavedModel (its signature needs it alive)."""
+    notes: tuple[str, ...] = ()
+    """What loading changed in the model, for the user (a ZipMap output made a tensor)."""
 
     def predict(self, feed: Feed) -> list[np.ndarray]:
         """Every output, in ``outputs`` order, for one call's inputs by name."""

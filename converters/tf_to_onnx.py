@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from onnx import ModelProto
+    from tensorflow.core.framework.graph_pb2 import GraphDef
     from tensorflow.types.experimental import ConcreteFunction
 
 
@@ -88,12 +89,49 @@ def _signature_function(
 
 
 def _frozen(tf: ModuleType, function: ConcreteFunction) -> ConcreteFunction:
-    """The serving function with every captured tensor and variable folded in as a constant.
-    tf2onnx turns captures it does not freeze into extra graph inputs: a Keras Normalization
-    layer's mean and variance would become two inputs the caller must feed."""
+    """The serving function with every captured tensor and variable folded in as a constant,
+    and every nested function inlined. tf2onnx turns captures it does not freeze into extra
+    graph inputs: a Keras Normalization layer's mean and variance would become two inputs the
+    caller must feed."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    return convert_variables_to_constants_v2(function.get_concrete_function())
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function())
+    graph = frozen.graph.as_graph_def()
+    if not _marked_for_xla(graph):
+        return frozen
+    wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph, name=""), [])
+    pruned = wrapped.prune(
+        feeds=[wrapped.graph.get_tensor_by_name(t.name) for t in frozen.inputs],
+        fetches=[wrapped.graph.get_tensor_by_name(t.name) for t in frozen.outputs],
+    )
+    return convert_variables_to_constants_v2(pruned)  # inlines them now that nothing forbids it
+
+
+_XLA_ATTRS = ("_XlaMustCompile", "_noinline")
+
+
+def _marked_for_xla(graph: GraphDef) -> bool:
+    """Make functions marked ``jit_compile`` inlinable, in place; whether there were any.
+
+    Keras 3 runs grouped convolutions (ConvNeXt's depthwise ``Conv2D(groups=C)``) in a
+    ``tf.function(jit_compile=True)``; grappler never inlines such a function, so the frozen
+    graph keeps a ``StatefulPartitionedCall`` that tf2onnx copies into the ONNX graph as is.
+    Without the markers, and renamed so they do not clash with the eager context's
+    definitions, they inline like any other function."""
+    marked = {f.signature.name for f in graph.library.function if any(a in f.attr for a in _XLA_ATTRS)}
+    for function in graph.library.function:
+        for attr in _XLA_ATTRS:
+            if attr in function.attr:
+                del function.attr[attr]
+        if function.signature.name in marked:
+            function.signature.name += "_inlinable"
+    for node in [*graph.node, *(n for f in graph.library.function for n in f.node_def)]:
+        for attr in _XLA_ATTRS:
+            if attr in node.attr:
+                del node.attr[attr]
+        if "f" in node.attr and node.attr["f"].func.name in marked:
+            node.attr["f"].func.name += "_inlinable"
+    return bool(marked)
 
 
 def _order_outputs(model: ModelProto, names: list[str]) -> None:

@@ -1,6 +1,7 @@
-"""Recurrent Keras models to TFLite (issue 14, item 6): a GRU or LSTM sensor model failed at
-every TFLite precision with a TensorListReserve legalization error; unrolled over its fixed
-sequence length it converts, runs in edgekit.runtime and agrees with Keras."""
+"""Recurrent Keras models to TFLite (issue 14, item 6; issue 37): a GRU, LSTM or Bidirectional
+sensor model failed at every TFLite precision with a TensorListReserve legalization error;
+unrolled over its fixed sequence length it converts, runs in edgekit.runtime and agrees with
+Keras. Stacked layers (``return_sequences=True`` into the next) are unrolled too."""
 
 from __future__ import annotations
 
@@ -28,14 +29,27 @@ def _signals(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y
 
 
-@pytest.fixture(scope="module", params=["GRU", "LSTM"])
+def _recurrent(kind: str) -> list:  # type: ignore[type-arg]
+    """The recurrent part of the model: one layer, a Bidirectional one, or two stacked."""
+    import keras
+
+    if kind == "stacked":  # the first returns every step to the second
+        return [keras.layers.GRU(12, return_sequences=True), keras.layers.Bidirectional(keras.layers.LSTM(8))]
+    if kind.startswith("Bidirectional"):
+        return [keras.layers.Bidirectional(getattr(keras.layers, kind.split("-")[1])(12))]
+    return [getattr(keras.layers, kind)(12)]
+
+
+@pytest.fixture(scope="module", params=[
+    "GRU", "LSTM", "Bidirectional-LSTM", pytest.param("Bidirectional-GRU", marks=pytest.mark.slow),
+    pytest.param("stacked", marks=pytest.mark.slow),
+])  # fmt: skip
 def sensor_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import keras
 
     keras.utils.set_random_seed(0)
-    layer = getattr(keras.layers, request.param)(12)
     model = keras.Sequential(
-        [keras.Input((STEPS, FEATURES)), layer, keras.layers.Dense(CLASSES, activation="softmax")]
+        [keras.Input((STEPS, FEATURES)), *_recurrent(request.param), keras.layers.Dense(CLASSES, activation="softmax")]
     )
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(*_signals(600, 1), epochs=8, verbose=0)

@@ -88,6 +88,8 @@ def _build(
     extra: dict[str, Any],
 ) -> ConvertResult:
     with load_source(options.model, options.input_shape, inputs.kind) as source:
+        for note in source.notes:
+            reporter.note(note)
         inputs, text = prepare_text(source, inputs, options, reporter)
         inputs, warnings = check_data(source, inputs, options)
         state = state_pairs(source, options.state, reporter)

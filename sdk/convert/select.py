@@ -9,7 +9,7 @@ from dataclasses import replace
 from edgekit.convert.candidate import Candidate, Job, build_candidate
 from edgekit.convert.options import ConvertOptions
 from edgekit.converters import Converter
-from edgekit.core.errors import AccuracyBudgetError, BudgetError
+from edgekit.core.errors import AccuracyBudgetError, BudgetError, NothingToConvertError
 from edgekit.core.manifest import CandidateRecord, Selection
 from edgekit.core.validation import updated
 
@@ -19,20 +19,32 @@ def select(job: Job, converter: Converter, precisions: list[str]) -> tuple[Candi
     options = job.options
     measured = options.precision == "auto" and converter.picks_fastest(options.profile)
     tried: list[Candidate] = []
+    unchanged: list[str] = []
     for precision in precisions:
-        tried.append(build_candidate(job, converter, precision))
+        try:
+            tried.append(build_candidate(job, converter, precision))
+        except NothingToConvertError as exc:
+            if options.precision != "auto" or precision == precisions[-1] and not tried:
+                raise
+            job.reporter.note(f"skipped {str(exc).split('; use')[0]}")
+            unchanged.append(precision)
+            continue
         if not tried[-1].problems and not measured:
             break
     chosen = choose(tried, options)
     passing = [c for c in tried if not c.problems]
     if measured and passing:
         chosen = min(passing, key=lambda c: c.entry.metrics.host_latency_ms)
-    selection = _selection(options, converter.format, tried, measured and bool(passing))
+    selection = _selection(options, converter.format, tried, measured and bool(passing), unchanged)
     return replace(chosen, entry=updated(chosen.entry, selection=selection)), tried
 
 
-def _selection(options: ConvertOptions, fmt: str, tried: list[Candidate], measured: bool) -> Selection:
+def _selection(
+    options: ConvertOptions, fmt: str, tried: list[Candidate], measured: bool, unchanged: list[str]
+) -> Selection:
     method, reason = _why(options, fmt, measured)
+    if unchanged:
+        reason += f"; skipped {', '.join(unchanged)}: they would change nothing in this model"
     records = tuple(
         CandidateRecord(
             precision=c.entry.precision,

@@ -56,6 +56,11 @@ class ConversionError(EdgekitError):
     """The converter failed on a model it accepted."""
 
 
+class NothingToConvertError(ConversionError):
+    """A precision that would change nothing in the model: no node has a kernel for it (a
+    graph of ONNX-ML operators at int8). Shipping it under that label would be a lie."""
+
+
 class BudgetError(EdgekitError):
     """An artifact does not fit the device profile's memory or storage budget."""
 
