@@ -23,6 +23,11 @@ CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 """How int8 chooses activation ranges from the calibration data (ONNX Runtime's calibrators)."""
 CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = get_args(CalibrationMethod)
 
+TFLiteQuantizer = Literal["converter", "litert"]
+"""Which tool quantizes TFLite int8: the TFLite converter's own quantization, or the LiteRT
+Quantizer on the float model (benchmarks/tflite_quantizers.py measures both)."""
+TFLITE_QUANTIZERS: tuple[TFLiteQuantizer, ...] = get_args(TFLiteQuantizer)
+
 Advance = Callable[[int], None]
 """Called with the number of calibration samples consumed since the last call."""
 
@@ -35,6 +40,7 @@ class ConversionSettings:
     calibration_method: CalibrationMethod = "minmax"
     keep_float: tuple[str, ...] = ()
     """Node-name patterns (fnmatch) the user keeps in float."""
+    tflite_quantizer: TFLiteQuantizer = "converter"
     float_nodes: tuple[str, ...] = ()
     """Node names the accuracy fallback keeps in float."""
     input_shapes: tuple[tuple[str, tuple[int | None, ...]], ...] = ()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,16 +34,20 @@ def _short(detail: str) -> str:
 
 def measured(row: int, fmt: str, precision: str) -> tuple[Cell, int]:
     """The cell, run in a child process, and that process's peak resident set in bytes."""
-    child = subprocess.Popen(
+    child = subprocess.run(
         [sys.executable, __file__, "--cell", str(row), fmt, precision], stdout=subprocess.PIPE, text=True
     )
-    assert child.stdout is not None
-    out = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
-        return Cell(False, f"crashed with exit code {child.returncode}"), usage.ru_maxrss * 1024
-    return Cell(**json.loads(out.strip().splitlines()[-1])), usage.ru_maxrss * 1024
+        return Cell(False, f"crashed with exit code {child.returncode}"), 0
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    return Cell(**result["cell"]), result["peak"]
+
+
+def peak_rss() -> int:
+    """This process's peak resident set in bytes (VmHWM; a child's ``ru_maxrss`` would start
+    at the forking parent's, which Linux keeps across exec)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
 
 
 def main() -> None:
@@ -55,7 +58,7 @@ def main() -> None:
     if args.cell:
         with tempfile.TemporaryDirectory() as tmp:
             cell = run_cell(ROWS[int(args.cell[0])], args.cell[1], args.cell[2], Path(tmp))
-        print(json.dumps(asdict(cell)))
+        print(json.dumps({"cell": asdict(cell), "peak": peak_rss()}))
         return
     print("| model | format | " + " | ".join(PRECISIONS) + " |")
     print("|---|---|" + "---|" * len(PRECISIONS))

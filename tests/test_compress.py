@@ -165,8 +165,9 @@ def _with_an_outlier_channel(data: dict[str, np.ndarray]) -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("quantizer", ["converter", "litert"])
 def test_tflite_debugger_finds_the_int8_sensitive_layer_and_float_restores_accuracy(
-    data: dict[str, np.ndarray], digits_files: dict[str, Path], tmp_path: Path
+    data: dict[str, np.ndarray], digits_files: dict[str, Path], tmp_path: Path, quantizer: str
 ) -> None:
     from edgekit.convert import ConvertOptions, convert
     from edgekit.converters.base import ConversionSettings
@@ -179,7 +180,7 @@ def test_tflite_debugger_finds_the_int8_sensitive_layer_and_float_restores_accur
     path = tmp_path / "sensitive.keras"
     calibration = np.load(digits_files["calibration"])["x"]
     _with_an_outlier_channel(data).save(path)
-    settings = ConversionSettings(load_profile("raspberry-pi-5"))
+    settings = ConversionSettings(load_profile("raspberry-pi-5"), tflite_quantizer=quantizer)  # type: ignore[arg-type]
     with load_source(path, None) as source:
         converter = TFLiteConverter()
         samples = Samples.of(source.inputs[0].name, calibration)
@@ -193,7 +194,7 @@ def test_tflite_debugger_finds_the_int8_sensitive_layer_and_float_restores_accur
         return convert(ConvertOptions(
             model=path, profile=load_profile("raspberry-pi-5"), format="tflite", precision="int8",
             calibration=digits_files["calibration"], evaluation=digits_files["evaluation"],
-            output=tmp_path / "out.ekb", **options,
+            output=tmp_path / "out.ekb", tflite_quantizer=quantizer, **options,
         ))
 
     mixed = run().manifest.artifacts[0]  # the accuracy fallback keeps the first group in float
@@ -202,7 +203,9 @@ def test_tflite_debugger_finds_the_int8_sensitive_layer_and_float_restores_accur
     assert all(
         any(name in node for node in mixed.quantization.float_nodes) for name in ("outlier", "restore")
     )
-    assert mixed.quantization.io == "float32"
+    assert mixed.quantization.scheme == ("litert-static" if quantizer == "litert" else "tflite-full-integer")
+    if quantizer == "converter":  # the debugger's selective model has float input and output
+        assert mixed.quantization.io == "float32"
     by_hand = run(keep_float=("*outlier*", "*restore*")).manifest.artifacts[0]
     assert by_hand.quantization is not None and len(by_hand.quantization.float_nodes) == 2
 

@@ -27,7 +27,7 @@ from edgekit.cli.options import (
     train_data_option,
 )
 from edgekit.compress.pruning import PRUNE_MODES
-from edgekit.converters.base import CALIBRATION_METHODS
+from edgekit.converters.base import CALIBRATION_METHODS, TFLITE_QUANTIZERS
 from edgekit.core.manifest import GateMetric
 from edgekit.core.profiles import load_all_profiles
 
@@ -73,6 +73,14 @@ _conversion_options = together(
         default="minmax",
         show_default=True,
         help="How ONNX int8 chooses activation ranges from the calibration data.",
+    ),
+    click.option(
+        "--tflite-quantizer",
+        type=click.Choice(TFLITE_QUANTIZERS),
+        default="converter",
+        show_default=True,
+        help="What quantizes TFLite int8: the TFLite converter, or the LiteRT Quantizer on the float "
+        "model (Google's successor to the converter's quantization; benchmarks/tflite_quantizers.py).",
     ),
     click.option(
         "--keep-float",
@@ -358,7 +366,8 @@ def convert_options(model: Path, output: Path, params: dict[str, Any]) -> Conver
         force=params["force"], name=params["name"], version=params["version"], labels=params["labels"],
         gate_metric=params["gate_metric"], tokenizer=params["tokenizer"],
         max_sequence_length=params["max_sequence_length"], calibration_method=params["calibration_method"],
-        keep_float=params["keep_float"], input_shape=params["input_shape"], sign_key=params["sign_key"],
+        tflite_quantizer=params["tflite_quantizer"], keep_float=params["keep_float"],
+        input_shape=params["input_shape"], sign_key=params["sign_key"],
         prune=params["prune"], prune_mode=params["prune_mode"], train_data=params["train_data"],
         prune_epochs=params["prune_epochs"], drop_layers=params["drop_layers"],
     )

@@ -111,7 +111,8 @@ def _build(
             float_out = {spec.name: out for spec, out in zip(source.outputs, outs, strict=True)}
         shapes = data_shapes(source, inputs, reporter)
         settings = ConversionSettings(
-            options.profile, options.calibration_method, options.keep_float, input_shapes=shapes
+            options.profile, options.calibration_method, options.keep_float, options.tflite_quantizer,
+            input_shapes=shapes,
         )
         output = [spec.name for spec in source.outputs].index(inputs.primary) if inputs.primary else 0
         robust = robustness_check(options.max_robustness_drop, evaluation, source.predict, output)

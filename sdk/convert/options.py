@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgekit.compress.pruning import PruneMode
-from edgekit.converters.base import CalibrationMethod
+from edgekit.converters.base import CalibrationMethod, TFLiteQuantizer
 from edgekit.core.formats import FormatChoice, PrecisionChoice
 from edgekit.core.manifest import GateMetric
 from edgekit.core.profiles import DeviceProfile
@@ -48,6 +48,7 @@ class ConvertOptions:
     max_sequence_length: int | None = None
     """Tokens per text; default: the model's own fixed length, else the profile's, else 128."""
     calibration_method: CalibrationMethod = "minmax"
+    tflite_quantizer: TFLiteQuantizer = "converter"
     keep_float: tuple[str, ...] = ()
     input_shape: tuple[int | None, ...] | None = None
     sign_key: Path | None = None
