@@ -63,14 +63,14 @@ class TFLiteConverter(Converter):
         shapes = dict(settings.input_shapes)
         samples = len(calibration) if precision == "int8" and calibration is not None else 0
         float_nodes: list[str] = []
-        if precision == "int8" and (settings.keep_float or settings.float_nodes):
-            assert calibration is not None
-            float_nodes = self._resolve_nodes(source, calibration, settings)
-        if precision == "int8" and settings.tflite_quantizer == "litert":
-            assert calibration is not None
-            return self._litert_int8(source, calibration, advance, shapes, float_nodes)
-        converter = self._converter(source, precision, calibration, advance, shapes)
+        if precision == "int8" and calibration is not None:
+            if settings.keep_float or settings.float_nodes:
+                float_nodes = self._resolve_nodes(source, calibration, settings)
+            if settings.tflite_quantizer == "litert":
+                return self._litert_int8(source, calibration, advance, shapes, float_nodes)
+        converter = self._converter(source, precision, calibration, advance, shapes)  # int8 needs data
         if float_nodes:
+            assert calibration is not None
             data = calibration
             converter.target_spec.supported_ops = [
                 tf.lite.OpsSet.TFLITE_BUILTINS_INT8,

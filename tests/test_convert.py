@@ -302,3 +302,21 @@ def test_every_shipped_profile_converts(digits_files: dict[str, Path], tmp_path:
     else:  # ONNX on a CPU-only profile: the fastest that passed
         passing = [c for c in entry.selection.candidates if not c.problems]
         assert entry.precision == min(passing, key=lambda c: c.host_latency_ms).precision
+
+
+def test_the_litert_quantizer_makes_int8_from_the_float_model(digits_files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "litert.ekb"
+    result = CliRunner().invoke(main, [
+        "convert", str(digits_files["model"]), "--target", "raspberry-pi-5", "--format", "tflite",
+        "--precision", "int8", "--tflite-quantizer", "litert", "--calibration", str(digits_files["calibration"]),
+        "--eval", str(digits_files["evaluation"]), "-o", str(out),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    entry = read_bundle(out)[0].artifacts[0]
+    assert entry.quantization is not None and entry.quantization.scheme == "litert-static"
+    assert entry.metrics.accuracy is not None and entry.metrics.accuracy.gate == "passed"
+    assert entry.inputs[0].dtype == "int8" and entry.inputs[0].quantization is not None
+    interpreter = Interpreter(model_content=read_bundle(out)[1][entry.path])
+    kernels = [t for t in interpreter.get_tensor_details() if len(t["shape"]) == 4 and t["shape"][0] == 32]
+    assert kernels and all(np.dtype(k["dtype"]) == np.int8 for k in kernels)
+    assert entry.size < 0.3 * entry.metrics.float_parameter_bytes
