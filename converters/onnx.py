@@ -156,7 +156,10 @@ class ONNXConverter(Converter):
             for tensor in (*node.input, *node.output):
                 touching.setdefault(tensor, []).append(node.name)
         # Keeping a tensor out of int8 means keeping every node that would quantize it.
-        return [tuple(touching[tensor]) for tensor in ranked if tensor in touching]
+        groups = [tuple(touching[tensor]) for tensor in ranked if tensor in touching]
+        if _has_attention(prepared):
+            groups.insert(0, tuple(n.name for n in prepared.graph.node if n.op_type not in _INT8_COMPUTE))
+        return groups
 
     @classmethod
     def tool_versions(cls) -> dict[str, str]:
@@ -317,6 +320,21 @@ class _Reader:
             return None
         self._advance(count)
         return feed
+
+
+_INT8_COMPUTE = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
+"""The ops int8 pays off in; the rest of a transformer is cheap and sensitive (Softmax,
+LayerNorm, the attention mask's very negative fill), so a transformer's first fallback round
+keeps all of it in float, as ONNX Runtime's own transformer quantization quantizes MatMuls."""
+
+
+def _has_attention(model: ModelProto) -> bool:
+    """Whether a MatMul multiplies two activations (attention's scores and context)."""
+    weights = {t.name for t in model.graph.initializer}
+    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return any(
+        n.op_type == "MatMul" and not any(i in weights for i in n.input) for n in model.graph.node
+    )
 
 
 _QUANTIZED_OPS = frozenset({

@@ -30,7 +30,7 @@ from edgekit.core.profiles import DEFAULT_MAX_ACCURACY_DROP, DeviceProfile
 from edgekit.core.samples import Feed, run_samples
 from edgekit.core.validation import updated
 from edgekit.runtime.backends import Backend, TensorInfo, backend_for
-from edgekit.views.progress import Reporter
+from edgekit.views.progress import Reporter, some
 
 MB = 1024 * 1024
 MAX_FALLBACK_ROUNDS = 6
@@ -119,13 +119,13 @@ def _keep_sensitive_nodes_in_float(
         step *= 2
         job.reporter.note(
             f"{artifact.precision} missed the accuracy budget ({candidate.accuracy_problem}); "
-            f"keeping {', '.join(fresh)} in float and retrying"
+            f"keeping {some(fresh)} in float and retrying"
         )
         settings = replace(job.settings, float_nodes=tuple(kept))
         try:
             artifact = _convert(job, converter, artifact.precision, settings)
         except ConversionError as exc:  # the engine cannot keep these in float: the gate's verdict stands
-            job.reporter.note(f"keeping {', '.join(fresh)} in float failed: {exc}")
+            job.reporter.note(f"keeping {some(fresh)} in float failed: {exc}")
             break
         candidate = _measure(job, artifact)
         job.reporter.note(

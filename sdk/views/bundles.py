@@ -15,6 +15,7 @@ from edgekit.core.classes import metric_name
 from edgekit.core.manifest import ArtifactEntry, Manifest
 from edgekit.core.profiles import DeviceProfile
 from edgekit.views.classes import class_table
+from edgekit.views.progress import some
 
 if TYPE_CHECKING:
     from edgekit.convert import ConvertResult
@@ -179,7 +180,7 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: b
             if value
         ]  # fmt: skip
         if q.float_nodes:
-            details.append(f"kept in float: {', '.join(q.float_nodes)}")
+            details.append(f"kept in float: {some(q.float_nodes)}")
         table.add_row("quantized", ", ".join(details))
     if entry.opset:
         table.add_row("opset", str(entry.opset))

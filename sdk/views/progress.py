@@ -10,6 +10,13 @@ Advance = Callable[[int], None]
 """Called with how many items were done since the last call."""
 
 
+def some(names: list[str] | tuple[str, ...], shown: int = 6) -> str:
+    """``names`` joined for a line a person reads: the first few, then how many more."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
+
+
 class Reporter(Protocol):
     def note(self, message: str) -> None: ...
 
