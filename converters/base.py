@@ -74,6 +74,9 @@ class Converter(ABC):
     """Which source model kinds (keras, h5, saved_model, onnx) this converter takes."""
     ready_made_kinds: ClassVar[frozenset[SourceKind]] = frozenset()
     """Source kinds that already are an artifact of this format, packaged as they are."""
+    peak_per_weight_byte: ClassVar[float] = 10.0
+    """Memory a conversion holds at its peak, beyond what the process held before it, per
+    byte of float32 weights: measured on the largest model tried (docs/coverage.md)."""
     registry: ClassVar[dict[str, type[Converter]]] = {}
 
     def __init_subclass__(cls, **kwargs: object) -> None:

@@ -71,6 +71,7 @@ class ONNXConverter(Converter):
     calibrated_precisions: ClassVar[frozenset[Precision]] = frozenset({"int8"})
     fallback_precisions: ClassVar[frozenset[Precision]] = frozenset({"int8", "fp16"})
     source_kinds: ClassVar[frozenset[SourceKind]] = frozenset({"keras", "h5", "saved_model", "onnx"})
+    peak_per_weight_byte: ClassVar[float] = 56.0  # ConvNeXtTiny from Keras: 114 MB of weights, +6.3 GB
 
     @classmethod
     def refusal(cls, precision: Precision, profile: DeviceProfile) -> str | None:

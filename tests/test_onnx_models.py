@@ -102,3 +102,32 @@ def test_a_default_domain_imported_twice_is_merged_before_int8(tmp_path: Path) -
     image = np.random.default_rng(2).normal(0, 1, (24, 3, 8, 8)).astype(np.float32)
     entry = _convert(model, {"image": image}, tmp_path, "int8", allow_accuracy_drop=True)
     assert entry.precision == "int8" and entry.opset == 13
+
+
+def test_a_conversion_that_may_not_fit_in_memory_says_so_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgekit.convert import memory
+
+    model = onnx_graphs.save(onnx_graphs.conv_classifier(13), tmp_path / "c.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(0, 1, (12, 3, 8, 8)).astype(np.float32))
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64 * 1024 * 1024)  # less than the process holds
+    result = CliRunner().invoke(main, ["convert", str(model), "--target", "x86-gateway", "--precision", "fp32",
+                                       "--eval", str(tmp_path / "d.npz"), "-o", str(tmp_path / "c.ekb")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    warning = [i for i, line in enumerate(lines) if "this conversion may need about" in line]
+    assert len(warning) == 1 and "of memory and 64.0 MB is available" in " ".join(result.output.split())
+    assert warning[0] < next(i for i, line in enumerate(lines) if "Converting to onnx fp32" in line)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64 * 1024**3)
+    again = CliRunner().invoke(main, ["convert", str(model), "--target", "x86-gateway", "--precision", "fp32",
+                                      "-o", str(tmp_path / "c2.ekb")])  # fmt: skip
+    assert again.exit_code == 0 and "may need about" not in again.output
+
+
+def test_available_memory_is_read_from_this_machine() -> None:
+    from edgekit.convert.memory import available_bytes, resident_bytes
+
+    available = available_bytes()
+    assert available is not None and 0 < available < 2**50
+    assert 10 * 2**20 < resident_bytes() < available + resident_bytes()

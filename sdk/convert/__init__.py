@@ -18,6 +18,7 @@ from typing import Any
 
 from edgekit.convert.candidate import Candidate, Job, max_accuracy_drop
 from edgekit.convert.manifest import build_manifest, reference
+from edgekit.convert.memory import warn_if_short
 from edgekit.convert.options import ConvertOptions, ConvertResult
 from edgekit.convert.plan import Inputs, check_data, data_shapes, plan
 from edgekit.convert.prune import prune_source
@@ -95,6 +96,7 @@ def _build(
         state = state_pairs(source, options.state, reporter)
         for message in warnings:  # what the data checks found, before any conversion starts
             reporter.warn(message)
+        warn_if_short(source, [converter for converter, _ in plans], reporter)
         checked = len(warnings)
         evaluation = inputs.evaluation
         if ready_made(inputs.kind):
