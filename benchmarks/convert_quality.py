@@ -9,17 +9,23 @@ For each model and precision it prints, against fp32 of the same model:
   be downloaded; agreement and cosine of its logits measure numeric fidelity only);
 - latency ratio in the bare TFLite interpreter (ai_edge_litert, batch 1, same threads);
 - edgekit's whole convert (load, checks, SavedModel export, conversion, evaluation of float
-  and artifact, memory probe, latency, bundle) as a ratio to the bare
-  ``tf.lite.TFLiteConverter`` call with the same settings, and to the minimal hand-written
-  Keras 3 path (``model.export()`` then the converter), since ``from_keras_model`` fails on
-  Keras 3 models. One untimed conversion of each kind warms TensorFlow up first.
+  and artifact, memory probe, latency, bundle) beside the bare ``tf.lite.TFLiteConverter``
+  call with the same settings and the minimal hand-written Keras 3 path (``model.export()``
+  then the converter; ``from_keras_model`` fails on Keras 3 models): time, and peak memory.
+  Each runs in a fresh process of its own, TensorFlow imported before the clock starts, and
+  reports its own peak resident memory;
+- a second table: edgekit's time step by step (``ConvertResult.timings``, also in
+  ``convert --json``), against export + bare converter + the gate's own inference (running
+  the float model and the artifact on the evaluation data).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -107,79 +113,108 @@ def bare_latency_ms(content: bytes, threads: int, runs: int) -> float:
     return statistics.median(timings) * 1000
 
 
-def measure(name: str, paths: dict[str, Path], folder: Path, threads: int, runs: int) -> list[dict]:
-    import keras
+def peak_rss() -> int:
+    """This process's peak resident set in bytes (VmHWM: a child's ``ru_maxrss`` would start
+    at the forking parent's, which Linux keeps across exec)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
 
-    from edgekit.convert import ConvertOptions, convert
-    from edgekit.core.bundle import read_bundle
-    from edgekit.core.profiles import load_profile
+
+def child_bare(paths: dict[str, Path], precision: str, out: Path) -> dict:
+    """In a fresh process: ``model.export()`` and the bare converter, as a user writes them."""
+    import keras
+    import tensorflow as tf  # noqa: F401 (imported before the clock starts, as edgekit's is)
 
     calibration = np.load(paths["calibration"])["x"]
+    started = time.perf_counter()
+    keras.models.load_model(paths["model"]).export(str(out.with_suffix(".savedmodel")), verbose=False)
+    export_s = time.perf_counter() - started
+    content, bare_s = bare_convert(out.with_suffix(".savedmodel"), precision, calibration)
+    out.write_bytes(content)
+    return {"export_s": export_s, "bare_s": bare_s, "peak": peak_rss()}
 
-    def edgekit_convert(precision: str) -> Path:
-        options = ConvertOptions(
-            model=paths["model"], profile=load_profile("x86-gateway"), precision=precision,
-            output=folder / f"{name}-{precision}.ekb", calibration=paths["calibration"],
-            evaluation=paths["evaluation"], allow_accuracy_drop=True, allow_over_budget=True,
-        )
-        return convert(options).output
 
-    def export() -> tuple[Path, float]:
-        started = time.perf_counter()
-        target = folder / f"{name}_savedmodel_{time.monotonic_ns()}"
-        keras.models.load_model(paths["model"]).export(str(target), verbose=False)
-        return target, time.perf_counter() - started
+def child_edgekit(paths: dict[str, Path], precision: str, out: Path) -> dict:
+    """In a fresh process: the whole ``convert()``, its steps timed."""
+    import tensorflow as tf  # noqa: F401 (imported before the clock starts)
 
-    warm, _ = export()
-    bare_convert(warm, "fp32", calibration)
-    edgekit_convert("fp32")
+    from edgekit.convert import ConvertOptions, convert
+    from edgekit.core.profiles import load_profile
+
+    options = ConvertOptions(
+        model=paths["model"], profile=load_profile("x86-gateway"), format="tflite", precision=precision,
+        output=out, calibration=paths["calibration"], evaluation=paths["evaluation"],
+        allow_accuracy_drop=True, allow_over_budget=True,
+    )
+    started = time.perf_counter()
+    result = convert(options)
+    accuracy = result.manifest.artifacts[0].metrics.accuracy
+    assert accuracy is not None
+    return {"edgekit_s": time.perf_counter() - started, "steps": result.timings, "peak": peak_rss(),
+            "metric": accuracy.metric, "float": accuracy.float_model, "artifact": accuracy.artifact,
+            "cosine": accuracy.cosine}  # fmt: skip
+
+
+def in_child(kind: str, paths: dict[str, Path], precision: str, out: Path) -> dict:
+    given = json.dumps({key: str(path) for key, path in paths.items()})
+    args = [sys.executable, __file__, "--child", kind, precision, str(out), given]
+    run = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def measure(name: str, paths: dict[str, Path], folder: Path, threads: int, runs: int) -> list[dict]:
+    from edgekit.core.bundle import read_bundle
+
     rows = []
     for precision in PRECISIONS:
-        saved_model, export_s = export()
-        content, bare_s = bare_convert(saved_model, precision, calibration)
-        started = time.perf_counter()
-        output = edgekit_convert(precision)
-        edgekit_s = time.perf_counter() - started
-        manifest, contents = read_bundle(output)
+        bare = in_child("bare", paths, precision, folder / f"{name}-{precision}.tflite")
+        ours = in_child("edgekit", paths, precision, folder / f"{name}-{precision}.ekb")
+        manifest, contents = read_bundle(folder / f"{name}-{precision}.ekb")
         entry = manifest.artifacts[0]
-        accuracy = entry.metrics.accuracy
-        assert accuracy is not None
-        rows.append(
-            {
-                "model": name,
-                "precision": precision,
-                "bytes": len(contents[entry.path]),
-                "metric": accuracy.metric,
-                "float": accuracy.float_model,
-                "artifact": accuracy.artifact,
-                "cosine": accuracy.cosine,
-                "latency_ms": bare_latency_ms(content, threads, runs),
-                "bare_s": bare_s,
-                "export_s": export_s,
-                "edgekit_s": edgekit_s,
-            }  # fmt: skip
-        )
+        content = (folder / f"{name}-{precision}.tflite").read_bytes()
+        rows.append({
+            "model": name, "precision": precision, "bytes": len(contents[entry.path]),
+            "latency_ms": bare_latency_ms(content, threads, runs), "bare_peak": bare.pop("peak"),
+            **bare, **ours,
+        })  # fmt: skip
         print(f"  measured {name} {precision}", file=sys.stderr, flush=True)
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
     print("| model | precision | size | size vs fp32 | accuracy vs float | cosine | latency | "
-          "latency vs fp32 | convert: bare / export+bare / edgekit | edgekit vs bare | "
-          "edgekit vs export+bare |")
+          "latency vs fp32 | convert: bare / export+bare / edgekit | edgekit vs export+bare | "
+          "peak memory: export+bare / edgekit |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         fp32 = next(r for r in rows if r["model"] == row["model"] and r["precision"] == "fp32")
         what = "top-1" if row["metric"] == "top1" else "agreement"
+        by_hand = row["bare_s"] + row["export_s"]
         print(
             f"| {row['model']} | {row['precision']} | {row['bytes'] / 1024:,.0f} KB | "
             f"{row['bytes'] / fp32['bytes']:.2f}× | {what} {row['float']:.1f}% → {row['artifact']:.1f}% | "
             f"{row['cosine']:.4f} | {row['latency_ms']:.3f} ms | "
-            f"{row['latency_ms'] / fp32['latency_ms']:.2f}× | {row['bare_s']:.1f} s / "
-            f"{row['bare_s'] + row['export_s']:.1f} s / {row['edgekit_s']:.1f} s | "
-            f"{row['edgekit_s'] / row['bare_s']:.1f}× | "
-            f"{row['edgekit_s'] / (row['bare_s'] + row['export_s']):.1f}× |"
+            f"{row['latency_ms'] / fp32['latency_ms']:.2f}× | {row['bare_s']:.1f} s / {by_hand:.1f} s / "
+            f"{row['edgekit_s']:.1f} s | {row['edgekit_s'] / by_hand:.2f}× | "
+            f"{row['bare_peak'] / 2**30:.2f} GB / {row['peak'] / 2**30:.2f} GB |"
         )
+
+
+STEPS = ("load (and export)", "float model", "conversion (calibration included)", "gate", "memory probe",
+         "latency", "drift reference", "write")  # fmt: skip
+
+
+def print_steps(rows: list[dict]) -> None:
+    """Where edgekit's time goes, beside what a user's own script would spend: ``model.export()``,
+    the bare converter, and running both models on the evaluation data (the gate's inference)."""
+    print("| model | precision | " + " | ".join(STEPS) + " | edgekit | export+bare+inference | ratio |")
+    print("|---|---|" + "---|" * (len(STEPS) + 3))
+    for row in rows:
+        steps = row["steps"]
+        floor = row["export_s"] + row["bare_s"] + steps.get("float model", 0) + steps.get("gate", 0)
+        cells = " | ".join(f"{steps.get(step, 0):.2f}" for step in STEPS)
+        print(f"| {row['model']} | {row['precision']} | {cells} | {row['edgekit_s']:.2f} | {floor:.2f} | "
+              f"{row['edgekit_s'] / floor:.2f}× |")
 
 
 def main() -> None:
@@ -187,7 +222,13 @@ def main() -> None:
     parser.add_argument("--models", default="digits,mobilenetv2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        kind, precision, out, paths = args.child
+        run = child_bare if kind == "bare" else child_edgekit
+        print(json.dumps(run({k: Path(v) for k, v in json.loads(paths).items()}, precision, Path(out))))
+        return
     makers = {"digits": make_digits, "mobilenetv2": make_mobilenetv2}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,6 +237,8 @@ def main() -> None:
             folder.mkdir()
             rows += measure(name, makers[name](folder), folder, args.threads, args.runs)
     print_table(rows)
+    print()
+    print_steps(rows)
 
 
 if __name__ == "__main__":

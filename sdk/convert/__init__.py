@@ -12,6 +12,7 @@ allows the breach.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from edgekit.convert.robustness import robustness_check
 from edgekit.convert.select import select
 from edgekit.convert.state import state_pairs
 from edgekit.convert.text import prepare_text
+from edgekit.convert.timing import Stopwatch
 from edgekit.converters import ConversionSettings, Converter, ready_made
 from edgekit.converters.onnx import for_tensorrt
 from edgekit.converters.source import detect_kind, load_source
@@ -50,7 +52,9 @@ __all__ = [
 def convert(options: ConvertOptions, reporter: Reporter | None = None) -> ConvertResult:
     """Convert ``options.model`` for ``options.profile`` and write the signed bundle."""
     result = build(options, reporter)
-    write(result, options.sign_key)
+    started = time.perf_counter()
+    result = write(result, options.sign_key)
+    result.timings["write"] = time.perf_counter() - started
     return result
 
 
@@ -88,7 +92,10 @@ def _build(
     options: ConvertOptions, inputs: Inputs, plans: list[tuple[Converter, list[str]]], reporter: Reporter,
     extra: dict[str, Any],
 ) -> ConvertResult:
+    watch = Stopwatch()
+    started = time.perf_counter()
     with load_source(options.model, options.input_shape, inputs.kind) as source:
+        watch.add("load (and export)", time.perf_counter() - started)
         for note in source.notes:
             reporter.note(note)
         inputs, text = prepare_text(source, inputs, options, reporter)
@@ -109,7 +116,8 @@ def _build(
         float_out = None
         if evaluation is not None:
             with reporter.progress("Evaluating float model", len(evaluation)) as advance:
-                outs = run_samples(source.predict, evaluation.samples, advance)
+                with watch.step("float model"):
+                    outs = run_samples(source.predict, evaluation.samples, advance)
             float_out = {spec.name: out for spec, out in zip(source.outputs, outs, strict=True)}
         shapes = data_shapes(source, inputs, reporter)
         settings = ConversionSettings(
@@ -120,7 +128,7 @@ def _build(
         robust = robustness_check(options.max_robustness_drop, evaluation, source.predict, output)
         job = Job(
             options, source, settings, inputs.calibration, evaluation, float_out, inputs.primary, reporter,
-            inputs.labels, robust,
+            inputs.labels, robust, watch,
         )
         chosen, tried = [], []
         for converter, precisions in plans:
@@ -131,10 +139,11 @@ def _build(
             reporter.warn(message)
         primary = options.telemetry_output or inputs.primary
         encoder = text.encoder if text is not None else None
-        if inputs.calibration is not None:
-            drift_baseline = reference(source, inputs.calibration, primary, reporter, encoder=encoder)
-        else:  # the float model's outputs on the evaluation data are at hand already
-            drift_baseline = reference(source, evaluation, primary, reporter, float_out, encoder)
+        with watch.step("drift reference"):
+            if inputs.calibration is not None:
+                drift_baseline = reference(source, inputs.calibration, primary, reporter, encoder=encoder)
+            else:  # the float model's outputs on the evaluation data are at hand already
+                drift_baseline = reference(source, evaluation, primary, reporter, float_out, encoder)
         extra = {
             "reference": drift_baseline,
             "primary_output": primary,
@@ -149,4 +158,4 @@ def _build(
     contents = {c.entry.path: c.content for c in chosen}
     if text is not None:
         contents[text.spec.file] = text.raw
-    return ConvertResult(options.output, manifest, tuple(tried), tuple(warnings), contents)
+    return ConvertResult(options.output, manifest, tuple(tried), tuple(warnings), contents, watch.seconds)

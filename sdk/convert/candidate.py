@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from edgekit.convert.data import Dataset
-from edgekit.convert.measure import Comparison, compare_all, host_latency_ms, peak_memory_bytes
+from edgekit.convert.measure import Comparison, MemoryProbe, compare_all, host_latency_ms
 from edgekit.convert.options import ConvertOptions
 from edgekit.convert.robustness import RobustnessCheck
+from edgekit.convert.timing import Stopwatch
 from edgekit.converters import Artifact, ConversionSettings, Converter
 from edgekit.converters.source import SourceModel
 from edgekit.core.bundle import sha256
@@ -69,6 +70,8 @@ class Job:
     """The class names (``--labels``); for token classification, the tags."""
     robustness: RobustnessCheck | None = None
     """``--max-robustness-drop``: the corrupted evaluation data, and float's accuracy on it."""
+    watch: Stopwatch = field(default_factory=Stopwatch)
+    """Seconds per step of the whole run."""
 
 
 def max_accuracy_drop(profile: DeviceProfile, override: float | None = None) -> float:
@@ -80,23 +83,32 @@ def max_accuracy_drop(profile: DeviceProfile, override: float | None = None) -> 
 
 
 def build_candidate(job: Job, converter: Converter, precision: str) -> Candidate:
-    artifact = _convert(job, converter, precision, job.settings)
-    candidate = _measure(job, artifact)
+    artifact, candidate = _convert(job, converter, precision, job.settings)
     if candidate.accuracy_problem and precision in converter.fallback_precisions:
         candidate = _keep_sensitive_nodes_in_float(job, converter, artifact, candidate)
     return candidate
 
 
-def _convert(job: Job, converter: Converter, precision: str, settings: ConversionSettings) -> Artifact:
+def _convert(
+    job: Job, converter: Converter, precision: str, settings: ConversionSettings
+) -> tuple[Artifact, Candidate]:
+    """Convert at ``precision``, then measure: the memory probe's process starts first, so
+    that its imports overlap the conversion."""
     calibration = job.calibration.samples if job.calibration is not None else None
     total = (
         len(calibration) if calibration is not None and precision in converter.calibrated_precisions else 0
     )
-    with job.reporter.progress(f"Converting to {converter.format} {precision}", total) as advance:
-        artifact = converter.convert(job.source, precision, calibration, advance, settings)
+    probe = MemoryProbe(converter.format, _example(job))
+    try:
+        with job.reporter.progress(f"Converting to {converter.format} {precision}", total) as advance:
+            with job.watch.step("conversion (calibration included)"):
+                artifact = converter.convert(job.source, precision, calibration, advance, settings)
+    except BaseException:
+        probe.close()
+        raise
     for note in artifact.notes:
         job.reporter.note(note)
-    return artifact
+    return artifact, _measure(job, artifact, probe)
 
 
 def _keep_sensitive_nodes_in_float(
@@ -110,7 +122,8 @@ def _keep_sensitive_nodes_in_float(
     step = 1
     for _ in range(MAX_FALLBACK_ROUNDS):
         started = time.perf_counter()
-        groups = converter.rank_sensitive_nodes(job.source, artifact, data.samples, job.settings)
+        with job.watch.step("fallback: ranking nodes"):
+            groups = converter.rank_sensitive_nodes(job.source, artifact, data.samples, job.settings)
         fresh_groups = [g for g in groups if any(node not in kept for node in g)][:step]
         fresh = list(dict.fromkeys(n for g in fresh_groups for n in g if n not in kept))
         if not fresh:
@@ -123,11 +136,10 @@ def _keep_sensitive_nodes_in_float(
         )
         settings = replace(job.settings, float_nodes=tuple(kept))
         try:
-            artifact = _convert(job, converter, artifact.precision, settings)
+            artifact, candidate = _convert(job, converter, artifact.precision, settings)
         except ConversionError as exc:  # the engine cannot keep these in float: the gate's verdict stands
             job.reporter.note(f"keeping {some(fresh)} in float failed: {exc}")
             break
-        candidate = _measure(job, artifact)
         job.reporter.note(
             f"fallback round with {len(kept)} kept in float: {time.perf_counter() - started:.1f} s"
         )
@@ -136,22 +148,26 @@ def _keep_sensitive_nodes_in_float(
     return candidate
 
 
-def _measure(job: Job, artifact: Artifact) -> Candidate:
+def _measure(job: Job, artifact: Artifact, probe: MemoryProbe) -> Candidate:
     """Evaluate, time and size one artifact against the profile."""
     profile = job.options.profile
     threads = min(profile.runtime.threads, os.cpu_count() or 1)
     backend = backend_for(artifact.format)(artifact.content, threads)
-    accuracy, accuracy_problem = _evaluate(job, artifact, backend)
+    with job.watch.step("gate"):
+        accuracy, accuracy_problem = _evaluate(job, artifact, backend)
     size = len(artifact.content)
     example = _example(job)
-    peak = peak_memory_bytes(artifact.format, artifact.content, example)
+    with job.watch.step("memory probe"):
+        peak = probe.peak_bytes(artifact.content)
+    with job.watch.step("latency"):
+        latency = host_latency_ms(backend, example)
     budget_problems = budget_problems_of(size, peak, profile)
     metrics = Metrics(
         size_bytes=size,
         float_parameter_bytes=job.source.parameter_bytes,
         size_ratio=size / max(job.source.parameter_bytes, 1),
         peak_memory_bytes=peak,
-        host_latency_ms=host_latency_ms(backend, example),
+        host_latency_ms=latency,
         conversion_seconds=artifact.seconds,
         calibration_samples=artifact.calibration_samples,
         accuracy=accuracy,

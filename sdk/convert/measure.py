@@ -42,22 +42,41 @@ def host_latency_ms(
     return statistics.median(timings)
 
 
-def peak_memory_bytes(fmt: str, content: bytes, feed: Feed | None = None) -> int:
-    """Peak resident memory that loading the artifact and invoking it on ``feed`` (default:
-    zeros, dynamic dims as 1) adds, in a fresh process. The child imports from the same
-    path as this process, and the module that defines the format's backend."""
-    path = os.pathsep.join(entry for entry in sys.path if entry)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path}
-    with tempfile.TemporaryDirectory(prefix="edgekit-probe-") as tmp:
+class MemoryProbe:
+    """Peak resident memory that loading an artifact and invoking it on ``feed`` (default:
+    zeros, dynamic dims as 1) adds, in a fresh process. The process starts before the
+    artifact exists, so that its imports overlap the conversion; ``peak_bytes`` hands it the
+    artifact. The child imports from the same path as this process, and the module that
+    defines the format's backend."""
+
+    def __init__(self, fmt: str, feed: Feed | None = None) -> None:
+        path = os.pathsep.join(entry for entry in sys.path if entry)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path}
+        self._folder = tempfile.TemporaryDirectory(prefix="edgekit-probe-")
         args = [sys.executable, "-m", "edgekit.runtime.probe", fmt, backend_for(fmt).__module__]
         if feed is not None:
-            np.savez(Path(tmp) / "feed.npz", **feed)  # type: ignore[arg-type]  # numpy's stub: **kwds vs allow_pickle
-            args.append(str(Path(tmp) / "feed.npz"))
-        proc = subprocess.run(args, input=content, capture_output=True, env=env, timeout=600, check=False)
-    if proc.returncode != 0:
-        lines = proc.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
-        raise ConversionError(f"measuring the artifact's memory failed: {lines[-1]}")
-    return int(json.loads(proc.stdout.decode().strip().splitlines()[-1])["peak_bytes"])
+            np.savez(Path(self._folder.name) / "feed.npz", **feed)  # type: ignore[arg-type]  # numpy's stub: **kwds vs allow_pickle
+            args.append(str(Path(self._folder.name) / "feed.npz"))
+        self._process = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+
+    def peak_bytes(self, content: bytes) -> int:
+        try:
+            out, err = self._process.communicate(content, timeout=600)
+        finally:
+            self.close()
+        if self._process.returncode != 0:
+            lines = err.decode(errors="replace").strip().splitlines() or ["no output"]
+            raise ConversionError(f"measuring the artifact's memory failed: {lines[-1]}")
+        return int(json.loads(out.decode().strip().splitlines()[-1])["peak_bytes"])
+
+    def close(self) -> None:
+        """Stop the process if it still waits, and remove its files."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.communicate()
+        self._folder.cleanup()
 
 
 def top1(outputs: np.ndarray, labels: np.ndarray) -> float:

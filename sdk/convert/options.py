@@ -71,3 +71,5 @@ class ConvertResult:
     warnings: tuple[str, ...] = field(default=())
     contents: dict[str, bytes] = field(default_factory=dict, repr=False)
     """The chosen artifacts' bytes by path, as the bundle holds them."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per step (load, float model, conversion, gate, memory probe, latency, ...)."""

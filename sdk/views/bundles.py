@@ -70,6 +70,7 @@ def convert_json(result: ConvertResult) -> dict[str, Any]:
         "manifest": result.manifest.model_dump(mode="json"),
         "tried": [{"precision": c.entry.precision, "problems": list(c.problems)} for c in result.tried],
         "warnings": list(result.warnings),
+        "timings": {step: round(seconds, 3) for step, seconds in result.timings.items()},
     }
 
 
