@@ -37,7 +37,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "quickstart"))
 
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int8-litert")
+"""int8-litert: int8 by the LiteRT Quantizer on the float model (``--tflite-quantizer litert``)."""
 
 
 def make_digits(folder: Path) -> dict[str, Path]:
@@ -79,6 +80,8 @@ def bare_convert(saved_model: Path, precision: str, calibration: np.ndarray) -> 
     """The plain TFLiteConverter call a user would write by hand, timed."""
     import tensorflow as tf
 
+    if precision == "int8-litert":
+        return bare_litert(saved_model, calibration)
     started = time.perf_counter()
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     if precision != "fp32":
@@ -91,6 +94,20 @@ def bare_convert(saved_model: Path, precision: str, calibration: np.ndarray) -> 
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     content = converter.convert()
+    return content, time.perf_counter() - started
+
+
+def bare_litert(saved_model: Path, calibration: np.ndarray) -> tuple[bytes, float]:
+    """The float conversion, then the LiteRT Quantizer's static int8 recipe, timed together."""
+    from ai_edge_litert.interpreter import Interpreter
+    from litert_quantizer import quantizer, recipe
+
+    started = time.perf_counter()
+    float_model, _ = bare_convert(saved_model, "fp32", calibration)
+    name = Interpreter(model_content=float_model).get_signature_list()["serving_default"]["inputs"][0]
+    engine = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8())
+    ranges = engine.calibrate({"serving_default": [{name: row[None]} for row in calibration]})
+    content = bytes(engine.quantize(ranges, enable_progress_report=False).quantized_model)
     return content, time.perf_counter() - started
 
 
@@ -142,7 +159,9 @@ def child_edgekit(paths: dict[str, Path], precision: str, out: Path) -> dict:
     from edgekit.core.profiles import load_profile
 
     options = ConvertOptions(
-        model=paths["model"], profile=load_profile("x86-gateway"), format="tflite", precision=precision,
+        model=paths["model"], profile=load_profile("x86-gateway"), format="tflite",
+        precision="int8" if precision == "int8-litert" else precision,  # type: ignore[arg-type]
+        tflite_quantizer="litert" if precision == "int8-litert" else "converter",
         output=out, calibration=paths["calibration"], evaluation=paths["evaluation"],
         allow_accuracy_drop=True, allow_over_budget=True,
     )

@@ -1,7 +1,8 @@
 """Recurrent Keras models to TFLite (issue 14, item 6; issue 37): a GRU, LSTM or Bidirectional
 sensor model failed at every TFLite precision with a TensorListReserve legalization error;
 unrolled over its fixed sequence length it converts, runs in edgekit.runtime and agrees with
-Keras. Stacked layers (``return_sequences=True`` into the next) are unrolled too."""
+Keras. Stacked layers (``return_sequences=True`` into the next) are unrolled too; the
+conformance matrix runs both formats at every precision."""
 
 from __future__ import annotations
 
@@ -66,9 +67,7 @@ def sensor_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 
 @pytest.mark.parametrize(
-    ("precision", "min_cosine"),
-    [("fp32", 0.999), *(pytest.param(p, c, marks=pytest.mark.slow) for p, c in
-                        (("fp16", 0.99), ("dynamic", 0.9), ("int8", 0.9)))],  # fmt: skip
+    ("precision", "min_cosine"), [("fp32", 0.999), pytest.param("int8", 0.9, marks=pytest.mark.slow)]
 )
 def test_recurrent_models_convert_to_tflite_and_agree_with_keras(
     sensor_model: dict[str, Path], tmp_path: Path, precision: str, min_cosine: float
