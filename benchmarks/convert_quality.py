@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from edgekit.core.memory import peak_bytes  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "quickstart"))
 
@@ -130,13 +132,6 @@ def bare_latency_ms(content: bytes, threads: int, runs: int) -> float:
     return statistics.median(timings) * 1000
 
 
-def peak_rss() -> int:
-    """This process's peak resident set in bytes (VmHWM: a child's ``ru_maxrss`` would start
-    at the forking parent's, which Linux keeps across exec)."""
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
-
-
 def child_bare(paths: dict[str, Path], precision: str, out: Path) -> dict:
     """In a fresh process: ``model.export()`` and the bare converter, as a user writes them."""
     import keras
@@ -148,7 +143,7 @@ def child_bare(paths: dict[str, Path], precision: str, out: Path) -> dict:
     export_s = time.perf_counter() - started
     content, bare_s = bare_convert(out.with_suffix(".savedmodel"), precision, calibration)
     out.write_bytes(content)
-    return {"export_s": export_s, "bare_s": bare_s, "peak": peak_rss()}
+    return {"export_s": export_s, "bare_s": bare_s, "peak": peak_bytes()}
 
 
 def child_edgekit(paths: dict[str, Path], precision: str, out: Path) -> dict:
@@ -169,7 +164,7 @@ def child_edgekit(paths: dict[str, Path], precision: str, out: Path) -> dict:
     result = convert(options)
     accuracy = result.manifest.artifacts[0].metrics.accuracy
     assert accuracy is not None
-    return {"edgekit_s": time.perf_counter() - started, "steps": result.timings, "peak": peak_rss(),
+    return {"edgekit_s": time.perf_counter() - started, "steps": result.timings, "peak": peak_bytes(),
             "metric": accuracy.metric, "float": accuracy.float_model, "artifact": accuracy.artifact,
             "cosine": accuracy.cosine}  # fmt: skip
 

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from convert_quality import bare_convert, bare_latency_ms, make_digits, make_mobilenetv2  # noqa: E402
 
+from edgekit.core.memory import peak_bytes  # noqa: E402
+
 METHODS = {  # row label -> (tool, precision or recipe)
     "converter int8 (full integer)": ("converter", "int8"),
     "quantizer static_wi8_ai8": ("quantizer", "static_wi8_ai8"),
@@ -74,14 +76,6 @@ def in_child(tool: str, how: str, folder: Path) -> tuple[bytes, float, int]:
         raise RuntimeError(f"{tool} {how} failed in its child process")
     result = json.loads(child.stdout)
     return (folder / "out.tflite").read_bytes(), result["seconds"], result["peak"]
-
-
-def peak_rss() -> int:
-    """This process's peak resident set in bytes. Not the child's ``ru_maxrss``: Linux keeps
-    the forking parent's resident set in it across exec, so every child would read as at
-    least as large as this script."""
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
 
 
 def logits(content: bytes, x: np.ndarray) -> np.ndarray:
@@ -161,7 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         seconds = quantize(args.child[0], args.child[1], Path(args.child[2]))
-        print(json.dumps({"seconds": seconds, "peak": peak_rss()}))
+        print(json.dumps({"seconds": seconds, "peak": peak_bytes()}))
         return
     makers = {"digits": make_digits, "mobilenetv2": make_mobilenetv2}
     rows = []

@@ -23,17 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-_STATUS = Path("/proc/self/status")
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+from edgekit.core.memory import status_kib
 
 
 def _reset_peak() -> bool:
@@ -41,7 +31,7 @@ def _reset_peak() -> bool:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return False
-    return _status_kib("VmHWM") is not None
+    return status_kib("VmHWM") is not None
 
 
 def _max_rss_bytes() -> int:
@@ -57,7 +47,7 @@ def main() -> None:
     backend_class.import_engine()
     np.zeros(1, dtype=np.float32)  # numpy's first allocation, out of the measurement
     precise = _reset_peak()
-    baseline = _status_kib("VmRSS") * 1024 if precise else _max_rss_bytes()  # type: ignore[operator]
+    baseline = status_kib("VmRSS") * 1024 if precise else _max_rss_bytes()  # type: ignore[operator]
     backend = backend_class(sys.stdin.buffer.read())
     if len(sys.argv) > 3:
         with np.load(sys.argv[3], allow_pickle=False) as archive:
@@ -65,7 +55,7 @@ def main() -> None:
     else:
         feed = zeros_feed(backend.inputs)
     backend.run(feed)
-    peak = _status_kib("VmHWM") * 1024 if precise else _max_rss_bytes()  # type: ignore[operator]
+    peak = status_kib("VmHWM") * 1024 if precise else _max_rss_bytes()  # type: ignore[operator]
     print(json.dumps({"peak_bytes": max(peak - baseline, 0), "engine": backend.engine}))
 
 

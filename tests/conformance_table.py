@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conformance import PRECISIONS, ROWS, Cell, run_cell  # noqa: E402
 
+from edgekit.core.memory import peak_bytes  # noqa: E402
+
 
 def _short(detail: str) -> str:
     """A table cell: the cosine, or the refusal's gist."""
@@ -43,13 +45,6 @@ def measured(row: int, fmt: str, precision: str) -> tuple[Cell, int]:
     return Cell(**result["cell"]), result["peak"]
 
 
-def peak_rss() -> int:
-    """This process's peak resident set in bytes (VmHWM; a child's ``ru_maxrss`` would start
-    at the forking parent's, which Linux keeps across exec)."""
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="rows whose name contains this text")
@@ -58,7 +53,7 @@ def main() -> None:
     if args.cell:
         with tempfile.TemporaryDirectory() as tmp:
             cell = run_cell(ROWS[int(args.cell[0])], args.cell[1], args.cell[2], Path(tmp))
-        print(json.dumps({"cell": asdict(cell), "peak": peak_rss()}))
+        print(json.dumps({"cell": asdict(cell), "peak": peak_bytes()}))
         return
     print("| model | format | " + " | ".join(PRECISIONS) + " |")
     print("|---|---|" + "---|" * len(PRECISIONS))

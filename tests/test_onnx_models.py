@@ -107,7 +107,7 @@ def test_a_default_domain_imported_twice_is_merged_before_int8(tmp_path: Path) -
 def test_a_conversion_that_may_not_fit_in_memory_says_so_before_it_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgekit.convert import memory
+    from edgekit.core import memory
 
     model = onnx_graphs.save(onnx_graphs.conv_classifier(13), tmp_path / "c.onnx")
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(0, 1, (12, 3, 8, 8)).astype(np.float32))
@@ -126,7 +126,7 @@ def test_a_conversion_that_may_not_fit_in_memory_says_so_before_it_starts(
 
 
 def test_available_memory_is_read_from_this_machine() -> None:
-    from edgekit.convert.memory import available_bytes, resident_bytes
+    from edgekit.core.memory import available_bytes, resident_bytes
 
     available = available_bytes()
     assert available is not None and 0 < available < 2**50

@@ -8,10 +8,9 @@ ends a conversion with no message at all, and 20 minutes in.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from edgekit.converters import Converter
 from edgekit.converters.source import SourceModel
+from edgekit.core import memory
 from edgekit.views.bundles import size
 from edgekit.views.progress import Reporter
 
@@ -20,38 +19,11 @@ def warn_if_short(source: SourceModel, converters: list[Converter], reporter: Re
     """One warning when the conversion's expected peak exceeds the memory available."""
     if not converters:
         return
-    need = resident_bytes() + max(c.peak_per_weight_byte for c in converters) * source.parameter_bytes
-    available = available_bytes()
+    need = memory.resident_bytes() + max(c.peak_per_weight_byte for c in converters) * source.parameter_bytes
+    available = memory.available_bytes()
     if available is not None and need > available:
         reporter.warn(
             f"this conversion may need about {size(int(need))} of memory and "
             f"{size(available)} is available; if it is killed, close other programs or "
             "convert on a machine with more memory"
         )
-
-
-def resident_bytes() -> int:
-    return _status_kb("VmRSS") * 1024
-
-
-def available_bytes() -> int | None:
-    """MemAvailable, or what the cgroup's limit leaves when that is less; None if unknown."""
-    try:
-        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        available = int(meminfo["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-    except (OSError, ValueError):
-        return available
-    return available if limit == "max" else min(available, int(limit) - used)
-
-
-def _status_kb(field: str) -> int:
-    try:
-        lines = Path("/proc/self/status").read_text().splitlines()
-    except OSError:
-        return 0
-    return next((int(line.split()[1]) for line in lines if line.startswith(f"{field}:")), 0)
