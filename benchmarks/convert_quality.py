@@ -214,8 +214,8 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
-STEPS = ("load (and export)", "float model", "conversion (calibration included)", "gate", "memory probe",
-         "latency", "drift reference", "write")  # fmt: skip
+STEPS = ("load (and export)", "float model", "conversion (calibration included)", "gate",
+         "fallback: ranking nodes", "memory probe", "latency", "drift reference", "write")  # fmt: skip
 
 
 def print_steps(rows: list[dict]) -> None:

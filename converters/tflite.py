@@ -26,7 +26,7 @@ from edgekit.converters.base import Advance, Artifact, ConversionSettings, Conve
 from edgekit.converters.litert_quantize import quantize_int8
 from edgekit.converters.recurrent import saved_model_for_tflite
 from edgekit.converters.source import import_tensorflow, signature_function
-from edgekit.core.errors import ConversionError, DataError, InputError
+from edgekit.core.errors import ConversionError, DataError, InputError, NothingToConvertError
 from edgekit.core.formats import PRECISIONS, Format, Precision, SourceKind
 from edgekit.core.manifest import QuantizationScheme
 from edgekit.core.samples import Samples
@@ -93,6 +93,8 @@ class TFLiteConverter(Converter):
                 f"TFLite conversion at {precision} failed: {_summary(exc)}; "
                 "rerun with --debug for the converter log"
             ) from exc
+        if precision == "int8":
+            _check_int8(content)
         return Artifact(
             format=self.format,
             precision=precision,
@@ -113,6 +115,7 @@ class TFLiteConverter(Converter):
         """int8 by the LiteRT Quantizer, from the float model the converter makes."""
         started = time.perf_counter()
         content = quantize_int8(self._float_content(source, shapes), calibration, advance, float_nodes)
+        _check_int8(content)
         return Artifact(
             format=self.format, precision="int8", content=content, seconds=time.perf_counter() - started,
             calibration_samples=len(calibration),
@@ -230,6 +233,22 @@ class TFLiteConverter(Converter):
     @classmethod
     def tool_versions(cls) -> dict[str, str]:
         return {"tensorflow": import_tensorflow().__version__}
+
+
+def _check_int8(content: bytes) -> None:
+    """Refuse an "int8" model whose compute layers all run in float: the accuracy fallback
+    can keep every one of them out of int8, and the result is the float model, larger than
+    fp32, under the int8 label."""
+    from edgekit.runtime.backends.tflite import import_interpreter
+
+    interpreter = import_interpreter()[0](model_content=content)
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    compute = [op for op in interpreter._get_ops_details() if op["op_name"] in _COMPUTE_OPS]
+    if compute and not any(dtypes.get(op["inputs"][0]) in ("int8", "int16") for op in compute):
+        raise NothingToConvertError(
+            f"int8 kept all {len(compute)} compute layers in float, so the artifact would be the float "
+            "model under another label; use --precision fp16 or fp32"
+        )
 
 
 def detect_precision(content: bytes) -> str:

@@ -53,7 +53,7 @@ def check_input(info: TensorInfo, value: Any) -> np.ndarray:
         raise ShapeError(f"input '{info.name}' takes {takes} {describe(info)}, got dtype {array.dtype}")
     shape = array.shape
     if len(shape) != len(info.shape):
-        hint = "; add the batch axis with x[None]" if array.ndim == len(info.shape) - 1 else ""
+        hint = "; add the batch axis with x[None]" if _one_sample(info.shape, shape) else ""
         rank = len(info.shape)
         raise ShapeError(f"input '{info.name}' takes rank {rank} {describe(info)}, got shape {shape}{hint}")
     for axis, size in fixed:
@@ -69,6 +69,13 @@ def check_input(info: TensorInfo, value: Any) -> np.ndarray:
             "replace missing values before predict"
         )
     return array if array.dtype == want else array.astype(want)
+
+
+def _one_sample(dims: tuple[int | None, ...], shape: tuple[int, ...]) -> bool:
+    """Whether ``shape`` is one sample of ``dims``: its batch axis alone is missing."""
+    if len(shape) != len(dims) - 1:
+        return False
+    return all(d is None or d == n for d, n in zip(dims[1:], shape, strict=True))
 
 
 @cache

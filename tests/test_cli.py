@@ -112,6 +112,12 @@ def test_missing_keys_name_the_command_that_creates_them(
         signed.stderr.strip()
         == f"error: {missing}: no such key file; create it with: edgekit keys init --publisher -o {missing}"
     )
+    public = publisher.with_suffix(".pub")  # mode 644, as a public key may be
+    by_mistake = CliRunner().invoke(main, ["sign", str(bundle), "--key", str(public)])
+    assert by_mistake.exit_code == 1 and by_mistake.stderr.strip() == (
+        f"error: {public} is a public key (it verifies signatures, it cannot make them); "
+        f"sign with the private key beside it: {publisher}"
+    )
     monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path / "new-device"))
     assert CliRunner().invoke(main, ["trust", "add", str(publisher.with_suffix(".pub"))]).exit_code == 0
     installed = CliRunner().invoke(main, ["install", str(bundle)])

@@ -320,3 +320,17 @@ def test_the_litert_quantizer_makes_int8_from_the_float_model(digits_files: dict
     kernels = [t for t in interpreter.get_tensor_details() if len(t["shape"]) == 4 and t["shape"][0] == 32]
     assert kernels and all(np.dtype(k["dtype"]) == np.int8 for k in kernels)
     assert entry.size < 0.3 * entry.metrics.float_parameter_bytes
+
+
+def test_int8_with_every_compute_layer_kept_in_float_is_refused(digits_files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "all-float.ekb"
+    result = CliRunner().invoke(main, [
+        "convert", str(digits_files["model"]), "--target", "raspberry-pi-5", "--format", "tflite",
+        "--precision", "int8", "--keep-float", "*", "--calibration", str(digits_files["calibration"]),
+        "--eval", str(digits_files["evaluation"]), "-o", str(out),
+    ])  # fmt: skip
+    assert result.exit_code == 1 and not out.exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: int8 kept all 4 compute layers in float, so the artifact would be the float model under "
+        "another label; use --precision fp16 or fp32"
+    )

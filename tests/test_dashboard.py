@@ -27,7 +27,7 @@ from edgekit.cli import main
 from edgekit.core.bundle import read_manifest
 from edgekit.fleet import init_fleet, load_collector_key, open_engine
 from edgekit.fleet.database import record_event
-from edgekit.testing.mosquitto import LocalBroker, find_mosquitto, free_port
+from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "artifacts" / "dashboard"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -111,18 +111,19 @@ class Site:
                                    "control": {"error_rate": 0.01, "p95_ms": 10.0, "drift": 0.3},
                                    "limits": {"max_error_rate": 0.01, "max_p95_ms": 10.0, "max_drift": 0.25}}}):
             record_event(self.db, "f7", event)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = ""
         self.dashboard = self.serve("--bundle", str(bundle))
 
     def serve(self, *extra: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "edgekit", "fleet", "dashboard", "--db", self.db, "--port", str(self.port),
+            [sys.executable, "-m", "edgekit", "fleet", "dashboard", "--db", self.db, "--port", "0",
              "--json", *extra], env={**os.environ, "EDGEKIT_HOME": str(self.home)}, stdout=subprocess.PIPE, text=True,
         )
         self.processes.append(process)
         started = json.loads(process.stdout.readline())  # type: ignore[union-attr]
-        assert started["fleet"] == "f7" and started["url"] == self.url + "/"
+        port = int(started["url"].rsplit(":", 1)[1].rstrip("/"))  # --port 0: the one the kernel gave
+        assert started["fleet"] == "f7" and started["url"] == f"http://127.0.0.1:{port}/" and port > 0
+        self.url = started["url"].rstrip("/")
         _until(lambda: _answers(self.url))
         return process
 

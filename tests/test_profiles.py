@@ -96,3 +96,25 @@ def test_cli_target_errors_are_usage_errors_on_one_line(tmp_path: Path) -> None:
     assert "unknown device profile 'pi-9'" in result.output
     assert "raspberry-pi-5" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["convert", "m.keras", "--target", "jetson-orin"],
+         "Did you mean 'jetson-orin-nano' or 'jetson-orin-nx'?"),
+        (["convert", "m.keras", "--target", "raspbery-pi-5"], "Did you mean 'raspberry-pi-5'"),
+        (["fleet", "collect"], "Missing option '--broker'. (see edgekit fleet collect --help)"),
+        (["--bogus"], "No such option '--bogus'. (see edgekit --help)"),
+        (["conver"], "No such command 'conver'. Did you mean 'convert'? (see edgekit --help)"),
+    ],
+)  # fmt: skip
+def test_usage_errors_are_one_line_and_suggest_what_was_meant(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, args, prog_name="edgekit")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert message in result.stderr
+
+
+def test_short_names_people_type_are_profiles_too() -> None:
+    assert load_profile("rpi4").id == "raspberry-pi-4" and load_profile("orin-nano").id == "jetson-orin-nano"

@@ -181,6 +181,9 @@ def test_bad_inputs_are_clear_and_leave_the_model_usable(converted, digits_eval)
         with pytest.raises(ShapeError) as err:
             model.predict(bad)
         assert message in str(err.value)
+    with pytest.raises(ShapeError) as err:  # rank one short, but the dims are wrong: not one sample
+        model.predict(x[0, :4])
+    assert str(err.value) == f"input '{name}' takes rank 4 (batch, 8, 8, 1), got shape (4, 8, 1)"
     assert model.predict({name: x[:2]}).shape == (2, 10)  # still usable
 
 

@@ -140,7 +140,7 @@ def serve(config: ServeConfig, started: Callable[[dict[str, Any]], None]) -> Non
     grpc_server = None
     try:
         app = build_app(repository, config.limits, config.timeout_s, config.token)
-        sock = _bind(config.host, config.port)
+        sock = bind(config.host, config.port)
         grpc_server, grpc_port = _grpc(config, repository) if config.grpc_port is not None else (None, None)
         info = _information(config, repository, sock.getsockname()[1], grpc_port)
         server = _announcing(uvicorn.Config(app, **_uvicorn_options(config)), lambda: started(info))
@@ -253,7 +253,8 @@ def guarded_protocol(max_connections: int, header_timeout_s: float) -> type[asyn
     return Guarded
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: one the kernel picks); a busy port is one line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and without it
     # a response's header and body writes wait for the client's delayed ACK (measured: 44 ms).

@@ -22,6 +22,17 @@ from edgekit.core.errors import EdgekitError
 class EdgekitGroup(click.Group):
     """Turns edgekit errors into one line and an exit code; tracebacks only with --debug."""
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # the group's own options: edgekit --bogus
+            if os.environ.get("EDGEKIT_DEBUG") == "1" or "--debug" in args:
+                raise
+            error_line(f"{exc.format_message()} (see {info_name or 'edgekit'} --help)")
+            sys.exit(exc.exit_code)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -29,6 +40,12 @@ class EdgekitGroup(click.Group):
             if _debugging(ctx):
                 raise
             error_line(str(exc))
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:  # click's own is four lines: usage, a hint, a blank, the error
+            if _debugging(ctx):
+                raise
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            error_line(f"{exc.format_message()} (see {where} --help)")
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise

@@ -105,6 +105,20 @@ DEFAULT_MAX_ACCURACY_DROP = 1.0
 """Percentage points of top-1 accuracy a conversion may lose when the profile says nothing."""
 
 
+ALIASES = {"rpi4": "raspberry-pi-4", "rpi5": "raspberry-pi-5", "pi4": "raspberry-pi-4",
+           "pi5": "raspberry-pi-5", "orin-nano": "jetson-orin-nano", "orin-nx": "jetson-orin-nx",
+           "agx-orin": "jetson-agx-orin", "xavier-nx": "jetson-xavier-nx", "x86": "x86-gateway",
+           "arm64": "generic-arm64"}  # fmt: skip
+"""Short names people type for the shipped profiles; ``--target`` takes them too."""
+
+
+def _near(ref: str, known: list[str]) -> list[str]:
+    """Profiles ``ref`` may have meant: those it begins or is part of (``jetson-orin``: both
+    Orins), else the closest spellings."""
+    containing = [name for name in known if ref and ref.lower() in name]
+    return containing[:3] or difflib.get_close_matches(ref, known, n=2)
+
+
 def shipped_profile_ids() -> list[str]:
     """Ids of the profiles that ship in ``edgekit.device_configs``."""
     folder = resources.files("edgekit.device_configs")
@@ -117,9 +131,10 @@ def load_profile(ref: str | Path) -> DeviceProfile:
     if path.suffix == ".toml" or path.exists():
         return _load_file(path.read_bytes() if path.is_file() else None, str(path))
     known = shipped_profile_ids()
-    if str(ref) not in known:
-        close = difflib.get_close_matches(str(ref), known, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+    ref = ALIASES.get(str(ref), str(ref))
+    if ref not in known:
+        close = _near(ref, known)
+        hint = f" Did you mean {' or '.join(repr(name) for name in close)}?" if close else ""
         raise ProfileError(
             f"unknown device profile '{ref}'.{hint} Known profiles: {', '.join(known)}; "
             "or give a path to your own .toml file"

@@ -80,6 +80,7 @@ def read_secret(path: Path, create: str) -> bytes:
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
     """A publisher's Ed25519 private key, from ``edgekit keys init --publisher``."""
+    _refuse_public_key(path)
     try:
         secret = read_secret(path, f"edgekit keys init --publisher -o {path}")
         key = serialization.load_pem_private_key(secret, password=None)
@@ -88,6 +89,21 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyProviderError(f"{path}: not an Ed25519 key; create one with: edgekit keys init --publisher")
     return key
+
+
+def _refuse_public_key(path: Path) -> None:
+    """A public key given where the private one is needed (``--key publisher.pub``): say so,
+    and name the private key beside it, rather than ask for a public file's mode to change."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(64)
+    except OSError:
+        return  # read_secret says what is wrong with the path
+    if not head.startswith(b"-----BEGIN PUBLIC KEY-----"):
+        return
+    beside = [f for f in sorted(path.parent.glob(f"{path.stem}.*")) if f.suffix != ".pub" and f.is_file()]
+    fix = f"sign with the private key beside it: {beside[0]}" if beside else "sign with its private key"
+    raise KeyProviderError(f"{path} is a public key (it verifies signatures, it cannot make them); {fix}")
 
 
 def load_public_key(data: bytes, where: str) -> Ed25519PublicKey:

@@ -59,11 +59,8 @@ def open_dashboard(config: DashboardConfig) -> tuple[Any, dict[str, Any]]:
         _references(config.bundles), secure_cookie=exposed or config.tls_cert is not None,
         hosts=allowed_hosts(config.host, config.allow_hosts),
     )
-    scheme = "https" if config.tls_cert else "http"
     shown = str(engine.url.render_as_string(hide_password=True))
-    info = {"fleet": fleet, "url": f"{scheme}://{config.host}:{config.port}/", "db": shown,
-            "token": config.token is not None}  # fmt: skip
-    return build_app(board), info
+    return build_app(board), {"fleet": fleet, "db": shown, "token": config.token is not None}
 
 
 def allowed_hosts(host: str, extra: tuple[str, ...] = ()) -> frozenset[str] | None:
@@ -105,11 +102,15 @@ def run_dashboard(config: DashboardConfig, started: Callable[[dict[str, Any]], N
     """Serve until Ctrl-C or SIGTERM."""
     import uvicorn
 
+    from edgekit.runtime.serve.server import bind
+
     app, info = open_dashboard(config)
-    options: dict[str, Any] = {"host": config.host, "port": config.port, "log_level": "warning",
-                               "access_log": False, "lifespan": "off"}  # fmt: skip
+    sock = bind(config.host, config.port)  # bound here, so that port 0 is reported as the one given
+    scheme = "https" if config.tls_cert else "http"
+    info = {**info, "url": f"{scheme}://{config.host}:{sock.getsockname()[1]}/"}
+    options: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "off"}
     if config.tls_cert is not None:
         options.update(ssl_certfile=str(config.tls_cert), ssl_keyfile=str(config.tls_key))
     server = uvicorn.Server(uvicorn.Config(app, **options))
     started(info)
-    server.run()
+    server.run(sockets=[sock])
