@@ -131,3 +131,14 @@ def test_available_memory_is_read_from_this_machine() -> None:
     available = available_bytes()
     assert available is not None and 0 < available < 2**50
     assert 10 * 2**20 < resident_bytes() < available + resident_bytes()
+
+
+def test_auto_says_why_on_a_gpu_profile_too(tmp_path: Path) -> None:
+    model = onnx_graphs.save(onnx_graphs.conv_classifier(13), tmp_path / "c.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(0, 1, (12, 3, 8, 8)).astype(np.float32))
+    result = CliRunner().invoke(main, ["convert", str(model), "--target", "jetson-orin-nano", "--precision", "auto",
+                                       "--calibration", str(tmp_path / "d.npz"), "--eval", str(tmp_path / "d.npz"),
+                                       "--max-accuracy-drop", "20", "-o", str(tmp_path / "c.ekb")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "chosen int8: first precision in jetson-orin-nano's onnx order that passed; not measured:" in flat

@@ -4,6 +4,7 @@ int8 or fp16 kernel) are refused in one line, or skipped by ``auto``, which says
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +79,10 @@ def test_auto_ships_fp32_and_says_why(iris: dict[str, Path], tmp_path: Path) -> 
     assert entry.selection is not None and [c.precision for c in entry.selection.candidates] == ["fp32"]
     assert "skipped int8, fp16, dynamic: they would change nothing" in entry.selection.reason
     assert entry.metrics.float_parameter_bytes > 0  # the trees' thresholds live in attributes
+
+
+def test_a_file_larger_than_its_weights_says_it_grew(iris: dict[str, Path], tmp_path: Path) -> None:
+    result = _convert(iris["linear"], iris["data"], tmp_path / "l.ekb", "fp32")
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())  # the summary wraps at 80 columns
+    assert re.search(r"float32 weights → [\d.]+ K?B \([1-9][\d.]*×, larger than the float32 weights\)", flat)

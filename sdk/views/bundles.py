@@ -112,7 +112,7 @@ def _print_classes(out: Console, entry: ArtifactEntry, labels: tuple[str, ...] |
 def _print_selection(out: Console, entry: ArtifactEntry) -> None:
     """Why this precision, and every candidate's numbers; long reasons wrap under themselves."""
     selection = entry.selection
-    if selection is None or len(selection.candidates) < 2 and selection.method != "measured-fastest":
+    if selection is None or selection.method == "explicit":  # auto says why, on every profile
         return
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style="bold", no_wrap=True, min_width=11)
@@ -122,6 +122,16 @@ def _print_selection(out: Console, entry: ArtifactEntry) -> None:
         why = "; ".join(c.problems) or "passed"
         grid.add_row("", f"{c.precision}: {size(c.size_bytes)}, {c.host_latency_ms:.3f} ms, {why}")
     out.print(grid, highlight=False)
+
+
+def _size_line(weights: int, artifact: int) -> str:
+    """The artifact against its float32 weights, saying so when it grew (a small model's
+    graph and metadata outweigh its weights; an int8 model kept mostly in float)."""
+    if weights <= 0:
+        return f"{size(artifact)} (no float32 weights counted)"
+    ratio = artifact / weights
+    grew = ", larger than the float32 weights" if ratio > 1 else ""
+    return f"{size(weights)} float32 weights → {size(artifact)} ({ratio:.2f}×{grew})"
 
 
 def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: bool = False) -> Table:
@@ -135,10 +145,7 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: b
     if ready_made:
         table.add_row("size", f"{size(m.size_bytes)}, shipped as it was given")
     else:
-        table.add_row(
-            "size",
-            f"{size(m.float_parameter_bytes)} float32 weights → {size(m.size_bytes)} ({m.size_ratio:.2f}×)",
-        )
+        table.add_row("size", _size_line(m.float_parameter_bytes, m.size_bytes))
     table.add_row(
         "storage", f"{mark(storage_ok)} {size(m.size_bytes)} of {budget['model_storage_mb']:g} MB budget"
     )
