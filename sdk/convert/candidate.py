@@ -114,12 +114,16 @@ def _convert(
 def _keep_sensitive_nodes_in_float(
     job: Job, converter: Converter, artifact: Artifact, candidate: Candidate
 ) -> Candidate:
-    """Retry int8 with the nodes that lose the most kept in float, until the gate passes."""
+    """Retry with the nodes that lose the most kept in float, until the gate passes. If it
+    never does, the round that lost the least (an --allow-accuracy-drop run ships it), not
+    the last one, which keeps the most in float. int8 stops once it is larger than fp16
+    would be: past that, int8 has nothing left to offer."""
     data = job.calibration or job.evaluation  # the gate failed, so evaluation data is there
     if data is None:
         return candidate
     kept: list[str] = []
     step = 1
+    tried = [candidate]
     for _ in range(MAX_FALLBACK_ROUNDS):
         started = time.perf_counter()
         with job.watch.step("fallback: ranking nodes"):
@@ -140,12 +144,26 @@ def _keep_sensitive_nodes_in_float(
         except ConversionError as exc:  # the engine cannot keep these in float: the gate's verdict stands
             job.reporter.note(f"keeping {some(fresh)} in float failed: {exc}")
             break
+        tried.append(candidate)
         job.reporter.note(
             f"fallback round with {len(kept)} kept in float: {time.perf_counter() - started:.1f} s"
         )
         if not candidate.accuracy_problem:
+            return candidate
+        ratio = candidate.entry.size / max(job.source.parameter_bytes, 1)
+        if artifact.precision == "int8" and ratio > 0.5:
+            job.reporter.note(
+                f"int8 with {len(kept)} kept in float is {ratio:.2f}× the float weights, larger than fp16 "
+                "would be; no more rounds"
+            )
             break
-    return candidate
+    return min(tried, key=_loss)
+
+
+def _loss(candidate: Candidate) -> tuple[float, int]:
+    """What a candidate lost against float (less is better), then its size."""
+    accuracy = candidate.entry.metrics.accuracy
+    return (accuracy.drop if accuracy is not None else float("inf"), candidate.entry.size)
 
 
 def _measure(job: Job, artifact: Artifact, probe: MemoryProbe) -> Candidate:
