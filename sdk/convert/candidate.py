@@ -116,8 +116,8 @@ def _keep_sensitive_nodes_in_float(
 ) -> Candidate:
     """Retry with the nodes that lose the most kept in float, until the gate passes. If it
     never does, the round that lost the least (an --allow-accuracy-drop run ships it), not
-    the last one, which keeps the most in float. int8 stops once it is larger than fp16
-    would be: past that, int8 has nothing left to offer."""
+    the last one, which keeps the most in float. An int8 round larger than fp16 would be is
+    never shipped, and ends the rounds: past that, int8 has nothing left to offer."""
     data = job.calibration or job.evaluation  # the gate failed, so evaluation data is there
     if data is None:
         return candidate
@@ -144,19 +144,19 @@ def _keep_sensitive_nodes_in_float(
         except ConversionError as exc:  # the engine cannot keep these in float: the gate's verdict stands
             job.reporter.note(f"keeping {some(fresh)} in float failed: {exc}")
             break
-        tried.append(candidate)
         job.reporter.note(
             f"fallback round with {len(kept)} kept in float: {time.perf_counter() - started:.1f} s"
         )
-        if not candidate.accuracy_problem:
-            return candidate
         ratio = candidate.entry.size / max(job.source.parameter_bytes, 1)
         if artifact.precision == "int8" and ratio > 0.5:
             job.reporter.note(
                 f"int8 with {len(kept)} kept in float is {ratio:.2f}× the float weights, larger than fp16 "
-                "would be; no more rounds"
+                "would be: not shipped, and no more rounds"
             )
             break
+        if not candidate.accuracy_problem:
+            return candidate
+        tried.append(candidate)
     return min(tried, key=_loss)
 
 
