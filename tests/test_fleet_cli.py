@@ -120,3 +120,45 @@ def test_telemetry_options_fail_in_one_line(tmp_path: Path, converted: Any, digi
     assert bad_url.exit_code == 2 and "mqtt://host:1883" in bad_url.stderr
     offline = _cli("fleet", "watch", "--broker", "mqtt://127.0.0.1:9", "--fleet", "a", "--duration", "1")
     assert offline.exit_code == 1 and offline.stderr.startswith("error: cannot reach broker")
+
+
+def test_collect_progress_in_a_pipe_is_whole_lines_not_carriage_returns() -> None:
+    import io
+    from types import SimpleNamespace
+
+    from edgekit.views.fleet import collect_progress
+
+    collector = SimpleNamespace(reports=3, sample_count=1, skipped={"malformed": 2})
+    log = io.StringIO()  # not a terminal
+    show = collect_progress(log, every=0.0)
+    show(collector)
+    show(collector)
+    assert log.getvalue() == "3 reports, 1 samples, 2 skipped\n" * 2
+    throttled = io.StringIO()
+    show = collect_progress(throttled)  # at most one line every ten seconds
+    for _ in range(50):
+        show(collector)
+    assert throttled.getvalue().count("\n") == 1
+
+
+def test_watch_in_a_pipe_prints_the_table_with_every_number_whole() -> None:
+    import io
+
+    from rich.console import Console
+
+    from edgekit.fleet.view import FleetView, NodeState
+    from edgekit.views.fleet import fleet_display
+
+    view = FleetView("factory-7")
+    node = "ab" * 16
+    view.nodes[node] = NodeState(node, "online", {
+        "model": "vibration-classifier-v12", "rate": 29999.125, "p50_ms": 1234.5678, "p95_ms": 98765.4321,
+        "error_rate": 0.0, "drift": 0.1234, "dropped": 123456789,
+    })  # fmt: skip
+    piped = io.StringIO()
+    with fleet_display(Console(file=piped), view, as_json=False) as show:
+        show(None)
+    text = piped.getvalue()
+    assert "…" not in text
+    for whole in ("status", "vibration-classifier-v12", "29999.1", "98765.4", "123456789", "dropped"):
+        assert whole in text, whole

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
@@ -14,6 +15,9 @@ from rich.table import Table
 from edgekit.fleet import Collector, FleetView, drift_level
 
 _DRIFT_STYLE = {"drift": "red", "shift": "yellow"}
+_PIPE_WIDTH = 200
+"""Columns of the table ``fleet watch`` prints into a pipe: every number whole."""
+PIPE_PROGRESS_SECONDS = 10.0
 
 
 def fleet_table(view: FleetView) -> Table:
@@ -61,26 +65,37 @@ def fleet_display(out: Console, view: FleetView, as_json: bool) -> Iterator[Call
 
         yield print_line
         return
+    if not out.is_terminal:  # a pipe or a log: the last table once, whole lines, nothing cut short
+        yield lambda _event: None
+        Console(file=out.file, width=_PIPE_WIDTH).print(fleet_table(view))
+        return
     from rich.live import Live
 
     with Live(fleet_table(view), console=out, refresh_per_second=2) as live:
         yield lambda _event: live.update(fleet_table(view))
 
 
-def collect_progress(ui: IO[str]) -> Callable[[Collector], None]:
+def collect_progress(ui: IO[str], every: float = PIPE_PROGRESS_SECONDS) -> Callable[[Collector], None]:
+    """On a terminal, one line redrawn; in a pipe or a log, a whole line at most every
+    ``every`` seconds (a carriage return there leaves one endless line)."""
+    terminal = ui.isatty()
+    last = [-every]
+
     def show(collector: Collector) -> None:
+        now = time.monotonic()
+        if not terminal and now - last[0] < every:
+            return
+        last[0] = now
         skipped = sum(collector.skipped.values())
-        click.echo(
-            f"\r{collector.reports} reports, {collector.sample_count} samples, {skipped} skipped",
-            nl=False,
-            file=ui,
-        )
+        line = f"{collector.reports} reports, {collector.sample_count} samples, {skipped} skipped"
+        click.echo(f"\r{line}" if terminal else line, nl=not terminal, file=ui)
 
     return show
 
 
 def print_collect_summary(ui: IO[str], summary: dict[str, Any]) -> None:
-    click.echo("", file=ui)
+    if ui.isatty():
+        click.echo("", file=ui)  # ends the redrawn progress line
     skipped = ", ".join(f"{n} {reason}" for reason, n in summary["skipped"].items() if n) or "none"
     drifting = ", ".join(node[:12] for node in summary["drift"]["drifting_nodes"]) or "none"
     click.echo(
