@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -87,6 +88,11 @@ def load_source(
 def _from_keras(tf: ModuleType, path: Path, kind: SourceKind, export_dir: Path) -> SourceModel:
     import keras
 
+    if kind == "keras" and not zipfile.is_zipfile(path):  # Keras itself says "File not found"
+        raise ModelFormatError(
+            f"{path}: not a complete .keras file (one is a zip archive; this one is cut short or is "
+            "something else); save the model again with model.save()"
+        )
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file; all mean "cannot load".

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -231,8 +232,11 @@ def test_h5_and_saved_model_inputs_convert_to_the_same_function(
 
 def _bad_inputs(digits_files: dict[str, Path], tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     model, calib = str(digits_files["model"]), str(digits_files["calibration"])
-    corrupt = tmp_path / "corrupt.keras"
-    corrupt.write_bytes(b"PK\x03\x04 this is not a keras archive")
+    corrupt = tmp_path / "corrupt.keras"  # a whole zip archive, but no Keras model in it
+    with zipfile.ZipFile(corrupt, "w") as archive:
+        archive.writestr("readme.txt", "this is not a keras archive")
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(digits_files["model"].read_bytes()[:20000])
     torch = tmp_path / "model.pt"
     torch.write_bytes(b"\x08\x07")
     x = np.load(digits_files["calibration"])["x"]
@@ -246,6 +250,7 @@ def _bad_inputs(digits_files: dict[str, Path], tmp_path: Path) -> dict[str, tupl
         "missing model": ([str(tmp_path / "nope.keras"), "-t", "raspberry-pi-5"], "no such file or directory"),
         "unsupported": ([str(torch), "-t", "raspberry-pi-5"], "unsupported model file '.pt'; expected a Keras .keras"),
         "corrupt model": ([str(corrupt), "-t", "raspberry-pi-5"], "cannot be loaded as a Keras model"),
+        "truncated model": ([str(truncated), "-t", "raspberry-pi-5"], "truncated.keras: not a complete .keras file"),
         "shape": ([model, "-t", "raspberry-pi-5", "-p", "int8", "-c", str(tmp_path / "shape.npz")],
                   "x has shape (200, 8, 8), the model takes (batch, 8, 8, 1) float32; add the channel axis"),
         "nan": ([model, "-t", "raspberry-pi-5", "-p", "int8", "-c", str(tmp_path / "nan.npz")], "1 NaN"),
