@@ -339,3 +339,19 @@ def test_int8_with_every_compute_layer_kept_in_float_is_refused(digits_files: di
         "error: int8 kept all 4 compute layers in float, so the artifact would be the float model under "
         "another label; use --precision fp16 or fp32"
     )
+
+
+def test_labels_that_are_no_class_index_are_refused_before_converting(
+    digits_files: dict[str, Path], tmp_path: Path
+) -> None:
+    with np.load(digits_files["evaluation"]) as data:
+        x, y = data["x"], data["y"].copy()
+    y[7] = 12  # the digits model has 10 classes
+    np.savez(tmp_path / "eval.npz", x=x, y=y)
+    code, _, stderr = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-5", "-p", "fp32",
+                           "--eval", str(tmp_path / "eval.npz"), "-o", str(tmp_path / "m.ekb"))  # fmt: skip
+    assert code == 2 and "Converting" not in stderr, stderr
+    assert _error_line(stderr) == (
+        "error: evaluation labels run from 0 to 12, and the model has 10 classes: labels are class indices "
+        "0 .. classes - 1"
+    )

@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgekit.convert.candidate import Candidate, Job, max_accuracy_drop
 from edgekit.convert.manifest import build_manifest, reference
 from edgekit.convert.memory import warn_if_short
@@ -32,6 +34,7 @@ from edgekit.converters import ConversionSettings, Converter, ready_made
 from edgekit.converters.onnx import for_tensorrt
 from edgekit.converters.source import detect_kind, load_source
 from edgekit.core.bundle import write_bundle
+from edgekit.core.classes import check_labels
 from edgekit.core.samples import run_samples
 from edgekit.core.signing import load_signing_key, signature_entry
 from edgekit.core.validation import updated
@@ -119,6 +122,8 @@ def _build(
                 with watch.step("float model"):
                     outs = run_samples(source.predict, evaluation.samples, advance)
             float_out = {spec.name: out for spec, out in zip(source.outputs, outs, strict=True)}
+            if inputs.primary and evaluation.y is not None and np.ndim(evaluation.y) == 1:
+                check_labels(float_out[inputs.primary], evaluation.y)  # before any conversion starts
         shapes = data_shapes(source, inputs, reporter)
         settings = ConversionSettings(
             options.profile, options.calibration_method, options.keep_float, options.tflite_quantizer,

@@ -74,7 +74,8 @@ def class_report(labels: np.ndarray, predicted: np.ndarray, classes: int) -> Cla
     )
 
 
-def compare_classes(float_out: np.ndarray, artifact_out: np.ndarray, labels: np.ndarray) -> ClassComparison:
+def check_labels(float_out: np.ndarray, labels: np.ndarray) -> int:
+    """The number of classes ``float_out`` scores; refuses labels that are no index of one."""
     classes = int(np.asarray(float_out).reshape(len(float_out), -1).shape[1])
     labels = np.asarray(labels).astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
@@ -82,6 +83,12 @@ def compare_classes(float_out: np.ndarray, artifact_out: np.ndarray, labels: np.
             f"evaluation labels run from {labels.min()} to {labels.max()}, and the model has {classes} "
             "classes: labels are class indices 0 .. classes - 1"
         )
+    return classes
+
+
+def compare_classes(float_out: np.ndarray, artifact_out: np.ndarray, labels: np.ndarray) -> ClassComparison:
+    classes = check_labels(float_out, labels)
+    labels = np.asarray(labels).astype(np.int64)
 
     def report(out: np.ndarray) -> ClassReport:
         return class_report(labels, np.asarray(out).reshape(len(out), -1).argmax(axis=1), classes)
