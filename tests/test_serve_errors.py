@@ -283,3 +283,25 @@ def pb_grpc_stub(channel: grpc.Channel) -> Any:
     from edgekit.runtime.serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
     return pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def test_a_protobuf_older_than_the_stubs_is_one_line_naming_no_grpc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tritonclient pins protobuf < 7: a client and edgekit serve in one venv met an internal error."""
+    from google.protobuf import runtime_version
+
+    from edgekit.core.errors import EdgekitError
+    from edgekit.runtime.serve import proto, server
+
+    header = (Path(proto.__file__).parent / "grpc_predict_v2_pb2.py").read_text().splitlines()[4]
+    assert header == f"# Protobuf Python Version: {server.STUBS_PROTOBUF}"  # the message names the truth
+
+    def too_old(*args: object) -> None:
+        raise runtime_version.VersionError("Detected mismatched Protobuf Gencode/Runtime version")
+
+    monkeypatch.setattr(runtime_version, "ValidateProtobufRuntimeVersion", too_old)
+    for module in [m for m in sys.modules if m.startswith(("edgekit.runtime.serve.grpc_api", "edgekit.runtime.serve.proto."))]:
+        monkeypatch.delitem(sys.modules, module)
+    with pytest.raises(EdgekitError) as error:
+        server._grpc_api()
+    assert str(error.value).startswith(f"edgekit serve's gRPC stubs need protobuf {server.STUBS_PROTOBUF} or newer")
+    assert str(error.value).endswith("or serve REST alone with --no-grpc")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit.core.errors import InputError, MissingDependencyError, StoreError
+from edgekit.core.errors import EdgekitError, InputError, MissingDependencyError, StoreError
 from edgekit.runtime.serve.batching import BatchSettings
 from edgekit.runtime.serve.protocol import Limits
 from edgekit.runtime.serve.repository import Repository, Source, source_of
@@ -114,6 +114,9 @@ def open_repository(config: ServeConfig) -> Repository:
         repository.watch(config.poll_s)
     return repository
 
+
+STUBS_PROTOBUF = "7.35.1"
+"""The protobuf the shipped gRPC stubs were generated with, the oldest runtime they accept."""
 
 SERVER_LIBRARIES = (("starlette", "starlette"), ("uvicorn", "uvicorn"), ("grpc", "grpcio"),
                     ("google.protobuf", "protobuf"))
@@ -268,11 +271,26 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _grpc_api() -> tuple[Any, Callable[..., None]]:
+    """The gRPC servicer and its registration; an older protobuf than the shipped stubs were
+    generated for (tritonclient pins protobuf < 7) is one line, naming the way out."""
+    from google.protobuf import __version__ as protobuf_version
+    from google.protobuf.runtime_version import VersionError
+
+    try:
+        from edgekit.runtime.serve.grpc_api import Servicer, add_service
+    except VersionError:
+        raise EdgekitError(
+            f"edgekit serve's gRPC stubs need protobuf {STUBS_PROTOBUF} or newer, and {protobuf_version} is "
+            f"installed: pip install 'protobuf>={STUBS_PROTOBUF},<8', or serve REST alone with --no-grpc"
+        ) from None
+    return Servicer, add_service
+
+
 def _grpc(config: ServeConfig, repository: Repository) -> tuple[grpc.Server, int]:
     import grpc
 
-    from edgekit.runtime.serve.grpc_api import Servicer, add_service
-
+    Servicer, add_service = _grpc_api()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="serve-grpc"),
         options=[("grpc.max_receive_message_length", config.limits.max_body_bytes), ("grpc.so_reuseport", 0)],
