@@ -300,7 +300,9 @@ def test_a_protobuf_older_than_the_stubs_is_one_line_naming_no_grpc(monkeypatch:
 
     monkeypatch.setattr(runtime_version, "ValidateProtobufRuntimeVersion", too_old)
     for module in [m for m in sys.modules if m.startswith(("edgekit.runtime.serve.grpc_api", "edgekit.runtime.serve.proto."))]:
-        monkeypatch.delitem(sys.modules, module)
+        parent, _, name = module.rpartition(".")
+        monkeypatch.delitem(sys.modules, module)  # imported afresh, as in a new process
+        monkeypatch.delattr(sys.modules[parent], name, raising=False)
     with pytest.raises(EdgekitError) as error:
         server._grpc_api()
     assert str(error.value).startswith(f"edgekit serve's gRPC stubs need protobuf {server.STUBS_PROTOBUF} or newer")
