@@ -62,6 +62,29 @@ class Installed:
     signed_by: str | None
     problem: str | None = None
     """Why this version cannot be trusted as listed (a corrupt record), or None."""
+    warning: str | None = None
+    """Installed, but something the user should know (a GPU bundle on a machine without one)."""
+
+
+def _gpu_missing(manifest: Manifest) -> str | None:
+    """A warning when the bundle was made for a GPU profile and no engine of its artifacts
+    can use a GPU here: it runs, on the CPU, far slower than its profile's numbers."""
+    from edgekit.runtime.backends import backend_for
+
+    profile = manifest.profile.get("id", "?")
+    accelerator = manifest.profile.get("accelerator", {}).get("kind", "none")
+    if accelerator == "none":
+        return None
+    for entry in manifest.artifacts:
+        try:
+            if backend_for(entry.format).runs_on_gpu():
+                return None
+        except Exception:  # an engine that is not installed here cannot run anything on a GPU
+            continue
+    return (
+        f"{manifest.name} was made for {profile}, a {accelerator.upper()} GPU profile, and no engine here "
+        "can use a GPU (ONNX Runtime without the CUDA or TensorRT provider): it will run on the CPU"
+    )
 
 
 class Store:
@@ -95,8 +118,7 @@ class Store:
             state = self._read_state(name)
             final = self.root / name / str(version)
             if final.exists():
-                raise StoreError(f"{name} v{version} is already installed; activate it with: "
-                                 f"edgekit models activate {name} {version}")
+                raise StoreError(self._already_installed(manifest, state))
             highest = state.highest if state else 0
             if version < highest and not allow_downgrade:
                 raise StoreError(
@@ -109,7 +131,27 @@ class Store:
             self._write_version(final, manifest, contents, captured[0])
             self._write_state(name, VersionState(active=version, highest=floor.highest))
         signer = SignatureEntry.parse(captured[0], str(bundle)).key_id if captured[0] else None
-        return Installed(name, version, True, signer)
+        return Installed(name, version, True, signer, warning=_gpu_missing(manifest))
+
+    def _already_installed(self, manifest: Manifest, state: VersionState | None) -> str:
+        """What to say when ``manifest``'s name and version are installed: the same bundle
+        (active or not), or another one under the same name and version (one model converted
+        for two targets, say)."""
+        name, version = manifest.name, manifest.version
+        folder = self.root / name / str(version)
+        sealed = unseal(folder / "manifest.enc", self._unwrap(folder, name, version), name, version, MANIFEST)
+        installed = parse_manifest(sealed, f"{name} v{version}")
+        if installed.canonical_bytes() != manifest.canonical_bytes():
+            target = installed.profile.get("id", "another target")
+            return (
+                f"{name} v{version} is already installed from another bundle (made for {target}); convert "
+                f"this one with another --version (or --name), or remove that one first: "
+                f"edgekit models remove {name} {version}"
+            )
+        if state is not None and state.active == version:
+            return f"{name} v{version} is already installed from this bundle, and active"
+        activate = f"edgekit models activate {name} {version}"
+        return f"{name} v{version} is already installed; activate it with: {activate}"
 
     def activate(self, name: str, version: int) -> None:
         with self.locked():

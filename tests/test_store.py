@@ -550,3 +550,35 @@ def test_store_models_on_cpu_never_compile_an_engine(
     model = Model.load(name)  # TensorRT is not in this onnxruntime build: nothing compiled, nothing stored
     assert model.info.provider == "CPUExecutionProvider"
     assert not (home / "models" / name / "1" / "engines").exists()
+
+
+def test_one_model_converted_for_two_targets_is_told_apart_at_install(converted, home: Path) -> None:  # type: ignore[no-untyped-def]
+    pi, other = converted("fp32").output, converted("fp32", "generic-arm64").output
+    Store().install(pi)
+    with pytest.raises(StoreError) as again:
+        Store().install(pi)
+    assert str(again.value) == "digits v2 is already installed from this bundle, and active"
+    with pytest.raises(StoreError) as twin:
+        Store().install(other)
+    assert str(twin.value) == (
+        "digits v2 is already installed from another bundle (made for raspberry-pi-5); convert this one "
+        "with another --version (or --name), or remove that one first: edgekit models remove digits 2"
+    )
+
+
+def test_a_gpu_bundle_installed_where_no_engine_has_a_gpu_is_warned(onnx_converted, home: Path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    jetson = onnx_converted("fp16", "minmax", "jetson-orin-nano").output
+    result = CliRunner().invoke(main, ["install", str(jetson)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == (
+        "warning: digits was made for jetson-orin-nano, a CUDA GPU profile, and no engine here can use a GPU "
+        "(ONNX Runtime without the CUDA or TensorRT provider): it will run on the CPU"
+    )
+    from edgekit.core.bundle import read_manifest
+    from edgekit.runtime.store import _gpu_missing
+
+    assert _gpu_missing(read_manifest(onnx_converted("fp32").output)) is None  # x86-gateway: no GPU asked for

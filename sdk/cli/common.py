@@ -22,6 +22,10 @@ def say(as_json: bool, data: Any, message: str) -> None:
         click.echo(message)
 
 
+def warning_line(message: str) -> None:
+    click.echo(f"warning: {' '.join(message.split())}", err=True)
+
+
 def error_line(message: str) -> None:
     click.echo(f"error: {' '.join(message.split())}", err=True)
 

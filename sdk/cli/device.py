@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli.common import print_json, say
+from edgekit.cli.common import print_json, say, warning_line
 from edgekit.cli.options import bundle_options, json_option
 
 
@@ -35,6 +35,8 @@ def install(
         bundle, allow_unsigned=allow_unsigned, allow_downgrade=allow_downgrade, max_bytes=max_bytes
     )
     who = f"signed by {done.signed_by}" if done.signed_by else "UNSIGNED"
+    if done.warning and not as_json:
+        warning_line(done.warning)
     say(as_json, done.__dict__, f"installed {done.name} v{done.version} ({who}), now active")
 
 
