@@ -238,7 +238,7 @@ def test_a_sample_labelled_in_the_page_reaches_the_export(site: Site, browser: A
     _shot(tab, "samples")
     card = cards.first
     node, epoch, seq, idx = card.get_attribute("data-key").split("/")
-    card.locator("input").fill("7")
+    card.locator("select").select_option("7")  # the bundle gave the dashboard its 10 classes
     card.locator("button").click()
     tab.wait_for_selector("figure.sample.labelled")
     assert card.locator("button").inner_text() == "Saved"
@@ -331,6 +331,8 @@ def test_other_hosts_odd_numbers_big_bodies_and_foreign_referers_are_refused(sit
     key = f"{sample['node']}/{sample['epoch']}/{sample['seq']}/{sample['idx']}"
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     assert httpx.post(f"{site.url}/label/{key}", content="label=²".encode(), headers=form).status_code == 400
+    beyond = httpx.post(f"{site.url}/label/{key}", content="label=10", headers=form)  # the digits model has 10
+    assert beyond.status_code == 400 and beyond.text.startswith("this model has 10 classes: a label is one of 0, 1,")
     huge = httpx.post(f"{site.url}/label/{key}", content=b"label=1&" + b"x" * (150 << 20), headers=form)
     assert huge.status_code == 413
     for path in (f"/label/{sample['node']}/{10**30}/1/0", f"/label/{'0' * 32}/1/1/0", "/label/x/1/1/0"):

@@ -312,3 +312,20 @@ def test_a_database_outage_holds_the_acks_and_loses_nothing(postgres: LocalPostg
         len(warnings) == 2 and "is unavailable" in warnings[0] and "nothing was acknowledged" in warnings[0]
     )
     assert "is back after" in warnings[1] and "Traceback" not in err
+
+
+def test_a_label_is_one_of_the_models_classes_by_name_or_index() -> None:
+    from edgekit.fleet.dashboard.app import label_value
+    from edgekit.fleet.dashboard.pages import sample_card
+
+    classes = ("idle", "running", "bearing fault", "imbalance")
+    assert label_value("bearing fault", classes) == (2, None)
+    assert label_value("3", classes) == (3, None)
+    assert label_value("", classes) == (None, None)  # clears it
+    assert label_value("9", classes) == (None, "this model has 4 classes: a label is one of idle, running, "
+                                               "bearing fault, imbalance, or its index")  # fmt: skip
+    assert label_value("9", None) == (9, None)  # no bundle given: any index
+    row = {"node": "ab" * 16, "epoch": 1, "seq": 2, "idx": 0, "label": 2, "pred": 1, "confidence": 0.4}
+    card = sample_card(row, "", classes)
+    assert "predicted running at" in card and '<option value="bearing fault" selected>' in card
+    assert 'type="number"' in sample_card(row, "")

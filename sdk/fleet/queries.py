@@ -95,3 +95,14 @@ def set_label(engine: Any, node: str, epoch: int, seq: int, idx: int, label: int
             rows.update().where(where).values(label=label, labelled_at=None if label is None else time.time())
         )
     return bool(done.rowcount)
+
+
+def sample_model(engine: Any, node: str, epoch: int, seq: int) -> tuple[str, int] | None:
+    """The model and version that captured a sample message, or None when there is none."""
+    import sqlalchemy as sa
+
+    samples = tables()["samples"]
+    where = sa.and_(samples.c.node == node, samples.c.epoch == epoch, samples.c.seq == seq)
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(samples.c.model, samples.c.version).where(where)).first()
+    return None if row is None else (str(row[0]), int(row[1]))

@@ -54,10 +54,11 @@ def open_dashboard(config: DashboardConfig) -> tuple[Any, dict[str, Any]]:
                          "the dashboard over HTTPS: --tls-cert and --tls-key, or a proxy)")
     engine = open_engine(config.db, create=False)
     fleet = config.fleet or _only_fleet(fleets(engine), config.db)
+    references, classes = _from_bundles(config.bundles)
     board = Dashboard(
-        engine, fleet, load_collector_key(fleet, config.fleet_dir), config.token,
-        _references(config.bundles), secure_cookie=exposed or config.tls_cert is not None,
-        hosts=allowed_hosts(config.host, config.allow_hosts),
+        engine, fleet, load_collector_key(fleet, config.fleet_dir), config.token, references,
+        secure_cookie=exposed or config.tls_cert is not None,
+        hosts=allowed_hosts(config.host, config.allow_hosts), classes=classes,
     )
     shown = str(engine.url.render_as_string(hide_password=True))
     return build_app(board), {"fleet": fleet, "db": shown, "token": config.token is not None}
@@ -86,16 +87,33 @@ def _only_fleet(found: list[str], db: str) -> str:
     raise InputError(f"{db} holds fleets {', '.join(found)}: choose one with --fleet")
 
 
-def _references(bundles: tuple[Path, ...]) -> dict[tuple[str, int], Any]:
-    """Each bundle's reference statistics by (model, version): the baseline the pages compare with."""
+ByModel = dict[tuple[str, int], Any]
+"""Keyed by (model, version)."""
+
+
+def _from_bundles(bundles: tuple[Path, ...]) -> tuple[ByModel, ByModel]:
+    """By (model, version): each bundle's reference statistics (the baseline the pages compare
+    with), and its class names (its labels, else "0", "1", ... for its class-score output)."""
     from edgekit.core.bundle import read_manifest
 
-    found = {}
+    references: ByModel = {}
+    classes: ByModel = {}
     for path in bundles:
         manifest = read_manifest(path)
+        key = (manifest.name, manifest.version)
         if manifest.reference is not None:
-            found[(manifest.name, manifest.version)] = manifest.reference
-    return found
+            references[key] = manifest.reference
+        names = manifest.labels or _class_indices(manifest)
+        if names:
+            classes[key] = tuple(names)
+    return references, classes
+
+
+def _class_indices(manifest: Any) -> tuple[str, ...]:
+    outputs = manifest.artifacts[0].outputs
+    scores = next((o for o in outputs if o.name == manifest.primary_output), outputs[0])
+    count = scores.shape[-1] if len(scores.shape) == 2 else None
+    return tuple(str(i) for i in range(count)) if isinstance(count, int) and count > 1 else ()
 
 
 def run_dashboard(config: DashboardConfig, started: Callable[[dict[str, Any]], None]) -> None:

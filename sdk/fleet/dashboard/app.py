@@ -22,7 +22,7 @@ from edgekit.core.validation import ascii_int
 from edgekit.fleet.dashboard import data, pages
 from edgekit.fleet.dashboard.rollouts import rollout_sections
 from edgekit.fleet.export import open_message, sample_arrays
-from edgekit.fleet.queries import set_label
+from edgekit.fleet.queries import sample_model, set_label
 
 COOKIE = "edgekit_dashboard"
 HEADERS = {
@@ -45,11 +45,30 @@ class Dashboard:
     secure_cookie: bool = False
     hosts: frozenset[str] | None = None
     """The host names requests may name (DNS rebinding); None: any (bound to every address)."""
+    classes: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
+    """Class names by (model, version), from the bundles given: labels are checked against them."""
 
 
 NODE = re.compile(r"[0-9a-f]{32}")
 """A pseudonym, as the telemetry schema defines it: anything else names no device."""
 MAX_LABEL_BODY = 4096
+
+
+def label_value(text: str, classes: tuple[str, ...] | None) -> tuple[int | None, str | None]:
+    """A label form's value as a class index (None clears it), or why it is refused: with the
+    model's classes known, one of their names or indices; else any index."""
+    if not text:
+        return None, None
+    if classes and text in classes:
+        return classes.index(text), None
+    value = ascii_int(text)
+    limit = len(classes) if classes else 1_000_000
+    if value is None or value >= limit:
+        if classes:
+            shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+            return None, f"this model has {len(classes)} classes: a label is one of {shown}, or its index"
+        return None, "a label is a class index: 0, 1, 2..."
+    return value, None
 
 
 def build_app(board: Dashboard) -> Any:
@@ -103,7 +122,10 @@ def build_app(board: Dashboard) -> Any:
         show = request.query_params.get("show", "unlabelled")
         show = show if show in ("unlabelled", "labelled", "all") else "unlabelled"
         rows = data.sample_queue(board.engine, board.fleet, show)
-        cards = [pages.sample_card(row, _preview(row, opened)) for row in rows]
+        cards = [
+            pages.sample_card(row, _preview(row, opened), board.classes.get((row["model"], row["version"])))
+            for row in rows
+        ]
         counts = data.sample_counts(board.engine, board.fleet)
         return html(pages.samples_page(board.fleet, cards, show, counts))
 
@@ -127,10 +149,12 @@ def build_app(board: Dashboard) -> Any:
         if body is None:
             return Response(f"a label form is at most {MAX_LABEL_BODY} bytes", 413, headers=HEADERS)
         text = (parse_qs(body.decode(errors="replace")).get("label") or [""])[0].strip()
-        value = ascii_int(text)
-        value = value if value is not None and value < 1_000_000 else None
-        if text and value is None:
-            return Response("a label is a class index: 0, 1, 2...", 400, headers=HEADERS)
+        model = None
+        if p is not None:
+            model = await run_in_threadpool(sample_model, board.engine, p["node"], p["epoch"], p["seq"])
+        value, problem = label_value(text, board.classes.get(model) if model is not None else None)
+        if problem:
+            return Response(problem, 400, headers=HEADERS)
         found = p is not None and await run_in_threadpool(
             set_label, board.engine, p["node"], p["epoch"], p["seq"], p["idx"], value
         )

@@ -144,14 +144,31 @@ last windows' summed bins against the bundle's reference). Threshold: {PSI_SIGNI
     return layout(fleet, "Drift", body, "/drift")
 
 
-def sample_card(row: dict[str, Any], preview: str) -> str:
+def sample_card(row: dict[str, Any], preview: str, classes: tuple[str, ...] | None = None) -> str:
+    """One captured sample with its label form: the model's class names when a bundle gave
+    them (a menu of its classes), else a class index."""
     key = f"{row['node']}/{row['epoch']}/{row['seq']}/{row['idx']}"
-    label = "" if row["label"] is None else str(row["label"])
+    label = row["label"]
+    predicted = _class_name(row["pred"], classes)
+    if classes:
+        options = "".join(
+            f'<option value="{escape(name)}"{" selected" if i == label else ""}>{escape(name)}</option>'
+            for i, name in enumerate(classes)
+        )
+        field = f'<select name="label" aria-label="label" required><option value="">class...</option>{options}</select>'
+    else:
+        shown = "" if label is None else str(label)
+        field = f'<input name="label" type="number" min="0" step="1" value="{shown}" aria-label="label" required>'
     return f"""<figure class="sample" data-key="{key}">{preview}
-<figcaption><code>{row["node"][:8]}</code> #{row["seq"]}.{row["idx"]} · predicted {row["pred"]} at
-{row["confidence"]:.2f}<form class="label" method="post" action="/label/{key}">
-<input name="label" type="number" min="0" step="1" value="{label}" aria-label="label" required>
-<button type="submit">{"Relabel" if label else "Label"}</button></form></figcaption></figure>"""
+<figcaption><code>{row["node"][:8]}</code> #{row["seq"]}.{row["idx"]} · predicted {escape(predicted)} at
+{row["confidence"]:.2f}<form class="label" method="post" action="/label/{key}">{field}
+<button type="submit">{"Relabel" if label is not None else "Label"}</button></form></figcaption></figure>"""
+
+
+def _class_name(index: Any, classes: tuple[str, ...] | None) -> str:
+    if classes and isinstance(index, int) and 0 <= index < len(classes):
+        return classes[index]
+    return str(index)
 
 
 def samples_page(fleet: str, cards: list[str], show: str, counts: dict[str, int]) -> str:
@@ -159,8 +176,9 @@ def samples_page(fleet: str, cards: list[str], show: str, counts: dict[str, int]
         f'<a href="/samples?show={name}"{" class=here" if name == show else ""}>{name} ({counts[name]})</a>'
         for name in ("unlabelled", "labelled", "all")
     )
-    body = f"""<p>Captured samples, least confident first, decrypted here with the fleet key. A label is the
-class index; it is written to the database at once. {tabs}</p>
+    body = f"""<p>Captured samples, least confident first, decrypted here with the fleet key. A label is one of
+the model's classes, chosen by name where the dashboard was given its bundle (<code>--bundle</code>), else
+its class index; it is written to the database at once. {tabs}</p>
 <p>Export for retraining: <a href="/export/samples.npz?labelled=1">labelled samples.npz</a> (x, y: for
 <code>convert --eval</code>) · <a href="/export/samples.npz">all samples.npz</a> (for <code>--calibration</code>),
 or <code>edgekit fleet export --labelled</code>.</p>
