@@ -355,3 +355,18 @@ def test_labels_that_are_no_class_index_are_refused_before_converting(
         "error: evaluation labels run from 0 to 12, and the model has 10 classes: labels are class indices "
         "0 .. classes - 1"
     )
+
+
+def test_an_eval_set_too_small_for_the_limit_is_warned_before_converting(
+    digits_files: dict[str, Path], tmp_path: Path
+) -> None:
+    with np.load(digits_files["evaluation"]) as data:
+        np.savez(tmp_path / "eval.npz", x=data["x"][:171], y=data["y"][:171])
+    code, _, stderr = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-5", "-p", "fp32",
+                           "--eval", str(tmp_path / "eval.npz"), "--max-accuracy-drop", "0.1",
+                           "-o", str(tmp_path / "m.ekb"))  # fmt: skip
+    flat = " ".join(stderr.split())
+    assert code == 0, stderr
+    assert ("with 171 evaluation samples one sample is 0.58 points of top-1, more than the 0.1-point accuracy "
+            "limit: any changed prediction fails the gate; give at least 1000 samples") in flat  # fmt: skip
+    assert flat.index("0.58 points") < flat.index("Converting")
