@@ -146,6 +146,36 @@ def test_a_tabular_model_gets_feature_corruptions(tabular: dict[str, Path]) -> N
     assert attribution.rank_correlation > 0.5  # int8 keeps the float model's feature ranking mostly
 
 
+def test_a_sensor_window_gets_attributions_over_time_and_channels(tmp_path: Path, publisher: Path) -> None:
+    """A 1-D convolution on (64, 3) accelerometer windows: evaluate ended in a reshape error,
+    since attributions picked samples only for image, tabular and text inputs."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 160)
+    t = np.arange(64)[None, :, None]
+    x = (np.sin(2 * np.pi * (1 + y)[:, None, None] * t / 64 + rng.uniform(0, 6, (160, 1, 3)))
+         + rng.normal(0, 0.1, (160, 64, 3))).astype(np.float32)  # fmt: skip
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64, 3)), keras.layers.Conv1D(8, 5, activation="relu"),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3, activation="softmax")])  # fmt: skip
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x[:120], y[:120], epochs=30, verbose=0)
+    model.save(tmp_path / "activity.keras")
+    np.savez(tmp_path / "eval.npz", x=x[120:], y=y[120:])
+    bundle = convert(ConvertOptions(
+        model=tmp_path / "activity.keras", profile=load_profile("raspberry-pi-5"), output=tmp_path / "a.ekb",
+        format="tflite", precision="fp16", evaluation=tmp_path / "eval.npz", sign_key=publisher, force=True,
+    )).output  # fmt: skip
+    result = evaluate(EvaluateOptions(bundle, tmp_path / "activity.keras", tmp_path / "eval.npz",
+                                      report=tmp_path / "report.html", quick=True))  # fmt: skip
+    assert result.kind == "sequence" and len(result.explained) > 0
+    attribution = result.artifacts[0].attribution
+    assert attribution is not None and attribution.method == "time-window occlusion"
+    assert attribution.rank_correlation > 0.9  # fp16 keeps float's order of what matters
+    assert "attributions over time and channels" in (tmp_path / "report.html").read_text()
+
+
 def test_an_onnx_only_source_is_stressed_model_agnostically(tmp_path: Path, publisher: Path) -> None:
     source = onnx_graphs.save(onnx_graphs.conv_classifier(), tmp_path / "conv.onnx")
     x = np.random.default_rng(3).uniform(0, 1, (96, 3, 8, 8)).astype(np.float32)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgekit.cli.common import print_json, ui_console
+from edgekit.cli.common import debug, print_json, ui_console
 from edgekit.cli.options import json_option
 
 
@@ -58,11 +58,12 @@ def evaluate(ctx: click.Context, as_json: bool, **fields: Any) -> None:
     from edgekit.core.bundle import read_manifest
     from edgekit.evaluate import EvaluateOptions, stages
     from edgekit.evaluate import evaluate as run
+    from edgekit.views.console import quiet_native_output
     from edgekit.views.evaluation import evaluation_table
 
     options = EvaluateOptions(**fields)
     total = stages(options, len(read_manifest(options.bundle).artifacts))
-    with Progress(console=ui_console(ctx), transient=True) as progress:
+    with Progress(console=ui_console(ctx), transient=True) as progress, quiet_native_output(not debug(ctx)):
         task = progress.add_task("evaluating", total=total)
         result = run(options, lambda what: progress.update(task, advance=1, description=what))
     if as_json:

@@ -122,12 +122,13 @@ Applied = Callable[[np.ndarray, int], np.ndarray]
 
 def suite(x: np.ndarray) -> tuple[str, dict[str, Applied]]:
     """The corruptions for inputs shaped like ``x``: "image" for rank 4, "tabular" for rank 2,
-    and feature noise on the flattened values for any other rank."""
+    and feature noise on the flattened values for any other rank: "sequence" for rank 3
+    (time, channels: a sensor window), else "other"."""
     if x.ndim == 4:
         return "image", {name: partial(_image, name=name) for name in IMAGE}
     if x.ndim == 2:
         return "tabular", {name: partial(_rows, name=name) for name in TABULAR}
-    return "other", {"feature noise": _flat_noise}
+    return "sequence" if x.ndim == 3 else "other", {"feature noise": _flat_noise}
 
 
 def _image(x: np.ndarray, severity: int, name: str) -> np.ndarray:

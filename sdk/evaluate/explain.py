@@ -9,6 +9,9 @@
 - **Tabular rows.** SHAP's permutation explainer, with an independent masker over the
   evaluation rows, runs on each model's predict function. The features whose attribution
   moved most are listed.
+- **Sequences** (time, channels: a sensor window). Occlusion over time windows and channels:
+  each eighth of the window of each channel is set to that channel's mean, and the drop in
+  the predicted class's probability is its weight.
 """
 
 from __future__ import annotations
@@ -57,6 +60,23 @@ def occlusion(predict: Predict, x: np.ndarray, classes: np.ndarray) -> np.ndarra
             grayed[:, top : top + patch, left : left + patch, :] = fill[:, 0, 0, :][:, None, None, :]
             drop = base - probabilities(predict(grayed))[np.arange(len(x)), classes]
             maps[:, top : top + patch, left : left + patch] = drop[:, None, None]
+    return maps
+
+
+def sequence_occlusion(predict: Predict, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(samples, time, channels) maps: how much flattening each time window of each channel
+    to the channel's mean lowers the class's probability."""
+    steps, channels = x.shape[1:3]
+    window = max(1, steps // 8)
+    base = probabilities(predict(x))[np.arange(len(x)), classes]
+    maps = np.zeros((len(x), steps, channels))
+    means = x.mean(axis=1)
+    for start in range(0, steps, window):
+        for channel in range(channels):
+            flattened = x.copy()
+            flattened[:, start : start + window, channel] = means[:, None, channel]
+            drop = base - probabilities(predict(flattened))[np.arange(len(x)), classes]
+            maps[:, start : start + window, channel] = drop[:, None]
     return maps
 
 
@@ -153,7 +173,8 @@ class Explainer:
     def __init__(self, kind: str, x: Any, labels: np.ndarray, float_scores: np.ndarray,
                  names: list[str], encoder: Any = None) -> None:
         self.kind, self.names, self.encoder = kind, names, encoder
-        self.indices = pick(labels) if kind in ("image", "tabular", "text") else np.array([], np.int64)
+        explained = ("image", "tabular", "text", "sequence")
+        self.indices = pick(labels) if kind in explained else np.array([], np.int64)
         if isinstance(x, dict):
             self.x: Any = {name: value[self.indices] for name, value in x.items()}
         else:
@@ -164,8 +185,10 @@ class Explainer:
         self.tokens: list[list[str]] | None = None
         self.how = {"image": "occlusion on every model (patches grayed to the image mean)",
                     "tabular": "SHAP's permutation explainer on every model's predict function",
-                    "text": "token occlusion on every model (each real token masked out in turn)"}.get(
-            kind, "none: attributions are made for image, tabular and text inputs")
+                    "text": "token occlusion on every model (each real token masked out in turn)",
+                    "sequence": "occlusion over time windows and channels on every model (each eighth of "
+                                "each channel set to its mean)"}.get(
+            kind, "none: attributions are made for image, tabular, text and sequence inputs")
 
     def _attribute(self, predict: Predict) -> np.ndarray:
         if self.kind == "text":
@@ -177,6 +200,8 @@ class Explainer:
             return occlusion(lambda batch: predict(batch.transpose(0, 3, 1, 2)), nhwc, self.classes)
         if self.kind == "image":
             return occlusion(predict, self.x, self.classes)
+        if self.kind == "sequence":
+            return sequence_occlusion(predict, self.x, self.classes)
         return shap_values(predict, self.x, self.background, self.classes)
 
     def explain_float(self, predict: Predict, keras_model: Any, output: int) -> None:
@@ -199,5 +224,6 @@ class Explainer:
         if "float" not in self.maps:
             return None
         self.maps[name] = self._attribute(predict)
-        method = {"image": "occlusion", "tabular": "SHAP permutation", "text": "token occlusion"}[self.kind]
+        method = {"image": "occlusion", "tabular": "SHAP permutation", "text": "token occlusion",
+                  "sequence": "time-window occlusion"}[self.kind]
         return agreement(method, self.maps["float"], self.maps[name], self.labels, self.names, self.kind)

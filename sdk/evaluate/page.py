@@ -102,7 +102,8 @@ def _figures(plt: Any, result: Evaluation, x: np.ndarray, maps: dict[str, np.nda
         parts += ["<h2>Where float and artifact disagree</h2>", _disagreements(plt, result, x)]
     if "float" in maps:
         parts += [f"<h2>Explanations</h2><p>{html.escape(result.explanation)}.</p>", _agreement_table(result)]
-        parts.append(_saliency(plt, result, x, maps) if x.ndim == 4 else _attribution_bars(plt, maps))
+        draw = _saliency if x.ndim == 4 else _time_maps if x.ndim == 3 else None
+        parts.append(draw(plt, result, x, maps) if draw else _attribution_bars(plt, maps))
     return "\n".join(parts)
 
 
@@ -141,6 +142,24 @@ def _saliency(plt: Any, result: Evaluation, x: np.ndarray, maps: dict[str, np.nd
             if row == 0:
                 axes[row][column].set_title(name, fontsize=7)
     return png_img(figure, "saliency maps")
+
+
+def _time_maps(plt: Any, result: Evaluation, x: np.ndarray, maps: dict[str, np.ndarray]) -> str:
+    """Per explained sequence: its channels over time, then each model's map (channels by time)."""
+    shown = min(4, len(result.explained))
+    columns = ["input", *maps]
+    figure, axes = plt.subplots(shown, len(columns), figsize=(2.4 * len(columns), 1.4 * shown), squeeze=False)
+    for row, index in enumerate(result.explained[:shown]):
+        axes[row][0].plot(x[index], linewidth=0.8)
+        for column, name in enumerate(maps, start=1):
+            axes[row][column].imshow(maps[name][row].T, cmap="inferno", aspect="auto")
+        for column, name in enumerate(columns):
+            axes[row][column].set_xticks([])
+            axes[row][column].set_yticks([])
+            if row == 0:
+                axes[row][column].set_title(name, fontsize=7)
+    axes[-1][0].set_xlabel("time", fontsize=7)
+    return png_img(figure, "attributions over time and channels")
 
 
 def _attribution_bars(plt: Any, maps: dict[str, np.ndarray]) -> str:

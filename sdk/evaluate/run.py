@@ -91,7 +91,7 @@ class Evaluation(_Strict):
     version: int
     samples: int
     kind: str
-    """"image", "tabular", "text" or "other": which corruptions ran."""
+    """"image", "tabular", "text", "sequence" or "other": which corruptions ran."""
     labels: list[str] | None
     severities: list[int]
     epsilons: list[float]
