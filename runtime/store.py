@@ -17,6 +17,7 @@ way. A file lock serializes writers, and opening the store removes leftovers of 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import fcntl
 import logging
@@ -185,6 +186,14 @@ class Store:
 
     # --- reading -------------------------------------------------------------------------
 
+    def _names_hint(self, name: str) -> str:
+        """The installed name ``name`` may have meant, else every installed name."""
+        names = self._names()
+        close = difflib.get_close_matches(name, names, n=1)
+        if close:
+            return f" Did you mean '{close[0]}'?"
+        return f" Installed: {', '.join(names)}." if names else ""
+
     def installed(self) -> list[Installed]:
         """Every installed version; one whose records are corrupt is listed with its
         ``problem``, and the others as usual."""
@@ -235,7 +244,8 @@ class Store:
     def _load(self, name: str, version: int | None) -> tuple[Manifest, dict[str, bytes]]:
         state = self._read_state(name)
         if state is None:
-            raise StoreError(f"no model '{name}' in the store; install one with: edgekit install BUNDLE")
+            raise StoreError(f"no model '{name}' in the store.{self._names_hint(name)} "
+                             "Install one with: edgekit install BUNDLE")
         version = version or state.active
         if version is None:
             raise StoreError(f"{name} has no active version; activate one with: edgekit models activate")

@@ -212,6 +212,7 @@ def test_blown_budget_fails_unless_allowed(
     error = _error_line(stderr)
     assert error.startswith("error: the model does not fit custom") and message in error
     assert "try a smaller precision (int8)" in error
+    assert "--prune 0.5 --train-data TRAIN.npz, or let edgekit fit search" in error
     code, _, stderr = _cli(*args, "--allow-over-budget")
     assert code == 0 and "SHIPPING A MODEL" in stderr
     assert read_bundle(out)[0].artifacts[0].metrics.within_budget is False
@@ -370,3 +371,11 @@ def test_an_eval_set_too_small_for_the_limit_is_warned_before_converting(
     assert ("with 171 evaluation samples one sample is 0.58 points of top-1, more than the 0.1-point accuracy "
             "limit: any changed prediction fails the gate; give at least 1000 samples") in flat  # fmt: skip
     assert flat.index("0.58 points") < flat.index("Converting")
+
+
+def test_the_same_file_for_calibration_and_eval_is_warned(digits_files: dict[str, Path], tmp_path: Path) -> None:
+    data = str(digits_files["evaluation"])
+    code, _, stderr = _cli("convert", str(digits_files["model"]), "-t", "raspberry-pi-5", "-p", "fp32",
+                           "-c", data, "--eval", data, "-o", str(tmp_path / "m.ekb"))  # fmt: skip
+    assert code == 0, stderr
+    assert "--calibration and --eval are the same file" in " ".join(stderr.split())

@@ -582,3 +582,12 @@ def test_a_gpu_bundle_installed_where_no_engine_has_a_gpu_is_warned(onnx_convert
     from edgekit.runtime.store import _gpu_missing
 
     assert _gpu_missing(read_manifest(onnx_converted("fp32").output)) is None  # x86-gateway: no GPU asked for
+
+
+def test_a_model_name_with_a_typo_is_answered_with_the_installed_one(converted, home: Path) -> None:  # type: ignore[no-untyped-def]
+    Store().install(converted("fp32").output)
+    with pytest.raises(StoreError) as typo:
+        Store().load("digts")
+    assert str(typo.value) == "no model 'digts' in the store. Did you mean 'digits'? Install one with: edgekit install BUNDLE"
+    with pytest.raises(StoreError, match="no model 'meter' in the store. Installed: digits."):
+        Store().load("meter")

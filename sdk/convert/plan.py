@@ -158,7 +158,19 @@ def check_data(source: SourceModel, inputs: Inputs, options: ConvertOptions) -> 
     coarse = _coarser_than_the_limit(checked[1], options)
     if coarse is not None:
         warnings.append(coarse)
+    if options.calibration and options.evaluation and _same_file(options.calibration, options.evaluation):
+        warnings.append(
+            f"--calibration and --eval are the same file ({options.evaluation}): int8 is then judged on the "
+            "data it was calibrated on, which flatters it; hold out evaluation data the calibration never saw"
+        )
     return Inputs(inputs.kind, checked[0], checked[1], labels, primary), warnings
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or a.samefile(b)
+    except OSError:
+        return False
 
 
 def _coarser_than_the_limit(evaluation: Dataset | None, options: ConvertOptions) -> str | None:

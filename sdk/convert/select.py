@@ -86,9 +86,10 @@ def choose(tried: list[Candidate], options: ConvertOptions) -> Candidate:
             return candidate
     detail = "; ".join(f"{c.entry.precision}: {', '.join(c.problems)}" for c in tried)
     if all(c.budget_problems for c in tried):
-        smaller = "; try a smaller precision (int8) or a smaller model" if len(tried) == 1 else ""
+        smaller = "; try a smaller precision (int8)" if len(tried) == 1 else ""
         raise BudgetError(
-            f"the model does not fit {options.profile.id}: {detail}{smaller}; "
+            f"the model does not fit {options.profile.id}: {detail}{smaller}; make it smaller with "
+            "--prune 0.5 --train-data TRAIN.npz, or let edgekit fit search pruning and precisions; "
             "or pass --allow-over-budget to ship it anyway"
         )
     raise AccuracyBudgetError(
