@@ -76,7 +76,7 @@ def test_a_redelivered_message_is_one_row_and_labels_reach_the_export(db_url: st
     with np.load(tmp_path / "out" / "samples.npz") as exported:
         assert exported["x"].shape == (24, 8, 8, 1) and "y" not in exported  # not every sample has a label
         assert {row.tobytes() for row in exported["x"]} == {row.tobytes() for row in x[:12]}
-    result = CliRunner().invoke(main, ["fleet", "export", "--db", db_url, "--fleet", "f7", "--out",
+    result = CliRunner().invoke(main, ["fleet", "export", "--db", db_url, "--out",  # f7: the only fleet
                                        str(tmp_path / "labelled"), "--fleet-dir", str(fleet), "--labelled", "--json"])
     assert result.exit_code == 0, result.output
     with np.load(tmp_path / "labelled" / "samples.npz") as labelled:

@@ -158,7 +158,7 @@ def fleet_collect(
 
 @fleet.command("export")
 @db_option(required=True)
-@click.option("--fleet", required=True, help="Fleet name.")
+@click.option("--fleet", default=None, help="Fleet name. Default: the only fleet in the database.")
 @click.option(
     "--out", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output folder."
 )
@@ -166,7 +166,7 @@ def fleet_collect(
 @click.option("--labelled", is_flag=True, help="Only samples an operator labelled, with their labels as y.")
 @json_option
 def fleet_export(
-    db: str, fleet: str, out: Path, fleet_dir: Path | None, labelled: bool, as_json: bool
+    db: str, fleet: str | None, out: Path, fleet_dir: Path | None, labelled: bool, as_json: bool
 ) -> None:
     """Export a fleet's data from the database for retraining and review.
 
@@ -185,10 +185,11 @@ def fleet_export(
     from edgekit.core.errors import EdgekitError
     from edgekit.fleet import drift_report, export, load_collector_key, open_engine
     from edgekit.fleet.export import check_fleet_known
-    from edgekit.fleet.queries import fleet_state, read_reports
+    from edgekit.fleet.queries import fleet_state, only_fleet, read_reports
 
-    key = load_collector_key(fleet, fleet_dir)
     engine = open_engine(db, create=False)
+    fleet = fleet or only_fleet(engine, db)
+    key = load_collector_key(fleet, fleet_dir)
     try:
         check_fleet_known(engine, fleet)
         summary = {

@@ -16,7 +16,7 @@ from edgekit.core.atomic import atomic_write, fsync_dir
 from edgekit.core.errors import EdgekitError
 from edgekit.fleet.database import tables
 from edgekit.fleet.drift import drift_html, drift_report
-from edgekit.fleet.queries import read_reports
+from edgekit.fleet.queries import fleets, read_reports
 from edgekit.runtime.telemetry.privacy import open_sample, split_sample
 
 SENT_ARRAYS = ("x", "pred", "confidence")
@@ -137,11 +137,7 @@ def _dead_letters(engine: Any, fleet: str) -> str:
 
 def check_fleet_known(engine: Any, fleet: str) -> None:
     """Refuse an export of a fleet the database holds nothing of, naming the ones it holds."""
-    import sqlalchemy as sa
-
-    reports = tables()["reports"]
-    with engine.connect() as connection:
-        fleets = sorted(connection.execute(sa.select(reports.c.fleet).distinct()).scalars())
-    if fleet not in fleets:
-        held = ", ".join(fleets) or "none yet"
+    held_fleets = fleets(engine)
+    if fleet not in held_fleets:
+        held = ", ".join(held_fleets) or "none yet"
         raise EdgekitError(f"the database has no reports from fleet {fleet!r} (fleets there: {held})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from edgekit.core.errors import EdgekitError, InputError
 from edgekit.core.telemetry import Report
 from edgekit.fleet.database import tables
 from edgekit.fleet.messages import SKIP_REASONS, summarize
@@ -106,3 +107,24 @@ def sample_model(engine: Any, node: str, epoch: int, seq: int) -> tuple[str, int
     with engine.connect() as connection:
         row = connection.execute(sa.select(samples.c.model, samples.c.version).where(where)).first()
     return None if row is None else (str(row[0]), int(row[1]))
+
+
+def fleets(engine: Any) -> list[str]:
+    """The fleets the database holds reports of."""
+    import sqlalchemy as sa
+
+    reports = tables()["reports"]
+    with engine.connect() as connection:
+        return sorted(connection.execute(sa.select(reports.c.fleet).distinct()).scalars())
+
+
+def only_fleet(engine: Any, db: str) -> str:
+    """The database's one fleet, for commands whose --fleet may be left out."""
+    found = fleets(engine)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise EdgekitError(
+            f"{db} holds no reports yet: start edgekit fleet collect --db {db}, or give --fleet"
+        )
+    raise InputError(f"{db} holds fleets {', '.join(found)}: choose one with --fleet")

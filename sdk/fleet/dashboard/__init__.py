@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.core.errors import EdgekitError, InputError, MissingDependencyError
+from edgekit.core.errors import InputError, MissingDependencyError
 
 log = logging.getLogger("edgekit.fleet")
 
@@ -42,9 +42,9 @@ def open_dashboard(config: DashboardConfig) -> tuple[Any, dict[str, Any]]:
     except ImportError:
         raise MissingDependencyError("starlette", "fleet", "the dashboard") from None
     from edgekit.fleet.dashboard.app import Dashboard, build_app
-    from edgekit.fleet.dashboard.data import fleets
     from edgekit.fleet.database import open_engine
     from edgekit.fleet.keys import load_collector_key
+    from edgekit.fleet.queries import only_fleet
     from edgekit.runtime.serve.server import is_loopback
 
     exposed = not is_loopback(config.host)
@@ -53,7 +53,7 @@ def open_dashboard(config: DashboardConfig) -> tuple[Any, dict[str, Any]]:
                          "(and reach "
                          "the dashboard over HTTPS: --tls-cert and --tls-key, or a proxy)")
     engine = open_engine(config.db, create=False)
-    fleet = config.fleet or _only_fleet(fleets(engine), config.db)
+    fleet = config.fleet or only_fleet(engine, config.db)
     references, classes = _from_bundles(config.bundles)
     board = Dashboard(
         engine, fleet, load_collector_key(fleet, config.fleet_dir), config.token, references,
@@ -75,16 +75,6 @@ def allowed_hosts(host: str, extra: tuple[str, ...] = ()) -> frozenset[str] | No
     if is_loopback(host):
         names |= {"localhost", "127.0.0.1", "::1"}
     return frozenset(names)
-
-
-def _only_fleet(found: list[str], db: str) -> str:
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise EdgekitError(
-            f"{db} holds no reports yet: start edgekit fleet collect --db {db}, or give --fleet"
-        )
-    raise InputError(f"{db} holds fleets {', '.join(found)}: choose one with --fleet")
 
 
 ByModel = dict[tuple[str, int], Any]

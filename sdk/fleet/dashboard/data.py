@@ -17,14 +17,6 @@ SILENT_AFTER_WINDOWS = 3
 """A device with no status message is "silent" once this many of its windows pass unreported."""
 
 
-def fleets(engine: Any) -> list[str]:
-    import sqlalchemy as sa
-
-    reports = tables()["reports"]
-    with engine.connect() as connection:
-        return sorted(connection.execute(sa.select(reports.c.fleet).distinct()).scalars())
-
-
 def _newest_per_node(table: Any, fleet: str, column: str) -> Any:
     """The join that keeps each node's row with the highest ``column``. Its nodes come from a
     skip through the (fleet, node, ``column``) index, one lookup per node, and each node's
