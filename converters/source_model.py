@@ -82,6 +82,11 @@ def detect_kind(path: Path) -> SourceKind:
         return "onnx"
     if suffix == ".tflite":
         return "tflite"
+    if suffix in (".pt", ".pth"):
+        raise ModelFormatError(
+            f"{path}: a PyTorch file, which edgekit does not read; export the model to ONNX first, with "
+            "torch.onnx.export(model, example_input, 'model.onnx', dynamo=True), and convert the .onnx file"
+        )
     raise ModelFormatError(f"{path}: unsupported model file '{suffix or path.name}'; expected {ACCEPTED}")
 
 

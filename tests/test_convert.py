@@ -240,6 +240,7 @@ def _bad_inputs(digits_files: dict[str, Path], tmp_path: Path) -> dict[str, tupl
     truncated.write_bytes(digits_files["model"].read_bytes()[:20000])
     torch = tmp_path / "model.pt"
     torch.write_bytes(b"\x08\x07")
+    (tmp_path / "model.pkl").write_bytes(b"\x80\x04")
     x = np.load(digits_files["calibration"])["x"]
     np.savez(tmp_path / "shape.npz", x=x[..., 0])
     nan = x.copy()
@@ -249,7 +250,8 @@ def _bad_inputs(digits_files: dict[str, Path], tmp_path: Path) -> dict[str, tupl
     (tmp_path / "labels.txt").write_text("zero\none\n")
     return {
         "missing model": ([str(tmp_path / "nope.keras"), "-t", "raspberry-pi-5"], "no such file or directory"),
-        "unsupported": ([str(torch), "-t", "raspberry-pi-5"], "unsupported model file '.pt'; expected a Keras .keras"),
+        "pytorch": ([str(torch), "-t", "raspberry-pi-5"], "model.pt: a PyTorch file, which edgekit does not read; export the model to ONNX first, with torch.onnx.export("),
+        "unsupported": ([str(tmp_path / "model.pkl"), "-t", "raspberry-pi-5"], "unsupported model file '.pkl'; expected a Keras .keras"),
         "corrupt model": ([str(corrupt), "-t", "raspberry-pi-5"], "cannot be loaded as a Keras model"),
         "truncated model": ([str(truncated), "-t", "raspberry-pi-5"], "truncated.keras: not a complete .keras file"),
         "shape": ([model, "-t", "raspberry-pi-5", "-p", "int8", "-c", str(tmp_path / "shape.npz")],
