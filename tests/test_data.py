@@ -140,3 +140,34 @@ def test_multi_input_data_errors_name_the_input(tmp_path: Path) -> None:
         _named(tmp_path, [IDS, MASK], ids=ids.astype(np.float32), mask=ids > 0)
     with pytest.raises(ShapeError, match="input 'state' has shape \\(20, 2, 1, 5\\)"):
         _named(tmp_path, [STATE, RATE], state=np.zeros((20, 2, 1, 5)), sr=np.full(20, 16000))
+
+
+def test_csv_data_reads_features_and_the_label_column(tmp_path: Path) -> None:
+    path = tmp_path / "line.csv"
+    path.write_text("\ufefftemp,vibration,fault,current\n21.5,0.02,0,3.1\n22.0,0.31,2,3.4\n")  # a BOM, as Excel writes
+    data = load_dataset(path, "evaluation", "fault")
+    np.testing.assert_allclose(data.samples.arrays["x"], [[21.5, 0.02, 3.1], [22.0, 0.31, 3.4]], rtol=1e-6)
+    assert data.y is not None and data.y.tolist() == [0, 2]
+    assert load_dataset(path, "calibration").y is None  # no column named y: all features, no labels
+    assert load_dataset(path, "calibration").samples.arrays["x"].shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "message"),
+    [
+        ("a,b\n1,2\n", "fault", "no column 'fault'; its columns are a, b"),
+        ("a,b\n1,2,3\n", None, "line 2: 3 values; the header names 2"),
+        ("a,b\n1,\n", None, "line 2, column 'b' is empty; fill in or drop such rows"),
+        ("a,b\n1,high\n", None, "line 2, column 'b' holds 'high', not a number"),
+        ("a,y\n1,bearing\n", None, "line 2: the label column 'y' holds 'bearing'; labels are class indices"),
+        ("a,b\n", None, "a header row and at least one row of values are needed"),
+    ],
+)  # fmt: skip
+def test_bad_csv_data_is_one_line_naming_the_line_and_column(
+    tmp_path: Path, text: str, column: str | None, message: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DataError) as error:
+        load_dataset(path, "evaluation", column)
+    assert message in str(error.value) and "\n" not in str(error.value)

@@ -86,3 +86,20 @@ def test_a_file_larger_than_its_weights_says_it_grew(iris: dict[str, Path], tmp_
     assert result.exit_code == 0, result.output
     flat = " ".join(result.output.split())  # the summary wraps at 80 columns
     assert re.search(r"float32 weights → [\d.]+ K?B \([1-9][\d.]*×, larger than the float32 weights\)", flat)
+
+
+def test_csv_data_with_a_label_column_converts_a_tabular_model(iris: dict[str, Path], tmp_path: Path) -> None:
+    with np.load(iris["data"]) as data:
+        x, y = data["x"], data["y"]
+    rows = ["sepal_length,sepal_width,fault,petal_length,petal_width"]
+    rows += [f"{a},{b},{label},{c},{d}" for (a, b, c, d), label in zip(x.tolist(), y.tolist(), strict=True)]
+    (tmp_path / "line.csv").write_text("\n".join(rows) + "\n")
+    result = CliRunner().invoke(main, [
+        "convert", str(iris["linear"]), "--target", "x86-gateway", "--precision", "fp32",
+        "--calibration", str(tmp_path / "line.csv"), "--eval", str(tmp_path / "line.csv"),
+        "--label-column", "fault", "-o", str(tmp_path / "l.ekb"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    accuracy = read_bundle(tmp_path / "l.ekb")[0].artifacts[0].metrics.accuracy
+    assert accuracy is not None and accuracy.metric == "top1" and accuracy.samples == 150
+    assert accuracy.float_model > 90  # the label column was read as labels, the rest as features in order

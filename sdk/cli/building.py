@@ -239,7 +239,15 @@ _identity_options = together(
 )
 @calibration_option
 @evaluation_option(
-    required=False, help="Held-out .npz with x and labels y (top-1 accuracy) or x alone (agreement)."
+    required=False,
+    help="Held-out .npz with x and labels y (top-1 accuracy) or x alone (agreement); or a .csv with a "
+    "header row, for tabular models.",
+)
+@click.option(
+    "--label-column",
+    default=None,
+    metavar="NAME",
+    help="CSV data: the column of class indices (default: one named y); every other column is a feature.",
 )
 @_conversion_options
 @_output_options
@@ -364,7 +372,7 @@ def convert_options(model: Path, output: Path, params: dict[str, Any]) -> Conver
         max_accuracy_drop=params["max_accuracy_drop"], max_robustness_drop=params["max_robustness_drop"],
         allow_accuracy_drop=params["allow_accuracy_drop"], allow_over_budget=params["allow_over_budget"],
         force=params["force"], name=params["name"], version=params["version"], labels=params["labels"],
-        gate_metric=params["gate_metric"], tokenizer=params["tokenizer"],
+        gate_metric=params["gate_metric"], tokenizer=params["tokenizer"], label_column=params["label_column"],
         max_sequence_length=params["max_sequence_length"], calibration_method=params["calibration_method"],
         tflite_quantizer=params["tflite_quantizer"], keep_float=params["keep_float"],
         input_shape=params["input_shape"], sign_key=params["sign_key"],

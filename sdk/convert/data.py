@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from edgekit.convert.tabular import read_csv
 from edgekit.core.errors import DataError, ShapeError
 from edgekit.core.samples import Feed, Samples
 from edgekit.core.text import TextData, read_jsonl
@@ -61,12 +62,16 @@ class Dataset:
         return self.samples.only
 
 
-def load_dataset(path: Path, role: str) -> Dataset:
-    """Read ``path`` without trusting it: no pickles, clear errors for every bad case."""
+def load_dataset(path: Path, role: str, label_column: str | None = None) -> Dataset:
+    """Read ``path`` without trusting it: no pickles, clear errors for every bad case.
+    ``label_column``: a CSV file's column of labels (default: one named y)."""
     if not path.is_file():
         raise DataError(f"{role} data {path}: no such file")
     if path.suffix == ".jsonl":
         return Dataset(path, Samples({}), None, read_jsonl(path, role))
+    if path.suffix == ".csv":
+        x, labels = read_csv(path, role, label_column)
+        return Dataset(path, Samples.of("x", x), labels)
     try:
         if path.suffix == ".npy":
             return Dataset(path, Samples.of("x", np.load(path, allow_pickle=False)), None)
@@ -78,7 +83,8 @@ def load_dataset(path: Path, role: str) -> Dataset:
         raise DataError(f"{role} data {path}: not a readable numpy file ({exc})") from exc
     if path.suffix != ".npz":
         raise DataError(
-            f"{role} data {path}: expected a .npz (arrays x, y), a .npy or, for text, a .jsonl file"
+            f"{role} data {path}: expected a .npz (arrays x, y), a .npy, a .csv (a header row, then "
+            "rows) or, for text, a .jsonl file"
         )
     if not arrays:
         raise DataError(

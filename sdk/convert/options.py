@@ -42,6 +42,8 @@ class ConvertOptions:
     name: str | None = None
     version: int = 1
     labels: Path | None = None
+    label_column: str | None = None
+    """CSV data: the column that holds the labels (default: one named y)."""
     gate_metric: GateMetric = "top1"
     tokenizer: Path | None = None
     """A Hugging Face tokenizer.json: it travels in the bundle, and .jsonl data is tokenized by it."""

@@ -38,9 +38,12 @@ class Inputs:
     @classmethod
     def read(cls, options: ConvertOptions, kind: SourceKind) -> Inputs:
         labels = read_labels(options.labels)
-        calibration = load_dataset(options.calibration, "calibration") if options.calibration else None
-        evaluation = load_dataset(options.evaluation, "evaluation") if options.evaluation else None
-        return cls(kind, calibration, evaluation, labels)
+
+        def load(path: Path | None, role: str) -> Dataset | None:
+            return load_dataset(path, role, options.label_column) if path else None
+
+        calibration = load(options.calibration, "calibration")
+        return cls(kind, calibration, load(options.evaluation, "evaluation"), labels)
 
 
 def plan(options: ConvertOptions, kind: str, reporter: Reporter) -> list[tuple[Converter, list[str]]]:
