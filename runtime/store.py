@@ -17,6 +17,7 @@ way. A file lock serializes writers, and opening the store removes leftovers of 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import errno
 import fcntl
@@ -65,6 +66,12 @@ class Installed:
     """Why this version cannot be trusted as listed (a corrupt record), or None."""
     warning: str | None = None
     """Installed, but something the user should know (a GPU bundle on a machine without one)."""
+    artifacts: str | None = None
+    """What it runs, "tflite int8, onnx fp16"; None where the manifest could not be read."""
+    target: str | None = None
+    """The device profile it was made for."""
+    installed_at: float | None = None
+    """When it was installed (seconds since the epoch)."""
 
 
 def _gpu_missing(manifest: Manifest) -> str | None:
@@ -221,9 +228,23 @@ class Store:
         found = []
         for version in self._versions(name):
             signer, bad_signature = self._signer(name, version)
-            found.append(Installed(name, version, state is not None and state.active == version,
-                                   signer, problem or bad_signature))
+            folder = self.root / name / str(version)
+            entry = Installed(name, version, state is not None and state.active == version, signer,
+                              problem or bad_signature, installed_at=folder.stat().st_mtime)  # fmt: skip
+            found.append(self._described(entry, folder))
         return found
+
+    def _described(self, entry: Installed, folder: Path) -> Installed:
+        """``entry`` with what its manifest says it runs and was made for, where this device
+        can read it (its key there, its records sound)."""
+        try:
+            data_key = self._unwrap(folder, entry.name, entry.version)
+            sealed = unseal(folder / "manifest.enc", data_key, entry.name, entry.version, MANIFEST)
+            manifest = parse_manifest(sealed, f"{entry.name} v{entry.version}")
+        except (EdgekitError, OSError):
+            return entry
+        runs = ", ".join(f"{a.format} {a.precision}" for a in manifest.artifacts)
+        return dataclasses.replace(entry, artifacts=runs, target=str(manifest.profile.get("id", "?")))
 
     def _signer(self, name: str, version: int) -> tuple[str | None, str | None]:
         path = self.root / name / str(version) / SIGNATURE

@@ -133,6 +133,11 @@ def test_install_load_and_the_model_store_commands(
         (Store().root / "digits" / stray).mkdir()
     listed = json.loads(runner.invoke(main, ["models", "list", "--json"]).stdout)
     assert [(m["version"], m["active"]) for m in listed] == [(2, False), (3, True)]
+    assert [(m["artifacts"], m["target"]) for m in listed] == [("tflite int8", "raspberry-pi-5"),
+                                                               ("tflite fp32", "raspberry-pi-5")]  # fmt: skip
+    assert all(abs(m["installed_at"] - time.time()) < 600 for m in listed)
+    shown = runner.invoke(main, ["models", "list"]).stdout.splitlines()
+    assert shown[1].startswith("* digits v3  tflite fp32 for raspberry-pi-5  installed 20")
     assert Model.load("digits").info.precision == "fp32"
     assert runner.invoke(main, ["models", "rollback", "digits"]).exit_code == 0
     model = Model.load("digits")

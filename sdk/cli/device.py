@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -57,7 +58,12 @@ def models_list(as_json: bool) -> None:
         return
     for m in found:
         problem = f"  BROKEN: {m.problem}" if m.problem else ""
-        click.echo(f"{'*' if m.active else ' '} {m.name} v{m.version}  {m.signed_by or 'unsigned'}{problem}")
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.installed_at)) if m.installed_at else "?"
+        runs = f"{m.artifacts} for {m.target}" if m.artifacts else "(manifest unreadable here)"
+        click.echo(
+            f"{'*' if m.active else ' '} {m.name} v{m.version}  {runs}  installed {when}  "
+            f"{m.signed_by or 'unsigned'}{problem}"
+        )
     if not found:
         click.echo("no models installed; install one with: edgekit install BUNDLE")
 
