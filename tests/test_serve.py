@@ -97,6 +97,11 @@ def test_health_and_metadata_over_rest(server: Server, bundles: dict[str, Path])
         assert client.get("/v2/models/digits/versions/2/ready").status_code == 200
         assert client.get("/v2/models/digits/versions/7/ready").status_code == 400
         assert client.get("/v2/models/nope/ready").status_code == 400
+        index = client.post("/v2/repository/index").json()  # Triton's model repository index
+        assert {(m["name"], m["version"], m["state"]) for m in index} >= {("digits", "2", "READY")}
+        assert {m["name"] for m in index} >= {"digits", "fusion", "intent"}
+        labels = client.get("/v2/models/intent").json()["parameters"]["labels"]  # the bundle's class names
+        assert labels and all(isinstance(name, str) for name in labels)
 
 
 def _version() -> str:

@@ -46,10 +46,26 @@ def server_metadata() -> dict[str, Any]:
 
 def model_metadata(repository: Repository, name: str, version: str | None) -> dict[str, Any]:
     served = repository.get(name, version)
-    return {
+    found: dict[str, Any] = {
         "name": served.name, "versions": repository.versions(name), "platform": served.platform,
         "inputs": [t.json() for t in served.inputs], "outputs": [t.json() for t in served.outputs],
     }  # fmt: skip
+    labels = served.model.manifest.labels
+    if labels:  # the class names, in output order: what a client needs to read the scores
+        found["parameters"] = {"labels": list(labels)}
+    return found
+
+
+def repository_index(repository: Repository) -> list[dict[str, str]]:
+    """The model repository extension's index (Triton's ``POST /v2/repository/index``): every
+    model and version this server has loaded, and each model's active version."""
+    index = []
+    for name in repository.names():
+        active = str(repository.get(name).version)
+        for version in repository.versions(name):
+            state = "READY" if version == active else "LOADED, NOT ACTIVE"
+            index.append({"name": name, "version": version, "state": state})
+    return index
 
 
 def build_app(repository: Repository, limits: Limits, timeout_s: float, token: bytes | None) -> ASGIApp:
@@ -65,6 +81,9 @@ def build_app(repository: Repository, limits: Limits, timeout_s: float, token: b
 
     async def metadata(request: Request) -> Response:
         return JSONResponse(server_metadata())
+
+    async def index(request: Request) -> Response:
+        return JSONResponse(await asyncio.to_thread(repository_index, repository))
 
     async def model_ready(request: Request) -> Response:
         params = request.path_params
@@ -113,6 +132,7 @@ def build_app(repository: Repository, limits: Limits, timeout_s: float, token: b
     ]  # fmt: skip
     routes = [
         Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", metadata),
+        Route("/v2/repository/index", index, methods=["POST"]),
     ]  # fmt: skip
     for suffix, handler, method in model_routes:
         for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
