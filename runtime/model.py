@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,7 +24,9 @@ from edgekit.runtime.stream import Stream
 
 if TYPE_CHECKING:
     from edgekit.runtime.engines import EngineCache
+    from edgekit.runtime.follow import FollowedModel
     from edgekit.runtime.telemetry import Telemetry
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -123,6 +125,27 @@ class Model:
         if telemetry is not None:
             model._attach(telemetry)
         return model
+
+    @classmethod
+    def follow(
+        cls, name: str, *, telemetry: Callable[[], Telemetry] | None = None, interval: float = 0.5,
+        **options: Any,
+    ) -> FollowedModel:  # fmt: skip
+        """The store model ``name``, following its active version: what ``edgekit agent``
+        installs, or ``models activate`` and ``rollback`` choose, is what the next call runs,
+        swapped in between calls with no failed call (see ``edgekit.runtime.follow``).
+        ``telemetry`` makes one ``Telemetry`` per version (each reports one version);
+        ``options`` are ``load``'s, but for ``version``."""
+        from edgekit.runtime.follow import FollowedModel
+        from edgekit.runtime.store import Store
+
+        if "version" in options:
+            raise InputError("Model.follow runs the active version; load a given version with Model.load")
+        if Path(name).suffix == ".ekb" or Path(name).is_file():
+            raise InputError(f"{name} is a bundle file; install it, then follow it by name")
+        return FollowedModel(
+            name, lambda made: cls.load(name, telemetry=made, **options), Store(), telemetry, interval
+        )
 
     def _attach(self, telemetry: Telemetry) -> None:
         self._reported = reported_tensors(self.manifest, self._backend)

@@ -200,22 +200,18 @@ def gateway(name: str, broker_url: str) -> None:
     agent = Agent(AgentConfig(Broker.parse(broker_url), FLEET, GROUP, name, heartbeat_s=5.0)).start()
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
     batch = readings(rng.choice(len(CLASSES), 200, p=[0.7, 0.1, 0.1, 0.1]), rng)
-    model, telemetry, loaded = None, None, None
+    while Store().active().get("bearing-faults") is None:  # the first install
+        if halt.wait(0.1):
+            agent.stop()
+            return
+    # The application follows what the agent installs: each version gets a Telemetry of its own.
+    model = Model.follow("bearing-faults", threads=1, telemetry=lambda: Telemetry(
+        broker_url, FLEET, device_id=name, window_s=2.0, k_anonymity=1))  # fmt: skip
     for step in range(10**9):
         if halt.wait(0.05):
             break
-        active = Store().active().get("bearing-faults")
-        if active != loaded:  # the agent switched versions: the application reloads
-            if model is not None and telemetry is not None:
-                model.close()
-                telemetry.close()
-            telemetry = Telemetry(broker_url, FLEET, device_id=name, window_s=2.0, k_anonymity=1)
-            model, loaded = Model.load("bearing-faults", threads=1, telemetry=telemetry), active
-        assert model is not None
         model.predict(batch[step % len(batch)][np.newaxis])
-    if model is not None and telemetry is not None:
-        model.close()
-        telemetry.close()
+    model.close()
     agent.stop()
 
 
