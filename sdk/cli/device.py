@@ -140,4 +140,35 @@ def trust_remove(key_id: str, as_json: bool) -> None:
     say(as_json, {"removed": key_id}, f"no longer trusting {key_id}")
 
 
-COMMANDS = (install, models, trust)
+@click.command()
+@click.option("--broker", default=None, metavar="URL", help="Also check that this MQTT broker is reachable.")
+@json_option
+def doctor(broker: str | None, as_json: bool) -> None:
+    """What this machine can run, and what stands in the way: engines and their versions, the
+    execution providers ONNX Runtime has (CUDA and TensorRT, or why not), protobuf for serve's
+    gRPC, the store (readable, the device key there), trusted publishers, and with --broker
+    the broker. Each problem is one line with its fix; exit code 1 when something fails.
+
+    \b
+    Examples:
+      edgekit doctor
+      edgekit doctor --broker mqtt://gateway:1883 --json
+    """
+    from dataclasses import asdict
+
+    from edgekit.runtime.doctor import run_checks
+
+    checks = run_checks(broker)
+    if as_json:
+        print_json([asdict(check) for check in checks])
+    else:
+        marks = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+        for check in checks:
+            click.echo(f"{marks[check.status]}  {check.name}: {check.found}")
+            if check.fix:
+                click.echo(f"      {'hint' if check.status == 'ok' else 'fix'}: {check.fix}")
+    if any(check.status == "fail" for check in checks):
+        raise SystemExit(1)
+
+
+COMMANDS = (install, models, trust, doctor)
