@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.core.errors import InputError
 from edgekit.core.samples import Feed
 from edgekit.runtime.feeds import check_feed
 from edgekit.runtime.model import Model
@@ -24,10 +26,13 @@ class Timing:
     throughput_per_s: float
 
     @classmethod
-    def of(cls, seconds: list[float]) -> Timing:
+    def of(cls, seconds: list[float], batch: int = 1, wall_s: float | None = None) -> Timing:
+        """Percentiles of each call's latency; throughput in samples a second, over ``wall_s``
+        when calls overlapped (several callers), else over their sum."""
         ms = np.asarray(seconds) * 1000
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        return cls(float(p50), float(p90), float(p99), float(len(ms) / max(sum(seconds), 1e-12)))
+        span = wall_s if wall_s is not None else sum(seconds)
+        return cls(float(p50), float(p90), float(p99), float(len(ms) * batch / max(span, 1e-12)))
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,10 @@ class BenchResult:
     overhead_us: float | None
     latency_budget_ms: float | None
     within_latency_budget: bool | None
+    batch: int = 1
+    """Samples per call."""
+    concurrency: int = 1
+    """Threads calling ``predict`` at once."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,9 +77,23 @@ def sample_input(model: Model, batch: int = 1) -> Feed:
     return feed
 
 
-def bench(model: Model, runs: int = 500, warmup: int = 20, compare_bare: bool = False) -> BenchResult:
-    """Time ``predict`` ``runs`` times; with ``compare_bare``, interleave the bare engine."""
-    x = sample_input(model)
+def bench(
+    model: Model, runs: int = 500, warmup: int = 20, compare_bare: bool = False, batch: int = 1,
+    concurrency: int = 1,
+) -> BenchResult:  # fmt: skip
+    """Time ``predict`` ``runs`` times on batches of ``batch``; with ``compare_bare``,
+    interleave the bare engine; with ``concurrency`` > 1, that many threads call at once (as
+    perf_analyzer's and onnxruntime_perf_test's concurrency do), and throughput is over the
+    wall-clock time."""
+    if batch < 1 or concurrency < 1:
+        raise InputError("--batch and --concurrency are at least 1")
+    x = sample_input(model, batch)
+    if concurrency > 1:
+        if compare_bare:
+            raise InputError("--compare-bare times one caller: the bare engine is not shared by threads; "
+                             "leave --concurrency at 1")  # fmt: skip
+        timing = _concurrent(model, x, runs, warmup, concurrency, batch)
+        return _result(model, runs, timing, None, batch, concurrency)
     calls: list[Callable[[], Any]] = [lambda: model.predict(x)]
     if compare_bare:
         calls.append(bare_call(model, x))
@@ -84,8 +107,38 @@ def bench(model: Model, runs: int = 500, warmup: int = 20, compare_bare: bool = 
             started = time.perf_counter()
             call()
             record.append(time.perf_counter() - started)
-    ours = Timing.of(timings[0])
-    bare = Timing.of(timings[1]) if compare_bare else None
+    bare = Timing.of(timings[1], batch) if compare_bare else None
+    return _result(model, runs, Timing.of(timings[0], batch), bare, batch, 1)
+
+
+def _concurrent(model: Model, x: Feed, runs: int, warmup: int, concurrency: int, batch: int) -> Timing:
+    """``runs`` calls spread over ``concurrency`` threads started together."""
+    for _ in range(warmup):
+        model.predict(x)
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    start = threading.Barrier(concurrency + 1)
+
+    def caller(record: list[float], calls: int) -> None:
+        start.wait()
+        for _ in range(calls):
+            began = time.perf_counter()
+            model.predict(x)
+            record.append(time.perf_counter() - began)
+
+    shares = [runs // concurrency + (i < runs % concurrency) for i in range(concurrency)]
+    threads = [threading.Thread(target=caller, args=(latencies[i], shares[i])) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return Timing.of([s for record in latencies for s in record], batch, time.perf_counter() - began)
+
+
+def _result(
+    model: Model, runs: int, ours: Timing, bare: Timing | None, batch: int, concurrency: int
+) -> BenchResult:
     budget = model.manifest.target.budget.latency_ms
     return BenchResult(
         runs=runs,
@@ -97,6 +150,8 @@ def bench(model: Model, runs: int = 500, warmup: int = 20, compare_bare: bool = 
         overhead_us=(ours.p50_ms - bare.p50_ms) * 1000 if bare else None,
         latency_budget_ms=budget,
         within_latency_budget=None if budget is None else ours.p90_ms <= budget,
+        batch=batch,
+        concurrency=concurrency,
     )
 
 

@@ -264,6 +264,17 @@ def test_bench_measures_and_compares_with_the_bare_engine(converted, onnx_conver
     assert cli.exit_code == 0 and json.loads(cli.stdout)["edgekit"]["p50_ms"] > 0
 
 
+def test_bench_takes_a_batch_and_several_callers_at_once(converted) -> None:  # type: ignore[no-untyped-def]
+    bundle = str(converted("int8").output)
+    cli = CliRunner().invoke(main, ["bench", bundle, "--runs", "40", "--batch", "4", "--concurrency", "3", "--json"])
+    assert cli.exit_code == 0, cli.output
+    report = json.loads(cli.stdout)
+    assert (report["batch"], report["concurrency"], report["runs"]) == (4, 3, 40)
+    assert report["edgekit"]["throughput_per_s"] > 0 and report["bare"] is None
+    refused = CliRunner().invoke(main, ["bench", bundle, "--concurrency", "2", "--compare-bare"])
+    assert refused.exit_code == 2 and "leave --concurrency at 1" in refused.stderr
+
+
 def test_bench_fails_a_blown_latency_budget(digits_files, write_profile, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import tomli_w
     import tomllib

@@ -126,6 +126,14 @@ def run(
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
 @threads_option
 @artifact_format_option
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per call.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Threads calling at once; throughput is then over the wall-clock time.",
+)
 @click.option(
     "--compare-bare",
     is_flag=True,
@@ -136,21 +144,24 @@ def run(
 @json_option
 @click.pass_context
 def bench(
-    ctx: click.Context, bundle: Path, runs: int, warmup: int, compare_bare: bool, as_json: bool, **fields: Any
+    ctx: click.Context, bundle: Path, runs: int, warmup: int, compare_bare: bool, batch: int,
+    concurrency: int, as_json: bool, **fields: Any,
 ) -> None:
     """Measure latency percentiles, throughput, load time and peak memory on this device.
 
     Exits 1 when p90 latency breaks the profile's latency budget.
 
     \b
-    Example:
+    Examples:
       edgekit bench digits.ekb --runs 1000 --compare-bare
+      edgekit bench digits.ekb --batch 8 --concurrency 4   # 4 callers at once, 8 samples a call
     """
     from edgekit import views
     from edgekit.runtime.bench import bench as run_bench
 
     model = load_model(ctx, bundle, **model_options(fields))
-    result = run_bench(model, runs=runs, warmup=warmup, compare_bare=compare_bare)
+    result = run_bench(model, runs=runs, warmup=warmup, compare_bare=compare_bare, batch=batch,
+                       concurrency=concurrency)  # fmt: skip
     if as_json:
         print_json({"model": views.model_info(model), **result.as_dict()})
     else:

@@ -100,12 +100,13 @@ def print_bench(out: Console, model: Any, result: Any) -> None:
     info = model.info
     out.print(
         f"[bold]{info.name}[/] v{info.version}: {info.format} {info.precision} on {info.engine}, "
-        f"{info.threads} threads, {result.runs} runs, batch 1",
+        f"{info.threads} threads, {result.runs} runs, batch {result.batch}"
+        + (f", {result.concurrency} callers at once" if result.concurrency > 1 else ""),
         highlight=False,
     )
     for line in info.fallbacks:
         out.print(f"  [yellow]fallback:[/] {line}", highlight=False)
-    table = Table("", "p50", "p90", "p99", "throughput", box=None, padding=(0, 2))
+    table = Table("", "p50", "p90", "p99", "samples/s", box=None, padding=(0, 2))
     rows = [("edgekit", result.edgekit)] + ([("bare", result.bare)] if result.bare else [])
     for name, t in rows:
         table.add_row(name, f"{t.p50_ms:.3f} ms", f"{t.p90_ms:.3f} ms", f"{t.p99_ms:.3f} ms",
