@@ -187,9 +187,9 @@ def run_soak(config: SoakConfig, folder: Path, say: Any = print) -> SoakResult:
         context = mp.get_context("fork")
         stop, results = context.Event(), context.Queue()
         names = [f"dev{i:05d}" for i in range(config.devices)]
-        publishers = [
-            context.Process(target=_publish, args=(i, broker.port, names[i::PUBLISHERS],
-                                                   config.rate / PUBLISHERS, stop, results, public))
+        publishers = [  # daemons: if a fault step raises, they must not hold the process at exit
+            context.Process(target=_publish, daemon=True, args=(
+                i, broker.port, names[i::PUBLISHERS], config.rate / PUBLISHERS, stop, results, public))
             for i in range(PUBLISHERS)
         ]  # fmt: skip
         cpu = CpuMeter()
