@@ -72,10 +72,10 @@ def test_bad_files_and_arrays(tmp_path: Path) -> None:
     bad.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable numpy file"):
         load_dataset(bad, "calibration")
-    csv = tmp_path / "data.csv"
-    csv.write_text("1,2")
-    with pytest.raises(DataError, match="expected a .npz"):
-        load_dataset(csv, "calibration")
+    text = tmp_path / "data.txt"
+    text.write_text("1,2")
+    with pytest.raises(DataError, match=r"expected a .npz \(arrays x, y\), a .npy, a .csv"):
+        load_dataset(text, "calibration")
     with pytest.raises(ShapeError, match="dtype"):
         _check(tmp_path, np.array([["a"] * 8] * 8))
 
