@@ -99,16 +99,15 @@ def _convert(
         len(calibration) if calibration is not None and precision in converter.calibrated_precisions else 0
     )
     probe = MemoryProbe(converter.format, _example(job))
-    try:
+    try:  # a conversion or gate that fails must not leave the probe's process waiting
         with job.reporter.progress(f"Converting to {converter.format} {precision}", total) as advance:
             with job.watch.step("conversion (calibration included)"):
                 artifact = converter.convert(job.source, precision, calibration, advance, settings)
-    except BaseException:
+        for note in artifact.notes:
+            job.reporter.note(note)
+        return artifact, _measure(job, artifact, probe)
+    finally:
         probe.close()
-        raise
-    for note in artifact.notes:
-        job.reporter.note(note)
-    return artifact, _measure(job, artifact, probe)
 
 
 def _keep_sensitive_nodes_in_float(
