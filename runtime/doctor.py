@@ -15,7 +15,7 @@ from importlib import metadata
 
 import edgekit
 from edgekit.core.errors import EdgekitError
-from edgekit.core.formats import CUDA, TENSORRT
+from edgekit.core.formats import GPU_PROVIDERS
 from edgekit.core.paths import edgekit_home
 
 
@@ -69,7 +69,7 @@ def _onnxruntime() -> Check:
                      "pip install 'edgekit[onnx]' (on a Jetson: JetPack's onnxruntime-gpu)")  # fmt: skip
     providers = ort.get_available_providers()
     found = f"onnxruntime {ort.__version__}, providers {', '.join(providers)}"
-    if TENSORRT in providers or CUDA in providers:
+    if any(provider in providers for provider in GPU_PROVIDERS):
         return Check("ONNX Runtime", "ok", found)
     return Check("ONNX Runtime", "ok", found + " (CPU only: no CUDA or TensorRT provider in this build)",
                  "for a GPU: onnxruntime-gpu (on a Jetson, the wheel built for its JetPack)")  # fmt: skip
