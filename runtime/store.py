@@ -311,6 +311,7 @@ class Store:
 
     def _rotate(self, key_path: Path) -> None:
         from edgekit.runtime.keys import create_device_key
+        from edgekit.runtime.telemetry.ledger import LEDGER_DIR, reseal
 
         next_path = key_path.with_name(key_path.name + ".next")
         if not next_path.exists():
@@ -324,6 +325,7 @@ class Store:
                 atomic_write(folder / "data.key", wrap_key(data_key, name, version, new))
             if state is not None:
                 self._write_state(name, state, key=new)
+        reseal((self.home / LEDGER_DIR), old, new)
         os.replace(next_path, key_path)
         fsync_dir(key_path.parent)
 

@@ -335,7 +335,7 @@ def test_k_suppression_hides_small_buckets(
 
 
 def test_privacy_budget_stops_releases_and_survives_restart(
-    fleet_dir: Path, bundle: Path, tmp_path: Path, digits_eval: Any
+    fleet_dir: Path, bundle: Path, tmp_path: Path, digits_eval: Any, home: Path
 ) -> None:
     from edgekit.runtime.telemetry.outbox import Outbox
 
@@ -350,7 +350,8 @@ def test_privacy_budget_stops_releases_and_survives_restart(
         model.close()
     assert [seq is not None for seq in released] == [True] * 3 + [False] * 5
     outbox = Outbox(tmp_path / "outbox.sqlite", 1 << 20, 3600)
-    assert outbox.epsilon_spent == pytest.approx(3.0)
+    witness = outbox.witness()
+    assert witness is not None and witness.spent == pytest.approx(3.0) and witness.releases == 3
     reports = [Report.model_validate_json(e.payload) for e in outbox.pending(0, 100)]
     assert len(reports) == 3 and all(r.inputs is None for r in reports)
     assert reports[-1].privacy.dp_spent == pytest.approx(3.0)

@@ -34,7 +34,9 @@ class TelemetryConfig(BaseModel):
     k_anonymity: int = Field(default=5, ge=1, description="histogram buckets below this count are zeroed")
     dp_epsilon: float | None = Field(default=None, gt=0, description="differential privacy per window")
     dp_budget: float | None = Field(default=None, gt=0, description="total ε; default 100 windows' worth")
-    dp_clip: int | None = Field(default=None, ge=1, description="inferences one window contributes at most")
+    dp_clip: int | None = Field(
+        default=None, ge=1, description="ε protects a device's whole window, scaled to this many inferences"
+    )
     capture: str = Field(default="none", description="none, low-confidence[:0.5] or random[:0.01]")
     capture_max: int = Field(default=8, ge=0, description="samples kept per window at most")
     capture_max_bytes: int = Field(default=256 * 1024, ge=0)
@@ -45,6 +47,7 @@ class TelemetryConfig(BaseModel):
     deid_names: tuple[str, ...] = Field(default=(), description="names masked as [NAME] in captured text")
     fleet_dir: Path | None = Field(default=None, description="default: $EDGEKIT_HOME/fleets/FLEET")
     outbox: Path | None = Field(default=None, description="default: $EDGEKIT_HOME/telemetry/FLEET.sqlite")
+    ledger: Path | None = Field(default=None, description="default: $EDGEKIT_HOME/privacy/FLEET.ledger")
     outbox_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     outbox_max_age_s: float = Field(default=7 * 86400, gt=0)
     epoch_s: float = Field(default=86400, gt=0, description="how long one pseudonym lasts")

@@ -14,8 +14,10 @@ import numpy as np
 from edgekit.core.manifest import Manifest
 from edgekit.core.paths import edgekit_home
 from edgekit.core.telemetry import SCHEMA_VERSION, Drift, ModelRef, Privacy, SampleHeader
+from edgekit.runtime.telemetry import dp
 from edgekit.runtime.telemetry.config import TelemetryConfig, TelemetryConfigError
 from edgekit.runtime.telemetry.deid import Deidentifier
+from edgekit.runtime.telemetry.ledger import Ledger, default_ledger, device_keys
 from edgekit.runtime.telemetry.outbox import BudgetSpent, Outbox
 from edgekit.runtime.telemetry.privacy import (
     DeviceFleetKeys,
@@ -24,7 +26,6 @@ from edgekit.runtime.telemetry.privacy import (
     machine_id,
     pseudonym,
     seal_sample,
-    suppress,
 )
 from edgekit.runtime.telemetry.publisher import Publisher
 from edgekit.runtime.telemetry.report import ReportDraft, input_stats, window_counts
@@ -83,6 +84,8 @@ class Telemetry:
         self._publisher: Publisher | None = None
         self._final_status: dict[str, Any] | None = None
         self._noise: Noise | None = None
+        self._ledger: Ledger | None = None
+        self._deidentified: bool | None = None
         self._model: ModelRef | None = None
         self._reference: Any = None
         self._budget_logged = False
@@ -128,14 +131,7 @@ class Telemetry:
             for _ in range(2)
         )
         if self.config.dp_epsilon is not None:
-            per_inference = 5 + plan.count  # inferences, calls, latency, class, confidence, bins
-            self._noise = Noise(self.config.dp_epsilon, per_inference * (self.config.dp_clip or 1))
-            log.info(
-                "telemetry: differential privacy at ε=%.3g per window, %.3g of %.3g spent",
-                self._noise.epsilon,
-                self.outbox.epsilon_spent,
-                self.config.dp_total,
-            )
+            self._start_dp(window_counts(self._window))
         self._publisher = Publisher(
             self.broker,
             self.fleet,
@@ -147,10 +143,40 @@ class Telemetry:
         )
         self._publisher.start()
 
+    def _start_dp(self, layout: dict[str, np.ndarray]) -> None:
+        """Noise scaled to this report layout's sensitivity, and the ε ledger, checked."""
+        config = self.config
+        assert config.dp_epsilon is not None and config.dp_total is not None
+        self._noise = dp.mechanism(layout, config.dp_epsilon, config.dp_clip)
+        if config.dp_total < self._noise.epsilon - 1e-9:
+            raise TelemetryConfigError(
+                f"telemetry: dp_budget {config.dp_total:g} is below one report's ε "
+                f"{self._noise.epsilon:g}, so nothing could ever be released; raise dp_budget"
+            )
+        self._ledger = Ledger(config.ledger or default_ledger(config.fleet), config.fleet, device_keys())
+        self._ledger.open(self.outbox.witness())
+        if self._ledger.stopped:
+            log.warning("telemetry: %s", self._ledger.stopped)
+            self._budget_logged = True
+        log.info(
+            "telemetry: differential privacy at ε=%.3g per window (per %s), %.3g of %.3g spent",
+            self._noise.epsilon,
+            "inference" if config.dp_clip is None else f"device window of {config.dp_clip}",
+            self._ledger.state.spent,
+            config.dp_total,
+        )
+        if self.capture.mode != "none":
+            log.warning(
+                "telemetry: capture = %s sends raw inputs to the fleet key's holder; they and their "
+                "count are outside the ε guarantee (docs/privacy.md)",
+                config.capture,
+            )
+
     def _deidentifier(self, manifest: Manifest) -> Callable[[str], str] | None:
         """A text model's captured texts are de-identified unless the config says otherwise."""
         if manifest.text is None:
             return None
+        self._deidentified = self.config.deidentify
         if not self.config.deidentify:
             log.warning("telemetry: deidentify = false, so captured texts leave the device as typed")
             return str
@@ -183,7 +209,8 @@ class Telemetry:
 
     def flush(self) -> int | None:
         """End the current window now and queue its report; returns its sequence number,
-        or None when there was nothing to report or the privacy budget is spent."""
+        or None when there was nothing to report or the privacy budget is spent. Under
+        differential privacy an idle window is reported too (see ``dp``)."""
         with self._roll:
             with self._lock:
                 window, self._window = self._window, self._spare
@@ -191,7 +218,7 @@ class Telemetry:
             assert window is not None
             window.digest()
             try:
-                return self._release(window) if window.calls else None
+                return self._release(window) if window.calls or self._noise is not None else None
             finally:
                 self._spare = window
 
@@ -202,37 +229,24 @@ class Telemetry:
         epoch = self.epoch(end)
         counts = window_counts(window)
         inputs = None
-        if self._noise is None:
-            if window.count >= self.config.k_anonymity:
-                inputs = input_stats(window)
-        else:
-            counts = self._clip(counts, window.count)
-            counts = {name: self._noise(value) for name, value in counts.items()}
-        suppressed = sum(
-            suppress(value, self.config.k_anonymity)
-            for name, value in counts.items()
-            if name not in ("inferences", "errors", "calls")
-        )
+        if self._noise is None and window.count >= self.config.k_anonymity:
+            inputs = input_stats(window)
+        released = dp.release(counts, self._noise, self.config.dp_clip, self.config.k_anonymity)
+        counts = released.counts
         drift = self._drift(counts)
-        epsilon = self._noise.epsilon if self._noise is not None else 0.0
-        spent = self.outbox.epsilon_spent + epsilon
-
-        privacy = Privacy(
-            k=self.config.k_anonymity,
-            suppressed_buckets=suppressed,
-            dp_epsilon=epsilon or None,
-            dp_spent=spent if epsilon else None,
-            dp_budget=self.config.dp_total if epsilon else None,
-        )
+        privacy = self._privacy(released.suppressed)
         start = round(window.start, 3)
         draft = ReportDraft(
             node, epoch, start, round(end, 3), self._model, counts, inputs, drift, window.samples, privacy
         )
         try:
-            seq = self.outbox.put("report", node, draft.encode, epsilon=epsilon, budget=self.config.dp_total)
+            seq = self.outbox.put(
+                "report", node, draft.encode,
+                epsilon=privacy.dp_epsilon or 0.0, budget=self.config.dp_total, ledger=self._ledger,
+            )  # fmt: skip
         except BudgetSpent as exc:
             if not self._budget_logged:
-                log.warning("telemetry: the privacy budget is spent (%s): nothing more is released", exc)
+                log.warning("telemetry: nothing more is released: %s", exc)
                 self._budget_logged = True
             return None
         self.released += 1
@@ -265,12 +279,21 @@ class Telemetry:
 
         self.outbox.put("sample", node, build)
 
-    def _clip(self, counts: dict[str, np.ndarray], total: int) -> dict[str, np.ndarray]:
-        """Scale a window down to ``dp_clip`` inferences: the device's bounded contribution."""
-        if self.config.dp_clip is None or total <= self.config.dp_clip:
-            return counts
-        scale = self.config.dp_clip / total
-        return {name: np.floor(value * scale).astype(np.int64) for name, value in counts.items()}
+    def _privacy(self, suppressed: int) -> Privacy:
+        noise, config, ledger = self._noise, self.config, self._ledger
+        dp_on = noise is not None and ledger is not None
+        return Privacy(
+            k=config.k_anonymity,
+            suppressed_buckets=suppressed,
+            capture=self.capture.mode,  # type: ignore[arg-type]
+            deidentified=self._deidentified,
+            dp_epsilon=noise.epsilon if noise else None,
+            dp_spent=ledger.state.spent + noise.epsilon if noise and ledger else None,
+            dp_budget=config.dp_total if dp_on else None,
+            dp_unit=("inference" if config.dp_clip is None else "window") if dp_on else None,
+            dp_clip=config.dp_clip if dp_on else None,
+            dp_sensitivity=noise.sensitivity if noise else None,
+        )
 
     def _drift(self, counts: dict[str, np.ndarray]) -> Drift | None:
         reference = self._reference
@@ -308,7 +331,17 @@ class Telemetry:
             "queued": entries,
             "queued_bytes": size,
             "last_error": publisher.last_error if publisher else None,
-            "epsilon_spent": self.outbox.epsilon_spent,
+            **self._privacy_status(),
+        }
+
+    def _privacy_status(self) -> dict[str, Any]:
+        ledger = self._ledger
+        if ledger is None:
+            return {"epsilon_spent": None}
+        return {
+            "epsilon_spent": ledger.state.spent,
+            "epsilon_budget": self.config.dp_total,
+            "privacy_stopped": ledger.stopped,
         }
 
     def close(self, timeout: float | None = None) -> None:

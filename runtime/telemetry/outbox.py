@@ -1,9 +1,9 @@
 """The durable outbox: every report and sample lands in SQLite (WAL, synchronous=FULL)
 before the first publish attempt, and leaves only when the broker acknowledges it.
 
-Sequence numbers, the dropped count and the differential-privacy ledger live in the same
-database and change in the same transactions as the rows they describe, so a crash at any
-point leaves them consistent.
+Sequence numbers, the dropped count and the witness of the ε ledger (``ledger.py``) live in
+the same database and change in the same transactions as the rows they describe, so a crash
+at any point leaves them consistent.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edgekit.core.errors import EdgekitError
 from edgekit.core.telemetry import Kind
+from edgekit.runtime.telemetry.ledger import Ledger, Witness
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -43,7 +44,7 @@ class Entry:
 
 
 class BudgetSpent(Exception):
-    """The differential-privacy ledger would pass its cap: nothing is released."""
+    """The ε ledger would pass its cap, or cannot be trusted: nothing is released."""
 
 
 class Outbox:
@@ -76,17 +77,19 @@ class Outbox:
         *,
         epsilon: float = 0.0,
         budget: float | None = None,
+        ledger: Ledger | None = None,
     ) -> int:
         """Store one message; ``build(seq, dropped)`` makes its payload, ``dropped`` being
-        how many entries this outbox has dropped so far. Charges ``epsilon`` to the ledger, and raises
-        BudgetSpent, storing nothing, when that would pass ``budget``. Returns the seq."""
+        how many entries this outbox has dropped so far. With a ``ledger``, charges it
+        ``epsilon`` before the commit and records the witness in the same transaction; raises
+        BudgetSpent, storing nothing, when that would pass ``budget`` or the ledger is stopped.
+        Returns the seq."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    spent = self._meta("epsilon_spent")
-                    if budget is not None and spent + epsilon > budget + 1e-9:
-                        raise BudgetSpent(f"{spent:g} of {budget:g} spent")
+                    if ledger is not None:
+                        _check(ledger, epsilon, budget)
                     seq = int(self._meta("seq")) + 1
                     dropped = int(self._meta("dropped"))
                     payload = build(seq, dropped)
@@ -96,16 +99,32 @@ class Outbox:
                     )
                     self._set("seq", seq)
                     self._set("bytes", self._meta("bytes") + len(payload))
-                    if epsilon:
-                        self._set("epsilon_spent", spent + epsilon)
                     self._enforce_limits()
+                    if ledger is not None:
+                        charged = ledger.charge(epsilon)
+                        self._set("ledger_releases", charged.releases)
+                        self._set("epsilon_spent", charged.spent)
                     self._db.execute("COMMIT")
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise OutboxError(f"telemetry outbox {self.path}: {exc}") from exc
+            except OSError as exc:
+                raise OutboxError(f"ε ledger {ledger.path if ledger else ''}: {exc.strerror or exc}") from exc
         return seq
+
+    def witness(self) -> Witness | None:
+        """The ε ledger's numbers as this outbox last recorded them; None if it never did."""
+        with self._lock:
+            rows = dict(
+                self._db.execute(
+                    "SELECT key, value FROM meta WHERE key IN ('ledger_releases', 'epsilon_spent')"
+                ).fetchall()
+            )
+        if not rows:
+            return None
+        return Witness(int(rows.get("ledger_releases", 0)), float(rows.get("epsilon_spent", 0.0)))
 
     def _enforce_limits(self) -> None:
         """Drop the oldest entries past the age or size limit, and count them."""
@@ -168,11 +187,6 @@ class Outbox:
             return int(count), int(self._meta("bytes"))
 
     @property
-    def epsilon_spent(self) -> float:
-        with self._lock:
-            return self._meta("epsilon_spent")
-
-    @property
     def dropped(self) -> int:
         with self._lock:
             return int(self._meta("dropped"))
@@ -180,3 +194,11 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _check(ledger: Ledger, epsilon: float, budget: float | None) -> None:
+    if ledger.stopped is not None:
+        raise BudgetSpent(ledger.stopped)
+    spent = ledger.state.spent
+    if budget is not None and spent + epsilon > budget + 1e-9:
+        raise BudgetSpent(f"ε {spent:g} of {budget:g} spent")

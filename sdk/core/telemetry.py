@@ -97,11 +97,22 @@ class Drift(_Strict):
 
 
 class Privacy(_Strict):
+    """What protected this report, so that a reader can check it (docs/privacy.md)."""
+
     k: Count
     suppressed_buckets: Count
-    dp_epsilon: float | None = Field(default=None, ge=0)
-    dp_spent: float | None = Field(default=None, ge=0)
+    dp_epsilon: float | None = Field(default=None, ge=0, description="ε this report cost")
+    dp_spent: float | None = Field(default=None, ge=0, description="ε spent, this report included")
     dp_budget: float | None = Field(default=None, ge=0)
+    dp_unit: Literal["inference", "window"] | None = Field(
+        default=None, description="what ε protects: one inference, or a device's whole window"
+    )
+    dp_clip: int | None = Field(default=None, ge=1, description="a window's inferences and calls at most")
+    dp_sensitivity: int | None = Field(default=None, ge=1, description="L1; noise scale = sensitivity / ε")
+    capture: Literal["none", "low-confidence", "random"] = Field(
+        default="none", description="which raw inputs this device seals to the fleet key"
+    )
+    deidentified: bool | None = Field(default=None, description="captured text masked; None: no text")
 
 
 class Report(_Strict):
