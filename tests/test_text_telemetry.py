@@ -87,7 +87,7 @@ def test_captured_text_is_deidentified_before_it_is_sealed(
         )
     assert "turn on the kitchen lights for [NAME]" in texts
     assert "set the office to [NUM] degrees and mail [EMAIL]" in texts
-    assert "call [NUM] when the garage fan starts, [NAME]" in texts
+    assert "call [PHONE] when the garage fan starts, [NAME]" in texts
     assert "start the bedroom fan at [NUM] for [NAME] see [URL]" in texts
     unknown = features[texts.index("☃☃ ✈✈ ♞♞"), 1]
     assert unknown > 0.3 and features[texts.index("turn off the garage lights"), 1] == 0.0
@@ -95,8 +95,8 @@ def test_captured_text_is_deidentified_before_it_is_sealed(
 
 def test_deidentification_masks_each_pattern() -> None:
     mask = Deidentifier(["Anna Lee", "Tom"])
-    assert mask("Tom's code is 4711, call +1 (555) 010-2030") == "[NAME]'s code is [NUM], call [NUM]"
-    assert mask("remind anna lee at 2026-12-02 09:30") == "remind [NAME] at [NUM]"
+    assert mask("Tom's code is 4711, call +1 (555) 010-2030") == "[NAME]'s code is [NUM], call [PHONE]"
+    assert mask("remind anna lee at 2026-12-02 09:30") == "remind [NAME] at [DATE] [NUM]"
     assert mask("tomato soup") == "tomato soup"  # whole words only
     assert mask("x" * 1000) == "x" * 256
 
