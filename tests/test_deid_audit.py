@@ -4,11 +4,15 @@ their words. docs/privacy.md shows the table `python benchmarks/deid_audit.py` p
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgekit.runtime.telemetry.deid import Deidentifier
+from edgekit.core.errors import InputError
+from edgekit.runtime.telemetry.deid import Deidentifier, NameTagger, _whole_names
 from edgekit.testing.pii import NEGATIVES, STRUCTURED, corpus, leaks, score
 
 pytest.importorskip("faker")
@@ -52,3 +56,21 @@ def test_commands_without_personal_data_keep_their_words() -> None:
 def test_no_digit_survives_any_text(text: str) -> None:
     masked = Deidentifier(["Anna"])(text)
     assert not any(c in "0123456789" for c in masked)
+
+
+def test_a_deid_model_that_is_no_name_tagger_is_one_line(converted: Any) -> None:
+    digits = converted("int8").output
+    with pytest.raises(InputError, match=r"deid_model .* is not a name tagger: .*B-NAME"):
+        NameTagger.load(str(digits))
+
+
+def test_a_tagged_name_goes_on_over_its_capitalized_words_and_particles() -> None:
+    text = "tell Prof. Lia van der Berg and Denis Gill the door is open"
+    tagged = {"Lia", "Denis"}
+
+    def tagger(text: str) -> list[tuple[int, int]]:
+        words = list(re.finditer(r"\S+", text))
+        named = _whole_names(words, [w.group() in tagged for w in words])
+        return [w.span() for w, name in zip(words, named, strict=True) if name]
+
+    assert Deidentifier(tagger=tagger)(text) == "tell [NAME] [NAME] [NAME] [NAME] [NAME] and [NAME] [NAME] the door is open"

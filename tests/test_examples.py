@@ -87,3 +87,13 @@ def test_voice_commands(tmp_path: Path) -> None:
     assert summary["telemetry"] is BROKER
     if BROKER:
         assert numbers["captured"] == 6  # every spoken command, de-identified (checked by the example)
+
+
+def test_pii_tagger(tmp_path: Path) -> None:
+    summary = _example("pii_tagger", tmp_path)
+    numbers = summary["numbers"]
+    assert numbers["names_recall_patterns"] < 0.5 <= 0.95 <= numbers["names_recall_tagger"]
+    assert min(numbers["structured_recall"].values()) >= 0.99
+    assert summary["telemetry"] is BROKER
+    if BROKER:
+        assert numbers["captured"] and all("[NAME]" in text for text in numbers["captured"])

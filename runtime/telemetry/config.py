@@ -45,6 +45,10 @@ class TelemetryConfig(BaseModel):
         description="text models: mask numbers, e-mail addresses, URLs and deid_names in captures",
     )
     deid_names: tuple[str, ...] = Field(default=(), description="names masked as [NAME] in captured text")
+    deid_model: str | None = Field(
+        default=None,
+        description="a name tagger (an installed bundle or .ekb path): words it tags as names become [NAME]",
+    )
     fleet_dir: Path | None = Field(default=None, description="default: $EDGEKIT_HOME/fleets/FLEET")
     outbox: Path | None = Field(default=None, description="default: $EDGEKIT_HOME/telemetry/FLEET.sqlite")
     ledger: Path | None = Field(default=None, description="default: $EDGEKIT_HOME/privacy/FLEET.ledger")

@@ -16,7 +16,7 @@ from edgekit.core.paths import edgekit_home
 from edgekit.core.telemetry import SCHEMA_VERSION, Drift, ModelRef, Privacy, SampleHeader
 from edgekit.runtime.telemetry import dp
 from edgekit.runtime.telemetry.config import TelemetryConfig, TelemetryConfigError
-from edgekit.runtime.telemetry.deid import Deidentifier
+from edgekit.runtime.telemetry.deid import Deidentifier, NameTagger
 from edgekit.runtime.telemetry.ledger import Ledger, default_ledger, device_keys
 from edgekit.runtime.telemetry.outbox import BudgetSpent, Outbox
 from edgekit.runtime.telemetry.privacy import (
@@ -86,6 +86,7 @@ class Telemetry:
         self._noise: Noise | None = None
         self._ledger: Ledger | None = None
         self._deidentified: bool | None = None
+        self._tagger: NameTagger | None = None
         self._model: ModelRef | None = None
         self._reference: Any = None
         self._budget_logged = False
@@ -180,7 +181,11 @@ class Telemetry:
         if not self.config.deidentify:
             log.warning("telemetry: deidentify = false, so captured texts leave the device as typed")
             return str
-        return Deidentifier(self.config.deid_names)
+        tagger = None
+        if self.config.deid_model is not None:
+            self._tagger = NameTagger.load(self.config.deid_model)
+            tagger = self._tagger
+        return Deidentifier(self.config.deid_names, tagger)
 
     def record(
         self, x: np.ndarray, outputs: np.ndarray, seconds: float, texts: Sequence[str] | None = None
@@ -361,3 +366,5 @@ class Telemetry:
         publisher.join(timeout=5)
         self._final_status = {**self.status, "connected": False}
         self.outbox.close()
+        if self._tagger is not None:
+            self._tagger.close()
