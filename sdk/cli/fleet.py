@@ -211,6 +211,46 @@ def fleet_export(
     )
 
 
+@fleet.command("privacy")
+@db_option(required=True)
+@click.option("--fleet", default=None, help="Fleet name. Default: the only fleet in the database.")
+@json_option
+def fleet_privacy(db: str, fleet: str | None, as_json: bool) -> None:
+    """What each device's reports say of their privacy, checked where a reader can check it.
+
+    \b
+    Per device pseudonym: the ε each report cost, the ε spent and the budget, what ε
+    protects (one inference, or a device's whole window up to dp_clip inferences), k of
+    k-suppression, what the device captures, and whether captured text is de-identified.
+    Findings: ε spent that does not rise by each report's ε, a spent value past the
+    budget, differential privacy switched off mid-epoch. Exits 1 when there is any.
+    See docs/privacy.md.
+    \b
+    Examples:
+      edgekit fleet privacy --db fleet.sqlite
+      edgekit fleet privacy --db postgresql://ops@db/fleet --fleet factory-7 --json
+    """
+    from edgekit.fleet import open_engine
+    from edgekit.fleet.privacy import fleet_privacy as privacy_of
+    from edgekit.fleet.queries import only_fleet, read_reports
+    from edgekit.views.privacy import findings, privacy_table
+
+    engine = open_engine(db, create=False)
+    try:
+        fleet = fleet or only_fleet(engine, db)
+        view = privacy_of(fleet, read_reports(engine, fleet))
+    finally:
+        engine.dispose()
+    if as_json:
+        print_json(view)
+    else:
+        Console(width=None if sys.stdout.isatty() else 160).print(privacy_table(view))  # whole in a pipe
+        for line in findings(view):
+            click.echo(f"finding: {line}")
+    if view["summary"]["findings"]:
+        sys.exit(1)
+
+
 @fleet.command("dashboard")
 @db_option(required=True)
 @click.option("--fleet", default=None, help="Fleet name. Default: the only fleet in the database.")
