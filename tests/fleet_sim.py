@@ -53,6 +53,8 @@ class SimDevice:
     reference: ReferenceStats | None = None
     inputs: np.ndarray | None = None
     shift: float = 0.0
+    dp_epsilon: float | None = None
+    """Reports say they were noised at this ε per report, against a budget of 100 reports."""
 
     @property
     def node(self) -> str:
@@ -78,9 +80,18 @@ class SimDevice:
             latency_ms=tuple(int(c) for c in latency), classes=tuple(int(c) for c in classes),
             confidence=tuple(int(c) for c in confidence), feature_bins=bins, inputs=None,
             drift=drift, samples=0, dropped=0,
-            privacy=Privacy(k=5, suppressed_buckets=0),
+            privacy=self._privacy(),
         )
         return report.model_dump_json().encode()
+
+    def _privacy(self) -> Privacy:
+        if self.dp_epsilon is None:
+            return Privacy(k=5, suppressed_buckets=0)
+        return Privacy(
+            k=5, suppressed_buckets=0, dp_epsilon=self.dp_epsilon, dp_spent=self.seq * self.dp_epsilon,
+            dp_budget=100 * self.dp_epsilon, dp_unit="window", dp_clip=200, dp_sensitivity=400,
+            capture="random",
+        )
 
     def _measured(
         self, rng: np.random.Generator, classes: np.ndarray

@@ -87,7 +87,7 @@ class Site:
             "inputs": self.x,
         }  # binned against the bundle's reference, as on a device
         self.devices = [SimDevice("line1-cam1", version=2, **real), SimDevice("line1-cam2", version=2, **real),
-                        SimDevice("line2-cam1", version=1, latency_ms=8.0),
+                        SimDevice("line2-cam1", version=1, latency_ms=8.0, dp_epsilon=0.5),
                         SimDevice("line3-cam1", version=2, error_rate=0.02, shift=0.3, **real)]  # fmt: skip
         start = time.time() - 20 * 60
         for window in range(20):
@@ -225,6 +225,11 @@ def test_device_drift_and_rollout_pages_draw_their_charts(site: Site, browser: A
     )  # 3 rules, p95
     assert "promoted" in tab.inner_text("#rollouts")
     _shot(tab, "rollouts")
+    tab.goto(site.url + "/privacy")
+    assert tab.locator("#privacy tbody tr").count() == len(site.devices)
+    noised = tab.locator("#privacy tbody tr", has=tab.locator("meter"))
+    assert noised.count() == 1 and "a window of ≤200" in noised.inner_text() and "random" in noised.inner_text()
+    _shot(tab, "privacy")
     assert errors == []
 
 

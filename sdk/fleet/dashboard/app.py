@@ -22,7 +22,8 @@ from edgekit.core.validation import ascii_int
 from edgekit.fleet.dashboard import data, pages
 from edgekit.fleet.dashboard.rollouts import rollout_sections
 from edgekit.fleet.export import open_message, sample_arrays
-from edgekit.fleet.queries import sample_model, set_label
+from edgekit.fleet.privacy import fleet_privacy
+from edgekit.fleet.queries import read_reports, sample_model, set_label
 
 COOKIE = "edgekit_dashboard"
 HEADERS = {
@@ -182,6 +183,15 @@ def build_app(board: Dashboard) -> Any:
         page = pages.rollouts_page(board.fleet, rollout_sections(board.engine, board.fleet))
         return html(page.split('data-source="/fragment/rollouts">', 1)[1].rsplit("</div></main>", 1)[0])
 
+    def privacy_view() -> dict[str, Any]:
+        return fleet_privacy(board.fleet, read_reports(board.engine, board.fleet))
+
+    def privacy_page(request: Request) -> Response:
+        return html(pages.privacy_page(board.fleet, privacy_view()))
+
+    def privacy_fragment(request: Request) -> Response:
+        return html(pages.privacy_rows_html(privacy_view()))
+
     key = "{node:str}/{epoch:int}/{seq:int}/{idx:int}"
     routes = [
         Route("/", fleet_page), Route("/fragment/fleet", fleet_fragment),
@@ -190,6 +200,7 @@ def build_app(board: Dashboard) -> Any:
         Route("/samples", samples_page), Route(f"/sample/{key}.png", sample_image),
         Route(f"/label/{key}", label, methods=["POST"]), Route("/export/samples.npz", export),
         Route("/rollouts", rollouts_page), Route("/fragment/rollouts", rollouts_fragment),
+        Route("/privacy", privacy_page), Route("/fragment/privacy", privacy_fragment),
         Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
     ]  # fmt: skip
     return Guard(Starlette(routes=routes), board.token, board.secure_cookie, board.hosts)

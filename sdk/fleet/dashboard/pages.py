@@ -12,7 +12,10 @@ from edgekit.fleet.dashboard.data import class_shares
 from edgekit.runtime.telemetry.stats import PSI_MODERATE, PSI_SIGNIFICANT
 
 POLL_MS = 2000
-NAV = (("/", "Fleet"), ("/drift", "Drift"), ("/samples", "Samples"), ("/rollouts", "Rollouts"))
+NAV = (
+    ("/", "Fleet"), ("/drift", "Drift"), ("/samples", "Samples"), ("/rollouts", "Rollouts"),
+    ("/privacy", "Privacy"),
+)  # fmt: skip
 COLUMNS = (
     ("node", "device"), ("status", "state"), ("last_seen", "last seen"), ("version", "model"),
     ("rate", "inferences/s"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("error_rate", "errors"),
@@ -202,6 +205,43 @@ def rollouts_page(fleet: str, rollouts: list[dict[str, Any]]) -> str:
     return layout(
         fleet, "Rollouts", f'<div id="rollouts" data-source="/fragment/rollouts">{body}</div>', "/rollouts"
     )
+
+
+def privacy_rows_html(view: dict[str, Any]) -> str:
+    if not view["nodes"]:
+        return '<tr><td colspan="8" class="muted">no reports yet</td></tr>'
+    out = []
+    for n in view["nodes"]:
+        budget, spent = n["dp_budget"], n["dp_spent"]
+        meter = (
+            f'<meter min="0" max="{budget:g}" value="{spent:g}" high="{0.8 * budget:g}"></meter> '
+            f"{spent:.3g} of {budget:.3g}"
+            if budget and spent is not None
+            else "-"
+        )
+        unit = "no DP" if n["dp_unit"] is None else (
+            "one inference" if n["dp_unit"] == "inference" else f"a window of ≤{n['dp_clip']}"
+        )  # fmt: skip
+        text = {None: "-", True: "de-identified", False: "as typed"}[n["deidentified"]]
+        findings = "".join(f"<div>{escape(f)}</div>" for f in n["findings"])
+        warn = " class=level-drift" if n["findings"] or n["deidentified"] is False else ""
+        out.append(
+            f'<tr{warn}><td><a href="/device/{n["node"]}"><code>{n["node"][:12]}</code></a></td>'
+            f"<td>{_num(n['dp_epsilon'])}</td><td>{meter}</td><td>{unit}</td><td>{n['k'] or '-'}</td>"
+            f"<td>{escape(n['capture'])}</td><td>{text}</td><td>{findings or '-'}</td></tr>"
+        )
+    return "".join(out)
+
+
+def privacy_page(fleet: str, view: dict[str, Any]) -> str:
+    s = view["summary"]
+    body = f"""<p>What each device's reports say of their privacy, checked where a reader can check it
+(docs/privacy.md): {s['with_dp']} of {s['nodes']} device pseudonyms report with differential privacy,
+{s['findings']} findings. The same as <code>edgekit fleet privacy</code>.</p>
+<table id="privacy"><thead><tr><th>device</th><th>ε per report</th><th>ε spent of the budget</th>
+<th>ε protects</th><th>k</th><th>captures</th><th>text</th><th>findings</th></tr></thead>
+<tbody data-source="/fragment/privacy">{privacy_rows_html(view)}</tbody></table>"""
+    return layout(fleet, "Privacy", body, "/privacy")
 
 
 def _num(value: float | None) -> str:
