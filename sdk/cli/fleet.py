@@ -283,7 +283,8 @@ def fleet_dashboard(token_file: Path | None, bundles: tuple[Path, ...], as_json:
     drops; sortable and filterable), Device (time series), Drift (which devices and
     features drift, since when), Samples (the captured samples, decrypted here with
     fleet.key, to label: labels go to the database and to `fleet export --labelled`),
-    and Rollouts (canary against control, the decisions; from `fleet deploy --db`).
+    Rollouts (canary against control, the decisions; from `fleet deploy --db`), and
+    Privacy (as `fleet privacy`).
     Pages update live. Everything is served from edgekit: no CDN, works offline.
     \b
     Off loopback a token is required: open http(s)://HOST:PORT/?token=TOKEN once (a
