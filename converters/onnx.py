@@ -32,6 +32,7 @@ from edgekit.converters.base import Advance, Artifact, ConversionSettings, Conve
 from edgekit.converters.onnx_fp16 import activation_peaks, rank_overflowing_nodes, to_float16
 from edgekit.converters.onnx_sensitivity import activation_sqnr, sqnr_drop
 from edgekit.converters.onnx_source import copy_model, dynamic_dims, fix_input_dims, import_onnx
+from edgekit.converters.onnx_weights import weight_only
 from edgekit.converters.source import first_line
 from edgekit.converters.tf_to_onnx import from_tensorflow
 from edgekit.core.errors import ConversionError, DataError, InputError, NothingToConvertError
@@ -80,6 +81,8 @@ class ONNXConverter(Converter):
                 "TensorRT cannot run DynamicQuantizeLinear, and the CUDA provider runs those ops "
                 "on the host; use int8 (QDQ) or fp16"
             )
+        if precision == "int4" and TENSORRT in profile.runtime.execution_providers:
+            return "TensorRT has no 4-bit weight kernel (MatMulNBits); use fp16 or int8 (QDQ)"
         return None
 
     @classmethod
@@ -120,6 +123,9 @@ class ONNXConverter(Converter):
             model, quantization = _quantize(prepared, precision, calibration, advance, settings, float_nodes)
             _check_changed(model, precision)
             samples = len(calibration) if precision == "int8" and calibration is not None else 0
+        elif precision == "int4":
+            model, quantization = weight_only(model, bits=4)
+            _check_changed(model, precision)
         return Artifact(
             format=self.format,
             precision=precision,
@@ -354,7 +360,7 @@ def _check_changed(model: ModelProto, precision: str) -> None:
             n.op_type == "Cast" and any(a.name == "to" and a.i == 10 for a in n.attribute) for n in nodes
         )
     else:
-        changed = any(n.op_type in _QUANTIZED_OPS for n in nodes)
+        changed = any(n.op_type in (*_QUANTIZED_OPS, "MatMulNBits") for n in nodes)
     if changed:
         return
     kinds = ", ".join(dict.fromkeys(n.op_type for n in nodes if n.op_type not in ("Identity", "Cast")))

@@ -36,11 +36,15 @@ variance (a mean of squares) are where fp16 loses a transformer's accuracy, and 
 cheap next to the matrix products around them."""
 
 
-def to_float16(model: ModelProto, float_nodes: Iterable[str] = ()) -> ModelProto:
+def to_float16(model: ModelProto, float_nodes: Iterable[str] = (), outputs_apart: bool = False) -> ModelProto:
     """``model`` in fp16 with float32 inputs and outputs; ``float_nodes`` stay in fp32, and so
     do the ``FP32_OPS`` and every Cast to float32 (onnxconverter-common retypes such a cast's
     output to fp16 but not its ``to``, and ONNX Runtime then refuses the model: tf2onnx's
-    Embedding casts its integer ids to float this way)."""
+    Embedding casts its integer ids to float this way). ``outputs_apart``: every output goes
+    through an Identity first, for graphs whose outputs other nodes also read (a decoder's
+    ``present`` cache), which onnxconverter-common retypes for one reader and not the other."""
+    if outputs_apart:
+        model = _outputs_through_identity(model)
     try:
         from onnxconverter_common import float16
     except ImportError as exc:

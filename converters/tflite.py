@@ -27,7 +27,7 @@ from edgekit.converters.litert_quantize import quantize_int8
 from edgekit.converters.recurrent import saved_model_for_tflite
 from edgekit.converters.source import import_tensorflow, signature_function
 from edgekit.core.errors import ConversionError, DataError, InputError, NothingToConvertError
-from edgekit.core.formats import PRECISIONS, Format, Precision, SourceKind
+from edgekit.core.formats import Format, Precision, SourceKind
 from edgekit.core.manifest import QuantizationScheme
 from edgekit.core.samples import Samples
 from edgekit.core.validation import updated
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 class TFLiteConverter(Converter):
     format: ClassVar[Format] = "tflite"
-    precisions: ClassVar[tuple[Precision, ...]] = PRECISIONS
+    precisions: ClassVar[tuple[Precision, ...]] = ("fp32", "fp16", "dynamic", "int8")
     calibrated_precisions: ClassVar[frozenset[Precision]] = frozenset({"int8"})
     source_kinds: ClassVar[frozenset[SourceKind]] = frozenset({"keras", "h5", "saved_model", "tflite"})
     ready_made_kinds: ClassVar[frozenset[SourceKind]] = frozenset({"tflite"})

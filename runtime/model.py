@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from edgekit.runtime.stream import Stream
 if TYPE_CHECKING:
     from edgekit.runtime.engines import EngineCache
     from edgekit.runtime.follow import FollowedModel
+    from edgekit.runtime.generate import Generation, TextGenerator
     from edgekit.runtime.telemetry import Telemetry
 
 
@@ -63,6 +64,7 @@ class Model:
         self.tokenizer_bytes: bytes | None = None
         """A text model's tokenizer.json, from the bundle (verified, in memory only)."""
         self._encoder: TextEncoder | None = None
+        self._generator: TextGenerator | None = None
 
     @classmethod
     def load(
@@ -239,6 +241,43 @@ class Model:
     def text_truncated(self) -> int:
         """Texts cut to the bundle's sequence length so far."""
         return self._encoder.truncated if self._encoder else 0
+
+    def generate(self, prompt: str, **settings: Any) -> str:
+        """A decoder bundle's continuation of ``prompt``: greedy by default; ``settings`` are
+        ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``,
+        ``seed``, ``stop`` (strings) and ``stop_tokens`` (ids). See docs/generate.md."""
+        return "".join(self.generate_stream(prompt, **settings))
+
+    def generate_stream(self, prompt: str, **settings: Any) -> Iterator[str]:
+        """``generate``, yielding each piece of text as it comes; ``last_generation`` then
+        holds the tokens and why it stopped."""
+        from edgekit.runtime.generate import Sampling
+
+        lists = ("stop", "stop_tokens")
+        values: dict[str, Any] = {k: tuple(v) if k in lists else v for k, v in settings.items()}
+        try:
+            sampling = Sampling(**values)
+        except TypeError as exc:
+            raise InputError(f"generate: {exc}".replace("__init__() ", "")) from None
+        return self.text_generator.stream(prompt, sampling)
+
+    @property
+    def text_generator(self) -> TextGenerator:
+        if self._generator is None:
+            spec = self.manifest.generation
+            if spec is None or self.tokenizer_bytes is None:
+                raise InputError(
+                    f"{self.manifest.name} does not generate text: convert a decoder (past_key_values "
+                    "inputs) with --tokenizer tokenizer.json"
+                )
+            from edgekit.runtime.generate import TextGenerator
+
+            self._generator = TextGenerator(self._backend.run, list(self._names), spec, self.tokenizer_bytes)
+        return self._generator
+
+    @property
+    def last_generation(self) -> Generation | None:
+        return self._generator.last if self._generator else None
 
     def stream(self) -> Stream:
         """A stream over the bundle's state pairs: ``step`` feeds each state back; each

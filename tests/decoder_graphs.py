@@ -25,7 +25,7 @@ def build_decoder(
     embeddings: np.ndarray | None = None,
 ) -> Path:  # fmt: skip
     """Random weights, scaled so that its next-token distributions are peaked, as a trained
-    model's are; ``embeddings`` (vocab, hidden) replaces the token embedding (and the tied head)."""
+    model's are; ``embeddings`` (vocab, hidden) replaces the token embedding."""
     rng = np.random.default_rng(seed)
     hidden = heads * head_size
     inits: list[onnx.TensorProto] = []
@@ -45,7 +45,7 @@ def build_decoder(
 
     tokens = embeddings.astype(np.float32) if embeddings is not None else rng.standard_normal((vocab, hidden))
     const("wte", tokens.astype(np.float32))
-    weight("wpe", (256, hidden), 0.1)
+    weight("wpe", (256, hidden), 1.0)
     const("ones", np.ones(hidden, np.float32))
     const("zeros", np.zeros(hidden, np.float32))
     const("heads_shape", np.array([0, 0, heads, head_size], np.int64))
@@ -53,7 +53,6 @@ def build_decoder(
     const("scale", np.array(1 / np.sqrt(head_size), np.float32))
     const("neg", np.array(-1e4, np.float32))
     const("one_i", np.array([1], np.int64))
-    const("two_i", np.array([2], np.int64))
     const("c_half", np.array(0.5, np.float32))
     const("c_one", np.array(1.0, np.float32))
     const("c_gelu", np.array(0.044715, np.float32))
@@ -98,8 +97,7 @@ def build_decoder(
         inner = node("Mul", [node("Add", [f, node("Mul", [cube, "c_gelu"], f"gc_{i}")], f"ga_{i}"), "c_sqrt"], f"gi_{i}")
         gelu = node("Mul", [node("Mul", [f, "c_half"], f"gh_{i}"), node("Add", ["c_one", node("Tanh", [inner], f"gt_{i}")], f"g1_{i}")], f"gelu_{i}")
         x = node("Add", [x, node("MatMul", [gelu, weight(f"w2_{i}", (4 * hidden, hidden), 1 / np.sqrt(4 * hidden))], f"ff2_{i}")], f"h_{i}")
-    head = node("Transpose", ["wte"], "head", perm=[1, 0])  # the tied head
-    node("Mul", [node("MatMul", [norm(x, "ln_f"), head], "logits_raw"), const("temp", np.array(3.0, np.float32))], "logits")
+    node("MatMul", [norm(x, "ln_f"), weight("lm_head", (hidden, vocab), 2 / np.sqrt(hidden))], "logits")
 
     cache = ["batch", heads, "past", head_size]
     inputs = [

@@ -14,7 +14,18 @@ from typing import Any
 import click
 
 import edgekit
-from edgekit.cli import building, bundles, device, evaluating, fleet, keys, rollout, running, serving
+from edgekit.cli import (
+    building,
+    bundles,
+    device,
+    evaluating,
+    fleet,
+    generating,
+    keys,
+    rollout,
+    running,
+    serving,
+)
 from edgekit.cli.common import debug, error_line
 from edgekit.core.errors import EdgekitError
 
@@ -82,6 +93,7 @@ def main(ctx: click.Context, debug: bool) -> None:
       edgekit install model.ekb                      verified, stored encrypted
       edgekit run model --input x.npy --top-k 3      by name, from the store
       edgekit run model --input x.npy --telemetry mqtt://gateway:1883 --fleet factory-7
+      edgekit generate assistant --prompt "kitchen lights are" --stream   a decoder's text
       edgekit serve                                  every store model over KServe v2 REST and gRPC
     At the operator's desk:
       edgekit fleet init factory-7                   fleet keys; devices get .pub and .secret
@@ -94,6 +106,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     route_warnings(ctx.obj["ui"])
 
 
-for family in (building, evaluating, running, serving, bundles, keys, device, fleet, rollout):
+for family in (building, evaluating, running, generating, serving, bundles, keys, device, fleet, rollout):
     for command in family.COMMANDS:
         main.add_command(command)

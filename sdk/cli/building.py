@@ -136,8 +136,17 @@ _text_options = together(
         "--max-sequence-length",
         type=click.IntRange(min=1),
         default=None,
-        help="Tokens per text (longer ones are truncated and counted). Default: the model's fixed "
-        "length, else the profile's max_sequence_length, else 128.",
+        help="Tokens per text (longer ones are truncated and counted); a decoder's context, prompt and "
+        "new tokens together. Default: the model's fixed length, else the profile's max_sequence_length, "
+        "else 128 (a decoder: 256).",
+    ),
+    click.option(
+        "--max-perplexity-increase",
+        type=click.FloatRange(min=0),
+        default=5.0,
+        show_default=True,
+        metavar="PERCENT",
+        help="A decoder's gate: perplexity on the --eval text at most this much above the float model's.",
     ),
 )
 
@@ -374,6 +383,7 @@ def convert_options(model: Path, output: Path, params: dict[str, Any]) -> Conver
         force=params["force"], name=params["name"], version=params["version"], labels=params["labels"],
         gate_metric=params["gate_metric"], tokenizer=params["tokenizer"], label_column=params["label_column"],
         max_sequence_length=params["max_sequence_length"], calibration_method=params["calibration_method"],
+        max_perplexity_increase=params["max_perplexity_increase"],
         tflite_quantizer=params["tflite_quantizer"], keep_float=params["keep_float"],
         input_shape=params["input_shape"], sign_key=params["sign_key"],
         prune=params["prune"], prune_mode=params["prune_mode"], train_data=params["train_data"],

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.convert.candidate import Candidate, Job, max_accuracy_drop
+from edgekit.convert.decoder import convert_decoder, is_decoder
 from edgekit.convert.manifest import build_manifest, reference
 from edgekit.convert.memory import warn_if_short
 from edgekit.convert.options import ConvertOptions, ConvertResult
@@ -76,6 +77,11 @@ def build(
     """Everything ``convert`` does except writing the bundle. ``inputs``: the model's kind and
     the data, when the caller has read them already (``fit`` reads them once for every run)."""
     reporter = reporter or SilentReporter()
+    if is_decoder(options.model):
+        if options.sign_key:
+            load_signing_key(options.sign_key)
+        with reporter.progress("Converting and measuring the decoder", 1):
+            return convert_decoder(options)
     kind = inputs.kind if inputs is not None else detect_kind(options.model)
     plans = plan(options, kind, reporter)
     if options.sign_key:

@@ -49,6 +49,8 @@ class ConvertOptions:
     """A Hugging Face tokenizer.json: it travels in the bundle, and .jsonl data is tokenized by it."""
     max_sequence_length: int | None = None
     """Tokens per text; default: the model's own fixed length, else the profile's, else 128."""
+    max_perplexity_increase: float = 5.0
+    """A decoder's gate: perplexity on --eval text at most this % above the float model's."""
     calibration_method: CalibrationMethod = "minmax"
     tflite_quantizer: TFLiteQuantizer = "converter"
     keep_float: tuple[str, ...] = ()

@@ -14,9 +14,10 @@ from edgekit.core.errors import InputError
 Format = Literal["tflite", "onnx"]
 FORMATS: tuple[Format, ...] = get_args(Format)
 
-Precision = Literal["fp32", "fp16", "dynamic", "int8"]
+Precision = Literal["fp32", "fp16", "dynamic", "int8", "int4"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
-"""Every precision, from the widest to the narrowest."""
+"""Every precision, from the widest to the narrowest. int4 is weight-only (ONNX's MatMulNBits):
+activations stay float."""
 
 AUTO = "auto"
 """Not a precision: the choice of trying a profile's precisions in order."""

@@ -86,6 +86,21 @@ class Accuracy(Strict):
     gate: GateVerdict
 
 
+class GenerationQuality(Strict):
+    """A decoder's gate: perplexity on held-out text, float against the artifact, and how many
+    of the float model's greedy continuation tokens the artifact repeats."""
+
+    texts: int
+    tokens: int = Field(description="tokens scored for perplexity")
+    float_perplexity: float
+    artifact_perplexity: float
+    increase: float = Field(description="perplexity increase, %")
+    max_increase: float
+    agreement: float = Field(description="% of greedy continuation tokens equal to the float model's")
+    continuation_tokens: int = Field(description="greedy tokens compared per held-out prompt")
+    gate: GateVerdict
+
+
 class Metrics(Strict):
     size_bytes: int
     float_parameter_bytes: int
@@ -95,6 +110,7 @@ class Metrics(Strict):
     conversion_seconds: float
     calibration_samples: int
     accuracy: Accuracy | None = None
+    generation: GenerationQuality | None = None
     within_budget: bool
 
 
@@ -195,10 +211,36 @@ class TextSpec(Strict):
     ids: str = Field(description="the input that takes token ids")
     mask: str | None = Field(default=None, description="the attention-mask input, if the model has one")
     type_ids: str | None = Field(default=None, description="the token-type input, if the model has one")
-    task: Literal["sequence", "tokens"] = Field(
+    task: Literal["sequence", "tokens", "generate"] = Field(
         default="sequence",
-        description="tokens: a tag per token (labels are the tags), scored at each word's first token",
+        description="tokens: a tag per token (labels are the tags), scored at each word's first token; "
+        "generate: a decoder (see ``Manifest.generation``)",
     )
+
+
+class GenerationSpec(Strict):
+    """A decoder that generates text: which inputs and outputs carry the ids and the key-value
+    cache, its layout, and when to stop. The cache of a batch of one holds 2 x layers tensors
+    of (1, heads, tokens, head_size), tokens at most ``max_context``."""
+
+    ids: str
+    mask: str | None = None
+    positions: str | None = None
+    logits: str
+    cache: tuple[tuple[str, str], ...] = Field(min_length=1, description="(past input, present output) pairs")
+    layers: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    head_size: int = Field(ge=1)
+    vocab_size: int = Field(ge=1)
+    max_context: int = Field(ge=1, description="prompt and generated tokens together, at most")
+    cache_dtype: str = "float32"
+    stop_tokens: tuple[int, ...] = Field(default=(), description="token ids that end a generation")
+    block_size: int | None = Field(default=None, description="4-bit and 8-bit weights: quantization block")
+
+    def cache_bytes(self, tokens: int) -> int:
+        """What the cache takes at ``tokens`` tokens of context, batch 1."""
+        width = 2 if self.cache_dtype == "float16" else 4
+        return 2 * self.layers * self.heads * self.head_size * tokens * width
 
 
 class Compression(Strict):
@@ -240,6 +282,7 @@ class Manifest(Strict):
     reference: ReferenceStats | None = None
     compression: Compression | None = None
     text: TextSpec | None = None
+    generation: GenerationSpec | None = Field(default=None, description="a decoder that generates text")
     fit: tuple[dict[str, Any], ...] | None = Field(
         default=None, description="edgekit fit: every candidate's numbers and why it won or lost"
     )

@@ -81,8 +81,8 @@ def mark(ok: bool) -> str:
 def print_convert_summary(ui: Console, out: Console, result: ConvertResult) -> None:
     manifest = result.manifest
     for entry in manifest.artifacts:
-        chosen = next(c for c in result.tried if c.entry.path == entry.path)
-        if chosen.problems:
+        chosen = next((c for c in result.tried if c.entry.path == entry.path), None)
+        if chosen is not None and chosen.problems:
             ui.print(
                 Panel(
                     "\n".join(chosen.problems),
@@ -149,11 +149,21 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: b
     table.add_row(
         "storage", f"{mark(storage_ok)} {size(m.size_bytes)} of {budget['model_storage_mb']:g} MB budget"
     )
-    table.add_row(
-        "memory",
-        f"{mark(memory_ok)} {size(m.peak_memory_bytes)} peak, measured (load + invoke), "
-        f"of {budget['model_memory_mb']:g} MB budget",
-    )
+    how = "weights and the cache at the full context" if m.generation else "peak, measured (load + invoke)"
+    memory = f"{mark(memory_ok)} {size(m.peak_memory_bytes)} {how}, of {budget['model_memory_mb']:g} MB"
+    table.add_row("memory", memory)
+    g = m.generation
+    if g is not None:
+        table.add_row(
+            "perplexity",
+            f"{mark(g.gate == 'passed')} {g.float_perplexity:.4g} float → {g.artifact_perplexity:.4g} "
+            f"{entry.precision}: {g.increase:+.2f}% (max {g.max_increase:g}%, {g.tokens} tokens of "
+            f"{g.texts} texts)",
+        )
+        greedy = f"{g.agreement:.1f}% of the float model's first {g.continuation_tokens} tokens per prompt"
+        table.add_row("greedy", greedy)
+        table.add_row("decode", f"{1000 / m.host_latency_ms:.0f} tokens/s on this machine, batch 1")
+        return table
     a = m.accuracy
     if a is None:
         why = "no float model to compare" if ready_made else "no --eval"

@@ -1,0 +1,181 @@
+"""Decoders that generate text: a GPT-class ONNX decoder in optimum's layout (built here),
+converted at each precision with a perplexity gate, and generating on the device through the
+key-value cache, from Python and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from decoder_graphs import build_decoder, reference_greedy
+
+from edgekit.cli import main
+from edgekit.convert import ConvertOptions, convert
+from edgekit.core.errors import EdgekitError
+from edgekit.core.profiles import load_profile
+from edgekit.runtime import Model
+
+pytest.importorskip("tokenizers")
+WORDS = (
+    "<eos> [UNK] turn on off the kitchen lights bedroom heating set to degrees open close blinds in living room "
+    "garage door is lock unlock fan timer for minutes please hub it too warm cold here and a of what weather "
+    "today tomorrow play music stop start one two three four five ten twenty window"
+).split()
+HELD_OUT = (
+    "turn on the kitchen lights please", "set the bedroom heating to twenty degrees", "open the living room blinds",
+    "it is too warm in here", "lock the garage door and close the window", "play music in the kitchen",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    folder = tmp_path_factory.mktemp("decoder")
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "heldout.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in HELD_OUT))
+    return {
+        "model": build_decoder(folder / "decoder.onnx"), "tokenizer": folder / "tokenizer.json",
+        "eval": folder / "heldout.jsonl", "folder": folder,
+    }  # fmt: skip
+
+
+def options(files: dict[str, Path], precision: str, **changes: Any) -> ConvertOptions:
+    settings: dict[str, Any] = {
+        "model": files["model"], "profile": load_profile("raspberry-pi-5"), "precision": precision,
+        "output": files["folder"] / f"{precision}.ekb", "tokenizer": files["tokenizer"], "evaluation": files["eval"],
+        **changes,
+    }  # fmt: skip
+    return ConvertOptions(**settings)
+
+
+@pytest.fixture(scope="module")
+def bundles(files: dict[str, Path]) -> dict[str, Any]:
+    return {p: convert(options(files, p)) for p in ("fp32", "int4")}
+
+
+def ids_of(files: dict[str, Path], text: str) -> list[int]:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(files["tokenizer"])).encode(text, add_special_tokens=False).ids
+
+
+def test_greedy_fp32_is_the_source_models_greedy_token_for_token(files: dict[str, Path], bundles: Any) -> None:
+    with Model.load(bundles["fp32"].output, allow_unsigned=True) as model:
+        for prompt in ("turn on the", "open the garage", "it is"):
+            text = model.generate(prompt, max_new_tokens=20, stop_tokens=[])
+            done = model.last_generation
+            assert done is not None and done.stop_reason in ("length", "stop_token")
+            expected = reference_greedy(files["model"], ids_of(files, prompt), len(done.tokens))
+            assert done.tokens == expected and text  # the cache changes nothing but the cost
+
+
+def test_each_precision_is_gated_on_perplexity_and_records_its_cache(bundles: Any) -> None:
+    fp32, int4 = (bundles[p].manifest for p in ("fp32", "int4"))
+    spec = fp32.generation
+    assert spec is not None and (spec.layers, spec.heads, spec.head_size, spec.vocab_size) == (2, 2, 16, 64)
+    assert spec.max_context == 128 and spec.stop_tokens == (0,)  # <eos>, found in the tokenizer
+    quality = fp32.artifacts[0].metrics.generation
+    assert quality is not None and quality.increase == 0.0 and quality.agreement == 100.0
+    assert quality.gate == "passed" and quality.texts == len(HELD_OUT)
+    four = int4.artifacts[0]
+    assert four.precision == "int4" and four.size < 0.5 * fp32.artifacts[0].size
+    assert four.quantization is not None and four.quantization.weights == "int4 blocks of 32"
+    assert int4.generation is not None and int4.generation.block_size == 32
+    assert four.metrics.peak_memory_bytes == four.size + spec.cache_bytes(128)  # weights and the full cache
+
+
+def test_sampling_is_repeatable_by_seed_and_stops_where_asked(bundles: Any) -> None:
+    with Model.load(bundles["int4"].output, allow_unsigned=True) as model:
+        settings = {"max_new_tokens": 12, "temperature": 0.9, "top_p": 0.9, "top_k": 20, "stop_tokens": []}
+        first = model.generate("turn on the", seed=7, **settings)
+        assert model.generate("turn on the", seed=7, **settings) == first
+        others = {model.generate("turn on the", seed=seed, **settings) for seed in range(8)}
+        assert len(others) > 1
+        greedy = model.generate("turn on the", max_new_tokens=6, stop_tokens=[])
+        token = model.last_generation.tokens[0]  # type: ignore[union-attr]
+        assert model.generate("turn on the", max_new_tokens=6, stop_tokens=[token]) == ""
+        assert model.last_generation.stop_reason == "stop_token"  # type: ignore[union-attr]
+        word = greedy.split()[1]
+        assert model.generate("turn on the", max_new_tokens=6, stop=[word], stop_tokens=[]) == greedy[
+            : greedy.index(word)
+        ]
+        assert model.last_generation.stop_reason == "stop_string"  # type: ignore[union-attr]
+        streamed = list(model.generate_stream("turn on the", max_new_tokens=6, stop_tokens=[]))
+        assert len(streamed) > 1 and "".join(streamed) == greedy
+
+
+def test_the_context_bounds_prompt_and_new_tokens(files: dict[str, Path]) -> None:
+    small = convert(options(files, "fp32", max_sequence_length=8, output=files["folder"] / "short.ekb"))
+    with Model.load(small.output, allow_unsigned=True) as model:
+        model.generate("turn on the kitchen lights", max_new_tokens=50, stop_tokens=[])
+        done = model.last_generation
+        assert done is not None and done.stop_reason == "context" and done.prompt_tokens + len(done.tokens) == 8
+        with pytest.raises(EdgekitError, match="the prompt is 9 tokens and the model's context is 8: shorten"):
+            model.generate("turn on the kitchen lights please turn on the")
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"max_new_tokens": 0}, "max new tokens 0: generate at least 1"),
+        ({"temperature": -0.5}, r"temperature -0.5: use 0 \(greedy\) or more"),
+        ({"top_p": 1.5}, r"top-p 1.5: use a value in \(0, 1\]"),
+        ({"top_p": 0}, r"top-p 0: use a value in \(0, 1\]"),
+        ({"stop_tokens": [999]}, "stop token 999 is not in the vocabulary of 64 tokens"),
+        ({"beam_width": 4}, "unexpected keyword argument 'beam_width'"),
+    ],
+)
+def test_bad_settings_are_one_line(bundles: Any, settings: dict[str, Any], says: str) -> None:
+    with Model.load(bundles["fp32"].output, allow_unsigned=True) as model:
+        with pytest.raises(EdgekitError, match=says):
+            model.generate("turn on", **settings)
+
+
+def test_a_tokenizer_of_another_model_and_a_breached_budget_are_refused(files: dict[str, Path]) -> None:
+    from tokenizers import Tokenizer, models
+
+    big = Tokenizer(models.WordLevel({f"w{i}": i for i in range(100)} | {"[UNK]": 100}, unk_token="[UNK]"))
+    big.save(str(files["folder"] / "big.json"))
+    with pytest.raises(EdgekitError, match="the tokenizer has 101 tokens and the model's vocabulary 64"):
+        convert(options(files, "fp32", tokenizer=files["folder"] / "big.json"))
+    profile = load_profile("raspberry-pi-5")
+    tight = profile.model_copy(update={"budget": profile.budget.model_copy(update={"model_memory_mb": 0.2})})
+    with pytest.raises(EdgekitError, match=r"pass the memory budget of 0.2 MB .* the largest context that fits is \d+ tokens"):
+        convert(options(files, "fp32", profile=tight, max_sequence_length=4096))
+
+
+def test_a_classifier_does_not_generate(converted: Any) -> None:
+    with Model.load(converted("int8").output) as model:
+        with pytest.raises(EdgekitError, match="does not generate text: convert a decoder"):
+            model.generate("hello")
+
+
+def test_the_cli_generates_streams_and_reports(bundles: Any) -> None:
+    bundle = str(bundles["fp32"].output)
+    result = CliRunner().invoke(main, ["generate", bundle, "--prompt", "turn on the", "--max-tokens", "5",
+                                       "--allow-unsigned", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["prompt_tokens"] == 3 and len(report["tokens"]) <= 5 and report["stop_reason"]
+    assert report["time_to_first_token_ms"] > 0
+    streamed = CliRunner().invoke(main, ["generate", bundle, "--prompt", "turn on the", "--max-tokens", "5",
+                                         "--allow-unsigned", "--stream"])  # fmt: skip
+    assert report["text"] in streamed.output
+    bad = CliRunner().invoke(main, ["generate", bundle, "--prompt", "x", "--top-p", "2", "--allow-unsigned"])
+    assert bad.exit_code != 0 and "top-p 2.0: use a value in (0, 1]" in bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_int4_weights_for_any_onnx_model(onnx_converted: Any) -> None:
+    result = onnx_converted("int4")
+    entry = result.manifest.artifacts[0]
+    assert entry.precision == "int4" and entry.metrics.accuracy is not None
+    assert entry.metrics.accuracy.gate == "passed" and np.isfinite(entry.metrics.accuracy.cosine)
