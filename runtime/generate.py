@@ -15,8 +15,9 @@ No TensorFlow, no torch: numpy and the bundle's engine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,18 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_tokens: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, settings: dict[str, Any]) -> Sampling:
+        """From keyword settings as a caller gives them (lists for ``stop`` and
+        ``stop_tokens``); an unknown one is one line."""
+        lists = ("stop", "stop_tokens")
+        values: dict[str, Any] = {k: tuple(v) if k in lists else v for k, v in settings.items()}
+        known = cls.__dataclass_fields__
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InputError(f"unknown generation setting '{unknown[0]}': use {', '.join(known)}")
+        return cls(**values)
 
     def check(self, vocab: int) -> Sampling:
         problems = []
@@ -82,13 +95,7 @@ class Decoder:
     def tokens(self, prompt: list[int], sampling: Sampling, result: Generation) -> Iterator[int]:
         """Yield each new token as it comes; ``result`` ends with all of them and the reason."""
         spec = self.spec
-        if not prompt:
-            raise InputError("the prompt is empty: give at least one token of text")
-        if len(prompt) >= spec.max_context:
-            raise InputError(
-                f"the prompt is {len(prompt)} tokens and the model's context is {spec.max_context}: "
-                f"shorten it to at most {spec.max_context - 1}"
-            )
+        self.check_prompt(prompt)
         rng = np.random.default_rng(sampling.seed)
         stops = set(spec.stop_tokens) | set(sampling.stop_tokens)
         seen = np.zeros(spec.vocab_size, bool)
@@ -111,6 +118,15 @@ class Decoder:
             yield token
             feed_ids = [token]
         result.stop_reason = "length"
+
+    def check_prompt(self, prompt: list[int]) -> None:
+        if not prompt:
+            raise InputError("the prompt is empty: give at least one token of text")
+        if len(prompt) >= self.spec.max_context:
+            raise InputError(
+                f"the prompt is {len(prompt)} tokens and the model's context is {self.spec.max_context}: "
+                f"shorten it to at most {self.spec.max_context - 1}"
+            )
 
     def logits_of(self, ids: list[int]) -> np.ndarray:
         """(len(ids), vocab): every position's next-token logits, from an empty cache."""
@@ -192,10 +208,16 @@ class TextGenerator:
     def encode(self, prompt: str) -> list[int]:
         return list(self.tokenizer.encode(prompt, add_special_tokens=False).ids)
 
-    def stream(self, prompt: str, sampling: Sampling) -> Iterator[str]:
-        """Each new piece of text as it is generated, up to (not including) a stop string."""
+    def check_prompt(self, prompt: str) -> None:
+        """The one-line error a prompt gets before anything is generated (an empty one, or one
+        that fills the context)."""
+        self.decoder.check_prompt(self.encode(prompt))
+
+    def stream(self, prompt: str, sampling: Sampling, result: Generation | None = None) -> Generator[str]:
+        """Each new piece of text as it is generated, up to (not including) a stop string;
+        ``result`` (else ``last``) ends with the tokens and why it stopped."""
         sampling = sampling.check(self.decoder.spec.vocab_size)
-        result = self.last = Generation()
+        result = self.last = result if result is not None else Generation()
         shown = ""
         for _ in self.decoder.tokens(self.encode(prompt), sampling, result):
             text = self.tokenizer.decode(result.tokens)

@@ -253,12 +253,7 @@ class Model:
         holds the tokens and why it stopped."""
         from edgekit.runtime.generate import Sampling
 
-        lists = ("stop", "stop_tokens")
-        values: dict[str, Any] = {k: tuple(v) if k in lists else v for k, v in settings.items()}
-        try:
-            sampling = Sampling(**values)
-        except TypeError as exc:
-            raise InputError(f"generate: {exc}".replace("__init__() ", "")) from None
+        sampling = Sampling.of(settings)
         return self.text_generator.stream(prompt, sampling)
 
     @property

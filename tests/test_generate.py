@@ -130,7 +130,7 @@ def test_the_context_bounds_prompt_and_new_tokens(files: dict[str, Path]) -> Non
         ({"top_p": 1.5}, r"top-p 1.5: use a value in \(0, 1\]"),
         ({"top_p": 0}, r"top-p 0: use a value in \(0, 1\]"),
         ({"stop_tokens": [999]}, "stop token 999 is not in the vocabulary of 64 tokens"),
-        ({"beam_width": 4}, "unexpected keyword argument 'beam_width'"),
+        ({"beam_width": 4}, "unknown generation setting 'beam_width': use max_new_tokens, "),
     ],
 )
 def test_bad_settings_are_one_line(bundles: Any, settings: dict[str, Any], says: str) -> None:
@@ -179,3 +179,44 @@ def test_int4_weights_for_any_onnx_model(onnx_converted: Any) -> None:
     entry = result.manifest.artifacts[0]
     assert entry.precision == "int4" and entry.metrics.accuracy is not None
     assert entry.metrics.accuracy.gate == "passed" and np.isfinite(entry.metrics.accuracy.cosine)
+
+
+def test_serve_generates_whole_and_streamed_for_each_client_alone(
+    files: dict[str, Path], publisher: Path, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from serve_helpers import serving
+
+    bundle = convert(options(files, "int8", output=tmp_path / "assistant.ekb", name="assistant", sign_key=publisher))
+    prompts = ["turn on the", "open the garage", "it is too", "play music in"]
+    with Model.load(bundle.output) as model:
+        expected = {p: model.generate(p, max_new_tokens=12) for p in prompts}
+    with serving(str(bundle.output), log=tmp_path / "serve.log") as server:
+        url = f"{server.rest}/v2/models/assistant"
+
+        def whole(prompt: str) -> str:
+            answer = httpx.post(f"{url}/generate", json={"text_input": prompt, "parameters": {"max_tokens": 12}})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["model_name"] == "assistant"
+            return str(answer.json()["text_output"])
+
+        with ThreadPoolExecutor(8) as pool:  # clients at once never see each other's tokens
+            assert list(pool.map(whole, prompts * 4)) == [expected[p] for p in prompts * 4]
+        with httpx.stream("POST", f"{url}/generate_stream", json={"text_input": prompts[0],
+                                                                  "parameters": {"max_tokens": 12}}) as events:  # fmt: skip
+            assert events.headers["content-type"].startswith("text/event-stream")
+            pieces = [json.loads(line[6:])["text_output"] for line in events.iter_lines() if line.startswith("data: ")]
+        assert len(pieces) > 1 and "".join(pieces) == expected[prompts[0]]
+        for body, says in (
+            ({"text_input": "turn on", "parameters": {"beams": 2}}, "unknown parameter 'beams'"),
+            ({"text_input": "turn " * 200}, "the prompt is 200 tokens and the model's context is 128"),
+            ({"text_input": "turn on", "parameters": {"top_p": 3}}, "top-p 3: use a value in (0, 1]"),
+            ({"prompt": "turn on"}, 'give the prompt as {"text_input"'),
+        ):
+            refused = httpx.post(f"{url}/generate", json=body)
+            assert refused.status_code == 400 and says in refused.json()["error"], refused.text
+        infer = httpx.post(f"{url}/infer", json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                                             "data": ["turn on"]}]})  # fmt: skip
+        assert infer.status_code == 400 and "generates text: POST /v2/models/assistant/generate" in infer.text

@@ -56,6 +56,8 @@ class Served:
     def submit(self, inputs: dict[str, np.ndarray]) -> Future[list[np.ndarray]]:
         """Check ``inputs`` as ``predict`` does (400 naming the input), then queue them."""
         texts = None
+        if self.model.manifest.generation is not None:
+            raise ProtocolError(400, f"{self.name} generates text: POST /v2/models/{self.name}/generate")
         try:
             if self.model.manifest.text is not None:
                 texts = [_text(item) for item in inputs[TEXT_INPUT].ravel()]

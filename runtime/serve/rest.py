@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import edgekit
 from edgekit.core.validation import ascii_int
+from edgekit.runtime.serve import generation
 from edgekit.runtime.serve.protocol import (
     HEADER_LENGTH,
     Limits,
@@ -129,6 +130,7 @@ def build_app(repository: Repository, limits: Limits, timeout_s: float, token: b
 
     model_routes = [
         ("ready", model_ready, "GET"), ("infer", infer, "POST"), ("stats", stats, "GET"), ("", model, "GET"),
+        *generation.routes(repository),
     ]  # fmt: skip
     routes = [
         Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", metadata),
