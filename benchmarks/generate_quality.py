@@ -1,0 +1,169 @@
+"""What each decoder precision buys and costs, side by side in one run, batch 1, 2 threads:
+file size, peak memory with the cache at 256 tokens, time to first token (64 prompt
+tokens), decode tokens/s (64 new tokens), and perplexity against fp32 on text the fp32
+model wrote itself (its own greedy continuations, so fp32 finds them likely). Also the same
+fp32 model without the cache (the whole sequence recomputed for each token).
+
+    python benchmarks/generate_quality.py                 # about 2 minutes on 2 cores
+    python benchmarks/generate_quality.py --layers 8      # a bigger decoder
+
+The decoder is GPT-class, built by ``tests/decoder_graphs.py`` with random weights (nothing
+may be downloaded): 4 layers, hidden 256, 4 heads, vocabulary 2,000. Each precision runs in
+a fresh process that reports its own peak resident memory (VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "dynamic")
+PROMPT, NEW, CONTEXT = 64, 64, 256
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a child: one artifact, JSON out
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.folder, args.one)))
+        return
+    with tempfile.TemporaryDirectory(prefix="edgekit-generate-bench-") as tmp:
+        folder = Path(tmp)
+        make(folder, args.layers)
+        rows = {}
+        for name in (*PRECISIONS, "fp32-recompute"):
+            child = [sys.executable, __file__, "--one", name, "--folder", str(folder)]
+            done = subprocess.run(child, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{name} failed: {done.stderr[-2000:]}")
+            rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    report(rows, args.layers)
+
+
+def make(folder: Path, layers: int) -> None:
+    """The float decoder, each precision of it, and the held-out text fp32 writes."""
+    import onnx
+    from decoder_graphs import build_decoder
+
+    from edgekit.convert.decoder import _dynamic
+    from edgekit.converters.onnx_fp16 import to_float16
+    from edgekit.converters.onnx_weights import weight_only
+
+    path = build_decoder(folder / "fp32.onnx", vocab=2000, layers=layers, heads=4, head_size=64, seed=1)
+    model = onnx.load(str(path))
+    (folder / "fp16.onnx").write_bytes(to_float16(model, outputs_apart=True).SerializeToString())
+    for bits in (8, 4):
+        (folder / f"int{bits}.onnx").write_bytes(weight_only(model, bits)[0].SerializeToString())
+    (folder / "dynamic.onnx").write_bytes(_dynamic(model))
+    decoder = load(folder / "fp32.onnx")
+    rng = np.random.default_rng(0)
+    texts = []
+    for _ in range(8):
+        prompt = [int(t) for t in rng.integers(2, 2000, 8)]
+        texts.append(prompt + greedy(decoder, prompt, 56))
+    (folder / "texts.json").write_text(json.dumps(texts))
+
+
+def load(path: Path) -> object:
+    import onnxruntime as ort
+
+    from edgekit.core.manifest import GenerationSpec
+    from edgekit.runtime.generate import Decoder
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    cache = [(i.name, i.name.replace("past_key_values", "present")) for i in session.get_inputs()[3:]]
+    shape = session.get_inputs()[3].shape
+    spec = GenerationSpec(
+        ids="input_ids", mask="attention_mask", positions="position_ids", logits="logits", cache=tuple(cache),
+        layers=len(cache) // 2, heads=shape[1], head_size=shape[3], vocab_size=2000, max_context=CONTEXT + 1,
+    )  # fmt: skip
+    return Decoder(lambda feed: session.run(None, feed), names, spec)
+
+
+def greedy(decoder: object, prompt: list[int], new: int) -> list[int]:
+    from edgekit.runtime.generate import Generation, Sampling
+
+    return list(decoder.tokens(prompt, Sampling(max_new_tokens=new), Generation()))  # type: ignore[attr-defined]
+
+
+def measure(folder: Path, name: str) -> dict[str, float]:
+    from edgekit.runtime.generate import Generation, Sampling
+
+    precision = name.removesuffix("-recompute")
+    decoder = load(folder / f"{precision}.onnx")
+    prompt = [int(t) for t in np.random.default_rng(1).integers(2, 2000, PROMPT)]
+    greedy(decoder, prompt[:8], 4)  # warm up
+    if name.endswith("-recompute"):
+        started = time.perf_counter()
+        ids = list(prompt)
+        for _ in range(NEW):  # no cache: the whole sequence again for every token
+            ids.append(int(decoder.logits_of(ids)[-1].argmax()))  # type: ignore[attr-defined]
+        return {"tokens_per_s": NEW / (time.perf_counter() - started)}
+    started = time.perf_counter()
+    tokens = decoder.tokens(prompt, Sampling(max_new_tokens=NEW), Generation())  # type: ignore[attr-defined]
+    next(tokens)
+    first = time.perf_counter() - started
+    count = sum(1 for _ in tokens)
+    decode = count / (time.perf_counter() - started - first)
+    greedy(decoder, prompt[:1], CONTEXT - 1)  # the cache at its full 256 tokens, for the peak
+    texts = json.loads((folder / "texts.json").read_text())
+    total, scored = 0.0, 0
+    for ids in texts:
+        logits = decoder.logits_of(ids)[:-1]  # type: ignore[attr-defined]
+        logits -= logits.max(axis=1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        total -= float(log_probs[np.arange(len(ids) - 1), ids[1:]].sum())
+        scored += len(ids) - 1
+    return {
+        "size": (folder / f"{precision}.onnx").stat().st_size, "first_ms": 1000 * first,
+        "tokens_per_s": decode, "perplexity": float(np.exp(total / scored)), "peak_mb": _peak_mb(),
+    }  # fmt: skip
+
+
+def _peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def report(rows: dict[str, dict[str, float]], layers: int) -> None:
+    base = rows["fp32"]
+    print(f"\nGPT-class decoder, {layers} layers, hidden 256, vocabulary 2000; batch 1, 2 threads\n")
+    print(
+        "| precision | file | file vs fp32 | peak memory, 256-token cache | time to first token (64 tokens) "
+        "| decode tokens/s (64 new) | decode vs fp32 | perplexity | vs fp32 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in PRECISIONS:
+        r = rows[name]
+        print(
+            f"| {name} | {r['size'] / 1e6:.2f} MB | {r['size'] / base['size']:.2f}× | {r['peak_mb']:.0f} MB "
+            f"| {r['first_ms']:.1f} ms | {r['tokens_per_s']:.0f} "
+            f"| {r['tokens_per_s'] / base['tokens_per_s']:.2f}× | "
+            f"{r['perplexity']:.3f} | {100 * (r['perplexity'] / base['perplexity'] - 1):+.2f}% |"
+        )
+    recompute = rows["fp32-recompute"]["tokens_per_s"]
+    print(f"\nfp32 without the cache: {recompute:.0f} tokens/s at {PROMPT} + {NEW} tokens; the cache is "
+          f"{base['tokens_per_s'] / recompute:.1f}× faster")
+
+
+if __name__ == "__main__":
+    main()
