@@ -26,9 +26,9 @@ def _choices(command: str, option: str) -> tuple[str, ...]:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_precision_unknown_to_a_converter_is_refused_in_one_line(fmt: str) -> None:
     with pytest.raises(InputError) as refused:
-        converter_for(fmt).check_precision("int4")
+        converter_for(fmt).check_precision("int2")
     message = str(refused.value)
-    assert "\n" not in message and f"{fmt} has no precision 'int4'" in message
+    assert "\n" not in message and f"{fmt} has no precision 'int2'" in message
     assert all(p in message for p in converter_for(fmt).precisions)
 
 
@@ -42,9 +42,9 @@ def test_every_converter_uses_the_shared_vocabulary() -> None:
 def test_a_converter_with_a_precision_outside_the_vocabulary_cannot_register() -> None:
     with pytest.raises(TypeError, match="edgekit.core.formats"):
 
-        class Int4Converter(Converter):  # noqa: F841
-            format: ClassVar = "int4-format"  # type: ignore[assignment]
-            precisions: ClassVar = ("int4",)  # type: ignore[assignment]
+        class Int2Converter(Converter):  # noqa: F841
+            format: ClassVar = "int2-format"  # type: ignore[assignment]
+            precisions: ClassVar = ("int2",)  # type: ignore[assignment]
             source_kinds: ClassVar = frozenset({"onnx"})
 
             def convert(self, *args: object) -> None:  # type: ignore[override]

@@ -17,6 +17,7 @@ from edgekit.cli import main
 from edgekit.convert import ConvertOptions, convert
 from edgekit.core.errors import EdgekitError
 from edgekit.core.profiles import load_profile
+from edgekit.core.validation import updated
 from edgekit.runtime import Model
 
 pytest.importorskip("tokenizers")
@@ -147,7 +148,7 @@ def test_a_tokenizer_of_another_model_and_a_breached_budget_are_refused(files: d
     with pytest.raises(EdgekitError, match="the tokenizer has 101 tokens and the model's vocabulary 64"):
         convert(options(files, "fp32", tokenizer=files["folder"] / "big.json"))
     profile = load_profile("raspberry-pi-5")
-    tight = profile.model_copy(update={"budget": profile.budget.model_copy(update={"model_memory_mb": 0.2})})
+    tight = updated(profile, budget=updated(profile.budget, model_memory_mb=0.2))
     with pytest.raises(EdgekitError, match=r"pass the memory budget of 0.2 MB .* the largest context that fits is \d+ tokens"):
         convert(options(files, "fp32", profile=tight, max_sequence_length=4096))
 

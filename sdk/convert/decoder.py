@@ -38,6 +38,7 @@ from edgekit.core.manifest import (
     Tensor,
     TextSpec,
 )  # fmt: skip
+from edgekit.core.validation import updated
 from edgekit.runtime.generate import Decoder, Sampling
 
 CACHE = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
@@ -341,7 +342,7 @@ def _manifest(
     import edgekit
 
     if entry.precision in ("int4", "int8"):
-        spec = spec.model_copy(update={"block_size": 32})
+        spec = updated(spec, block_size=32)
     source = options.model.read_bytes()
     text = TextSpec(
         file="tokenizer.json", sha256=hashlib.sha256(tokenizer_json).hexdigest(), size=len(tokenizer_json),
