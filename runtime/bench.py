@@ -168,3 +168,41 @@ def bare_call(model: Model, x: np.ndarray | Feed) -> Callable[[], Any]:
 def _peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def bench_generation(model: Model, prompt_tokens: int, new_tokens: int, runs: int) -> dict[str, Any]:
+    """A decoder's time to first token and decode speed, median over ``runs`` generations of
+    ``new_tokens`` after a prompt of ``prompt_tokens`` (token ids drawn at random), greedy."""
+    from edgekit.runtime.generate import Generation, Sampling
+
+    decoder = model.text_generator.decoder
+    spec = decoder.spec
+    if prompt_tokens + new_tokens > spec.max_context:
+        raise InputError(
+            f"--prompt-tokens {prompt_tokens} and --new-tokens {new_tokens} pass the bundle's context of "
+            f"{spec.max_context} tokens"
+        )
+    rng = np.random.default_rng(0)
+    allowed = np.setdiff1d(np.arange(spec.vocab_size), spec.stop_tokens)
+    sampling = Sampling(max_new_tokens=new_tokens)
+    decoder = decoder.without_stops()  # exactly new_tokens, as a benchmark needs
+    firsts, rates, made = [], [], []
+    for run in range(runs + 1):  # the first warms the engine up
+        prompt = [int(t) for t in rng.choice(allowed, prompt_tokens)]
+        done = Generation()
+        started = time.perf_counter()
+        tokens = decoder.tokens(prompt, sampling, done)
+        next(tokens, None)
+        first = time.perf_counter() - started
+        count = sum(1 for _ in tokens)
+        if run:
+            firsts.append(first)
+            rates.append(count / max(time.perf_counter() - started - first, 1e-9))
+            made.append(count + 1)
+    return {
+        "prompt_tokens": prompt_tokens, "new_tokens": int(np.median(made)), "runs": runs,
+        "time_to_first_token_ms": round(1000 * float(np.median(firsts)), 3),
+        "decode_tokens_per_s": round(float(np.median(rates)), 1),
+        "cache_bytes_at_context": spec.cache_bytes(spec.max_context),
+        "peak_rss_bytes": _peak_rss_bytes(),
+    }  # fmt: skip

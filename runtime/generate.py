@@ -23,6 +23,7 @@ import numpy as np
 
 from edgekit.core.errors import InputError
 from edgekit.core.manifest import GenerationSpec
+from edgekit.core.validation import updated
 
 Step = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 """The engine: a feed by input name in, every output in the engine's order out."""
@@ -118,6 +119,13 @@ class Decoder:
             yield token
             feed_ids = [token]
         result.stop_reason = "length"
+
+    def without_stops(self) -> Decoder:
+        """The same engine, generating past the bundle's stop tokens (for measurements)."""
+        found = Decoder.__new__(Decoder)
+        found.__dict__.update(self.__dict__)
+        found.spec = updated(self.spec, stop_tokens=())
+        return found
 
     def check_prompt(self, prompt: list[int]) -> None:
         if not prompt:

@@ -221,3 +221,15 @@ def test_serve_generates_whole_and_streamed_for_each_client_alone(
         infer = httpx.post(f"{url}/infer", json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
                                                              "data": ["turn on"]}]})  # fmt: skip
         assert infer.status_code == 400 and "generates text: POST /v2/models/assistant/generate" in infer.text
+
+
+def test_bench_measures_a_decoders_first_token_and_decode_speed(bundles: Any) -> None:
+    bundle = str(bundles["int4"].output)
+    result = CliRunner().invoke(main, ["bench", bundle, "--allow-unsigned", "--prompt-tokens", "16",
+                                       "--new-tokens", "24", "--runs", "2", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output[result.output.index("{") :])
+    assert found["new_tokens"] == 24 and found["prompt_tokens"] == 16 and found["runs"] == 2
+    assert found["time_to_first_token_ms"] > 0 and found["decode_tokens_per_s"] > 0
+    too_long = CliRunner().invoke(main, ["bench", bundle, "--allow-unsigned", "--prompt-tokens", "120"])
+    assert too_long.exit_code != 0 and "pass the bundle's context of 128 tokens" in too_long.output

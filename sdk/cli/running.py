@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from edgekit.cli.common import error_line, load_model, print_json
+from edgekit.cli.common import error_line, load_model, print_json, say
 from edgekit.cli.options import (
     artifact_format_option,
     bundle_options,
@@ -122,7 +122,12 @@ def run(
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--runs", type=click.IntRange(min=10), default=500, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=None,
+              help="Calls to time [default: 500; a decoder: 5 generations].")
+@click.option("--prompt-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="A decoder: tokens in each prompt (time to first token).")
+@click.option("--new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="A decoder: tokens generated after each prompt (decode tokens/s).")
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
 @threads_option
 @artifact_format_option
@@ -144,10 +149,11 @@ def run(
 @json_option
 @click.pass_context
 def bench(
-    ctx: click.Context, bundle: Path, runs: int, warmup: int, compare_bare: bool, batch: int,
-    concurrency: int, as_json: bool, **fields: Any,
+    ctx: click.Context, bundle: Path, runs: int | None, warmup: int, compare_bare: bool, batch: int,
+    concurrency: int, prompt_tokens: int, new_tokens: int, as_json: bool, **fields: Any,
 ) -> None:
-    """Measure latency percentiles, throughput, load time and peak memory on this device.
+    """Measure latency percentiles, throughput, load time and peak memory on this device;
+    for a decoder, time to first token and decode tokens/s.
 
     Exits 1 when p90 latency breaks the profile's latency budget.
 
@@ -155,11 +161,20 @@ def bench(
     Examples:
       edgekit bench digits.ekb --runs 1000 --compare-bare
       edgekit bench digits.ekb --batch 8 --concurrency 4   # 4 callers at once, 8 samples a call
+      edgekit bench assistant.ekb --prompt-tokens 64 --new-tokens 64
     """
     from edgekit import views
     from edgekit.runtime.bench import bench as run_bench
+    from edgekit.runtime.bench import bench_generation
 
     model = load_model(ctx, bundle, **model_options(fields))
+    if model.manifest.generation is not None:
+        found = bench_generation(model, prompt_tokens, new_tokens, runs or 5)
+        model.close()
+        found = {"model": views.model_info(model), **found}
+        say(as_json, found, views.generation_line(found))
+        return
+    runs = runs or 500
     result = run_bench(model, runs=runs, warmup=warmup, compare_bare=compare_bare, batch=batch,
                        concurrency=concurrency)  # fmt: skip
     if as_json:

@@ -10,7 +10,14 @@ from edgekit.views.bundles import (
     size,
 )
 from edgekit.views.fit import fit_json, print_fit
-from edgekit.views.running import model_info, print_bench, print_run, run_result, tag_result
+from edgekit.views.running import (
+    generation_line,
+    model_info,
+    print_bench,
+    print_run,
+    run_result,
+    tag_result,
+)
 
 __all__ = [
     "convert_json",
@@ -18,6 +25,7 @@ __all__ = [
     "mark",
     "model_info",
     "print_bench",
+    "generation_line",
     "print_convert_summary",
     "print_fit",
     "print_manifest",

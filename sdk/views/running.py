@@ -121,3 +121,14 @@ def print_bench(out: Console, model: Any, result: Any) -> None:
     if result.latency_budget_ms is not None:
         verdict, p90 = mark(bool(result.within_latency_budget)), result.edgekit.p90_ms
         out.print(f"  budget       {verdict} p90 {p90:.3f} ms of {result.latency_budget_ms:g} ms")
+
+
+def generation_line(found: dict[str, Any]) -> str:
+    """``bench`` of a decoder, in one line."""
+    return (
+        f"{found['model']['name']}: time to first token {found['time_to_first_token_ms']:.1f} ms "
+        f"({found['prompt_tokens']} prompt tokens), {found['decode_tokens_per_s']:.0f} tokens/s over "
+        f"{found['new_tokens']} new tokens (median of {found['runs']}), peak memory "
+        f"{found['peak_rss_bytes'] / 2**20:.0f} MB; the cache takes "
+        f"{found['cache_bytes_at_context'] / 2**20:.1f} MB at the full context"
+    )
