@@ -15,6 +15,7 @@ No TensorFlow, no torch: numpy and the bundle's engine.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,8 +81,11 @@ class Generation:
 
     tokens: list[int] = field(default_factory=list)
     stop_reason: str = "length"
-    """length (max new tokens), stop_token, stop_string, or context (the maximum context)."""
+    """length (max new tokens), stop_token, stop_string, context (the maximum context), or
+    cancelled (the caller stopped reading)."""
     prompt_tokens: int = 0
+    first_s: float | None = None
+    """Seconds from the call to the first new token."""
 
 
 class Decoder:
@@ -98,6 +102,7 @@ class Decoder:
         spec = self.spec
         self.check_prompt(prompt)
         rng = np.random.default_rng(sampling.seed)
+        started = time.perf_counter()
         stops = set(spec.stop_tokens) | set(sampling.stop_tokens)
         seen = np.zeros(spec.vocab_size, bool)
         seen[prompt] = True
@@ -115,6 +120,8 @@ class Decoder:
                 result.stop_reason = "stop_token"
                 return
             seen[token] = True
+            if not result.tokens:
+                result.first_s = time.perf_counter() - started
             result.tokens.append(token)
             yield token
             feed_ids = [token]
@@ -201,7 +208,10 @@ class TextGenerator:
     """Text in, text out: the bundle's tokenizer around a ``Decoder``. Text comes out as the
     tokens decode, so a multi-byte character or a word piece shows once it is whole."""
 
-    def __init__(self, step: Step, outputs: list[str], spec: GenerationSpec, tokenizer_json: bytes) -> None:
+    def __init__(
+        self, step: Step, outputs: list[str], spec: GenerationSpec, tokenizer_json: bytes,
+        on_done: Callable[[int, int, float | None, float, str], None] | None = None,
+    ) -> None:  # fmt: skip
         try:
             from tokenizers import Tokenizer
         except ImportError as exc:
@@ -210,6 +220,8 @@ class TextGenerator:
             raise MissingDependencyError("tokenizers", "text", "text generation") from exc
         self.tokenizer = Tokenizer.from_str(tokenizer_json.decode())
         self.decoder = Decoder(step, outputs, spec)
+        self._on_done = on_done
+        """Telemetry's: (prompt tokens, new tokens, seconds to the first, seconds after it, stop reason)."""
         self.last: Generation | None = None
         """The most recent call's tokens and stop reason."""
 
@@ -226,6 +238,19 @@ class TextGenerator:
         ``result`` (else ``last``) ends with the tokens and why it stopped."""
         sampling = sampling.check(self.decoder.spec.vocab_size)
         result = self.last = result if result is not None else Generation()
+        started = time.perf_counter()
+        try:
+            yield from self._pieces(prompt, sampling, result)
+        except GeneratorExit:  # the caller stopped reading: a client gone
+            result.stop_reason = "cancelled"
+            raise
+        finally:
+            if self._on_done is not None and result.prompt_tokens:
+                first = result.first_s
+                after = time.perf_counter() - started - (first or 0.0)
+                self._on_done(result.prompt_tokens, len(result.tokens), first, after, result.stop_reason)
+
+    def _pieces(self, prompt: str, sampling: Sampling, result: Generation) -> Iterator[str]:
         shown = ""
         for _ in self.decoder.tokens(self.encode(prompt), sampling, result):
             text = self.tokenizer.decode(result.tokens)

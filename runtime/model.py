@@ -65,6 +65,7 @@ class Model:
         """A text model's tokenizer.json, from the bundle (verified, in memory only)."""
         self._encoder: TextEncoder | None = None
         self._generator: TextGenerator | None = None
+        self._on_generated: Callable[..., None] | None = None
 
     @classmethod
     def load(
@@ -150,6 +151,10 @@ class Model:
         )
 
     def _attach(self, telemetry: Telemetry) -> None:
+        if self.manifest.generation is not None:  # a decoder reports its generations
+            self._on_generated = telemetry.attach_generation(self.manifest)
+            self._telemetry = telemetry
+            return
         self._reported = reported_tensors(self.manifest, self._backend)
         name, index = self._reported
         if name == TEXT_INPUT:
@@ -267,7 +272,9 @@ class Model:
                 )
             from edgekit.runtime.generate import TextGenerator
 
-            self._generator = TextGenerator(self._backend.run, list(self._names), spec, self.tokenizer_bytes)
+            self._generator = TextGenerator(
+                self._backend.run, list(self._names), spec, self.tokenizer_bytes, self._on_generated
+            )
         return self._generator
 
     @property

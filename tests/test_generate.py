@@ -233,3 +233,42 @@ def test_bench_measures_a_decoders_first_token_and_decode_speed(bundles: Any) ->
     assert found["time_to_first_token_ms"] > 0 and found["decode_tokens_per_s"] > 0
     too_long = CliRunner().invoke(main, ["bench", bundle, "--allow-unsigned", "--prompt-tokens", "120"])
     assert too_long.exit_code != 0 and "pass the bundle's context of 128 tokens" in too_long.output
+
+
+@pytest.mark.parametrize("dp_epsilon", [None, 1.0])
+def test_telemetry_counts_generations_and_sends_no_text(
+    bundles: Any, tmp_path: Path, home: Path, dp_epsilon: float | None
+) -> None:
+    pytest.importorskip("opendp")
+    from edgekit.core.telemetry import STOP_REASONS, Report
+    from edgekit.fleet import init_fleet
+    from edgekit.runtime import Telemetry
+    from edgekit.runtime.telemetry.outbox import Outbox
+
+    telemetry = Telemetry(
+        "mqtt://127.0.0.1:9", "f7", device_id="hub-1", fleet_dir=init_fleet("f7", tmp_path / "fleet"),
+        outbox=tmp_path / "outbox.sqlite", window_s=3600, close_timeout_s=0.1, k_anonymity=1,
+        dp_epsilon=dp_epsilon,
+    )  # fmt: skip
+    with Model.load(bundles["int4"].output, telemetry=telemetry, allow_unsigned=True) as model:
+        for prompt in ("turn on the", "open the garage door please", "it is"):
+            model.generate(prompt, max_new_tokens=6, stop_tokens=[])
+        pieces = model.generate_stream("play music", max_new_tokens=20, stop_tokens=[])
+        next(pieces)
+        pieces.close()  # a caller that stops reading is counted too
+        telemetry.flush()
+    entry = Outbox(tmp_path / "outbox.sqlite", 1 << 24, 86400).pending(0, 10)[0]
+    report = Report.model_validate_json(entry.payload)
+    stats = report.generation
+    assert stats is not None and report.classes is None and report.feature_bins is None
+    for word in ("garage", "music", "turn"):
+        assert word.encode() not in entry.payload  # counts only: no prompt, no generated text
+    if dp_epsilon is None:
+        assert stats.generations == 4 == report.inferences == sum(stats.stop_reasons) == sum(stats.ttft_ms)
+        assert stats.stop_reasons[STOP_REASONS.index("length")] == 3
+        assert stats.stop_reasons[STOP_REASONS.index("cancelled")] == 1
+        assert sum(stats.new_tokens) == 4 and sum(stats.prompt_tokens) == 4
+        assert report.privacy.dp_unit is None
+    else:
+        assert report.privacy.dp_unit == "generation" and report.privacy.dp_sensitivity == 1 + 5
+        assert report.privacy.dp_epsilon == pytest.approx(1.0)

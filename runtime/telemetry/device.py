@@ -7,16 +7,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from edgekit.core.manifest import Manifest
 from edgekit.core.paths import edgekit_home
-from edgekit.core.telemetry import SCHEMA_VERSION, Drift, ModelRef, Privacy, SampleHeader
+from edgekit.core.telemetry import SCHEMA_VERSION, ModelRef, Privacy, SampleHeader
 from edgekit.runtime.telemetry import dp
 from edgekit.runtime.telemetry.config import TelemetryConfig, TelemetryConfigError
 from edgekit.runtime.telemetry.deid import Deidentifier, NameTagger
+from edgekit.runtime.telemetry.generation import GenerationWindow, generation_stats
 from edgekit.runtime.telemetry.ledger import Ledger, default_ledger, device_keys
 from edgekit.runtime.telemetry.outbox import BudgetSpent, Outbox
 from edgekit.runtime.telemetry.privacy import (
@@ -28,8 +29,8 @@ from edgekit.runtime.telemetry.privacy import (
     seal_sample,
 )
 from edgekit.runtime.telemetry.publisher import Publisher
-from edgekit.runtime.telemetry.report import ReportDraft, input_stats, window_counts
-from edgekit.runtime.telemetry.stats import feature_plan, plan_for, psi
+from edgekit.runtime.telemetry.report import ReportDraft, drift_of, input_stats, window_counts
+from edgekit.runtime.telemetry.stats import feature_plan, plan_for
 from edgekit.runtime.telemetry.window import Capture, Window
 
 log = logging.getLogger("edgekit.telemetry")
@@ -79,8 +80,8 @@ class Telemetry:
         self.outbox = Outbox(outbox, config.outbox_max_bytes, config.outbox_max_age_s)
         self._lock = threading.Lock()
         self._roll = threading.Lock()
-        self._window: Window | None = None
-        self._spare: Window | None = None
+        self._window: Window | GenerationWindow | None = None
+        self._spare: Window | GenerationWindow | None = None
         self._publisher: Publisher | None = None
         self._final_status: dict[str, Any] | None = None
         self._noise: Noise | None = None
@@ -131,8 +132,34 @@ class Telemetry:
             )
             for _ in range(2)
         )
+        self._publish(window_counts(self._window))
+
+    def attach_generation(self, manifest: Manifest) -> Callable[..., None]:
+        """Called by ``Model.load`` for a decoder: count generations, not inferences. Returns
+        what the generation loop calls after each generation."""
+        if self._window is not None:
+            raise TelemetryConfigError("this Telemetry already serves a model; make one per model")
+        entry = manifest.artifacts[0]
+        self._model = ModelRef(
+            name=manifest.name, version=manifest.version, format=entry.format, precision=entry.precision
+        )
+        first = GenerationWindow()
+        self._window, self._spare = first, GenerationWindow()
+        self._publish(first.counts())
+        return self.record_generation
+
+    def record_generation(
+        self, prompt: int, new: int, first_s: float | None, decode_s: float, reason: str
+    ) -> None:
+        with self._lock:
+            window = self._window
+            assert isinstance(window, GenerationWindow)
+            window.record(prompt, new, first_s, decode_s, reason)
+
+    def _publish(self, layout: dict[str, np.ndarray]) -> None:
+        """Differential privacy for reports of this layout, then the publisher thread."""
         if self.config.dp_epsilon is not None:
-            self._start_dp(window_counts(self._window))
+            self._start_dp(layout)
         self._publisher = Publisher(
             self.broker,
             self.fleet,
@@ -192,11 +219,15 @@ class Telemetry:
     ) -> None:
         """The hot path, from ``predict``: add one call to the current window."""
         with self._lock:
-            self._window.record(x, outputs, seconds, texts)  # type: ignore[union-attr]
+            window = self._window
+            assert isinstance(window, Window)
+            window.record(x, outputs, seconds, texts)
 
     def record_error(self) -> None:
         with self._lock:
-            self._window.record_error()  # type: ignore[union-attr]
+            window = self._window
+            assert isinstance(window, Window)
+            window.record_error()
 
     # -- windows ---------------------------------------------------------------------
 
@@ -227,23 +258,29 @@ class Telemetry:
             finally:
                 self._spare = window
 
-    def _release(self, window: Window) -> int | None:
+    def _release(self, window: Window | GenerationWindow) -> int | None:
         assert self._model is not None
         end = time.time()
         node = self.node()
         epoch = self.epoch(end)
-        counts = window_counts(window)
-        inputs = None
-        if self._noise is None and window.count >= self.config.k_anonymity:
-            inputs = input_stats(window)
-        released = dp.release(counts, self._noise, self.config.dp_clip, self.config.k_anonymity)
-        counts = released.counts
-        drift = self._drift(counts)
+        inputs, generation = None, None
+        if isinstance(window, GenerationWindow):
+            released = dp.release(window.counts(), self._noise, None, self.config.k_anonymity)
+            generation = generation_stats(released.counts)
+            made = released.counts["generations"]
+            ttft = released.counts["ttft"]  # a decoder's latency is its time to first token
+            counts = {"inferences": made, "calls": made, "errors": 0 * made, "latency": ttft}
+        else:
+            if self._noise is None and window.count >= self.config.k_anonymity:
+                inputs = input_stats(window)
+            config = self.config
+            released = dp.release(window_counts(window), self._noise, config.dp_clip, config.k_anonymity)
+            counts = released.counts
         privacy = self._privacy(released.suppressed)
-        start = round(window.start, 3)
         draft = ReportDraft(
-            node, epoch, start, round(end, 3), self._model, counts, inputs, drift, window.samples, privacy
-        )
+            node, epoch, round(window.start, 3), round(end, 3), self._model, counts, inputs,
+            drift_of(self._reference, counts), window.samples, privacy, generation,
+        )  # fmt: skip
         try:
             seq = self.outbox.put(
                 "report", node, draft.encode,
@@ -255,7 +292,7 @@ class Telemetry:
                 self._budget_logged = True
             return None
         self.released += 1
-        if window.samples and self.keys.public_key is not None:
+        if isinstance(window, Window) and window.samples and self.keys.public_key is not None:
             self._release_samples(window, node, epoch)
         return seq
 
@@ -284,6 +321,11 @@ class Telemetry:
 
         self.outbox.put("sample", node, build)
 
+    def _unit(self) -> Literal["inference", "window", "generation"]:
+        if isinstance(self._window, GenerationWindow):
+            return "generation"
+        return "inference" if self.config.dp_clip is None else "window"
+
     def _privacy(self, suppressed: int) -> Privacy:
         noise, config, ledger = self._noise, self.config, self._ledger
         dp_on = noise is not None and ledger is not None
@@ -295,27 +337,9 @@ class Telemetry:
             dp_epsilon=noise.epsilon if noise else None,
             dp_spent=ledger.state.spent + noise.epsilon if noise and ledger else None,
             dp_budget=config.dp_total if dp_on else None,
-            dp_unit=("inference" if config.dp_clip is None else "window") if dp_on else None,
+            dp_unit=self._unit() if dp_on else None,
             dp_clip=config.dp_clip if dp_on else None,
             dp_sensitivity=noise.sensitivity if noise else None,
-        )
-
-    def _drift(self, counts: dict[str, np.ndarray]) -> Drift | None:
-        reference = self._reference
-        if reference is None or "bins" not in counts:
-            return None
-        input_psi = max(
-            psi(np.asarray(expected), row)
-            for expected, row in zip(reference.expected, counts["bins"], strict=True)
-        )
-        output_psi = None
-        if reference.classes is not None and "classes" in counts:
-            output_psi = psi(np.asarray(reference.classes), counts["classes"])
-        score = max(input_psi, output_psi or 0.0)
-        return Drift(
-            input_psi=round(input_psi, 4),
-            output_psi=None if output_psi is None else round(output_psi, 4),
-            score=round(score, 4),
         )
 
     # -- status and shutdown ------------------------------------------------------------

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.core.errors import InputError
 from edgekit.runtime.telemetry.privacy import Noise, suppress
 
-SCALARS = ("inferences", "calls", "errors")
+SCALARS = ("inferences", "calls", "errors", "generations")
 
 
 def histogram_rows(counts: dict[str, np.ndarray]) -> int:
@@ -38,8 +39,15 @@ def histogram_rows(counts: dict[str, np.ndarray]) -> int:
 
 
 def sensitivity(counts: dict[str, np.ndarray], clip: int | None) -> int:
-    """The L1 sensitivity of a report with this layout, for the unit ``clip`` chooses."""
+    """The L1 sensitivity of a report with this layout, for the unit ``clip`` chooses. A
+    decoder's unit is one generation: its count and one bucket of each histogram."""
     rows = histogram_rows(counts)
+    if "generations" in counts:
+        if clip is not None:
+            raise InputError(
+                "dp_clip bounds a window of inferences; a decoder's privacy unit is one generation"
+            )
+        return 1 + rows
     return 2 + rows if clip is None else 2 * clip * (1 + rows)
 
 
@@ -51,8 +59,10 @@ def mechanism(layout: dict[str, np.ndarray], epsilon: float, most: int | None) -
 def clip(counts: dict[str, np.ndarray], most: int | None) -> dict[str, np.ndarray]:
     """Scale a window down to at most ``most`` inferences and ``most`` calls (floor), so that
     every scalar and every histogram's total is at most ``most``."""
+    if most is None:
+        return counts
     total = max(int(counts["inferences"][0]), int(counts["calls"][0]))
-    if most is None or total <= most:
+    if total <= most:
         return counts
     scale = most / total
     return {name: np.floor(value * scale).astype(np.int64) for name, value in counts.items()}

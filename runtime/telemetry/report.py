@@ -6,7 +6,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit.core.telemetry import SCHEMA_VERSION, Drift, InputStats, ModelRef, Privacy, Report
+from edgekit.core.manifest import ReferenceStats
+from edgekit.core.telemetry import (
+    SCHEMA_VERSION,
+    Drift,
+    GenerationStats,
+    InputStats,
+    ModelRef,
+    Privacy,
+    Report,
+)
+from edgekit.runtime.telemetry.stats import psi
 from edgekit.runtime.telemetry.window import Window
 
 
@@ -24,6 +34,7 @@ class ReportDraft:
     drift: Drift | None
     samples: int
     privacy: Privacy
+    generation: GenerationStats | None = None
 
     def encode(self, seq: int, dropped: int) -> bytes:
         counts = self.counts
@@ -49,6 +60,7 @@ class ReportDraft:
             samples=self.samples,
             dropped=dropped,
             privacy=self.privacy,
+            generation=self.generation,
         )
         return report.model_dump_json().encode()
 
@@ -87,3 +99,20 @@ def input_stats(window: Window) -> InputStats | None:
 
 def _ints(values: np.ndarray | None) -> tuple[int, ...] | None:
     return None if values is None else tuple(int(v) for v in values)
+
+
+def drift_of(reference: ReferenceStats | None, counts: dict[str, np.ndarray]) -> Drift | None:
+    """PSI of the window's (released) bins and classes against the bundle's reference."""
+    if reference is None or "bins" not in counts:
+        return None
+    rows = zip(reference.expected, counts["bins"], strict=True)
+    input_psi = max(psi(np.asarray(expected), row) for expected, row in rows)
+    output_psi = None
+    if reference.classes is not None and "classes" in counts:
+        output_psi = psi(np.asarray(reference.classes), counts["classes"])
+    score = max(input_psi, output_psi or 0.0)
+    return Drift(
+        input_psi=round(input_psi, 4),
+        output_psi=None if output_psi is None else round(output_psi, 4),
+        score=round(score, 4),
+    )

@@ -33,6 +33,11 @@ LATENCY_EDGES_MS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
 CONFIDENCE_EDGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 MAX_COUNT = 10**9
+RATE_EDGES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
+"""Decode tokens per second, a decoder's buckets."""
+LENGTH_EDGES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+"""Tokens in a prompt or a generation, a decoder's buckets (counts below each edge)."""
+STOP_REASONS = ("length", "stop_token", "stop_string", "context", "cancelled")
 """Most of anything one window can count (a billion inferences in one report is no device)."""
 MAX_SEQ = 2**53
 """Sequence numbers stay exact in every JSON reader."""
@@ -104,8 +109,8 @@ class Privacy(_Strict):
     dp_epsilon: float | None = Field(default=None, ge=0, description="ε this report cost")
     dp_spent: float | None = Field(default=None, ge=0, description="ε spent, this report included")
     dp_budget: float | None = Field(default=None, ge=0)
-    dp_unit: Literal["inference", "window"] | None = Field(
-        default=None, description="what ε protects: one inference, or a device's whole window"
+    dp_unit: Literal["inference", "window", "generation"] | None = Field(
+        default=None, description="what ε protects: one inference, a device's whole window, or one generation"
     )
     dp_clip: int | None = Field(default=None, ge=1, description="a window's inferences and calls at most")
     dp_sensitivity: int | None = Field(default=None, ge=1, description="L1; noise scale = sensitivity / ε")
@@ -113,6 +118,28 @@ class Privacy(_Strict):
         default="none", description="which raw inputs this device seals to the fleet key"
     )
     deidentified: bool | None = Field(default=None, description="captured text masked; None: no text")
+
+
+Lengths = Annotated[
+    tuple[Count, ...], Field(min_length=len(LENGTH_EDGES) + 1, max_length=len(LENGTH_EDGES) + 1)
+]
+
+
+class GenerationStats(_Strict):
+    """A decoder's window: how many generations, and per generation its time to first token,
+    decode speed, prompt and new lengths and why it stopped, each a histogram."""
+
+    generations: Count
+    ttft_ms: tuple[Count, ...] = Field(
+        min_length=len(LATENCY_EDGES_MS) + 1, max_length=len(LATENCY_EDGES_MS) + 1,
+        description="time to first token, per LATENCY_EDGES_MS bucket",
+    )  # fmt: skip
+    tokens_per_s: tuple[Count, ...] = Field(min_length=len(RATE_EDGES) + 1, max_length=len(RATE_EDGES) + 1)
+    prompt_tokens: Lengths
+    new_tokens: Lengths
+    stop_reasons: tuple[Count, ...] = Field(
+        min_length=len(STOP_REASONS), max_length=len(STOP_REASONS), description="per STOP_REASONS"
+    )
 
 
 class Report(_Strict):
@@ -144,6 +171,9 @@ class Report(_Strict):
         ge=0, le=MAX_SEQ, description="outbox entries this device dropped so far (oldest first, when full)"
     )
     privacy: Privacy
+    generation: GenerationStats | None = Field(
+        default=None, description="a decoder's generations; its latency_ms is then the time to first token"
+    )
 
     @model_validator(mode="after")
     def _plausible(self, info: ValidationInfo) -> Report:

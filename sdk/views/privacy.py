@@ -35,7 +35,9 @@ def findings(view: dict[str, Any]) -> list[str]:
 def _unit(node: dict[str, Any]) -> str:
     if node["dp_unit"] is None:
         return "no DP"
-    return "1 inference" if node["dp_unit"] == "inference" else f"window ≤{node['dp_clip']}"
+    if node["dp_unit"] == "window":
+        return f"window ≤{node['dp_clip']}"
+    return f"1 {node['dp_unit']}"
 
 
 def _number(value: float | None) -> str:

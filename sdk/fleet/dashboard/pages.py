@@ -220,7 +220,7 @@ def privacy_rows_html(view: dict[str, Any]) -> str:
             else "-"
         )
         unit = "no DP" if n["dp_unit"] is None else (
-            "one inference" if n["dp_unit"] == "inference" else f"a window of ≤{n['dp_clip']}"
+            f"a window of ≤{n['dp_clip']}" if n["dp_unit"] == "window" else f"one {n['dp_unit']}"
         )  # fmt: skip
         text = {None: "-", True: "de-identified", False: "as typed"}[n["deidentified"]]
         findings = "".join(f"<div>{escape(f)}</div>" for f in n["findings"])
