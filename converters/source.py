@@ -85,21 +85,26 @@ def load_source(
             yield _from_keras(tf, path, kind, Path(tmp) / "saved_model")
 
 
-def _from_keras(tf: ModuleType, path: Path, kind: SourceKind, export_dir: Path) -> SourceModel:
+def load_keras_model(path: Path) -> Any:
+    """The Keras model in ``path``, uncompiled; one line when it cannot be loaded."""
     import keras
 
-    if kind == "keras" and not zipfile.is_zipfile(path):  # Keras itself says "File not found"
-        raise ModelFormatError(
-            f"{path}: not a complete .keras file (one is a zip archive; this one is cut short or is "
-            "something else); save the model again with model.save()"
-        )
     try:
-        model = keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file; all mean "cannot load".
         raise ModelFormatError(
             f"{path}: cannot be loaded as a Keras model ({first_line(exc)}); "
             "check that the file is complete, or save it again with model.save()"
         ) from exc
+
+
+def _from_keras(tf: ModuleType, path: Path, kind: SourceKind, export_dir: Path) -> SourceModel:
+    if kind == "keras" and not zipfile.is_zipfile(path):  # Keras itself says "File not found"
+        raise ModelFormatError(
+            f"{path}: not a complete .keras file (one is a zip archive; this one is cut short or is "
+            "something else); save the model again with model.save()"
+        )
+    model = load_keras_model(path)
     export_saved_model(model, export_dir)
     source = _from_saved_model(tf, export_dir, input_names(model), output_names(model))
     return replace(

@@ -272,3 +272,55 @@ def test_telemetry_counts_generations_and_sends_no_text(
     else:
         assert report.privacy.dp_unit == "generation" and report.privacy.dp_sensitivity == 1 + 5
         assert report.privacy.dp_epsilon == pytest.approx(1.0)
+
+
+def keras_gpt(path: Path, vocab: int = 64, width: int = 32, heads: int = 2, blocks: int = 2) -> Any:
+    """A decoder as a user writes one in Keras: token and position embeddings, pre-norm
+    blocks of causal self-attention and a GELU feed-forward, a language-model head."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(3)
+    ids = keras.Input((None,), dtype="int32", name="input_ids")
+    positions = keras.Input((None,), dtype="int32", name="position_ids")
+    x = layers.Add()([layers.Embedding(vocab, width)(ids), layers.Embedding(256, width)(positions)])
+    for _ in range(blocks):
+        h = layers.LayerNormalization(epsilon=1e-5)(x)
+        x = layers.Add()([x, layers.MultiHeadAttention(heads, width // heads)(h, h, use_causal_mask=True)])
+        h = layers.Dense(4 * width, activation="gelu")(layers.LayerNormalization(epsilon=1e-5)(x))
+        x = layers.Add()([x, layers.Dropout(0.1)(layers.Dense(width)(h))])
+    logits = layers.Dense(vocab, kernel_initializer=keras.initializers.RandomNormal(stddev=1.5))(
+        layers.LayerNormalization(epsilon=1e-5)(x)
+    )
+    model = keras.Model([ids, positions], logits, name="tinygpt")
+    model.save(path)
+    return model
+
+
+def test_a_keras_decoder_converts_and_keeps_its_greedy_tokens(files: dict[str, Path]) -> None:
+    model = keras_gpt(files["folder"] / "tinygpt.keras")
+    made = convert(options(files, "fp32", model=files["folder"] / "tinygpt.keras", output=files["folder"] / "k.ekb"))
+    assert made.manifest.source.kind == "keras" and made.manifest.generation is not None
+    assert made.manifest.generation.layers == 2 and made.manifest.generation.positions == "position_ids"
+    prompt = ids_of(files, "turn on the")
+    expected = list(prompt)
+    for _ in range(10):  # Keras's own greedy: the whole sequence again each step
+        n = len(expected)
+        logits = model.predict([np.array([expected]), np.arange(n)[None]], verbose=0)
+        expected.append(int(logits[0, -1].argmax()))
+    with Model.load(made.output, allow_unsigned=True) as bundle:
+        bundle.generate("turn on the", max_new_tokens=10, stop_tokens=[])
+        assert bundle.last_generation is not None and bundle.last_generation.tokens == expected[len(prompt) :]
+
+
+def test_a_keras_layer_without_a_cache_path_is_one_line(files: dict[str, Path]) -> None:
+    import keras
+    from keras import layers
+
+    ids = keras.Input((None,), dtype="int32", name="input_ids")
+    x = layers.Embedding(64, 16)(ids)
+    x = layers.Conv1D(16, 3, padding="causal")(x)
+    x = layers.MultiHeadAttention(2, 8)(x, x, use_causal_mask=True)
+    keras.Model(ids, layers.Dense(64)(x)).save(files["folder"] / "conv.keras")
+    with pytest.raises(EdgekitError, match=r"layer conv1d.* \(Conv1D\) is not one edgekit can give a key-value cache"):
+        convert(options(files, "fp32", model=files["folder"] / "conv.keras", output=files["folder"] / "c.ekb"))

@@ -52,8 +52,20 @@ MB = 1 << 20
 
 
 def is_decoder(path: Path) -> bool:
-    """An ONNX file whose inputs take a key-value cache."""
-    if path.suffix.lower() != ".onnx" or not path.is_file():
+    """An ONNX file whose inputs take a key-value cache, or a Keras file with causal
+    self-attention (its saved config says ``use_causal_mask``)."""
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".keras":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                config = archive.read("config.json")
+        except (OSError, KeyError, zipfile.BadZipFile):
+            return False  # the usual path says what is wrong with it
+        return b'"use_causal_mask": true' in config
+    if path.suffix.lower() != ".onnx":
         return False
     import onnx
 
@@ -64,11 +76,24 @@ def is_decoder(path: Path) -> bool:
     return any(CACHE.match(i.name) for i in graph.input)
 
 
-def convert_decoder(options: ConvertOptions) -> ConvertResult:
+def _load(path: Path) -> tuple[Any, str]:
+    """The decoder as ONNX with its cache, and the source's kind."""
     import onnx
 
+    if path.suffix.lower() != ".keras":
+        return onnx.load(str(path)), "onnx"
+    from edgekit.converters.keras_decoder import is_keras_decoder, keras_decoder_to_onnx
+    from edgekit.converters.source import load_keras_model
+
+    model = load_keras_model(path)
+    if not is_keras_decoder(model):
+        raise InputError(f"{path.name} attends causally but does not give a score per token: not a decoder")
+    return keras_decoder_to_onnx(model), "keras"
+
+
+def convert_decoder(options: ConvertOptions) -> ConvertResult:
     started = time.perf_counter()
-    model = onnx.load(str(options.model))
+    model, kind = _load(options.model)
     tokenizer_json = _tokenizer(options)
     spec = decoder_spec(model, options, tokenizer_json)
     texts = _texts(options.evaluation, tokenizer_json, spec)
@@ -88,7 +113,7 @@ def convert_decoder(options: ConvertOptions) -> ConvertResult:
         reasons = "; ".join(f"{e.precision}: {p}" for e, _, _, p in problems)
         raise ConversionError(f"no precision passed: {reasons}")
     entry, content, _, _ = _choose(options, made)
-    manifest = _manifest(options, spec, entry, tokenizer_json, model)
+    manifest = _manifest(options, spec, entry, tokenizer_json, model, kind)
     warnings = () if texts else ("no --eval text: the perplexity of the converted model is not checked",)
     contents = {entry.path: content, "tokenizer.json": tokenizer_json}
     seconds = {"total": time.perf_counter() - started}
@@ -332,8 +357,9 @@ def _texts(path: Path | None, tokenizer_json: bytes, spec: GenerationSpec) -> li
 
 
 def _manifest(
-    options: ConvertOptions, spec: GenerationSpec, entry: ArtifactEntry, tokenizer_json: bytes, model: Any
-) -> Manifest:
+    options: ConvertOptions, spec: GenerationSpec, entry: ArtifactEntry, tokenizer_json: bytes, model: Any,
+    kind: str,
+) -> Manifest:  # fmt: skip
     import hashlib
     import platform
 
@@ -352,7 +378,7 @@ def _manifest(
     return Manifest(
         format_version=FORMAT_VERSION, name=options.name or options.model.stem, version=options.version,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        source=Source(file=options.model.name, kind="onnx", sha256=hashlib.sha256(source).hexdigest(),
+        source=Source(file=options.model.name, kind=kind, sha256=hashlib.sha256(source).hexdigest(),
                       size_bytes=len(source)),
         profile=options.profile.model_dump(mode="json"), artifacts=(entry,),
         preprocessing=Preprocessing(layout=None, input_range=None),
