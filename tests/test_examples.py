@@ -97,3 +97,13 @@ def test_pii_tagger(tmp_path: Path) -> None:
     assert summary["telemetry"] is BROKER
     if BROKER:
         assert numbers["captured"] and all("[NAME]" in text for text in numbers["captured"])
+
+
+def test_hub_assistant(tmp_path: Path) -> None:
+    summary = _example("hub_assistant", tmp_path)
+    numbers = summary["numbers"]
+    assert numbers["sizes"]["int4"] < numbers["sizes"]["int8"] < numbers["sizes"]["fp16"]
+    assert numbers["held_out_right"] >= 0.8 and numbers["decode_tokens_per_s"] > 0
+    assert summary["telemetry"] is BROKER
+    if BROKER:
+        assert numbers["generations_reported"] == 10

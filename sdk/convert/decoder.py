@@ -197,13 +197,14 @@ class _Measured:
     def _speed(self, prompt: list[int]) -> float:
         from edgekit.runtime.generate import Generation
 
-        for _ in self.decoder.tokens(prompt[:16], Sampling(max_new_tokens=4), Generation()):
+        decoder = self.decoder.without_stops()  # a speed needs tokens: go past the stop token
+        for _ in decoder.tokens(prompt[:8], Sampling(max_new_tokens=4), Generation()):
             pass  # warm up: the engine's first calls allocate
-        tokens = self.decoder.tokens(prompt[:16], Sampling(max_new_tokens=33), Generation())
+        tokens = decoder.tokens(prompt[:8], Sampling(max_new_tokens=33), Generation())
         next(tokens, None)  # the prefill and the first token
         started = time.perf_counter()
         count = sum(1 for _ in tokens)
-        return count / max(time.perf_counter() - started, 1e-9)
+        return max(count, 1) / max(time.perf_counter() - started, 1e-9)
 
 
 def _make(model: Any, precision: str, options: ConvertOptions) -> tuple[bytes, QuantizationScheme | None]:
