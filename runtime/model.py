@@ -199,6 +199,8 @@ class Model:
     def predict_text(self, texts: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
         """``predict`` on texts, tokenized here by the bundle's own tokenizer: padded and
         truncated to its sequence length (``text_truncated`` counts the cut ones)."""
+        if self.manifest.generation is not None:
+            raise InputError(f"{self.manifest.name} generates text: use generate (edgekit generate)")
         return self._named(self.run(self.text_encoder.encode(texts), texts))
 
     def tag_text(self, texts: Sequence[str]) -> list[list[tuple[str, str | None]]]:

@@ -153,10 +153,13 @@ def test_a_tokenizer_of_another_model_and_a_breached_budget_are_refused(files: d
         convert(options(files, "fp32", profile=tight, max_sequence_length=4096))
 
 
-def test_a_classifier_does_not_generate(converted: Any) -> None:
+def test_a_classifier_does_not_generate_and_a_decoder_does_not_classify(converted: Any, bundles: Any) -> None:
     with Model.load(converted("int8").output) as model:
         with pytest.raises(EdgekitError, match="does not generate text: convert a decoder"):
             model.generate("hello")
+    with Model.load(bundles["fp32"].output, allow_unsigned=True) as decoder:
+        with pytest.raises(EdgekitError, match="generates text: use generate"):
+            decoder.predict_text(["turn on"])
 
 
 def test_the_cli_generates_streams_and_reports(bundles: Any) -> None:

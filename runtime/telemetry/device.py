@@ -143,6 +143,9 @@ class Telemetry:
         self._model = ModelRef(
             name=manifest.name, version=manifest.version, format=entry.format, precision=entry.precision
         )
+        if self.capture.mode != "none":
+            log.warning("telemetry: a decoder's prompts and generated text are never captured (capture = %s)",
+                        self.config.capture)  # fmt: skip
         first = GenerationWindow()
         self._window, self._spare = first, GenerationWindow()
         self._publish(first.counts())
