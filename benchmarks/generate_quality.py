@@ -45,7 +45,7 @@ def main() -> None:
         folder = Path(tmp)
         make(folder, args.layers)
         rows = {}
-        for name in (*PRECISIONS, "fp32-recompute"):
+        for name in (*PRECISIONS, "fp32-recompute", *(("fp32-genai",) if _has_genai() else ())):
             child = [sys.executable, __file__, "--one", name, "--folder", str(folder)]
             done = subprocess.run(child, capture_output=True, text=True)
             if done.returncode != 0:
@@ -106,9 +106,11 @@ def greedy(decoder: object, prompt: list[int], new: int) -> list[int]:
 def measure(folder: Path, name: str) -> dict[str, float]:
     from edgekit.runtime.generate import Generation, Sampling
 
-    precision = name.removesuffix("-recompute")
+    precision = name.removesuffix("-recompute").removesuffix("-genai")
     decoder = load(folder / f"{precision}.onnx")
     prompt = [int(t) for t in np.random.default_rng(1).integers(2, 2000, PROMPT)]
+    if name.endswith("-genai"):
+        return _genai(folder, decoder, prompt)
     greedy(decoder, prompt[:8], 4)  # warm up
     if name.endswith("-recompute"):
         started = time.perf_counter()
@@ -137,6 +139,39 @@ def measure(folder: Path, name: str) -> dict[str, float]:
     }  # fmt: skip
 
 
+def _has_genai() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime_genai") is not None
+
+
+def _genai(folder: Path, decoder: object, prompt: list[int]) -> dict[str, float]:
+    """The same fp32 model through onnxruntime-genai's own loop (its model folder: the ONNX
+    file and a genai_config.json naming the same inputs and cache)."""
+    import onnxruntime_genai as og
+    from decoder_graphs import genai_folder
+
+    model = og.Model(str(genai_folder(folder / "fp32.onnx", folder / "genai", heads=4, head_size=64)))
+
+    def run(new: int) -> tuple[list[int], float, float]:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + new, do_sample=False)
+        started = time.perf_counter()
+        generator = og.Generator(model, params)
+        generator.append_tokens(prompt)  # the prefill
+        tokens, first = [], 0.0
+        while not generator.is_done():
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+            first = first or time.perf_counter() - started
+        return tokens, first, (len(tokens) - 1) / (time.perf_counter() - started - first)
+
+    run(4)  # warm up
+    tokens, first, rate = run(NEW)
+    same = tokens == greedy(decoder, prompt, NEW)
+    return {"tokens_per_s": rate, "first_ms": 1000 * first, "same": float(same)}
+
+
 def _peak_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -159,6 +194,14 @@ def report(rows: dict[str, dict[str, float]], layers: int) -> None:
             f"| {r['first_ms']:.1f} ms | {r['tokens_per_s']:.0f} "
             f"| {r['tokens_per_s'] / base['tokens_per_s']:.2f}× | "
             f"{r['perplexity']:.3f} | {100 * (r['perplexity'] / base['perplexity'] - 1):+.2f}% |"
+        )
+    genai = rows.get("fp32-genai")
+    if genai is not None:
+        print(
+            f"\nonnxruntime-genai's own loop on the fp32 model: {genai['tokens_per_s']:.0f} tokens/s, "
+            f"time to first token {genai['first_ms']:.1f} ms, the same greedy tokens: "
+            f"{bool(genai['same'])}; edgekit's loop decodes at "
+            f"{base['tokens_per_s'] / genai['tokens_per_s']:.2f}× its speed"
         )
     recompute = rows["fp32-recompute"]["tokens_per_s"]
     print(f"\nfp32 without the cache: {recompute:.0f} tokens/s at {PROMPT} + {NEW} tokens; the cache is "

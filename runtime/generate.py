@@ -171,7 +171,7 @@ class Decoder:
             feed[spec.positions] = np.arange(position, end, dtype=np.int64)[None]
         feed.update({past: value for (past, _), value in zip(spec.cache, cache, strict=True)})
         outputs = self._step(feed)
-        return outputs[self._logits][0, -1].astype(np.float64), [outputs[i] for i in self._present]
+        return outputs[self._logits][0, -1], [outputs[i] for i in self._present]
 
 
 def pick(logits: np.ndarray, sampling: Sampling, seen: np.ndarray, rng: np.random.Generator) -> int:

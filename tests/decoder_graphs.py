@@ -136,3 +136,41 @@ def reference_greedy(path: Path, prompt: list[int], new_tokens: int) -> list[int
         logits = session.run(["logits"], feed)[0]
         ids.append(int(logits[0, -1].argmax()))
     return ids[len(prompt) :]
+
+
+def genai_folder(model: Path, folder: Path, heads: int, head_size: int, context: int = 256) -> Path:
+    """``model`` as onnxruntime-genai reads one: the ONNX file beside a genai_config.json that
+    names its inputs, outputs and cache (ONNX Runtime GenAI's llama layout: separate keys and
+    values)."""
+    import json
+    import shutil
+
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    layers = sum(1 for i in graph.input if i.name.startswith("past_key_values.")) // 2
+    vocab = graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, folder / "model.onnx")
+    config = {
+        "model": {
+            "type": "llama", "vocab_size": vocab, "context_length": context, "bos_token_id": 1,
+            "eos_token_id": 0, "pad_token_id": 0,
+            "decoder": {
+                "filename": "model.onnx", "head_size": head_size, "hidden_size": heads * head_size,
+                "num_attention_heads": heads, "num_key_value_heads": heads, "num_hidden_layers": layers,
+                "session_options": {"intra_op_num_threads": 2, "log_id": "edgekit-tests"},
+                "inputs": {
+                    "input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits", "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+            },
+        },
+        "search": {"do_sample": False, "max_length": context, "num_beams": 1, "past_present_share_buffer": False},
+    }  # fmt: skip
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    return folder

@@ -327,3 +327,22 @@ def test_a_keras_layer_without_a_cache_path_is_one_line(files: dict[str, Path]) 
     keras.Model(ids, layers.Dense(64)(x)).save(files["folder"] / "conv.keras")
     with pytest.raises(EdgekitError, match=r"layer conv1d.* \(Conv1D\) is not one edgekit can give a key-value cache"):
         convert(options(files, "fp32", model=files["folder"] / "conv.keras", output=files["folder"] / "c.ekb"))
+
+
+def test_onnxruntime_genai_gives_the_same_greedy_tokens(files: dict[str, Path], bundles: Any) -> None:
+    og = pytest.importorskip("onnxruntime_genai")
+    from decoder_graphs import genai_folder
+
+    model = og.Model(str(genai_folder(files["model"], files["folder"] / "genai", heads=2, head_size=16)))
+    prompt = ids_of(files, "open the garage")
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + 12, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    theirs = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        theirs.append(int(generator.get_next_tokens()[0]))
+    with Model.load(bundles["fp32"].output, allow_unsigned=True) as ours:
+        ours.generate("open the garage", max_new_tokens=12, stop_tokens=[])
+        assert ours.last_generation is not None and ours.last_generation.tokens == theirs
