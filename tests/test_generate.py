@@ -346,3 +346,8 @@ def test_onnxruntime_genai_gives_the_same_greedy_tokens(files: dict[str, Path], 
     with Model.load(bundles["fp32"].output, allow_unsigned=True) as ours:
         ours.generate("open the garage", max_new_tokens=12, stop_tokens=[])
         assert ours.last_generation is not None and ours.last_generation.tokens == theirs
+
+
+def test_a_tflite_decoder_is_refused_in_one_line(files: dict[str, Path]) -> None:
+    with pytest.raises(EdgekitError, match="--format tflite: a decoder converts to ONNX only"):
+        convert(options(files, "fp32", format="tflite"))

@@ -92,6 +92,11 @@ def _load(path: Path) -> tuple[Any, str]:
 
 
 def convert_decoder(options: ConvertOptions) -> ConvertResult:
+    if options.format not in (None, "onnx"):
+        raise InputError(
+            f"--format {options.format}: a decoder converts to ONNX only (its cache runs on ONNX Runtime, "
+            "with MatMulNBits for 4-bit weights); TFLite decoders are not built yet: use --format onnx"
+        )
     started = time.perf_counter()
     model, kind = _load(options.model)
     tokenizer_json = _tokenizer(options)
