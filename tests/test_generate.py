@@ -351,3 +351,24 @@ def test_onnxruntime_genai_gives_the_same_greedy_tokens(files: dict[str, Path], 
 def test_a_tflite_decoder_is_refused_in_one_line(files: dict[str, Path]) -> None:
     with pytest.raises(EdgekitError, match="--format tflite: a decoder converts to ONNX only"):
         convert(options(files, "fp32", format="tflite"))
+
+
+def test_fit_finds_the_longest_context_that_fits_and_the_smallest_bundle_there(files: dict[str, Path]) -> None:
+    from edgekit.core.bundle import read_bundle
+    from edgekit.fit.search import FitOptions, fit
+
+    profile = load_profile("raspberry-pi-5")
+    tight = updated(profile, budget=updated(profile.budget, model_memory_mb=0.11))  # 128 tokens do not fit
+    out = files["folder"] / "fit.ekb"
+    result = fit(FitOptions(
+        model=files["model"], profile=tight, output=out, evaluation=files["eval"], tokenizer=files["tokenizer"],
+        precisions=("int4", "dynamic", "fp32"),
+    ))  # fmt: skip
+    assert result.chosen is not None and result.chosen.context == 64
+    at_128 = [c for c in result.candidates if c.context == 128]
+    assert len(at_128) == 3 and not any(c.fits for c in at_128)
+    assert all("the largest context that fits is" in c.problems[0] for c in at_128)
+    fitting = [c for c in result.candidates if c.context == 64 and c.fits]
+    assert result.chosen.size_bytes == min(c.size_bytes or 0 for c in fitting)
+    manifest = read_bundle(out)[0]
+    assert manifest.generation is not None and manifest.generation.max_context == 64 and manifest.fit

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edgekit.convert import ConvertOptions, ConvertResult, Inputs, build, max_accuracy_drop, write
 from edgekit.convert.data import check_dataset, load_dataset
+from edgekit.convert.decoder import is_decoder
 from edgekit.convert.measure import top1
 from edgekit.convert.plan import primary_output, read_labels
 from edgekit.convert.text import model_inputs, text_encoder, token_task
@@ -48,6 +49,10 @@ class FitCandidate(BaseModel):
     fits: bool
     problems: tuple[str, ...]
     verdict: str = ""
+    context: int | None = None
+    """A decoder's: prompt and new tokens at most."""
+    perplexity_increase: float | None = None
+    """A decoder's: % above the float model on the held-out text."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,10 @@ class FitResult:
 
 def fit(options: FitOptions, reporter: Reporter | None = None) -> FitResult:
     reporter = reporter or SilentReporter()
+    if is_decoder(options.model):
+        from edgekit.fit.decoder import fit_decoder
+
+        return fit_decoder(options, reporter)
     evaluation = load_dataset(options.evaluation, "evaluation")
     text = evaluation.text
     if evaluation.y is None and (text is None or (text.labels is None and text.tags is None)):
@@ -273,7 +282,12 @@ def _verdicts(candidates: list[FitCandidate], chosen: int | None) -> list[FitCan
 
 def nothing_fits(result: FitResult, profile_id: str) -> BudgetError:
     reasons = sorted({p.split(":")[0] for c in result.candidates for p in c.problems})
+    fix = (
+        "loosen the budget, or start from a shorter --max-sequence-length"
+        if any(c.context for c in result.candidates)
+        else "loosen the budget, or add pruning ratios (--prune-ratios) and --train-data"
+    )
     return BudgetError(
         f"no candidate of {len(result.candidates)} fits {profile_id}: {'; '.join(reasons[:4])}; "
-        "see the table, loosen the budget, or add pruning ratios (--prune-ratios) and --train-data"
+        f"see the table, {fix}"
     )

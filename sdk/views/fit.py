@@ -37,6 +37,9 @@ def print_fit(out: Console, result: FitResult, output: Path) -> None:
     from edgekit.fit.search import pareto
 
     front = set(pareto(result.candidates))
+    if any(c.context for c in result.candidates):
+        _print_decoder_fit(out, result, output, front)
+        return
     table = Table(
         "#", "format", "precision", "prune", "size", "host ms", "top-1", "pareto", box=box.SIMPLE_HEAD
     )
@@ -56,3 +59,25 @@ def print_fit(out: Console, result: FitResult, output: Path) -> None:
     chosen = result.chosen
     if chosen is not None:
         click.echo(f"wrote {output}: {chosen.format} {chosen.precision}, pruned {chosen.prune:g}")
+
+
+def _print_decoder_fit(out: Console, result: FitResult, output: Path, front: set[int]) -> None:
+    """A decoder's search: precision × context, judged on perplexity and memory."""
+    table = Table("#", "precision", "context", "size", "memory", "ms/token", "perplexity", "pareto",
+                  box=box.SIMPLE_HEAD)  # fmt: skip
+    for i, c in enumerate(result.candidates, 1):
+        table.add_row(
+            str(i), c.precision, str(c.context),
+            "-" if c.size_bytes is None else f"{c.size_bytes / 1024:.1f} KB",
+            "-" if c.peak_memory_bytes is None else f"{c.peak_memory_bytes / 2**20:.1f} MB",
+            "-" if c.host_latency_ms is None else f"{c.host_latency_ms:.3g}",
+            "-" if c.perplexity_increase is None else f"{c.perplexity_increase:+.2f}%",
+            "yes" if i - 1 in front else "", style="green" if c.verdict.startswith("chosen") else "",
+        )  # fmt: skip
+    out.print(table)
+    for i, c in enumerate(result.candidates, 1):
+        style = "green" if c.verdict.startswith("chosen") else ""
+        out.print(f"{i:>2}. {c.verdict}", style=style, highlight=False)
+    chosen = result.chosen
+    if chosen is not None:
+        click.echo(f"wrote {output}: onnx {chosen.precision}, a context of {chosen.context} tokens")
