@@ -145,14 +145,19 @@ class Decoder:
 
     def logits_of(self, ids: list[int]) -> np.ndarray:
         """(len(ids), vocab): every position's next-token logits, from an empty cache."""
+        return self._step(self._feed(ids, 0, self._empty_cache()))[self._logits][0].astype(np.float64)
+
+    def _feed(self, ids: list[int], position: int, cache: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The decoder's inputs for ``ids`` at ``position``, after ``cache``."""
         spec = self.spec
+        end = position + len(ids)
         feed = {spec.ids: np.asarray([ids], np.int64)}
         if spec.mask:
-            feed[spec.mask] = np.ones((1, len(ids)), np.int64)
+            feed[spec.mask] = np.ones((1, end), np.int64)
         if spec.positions:
-            feed[spec.positions] = np.arange(len(ids), dtype=np.int64)[None]
-        feed.update({past: value for (past, _), value in zip(spec.cache, self._empty_cache(), strict=True)})
-        return self._step(feed)[self._logits][0].astype(np.float64)
+            feed[spec.positions] = np.arange(position, end, dtype=np.int64)[None]
+        feed.update({past: value for (past, _), value in zip(spec.cache, cache, strict=True)})
+        return feed
 
     def _empty_cache(self) -> list[np.ndarray]:
         spec = self.spec
@@ -162,14 +167,7 @@ class Decoder:
     def _run(
         self, ids: list[int], position: int, cache: list[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        spec = self.spec
-        end = position + len(ids)
-        feed = {spec.ids: np.asarray([ids], np.int64)}
-        if spec.mask:
-            feed[spec.mask] = np.ones((1, end), np.int64)
-        if spec.positions:
-            feed[spec.positions] = np.arange(position, end, dtype=np.int64)[None]
-        feed.update({past: value for (past, _), value in zip(spec.cache, cache, strict=True)})
+        feed = self._feed(ids, position, cache)
         outputs = self._step(feed)
         return outputs[self._logits][0, -1], [outputs[i] for i in self._present]
 
