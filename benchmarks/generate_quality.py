@@ -59,7 +59,7 @@ def make(folder: Path, layers: int) -> None:
     import onnx
     from decoder_graphs import build_decoder
 
-    from edgekit.convert.decoder import _dynamic
+    from edgekit.convert.decoder_artifacts import dynamic_onnx
     from edgekit.converters.onnx_fp16 import to_float16
     from edgekit.converters.onnx_weights import weight_only
 
@@ -68,7 +68,7 @@ def make(folder: Path, layers: int) -> None:
     (folder / "fp16.onnx").write_bytes(to_float16(model, outputs_apart=True).SerializeToString())
     for bits in (8, 4):
         (folder / f"int{bits}.onnx").write_bytes(weight_only(model, bits)[0].SerializeToString())
-    (folder / "dynamic.onnx").write_bytes(_dynamic(model))
+    (folder / "dynamic.onnx").write_bytes(dynamic_onnx(model))
     decoder = load(folder / "fp32.onnx")
     rng = np.random.default_rng(0)
     texts = []

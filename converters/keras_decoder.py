@@ -38,6 +38,37 @@ def is_keras_decoder(model: Any) -> bool:
     return causal and len(model.outputs) == 1 and len(model.outputs[0].shape) == 3
 
 
+def check_layers(model: Any) -> None:
+    """One line naming the first layer edgekit cannot give a cache to, if any."""
+    import keras
+
+    layers = keras.layers
+    kinds = (layers.InputLayer, layers.Embedding, layers.Add, layers.LayerNormalization, layers.Dense,
+             layers.Activation, layers.Dropout)  # fmt: skip
+    for op in model.operations:
+        if isinstance(op, keras.layers.MultiHeadAttention):
+            _check_attention(op, op._inbound_nodes[0])
+        elif not isinstance(op, kinds):
+            raise _unsupported(op)
+
+
+def _unsupported(op: Any) -> InputError:
+    return InputError(
+        f"layer {op.name} ({type(op).__name__}) is not one edgekit can give a key-value cache to: a decoder "
+        "is built of Embedding, Add, LayerNormalization, Dense, Activation, Dropout and "
+        "MultiHeadAttention(use_causal_mask=True); export it to ONNX with its cache instead"
+    )
+
+
+def _check_attention(op: Any, node: Any) -> None:
+    sources = {id(t) for t in node.input_tensors}
+    if not node.arguments.kwargs.get("use_causal_mask") or len(sources) != 1:
+        raise InputError(
+            f"layer {op.name}: a decoder's attention is self-attention with use_causal_mask=True "
+            "(one tensor as query, key and value)"
+        )
+
+
 def keras_decoder_to_onnx(model: Any) -> Any:
     """The ONNX decoder with a cache that computes what ``model`` computes."""
     graph = _Graph()
@@ -87,11 +118,7 @@ class _Graph:
         elif isinstance(op, keras.layers.MultiHeadAttention):
             self.tensor[op.name] = self._attention(op, node, sources)
         else:
-            raise InputError(
-                f"layer {op.name} ({kind}) is not one edgekit can give a key-value cache to: a decoder "
-                "is built of Embedding, Add, LayerNormalization, Dense, Activation, Dropout and "
-                "MultiHeadAttention(use_causal_mask=True); export it to ONNX with its cache instead"
-            )
+            raise _unsupported(op)
 
     def _const(self, value: Any, dtype: Any = np.float32) -> str:
         from onnx import numpy_helper
@@ -137,11 +164,7 @@ class _Graph:
         )
 
     def _attention(self, op: Any, node: Any, sources: list[str]) -> str:
-        if not node.arguments.kwargs.get("use_causal_mask") or len(set(sources)) != 1:
-            raise InputError(
-                f"layer {op.name}: a decoder's attention is self-attention with use_causal_mask=True "
-                "(one tensor as query, key and value)"
-            )
+        _check_attention(op, node)
         heads, size = op.num_heads, op.key_dim
         if self.cache not in (None, (heads, size)):
             raise InputError(f"layer {op.name}: every attention layer must have the same heads and key size")

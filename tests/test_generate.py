@@ -300,20 +300,66 @@ def keras_gpt(path: Path, vocab: int = 64, width: int = 32, heads: int = 2, bloc
     return model
 
 
-def test_a_keras_decoder_converts_and_keeps_its_greedy_tokens(files: dict[str, Path]) -> None:
-    model = keras_gpt(files["folder"] / "tinygpt.keras")
-    made = convert(options(files, "fp32", model=files["folder"] / "tinygpt.keras", output=files["folder"] / "k.ekb"))
+@pytest.fixture(scope="module")
+def keras_decoder(files: dict[str, Path]) -> tuple[Any, Path]:
+    return keras_gpt(files["folder"] / "tinygpt.keras"), files["folder"] / "tinygpt.keras"
+
+
+def keras_greedy(model: Any, prompt: list[int], new_tokens: int) -> list[int]:
+    """Keras's own greedy continuation: the whole sequence again each step."""
+    found = list(prompt)
+    for _ in range(new_tokens):
+        logits = model.predict([np.array([found]), np.arange(len(found))[None]], verbose=0)
+        found.append(int(logits[0, -1].argmax()))
+    return found[len(prompt) :]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_a_keras_decoder_converts_and_keeps_its_greedy_tokens(
+    files: dict[str, Path], keras_decoder: tuple[Any, Path], fmt: str
+) -> None:
+    model, path = keras_decoder
+    made = convert(options(files, "fp32", model=path, output=files["folder"] / f"k-{fmt}.ekb", format=fmt))
     assert made.manifest.source.kind == "keras" and made.manifest.generation is not None
     assert made.manifest.generation.layers == 2 and made.manifest.generation.positions == "position_ids"
-    prompt = ids_of(files, "turn on the")
-    expected = list(prompt)
-    for _ in range(10):  # Keras's own greedy: the whole sequence again each step
-        n = len(expected)
-        logits = model.predict([np.array([expected]), np.arange(n)[None]], verbose=0)
-        expected.append(int(logits[0, -1].argmax()))
-    with Model.load(made.output, allow_unsigned=True) as bundle:
+    assert made.manifest.artifacts[0].format == fmt
+    expected = keras_greedy(model, ids_of(files, "turn on the"), 10)
+    with Model.load(made.output, allow_unsigned=True, format=fmt) as bundle:
+        assert bundle.info.format == fmt
         bundle.generate("turn on the", max_new_tokens=10, stop_tokens=[])
-        assert bundle.last_generation is not None and bundle.last_generation.tokens == expected[len(prompt) :]
+        assert bundle.last_generation is not None and bundle.last_generation.tokens == expected
+
+
+def test_a_tflite_decoder_is_one_model_with_prefill_and_decode_signatures(
+    files: dict[str, Path], keras_decoder: tuple[Any, Path]
+) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgekit.core.bundle import read_bundle
+
+    _, path = keras_decoder
+    made = {p: convert(options(files, p, model=path, output=files["folder"] / f"t-{p}.ekb", format="tflite"))
+            for p in ("fp32", "dynamic")}  # fmt: skip
+    sizes = {p: m.manifest.artifacts[0].size for p, m in made.items()}
+    assert sizes["dynamic"] < 0.6 * sizes["fp32"]  # int8 weights, shared by both signatures
+    quality = made["dynamic"].manifest.artifacts[0].metrics.generation
+    assert quality is not None and quality.gate == "passed" and quality.agreement is not None
+    _, contents = read_bundle(made["fp32"].output)
+    interpreter = Interpreter(model_content=contents["model.fp32.tflite"])
+    signatures = interpreter.get_signature_list()
+    assert signatures["prefill"]["inputs"] == ["input_ids", "position_ids"]
+    assert "past_1_value" in signatures["decode"]["inputs"] and "present_1_value" in signatures["decode"]["outputs"]
+    with Model.load(made["dynamic"].output, allow_unsigned=True) as bundle:
+        assert bundle.info.format == "tflite" and bundle.generate("turn on the", max_new_tokens=5, seed=1)
+
+
+def test_a_tflite_decoder_is_refused_in_one_line_where_it_cannot_be_made(
+    files: dict[str, Path], keras_decoder: tuple[Any, Path]
+) -> None:
+    with pytest.raises(EdgekitError, match="--format tflite: decoder.onnx is ONNX; TFLite decoders are made from a Keras"):
+        convert(options(files, "fp32", format="tflite"))
+    with pytest.raises(EdgekitError, match="int4 for a TFLite decoder: .* use --format onnx"):
+        convert(options(files, "int4", model=keras_decoder[1], format="tflite"))
 
 
 def test_a_keras_layer_without_a_cache_path_is_one_line(files: dict[str, Path]) -> None:
@@ -346,11 +392,6 @@ def test_onnxruntime_genai_gives_the_same_greedy_tokens(files: dict[str, Path], 
     with Model.load(bundles["fp32"].output, allow_unsigned=True) as ours:
         ours.generate("open the garage", max_new_tokens=12, stop_tokens=[])
         assert ours.last_generation is not None and ours.last_generation.tokens == theirs
-
-
-def test_a_tflite_decoder_is_refused_in_one_line(files: dict[str, Path]) -> None:
-    with pytest.raises(EdgekitError, match="--format tflite: a decoder converts to ONNX only"):
-        convert(options(files, "fp32", format="tflite"))
 
 
 def test_fit_finds_the_longest_context_that_fits_and_the_smallest_bundle_there(files: dict[str, Path]) -> None:

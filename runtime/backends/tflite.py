@@ -64,6 +64,10 @@ class TFLiteBackend(Backend):
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise RuntimeBackendError(_describe_load_failure(exc)) from exc
+        self._steps = _decoder_steps(self._interpreter)
+        if self._steps is not None:
+            self._describe_decoder(self._steps[1])
+            return
         names = _signature_names(self._interpreter)
         details = self._interpreter.get_input_details()
         self._inputs = tuple(_tensor_info(d, names) for d in details)
@@ -75,7 +79,17 @@ class TFLiteBackend(Backend):
         }
         self._output_indices = [d["index"] for d in self._interpreter.get_output_details()]
 
+    def _describe_decoder(self, decode: Any) -> None:
+        """A decoder's tensors are its ``decode`` signature's: the prompt runs through
+        ``prefill`` when the cache fed is empty (see ``_invoke``)."""
+        inputs, outputs = decode.get_input_details(), decode.get_output_details()
+        self._inputs = tuple(_tensor_info(d, {int(d["index"]): n}) for n, d in inputs.items())
+        self._outputs = tuple(_tensor_info(d, {int(d["index"]): n}) for n, d in outputs.items())
+        self._past = [name for name, d in inputs.items() if len(d["shape_signature"]) == 4]
+
     def bare_call(self, feed: Feed) -> Callable[[], object]:
+        if self._steps is not None:
+            return lambda: self._step(feed)
         interpreter = self._interpreter
         self._resize(feed)
         inputs = [(self._index[info.name], info, feed[info.name]) for info in self._inputs]
@@ -107,7 +121,20 @@ class TFLiteBackend(Backend):
         if changed:
             self._interpreter.allocate_tensors()
 
+    def _step(self, feed: Feed) -> list[np.ndarray]:
+        """One decoder step: ``prefill`` for an empty cache (the prompt), else ``decode``."""
+        assert self._steps is not None
+        prefill, decode = self._steps
+        empty = all(feed[name].shape[2] == 0 for name in self._past)
+        runner = prefill if empty else decode
+        names = runner.get_input_details()
+        with self._lock:
+            found = runner(**{name: np.asarray(feed[name], _dtype(names[name])) for name in names})
+        return [found[out.name] for out in self._outputs]
+
     def _invoke(self, feed: Feed) -> list[np.ndarray]:
+        if self._steps is not None:
+            return self._step(feed)
         with self._lock:
             self._resize(feed)
             for info in self._inputs:
@@ -120,6 +147,17 @@ class TFLiteBackend(Backend):
                 value = self._interpreter.get_tensor(index)
                 results.append(dequantize(value, out) if out.quantized else value.copy())
         return results
+
+
+def _decoder_steps(interpreter: Any) -> tuple[Any, Any] | None:
+    """A decoder's ``prefill`` and ``decode`` signature runners; None for other models."""
+    if set(interpreter.get_signature_list()) != {"prefill", "decode"}:
+        return None
+    return interpreter.get_signature_runner("prefill"), interpreter.get_signature_runner("decode")
+
+
+def _dtype(detail: dict[str, Any]) -> Any:
+    return np.dtype(detail["dtype"])
 
 
 def _signature_names(interpreter: Any) -> dict[int, str]:

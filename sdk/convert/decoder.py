@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.convert.decoder_artifacts import CONTINUATION, Measured
 from edgekit.convert.options import ConvertOptions, ConvertResult
 from edgekit.core.errors import ConversionError, DataError, InputError
 from edgekit.core.manifest import (
@@ -39,15 +40,13 @@ from edgekit.core.manifest import (
     TextSpec,
 )  # fmt: skip
 from edgekit.core.validation import updated
-from edgekit.runtime.generate import Decoder, Sampling
 
 CACHE = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 STOP_NAMES = ("<|endoftext|>", "</s>", "<eos>", "[EOS]", "<|end|>", "<|eot_id|>")
 DEFAULT_MAX_INCREASE = 5.0
-CONTINUATION = 8
-"""Greedy tokens compared with the float model's per held-out prompt."""
 AUTO_CPU = ("int4", "int8", "dynamic", "fp32")
 AUTO_GPU = ("fp16", "fp32")
+AUTO_TFLITE = ("dynamic", "fp16", "fp32")
 MB = 1 << 20
 
 
@@ -77,39 +76,77 @@ def is_decoder(path: Path) -> bool:
 
 
 def _load(path: Path) -> tuple[Any, str]:
-    """The decoder as ONNX with its cache, and the source's kind."""
+    """The decoder as its source: an ONNX model, or a Keras model (checked to be a decoder)."""
     import onnx
 
     if path.suffix.lower() != ".keras":
         return onnx.load(str(path)), "onnx"
-    from edgekit.converters.keras_decoder import is_keras_decoder, keras_decoder_to_onnx
+    from edgekit.converters.keras_decoder import is_keras_decoder
     from edgekit.converters.source import load_keras_model
 
     model = load_keras_model(path)
     if not is_keras_decoder(model):
         raise InputError(f"{path.name} attends causally but does not give a score per token: not a decoder")
-    return keras_decoder_to_onnx(model), "keras"
+    return model, "keras"
+
+
+class _Source:
+    """The float decoder in the format asked for: its bytes, cache layout and precisions."""
+
+    def __init__(self, options: ConvertOptions, tokenizer_json: bytes) -> None:
+        from edgekit.convert.decoder_artifacts import make_tflite
+
+        model, self.kind = _load(options.model)
+        self.format = options.format or "onnx"
+        if self.format not in ("onnx", "tflite"):
+            raise InputError(f"--format {self.format}: a decoder converts to onnx or tflite")
+        if self.format == "tflite" and self.kind != "keras":
+            raise InputError(
+                f"--format tflite: {options.model.name} is ONNX; TFLite decoders are made from a Keras "
+                "decoder (ONNX to TFLite is not built): use --format onnx"
+            )
+        if self.format == "onnx" and self.kind == "keras":
+            from edgekit.converters.keras_decoder import keras_decoder_to_onnx
+
+            model = keras_decoder_to_onnx(model)
+        self.model = model
+        if self.format == "onnx":
+            self.float = model.SerializeToString()
+            self.spec = decoder_spec(model, options, tokenizer_json)
+        else:
+            self.float, _ = make_tflite(model, "fp32")
+            self.spec = _tflite_spec(model, self.float, options, tokenizer_json)
+
+    def make(self, precision: str, options: ConvertOptions) -> tuple[bytes, QuantizationScheme | None]:
+        from edgekit.convert.decoder_artifacts import make_onnx, make_tflite
+
+        if self.format == "onnx":
+            return make_onnx(self.model, precision, options)
+        return (self.float, None) if precision == "fp32" else make_tflite(self.model, precision)
+
+    def tools(self) -> dict[str, str]:
+        if self.format == "tflite":
+            import tensorflow as tf
+
+            return {"tensorflow": tf.__version__}
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__, "onnx_opset": str(self.model.opset_import[0].version)}
 
 
 def convert_decoder(options: ConvertOptions) -> ConvertResult:
-    if options.format not in (None, "onnx"):
-        raise InputError(
-            f"--format {options.format}: a decoder converts to ONNX only (its cache runs on ONNX Runtime, "
-            "with MatMulNBits for 4-bit weights); TFLite decoders are not built yet: use --format onnx"
-        )
     started = time.perf_counter()
-    model, kind = _load(options.model)
     tokenizer_json = _tokenizer(options)
-    spec = decoder_spec(model, options, tokenizer_json)
+    source = _Source(options, tokenizer_json)
+    spec, fmt = source.spec, source.format
     texts = _texts(options.evaluation, tokenizer_json, spec)
-    float_bytes = model.SerializeToString()
-    reference = _Measured(float_bytes, spec, texts)
-    made: list[tuple[ArtifactEntry, bytes, _Measured, str | None]] = []
-    problems: list[tuple[ArtifactEntry, bytes, _Measured, str | None]] = []
-    for precision in _precisions(options):
-        content, scheme = _make(model, precision, options)
-        measured = _Measured(content, spec, texts, reference)
-        entry = _entry(options, spec, precision, content, scheme, measured, len(float_bytes), started)
+    reference = Measured(source.float, fmt, spec, texts)
+    made: list[tuple[ArtifactEntry, bytes, Measured, str | None]] = []
+    problems: list[tuple[ArtifactEntry, bytes, Measured, str | None]] = []
+    for precision in _precisions(options, fmt):
+        content, scheme = source.make(precision, options)
+        measured = Measured(content, fmt, spec, texts, reference)
+        entry = _entry(options, spec, precision, (fmt, content), scheme, measured, len(source.float), started)
         problem = _problem(options, entry, spec)
         if problem and options.precision != "auto":
             raise ConversionError(f"{precision}: {problem}")
@@ -118,7 +155,7 @@ def convert_decoder(options: ConvertOptions) -> ConvertResult:
         reasons = "; ".join(f"{e.precision}: {p}" for e, _, _, p in problems)
         raise ConversionError(f"no precision passed: {reasons}")
     entry, content, _, _ = _choose(options, made)
-    manifest = _manifest(options, spec, entry, tokenizer_json, model, kind)
+    manifest = _manifest(options, spec, entry, tokenizer_json, source)
     warnings = () if texts else ("no --eval text: the perplexity of the converted model is not checked",)
     contents = {entry.path: content, "tokenizer.json": tokenizer_json}
     seconds = {"total": time.perf_counter() - started}
@@ -143,8 +180,37 @@ def decoder_spec(model: Any, options: ConvertOptions, tokenizer_json: bytes) -> 
     vocab = logits[-1].dim_value
     if not (heads and head_size and vocab):
         raise InputError("the decoder's cache heads and head size, and its vocabulary, must be fixed sizes")
+    roles = ("attention_mask" if "attention_mask" in names else None,
+             "position_ids" if "position_ids" in names else None)  # fmt: skip
+    return _spec(options, tokenizer_json, roles, pairs, (heads, head_size, vocab))
+
+
+def _tflite_spec(
+    model: Any, content: bytes, options: ConvertOptions, tokenizer_json: bytes
+) -> GenerationSpec:  # fmt: skip
+    """The cache layout of a TFLite decoder, read from its ``decode`` signature."""
+    from edgekit.runtime.backends.tflite import TFLiteBackend
+
+    backend = TFLiteBackend(content, 1)
+    names = {info.name: info for info in backend.inputs}
+    layers = len([n for n in names if n.startswith("past_")]) // 2
+    pairs = tuple((f"past_{i}_{kind}", f"present_{i}_{kind}")
+                  for i in range(layers) for kind in ("key", "value"))  # fmt: skip
+    _, heads, _, head_size = names["past_0_key"].shape
+    vocab = int(model.outputs[0].shape[-1])
+    roles = (None, "position_ids" if "position_ids" in names else None)
+    return _spec(options, tokenizer_json, roles, pairs, (int(heads or 0), int(head_size or 0), vocab))
+
+
+def _spec(
+    options: ConvertOptions, tokenizer_json: bytes, roles: tuple[str | None, str | None],
+    pairs: tuple[tuple[str, str], ...], sizes: tuple[int, int, int],
+) -> GenerationSpec:  # fmt: skip
+    """The spec, once the tokenizer is seen to belong to the model's vocabulary; ``roles``
+    are the mask and positions inputs, if the decoder takes them."""
     from tokenizers import Tokenizer
 
+    heads, head_size, vocab = sizes
     tokenizer = Tokenizer.from_str(tokenizer_json.decode())
     if tokenizer.get_vocab_size() > vocab:
         raise InputError(
@@ -153,114 +219,31 @@ def decoder_spec(model: Any, options: ConvertOptions, tokenizer_json: bytes) -> 
         )
     stops = tuple(t for t in (tokenizer.token_to_id(n) for n in STOP_NAMES) if t is not None)
     return GenerationSpec(
-        ids="input_ids", mask="attention_mask" if "attention_mask" in names else None,
-        positions="position_ids" if "position_ids" in names else None, logits="logits", cache=pairs,
+        ids="input_ids", mask=roles[0], positions=roles[1], logits="logits", cache=pairs,
         layers=len(pairs) // 2, heads=heads, head_size=head_size, vocab_size=vocab,
         max_context=options.max_sequence_length or options.profile.budget.max_sequence_length or 256,
         stop_tokens=stops,
     )  # fmt: skip
 
 
-class _Measured:
-    """One artifact in an ONNX Runtime session: perplexity, greedy continuations, decode speed."""
-
-    def __init__(
-        self, content: bytes, spec: GenerationSpec, texts: list[list[int]], reference: _Measured | None = None
-    ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        session = ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        self.decoder = Decoder(lambda feed: session.run(None, feed), names, spec)
-        self.tokens = sum(len(t) - 1 for t in texts)
-        self.perplexity = self._perplexity(texts) if texts else None
-        self.float_perplexity = reference.perplexity if reference is not None else self.perplexity
-        self.continuations = [self._greedy(t[: max(1, len(t) // 2)]) for t in texts]
-        self.agreement = None
-        if reference is not None and texts:
-            pairs = [(a, b) for mine, theirs in zip(self.continuations, reference.continuations, strict=True)
-                     for a, b in zip(mine, theirs, strict=False)]  # fmt: skip
-            self.agreement = 100.0 * sum(a == b for a, b in pairs) / max(len(pairs), 1)
-        self.tokens_per_s = self._speed(texts[0] if texts else [1])
-
-    def _perplexity(self, texts: list[list[int]]) -> float:
-        total = 0.0
-        for ids in texts:
-            logits = self.decoder.logits_of(ids)
-            shifted = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
-            log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-            total -= float(log_probs[np.arange(len(ids) - 1), ids[1:]].sum())
-        return float(np.exp(total / max(self.tokens, 1)))
-
-    def _greedy(self, prompt: list[int]) -> list[int]:
-        from edgekit.runtime.generate import Generation
-
-        return list(self.decoder.tokens(prompt, Sampling(max_new_tokens=CONTINUATION), Generation()))
-
-    def _speed(self, prompt: list[int]) -> float:
-        from edgekit.runtime.generate import Generation
-
-        decoder = self.decoder.without_stops()  # a speed needs tokens: go past the stop token
-        for _ in decoder.tokens(prompt[:8], Sampling(max_new_tokens=4), Generation()):
-            pass  # warm up: the engine's first calls allocate
-        tokens = decoder.tokens(prompt[:8], Sampling(max_new_tokens=33), Generation())
-        next(tokens, None)  # the prefill and the first token
-        started = time.perf_counter()
-        count = sum(1 for _ in tokens)
-        return max(count, 1) / max(time.perf_counter() - started, 1e-9)
-
-
-def _make(model: Any, precision: str, options: ConvertOptions) -> tuple[bytes, QuantizationScheme | None]:
-    from edgekit.converters.onnx import ONNXConverter
-    from edgekit.converters.onnx_fp16 import to_float16
-    from edgekit.converters.onnx_weights import weight_only
-
-    refusal = ONNXConverter.refusal(precision, options.profile)  # type: ignore[arg-type]
-    if refusal:
-        raise InputError(f"{precision} for {options.profile.id}: {refusal}")
-    if precision == "fp32":
-        return model.SerializeToString(), None
-    if precision == "fp16":
-        made = to_float16(model, outputs_apart=True)
-        return made.SerializeToString(), QuantizationScheme(scheme="onnx-float16", io="float32")
-    if precision in ("int4", "int8"):
-        made, scheme = weight_only(model, bits=4 if precision == "int4" else 8)
-        return made.SerializeToString(), scheme
-    if precision == "dynamic":
-        return _dynamic(model), QuantizationScheme(scheme="onnx-dynamic", weights="int8")
-    raise InputError(f"{precision} is not a decoder precision: use fp32, fp16, int8, int4, dynamic or auto")
-
-
-def _dynamic(model: Any) -> bytes:
-    import tempfile
-
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from edgekit.converters.onnx_weights import quiet_quantizer
-
-    with tempfile.TemporaryDirectory(prefix="edgekit-decoder-") as tmp, quiet_quantizer():
-        onnx.save(model, f"{tmp}/float.onnx")
-        quantize_dynamic(f"{tmp}/float.onnx", f"{tmp}/dynamic.onnx", weight_type=QuantType.QInt8)
-        return Path(f"{tmp}/dynamic.onnx").read_bytes()
-
-
-def _precisions(options: ConvertOptions) -> tuple[str, ...]:
+def _precisions(options: ConvertOptions, fmt: str) -> tuple[str, ...]:
     if options.precision != "auto":
         return (options.precision,)
     from edgekit.converters.onnx import for_tensorrt
 
     gpu = options.profile.accelerator.kind != "none" or for_tensorrt(options.profile)
+    if fmt == "tflite":
+        return AUTO_GPU if gpu else AUTO_TFLITE
     return AUTO_GPU if gpu else AUTO_CPU
 
 
 def _entry(
-    options: ConvertOptions, spec: GenerationSpec, precision: str, content: bytes,
-    scheme: QuantizationScheme | None, measured: _Measured, float_bytes: int, started: float,
+    options: ConvertOptions, spec: GenerationSpec, precision: str, made: tuple[str, bytes],
+    scheme: QuantizationScheme | None, measured: Measured, float_bytes: int, started: float,
 ) -> ArtifactEntry:  # fmt: skip
     import hashlib
+
+    fmt, content = made
 
     quality = None
     if measured.perplexity is not None and measured.agreement is not None and measured.float_perplexity:
@@ -284,7 +267,7 @@ def _entry(
         and len(content) <= options.profile.budget.model_storage_mb * MB,
     )  # fmt: skip
     return ArtifactEntry(
-        path=f"model.{precision}.onnx", format="onnx", precision=precision,
+        path=f"model.{precision}.{fmt}", format=fmt, precision=precision,
         sha256=hashlib.sha256(content).hexdigest(), size=len(content),
         inputs=(Tensor(name=spec.ids, shape=(1, None), dtype="int64"),),
         outputs=(Tensor(name=spec.logits, shape=(1, None, spec.vocab_size), dtype="float32"),),
@@ -363,13 +346,10 @@ def _texts(path: Path | None, tokenizer_json: bytes, spec: GenerationSpec) -> li
 
 
 def _manifest(
-    options: ConvertOptions, spec: GenerationSpec, entry: ArtifactEntry, tokenizer_json: bytes, model: Any,
-    kind: str,
+    options: ConvertOptions, spec: GenerationSpec, entry: ArtifactEntry, tokenizer_json: bytes, made: _Source
 ) -> Manifest:  # fmt: skip
     import hashlib
     import platform
-
-    import onnxruntime
 
     import edgekit
 
@@ -384,11 +364,11 @@ def _manifest(
     return Manifest(
         format_version=FORMAT_VERSION, name=options.name or options.model.stem, version=options.version,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        source=Source(file=options.model.name, kind=kind, sha256=hashlib.sha256(source).hexdigest(),
+        source=Source(file=options.model.name, kind=made.kind, sha256=hashlib.sha256(source).hexdigest(),
                       size_bytes=len(source)),
         profile=options.profile.model_dump(mode="json"), artifacts=(entry,),
         preprocessing=Preprocessing(layout=None, input_range=None),
         tools={"edgekit": edgekit.__version__, "python": platform.python_version(), "numpy": np.__version__,
-               "onnxruntime": onnxruntime.__version__, "onnx_opset": str(model.opset_import[0].version)},
+               **made.tools()},
         text=text, generation=spec,
     )  # fmt: skip

@@ -1,0 +1,118 @@
+"""A decoder's artifacts, made at each precision and measured the way the gate reads them.
+
+ONNX: fp32, fp16 (LayerNorm, Softmax and the other ``FP32_OPS`` kept in fp32, the cache and
+the logits float32 at the edges), int8 or int4 weight-only (``MatMulNBits``), or dynamic
+int8. TFLite (a Keras source): one model with ``prefill`` and ``decode`` signatures at fp32,
+fp16 or dynamic (``converters/keras_decoder_tflite.py``).
+
+``Measured`` runs an artifact in the runtime's own backend, two threads: perplexity on the
+held-out texts, the greedy continuation of each, and decode speed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.convert.options import ConvertOptions
+from edgekit.core.errors import InputError
+from edgekit.core.manifest import GenerationSpec, QuantizationScheme
+from edgekit.runtime.generate import Decoder, Generation, Sampling
+
+CONTINUATION = 8
+"""Greedy tokens compared with the float model's per held-out prompt."""
+
+
+class Measured:
+    """One artifact in the runtime's backend: perplexity, greedy continuations, decode speed."""
+
+    def __init__(
+        self, content: bytes, fmt: str, spec: GenerationSpec, texts: list[list[int]],
+        reference: Measured | None = None,
+    ) -> None:  # fmt: skip
+        from edgekit.runtime.backends.base import backend_for
+
+        backend = backend_for(fmt)(content, 2)
+        self.decoder = Decoder(backend.run, [o.name for o in backend.outputs], spec)
+        self.tokens = sum(len(t) - 1 for t in texts)
+        self.perplexity = self._perplexity(texts) if texts else None
+        self.float_perplexity = reference.perplexity if reference is not None else self.perplexity
+        self.continuations = [self._greedy(t[: max(1, len(t) // 2)]) for t in texts]
+        self.agreement = None
+        if reference is not None and texts:
+            pairs = [(a, b) for mine, theirs in zip(self.continuations, reference.continuations, strict=True)
+                     for a, b in zip(mine, theirs, strict=False)]  # fmt: skip
+            self.agreement = 100.0 * sum(a == b for a, b in pairs) / max(len(pairs), 1)
+        self.tokens_per_s = self._speed(texts[0] if texts else [1])
+
+    def _perplexity(self, texts: list[list[int]]) -> float:
+        total = 0.0
+        for ids in texts:
+            logits = self.decoder.logits_of(ids)
+            shifted = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
+            log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+            total -= float(log_probs[np.arange(len(ids) - 1), ids[1:]].sum())
+        return float(np.exp(total / max(self.tokens, 1)))
+
+    def _greedy(self, prompt: list[int]) -> list[int]:
+        return list(self.decoder.tokens(prompt, Sampling(max_new_tokens=CONTINUATION), Generation()))
+
+    def _speed(self, prompt: list[int]) -> float:
+        decoder = self.decoder.without_stops()  # a speed needs tokens: go past the stop token
+        for _ in decoder.tokens(prompt[:8], Sampling(max_new_tokens=4), Generation()):
+            pass  # warm up: the engine's first calls allocate
+        tokens = decoder.tokens(prompt[:8], Sampling(max_new_tokens=33), Generation())
+        next(tokens, None)  # the prefill and the first token
+        started = time.perf_counter()
+        count = sum(1 for _ in tokens)
+        return max(count, 1) / max(time.perf_counter() - started, 1e-9)
+
+
+def make_onnx(model: Any, precision: str, options: ConvertOptions) -> tuple[bytes, QuantizationScheme | None]:
+    from edgekit.converters.onnx import ONNXConverter
+    from edgekit.converters.onnx_fp16 import to_float16
+    from edgekit.converters.onnx_weights import weight_only
+
+    refusal = ONNXConverter.refusal(precision, options.profile)  # type: ignore[arg-type]
+    if refusal:
+        raise InputError(f"{precision} for {options.profile.id}: {refusal}")
+    if precision == "fp32":
+        return model.SerializeToString(), None
+    if precision == "fp16":
+        made = to_float16(model, outputs_apart=True)
+        return made.SerializeToString(), QuantizationScheme(scheme="onnx-float16", io="float32")
+    if precision in ("int4", "int8"):
+        made, scheme = weight_only(model, bits=4 if precision == "int4" else 8)
+        return made.SerializeToString(), scheme
+    if precision == "dynamic":
+        return dynamic_onnx(model), QuantizationScheme(scheme="onnx-dynamic", weights="int8")
+    raise InputError(f"{precision} is not a decoder precision: use fp32, fp16, int8, int4, dynamic or auto")
+
+
+def make_tflite(model: Any, precision: str) -> tuple[bytes, QuantizationScheme | None]:
+    """A Keras decoder as TFLite with ``prefill`` and ``decode`` signatures."""
+    from edgekit.converters.keras_decoder_tflite import keras_decoder_to_tflite
+    from edgekit.views.console import quiet_native_output
+
+    with quiet_native_output():
+        content, _ = keras_decoder_to_tflite(model, precision)
+    schemes = {"fp16": QuantizationScheme(scheme="tflite-float16", io="float32"),
+               "dynamic": QuantizationScheme(scheme="tflite-dynamic", weights="int8")}  # fmt: skip
+    return content, schemes.get(precision)
+
+
+def dynamic_onnx(model: Any) -> bytes:
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgekit.converters.onnx_weights import quiet_quantizer
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-decoder-") as tmp, quiet_quantizer():
+        onnx.save(model, f"{tmp}/float.onnx")
+        quantize_dynamic(f"{tmp}/float.onnx", f"{tmp}/dynamic.onnx", weight_type=QuantType.QInt8)
+        return Path(f"{tmp}/dynamic.onnx").read_bytes()
