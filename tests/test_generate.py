@@ -197,6 +197,9 @@ def test_serve_generates_whole_and_streamed_for_each_client_alone(
     prompts = ["turn on the", "open the garage", "it is too", "play music in"]
     with Model.load(bundle.output) as model:
         expected = {p: model.generate(p, max_new_tokens=12) for p in prompts}
+        lengths = {p: len(tokens_of(model, p, 100)) for p in prompts}
+    longest = max(prompts, key=lengths.__getitem__)
+    assert lengths[longest] >= 20  # room to leave in the middle
     with serving(str(bundle.output), log=tmp_path / "serve.log") as server:
         url = f"{server.rest}/v2/models/assistant"
 
@@ -213,6 +216,13 @@ def test_serve_generates_whole_and_streamed_for_each_client_alone(
             assert events.headers["content-type"].startswith("text/event-stream")
             pieces = [json.loads(line[6:])["text_output"] for line in events.iter_lines() if line.startswith("data: ")]
         assert len(pieces) > 1 and "".join(pieces) == expected[prompts[0]]
+        before = httpx.get(f"{url}/stats").json()["generation"]
+        assert before["generations"] == 4 * 4 + 1 and not before["stop_reasons"].get("cancelled")
+        client_leaves_mid_stream(f"{url}/generate_stream", longest)
+        after = wait_for(lambda: httpx.get(f"{url}/stats").json()["generation"],
+                         lambda counts: counts["stop_reasons"].get("cancelled"))  # fmt: skip
+        assert after["generations"] == before["generations"] + 1 and after["stop_reasons"]["cancelled"] == 1
+        assert 2 <= after["generated_tokens"] - before["generated_tokens"] < lengths[longest] // 2, lengths
         for body, says in (
             ({"text_input": "turn on", "parameters": {"beams": 2}}, "unknown parameter 'beams'"),
             ({"text_input": "turn " * 200}, "the prompt is 200 tokens and the model's context is 128"),
@@ -224,6 +234,33 @@ def test_serve_generates_whole_and_streamed_for_each_client_alone(
         infer = httpx.post(f"{url}/infer", json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
                                                              "data": ["turn on"]}]})  # fmt: skip
         assert infer.status_code == 400 and "generates text: POST /v2/models/assistant/generate" in infer.text
+
+
+def tokens_of(model: Model, prompt: str, new_tokens: int) -> list[int]:
+    model.generate(prompt, max_new_tokens=new_tokens)
+    assert model.last_generation is not None
+    return model.last_generation.tokens
+
+
+def client_leaves_mid_stream(url: str, prompt: str) -> None:
+    """Read two events of a long generation and hang up."""
+    import httpx
+
+    read = 0
+    with httpx.stream("POST", url, json={"text_input": prompt, "parameters": {"max_tokens": 100}}) as events:
+        for line in events.iter_lines():
+            read += line.startswith("data: ")
+            if read == 2:
+                break
+
+
+def wait_for(get: Any, done: Any, timeout_s: float = 30) -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not done(found := get()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
 
 
 def test_bench_measures_a_decoders_first_token_and_decode_speed(bundles: Any) -> None:

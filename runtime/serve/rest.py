@@ -99,7 +99,8 @@ def build_app(repository: Repository, limits: Limits, timeout_s: float, token: b
         params = request.path_params
         served = await asyncio.to_thread(repository.get, params["name"], params.get("version"))
         return JSONResponse(
-            {"name": served.name, "version": str(served.version), **served.batcher.stats.json()}
+            {"name": served.name, "version": str(served.version), **served.batcher.stats.json(),
+             **generation.stats(served)}
         )
 
     async def infer(request: Request) -> Response:
