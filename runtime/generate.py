@@ -86,6 +86,13 @@ class Generation:
     prompt_tokens: int = 0
     first_s: float | None = None
     """Seconds from the call to the first new token."""
+    log_probability: float = 0.0
+    """Summed log-probability, under the model (temperature 1), of each new token."""
+
+    @property
+    def confidence(self) -> float | None:
+        """The geometric mean of the new tokens' probabilities; None before the first."""
+        return float(np.exp(self.log_probability / len(self.tokens))) if self.tokens else None
 
 
 class Decoder:
@@ -123,6 +130,7 @@ class Decoder:
             if not result.tokens:
                 result.first_s = time.perf_counter() - started
             result.tokens.append(token)
+            result.log_probability += log_probability(logits, token)
             yield token
             feed_ids = [token]
         result.stop_reason = "length"
@@ -196,6 +204,11 @@ def pick(logits: np.ndarray, sampling: Sampling, seen: np.ndarray, rng: np.rando
     return int(rng.choice(len(probs), p=probs))
 
 
+def log_probability(logits: np.ndarray, token: int) -> float:
+    top = float(logits.max())
+    return float(logits[token]) - top - float(np.log(np.exp(logits - top).sum()))
+
+
 def stopped_by_string(text: str, stops: tuple[str, ...]) -> int | None:
     """Where the first stop string starts in ``text``, or None."""
     found = [text.find(s) for s in stops if s and s in text]
@@ -208,7 +221,7 @@ class TextGenerator:
 
     def __init__(
         self, step: Step, outputs: list[str], spec: GenerationSpec, tokenizer_json: bytes,
-        on_done: Callable[[int, int, float | None, float, str], None] | None = None,
+        on_done: Callable[[Generation, float, str, str], None] | None = None,
     ) -> None:  # fmt: skip
         try:
             from tokenizers import Tokenizer
@@ -219,7 +232,7 @@ class TextGenerator:
         self.tokenizer = Tokenizer.from_str(tokenizer_json.decode())
         self.decoder = Decoder(step, outputs, spec)
         self._on_done = on_done
-        """Telemetry's: (prompt tokens, new tokens, seconds to the first, seconds after it, stop reason)."""
+        """Telemetry's: (the generation, seconds after its first token, the prompt, the text)."""
         self.last: Generation | None = None
         """The most recent call's tokens and stop reason."""
 
@@ -244,9 +257,8 @@ class TextGenerator:
             raise
         finally:
             if self._on_done is not None and result.prompt_tokens:
-                first = result.first_s
-                after = time.perf_counter() - started - (first or 0.0)
-                self._on_done(result.prompt_tokens, len(result.tokens), first, after, result.stop_reason)
+                after = time.perf_counter() - started - (result.first_s or 0.0)
+                self._on_done(result, after, prompt, self.tokenizer.decode(result.tokens))
 
     def _pieces(self, prompt: str, sampling: Sampling, result: Generation) -> Iterator[str]:
         shown = ""

@@ -314,6 +314,40 @@ def test_telemetry_counts_generations_and_sends_no_text(
         assert report.privacy.dp_epsilon == pytest.approx(1.0)
 
 
+def test_captured_generations_leave_deidentified_and_sealed_and_export_for_retraining(
+    bundles: Any, tmp_path: Path, home: Path
+) -> None:
+    from edgekit.core.telemetry import STOP_REASONS
+    from edgekit.fleet import Collector, init_fleet, load_collector_key
+    from edgekit.runtime import Telemetry
+    from edgekit.runtime.telemetry.outbox import Outbox
+
+    fleet_dir = init_fleet("f7", tmp_path / "fleet")
+    telemetry = Telemetry(
+        "mqtt://127.0.0.1:9", "f7", device_id="hub-1", fleet_dir=fleet_dir, outbox=tmp_path / "outbox.sqlite",
+        window_s=3600, close_timeout_s=0.1, k_anonymity=1, capture="random:1",
+    )  # fmt: skip
+    prompts = ("turn on the kitchen lights, mail anna.berg@example.com", "open the garage, call +44 20 7946 0958")
+    with Model.load(bundles["int4"].output, telemetry=telemetry, allow_unsigned=True) as model:
+        made = [model.generate(prompt, max_new_tokens=5, stop_tokens=[]) for prompt in prompts]
+        confidence = model.last_generation.confidence  # type: ignore[union-attr]
+        telemetry.flush()
+    entries = Outbox(tmp_path / "outbox.sqlite", 1 << 24, 86400).pending(0, 10)
+    assert [e.kind for e in entries] == ["report", "sample"]
+    assert b"anna" not in entries[1].payload and b"garage" not in entries[1].payload  # sealed
+    collector = Collector("f7", tmp_path / "collected", load_collector_key("f7", fleet_dir))
+    assert [collector.handle(f"edgekit/f7/{e.node}/{e.kind}", e.payload) for e in entries] == ["report", "sample"]
+    collector.finish()
+    samples = np.load(tmp_path / "collected" / "samples.npz")
+    assert samples["x"].shape == (2, 0) and list(samples["generated"]) == made
+    assert "[EMAIL]" in samples["text"][0] and "anna" not in samples["text"][0]
+    assert "[PHONE]" in samples["text"][1] and "7946" not in samples["text"][1]
+    assert [STOP_REASONS[i] for i in samples["pred"]] == ["length", "length"]
+    assert 0 < samples["confidence"][1] <= 1 and samples["confidence"][1] == pytest.approx(confidence, rel=1e-5)
+    lines = [json.loads(line) for line in (tmp_path / "collected" / "generations.jsonl").read_text().splitlines()]
+    assert [line["generated"] for line in lines] == made and lines[0]["text"].startswith(samples["text"][0])
+
+
 def keras_gpt(path: Path, vocab: int = 64, width: int = 32, heads: int = 2, blocks: int = 2) -> Any:
     """A decoder as a user writes one in Keras: token and position embeddings, pre-norm
     blocks of causal self-attention and a GELU feed-forward, a language-model head."""

@@ -14,6 +14,7 @@ import numpy as np
 from edgekit.core.manifest import Manifest
 from edgekit.core.paths import edgekit_home
 from edgekit.core.telemetry import SCHEMA_VERSION, ModelRef, Privacy, SampleHeader
+from edgekit.runtime.generate import Generation
 from edgekit.runtime.telemetry import dp
 from edgekit.runtime.telemetry.config import TelemetryConfig, TelemetryConfigError
 from edgekit.runtime.telemetry.deid import Deidentifier, NameTagger
@@ -143,21 +144,18 @@ class Telemetry:
         self._model = ModelRef(
             name=manifest.name, version=manifest.version, format=entry.format, precision=entry.precision
         )
-        if self.capture.mode != "none":
-            log.warning("telemetry: a decoder's prompts and generated text are never captured (capture = %s)",
-                        self.config.capture)  # fmt: skip
-        first = GenerationWindow()
-        self._window, self._spare = first, GenerationWindow()
+        slots = self.config.capture_max if self.capture.mode != "none" else 0
+        deidentify = self._deidentifier(manifest)
+        first, self._spare = (GenerationWindow(self.capture, slots, deidentify) for _ in range(2))
+        self._window = first
         self._publish(first.counts())
         return self.record_generation
 
-    def record_generation(
-        self, prompt: int, new: int, first_s: float | None, decode_s: float, reason: str
-    ) -> None:
+    def record_generation(self, result: Generation, decode_s: float, prompt: str, text: str) -> None:
         with self._lock:
             window = self._window
             assert isinstance(window, GenerationWindow)
-            window.record(prompt, new, first_s, decode_s, reason)
+            window.record(result, decode_s, prompt, text)
 
     def _publish(self, layout: dict[str, np.ndarray]) -> None:
         """Differential privacy for reports of this layout, then the publisher thread."""
@@ -295,18 +293,12 @@ class Telemetry:
                 self._budget_logged = True
             return None
         self.released += 1
-        if isinstance(window, Window) and window.samples and self.keys.public_key is not None:
+        if window.samples and self.keys.public_key is not None:
             self._release_samples(window, node, epoch)
         return seq
 
-    def _release_samples(self, window: Window, node: str, epoch: int) -> None:
-        arrays: dict[str, np.ndarray] = {
-            "x": window.sample_x[: window.samples].copy(),
-            "pred": window.sample_pred[: window.samples].copy(),
-            "confidence": window.sample_conf[: window.samples].copy(),
-        }
-        if window.sample_text:
-            arrays["text"] = np.array(window.sample_text, dtype=str)
+    def _release_samples(self, window: Window | GenerationWindow, node: str, epoch: int) -> None:
+        arrays = window.sample_arrays()
         key, model = self.keys.public_key, self._model
         assert key is not None and model is not None
 

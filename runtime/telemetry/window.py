@@ -168,6 +168,17 @@ class Window:
                     self.sample_text += [self._deidentify(texts[i]) for i in chosen]
                 self.samples = end
 
+    def sample_arrays(self) -> dict[str, np.ndarray]:
+        """What a sample message carries: inputs, predicted class, confidence (and texts)."""
+        arrays: dict[str, np.ndarray] = {
+            "x": self.sample_x[: self.samples].copy(),
+            "pred": self.sample_pred[: self.samples].copy(),
+            "confidence": self.sample_conf[: self.samples].copy(),
+        }
+        if self.sample_text:
+            arrays["text"] = np.array(self.sample_text, dtype=str)
+        return arrays
+
     def record_error(self) -> None:
         self.calls += 1
         self.errors += 1

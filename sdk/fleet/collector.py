@@ -27,7 +27,7 @@ from edgekit.fleet.database import (
     unavailable_as_error,
 )
 from edgekit.fleet.drift import drift_report
-from edgekit.fleet.export import SENT_ARRAYS, TEXT_ARRAY, export
+from edgekit.fleet.export import SENT_ARRAYS, TEXTS, export
 from edgekit.fleet.inbox import Inbox, Limits, subscriptions
 from edgekit.fleet.keys import load_collector_key
 from edgekit.fleet.messages import SKIP_REASONS, Skip, parse
@@ -131,9 +131,9 @@ class Collector:
         if not set(SENT_ARRAYS) <= set(arrays):
             raise Skip("malformed")
         count = len(arrays["x"])
-        text = arrays.get(TEXT_ARRAY)
-        if text is not None and (text.dtype.kind != "U" or text.shape != (count,)):
-            raise Skip("malformed")
+        for text in (arrays.get(name) for name in TEXTS):
+            if text is not None and (text.dtype.kind != "U" or text.shape != (count,)):
+                raise Skip("malformed")
         pred, confidence = arrays["pred"].reshape(-1), arrays["confidence"].reshape(-1)
         if len(pred) != count or len(confidence) != count:
             raise Skip("malformed")

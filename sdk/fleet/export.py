@@ -23,6 +23,10 @@ SENT_ARRAYS = ("x", "pred", "confidence")
 """What a device seals into a sample message: inputs, predicted class, confidence."""
 TEXT_ARRAY = "text"
 """A text model's samples also carry the texts, de-identified on the device."""
+GENERATED_ARRAY = "generated"
+"""A decoder's samples carry the prompt as ``text`` and what it generated, both de-identified;
+``pred`` is the index of the stop reason (``core.telemetry.STOP_REASONS``), ``x`` is empty."""
+TEXTS = (TEXT_ARRAY, GENERATED_ARRAY)
 SAMPLE_ARRAYS = (*SENT_ARRAYS, "node", "seq")
 """samples.npz: what the device sent, and the node and message sequence number it came in
 (a window's samples follow its report, so ``seq`` orders them in time). With labels, ``y``."""
@@ -60,7 +64,7 @@ def sample_arrays(
         found = labels.get((node, epoch, seq), {})
         y = np.array([-1 if found.get(i) is None else found[i] for i in range(len(arrays["x"]))], np.int64)
         keep = y >= 0 if labelled else np.ones(len(y), bool)
-        part = {name: arrays[name][keep] for name in (*SENT_ARRAYS, TEXT_ARRAY) if name in arrays}
+        part = {name: arrays[name][keep] for name in (*SENT_ARRAYS, *TEXTS) if name in arrays}
         parts.append(
             {
                 **part,
@@ -78,9 +82,8 @@ def sample_arrays(
 
 
 def _merge(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    texts = all(TEXT_ARRAY in part for part in parts)
-    names = (*SAMPLE_ARRAYS, "y", TEXT_ARRAY) if texts else (*SAMPLE_ARRAYS, "y")
-    return {name: np.concatenate([part[name] for part in parts]) for name in names}
+    texts = tuple(name for name in TEXTS if all(name in part for part in parts))
+    return {name: np.concatenate([part[name] for part in parts]) for name in (*SAMPLE_ARRAYS, "y", *texts)}
 
 
 def export(
@@ -101,6 +104,9 @@ def export(
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
         atomic_write(out / "samples.npz", buffer.getvalue())
         written.append("samples.npz")
+        if GENERATED_ARRAY in arrays:
+            atomic_write(out / "generations.jsonl", _generations(arrays).encode())
+            written.append("generations.jsonl")
     reports = read_reports(engine, fleet)
     atomic_write(out / "reports.jsonl", "".join(json.dumps(r) + "\n" for r in reports).encode())
     drift = drift_report(fleet, reports)
@@ -110,6 +116,24 @@ def export(
     atomic_write(out / "collect.json", json.dumps(summary, indent=2).encode())
     fsync_dir(out)
     return [*written, "reports.jsonl", "drift.json", "drift.html", "deadletter.jsonl", "collect.json"]
+
+
+def _generations(arrays: dict[str, np.ndarray]) -> str:
+    """A decoder's captured generations as JSONL: ``text`` (prompt and generation, what
+    ``convert --eval`` and retraining read), and each part with its stop reason and confidence."""
+    from edgekit.core.telemetry import STOP_REASONS
+
+    lines = []
+    for prompt, made, reason, confidence, node in zip(
+        arrays[TEXT_ARRAY], arrays[GENERATED_ARRAY], arrays["pred"], arrays["confidence"], arrays["node"],
+        strict=True,
+    ):  # fmt: skip
+        stop = STOP_REASONS[reason] if 0 <= reason < len(STOP_REASONS) else "unknown"
+        line = {"text": f"{prompt} {made}", "prompt": str(prompt), "generated": str(made),
+                "stop_reason": stop, "confidence": round(float(confidence), 4),
+                "node": str(node)}  # fmt: skip
+        lines.append(json.dumps(line) + "\n")
+    return "".join(lines)
 
 
 def _dead_letters(engine: Any, fleet: str) -> str:
