@@ -27,7 +27,9 @@ from edgekit.core.manifest import GenerationSpec
 from edgekit.core.validation import updated
 
 Step = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
-"""The engine: a feed by input name in, every output in the engine's order out."""
+"""The engine: a feed by input name in, every output in the engine's order out. The cache it
+returns may be the engine's own values (``OrtValue`` on a GPU, with IO binding): the loop
+only hands them back."""
 
 
 @dataclass(frozen=True)

@@ -274,9 +274,9 @@ class Model:
                 )
             from edgekit.runtime.generate import TextGenerator
 
-            self._generator = TextGenerator(
-                self._backend.run, list(self._names), spec, self.tokenizer_bytes, self._on_generated
-            )
+            step = self._backend.decoder_step({present for _, present in spec.cache})
+            names, on_done = list(self._names), self._on_generated
+            self._generator = TextGenerator(step, names, spec, self.tokenizer_bytes, on_done)
         return self._generator
 
     @property

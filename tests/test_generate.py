@@ -314,6 +314,50 @@ def test_telemetry_counts_generations_and_sends_no_text(
         assert report.privacy.dp_epsilon == pytest.approx(1.0)
 
 
+def test_io_binding_keeps_the_cache_on_the_device_with_the_same_tokens(files: dict[str, Path], bundles: Any) -> None:
+    import onnxruntime as ort
+
+    from edgekit.core.formats import CPU, CUDA
+    from edgekit.runtime.backends.onnx import ONNXBackend
+    from edgekit.runtime.backends.onnx_binding import BoundSteps
+    from edgekit.runtime.generate import Decoder, Generation, Sampling
+
+    with Model.load(bundles["fp32"].output, allow_unsigned=True) as model:
+        spec = model.manifest.generation
+        assert spec is not None and model.info.provider == CPU
+        assert model.backend.decoder_step(set()) == model.backend.run  # CPU: plain numpy between steps
+        names = [o.name for o in model.backend.outputs]
+        present = {p for _, p in spec.cache}
+        bound = model.backend.decoder_step(present, device="cpu")  # the GPU path, on this machine's CPU
+        assert isinstance(bound, BoundSteps)
+        prompt, greedy = ids_of(files, "turn on the"), Sampling(max_new_tokens=12, stop_tokens=())
+        plain = list(Decoder(model.backend.run, names, spec).without_stops().tokens(prompt, greedy, Generation()))
+        kept = list(Decoder(bound, names, spec).without_stops().tokens(prompt, greedy, Generation()))
+        assert kept == plain and len(plain) == 12
+        decoder = Decoder(bound, names, spec)
+        outputs = bound(decoder._feed(prompt, 0, decoder._empty_cache()))
+        assert all(isinstance(outputs[names.index(p)], ort.OrtValue) for p in present)
+        assert isinstance(outputs[names.index("logits")], np.ndarray)
+        content = model.artifact_bytes
+
+    class OnCuda:  # what a CUDA session reports; no GPU here to run one
+        def __init__(self, session: Any) -> None:
+            self.session = session
+
+        def get_providers(self) -> list[str]:
+            return [CUDA, CPU]
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.session, name)
+
+    def factory(model: bytes, sess_options: Any, providers: Any) -> Any:
+        return OnCuda(ort.InferenceSession(model, sess_options=sess_options, providers=[CPU]))
+
+    on_cuda = ONNXBackend(content, providers=[CUDA, CPU], available=[CUDA, CPU], session_factory=factory)
+    chosen = on_cuda.decoder_step(present)
+    assert isinstance(chosen, BoundSteps) and chosen.device == "cuda" and chosen.keep == present
+
+
 def test_captured_generations_leave_deidentified_and_sealed_and_export_for_retraining(
     bundles: Any, tmp_path: Path, home: Path
 ) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -144,6 +144,11 @@ class Backend(ABC):
         except Exception as exc:
             message = " ".join(str(exc).split())[:500] or type(exc).__name__
             raise InferenceError(f"{self.engine} failed on this input: {message}") from exc
+
+    def decoder_step(self, cache: set[str], device: str | None = None) -> Callable[[Feed], list[Any]]:
+        """What a decoder's generation loop calls each step; engines that can keep the
+        ``cache`` outputs on a GPU between steps override it (``device`` forces that path)."""
+        return self.run
 
     @cached_property
     def _fixed_batch(self) -> list[str]:

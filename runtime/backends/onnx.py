@@ -239,6 +239,15 @@ class ONNXBackend(Backend):
     def bare_call(self, feed: Feed) -> Callable[[], object]:
         return lambda: self._session.run(None, feed)
 
+    def decoder_step(self, cache: set[str], device: str | None = None) -> Callable[[Feed], list[Any]]:
+        """A decoder's step: on CUDA and TensorRT (or any ``device`` given), IO binding that
+        keeps the ``cache`` outputs on the device between steps; else ``run``."""
+        if device is None and self.provider not in GPU_PROVIDERS:
+            return self.run
+        from edgekit.runtime.backends.onnx_binding import BoundSteps
+
+        return BoundSteps(self._session, self._inputs, cache, device or "cuda")
+
     def _invoke(self, feed: Feed) -> list[np.ndarray]:
         typed = {info.name: np.asarray(feed[info.name], dtype=info.dtype) for info in self._inputs}
         return [
