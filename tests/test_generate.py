@@ -314,6 +314,35 @@ def test_telemetry_counts_generations_and_sends_no_text(
         assert report.privacy.dp_epsilon == pytest.approx(1.0)
 
 
+def test_int8_for_tensorrt_is_qdq_around_the_weights_calibrated_on_text(files: dict[str, Path]) -> None:
+    import onnx
+
+    from edgekit.core.bundle import read_bundle
+
+    jetson = load_profile("jetson-orin-nano")
+    made = convert(options(files, "int8", profile=jetson, output=files["folder"] / "trt.ekb"))
+    entry, spec = made.manifest.artifacts[0], made.manifest.generation
+    assert entry.quantization is not None and entry.quantization.scheme == "onnx-qdq"
+    assert entry.quantization.target == "tensorrt" and spec is not None and spec.block_size is None
+    assert entry.metrics.generation is not None and entry.metrics.generation.gate == "passed"
+    _, contents = read_bundle(made.output)
+    graph = onnx.load_from_string(contents[entry.path]).graph
+    ops = [n.op_type for n in graph.node]
+    assert "MatMulNBits" not in ops and "DynamicQuantizeLinear" not in ops
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    weighted = [n for n in matmuls if n.input[1] in dequantized]
+    assert len(weighted) == 6 * 2 + 1  # q, k, v, out and two feed-forward in each of 2 layers, the head
+    assert all(n.input[0] in dequantized for n in weighted)  # int8 activations too, symmetric
+    assert all(n.input[1] not in dequantized for n in matmuls if n not in weighted)  # attention stays float
+    with Model.load(made.output, allow_unsigned=True) as model:
+        assert model.generate("turn on the", max_new_tokens=4)
+    with pytest.raises(EdgekitError, match="int8 for TensorRT is QDQ, calibrated on text: pass held-out text"):
+        convert(options(files, "int8", profile=jetson, evaluation=None))
+    with pytest.raises(EdgekitError, match="TensorRT cannot run DynamicQuantizeLinear"):
+        convert(options(files, "dynamic", profile=jetson))
+
+
 def test_io_binding_keeps_the_cache_on_the_device_with_the_same_tokens(files: dict[str, Path], bundles: Any) -> None:
     import onnxruntime as ort
 

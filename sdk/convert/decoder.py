@@ -25,6 +25,7 @@ import numpy as np
 
 from edgekit.convert.decoder_artifacts import CONTINUATION, Measured
 from edgekit.convert.options import ConvertOptions, ConvertResult
+from edgekit.converters.onnx_weights import BLOCK_SIZE
 from edgekit.core.errors import ConversionError, DataError, InputError
 from edgekit.core.manifest import (
     FORMAT_VERSION,
@@ -117,11 +118,13 @@ class _Source:
             self.float, _ = make_tflite(model, "fp32")
             self.spec = _tflite_spec(model, self.float, options, tokenizer_json)
 
-    def make(self, precision: str, options: ConvertOptions) -> tuple[bytes, QuantizationScheme | None]:
+    def make(
+        self, precision: str, options: ConvertOptions, texts: list[list[int]]
+    ) -> tuple[bytes, QuantizationScheme | None]:  # fmt: skip
         from edgekit.convert.decoder_artifacts import make_onnx, make_tflite
 
         if self.format == "onnx":
-            return make_onnx(self.model, precision, options)
+            return make_onnx(self.model, precision, options, self.spec, texts)
         return (self.float, None) if precision == "fp32" else make_tflite(self.model, precision)
 
     def tools(self) -> dict[str, str]:
@@ -144,7 +147,7 @@ def convert_decoder(options: ConvertOptions) -> ConvertResult:
     made: list[tuple[ArtifactEntry, bytes, Measured, str | None]] = []
     problems: list[tuple[ArtifactEntry, bytes, Measured, str | None]] = []
     for precision in _precisions(options, fmt):
-        content, scheme = source.make(precision, options)
+        content, scheme = source.make(precision, options, texts)
         measured = Measured(content, fmt, spec, texts, reference)
         entry = _entry(options, spec, precision, (fmt, content), scheme, measured, len(source.float), started)
         problem = _problem(options, entry, spec)
@@ -353,8 +356,8 @@ def _manifest(
 
     import edgekit
 
-    if entry.precision in ("int4", "int8"):
-        spec = updated(spec, block_size=32)
+    if entry.quantization is not None and entry.quantization.scheme == "onnx-matmul-nbits":
+        spec = updated(spec, block_size=BLOCK_SIZE)
     source = options.model.read_bytes()
     text = TextSpec(
         file="tokenizer.json", sha256=hashlib.sha256(tokenizer_json).hexdigest(), size=len(tokenizer_json),

@@ -71,8 +71,10 @@ class Measured:
         return max(count, 1) / max(time.perf_counter() - started, 1e-9)
 
 
-def make_onnx(model: Any, precision: str, options: ConvertOptions) -> tuple[bytes, QuantizationScheme | None]:
-    from edgekit.converters.onnx import ONNXConverter
+def make_onnx(
+    model: Any, precision: str, options: ConvertOptions, spec: GenerationSpec, texts: list[list[int]]
+) -> tuple[bytes, QuantizationScheme | None]:  # fmt: skip
+    from edgekit.converters.onnx import ONNXConverter, for_tensorrt
     from edgekit.converters.onnx_fp16 import to_float16
     from edgekit.converters.onnx_weights import weight_only
 
@@ -84,6 +86,8 @@ def make_onnx(model: Any, precision: str, options: ConvertOptions) -> tuple[byte
     if precision == "fp16":
         made = to_float16(model, outputs_apart=True)
         return made.SerializeToString(), QuantizationScheme(scheme="onnx-float16", io="float32")
+    if precision == "int8" and for_tensorrt(options.profile):
+        return qdq_decoder(model, spec, texts)
     if precision in ("int4", "int8"):
         made, scheme = weight_only(model, bits=4 if precision == "int4" else 8)
         return made.SerializeToString(), scheme
@@ -116,3 +120,55 @@ def dynamic_onnx(model: Any) -> bytes:
         onnx.save(model, f"{tmp}/float.onnx")
         quantize_dynamic(f"{tmp}/float.onnx", f"{tmp}/dynamic.onnx", weight_type=QuantType.QInt8)
         return Path(f"{tmp}/dynamic.onnx").read_bytes()
+
+
+def qdq_decoder(model: Any, spec: GenerationSpec, texts: list[list[int]]) -> tuple[bytes, QuantizationScheme]:
+    """int8 for TensorRT: QuantizeLinear/DequantizeLinear around each MatMul with a weight,
+    symmetric (as TensorRT requires), weights per channel, activations calibrated on the
+    held-out texts run as prompts. The attention's own products (query by key, weights by
+    value) and everything else stay float."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from edgekit.converters.onnx_weights import quiet_quantizer
+
+    if not texts:
+        raise InputError("int8 for TensorRT is QDQ, calibrated on text: pass held-out text with --eval")
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    weights = {init.name for init in named.graph.initializer}
+    for index, node in enumerate(named.graph.node):
+        node.name = node.name or f"{node.op_type}_{index}"
+    chosen = [n.name for n in named.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    feeds = [_prefill_feed(spec, ids) for ids in texts]
+    with tempfile.TemporaryDirectory(prefix="edgekit-decoder-") as tmp, quiet_quantizer():
+        onnx.save(named, f"{tmp}/float.onnx")
+        quantize_static(
+            f"{tmp}/float.onnx", f"{tmp}/qdq.onnx", _Feeds(feeds), quant_format=QuantFormat.QDQ,
+            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            nodes_to_quantize=chosen, op_types_to_quantize=["MatMul"],
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                           "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
+        )  # fmt: skip
+        content = Path(f"{tmp}/qdq.onnx").read_bytes()
+    return content, QuantizationScheme(
+        scheme="onnx-qdq", weights="int8 symmetric", activations="int8 symmetric", per_channel=True,
+        calibration_method="minmax", target="tensorrt",
+    )  # fmt: skip
+
+
+def _prefill_feed(spec: GenerationSpec, ids: list[int]) -> dict[str, np.ndarray]:
+    decoder = Decoder(lambda feed: [], [spec.logits, *(p for _, p in spec.cache)], spec)
+    return decoder._feed(ids, 0, decoder._empty_cache())
+
+
+class _Feeds:
+    """ONNX Runtime's calibration reader over prepared feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
