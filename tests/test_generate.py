@@ -90,7 +90,18 @@ def test_each_precision_is_gated_on_perplexity_and_records_its_cache(bundles: An
     assert four.precision == "int4" and four.size < 0.5 * fp32.artifacts[0].size
     assert four.quantization is not None and four.quantization.weights == "int4 blocks of 32"
     assert int4.generation is not None and int4.generation.block_size == 32
-    assert four.metrics.peak_memory_bytes == four.size + spec.cache_bytes(128)  # weights and the full cache
+    assert four.metrics.model_memory_bytes == four.size + spec.cache_bytes(128)  # weights and the full cache
+
+
+def test_the_probe_measures_the_cache_at_the_full_context(files: dict[str, Path]) -> None:
+    short, full = (convert(options(files, "fp32", max_sequence_length=n, output=files["folder"] / f"c{n}.ekb"))
+                   for n in (16, 256))  # fmt: skip
+    spec = full.manifest.generation
+    assert spec is not None
+    measured = [made.manifest.artifacts[0].metrics.peak_memory_bytes for made in (short, full)]
+    assert measured[1] - measured[0] >= spec.cache_bytes(256) - spec.cache_bytes(16)  # the cache is in it
+    with pytest.raises(EdgekitError, match=r"the decoder fails at its full context of 512 tokens \(indices element out"):
+        convert(options(files, "fp32", max_sequence_length=512))  # its positions end at 256
 
 
 def test_sampling_is_repeatable_by_seed_and_stops_where_asked(bundles: Any) -> None:
@@ -150,7 +161,7 @@ def test_a_tokenizer_of_another_model_and_a_breached_budget_are_refused(files: d
     profile = load_profile("raspberry-pi-5")
     tight = updated(profile, budget=updated(profile.budget, model_memory_mb=0.2))
     with pytest.raises(EdgekitError, match=r"pass the memory budget of 0.2 MB .* the largest context that fits is \d+ tokens"):
-        convert(options(files, "fp32", profile=tight, max_sequence_length=4096))
+        convert(options(files, "fp32", profile=tight, max_sequence_length=256))
 
 
 def test_a_classifier_does_not_generate_and_a_decoder_does_not_classify(converted: Any, bundles: Any) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.convert.decoder_artifacts import CONTINUATION, Measured
+from edgekit.convert.decoder_artifacts import CONTINUATION, Measured, full_context_peak
 from edgekit.convert.options import ConvertOptions, ConvertResult
 from edgekit.converters.onnx_weights import BLOCK_SIZE
 from edgekit.core.errors import ConversionError, DataError, InputError
@@ -159,7 +159,7 @@ def convert_decoder(options: ConvertOptions) -> ConvertResult:
         raise ConversionError(f"no precision passed: {reasons}")
     entry, content, _, _ = _choose(options, made)
     manifest = _manifest(options, spec, entry, tokenizer_json, source)
-    warnings = () if texts else ("no --eval text: the perplexity of the converted model is not checked",)
+    warnings = _warnings(options, entry, texts)
     contents = {entry.path: content, "tokenizer.json": tokenizer_json}
     seconds = {"total": time.perf_counter() - started}
     return ConvertResult(options.output, manifest, (), warnings, contents, seconds)
@@ -263,8 +263,9 @@ def _entry(
     memory = len(content) + spec.cache_bytes(spec.max_context)
     metrics = Metrics(
         size_bytes=len(content), float_parameter_bytes=float_bytes,
-        size_ratio=round(len(content) / float_bytes, 4),
-        peak_memory_bytes=memory, host_latency_ms=round(1000 / measured.tokens_per_s, 3),
+        size_ratio=round(len(content) / float_bytes, 4), model_memory_bytes=memory,
+        peak_memory_bytes=full_context_peak(fmt, content, spec),
+        host_latency_ms=round(1000 / measured.tokens_per_s, 3),
         conversion_seconds=round(time.perf_counter() - started, 2), calibration_samples=0,
         generation=quality, within_budget=memory <= options.profile.budget.model_memory_mb * MB
         and len(content) <= options.profile.budget.model_storage_mb * MB,
@@ -289,6 +290,9 @@ def _problem(options: ConvertOptions, entry: ArtifactEntry, spec: GenerationSpec
         )
     if not metrics.within_budget and not options.allow_over_budget:
         fits = int((budget.model_memory_mb * MB - metrics.size_bytes) // max(spec.cache_bytes(1), 1))
+        if metrics.size_bytes > budget.model_storage_mb * MB:
+            storage = budget.model_storage_mb
+            return f"the file's {metrics.size_bytes / MB:.1f} MB pass the storage budget of {storage:g} MB"
         return (
             f"weights {metrics.size_bytes / MB:.1f} MB and the cache at {spec.max_context} tokens "
             f"{spec.cache_bytes(spec.max_context) / MB:.1f} MB pass the memory budget of "
@@ -296,6 +300,17 @@ def _problem(options: ConvertOptions, entry: ArtifactEntry, spec: GenerationSpec
             f"{max(fits, 0)} tokens (--max-sequence-length)"
         )
     return None
+
+
+def _warnings(options: ConvertOptions, entry: ArtifactEntry, texts: list[list[int]]) -> tuple[str, ...]:
+    found = [] if texts else ["no --eval text: the perplexity of the converted model is not checked"]
+    peak, budget = entry.metrics.peak_memory_bytes, options.profile.budget.model_memory_mb
+    if peak > budget * MB:
+        found.append(
+            f"measured at its full context, loading and one decode step take {peak / MB:.1f} MB here with "
+            f"the engine: over the {budget:g} MB memory budget, which the weights and cache alone fit"
+        )
+    return tuple(found)
 
 
 def _choose(options: ConvertOptions, made: list[Any]) -> Any:

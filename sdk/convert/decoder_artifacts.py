@@ -71,6 +71,25 @@ class Measured:
         return max(count, 1) / max(time.perf_counter() - started, 1e-9)
 
 
+def full_context_peak(fmt: str, content: bytes, spec: GenerationSpec) -> int:
+    """Peak resident memory of loading the artifact and one decode step with the cache full
+    (``max_context`` - 1 tokens before it), measured in a fresh process."""
+    from edgekit.convert.measure import MemoryProbe
+    from edgekit.core.errors import ConversionError
+
+    decoder = _feeder(spec)
+    shape = (1, spec.heads, spec.max_context - 1, spec.head_size)
+    cache = [np.zeros(shape, np.dtype(spec.cache_dtype)) for _ in spec.cache]
+    try:
+        return MemoryProbe(fmt, decoder._feed([0], spec.max_context - 1, cache)).peak_bytes(content)
+    except ConversionError as exc:
+        why = str(exc).split(": ")[-1]
+        raise ConversionError(
+            f"the decoder fails at its full context of {spec.max_context} tokens ({why}); "
+            "give --max-sequence-length the context it was trained for"
+        ) from None
+
+
 def make_onnx(
     model: Any, precision: str, options: ConvertOptions, spec: GenerationSpec, texts: list[list[int]]
 ) -> tuple[bytes, QuantizationScheme | None]:  # fmt: skip
@@ -160,8 +179,13 @@ def qdq_decoder(model: Any, spec: GenerationSpec, texts: list[list[int]]) -> tup
 
 
 def _prefill_feed(spec: GenerationSpec, ids: list[int]) -> dict[str, np.ndarray]:
-    decoder = Decoder(lambda feed: [], [spec.logits, *(p for _, p in spec.cache)], spec)
+    decoder = _feeder(spec)
     return decoder._feed(ids, 0, decoder._empty_cache())
+
+
+def _feeder(spec: GenerationSpec) -> Decoder:
+    """A loop with no engine: for the feeds it would give one."""
+    return Decoder(lambda feed: [], [spec.logits, *(p for _, p in spec.cache)], spec)
 
 
 class _Feeds:

@@ -106,6 +106,9 @@ class Metrics(Strict):
     float_parameter_bytes: int
     size_ratio: float = Field(description="artifact bytes / float32 parameter bytes")
     peak_memory_bytes: int = Field(description="measured: peak RSS added by load + invoke")
+    model_memory_bytes: int | None = Field(
+        default=None, description="a decoder's weights and its cache at the full context, computed"
+    )
     host_latency_ms: float = Field(description="median batch-1 latency on the converting host")
     conversion_seconds: float
     calibration_samples: int

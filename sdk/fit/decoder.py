@@ -65,7 +65,7 @@ def _candidate(
     return FitCandidate(
         prune=0.0, format="onnx", precision=precision, context=context, parameters=None,
         size_bytes=entry.size if entry else None,
-        peak_memory_bytes=entry.metrics.peak_memory_bytes if entry else None,
+        peak_memory_bytes=entry.metrics.model_memory_bytes if entry else None,  # what the budget checks
         host_latency_ms=entry.metrics.host_latency_ms if entry else None, top1=None,
         perplexity_increase=quality.increase if quality else None, fits=result is not None, problems=problems,
     )  # fmt: skip

@@ -149,8 +149,14 @@ def _artifact_table(entry: ArtifactEntry, profile: dict[str, Any], ready_made: b
     table.add_row(
         "storage", f"{mark(storage_ok)} {size(m.size_bytes)} of {budget['model_storage_mb']:g} MB budget"
     )
-    how = "weights and the cache at the full context" if m.generation else "peak, measured (load + invoke)"
-    memory = f"{mark(memory_ok)} {size(m.peak_memory_bytes)} {how}, of {budget['model_memory_mb']:g} MB"
+    if m.model_memory_bytes is not None:  # a decoder: its weights and cache, then what the probe saw
+        memory_ok = m.model_memory_bytes <= budget["model_memory_mb"] * MB
+        memory = (f"{mark(memory_ok)} {size(m.model_memory_bytes)} weights and the cache at the full "
+                  f"context, of {budget['model_memory_mb']:g} MB; {size(m.peak_memory_bytes)} measured "
+                  "with the engine")  # fmt: skip
+    else:
+        memory = (f"{mark(memory_ok)} {size(m.peak_memory_bytes)} peak, measured (load + invoke), "
+                  f"of {budget['model_memory_mb']:g} MB")  # fmt: skip
     table.add_row("memory", memory)
     g = m.generation
     if g is not None:
