@@ -62,8 +62,8 @@ class Measured:
 
     def _speed(self, prompt: list[int]) -> float:
         decoder = self.decoder.without_stops()  # a speed needs tokens: go past the stop token
-        for _ in decoder.tokens(prompt[:8], Sampling(max_new_tokens=4), Generation()):
-            pass  # warm up: the engine's first calls allocate
+        for _ in decoder.tokens(prompt[:8], Sampling(max_new_tokens=33), Generation()):
+            pass  # warm up at the measured lengths: engines plan each new shape once (XNNPACK)
         tokens = decoder.tokens(prompt[:8], Sampling(max_new_tokens=33), Generation())
         next(tokens, None)  # the prefill and the first token
         started = time.perf_counter()
