@@ -5,10 +5,12 @@ kitchen to 19 degrees" out, generated on the hub itself.
    a word-level tokenizer for them.
 2. A 4-block decoder in plain Keras layers (embeddings, causal self-attention, GELU
    feed-forward), trained to continue "REQUEST =>" with "COMMAND <eos>".
-3. `edgekit convert` for a Raspberry Pi 5 at int8 and 4-bit weights and for a Jetson Orin
-   Nano at fp16, each gated on perplexity on held-out requests, signed.
-4. On the hub: install, `edgekit generate`, `edgekit bench`, `edgekit serve`'s /generate,
-   and telemetry of every generation through Mosquitto to the operator.
+3. `edgekit convert` for a Raspberry Pi 5 at int8 and 4-bit weights and as TFLite (LiteRT,
+   dynamic int8), and for a Jetson Orin Nano at fp16, each gated on perplexity on held-out
+   requests, signed.
+4. On the hub: install, `edgekit generate` (on ONNX Runtime and on LiteRT), `edgekit bench`,
+   `edgekit serve`'s /generate, and telemetry of every generation through Mosquitto to the
+   operator, with the generations it captures (de-identified) exported for retraining.
 
 Run it:  python examples/hub_assistant/run.py [--quick] [--out DIR]
 """
@@ -68,12 +70,14 @@ def main() -> int:
     key = out / "operator" / "publisher.key"
     machines.edgekit("keys", "init", "--publisher", "-o", key)
     made = {}
-    targets = (("int8", "raspberry-pi-5"), ("int4", "raspberry-pi-5"), ("fp16", "jetson-orin-nano"))
-    for precision, target in targets:
-        made[precision] = machines.edgekit(
-            "convert", out / "assistant.keras", "--target", target, "--tokenizer", tokenizer,
+    targets = (("int8", "raspberry-pi-5", "onnx"), ("int4", "raspberry-pi-5", "onnx"),
+               ("fp16", "jetson-orin-nano", "onnx"), ("dynamic", "raspberry-pi-5", "tflite"))  # fmt: skip
+    for precision, target, fmt in targets:
+        name = precision if fmt == "onnx" else f"{fmt}-{precision}"
+        made[name] = machines.edgekit(
+            "convert", out / "assistant.keras", "--target", target, "--tokenizer", tokenizer, "--format", fmt,
             "--eval", out / "heldout.jsonl", "--precision", precision, "--max-sequence-length", str(CONTEXT),
-            "--name", "assistant", "--sign-key", key, "-o", out / f"assistant-{precision}.ekb", "--json",
+            "--name", "assistant", "--sign-key", key, "-o", out / f"assistant-{name}.ekb", "--json",
         )  # fmt: skip
 
     heading("4. the hub: install the 4-bit bundle, generate, bench, serve")
@@ -83,10 +87,15 @@ def main() -> int:
     answer = machines.device("generate", "assistant", "--prompt", "it is too warm in the kitchen =>",
                              "--max-tokens", "8", "--json")  # fmt: skip
     print(f"the hub answers: {answer['text'].strip()!r} ({answer['stop_reason']})")
+    litert = machines.device("generate", out / "assistant-tflite-dynamic.ekb", "--prompt",
+                             "it is too warm in the kitchen =>", "--max-tokens", "8", "--json")  # fmt: skip
+    print(f"the same request on LiteRT (TFLite, prefill and decode signatures): {litert['text'].strip()!r}")
     speed = machines.device("bench", "assistant", "--prompt-tokens", "12", "--new-tokens", "8", "--json")
     right = replies_right(machines, held)
     served = serve_once(machines, "the office is too cold =>")
     _checks(checks, made, answer, right, len(held), speed, served)
+    litert_right = litert["text"].strip() == "set kitchen to 19 degrees"
+    checks.check("LiteRT answers the request too", litert_right, repr(litert["text"].strip()))
     with local_broker(out / "broker") as broker:
         if broker is not None:
             _telemetry(machines, broker, out, held, checks)
@@ -212,7 +221,7 @@ def _telemetry(
     with machines.on_device(), quiet_native_output():
         from edgekit.runtime import Model, Telemetry
 
-        telemetry = Telemetry(broker.url, FLEET, window_s=3600)
+        telemetry = Telemetry(broker.url, FLEET, window_s=3600, capture="random:1")
         with Model.load("assistant", telemetry=telemetry) as model:
             for request, _ in held[:10]:
                 model.generate(f"{request} =>", max_new_tokens=8)
@@ -221,9 +230,15 @@ def _telemetry(
     generated = sum((r.get("generation") or {}).get("generations", 0) for r in reports)
     texts = any(request.split()[-1] in json.dumps(r) for r in reports for request, _ in held[:10])
     checks.numbers["generations_reported"] = generated
-    checks.check("the operator sees every generation, and no text", generated == 10 and not texts,
+    checks.check("the operator sees every generation, and no text in a report", generated == 10 and not texts,
                  f"{generated} generations in {len(reports)} reports")  # fmt: skip
-
+    lines = (out / "collected" / "generations.jsonl").read_text().splitlines()
+    captured = [json.loads(line) for line in lines]
+    checks.numbers["generations_captured"] = len(captured)
+    example = captured[0] if captured else None
+    checks.check("captured generations reach the operator as retraining text, sealed on the way",
+                 len(captured) == 8 and all(c["prompt"].endswith("=>") for c in captured),
+                 f"{len(captured)} of 10 (8 a window at most), e.g. {example}")  # fmt: skip
 
 if __name__ == "__main__":
     run(main)
