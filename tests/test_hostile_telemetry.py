@@ -27,6 +27,7 @@ from edgekit.core.telemetry import (
     Report,
     SampleHeader,
 )
+from edgekit.core.validation import updated
 from edgekit.fleet import Collector, FleetView, init_fleet, load_collector_key
 from edgekit.testing.mosquitto import LocalBroker, find_mosquitto
 
@@ -127,6 +128,40 @@ def test_a_sample_whose_arrays_claim_more_than_they_hold_is_refused(tmp_path: Pa
         collector = Collector("f7", tmp_path / "out", key)
         expected = "malformed" if arrays["x.npy"] is honest.getvalue() else "undecryptable"
         assert collector.handle(SAMPLE, sealed) == expected  # honest arrays, but no pred/confidence
+
+
+def test_a_decoders_impossible_report_or_sample_is_malformed(tmp_path: Path) -> None:
+    from edgekit.core.telemetry import GenerationStats
+    from edgekit.runtime.telemetry.privacy import seal_sample
+
+    fleet = init_fleet("f7", tmp_path / "fleet")
+    key = load_collector_key("f7", fleet)
+    collector = Collector("f7", tmp_path / "out", key)
+    good = GenerationStats(generations=2, ttft_ms=(2,) + (0,) * 15, tokens_per_s=(0, 2) + (0,) * 10,
+                           prompt_tokens=(0, 2) + (0,) * 11, new_tokens=(0, 2) + (0,) * 11,
+                           stop_reasons=(2, 0, 0, 0, 0)).model_dump(mode="json")  # fmt: skip
+    impossible = {
+        "a histogram short of a bucket": {"ttft_ms": [2] + [0] * 14},
+        "a negative stop count": {"stop_reasons": [3, -1, 0, 0, 0]},
+        "10^30 generations": {"generations": 10**30},
+        "a stop reason too many": {"stop_reasons": [2, 0, 0, 0, 0, 0]},
+        "text where counts go": {"new_tokens": "set kitchen to 19 degrees"},
+    }
+    for case, fields in impossible.items():
+        bad = report(10, generation={**good, **fields})
+        assert collector.handle(REPORT, encoded(bad)) == "malformed", case
+    assert collector.handle(REPORT, encoded(report(1, generation=good))) == "report"
+    header = SampleHeader(v=1, kind="sample", node=NODE, epoch=1, seq=2,
+                          model=ModelRef(name="m", version=1, format="onnx", precision="fp32"), count=2)
+    arrays = {"x": np.zeros((2, 0), np.float32), "pred": np.zeros(2, np.int64),
+              "confidence": np.ones(2, np.float32), "text": np.array(["a =>", "b =>"])}  # fmt: skip
+    for generated in (np.array(["one"]), np.array([1.0, 2.0]), np.array([["a", "b"]])):
+        sealed = seal_sample(header, {**arrays, "generated": generated}, key.public_key())
+        assert collector.handle(SAMPLE, sealed) == "malformed", generated
+    fine = seal_sample(updated(header, seq=3), {**arrays, "generated": np.array(["x", "y"])}, key.public_key())
+    assert collector.handle(SAMPLE, fine) == "sample"
+    summary = collector.finish()
+    assert summary["skipped"]["malformed"] == len(impossible) + 3 and summary["samples"] == 2
 
 
 def _seal_raw(header: SampleHeader, plain: bytes, public: x25519.X25519PublicKey) -> bytes:
