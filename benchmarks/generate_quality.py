@@ -1,15 +1,19 @@
 """What each decoder precision buys and costs, side by side in one run, batch 1, 2 threads:
-file size, peak memory with the cache at 256 tokens, time to first token (64 prompt
-tokens), decode tokens/s (64 new tokens), and perplexity against fp32 on text the fp32
-model wrote itself (its own greedy continuations, so fp32 finds them likely). Also the same
-fp32 model without the cache (the whole sequence recomputed for each token).
+file size, peak memory with the cache at 256 tokens, time to first token (64 prompt tokens)
+and decode tokens/s (64 new tokens), and perplexity against fp32 on text the fp32 model
+wrote itself (its own greedy continuations, so fp32 finds them likely). Also the same fp32
+model without the cache (the whole sequence recomputed for each token), and
+onnxruntime-genai's own loop on it.
 
     python benchmarks/generate_quality.py                 # about 2 minutes on 2 cores
     python benchmarks/generate_quality.py --layers 8      # a bigger decoder
 
 The decoder is GPT-class, built by ``tests/decoder_graphs.py`` with random weights (nothing
 may be downloaded): 4 layers, hidden 256, 4 heads, vocabulary 2,000. Each precision runs in
-a fresh process that reports its own peak resident memory (VmHWM).
+a fresh process that reports its own peak resident memory (VmHWM) and perplexity; the speeds
+are measured in fresh processes too, in 3 rounds of every precision (each the median of 7
+generations after one to warm up), and the median round is reported, so that a machine that
+slows down for a while slows no precision alone.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4", "dynamic")
-PROMPT, NEW, CONTEXT = 64, 64, 256
+PROMPT, NEW, CONTEXT, RUNS, ROUNDS = 64, 64, 256, 7, 3
 
 
 def main() -> None:
@@ -39,19 +44,28 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.folder, args.one)))
+        kind, _, name = args.one.partition(":")
+        print(json.dumps(speed(args.folder, name) if kind == "speed" else measure(args.folder, args.one)))
         return
     with tempfile.TemporaryDirectory(prefix="edgekit-generate-bench-") as tmp:
         folder = Path(tmp)
         make(folder, args.layers)
-        rows = {}
-        for name in (*PRECISIONS, "fp32-recompute", *(("fp32-genai",) if _has_genai() else ())):
-            child = [sys.executable, __file__, "--one", name, "--folder", str(folder)]
-            done = subprocess.run(child, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"{name} failed: {done.stderr[-2000:]}")
-            rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        rows = {name: _child(folder, name) for name in (*PRECISIONS, "fp32-recompute")}
+        timed = (*PRECISIONS, *(("fp32-genai",) if _has_genai() else ()))
+        rounds = [{name: _child(folder, f"speed:{name}") for name in timed} for _ in range(ROUNDS)]
+        for name in timed:
+            found = [r[name] for r in rounds]
+            medians = {key: float(np.median([f[key] for f in found])) for key in found[0]}
+            rows.setdefault(name, {}).update(medians)
     report(rows, args.layers)
+
+
+def _child(folder: Path, name: str) -> dict[str, Any]:
+    child = [sys.executable, __file__, "--one", name, "--folder", str(folder)]
+    done = subprocess.run(child, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed: {done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def make(folder: Path, layers: int) -> None:
@@ -104,13 +118,9 @@ def greedy(decoder: object, prompt: list[int], new: int) -> list[int]:
 
 
 def measure(folder: Path, name: str) -> dict[str, float]:
-    from edgekit.runtime.generate import Generation, Sampling
-
     precision = name.removesuffix("-recompute").removesuffix("-genai")
     decoder = load(folder / f"{precision}.onnx")
     prompt = [int(t) for t in np.random.default_rng(1).integers(2, 2000, PROMPT)]
-    if name.endswith("-genai"):
-        return _genai(folder, decoder, prompt)
     greedy(decoder, prompt[:8], 4)  # warm up
     if name.endswith("-recompute"):
         started = time.perf_counter()
@@ -118,12 +128,6 @@ def measure(folder: Path, name: str) -> dict[str, float]:
         for _ in range(NEW):  # no cache: the whole sequence again for every token
             ids.append(int(decoder.logits_of(ids)[-1].argmax()))  # type: ignore[attr-defined]
         return {"tokens_per_s": NEW / (time.perf_counter() - started)}
-    started = time.perf_counter()
-    tokens = decoder.tokens(prompt, Sampling(max_new_tokens=NEW), Generation())  # type: ignore[attr-defined]
-    next(tokens)
-    first = time.perf_counter() - started
-    count = sum(1 for _ in tokens)
-    decode = count / (time.perf_counter() - started - first)
     greedy(decoder, prompt[:1], CONTEXT - 1)  # the cache at its full 256 tokens, for the peak
     texts = json.loads((folder / "texts.json").read_text())
     total, scored = 0.0, 0
@@ -134,9 +138,34 @@ def measure(folder: Path, name: str) -> dict[str, float]:
         total -= float(log_probs[np.arange(len(ids) - 1), ids[1:]].sum())
         scored += len(ids) - 1
     return {
-        "size": (folder / f"{precision}.onnx").stat().st_size, "first_ms": 1000 * first,
-        "tokens_per_s": decode, "perplexity": float(np.exp(total / scored)), "peak_mb": _peak_mb(),
+        "size": (folder / f"{precision}.onnx").stat().st_size, "perplexity": float(np.exp(total / scored)),
+        "peak_mb": _peak_mb(),
     }  # fmt: skip
+
+
+def speed(folder: Path, name: str) -> dict[str, float]:
+    """Time to first token and decode tokens/s of one precision (or of onnxruntime-genai's
+    loop on fp32): the medians of RUNS generations after one to warm up."""
+    from edgekit.runtime.generate import Generation, Sampling
+
+    prompt = [int(t) for t in np.random.default_rng(1).integers(2, 2000, PROMPT)]
+    decoder = load(folder / f"{name.removesuffix('-genai')}.onnx")
+
+    def ours() -> tuple[list[int], float, float]:
+        started = time.perf_counter()
+        tokens = decoder.tokens(prompt, Sampling(max_new_tokens=NEW), Generation())  # type: ignore[attr-defined]
+        found = [next(tokens)]
+        first = time.perf_counter() - started
+        found += list(tokens)
+        return found, first, (len(found) - 1) / (time.perf_counter() - started - first)
+
+    run = _genai(folder, prompt) if name.endswith("-genai") else ours
+    runs = [run() for _ in range(RUNS + 1)][1:]
+    found = {"first_ms": 1000 * float(np.median([r[1] for r in runs])),
+             "tokens_per_s": float(np.median([r[2] for r in runs]))}  # fmt: skip
+    if name.endswith("-genai"):
+        found["same"] = float(runs[0][0] == greedy(decoder, prompt, NEW))
+    return found
 
 
 def _has_genai() -> bool:
@@ -145,17 +174,17 @@ def _has_genai() -> bool:
     return importlib.util.find_spec("onnxruntime_genai") is not None
 
 
-def _genai(folder: Path, decoder: object, prompt: list[int]) -> dict[str, float]:
-    """The same fp32 model through onnxruntime-genai's own loop (its model folder: the ONNX
-    file and a genai_config.json naming the same inputs and cache)."""
+def _genai(folder: Path, prompt: list[int]) -> Any:
+    """One greedy generation of the fp32 model through onnxruntime-genai's own loop (its model
+    folder: the ONNX file and a genai_config.json naming the same inputs and cache)."""
     import onnxruntime_genai as og
     from decoder_graphs import genai_folder
 
     model = og.Model(str(genai_folder(folder / "fp32.onnx", folder / "genai", heads=4, head_size=64)))
 
-    def run(new: int) -> tuple[list[int], float, float]:
+    def run() -> tuple[list[int], float, float]:
         params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(prompt) + new, do_sample=False)
+        params.set_search_options(max_length=len(prompt) + NEW, do_sample=False)
         started = time.perf_counter()
         generator = og.Generator(model, params)
         generator.append_tokens(prompt)  # the prefill
@@ -166,10 +195,7 @@ def _genai(folder: Path, decoder: object, prompt: list[int]) -> dict[str, float]
             first = first or time.perf_counter() - started
         return tokens, first, (len(tokens) - 1) / (time.perf_counter() - started - first)
 
-    run(4)  # warm up
-    tokens, first, rate = run(NEW)
-    same = tokens == greedy(decoder, prompt, NEW)
-    return {"tokens_per_s": rate, "first_ms": 1000 * first, "same": float(same)}
+    return run
 
 
 def _peak_mb() -> float:
