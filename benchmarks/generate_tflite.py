@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-ARTIFACTS = ("onnx-fp32", "onnx-dynamic", "tflite-fp32", "tflite-fp16", "tflite-dynamic")
+ARTIFACTS = ("onnx-fp32", "onnx-dynamic", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8",
+             "tflite-int4")
 PROMPT, NEW, CONTEXT, VOCAB, RUNS = 64, 64, 256, 2000, 7
 
 
@@ -71,7 +72,7 @@ def make(folder: Path) -> None:
     onnx_model = keras_decoder_to_onnx(model)
     (folder / "onnx-fp32").write_bytes(onnx_model.SerializeToString())
     (folder / "onnx-dynamic").write_bytes(dynamic_onnx(onnx_model))
-    for precision in ("fp32", "fp16", "dynamic"):
+    for precision in ("fp32", "fp16", "dynamic", "int8", "int4"):
         (folder / f"tflite-{precision}").write_bytes(make_tflite(model, precision)[0])
 
 

@@ -12,8 +12,9 @@ The model's own layers run as they are (``Embedding``, ``Add``, ``LayerNormaliza
 and extend the cache. The same layers as ``keras_decoder`` (its ONNX twin) are accepted;
 ``keras_decoder.check_layers`` says which one is not.
 
-Precisions: fp32, fp16 (float16 weights, float kernels) and dynamic (int8 weights with
-int8 kernels, LiteRT's dynamic range quantization).
+Precisions: fp32, fp16 (float16 weights, float kernels), dynamic (int8 weights with int8
+kernels, LiteRT's dynamic range quantization), and int8 or int4 weight-only (per channel,
+dequantized as each op runs: the LiteRT Quantizer's weight-only recipes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from edgekit.core.errors import InputError
 
-PRECISIONS = ("fp32", "fp16", "dynamic")
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int4")
 
 
 def keras_decoder_to_tflite(model: Any, precision: str) -> tuple[bytes, tuple[int, int, int]]:
@@ -32,9 +33,14 @@ def keras_decoder_to_tflite(model: Any, precision: str) -> tuple[bytes, tuple[in
     head size) of its cache."""
     if precision not in PRECISIONS:
         raise InputError(
-            f"{precision} for a TFLite decoder: LiteRT decoders are fp32, fp16 or dynamic (int8 weights); "
-            "4-bit and int8 weight-only decoders are ONNX's MatMulNBits: use --format onnx"
+            f"{precision} for a TFLite decoder: LiteRT decoders are {', '.join(PRECISIONS)}; "
+            "use --format onnx"
         )
+    if precision in ("int8", "int4"):
+        from edgekit.converters.litert_quantize import weight_only
+
+        content, shape = keras_decoder_to_tflite(model, "fp32")
+        return weight_only(content, 8 if precision == "int8" else 4), shape
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 

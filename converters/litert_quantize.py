@@ -1,7 +1,8 @@
 """TFLite int8 through the LiteRT Quantizer (litert-quantizer, formerly ai-edge-quantizer).
 
 Google deprecates quantizing inside the TFLite converter: convert to a float LiteRT model,
-then quantize that with the LiteRT Quantizer. Its ``static_wi8_ai8`` recipe gives int8
+then quantize that with the LiteRT Quantizer. ``weight_only`` is its int8 and int4
+weight-only modes, which TFLite decoders use. Its ``static_wi8_ai8`` recipe gives int8
 weights per channel and int8 activations, inputs and outputs included, as the converter's
 full-integer mode does; tensors kept in float get a recipe entry of their own
 (``no_quantize``), matched by their output tensor's name. Measured beside the converter in
@@ -46,6 +47,25 @@ def quantize_int8(
             ranges = engine.calibrate({SIGNATURE: feeds}, num_threads=os.cpu_count() or 1)
             advance(len(feeds))
             result = engine.quantize(ranges, enable_progress_report=False)
+    except Exception as exc:  # it raises ValueError, RuntimeError and others for unsupported graphs
+        raise ConversionError(f"the LiteRT Quantizer failed: {first_line(exc)}") from exc
+    if result.quantized_model is None:
+        raise ConversionError("the LiteRT Quantizer returned no model")
+    return bytes(result.quantized_model)
+
+
+def weight_only(float_content: bytes, bits: int) -> bytes:
+    """``float_content`` with its weights in ``bits`` bits per channel, dequantized as each op
+    runs (float compute), by the LiteRT Quantizer's weight-only recipes: no calibration. Every
+    signature of the model is quantized, its weights still shared between them."""
+    try:
+        from litert_quantizer import quantizer, recipe
+    except ImportError as exc:
+        raise MissingDependencyError("litert-quantizer", "convert", "quantizing TFLite models") from exc
+    plan = recipe.weight_only_wi4_afp32() if bits == 4 else recipe.weight_only_wi8_afp32()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            result = quantizer.Quantizer(bytearray(float_content), plan).quantize()
     except Exception as exc:  # it raises ValueError, RuntimeError and others for unsupported graphs
         raise ConversionError(f"the LiteRT Quantizer failed: {first_line(exc)}") from exc
     if result.quantized_model is None:

@@ -485,6 +485,7 @@ def test_a_keras_decoder_converts_and_keeps_its_greedy_tokens(
         assert bundle.last_generation is not None and bundle.last_generation.tokens == expected
 
 
+@pytest.mark.slow  # four TFLite conversions; the fast suite converts fp32 (greedy test above)
 def test_a_tflite_decoder_is_one_model_with_prefill_and_decode_signatures(
     files: dict[str, Path], keras_decoder: tuple[Any, Path]
 ) -> None:
@@ -493,12 +494,16 @@ def test_a_tflite_decoder_is_one_model_with_prefill_and_decode_signatures(
     from edgekit.core.bundle import read_bundle
 
     _, path = keras_decoder
-    made = {p: convert(options(files, p, model=path, output=files["folder"] / f"t-{p}.ekb", format="tflite"))
-            for p in ("fp32", "dynamic")}  # fmt: skip
+    made = {p: convert(options(files, p, model=path, output=files["folder"] / f"t-{p}.ekb", format="tflite",
+                               allow_accuracy_drop=True))
+            for p in ("fp32", "dynamic", "int8", "int4")}  # fmt: skip
     sizes = {p: m.manifest.artifacts[0].size for p, m in made.items()}
-    assert sizes["dynamic"] < 0.6 * sizes["fp32"]  # int8 weights, shared by both signatures
-    quality = made["dynamic"].manifest.artifacts[0].metrics.generation
-    assert quality is not None and quality.gate == "passed" and quality.agreement is not None
+    assert sizes["int4"] < sizes["int8"] < sizes["fp32"] and sizes["dynamic"] < 0.6 * sizes["fp32"]
+    for precision in ("dynamic", "int8"):  # int4 per channel may lose more: its gate is recorded
+        quality = made[precision].manifest.artifacts[0].metrics.generation
+        assert quality is not None and quality.gate == "passed" and quality.agreement is not None
+    scheme = made["int4"].manifest.artifacts[0].quantization
+    assert scheme is not None and scheme.scheme == "litert-weight-only" and scheme.weights == "int4"
     _, contents = read_bundle(made["fp32"].output)
     interpreter = Interpreter(model_content=contents["model.fp32.tflite"])
     signatures = interpreter.get_signature_list()
@@ -513,8 +518,8 @@ def test_a_tflite_decoder_is_refused_in_one_line_where_it_cannot_be_made(
 ) -> None:
     with pytest.raises(EdgekitError, match="--format tflite: decoder.onnx is ONNX; TFLite decoders are made from a Keras"):
         convert(options(files, "fp32", format="tflite"))
-    with pytest.raises(EdgekitError, match="int4 for a TFLite decoder: .* use --format onnx"):
-        convert(options(files, "int4", model=keras_decoder[1], format="tflite"))
+    with pytest.raises(EdgekitError, match="int16x8 for a TFLite decoder: LiteRT decoders are fp32, .* use --format onnx"):
+        convert(options(files, "int16x8", model=keras_decoder[1], format="tflite"))
 
 
 def test_a_keras_layer_without_a_cache_path_is_one_line(files: dict[str, Path]) -> None:

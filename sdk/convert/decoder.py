@@ -47,7 +47,7 @@ STOP_NAMES = ("<|endoftext|>", "</s>", "<eos>", "[EOS]", "<|end|>", "<|eot_id|>"
 DEFAULT_MAX_INCREASE = 5.0
 AUTO_CPU = ("int4", "int8", "dynamic", "fp32")
 AUTO_GPU = ("fp16", "fp32")
-AUTO_TFLITE = ("dynamic", "fp16", "fp32")
+AUTO_TFLITE = ("int4", "int8", "dynamic", "fp32")
 MB = 1 << 20
 
 

@@ -3,7 +3,7 @@
 ONNX: fp32, fp16 (LayerNorm, Softmax and the other ``FP32_OPS`` kept in fp32, the cache and
 the logits float32 at the edges), int8 or int4 weight-only (``MatMulNBits``), or dynamic
 int8. TFLite (a Keras source): one model with ``prefill`` and ``decode`` signatures at fp32,
-fp16 or dynamic (``converters/keras_decoder_tflite.py``).
+fp16, dynamic, or int8 or int4 weight-only (``converters/keras_decoder_tflite.py``).
 
 ``Measured`` runs an artifact in the runtime's own backend, two threads: perplexity on the
 held-out texts, the greedy continuation of each, and decode speed.
@@ -122,8 +122,11 @@ def make_tflite(model: Any, precision: str) -> tuple[bytes, QuantizationScheme |
 
     with quiet_native_output():
         content, _ = keras_decoder_to_tflite(model, precision)
+    weight_only = {f"int{bits}": QuantizationScheme(scheme="litert-weight-only", weights=f"int{bits}",
+                                                     per_channel=True) for bits in (4, 8)}  # fmt: skip
     schemes = {"fp16": QuantizationScheme(scheme="tflite-float16", io="float32"),
-               "dynamic": QuantizationScheme(scheme="tflite-dynamic", weights="int8")}  # fmt: skip
+               "dynamic": QuantizationScheme(scheme="tflite-dynamic", weights="int8"),
+               **weight_only}  # fmt: skip
     return content, schemes.get(precision)
 
 
