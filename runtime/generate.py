@@ -115,7 +115,7 @@ class Decoder:
         stops = set(spec.stop_tokens) | set(sampling.stop_tokens)
         seen = np.zeros(spec.vocab_size, bool)
         seen[prompt] = True
-        cache = self._empty_cache()
+        cache = self.empty_cache()
         feed_ids, position = list(prompt), 0
         result.prompt_tokens = len(prompt)
         for _ in range(sampling.max_new_tokens):
@@ -155,9 +155,9 @@ class Decoder:
 
     def logits_of(self, ids: list[int]) -> np.ndarray:
         """(len(ids), vocab): every position's next-token logits, from an empty cache."""
-        return self._step(self._feed(ids, 0, self._empty_cache()))[self._logits][0].astype(np.float64)
+        return self._step(self.feed(ids, 0, self.empty_cache()))[self._logits][0].astype(np.float64)
 
-    def _feed(self, ids: list[int], position: int, cache: list[np.ndarray]) -> dict[str, np.ndarray]:
+    def feed(self, ids: list[int], position: int, cache: list[np.ndarray]) -> dict[str, np.ndarray]:
         """The decoder's inputs for ``ids`` at ``position``, after ``cache``."""
         spec = self.spec
         end = position + len(ids)
@@ -169,7 +169,7 @@ class Decoder:
         feed.update({past: value for (past, _), value in zip(spec.cache, cache, strict=True)})
         return feed
 
-    def _empty_cache(self) -> list[np.ndarray]:
+    def empty_cache(self) -> list[np.ndarray]:
         spec = self.spec
         shape = (1, spec.heads, 0, spec.head_size)
         return [np.zeros(shape, np.dtype(spec.cache_dtype)) for _ in spec.cache]
@@ -177,7 +177,7 @@ class Decoder:
     def _run(
         self, ids: list[int], position: int, cache: list[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        feed = self._feed(ids, position, cache)
+        feed = self.feed(ids, position, cache)
         outputs = self._step(feed)
         return outputs[self._logits][0, -1], [outputs[i] for i in self._present]
 

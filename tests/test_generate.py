@@ -375,7 +375,7 @@ def test_io_binding_keeps_the_cache_on_the_device_with_the_same_tokens(files: di
         kept = list(Decoder(bound, names, spec).without_stops().tokens(prompt, greedy, Generation()))
         assert kept == plain and len(plain) == 12
         decoder = Decoder(bound, names, spec)
-        outputs = bound(decoder._feed(prompt, 0, decoder._empty_cache()))
+        outputs = bound(decoder.feed(prompt, 0, decoder.empty_cache()))
         assert all(isinstance(outputs[names.index(p)], ort.OrtValue) for p in present)
         assert isinstance(outputs[names.index("logits")], np.ndarray)
         content = model.artifact_bytes

@@ -81,7 +81,7 @@ def full_context_peak(fmt: str, content: bytes, spec: GenerationSpec) -> int:
     shape = (1, spec.heads, spec.max_context - 1, spec.head_size)
     cache = [np.zeros(shape, np.dtype(spec.cache_dtype)) for _ in spec.cache]
     try:
-        return MemoryProbe(fmt, decoder._feed([0], spec.max_context - 1, cache)).peak_bytes(content)
+        return MemoryProbe(fmt, decoder.feed([0], spec.max_context - 1, cache)).peak_bytes(content)
     except ConversionError as exc:
         why = str(exc).split(": ")[-1]
         raise ConversionError(
@@ -183,7 +183,7 @@ def qdq_decoder(model: Any, spec: GenerationSpec, texts: list[list[int]]) -> tup
 
 def _prefill_feed(spec: GenerationSpec, ids: list[int]) -> dict[str, np.ndarray]:
     decoder = _feeder(spec)
-    return decoder._feed(ids, 0, decoder._empty_cache())
+    return decoder.feed(ids, 0, decoder.empty_cache())
 
 
 def _feeder(spec: GenerationSpec) -> Decoder:
