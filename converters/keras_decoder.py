@@ -45,9 +45,15 @@ def check_layers(model: Any) -> None:
     layers = keras.layers
     kinds = (layers.InputLayer, layers.Embedding, layers.Add, layers.LayerNormalization, layers.Dense,
              layers.Activation, layers.Dropout)  # fmt: skip
+    shapes: set[tuple[int, int]] = set()
     for op in model.operations:
         if isinstance(op, keras.layers.MultiHeadAttention):
             _check_attention(op, op._inbound_nodes[0])
+            shapes.add((op.num_heads, op.key_dim))
+            if len(shapes) > 1:
+                raise InputError(
+                    f"layer {op.name}: every attention layer must have the same heads and key size"
+                )
         elif not isinstance(op, kinds):
             raise _unsupported(op)
 
@@ -71,6 +77,7 @@ def _check_attention(op: Any, node: Any) -> None:
 
 def keras_decoder_to_onnx(model: Any) -> Any:
     """The ONNX decoder with a cache that computes what ``model`` computes."""
+    check_layers(model)
     graph = _Graph()
     for op in model.operations:
         graph.add(op)
@@ -116,7 +123,7 @@ class _Graph:
         elif isinstance(op, keras.layers.Dropout):
             self.tensor[op.name] = sources[0]
         elif isinstance(op, keras.layers.MultiHeadAttention):
-            self.tensor[op.name] = self._attention(op, node, sources)
+            self.tensor[op.name] = self._attention(op, sources)
         else:
             raise _unsupported(op)
 
@@ -163,11 +170,8 @@ class _Graph:
             "sigmoid, silu)"
         )
 
-    def _attention(self, op: Any, node: Any, sources: list[str]) -> str:
-        _check_attention(op, node)
-        heads, size = op.num_heads, op.key_dim
-        if self.cache not in (None, (heads, size)):
-            raise InputError(f"layer {op.name}: every attention layer must have the same heads and key size")
+    def _attention(self, op: Any, sources: list[str]) -> str:
+        heads, size = op.num_heads, op.key_dim  # the same in every layer: check_layers
         self.cache = (heads, size)
         x, i = sources[0], self.layers
         self.layers += 1

@@ -28,26 +28,35 @@ from edgekit.core.errors import InputError
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int4")
 
 
-def keras_decoder_to_tflite(model: Any, precision: str) -> tuple[bytes, tuple[int, int, int]]:
+def keras_decoder_to_tflite(
+    model: Any, precision: str, float_content: bytes | None = None
+) -> tuple[bytes, tuple[int, int, int]]:  # fmt: skip
     """The TFLite decoder with ``prefill`` and ``decode`` signatures, and (layers, heads,
-    head size) of its cache."""
+    head size) of its cache. int8 and int4 quantize ``float_content`` (this model's fp32
+    TFLite, when the caller has it already), else a fresh fp32 conversion."""
     if precision not in PRECISIONS:
         raise InputError(
             f"{precision} for a TFLite decoder: LiteRT decoders are {', '.join(PRECISIONS)}; "
             "use --format onnx"
         )
-    if precision in ("int8", "int4"):
-        from edgekit.converters.litert_quantize import weight_only
-
-        content, shape = keras_decoder_to_tflite(model, "fp32")
-        return weight_only(content, 8 if precision == "int8" else 4), shape
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
     from edgekit.converters.keras_decoder import check_layers
 
     check_layers(model)
     walk = _Walk(model)
+    shape = (walk.layers, *walk.cache_shape)
+    if precision in ("int8", "int4"):
+        from edgekit.converters.litert_quantize import weight_only
+
+        content = float_content if float_content is not None else _convert(walk, "fp32")
+        return weight_only(content, 8 if precision == "int8" else 4), shape
+    return _convert(walk, precision), shape
+
+
+def _convert(walk: _Walk, precision: str) -> bytes:
+    """fp32, fp16 or dynamic, by the TFLite converter from the walk's two frozen functions."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
     frozen = tf.Module()  # no variables: the weights are constants, shared by both signatures
     for name, past in (("prefill", False), ("decode", True)):
         traced = tf.function(getattr(walk, name), input_signature=walk.signature(past=past))
@@ -60,8 +69,7 @@ def keras_decoder_to_tflite(model: Any, precision: str) -> tuple[bytes, tuple[in
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision == "fp16":
         converter.target_spec.supported_types = [tf.float16]
-    content = converter.convert()
-    return content, (walk.layers, *walk.cache_shape)
+    return bytes(converter.convert())
 
 
 def _calling(name: str, function: Any, outputs: list[str]) -> Any:
@@ -86,10 +94,7 @@ class _Walk:
         self.positions = any("position" in n for n in names)
         self.attention = [op for op in model.operations if isinstance(op, keras.layers.MultiHeadAttention)]
         self.layers = len(self.attention)
-        shapes = {(op.num_heads, op.key_dim) for op in self.attention}
-        if len(shapes) != 1:
-            raise InputError(f"{model.name}: every attention layer must have the same heads and key size")
-        self.cache_shape = shapes.pop()
+        self.cache_shape = (self.attention[0].num_heads, self.attention[0].key_dim)  # all alike: check_layers
         pairs = [(i, kind) for i in range(self.layers) for kind in ("key", "value")]
         self.outputs = ["logits"] + [f"present_{i}_{kind}" for i, kind in pairs]
 

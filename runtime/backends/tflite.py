@@ -86,6 +86,9 @@ class TFLiteBackend(Backend):
         self._inputs = tuple(_tensor_info(d, {int(d["index"]): n}) for n, d in inputs.items())
         self._outputs = tuple(_tensor_info(d, {int(d["index"]): n}) for n, d in outputs.items())
         self._past = [name for name, d in inputs.items() if len(d["shape_signature"]) == 4]
+        self._fed = {runner: [(n, np.dtype(d["dtype"])) for n, d in runner.get_input_details().items()]
+                     for runner in self._steps or ()}  # fmt: skip
+        """Each signature's inputs and their dtypes, read once: not on every step."""
 
     def bare_call(self, feed: Feed) -> Callable[[], object]:
         if self._steps is not None:
@@ -127,9 +130,8 @@ class TFLiteBackend(Backend):
         prefill, decode = self._steps
         empty = all(feed[name].shape[2] == 0 for name in self._past)
         runner = prefill if empty else decode
-        names = runner.get_input_details()
         with self._lock:
-            found = runner(**{name: np.asarray(feed[name], _dtype(names[name])) for name in names})
+            found = runner(**{name: np.asarray(feed[name], dtype) for name, dtype in self._fed[runner]})
         return [found[out.name] for out in self._outputs]
 
     def _invoke(self, feed: Feed) -> list[np.ndarray]:
@@ -154,10 +156,6 @@ def _decoder_steps(interpreter: Any) -> tuple[Any, Any] | None:
     if set(interpreter.get_signature_list()) != {"prefill", "decode"}:
         return None
     return interpreter.get_signature_runner("prefill"), interpreter.get_signature_runner("decode")
-
-
-def _dtype(detail: dict[str, Any]) -> Any:
-    return np.dtype(detail["dtype"])
 
 
 def _signature_names(interpreter: Any) -> dict[int, str]:

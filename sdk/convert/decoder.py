@@ -125,7 +125,7 @@ class _Source:
 
         if self.format == "onnx":
             return make_onnx(self.model, precision, options, self.spec, texts)
-        return (self.float, None) if precision == "fp32" else make_tflite(self.model, precision)
+        return (self.float, None) if precision == "fp32" else make_tflite(self.model, precision, self.float)
 
     def tools(self) -> dict[str, str]:
         if self.format == "tflite":

@@ -115,13 +115,16 @@ def make_onnx(
     raise InputError(f"{precision} is not a decoder precision: use fp32, fp16, int8, int4, dynamic or auto")
 
 
-def make_tflite(model: Any, precision: str) -> tuple[bytes, QuantizationScheme | None]:
-    """A Keras decoder as TFLite with ``prefill`` and ``decode`` signatures."""
+def make_tflite(
+    model: Any, precision: str, float_content: bytes | None = None
+) -> tuple[bytes, QuantizationScheme | None]:  # fmt: skip
+    """A Keras decoder as TFLite with ``prefill`` and ``decode`` signatures; the weight-only
+    precisions quantize ``float_content`` (its fp32 TFLite) when given."""
     from edgekit.converters.keras_decoder_tflite import keras_decoder_to_tflite
     from edgekit.views.console import quiet_native_output
 
     with quiet_native_output():
-        content, _ = keras_decoder_to_tflite(model, precision)
+        content, _ = keras_decoder_to_tflite(model, precision, float_content)
     weight_only = {f"int{bits}": QuantizationScheme(scheme="litert-weight-only", weights=f"int{bits}",
                                                      per_channel=True) for bits in (4, 8)}  # fmt: skip
     schemes = {"fp16": QuantizationScheme(scheme="tflite-float16", io="float32"),
