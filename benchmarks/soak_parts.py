@@ -66,15 +66,21 @@ class DatabaseDisk:
         return self
 
     def fill(self) -> None:
-        stat = os.statvfs(self.path)
-        self._resize(str((stat.f_blocks - stat.f_bfree) * stat.f_frsize + stat.f_frsize))
+        """Shrink to what the disk holds plus one page. PostgreSQL keeps writing while this
+        runs, and tmpfs refuses a size below what it holds, so a refusal is measured again."""
+        for _ in range(50):
+            stat = os.statvfs(self.path)
+            if self._resize(str((stat.f_blocks - stat.f_bfree) * stat.f_frsize + stat.f_frsize)):
+                return
+        raise RuntimeError(f"could not shrink the tmpfs at {self.path} to what it holds")
 
     def clear(self) -> None:
-        self._resize(self.ROOMY)
+        if not self._resize(self.ROOMY):
+            raise RuntimeError(f"could not grow the tmpfs at {self.path} back to {self.ROOMY}")
 
-    def _resize(self, size: str) -> None:
+    def _resize(self, size: str) -> bool:
         remount = ["mount", "-o", f"remount,size={size}", str(self.path)]
-        subprocess.run(remount, check=True, capture_output=True)
+        return subprocess.run(remount, capture_output=True).returncode == 0
 
     def __exit__(self, *exc: object) -> None:
         if self.mounted:

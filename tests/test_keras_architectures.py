@@ -85,4 +85,5 @@ def test_an_int8_fallback_that_never_passes_ships_its_best_round_not_the_float_m
     assert shipped.size <= 0.5 * shipped.metrics.float_parameter_bytes  # smaller than fp16 would be
     missed = [float(m) for note in notes for m in re.findall(r"drop (\d+\.\d+) pp >", note)]
     assert len(missed) >= 2 and shipped.metrics.accuracy is not None  # rounds ran
-    assert shipped.metrics.accuracy.drop <= min(missed)  # the best round, not the last
+    # the best round, not the last; the notes print drops to 2 decimals (20.83 for 5 of 24 images)
+    assert round(shipped.metrics.accuracy.drop, 2) <= min(missed)
